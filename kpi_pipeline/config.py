@@ -1,0 +1,165 @@
+"""Typed settings for every part of kpi_pipeline.
+
+All settings come from the environment with the prefix ``KPI_`` (or a ``.env`` file in
+the working directory; see ``.env.example``). Nothing here performs I/O beyond reading
+the environment, so core code may import it.
+
+Without any ``KPI_SALESFORCE_*`` credentials the pipeline runs against the embedded
+sandbox org (``kpi_pipeline.sandbox``), started in-process on loopback ports.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+DEFAULT_CHANNELS = (
+    "/data/LeadChangeEvent",
+    "/data/TaskChangeEvent",
+    "/data/EmailMessageChangeEvent",
+)
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline. Field descriptions are the documentation (README lists them)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KPI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- local state -------------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".kpi_data"),
+        description="Directory for local state: sandbox store, SQLite ledger, flywheel logs, metrics.",
+    )
+    ledger_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the lead ledger. Default: SQLite file DATA_DIR/ledger.db. "
+        "Production: postgresql+psycopg2://user@host/db.",
+    )
+    timezone: str = Field("UTC", description="Timezone used for daily KPI partitions.")
+
+    # --- CDC ---------------------------------------------------------------------------
+    cdc_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CHANNELS),
+        description="Comma-separated Pub/Sub channels to drain, e.g. /data/LeadChangeEvent or a "
+        "custom /data/SalesKpis__chn carrying all three objects.",
+    )
+    cdc_max_events_per_tick: int = Field(
+        500, ge=1, description="Upper bound of events fetched per channel in one sensor tick."
+    )
+    cdc_fetch_timeout_seconds: float = Field(
+        8.0,
+        gt=0,
+        description="Upper bound of time spent fetching per channel in one sensor tick (Dagster "
+        "times a tick out after 60 s).",
+    )
+    cdc_initial_preset: Literal["EARLIEST", "LATEST"] = Field(
+        "EARLIEST", description="Where a channel with no stored replay id starts."
+    )
+    cdc_on_invalid_replay: Literal["EARLIEST", "LATEST"] = Field(
+        "EARLIEST",
+        description="Where to restart when the stored replay id is corrupted or outside retention. "
+        "The gap is recorded as a re-sync window either way.",
+    )
+    cdc_stall_timeout_seconds: float = Field(
+        300.0, gt=0, description="Subscribe stream with no response (not even a keepalive) for this long is considered dead."
+    )
+    sensor_interval_seconds: int = Field(
+        5, ge=5, description="Minimum seconds between cdc_sensor ticks (Dagster's floor is 5)."
+    )
+
+    # --- Salesforce (empty => embedded sandbox) -----------------------------------------
+    salesforce_login_url: str = Field(
+        "https://login.salesforce.com",
+        description="OAuth host for the JWT bearer flow (test.salesforce.com for sandboxes).",
+    )
+    salesforce_client_id: str | None = Field(None, description="Connected app consumer key (JWT iss).")
+    salesforce_username: str | None = Field(None, description="Integration user's username (JWT sub).")
+    salesforce_private_key_file: Path | None = Field(
+        None, description="PEM private key matching the connected app's certificate (JWT RS256)."
+    )
+    salesforce_api_version: str = Field("64.0", description="REST API version used for write-back.")
+    salesforce_integration_user_id: str | None = Field(
+        None, description="User id of the integration user; leads it owns need routing."
+    )
+    pubsub_endpoint: str = Field(
+        "api.pubsub.salesforce.com:7443", description="Pub/Sub API host:port for a real org."
+    )
+    pubsub_tls: bool = Field(True, description="Use TLS to the Pub/Sub API (always for a real org).")
+    client_id: str = Field(
+        "kpi_pipeline",
+        description="Our client id: sent as Sforce-Call-Options client=..., used to skip echoes of our "
+        "own writes (changeOrigin) and as the flywheel client_id.",
+    )
+
+    # --- embedded sandbox ---------------------------------------------------------------
+    sandbox_seed: int = Field(7, description="Seed of the sandbox activity simulator.")
+    sandbox_leads_per_day: int = Field(400, ge=1, description="Simulated lead arrivals per simulated day.")
+    sandbox_speedup: float = Field(
+        600.0, gt=0, description="Simulated seconds per wall-clock second in dagster dev."
+    )
+    sandbox_access_token: str = Field(
+        "sandbox-token", description="Static token the sandbox accepts beside JWT-issued ones."
+    )
+    sandbox_tenant_id: str = Field("00D000000000001AAA", description="Org id the sandbox reports.")
+
+    # --- workloads ----------------------------------------------------------------------
+    policy_file: Path | None = Field(
+        None, description="Routing policy JSON. Default: the packaged policies/routing_policy.json."
+    )
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL for template selection; unset => local ranker."
+    )
+    llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
+    llm_api_key: str | None = Field(None, description="Bearer key for the LLM endpoint.")
+    llm_timeout_seconds: float = Field(10.0, gt=0, description="LLM request timeout before fallback.")
+    writeback_enabled: bool = Field(True, description="Drain the outbox to Salesforce.")
+    send_email: bool = Field(False, description="Send the recommended template via emailSimple (off: recommend only).")
+
+    # --- observability ------------------------------------------------------------------
+    metrics_dir: Path | None = Field(
+        None,
+        description="Directory where short-lived runs leave metric values (prometheus_client "
+        "multiprocess mode). Default: DATA_DIR/metrics.",
+    )
+    metrics_port: int = Field(9464, description="Port of `kpi-pipeline metrics serve`.")
+    elasticsearch_url: str | None = Field(None, description="Elasticsearch URL for flywheel_index; unset => skipped.")
+    flywheel_index: str = Field("flywheel", description="Elasticsearch index for flywheel records.")
+
+    @field_validator("cdc_channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def uses_real_org(self) -> bool:
+        """True when credentials for a real org are configured (else the sandbox is used)."""
+        return bool(
+            self.salesforce_client_id and self.salesforce_username and self.salesforce_private_key_file
+        )
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return self.metrics_dir or (self.data_dir / "metrics")
+
+    @property
+    def sandbox_store_path(self) -> Path:
+        return self.data_dir / "sandbox.db"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()
