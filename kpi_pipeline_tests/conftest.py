@@ -1,0 +1,42 @@
+"""Shared fixtures. PostgreSQL is a real server (127.0.0.1:5432, trust auth); CI starts one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get("KPI_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin_engine() -> sa.Engine:
+    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def make_postgres_db() -> Iterator[Callable[[], str]]:
+    """Factory of fresh, empty PostgreSQL databases; returns a SQLAlchemy URL. Dropped after the test."""
+    created: list[str] = []
+    admin = _admin_engine()
+
+    def make() -> str:
+        name = f"kpi_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(make_postgres_db: Callable[[], str]) -> str:
+    """One fresh PostgreSQL database for this test."""
+    return make_postgres_db()
