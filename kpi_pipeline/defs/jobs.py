@@ -1,0 +1,102 @@
+"""process_cdc_batch: one staged batch through the three workloads, then write-back and completion.
+
+Ops are thin: each calls the Dagster-free ``kpi_pipeline.processing.BatchProcessor``.
+The job runs in-process (one process per run, no per-step spawn: see
+shared/reference/dagster-notes.md §2) and is retried by the run-retry daemon
+(``dagster/max_retries`` tag); every step is idempotent, so a retry re-applies safely.
+"""
+
+
+import dagster as dg
+
+from kpi_pipeline.defs.resources import PipelineResource
+
+
+class BatchConfig(dg.Config):
+    batch_id: str
+
+
+@dg.op(
+    out={
+        "batch_id": dg.Out(str),
+        "routing_events": dg.Out(list),
+        "first_touch_input": dg.Out(dict),
+        "template_input": dg.Out(dict),
+    },
+    description="Loads the staged batch, decodes it (poison events go to dead_letters), merges record states.",
+)
+def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: PipelineResource):
+    ledger = pipeline.ledger()
+    processor = pipeline.processor()
+    batch = ledger.load_batch(config.batch_id)
+    decoded = processor.decode(batch, pipeline.decoder())
+    processor.apply_records(decoded.events)
+    routing = processor.select_routing(decoded.events)
+    first_touch = processor.select_first_touch(decoded.events)
+    templates = processor.select_templates(decoded.events)
+    context.add_output_metadata(
+        {"events": len(decoded.events), "dead_lettered": decoded.dead_lettered, "channel": batch.channel},
+        output_name="batch_id",
+    )
+    yield dg.Output(config.batch_id, "batch_id")
+    yield dg.Output(routing, "routing_events", metadata={"events": len(routing)})
+    yield dg.Output(first_touch, "first_touch_input")
+    yield dg.Output(templates, "template_input")
+
+
+@dg.op(description="Routes new and re-owned leads by the versioned policy; memoized per lead.")
+def route_leads(context: dg.OpExecutionContext, pipeline: PipelineResource, routing_events: list) -> dict:
+    summary = pipeline.processor().route_leads(routing_events)
+    context.log.info(f"routing: {summary}")
+    return summary
+
+
+@dg.op(description="Detects first responses (Task / EmailMessage); only ever moves a first response earlier.")
+def detect_first_touch(context: dg.OpExecutionContext, pipeline: PipelineResource, first_touch_input: dict) -> dict:
+    summary = pipeline.processor().detect_first_touch(**first_touch_input)
+    context.log.info(f"first touch: {summary}")
+    return summary
+
+
+@dg.op(description="Recommends an outreach template for newly routed leads; detects applied templates.")
+def recommend_templates(
+    context: dg.OpExecutionContext, pipeline: PipelineResource, routing_summary: dict, template_input: dict
+) -> dict:
+    summary = pipeline.processor().recommend_templates(routing_summary=routing_summary, **template_input)
+    context.log.info(f"templates: {summary}")
+    return summary
+
+
+@dg.op(description="Writes the batch's Lead updates to Salesforce (outbox drain) and marks the batch done.")
+def complete_batch(
+    context: dg.OpExecutionContext,
+    pipeline: PipelineResource,
+    batch_id: str,
+    routing_summary: dict,
+    first_touch_summary: dict,
+    template_summary: dict,
+) -> dict:
+    settings = pipeline.settings()
+    write_back = pipeline.processor().write_back(pipeline.salesforce_rest()) if settings.writeback_enabled else None
+    summary = {
+        "routing": routing_summary,
+        "first_touch": first_touch_summary,
+        "templates": template_summary,
+        "write_back": write_back,
+    }
+    pipeline.ledger().mark_batch_done(batch_id, run_id=context.run_id, summary=summary)
+    context.add_output_metadata({"summary": dg.MetadataValue.json(summary)})
+    return summary
+
+
+@dg.job(
+    executor_def=dg.in_process_executor,
+    tags={"dagster/max_retries": 3, "dagster/retry_strategy": "FROM_FAILURE"},
+    description="One staged CDC batch through routing, first touch and templates, then write-back.",
+)
+def process_cdc_batch():
+    batch_id, routing_events, first_touch_input, template_input = load_batch()
+    routing_summary = route_leads(routing_events)
+    first_touch_summary = detect_first_touch(first_touch_input)
+    template_summary = recommend_templates(routing_summary, template_input)
+    complete_batch(batch_id, routing_summary, first_touch_summary, template_summary)

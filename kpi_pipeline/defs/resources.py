@@ -1,0 +1,43 @@
+"""Dagster resources: thin wrappers that hand out the adapters built in ``kpi_pipeline.wiring``."""
+
+
+from typing import Any
+
+import dagster as dg
+
+from kpi_pipeline import wiring
+from kpi_pipeline.config import Settings
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Settings plus the adapters built from them (sandbox or real org, ledger, processor).
+
+    Every field left unset comes from the ``KPI_*`` environment (see ``kpi_pipeline.config``);
+    tests set ``data_dir``/``ledger_url`` to isolate themselves.
+    """
+
+    data_dir: str | None = None
+    ledger_url: str | None = None
+
+    def settings(self) -> Settings:
+        overrides: dict[str, Any] = {}
+        if self.data_dir:
+            overrides["data_dir"] = self.data_dir
+        if self.ledger_url:
+            overrides["ledger_url"] = self.ledger_url
+        return Settings(**overrides)
+
+    def ledger(self):
+        return wiring.ledger(self.settings())
+
+    def pubsub(self):
+        return wiring.pubsub_client(self.settings())
+
+    def decoder(self):
+        return wiring.event_decoder(self.settings())
+
+    def processor(self, *, live_clock: bool = True):
+        return wiring.batch_processor(self.settings(), live_clock=live_clock)
+
+    def salesforce_rest(self):
+        return wiring.salesforce_rest(self.settings())

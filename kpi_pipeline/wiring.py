@@ -1,0 +1,111 @@
+"""Builds the adapters from settings: the one place that decides sandbox or real org.
+
+No Dagster here; the Dagster resources in ``kpi_pipeline.defs.resources`` are thin
+wrappers. Objects are cached per process because a Dagster code server evaluates the
+sensor many times in one process (gRPC channels and schema caches are worth keeping),
+while each run is a fresh process that builds its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from kpi_pipeline.config import Settings
+
+_lock = threading.RLock()
+_cache: dict[tuple[str, ...], Any] = {}
+
+
+def _cached(key: tuple[str, ...], build):
+    with _lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+@dataclass(frozen=True)
+class OrgConnection:
+    """Where the org is and how to authenticate (sandbox or real)."""
+
+    pubsub_target: str
+    pubsub_tls: bool
+    token_provider: Any  # kpi_pipeline.auth.jwt.JWTTokenProvider | StaticTokenProvider
+    is_sandbox: bool
+
+
+def org_connection(settings: Settings) -> OrgConnection:
+    if settings.uses_real_org:
+        return _cached(("org", settings.salesforce_username or ""), lambda: _real_org(settings))
+    return _cached(("sandbox", str(settings.data_dir.resolve())), lambda: _sandbox_org(settings))
+
+
+def _real_org(settings: Settings) -> OrgConnection:
+    from kpi_pipeline.auth.jwt import JWTTokenProvider
+
+    provider = JWTTokenProvider(
+        settings.salesforce_login_url,
+        settings.salesforce_client_id,
+        settings.salesforce_username,
+        private_key_file=settings.salesforce_private_key_file,
+    )
+    return OrgConnection(settings.pubsub_endpoint, settings.pubsub_tls, provider, is_sandbox=False)
+
+
+def _sandbox_org(settings: Settings) -> OrgConnection:
+    from kpi_pipeline.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.sandbox.runtime import ensure_sandbox
+
+    endpoints = ensure_sandbox(settings.data_dir)
+    provider = StaticTokenProvider(endpoints.access_token, endpoints.rest_url, endpoints.tenant_id)
+    return OrgConnection(endpoints.pubsub_target, False, provider, is_sandbox=True)
+
+
+def pubsub_client(settings: Settings):
+    from kpi_pipeline.cdc.client import PubSubClient
+
+    conn = org_connection(settings)
+    return _cached(
+        ("pubsub", conn.pubsub_target),
+        lambda: PubSubClient(
+            conn.pubsub_target,
+            conn.token_provider,
+            tls=conn.pubsub_tls,
+            stall_timeout_s=settings.cdc_stall_timeout_seconds,
+        ),
+    )
+
+
+def event_decoder(settings: Settings):
+    """Decoder for the sensor's summaries, fetching unknown schemas from the Pub/Sub API."""
+    from kpi_pipeline.cdc.decode import EventDecoder
+
+    client = pubsub_client(settings)
+    return _cached(("decoder", id(client).__str__()), lambda: EventDecoder(client.get_schema))
+
+
+def ledger(settings: Settings):
+    from kpi_pipeline.ledger.store import Ledger
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_ledger_url
+    return _cached(("ledger", url), lambda: Ledger.from_url(url))
+
+
+def salesforce_rest(settings: Settings):
+    from kpi_pipeline.salesforce.rest import SalesforceRest
+
+    conn = org_connection(settings)
+    return _cached(
+        ("rest", conn.pubsub_target),
+        lambda: SalesforceRest(
+            conn.token_provider, api_version=settings.salesforce_api_version, client_id=settings.client_id
+        ),
+    )
+
+
+def reset_cache() -> None:
+    """For tests that change settings within one process."""
+    with _lock:
+        _cache.clear()
