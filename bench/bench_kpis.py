@@ -1,0 +1,155 @@
+"""Benchmark: KPI rollups (kpi_pipeline.kpis) on a synthetic 1,000,000-lead facts frame.
+
+Measures ``compute_all`` on one day and on all 90 days of a seeded synthetic ledger, and,
+when the ledger's ``lead_facts_frame`` exists, load + rollup from a SQLite ledger and a
+PostgreSQL ledger holding the same leads (load and rollup timed separately).
+
+    source .venv/bin/activate
+    python bench/bench_kpis.py                      # frame only
+    python bench/bench_kpis.py --ledger sqlite --ledger postgres
+
+Not part of the test suite. Results are recorded in bench/RESULTS.md (## KPI rollups).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from kpi_pipeline.kpis import compute_all, lead_facts_columns, reconcile
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def synthetic_lead_facts(leads: int, days: int, seed: int = 42) -> pd.DataFrame:
+    """A seeded lead-facts frame: shapes of DESIGN §4.2, distributions loosely realistic."""
+    rng = np.random.default_rng(seed)
+    start_ns = pd.Timestamp(START).value
+    created = pd.to_datetime(
+        np.sort(start_ns + rng.integers(0, days * 86_400, leads) * 1_000_000_000), utc=True
+    )
+    owners = np.array([f"005{i:015d}" for i in range(200)], dtype=object)
+    templates = np.array([f"tmpl_{i:02d}" for i in range(12)], dtype=object)
+    versions = np.array(["2026.01", "2026.02"], dtype=object)
+    rules = np.array(["enterprise", "mid_market", "smb", "partner", "default"], dtype=object)
+
+    assigned = rng.random(leads) < 0.97
+    latency = np.round(rng.exponential(3.0, leads), 2)
+    responded = rng.random(leads) < 0.8
+    ttfr = np.round(rng.lognormal(3.5, 1.2, leads), 2)  # median ≈ 33 min, long tail
+    recommended = rng.random(leads) < 0.9
+    applied_same = rng.random(leads) < 0.6
+    template_idx = rng.integers(0, len(templates), leads)
+
+    def minutes_after(mask: np.ndarray, minutes: np.ndarray) -> pd.DatetimeIndex:
+        times = created + pd.to_timedelta(minutes, unit="min")
+        return times.where(mask, pd.NaT)
+
+    return pd.DataFrame(
+        {
+            "Id": np.char.add("00Q", np.char.zfill(np.arange(leads).astype(str), 15)).astype(
+                object
+            ),
+            "CreatedDate": created,
+            "OwnerId": owners[rng.integers(0, len(owners), leads)],
+            "Owner_Assigned_At__c": minutes_after(assigned, latency),
+            "Assignment_Latency_Minutes__c": np.where(assigned, latency, np.nan),
+            "First_Response_At__c": minutes_after(responded, ttfr),
+            "First_Response_User__c": np.where(
+                responded, owners[rng.integers(0, 200, leads)], None
+            ),
+            "First_Response_Source__c": np.where(
+                responded, np.where(rng.random(leads) < 0.7, "EmailMessage", "Task"), None
+            ),
+            "Time_to_First_Response__c": np.where(responded, ttfr, np.nan),
+            "Template_Recommended__c": np.where(recommended, templates[template_idx], None),
+            "Template_Applied__c": np.where(
+                recommended & responded & applied_same, templates[template_idx], None
+            ),
+            "Routing_Policy_Version__c": np.where(
+                assigned, versions[rng.integers(0, 2, leads)], None
+            ),
+            "Routing_Rule__c": np.where(assigned, rules[rng.integers(0, len(rules), leads)], None),
+            "SLA_Minutes": rng.choice(np.array([15.0, 60.0, 240.0, np.nan]), leads),
+        }
+    )[list(lead_facts_columns())]
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+    seconds = []
+    result = None
+    for _ in range(repeats):
+        began = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - began)
+    return seconds, result
+
+
+def report(label: str, seconds: list[float]) -> None:
+    print(
+        f"{label:<48} median {statistics.median(seconds):7.3f} s  "
+        f"min {min(seconds):7.3f} s  (n={len(seconds)})",
+        flush=True,
+    )
+
+
+def bench_frame(frame: pd.DataFrame, days: int, repeats: int) -> None:
+    as_of = START + timedelta(days=days + 1)
+    day_one = frame[frame["CreatedDate"] < pd.Timestamp(START + timedelta(days=1))]
+    seconds, _ = timed(lambda: compute_all(day_one, as_of=as_of), repeats)
+    report(f"compute_all, 1 day ({len(day_one):,} leads)", seconds)
+    seconds, rollups = timed(lambda: compute_all(frame, as_of=as_of), repeats)
+    report(f"compute_all, {days} days ({len(frame):,} leads)", seconds)
+    seconds, _ = timed(lambda: compute_all(frame, as_of=as_of, tz="America/New_York"), repeats)
+    report(f"compute_all, {days} days, tz=America/New_York", seconds)
+    seconds, problems = timed(lambda: reconcile(frame, rollups), repeats)
+    report(f"reconcile, {days} days", seconds)
+    if problems:
+        sys.exit(f"reconcile found problems on the synthetic frame: {problems[:3]}")
+    print("rollup rows: " + ", ".join(f"{name}={len(df)}" for name, df in rollups.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leads", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--ledger",
+        action="append",
+        choices=["sqlite", "postgres"],
+        default=[],
+        help="also measure load + rollup from this ledger backend (repeatable)",
+    )
+    parser.add_argument("--workdir", default="/tmp/bench_kpis", help="where the SQLite file goes")
+    args = parser.parse_args(argv)
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"pandas {pd.__version__}, numpy {np.__version__}"
+    )
+    began = time.perf_counter()
+    frame = synthetic_lead_facts(args.leads, args.days, args.seed)
+    print(
+        f"generated {len(frame):,} leads over {args.days} days in {time.perf_counter() - began:.2f} s"
+    )
+    bench_frame(frame, args.days, args.repeats)
+    for backend in args.ledger:
+        from bench_kpis_ledger import bench_ledger  # the ledger part needs kpi_pipeline.ledger
+
+        bench_ledger(backend, frame, args.days, args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
