@@ -70,7 +70,10 @@ cdc_batches = sa.Table(
     sa.Column("completed_at", UTCDateTime),
     sa.Column("run_id", sa.String(128)),
     sa.Column("summary", sa.JSON),
+    # 0002: replay id (hex) the fetch started after; '' when it started from a preset.
+    sa.Column("after_replay", sa.String(64), nullable=False, server_default=""),
     sa.Index("ix_cdc_batches_status", "status", "staged_at"),
+    sa.Index("ix_cdc_batches_after", "channel", "after_replay"),
 )
 
 cdc_inbox = sa.Table(

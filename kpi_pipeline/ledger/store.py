@@ -65,6 +65,7 @@ class BatchInfo:
     completed_at: datetime | None
     run_id: str | None
     summary: dict[str, Any] | None
+    after_replay: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +216,21 @@ class Ledger:
     # --- CDC staging --------------------------------------------------------------------
 
     def stage_batch(
-        self, channel: str, events: Sequence[RawEvent], schemas: Mapping[str, str]
+        self,
+        channel: str,
+        events: Sequence[RawEvent],
+        schemas: Mapping[str, str],
+        *,
+        after_replay: str = "",
     ) -> StagedBatch:
         """Durably stage fetched events as one batch, in one transaction.
 
         Idempotent: staging the same events again returns the same batch with
         ``newly_staged=False`` and writes nothing. Events already staged by an earlier,
         overlapping batch stay in that batch; when none of ``events`` is new, nothing is
-        written and ``count`` is 0.
+        written and ``count`` is 0. ``after_replay`` is the hex replay id the fetch started
+        after ('' for a preset), so an interrupted tick can find the batch again
+        (``find_batch_after``).
         """
         self._check_stage_input(channel, events)
         batch_id = batch_id_for(channel, events[0].replay_id, events[-1].replay_id)
@@ -266,6 +274,7 @@ class Ledger:
                     event_count=len(new_events),
                     status=BATCH_STAGED,
                     staged_at=now,
+                    after_replay=after_replay,
                 )
             )
         return StagedBatch(batch_id, channel, first_hex, last_hex, len(new_events), True)
@@ -325,6 +334,28 @@ class Ledger:
             ).scalars()
         )
         return [e for e in events if e.replay_id not in staged]
+
+    def find_batch_after(self, channel: str, after_replay: str) -> StagedBatch | None:
+        """The newest batch of ``channel`` whose fetch started after ``after_replay`` (hex, '' =
+        a preset), so a tick that staged but could not save its cursor re-emits that batch."""
+        query = (
+            sa.select(t.cdc_batches)
+            .where(t.cdc_batches.c.channel == channel, t.cdc_batches.c.after_replay == after_replay)
+            .order_by(t.cdc_batches.c.staged_at.desc(), t.cdc_batches.c.batch_id.desc())
+            .limit(1)
+        )
+        with self.read() as conn:
+            row = conn.execute(query).one_or_none()
+        if row is None:
+            return None
+        return StagedBatch(
+            row.batch_id,
+            row.channel,
+            row.first_replay_hex,
+            row.last_replay_hex,
+            row.event_count,
+            False,
+        )
 
     def batch(self, batch_id: str) -> BatchInfo | None:
         with self.read() as conn:
@@ -553,6 +584,7 @@ def _batch_info(row: sa.Row[Any]) -> BatchInfo:
         completed_at=row.completed_at,
         run_id=row.run_id,
         summary=row.summary,
+        after_replay=row.after_replay,
     )
 
 

@@ -200,3 +200,16 @@ def test_sqlite_file_ledger_uses_wal(tmp_path) -> None:
 def test_unsupported_url_is_refused() -> None:
     with pytest.raises(LedgerError, match="unsupported database"):
         Ledger.from_url("mysql://u@h/db")
+
+
+def test_find_batch_after_returns_the_batch_an_interrupted_tick_staged(ledger: Ledger) -> None:
+    first = ledger.stage_batch(LEAD, [raw(1), raw(2)], SCHEMAS, after_replay="")
+    second = ledger.stage_batch(LEAD, [raw(3)], SCHEMAS, after_replay=first.last_replay_hex)
+    found = ledger.find_batch_after(LEAD, first.last_replay_hex)
+    assert found is not None
+    assert (found.batch_id, found.count, found.newly_staged) == (second.batch_id, 1, False)
+    assert ledger.find_batch_after(LEAD, "") is not None
+    assert ledger.find_batch_after(LEAD, second.last_replay_hex) is None
+    assert ledger.find_batch_after("/data/TaskChangeEvent", "") is None
+    info = ledger.batch(second.batch_id)
+    assert info is not None and info.after_replay == first.last_replay_hex
