@@ -1,0 +1,21 @@
+"""Routing policy as data: the packaged default policy, its JSON Schema, loading and the CLI."""
+
+from kpi_pipeline.policies.load import (
+    PolicyError,
+    PolicyFault,
+    RoutingPolicy,
+    default_policy_path,
+    load_policy,
+    policy_fingerprint,
+    validate_policy_file,
+)
+
+__all__ = [
+    "PolicyError",
+    "PolicyFault",
+    "RoutingPolicy",
+    "default_policy_path",
+    "load_policy",
+    "policy_fingerprint",
+    "validate_policy_file",
+]
