@@ -1,0 +1,156 @@
+"""`kpi-pipeline metrics serve | compact`: the Prometheus endpoint over the metrics directory.
+
+``serve`` answers ``/metrics`` (every value recorded by any process, alive or finished, see
+``kpi_pipeline.metrics``) and ``/healthz``, and compacts dead processes' files in the
+background. The directory comes from ``KPI_METRICS_DIR`` (default ``KPI_DATA_DIR/metrics``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from kpi_pipeline import metrics
+from kpi_pipeline.config import get_settings
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow scraper does not block the others."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds would flood the log; errors still reach stderr."""
+
+
+def _health(metrics_dir: Path) -> tuple[str, dict[str, object]]:
+    """Healthy when the metrics directory can be read and a scrape can be built."""
+    try:
+        files = len(list(metrics_dir.glob("*.db")))
+        list(metrics.MetricsDirCollector(metrics_dir).collect())
+    except Exception as exc:
+        return "503 Service Unavailable", {
+            "status": "error",
+            "metrics_dir": str(metrics_dir),
+            "error": str(exc),
+        }
+    return "200 OK", {"status": "ok", "metrics_dir": str(metrics_dir), "metric_files": files}
+
+
+def build_app(metrics_dir: Path) -> WSGIApp:
+    """WSGI app: /metrics (Prometheus text or OpenMetrics), /healthz (JSON), else 404."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.MetricsDirCollector(metrics_dir))
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path in ("/metrics", "/metrics/"):
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            status, body = _health(metrics_dir)
+            start_response(status, [("Content-Type", "application/json")])
+            return [json.dumps(body).encode()]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"Not found: use /metrics or /healthz\n"]
+
+    return app
+
+
+def _compact_periodically(
+    metrics_dir: Path, interval_seconds: float, stop: threading.Event
+) -> None:
+    while not stop.wait(interval_seconds):
+        try:
+            metrics.compact(metrics_dir)
+        except Exception as exc:
+            metrics.record_error("metrics")
+            print(f"metrics compaction failed: {exc}", file=sys.stderr, flush=True)
+
+
+def serve(host: str, port: int, compact_interval_seconds: float = 60.0) -> None:
+    """Serve until interrupted. Prints the bound address (port 0 picks a free one)."""
+    metrics_dir = metrics.METRICS_DIR
+    metrics.initialise_known_series(get_settings().cdc_channels)
+    metrics.compact(metrics_dir)
+    server = make_server(
+        host, port, build_app(metrics_dir), _ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    stop = threading.Event()
+    compactor = threading.Thread(
+        target=_compact_periodically,
+        args=(metrics_dir, compact_interval_seconds, stop),
+        daemon=True,
+    )
+    compactor.start()
+    bound_host, bound_port = server.server_address[:2]
+    print(
+        f"serving metrics on http://{bound_host}:{bound_port}/metrics from {metrics_dir}",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        stop.set()
+        server.server_close()
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    try:
+        serve(args.host, args.port, args.compact_interval)
+    except OSError as exc:
+        print(
+            f"cannot serve metrics on {args.host}:{args.port}: {exc}; pick another --port.",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _compact_command(args: argparse.Namespace) -> int:
+    result = metrics.compact(metrics.METRICS_DIR)
+    print(
+        f"absorbed {result.files_absorbed} files of {result.dead_processes} finished processes "
+        f"into archive generation {result.generation} in {metrics.METRICS_DIR}"
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("metrics", help="Prometheus metrics endpoint")
+    commands = parser.add_subparsers(dest="metrics_command", required=True, metavar="SUBCOMMAND")
+    serve_parser = commands.add_parser(
+        "serve", help="serve /metrics and /healthz over the metrics directory (KPI_METRICS_DIR)"
+    )
+    serve_parser.add_argument(
+        "--port", type=int, default=get_settings().metrics_port, help="TCP port (0: any free port)"
+    )
+    serve_parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)"
+    )
+    serve_parser.add_argument(
+        "--compact-interval",
+        type=float,
+        default=60.0,
+        help="seconds between compactions of finished processes' metric files",
+    )
+    serve_parser.set_defaults(func=_serve_command)
+    compact_parser = commands.add_parser(
+        "compact", help="fold finished processes' metric files into the archive"
+    )
+    compact_parser.set_defaults(func=_compact_command)
