@@ -163,3 +163,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Process-wide settings, read once."""
     return Settings()
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting: README and .env.example."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is not None:
+            default = info.default_factory()
+            default = ",".join(default) if isinstance(default, list) else str(default)
+        else:
+            default = "" if info.default is None else str(info.default)
+        rows.append((f"KPI_{name.upper()}", default, info.description or ""))
+    return rows

@@ -30,6 +30,7 @@ from kpi_pipeline.cdc.events import ChangeEvent, replay_id_hex
 from kpi_pipeline.cdc.raw import RawEvent
 
 log = logging.getLogger(__name__)
+_MAX_CHAIN_STEPS = 1000
 
 
 class FetchResultLike(Protocol):
@@ -135,17 +136,29 @@ def _after_key(channel_cursor: ChannelCursor) -> str:
 
 
 def _find_unacknowledged_batch(ledger: Any, channel: str, channel_cursor: ChannelCursor) -> BatchToRun | None:
-    staged = ledger.find_batch_after(channel, _after_key(channel_cursor))
-    if staged is None:
-        return None
-    return BatchToRun(
-        batch_id=staged.batch_id,
-        channel=channel,
-        event_count=staged.count,
-        first_replay_hex=staged.first_replay_hex,
-        last_replay_hex=staged.last_replay_hex,
-        restaged=True,
-    )
+    """A batch staged after the cursor's replay id by a tick whose cursor was never committed.
+
+    Follows the chain of batches (each remembers the replay id its fetch started after),
+    skipping ones already done, so a cursor that fell behind (a crash, or a reset) catches
+    up without fetching or staging anything twice. Returns the first batch not yet done.
+    """
+    after = _after_key(channel_cursor)
+    for _ in range(_MAX_CHAIN_STEPS):
+        staged = ledger.find_batch_after(channel, after)
+        if staged is None:
+            return None
+        info = ledger.batch(staged.batch_id)
+        if info is None or info.status != "done":
+            return BatchToRun(
+                batch_id=staged.batch_id,
+                channel=channel,
+                event_count=staged.count,
+                first_replay_hex=staged.first_replay_hex,
+                last_replay_hex=staged.last_replay_hex,
+                restaged=True,
+            )
+        after = staged.last_replay_hex
+    return None
 
 
 def _drain_channel(
@@ -189,6 +202,13 @@ def _drain_channel(
 
     schemas = {schema_id: fetcher.get_schema(schema_id) for schema_id in {e.schema_id for e in events}}
     staged = ledger.stage_batch(channel, events, schemas, after_replay=_after_key(start_cursor))
+    if staged.count == 0:
+        # Every event was already staged by an earlier batch (e.g. after restarting from
+        # EARLIEST): nothing new to run, just move past them.
+        new_cursor = start_cursor.advanced(events[-1].replay_id, batch_id=None, commit_ms=None)
+        report = ChannelReport(channel, replay_id_hex(events[-1].replay_id), 0, {}, None, caught_up=False,
+                               resync_window_id=resync_window_id)
+        return report, new_cursor, None
     by_type, newest_commit_ms, undecodable = _summarise(events, decode)
     for change_type, count in by_type.items():
         metrics.record_cdc_event(channel, change_type, count)

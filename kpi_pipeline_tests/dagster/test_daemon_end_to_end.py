@@ -1,0 +1,152 @@
+"""End to end with real processes: dagster-daemon + code server + run workers + sandbox org.
+
+The daemon evaluates cdc_sensor against the embedded sandbox (started inside the code
+server), launches process_cdc_batch runs, and commits the cursor. We kill it hard and
+start it again against the same instance storage (SQLite, and PostgreSQL through
+dagster-postgres): the cursor must survive, keep advancing, and nothing may be staged or
+launched twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline.cdc.cursor import SensorCursor
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _write_instance_yaml(home: Path, storage: str, postgres_url: str | None) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    if storage == "postgres":
+        assert postgres_url
+        pg = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+        storage_yaml = f"storage:\n  postgres:\n    postgres_url: {pg}\n"
+    else:
+        storage_yaml = f"storage:\n  sqlite:\n    base_dir: {home / 'storage'}\n"
+    (home / "dagster.yaml").write_text(
+        storage_yaml
+        + "run_retries:\n  enabled: true\n  max_retries: 2\n"
+        + "concurrency:\n  runs:\n    max_concurrent_runs: 2\n"
+        + "telemetry:\n  enabled: false\n"
+    )
+
+
+def _start_daemon(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def _state(env: dict[str, str]) -> dict:
+    """Read the instance from a separate process, as an operator would after a restart."""
+    script = (
+        "import json\n"
+        "from dagster import DagsterInstance, DagsterRunStatus\n"
+        "inst = DagsterInstance.get()\n"
+        "cursor = None\n"
+        "for st in inst.all_instigator_state():\n"
+        "    if st.name == 'cdc_sensor':\n"
+        "        cursor = st.instigator_data.cursor if st.instigator_data else None\n"
+        "runs = inst.get_runs()\n"
+        "print(json.dumps({'cursor': cursor,\n"
+        "  'runs': [{'key': r.tags.get('dagster/run_key'), 'job': r.job_name, 'status': r.status.value} for r in runs]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _wait_for(env: dict[str, str], predicate, timeout: float, log_path: Path) -> dict:
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        state = _state(env)
+        if predicate(state):
+            return state
+        time.sleep(3)
+    raise AssertionError(f"timed out; last state {state}\n--- daemon log tail ---\n{log_path.read_text()[-4000:]}")
+
+
+def _succeeded(state: dict) -> list[dict]:
+    return [r for r in state["runs"] if r["job"] == "process_cdc_batch" and r["status"] == "SUCCESS"]
+
+
+def _replay_positions(cursor_json: str) -> dict[str, int]:
+    cursor = SensorCursor.from_json(cursor_json)
+    return {ch: int.from_bytes(c.replay_id, "big") for ch, c in cursor.channels.items() if c.replay_id}
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, make_postgres_db):
+    postgres_url = make_postgres_db() if storage == "postgres" else None
+    home = tmp_path / "dagster_home"
+    _write_instance_yaml(home, storage, postgres_url)
+    data_dir = tmp_path / "kpi"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KPI_DATA_DIR": str(data_dir),
+        "KPI_SANDBOX_SEED": "11",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log_path = tmp_path / "daemon.log"
+
+    daemon = _start_daemon(env, log_path)
+    try:
+        first = _wait_for(env, lambda s: s["cursor"] and len(_succeeded(s)) >= 2, 240, log_path)
+    finally:
+        _kill(daemon)
+    positions_before = _replay_positions(first["cursor"])
+    assert positions_before, first
+
+    daemon = _start_daemon(env, log_path)
+    try:
+        second = _wait_for(
+            env,
+            lambda s: len(_succeeded(s)) > len(_succeeded(first))
+            and any(_replay_positions(s["cursor"]).get(ch, 0) > pos for ch, pos in positions_before.items()),
+            240,
+            log_path,
+        )
+    finally:
+        _kill(daemon)
+
+    after = _replay_positions(second["cursor"])
+    for channel, position in positions_before.items():
+        assert after[channel] >= position, f"{channel} cursor moved backwards after restart"
+    keys = [r["key"] for r in second["runs"] if r["job"] == "process_cdc_batch"]
+    assert len(keys) == len(set(keys)), "a batch was launched twice"
+
+    ledger = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
+    with ledger.connect() as conn:
+        inbox = conn.execute(sa.text("select count(*), count(distinct channel || hex(replay_id)) from cdc_inbox")).one()
+        batches = conn.execute(sa.text("select count(*) from cdc_batches")).scalar_one()
+    ledger.dispose()
+    assert inbox[0] == inbox[1] > 0
+    assert batches >= len(_succeeded(second))
