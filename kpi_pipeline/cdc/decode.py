@@ -1,0 +1,136 @@
+"""Avro payload -> ``ChangeEvent``: writer schema by schema id, header bitmaps -> field names.
+
+Schemas are cached **per schema id**, never per topic: a topic's schema changes when a
+field is added, and events written with the old schema keep their old id (reference §4).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+
+from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, decode_bitmap
+from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
+from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader
+from kpi_pipeline.cdc.raw import RawEvent
+
+_BITMAP_CACHE_LIMIT = 4096  # distinct bitmap arrays per schema; real traffic has few
+
+
+@dataclass(slots=True)
+class _DecodedSchema:
+    parsed: Any
+    layout: FieldLayout
+    compound_names: frozenset[str]
+    # tuple(bitmap elements) -> field names; bitmaps repeat a lot, so decode each once
+    bitmap_cache: dict[tuple[str, ...], tuple[str, ...]]
+
+    def names(self, elements: list[str]) -> tuple[str, ...]:
+        if not elements:
+            return ()
+        key = tuple(elements)
+        names = self.bitmap_cache.get(key)
+        if names is None:
+            names = decode_bitmap(key, self.layout)
+            if len(self.bitmap_cache) < _BITMAP_CACHE_LIMIT:
+                self.bitmap_cache[key] = names
+        return names
+
+
+class EventDecoder:
+    """Decodes ``RawEvent``s; ``fetch_schema(schema_id) -> schema JSON`` is called once per id."""
+
+    def __init__(self, fetch_schema: Callable[[str], str]) -> None:
+        self._fetch_schema = fetch_schema
+        self._schemas: dict[str, _DecodedSchema] = {}
+
+    def _schema(self, schema_id: str) -> _DecodedSchema:
+        cached = self._schemas.get(schema_id)
+        if cached is not None:
+            return cached
+        try:
+            text = self._fetch_schema(schema_id)
+        except KeyError as exc:  # a dict-backed fetcher (tests, recorded schemas)
+            raise UnknownSchemaError(f"schema id {schema_id!r} is unknown: {exc}") from exc
+        try:
+            schema = json.loads(text)
+            parsed = fastavro.parse_schema(schema)
+            layout = FieldLayout.from_schema(schema)
+        except (ValueError, TypeError, BitmapError, fastavro.schema.SchemaParseException) as exc:
+            raise UnknownSchemaError(
+                f"schema {schema_id!r} from the server is not a usable Avro record schema: {exc}"
+            ) from exc
+        compounds = frozenset(layout.names[i] for i in layout.compounds)
+        decoded = _DecodedSchema(parsed, layout, compounds, {})
+        self._schemas[schema_id] = decoded
+        return decoded
+
+    def decode(self, raw: RawEvent) -> ChangeEvent:
+        """One event; ``UnknownSchemaError`` / ``PayloadDecodeError`` name what failed."""
+        schema = self._schema(raw.schema_id)
+        try:
+            buffer = io.BytesIO(raw.payload)
+            record = fastavro.schemaless_reader(buffer, schema.parsed, None)
+            if buffer.tell() != len(raw.payload):
+                raise ValueError(
+                    f"{len(raw.payload) - buffer.tell()} trailing bytes after the record"
+                )
+            h = record["ChangeEventHeader"]
+            header = ChangeEventHeader(
+                entity_name=h["entityName"],
+                record_ids=tuple(h["recordIds"]),
+                change_type=h["changeType"],
+                change_origin=h["changeOrigin"] or "",
+                transaction_key=h["transactionKey"] or "",
+                sequence_number=h["sequenceNumber"],
+                commit_timestamp=h["commitTimestamp"],
+                commit_number=h["commitNumber"],
+                commit_user=h["commitUser"] or "",
+                nulled_fields=schema.names(h["nulledFields"]),
+                diff_fields=schema.names(h["diffFields"]),
+                changed_fields=schema.names(h["changedFields"]),
+            )
+        except (EOFError, ValueError, KeyError, TypeError, IndexError, BitmapError) as exc:
+            raise PayloadDecodeError(
+                channel=raw.channel,
+                replay_id=raw.replay_id,
+                schema_id=raw.schema_id,
+                cause=f"{type(exc).__name__}: {exc}",
+            ) from exc
+        return ChangeEvent(
+            channel=raw.channel,
+            replay_id=raw.replay_id,
+            header=header,
+            fields=_body_fields(record, header.nulled_fields, schema.compound_names),
+            schema_id=raw.schema_id,
+            event_id=raw.event_id,
+        )
+
+
+def _body_fields(
+    record: dict[str, Any], nulled: tuple[str, ...], compounds: frozenset[str]
+) -> dict[str, Any]:
+    """Non-null body fields plus explicit None for nulled ones (also inside compounds)."""
+    fields: dict[str, Any] = {}
+    for name, value in record.items():
+        if value is None or name == "ChangeEventHeader":
+            continue
+        if name in compounds and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        fields[name] = value
+    for name in nulled:
+        parent, dot, child = name.partition(".")
+        if not dot:
+            fields[name] = None
+            continue
+        compound = fields.get(parent)
+        if not isinstance(compound, dict):
+            compound = {}
+            fields[parent] = compound
+        compound[child] = None
+    return fields

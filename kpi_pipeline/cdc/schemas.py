@@ -1,0 +1,353 @@
+"""Avro schemas of the sandbox's change events, and the encoder the sandbox server uses.
+
+The schemas follow what Salesforce serves from GetSchema (reference §4): a top-level
+record ``<Object>ChangeEvent`` in namespace ``com.sforce.eventbus`` whose field 0 is the
+``ChangeEventHeader`` record, then the object's fields as nullable unions with default
+null. DateTime and Date values are ``long`` epoch milliseconds. Compound fields (Lead
+``Name``, ``Address``) are nested records; the person name is a ``Switchable_PersonName``
+union ``["null", "string", record]`` as in the Java sample's EventParser.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import fastavro
+
+from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, encode_bitmap
+from kpi_pipeline.cdc.errors import UnknownSchemaError
+from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
+from kpi_pipeline.salesforce_fields import WRITTEN_LEAD_FIELDS
+from kpi_pipeline.sandbox.changelog import StoredChange
+
+NAMESPACE = "com.sforce.eventbus"
+CHANGE_TYPE_SYMBOLS = [
+    "CREATE",
+    "UPDATE",
+    "DELETE",
+    "UNDELETE",
+    "GAP_CREATE",
+    "GAP_UPDATE",
+    "GAP_DELETE",
+    "GAP_UNDELETE",
+    "GAP_OVERFLOW",
+    "SNAPSHOT",
+]
+BITMAP_HEADER_FIELDS = ("nulledFields", "diffFields", "changedFields")
+# Fields a REST record has but CDC never carries (reference §4): dropped by the encoder.
+NOT_IN_CDC = frozenset({"Id", "IsDeleted", "SystemModstamp", "attributes"})
+
+
+def _header_schema() -> dict[str, Any]:
+    strings = {"type": "array", "items": "string"}
+    return {
+        "type": "record",
+        "name": "ChangeEventHeader",
+        "namespace": NAMESPACE,
+        "fields": [
+            {"name": "entityName", "type": "string"},
+            {"name": "recordIds", "type": strings},
+            {
+                "name": "changeType",
+                "type": {
+                    "type": "enum",
+                    "name": "ChangeType",
+                    "namespace": NAMESPACE,
+                    "symbols": CHANGE_TYPE_SYMBOLS,
+                },
+            },
+            {"name": "changeOrigin", "type": "string"},
+            {"name": "transactionKey", "type": "string"},
+            {"name": "sequenceNumber", "type": "int"},
+            {"name": "commitTimestamp", "type": "long"},
+            {"name": "commitNumber", "type": "long"},
+            {"name": "commitUser", "type": "string"},
+            {"name": "nulledFields", "type": strings},
+            {"name": "diffFields", "type": strings},
+            {"name": "changedFields", "type": strings},
+        ],
+    }
+
+
+def _nullable(name: str, avro_type: Any, doc: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "type": ["null", avro_type], "default": None}
+    if doc:
+        out["doc"] = doc
+    return out
+
+
+def _fields(*specs: tuple[str, str]) -> list[dict[str, Any]]:
+    """(name, sf type) pairs as nullable Avro fields; the doc names the Salesforce type."""
+    avro_types = {
+        "Text": "string",
+        "Id": "string",
+        "Picklist": "string",
+        "Email": "string",
+        "Phone": "string",
+        "Url": "string",
+        "TextArea": "string",
+        "Lookup": "string",
+        "Boolean": "boolean",
+        "Int": "int",
+        "Number": "double",
+        "Currency": "double",
+        "DateTime": "long",
+        "Date": "long",
+    }
+    return [_nullable(name, avro_types[sf_type], f"Data:{sf_type}") for name, sf_type in specs]
+
+
+ADDRESS_CHILDREN = (
+    ("Street", "TextArea"),
+    ("City", "Text"),
+    ("State", "Text"),
+    ("PostalCode", "Text"),
+    ("Country", "Text"),
+    ("StateCode", "Picklist"),
+    ("CountryCode", "Picklist"),
+    ("Latitude", "Number"),
+    ("Longitude", "Number"),
+    ("GeocodeAccuracy", "Picklist"),
+)
+NAME_CHILDREN = (("Salutation", "Picklist"), ("FirstName", "Text"), ("LastName", "Text"))
+
+
+def _address() -> dict[str, Any]:
+    record = {"type": "record", "name": "Address", "namespace": NAMESPACE}
+    record["fields"] = _fields(*ADDRESS_CHILDREN)
+    return _nullable("Address", record, "Data:Address")
+
+
+def _person_name() -> dict[str, Any]:
+    record = {"type": "record", "name": "Switchable_PersonName", "namespace": NAMESPACE}
+    record["fields"] = _fields(*NAME_CHILDREN)
+    return {"name": "Name", "type": ["null", "string", record], "default": None}
+
+
+def _custom_lead_fields() -> list[tuple[str, str]]:
+    sf_to_spec = {"DateTime": "DateTime", "Number": "Number", "Lookup": "Lookup"}
+    return [(f.api_name, sf_to_spec.get(f.sf_type, "Text")) for f in WRITTEN_LEAD_FIELDS]
+
+
+def _change_event(entity: str, body: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "type": "record",
+        "name": f"{entity}ChangeEvent",
+        "namespace": NAMESPACE,
+        "doc": f"Change Data Capture event of {entity}",
+        "fields": [{"name": "ChangeEventHeader", "type": _header_schema()}, *body],
+    }
+
+
+LEAD_SCHEMA = _change_event(
+    "Lead",
+    [
+        _person_name(),
+        *_fields(
+            ("Company", "Text"),
+            ("Title", "Text"),
+            ("Email", "Email"),
+            ("Phone", "Phone"),
+            ("Status", "Picklist"),
+            ("LeadSource", "Picklist"),
+            ("Industry", "Picklist"),
+            ("Rating", "Picklist"),
+            ("NumberOfEmployees", "Int"),
+            ("AnnualRevenue", "Currency"),
+        ),
+        _address(),
+        *_fields(
+            ("OwnerId", "Lookup"),
+            ("IsConverted", "Boolean"),
+            ("ConvertedDate", "Date"),
+            ("ConvertedAccountId", "Lookup"),
+            ("ConvertedContactId", "Lookup"),
+            ("ConvertedOpportunityId", "Lookup"),
+            ("CreatedDate", "DateTime"),
+            ("CreatedById", "Lookup"),
+            ("LastModifiedDate", "DateTime"),
+            ("LastModifiedById", "Lookup"),
+            *_custom_lead_fields(),
+        ),
+    ],
+)
+TASK_SCHEMA = _change_event(
+    "Task",
+    _fields(
+        ("Subject", "Text"),
+        ("Status", "Picklist"),
+        ("Priority", "Picklist"),
+        ("IsClosed", "Boolean"),
+        ("WhoId", "Lookup"),
+        ("WhatId", "Lookup"),
+        ("OwnerId", "Lookup"),
+        ("ActivityDate", "Date"),
+        ("CompletedDateTime", "DateTime"),
+        ("TaskSubtype", "Picklist"),
+        ("Type", "Picklist"),
+        ("Description", "TextArea"),
+        ("CreatedById", "Lookup"),
+        ("CreatedDate", "DateTime"),
+        ("LastModifiedDate", "DateTime"),
+        ("LastModifiedById", "Lookup"),
+    ),
+)
+EMAIL_MESSAGE_SCHEMA = _change_event(
+    "EmailMessage",
+    _fields(
+        ("Subject", "Text"),
+        ("FromAddress", "Email"),
+        ("ToAddress", "Text"),
+        ("Incoming", "Boolean"),
+        ("MessageDate", "DateTime"),
+        ("Status", "Picklist"),
+        ("RelatedToId", "Lookup"),
+        ("ActivityId", "Lookup"),
+        ("EmailTemplateId", "Lookup"),
+        ("TextBody", "TextArea"),
+        ("CreatedById", "Lookup"),
+        ("CreatedDate", "DateTime"),
+        ("LastModifiedDate", "DateTime"),
+    ),
+)
+SCHEMAS_BY_ENTITY: dict[str, dict[str, Any]] = {
+    "Lead": LEAD_SCHEMA,
+    "Task": TASK_SCHEMA,
+    "EmailMessage": EMAIL_MESSAGE_SCHEMA,
+}
+
+
+def canonical_json(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+def schema_id_for(schema: Mapping[str, Any]) -> str:
+    """Deterministic 22-char URL-safe id (like ``a01VpgrsZNJdn-7KStJcxQ``) of the schema JSON."""
+    digest = hashlib.sha256(canonical_json(schema).encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+SCHEMA_IDS_BY_ENTITY: dict[str, str] = {e: schema_id_for(s) for e, s in SCHEMAS_BY_ENTITY.items()}
+_SCHEMAS_BY_ID: dict[str, dict[str, Any]] = {
+    SCHEMA_IDS_BY_ENTITY[e]: s for e, s in SCHEMAS_BY_ENTITY.items()
+}
+
+
+def schema_json(schema_id: str) -> str:
+    """The Avro schema JSON served by GetSchema; ``UnknownSchemaError`` for unknown ids."""
+    schema = _SCHEMAS_BY_ID.get(schema_id)
+    if schema is None:
+        raise UnknownSchemaError(
+            f"schema id {schema_id!r} is unknown; known ids: {sorted(_SCHEMAS_BY_ID)}"
+        )
+    return canonical_json(schema)
+
+
+# --- encoding (sandbox server side) -----------------------------------------------------
+
+
+class _EntityCodec:
+    """Everything needed to encode one entity's changes, built once per entity."""
+
+    def __init__(self, entity: str, schema: dict[str, Any]) -> None:
+        self.entity = entity
+        self.schema_id = SCHEMA_IDS_BY_ENTITY[entity]
+        self.parsed = fastavro.parse_schema(schema)
+        self.layout = FieldLayout.from_schema(schema)
+        self.body_names = set(self.layout.names[1:])
+        self.datetime_names = {
+            f["name"]
+            for f in schema["fields"][1:]
+            if f.get("doc") in ("Data:DateTime", "Data:Date")
+        }
+        # bare child name (REST style: FirstName, City) -> compound parent name
+        self.child_parent: dict[str, str] = {}
+        for index, children in self.layout.compounds.items():
+            for child in children:
+                self.child_parent[child] = self.layout.names[index]
+
+    def qualify(self, name: str) -> str:
+        """Header field names: ``FirstName`` -> ``Name.FirstName`` (compound children)."""
+        parent = self.child_parent.get(name)
+        return f"{parent}.{name}" if parent and name not in self.body_names else name
+
+    def body(self, change: StoredChange) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for name, value in change.fields.items():
+            if name in NOT_IN_CDC:
+                continue
+            parent, _, child = self.qualify(name).partition(".")
+            if parent not in self.body_names:
+                raise EventFormatError(
+                    f"{self.entity} change at replay {change.replay}: field {name!r} is not in "
+                    f"the {self.entity}ChangeEvent schema; add it to kpi_pipeline/cdc/schemas.py "
+                    "or stop writing it"
+                )
+            if child:
+                record.setdefault(parent, {})[child] = value
+            elif isinstance(value, Mapping):
+                record.setdefault(parent, {}).update(value)
+            else:
+                record[parent] = self._coerce(name, value)
+        return record
+
+    def _coerce(self, name: str, value: Any) -> Any:
+        if name in self.datetime_names and isinstance(value, str):
+            parsed = parse_sf_datetime(value)
+            return to_epoch_ms(parsed) if parsed else None
+        return value
+
+    def header(self, change: StoredChange) -> dict[str, Any]:
+        h = change.header
+        header = {
+            "entityName": h.get("entityName") or self.entity,
+            "recordIds": list(h.get("recordIds") or ()),
+            "changeType": h.get("changeType"),
+            "changeOrigin": h.get("changeOrigin") or "",
+            "transactionKey": h.get("transactionKey") or "",
+            "sequenceNumber": int(h.get("sequenceNumber") or 0),
+            "commitTimestamp": int(h.get("commitTimestamp") or change.commit_timestamp),
+            "commitNumber": int(h.get("commitNumber") or 0),
+            "commitUser": h.get("commitUser") or "",
+        }
+        for key in BITMAP_HEADER_FIELDS:
+            names = [self.qualify(n) for n in h.get(key) or ()]
+            try:
+                header[key] = encode_bitmap(names, self.layout)
+            except BitmapError as exc:
+                raise EventFormatError(
+                    f"{self.entity} change at replay {change.replay}: header {key}: {exc}"
+                ) from exc
+        return header
+
+
+@cache
+def _codec(entity: str) -> _EntityCodec:
+    schema = SCHEMAS_BY_ENTITY.get(entity)
+    if schema is None:
+        raise EventFormatError(
+            f"entity {entity!r} has no change-event schema; known: {sorted(SCHEMAS_BY_ENTITY)}"
+        )
+    return _EntityCodec(entity, schema)
+
+
+def encode_change(stored_change: StoredChange) -> tuple[str, bytes]:
+    """(schema id, schemaless Avro payload) of a stored change, as the bus would deliver it."""
+    codec = _codec(stored_change.entity)
+    record = codec.body(stored_change)
+    record["ChangeEventHeader"] = codec.header(stored_change)
+    buffer = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(buffer, codec.parsed, record)
+    except (ValueError, TypeError) as exc:
+        raise EventFormatError(
+            f"{stored_change.entity} change at replay {stored_change.replay} does not fit "
+            f"{stored_change.entity}ChangeEvent: {exc}"
+        ) from exc
+    return codec.schema_id, buffer.getvalue()
