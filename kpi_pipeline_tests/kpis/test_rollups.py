@@ -17,7 +17,7 @@ day 2026-03-03
   L9  09:00 owner 005U2  assigned +6   v2/smb         response 09:15 (15 min) SLA 240 -> met
   L10 06:00 owner 00GQ1 (a queue, never a user)  v2/queue_fallback  no response, due 07:00 -> breached
   L11 10:00 owner 005U1  assigned 10:02 (minutes not stored)  v2/enterprise
-                         response 10:30 (minutes not stored: derived 30)  SLA 60 -> met
+                         response 10:30:20 (minutes not stored: derived 30.33)  SLA 60 -> met
 
 Templates (recommended -> applied): L1 demo->demo, L2 demo->none, L3 intro->demo, L4 intro->none,
 L6 demo->demo, L7 demo->none, L8 intro->none, L9 intro->intro, L11 demo->intro; L5, L10 none.
@@ -129,7 +129,7 @@ def ledger() -> pd.DataFrame:
                  recommended=INTRO, applied=INTRO),
             lead("L10", f"{D2}T06:00Z", Q1, version=V2, rule="queue_fallback", sla_minutes=60.0),
             lead("L11", f"{D2}T10:00Z", U1, assigned=f"{D2}T10:02Z", version=V2,
-                 rule="enterprise", responded=f"{D2}T10:30Z", sla_minutes=60.0,
+                 rule="enterprise", responded=f"{D2}T10:30:20Z", sla_minutes=60.0,
                  recommended=DEMO, applied=INTRO),
         ]
     )  # fmt: skip
@@ -157,13 +157,13 @@ def test_ttfr_overall_by_hand(ledger: pd.DataFrame) -> None:
     #   p50: rank 0.5*3 = 1.5  -> 40 + 0.5*(45-40) = 42.5
     #   p90: rank 0.9*3 = 2.7  -> 45 + 0.7*(60-45) = 55.5
     #   p95: rank 0.95*3 = 2.85 -> 45 + 0.85*(60-45) = 57.75
-    # Day 2 responded TTFRs sorted: 15, 20, 30 (L11 derived 10:30-10:00 = 30).
-    #   p50 = 20; p90: rank 1.8 -> 20 + 0.8*10 = 28; p95: rank 1.9 -> 29
+    # Day 2 responded TTFRs sorted: 15, 20, 30.33 (L11 derived 30 min 20 s = 30.333 -> 30.33).
+    #   p50 = 20; p90: rank 1.8 -> 20 + 0.8*10.33 = 28.264; p95: rank 1.9 -> 20 + 0.9*10.33 = 29.297
     assert_table(
         ttfr_overall(ledger),
         [
             (D1, 5, 4, 4 / 5, 42.5, 55.5, 57.75),
-            (D2, 6, 3, 3 / 6, 20.0, 28.0, 29.0),
+            (D2, 6, 3, 3 / 6, 20.0, 28.264, 29.297),
         ],
     )
 
@@ -171,7 +171,7 @@ def test_ttfr_overall_by_hand(ledger: pd.DataFrame) -> None:
 def test_ttfr_by_owner_by_hand(ledger: pd.DataFrame) -> None:
     # D1 005U1: L1 10, L2 60, L5 40 -> sorted 10, 40, 60; p90 rank 1.8 -> 40 + 0.8*20 = 56; p95 -> 58
     # D1 005U2: L3 45, L4 unanswered -> one value
-    # D2 005U1: L6 20, L11 30 -> p50 25, p90 rank 0.9 -> 29, p95 -> 29.5
+    # D2 005U1: L6 20, L11 30.33 -> p50 25.165, p90 20 + 0.9*10.33 = 29.297, p95 20 + 0.95*10.33 = 29.8135
     # D2 005U2: L7, L8 unanswered, L9 15
     # D2 00GQ1: L10 unanswered -> no percentiles
     assert_table(
@@ -179,7 +179,7 @@ def test_ttfr_by_owner_by_hand(ledger: pd.DataFrame) -> None:
         [
             (D1, U1, 3, 3, 1.0, 40.0, 56.0, 58.0),
             (D1, U2, 2, 1, 0.5, 45.0, 45.0, 45.0),
-            (D2, U1, 2, 2, 1.0, 25.0, 29.0, 29.5),
+            (D2, U1, 2, 2, 1.0, 25.165, 29.297, 29.8135),
             (D2, U2, 3, 1, 1 / 3, 15.0, 15.0, 15.0),
             (D2, Q1, 1, 0, 0.0, NAN, NAN, NAN),
         ],
