@@ -1,0 +1,208 @@
+"""Analyst-facing assets: the lead ledger, KPI rollups (daily) and the flywheel log (daily).
+
+Lineage: cdc_events → lead_ledger → kpi_* and flywheel_logs → flywheel_index.
+
+Partitioned assets write their own files (one per day and rollup), so a single run can
+materialize a whole date range (backfills) without the pickling IO manager, which cannot
+store several partitions in one output (shared/reference/dagster-notes.md §1).
+"""
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pandas as pd
+
+from kpi_pipeline.config import get_settings
+from kpi_pipeline.defs.assets import CDC_EVENTS_KEY
+from kpi_pipeline.defs.resources import PipelineResource
+from kpi_pipeline.kpis import rollups
+from kpi_pipeline.kpis.files import kpi_partition_path, write_kpi_partition
+
+DAILY = dg.DailyPartitionsDefinition(
+    start_date="2025-01-01", timezone=get_settings().timezone, end_offset=1
+)
+KPI_GROUP = "kpis"
+LEDGER_KEY = dg.AssetKey("lead_ledger")
+KPI_KEYS = {name: dg.AssetKey(f"kpi_{name}") for name in rollups.ROLLUP_NAMES}
+KPI_DESCRIPTIONS = {
+    "ttfr_overall": "Leads, responded, coverage and TTFR p50/p90/p95 (minutes) per day of creation.",
+    "ttfr_by_owner": "TTFR per owner and day: leads, responded, coverage, p50/p90/p95 minutes.",
+    "sla": "SLA met / breached / pending per day and breach % = breached ÷ (met + breached).",
+    "assignment_latency": "Assignment latency p50/p95 (minutes) by policy version and rule.",
+    "template_usage": "Templates recommended, applied and acceptance = applied ÷ recommended.",
+}
+DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
+
+
+class AsOfConfig(dg.Config):
+    """SLA status is evaluated as of this instant (ISO-8601); default: now."""
+
+    as_of: str | None = None
+
+
+def _as_of(config: AsOfConfig) -> datetime:
+    if config.as_of:
+        return datetime.fromisoformat(config.as_of.replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.now(UTC)
+
+
+@dg.asset(
+    key=LEDGER_KEY,
+    deps=[CDC_EVENTS_KEY],
+    group_name="ledger",
+    kinds={"sql"},
+    description=(
+        "The lead ledger: merged record states, lead facts (routing, first response, templates), "
+        "decisions and the Salesforce outbox, written by process_cdc_batch. Materializing it takes "
+        "a snapshot of its counts and runs its data checks."
+    ),
+    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2)),
+)
+def lead_ledger(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    ledger = pipeline.ledger()
+    stats = ledger.stats()
+    return dg.MaterializeResult(
+        metadata={**{k: v for k, v in stats.items() if isinstance(v, int | float | str)}, "ledger_url": _redacted(pipeline.settings().resolved_ledger_url)}
+    )
+
+
+def _redacted(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            key,
+            deps=[LEDGER_KEY],
+            group_name=KPI_GROUP,
+            description=KPI_DESCRIPTIONS[name],
+            partitions_def=DAILY,
+            kinds={"pandas", "csv"},
+            freshness_policy=DAILY_FRESHNESS,
+            skippable=False,
+        )
+        for name, key in KPI_KEYS.items()
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "reconciles_with_ledger",
+            asset=KPI_KEYS["ttfr_overall"],
+            description="Every rollup's counts add up to the ledger's lead, responded, assigned and recommended counts.",
+        )
+    ],
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=False,
+)
+def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline: PipelineResource):
+    """All KPI rollups of DESIGN §4.3 for the selected day(s), computed once from the ledger."""
+    settings = pipeline.settings()
+    window = context.partition_time_window
+    frame = pipeline.ledger().lead_facts_frame(window.start.astimezone(UTC), window.end.astimezone(UTC))
+    computed = rollups.compute_all(frame, as_of=_as_of(config), tz=settings.timezone)
+    days = list(context.partition_keys)
+    for name, table in computed.items():
+        for day in days:
+            write_kpi_partition(settings.data_dir, name, day, table[table["day"] == day])
+        yield dg.MaterializeResult(
+            asset_key=KPI_KEYS[name],
+            metadata={
+                "rows": len(table),
+                "days": len(days),
+                "leads_in_window": len(frame),
+                "policy_versions": ", ".join(sorted(frame["Routing_Policy_Version__c"].dropna().unique())) or "(none)",
+                "preview": dg.MetadataValue.md(rollups.markdown_table(table, max_rows=20)),
+                "path": str(kpi_partition_path(settings.data_dir, name, days[-1]).parent),
+            },
+        )
+    problems = rollups.reconcile(frame, computed, tz=settings.timezone)
+    yield dg.AssetCheckResult(
+        check_name="reconciles_with_ledger",
+        asset_key=KPI_KEYS["ttfr_overall"],
+        passed=not problems,
+        metadata={"problems": dg.MetadataValue.json(problems[:50]), "leads": len(frame)},
+    )
+
+
+@dg.asset(
+    deps=[LEDGER_KEY],
+    group_name="flywheel",
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"jsonl"},
+    freshness_policy=DAILY_FRESHNESS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "records_validate",
+            asset="flywheel_logs",
+            blocking=True,
+            description="Every record in the day's files validates against the flywheel contract; ids are unique.",
+        )
+    ],
+    description=(
+        "Every workload decision of the day as a flywheel record (OpenAI-compatible contract, "
+        "DESIGN §4.4), JSONL per workload and day under DATA_DIR/flywheel. Deterministic record ids: "
+        "re-materializing never duplicates."
+    ),
+)
+def flywheel_logs(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    from kpi_pipeline.flywheel.export import validate_flywheel_days, write_flywheel_days
+
+    settings = pipeline.settings()
+    window = context.partition_time_window
+    report = write_flywheel_days(
+        pipeline.ledger(),
+        settings.data_dir / "flywheel",
+        start=window.start.astimezone(UTC),
+        end=window.end.astimezone(UTC),
+        client_id=settings.client_id,
+    )
+    yield dg.MaterializeResult(metadata={**dataclasses.asdict(report), "directory": str(settings.data_dir / "flywheel")})
+    problems, checked = validate_flywheel_days(
+        settings.data_dir / "flywheel", start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
+    )
+    yield dg.AssetCheckResult(
+        check_name="records_validate",
+        passed=not problems,
+        metadata={"records_checked": checked, "problems": dg.MetadataValue.json(problems[:50])},
+    )
+
+
+@dg.asset(
+    deps=[dg.AssetKey("flywheel_logs")],
+    group_name="flywheel",
+    partitions_def=DAILY,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"elasticsearch"},
+    description=(
+        "The day's flywheel records loaded into Elasticsearch (KPI_ELASTICSEARCH_URL, index "
+        "KPI_FLYWHEEL_INDEX) with deterministic _ids. Skipped, with the reason, when no URL is set."
+    ),
+    output_required=False,
+)
+def flywheel_index(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+    from kpi_pipeline.flywheel.export import load_flywheel_days_to_elastic
+
+    settings = pipeline.settings()
+    if not settings.elasticsearch_url:
+        context.log.warning("flywheel_index skipped: KPI_ELASTICSEARCH_URL is not set (set it to load the index)")
+        return
+    window = context.partition_time_window
+    report = load_flywheel_days_to_elastic(
+        settings.data_dir / "flywheel",
+        settings.elasticsearch_url,
+        settings.flywheel_index,
+        start=window.start.astimezone(UTC),
+        end=window.end.astimezone(UTC),
+    )
+    yield dg.MaterializeResult(metadata=report)
+
+
+def read_kpi_days(data_dir, name: str, days: list[str]) -> pd.DataFrame:
+    frames = [pd.read_csv(kpi_partition_path(data_dir, name, day), dtype={"day": str}) for day in days]
+    return pd.concat(frames, ignore_index=True) if frames else rollups._empty(name)
