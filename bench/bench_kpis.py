@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -96,7 +97,7 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
 
 def report(label: str, seconds: list[float]) -> None:
     print(
-        f"{label:<48} median {statistics.median(seconds):7.3f} s  "
+        f"{label:<56} median {statistics.median(seconds):7.3f} s  "
         f"min {min(seconds):7.3f} s  (n={len(seconds)})",
         flush=True,
     )
@@ -118,6 +119,135 @@ def bench_frame(frame: pd.DataFrame, days: int, repeats: int) -> None:
     print("rollup rows: " + ", ".join(f"{name}={len(df)}" for name, df in rollups.items()))
 
 
+# --- load + rollup from a real ledger ------------------------------------------------------
+
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+BULK_STAMP = "2026-06-01 00:00:00.000000"  # updated_at of the bulk-loaded rows
+
+
+def _ledger_rows(frame: pd.DataFrame, timestamp_format: str) -> pd.DataFrame:
+    """The facts as text/number columns of the ledger's ``lead_facts`` table."""
+    rows = frame.copy()
+    for column in ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c"):
+        rows[column] = rows[column].dt.strftime(timestamp_format).astype(object)
+        rows.loc[frame[column].isna(), column] = None
+    rows["updated_at"] = BULK_STAMP
+    return rows
+
+
+def _bulk_load_sqlite(engine: object, frame: pd.DataFrame) -> None:
+    # SQLAlchemy's SQLite DateTime text form (what UTCDateTime stores: naive UTC).
+    rows = _ledger_rows(frame, "%Y-%m-%d %H:%M:%S.%f")
+    columns = list(rows.columns)
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    sql = f"INSERT INTO lead_facts ({quoted}) VALUES ({', '.join('?' for _ in columns)})"
+    values = rows.astype(object).where(rows.notna(), None).itertuples(index=False, name=None)
+    raw = engine.raw_connection()  # type: ignore[attr-defined]
+    try:
+        cursor = raw.cursor()
+        cursor.execute("BEGIN")
+        cursor.executemany(sql, values)
+        cursor.execute("COMMIT")
+    finally:
+        raw.close()
+
+
+def _bulk_load_postgres(engine: object, frame: pd.DataFrame) -> None:
+    import io
+
+    rows = _ledger_rows(frame, "%Y-%m-%d %H:%M:%S.%f+00")
+    rows["updated_at"] = BULK_STAMP + "+00"
+    buffer = io.StringIO()
+    rows.to_csv(buffer, index=False, header=False, na_rep="\\N")
+    buffer.seek(0)
+    columns = ", ".join(f'"{c}"' for c in rows.columns)
+    raw = engine.raw_connection()  # type: ignore[attr-defined]
+    try:
+        cursor = raw.cursor()
+        cursor.copy_expert(
+            f"COPY lead_facts ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
+        )
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def bench_ledger(backend: str, frame: pd.DataFrame, days: int, workdir: str) -> None:
+    """Bulk-load ``frame`` into a fresh ledger, then time lead_facts_frame and compute_all."""
+    import uuid
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    from kpi_pipeline.ledger.store import Ledger
+
+    if not hasattr(Ledger, "lead_facts_frame"):
+        print(f"{backend}: skipped, Ledger.lead_facts_frame does not exist yet")
+        return
+    admin = None
+    if backend == "sqlite":
+        path = Path(workdir) / "ledger.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob("ledger.db*"):
+            stale.unlink()
+        url = f"sqlite:///{path}"
+    else:
+        name = f"bench_kpis_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        ledger = Ledger.from_url(url)
+        began = time.perf_counter()
+        (_bulk_load_sqlite if backend == "sqlite" else _bulk_load_postgres)(ledger.engine, frame)
+        print(
+            f"{backend}: bulk insert of {len(frame):,} leads took {time.perf_counter() - began:.1f} s"
+        )
+        _time_ledger_rollups(backend, ledger, frame, days)
+        ledger.dispose()
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def _time_ledger_rollups(backend: str, ledger: object, frame: pd.DataFrame, days: int) -> None:
+    as_of = START + timedelta(days=days + 1)
+    windows = {
+        "1 day": (START, START + timedelta(days=1)),
+        f"{days} days": (START, START + timedelta(days=days)),
+    }
+    for label, (created_from, created_to) in windows.items():
+        began = time.perf_counter()
+        loaded = ledger.lead_facts_frame(created_from, created_to)  # type: ignore[attr-defined]
+        report(
+            f"{backend}: lead_facts_frame, {label} ({len(loaded):,} leads)",
+            [time.perf_counter() - began],
+        )
+        began = time.perf_counter()
+        rollups = compute_all(loaded, as_of=as_of)
+        report(f"{backend}: compute_all on it, {label}", [time.perf_counter() - began])
+        # The round trip through the ledger must not change a single KPI.
+        created = frame["CreatedDate"]
+        within = frame[(created >= created_from) & (created < created_to)]
+        for name, table in compute_all(within, as_of=as_of).items():
+            pd.testing.assert_frame_equal(rollups[name], table, check_exact=False, rtol=1e-9)
+    print(f"{backend}: rollups from the ledger equal rollups from the frame")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=1_000_000)
@@ -135,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"pandas {pd.__version__}, numpy {np.__version__}"
     )
     began = time.perf_counter()
@@ -145,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench_frame(frame, args.days, args.repeats)
     for backend in args.ledger:
-        from bench_kpis_ledger import bench_ledger  # the ledger part needs kpi_pipeline.ledger
-
         bench_ledger(backend, frame, args.days, args.workdir)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {peak_mib:.0f} MiB")
     return 0
 
 

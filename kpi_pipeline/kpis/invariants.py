@@ -18,7 +18,9 @@ FIRST_RESPONSE_FIELDS = (
 def negative_or_early_first_response(frame: pd.DataFrame) -> list[str]:
     """TTFR must be ≥ 0 and the first response no earlier than the lead's creation."""
     ttfr_negative = frame["Time_to_First_Response__c"] < 0
-    early = frame["First_Response_At__c"].notna() & (frame["First_Response_At__c"] < frame["CreatedDate"])
+    early = frame["First_Response_At__c"].notna() & (
+        frame["First_Response_At__c"] < frame["CreatedDate"]
+    )
     return sorted(frame.loc[ttfr_negative | early, "Id"].astype(str))
 
 

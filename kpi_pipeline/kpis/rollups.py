@@ -225,6 +225,30 @@ def _check_as_of(as_of: datetime) -> pd.Timestamp:
     return stamp.tz_convert("UTC")
 
 
+def day_bounds(day: str, *, tz: str = "UTC") -> tuple[datetime, datetime]:
+    """UTC instants [start, end) of calendar ``day`` (``YYYY-MM-DD``) in ``tz``.
+
+    What to pass to ``Ledger.lead_facts_frame`` for one daily partition: a local day is
+    23 or 25 hours long when daylight saving time starts or ends.
+    """
+    _check_timezone(tz)
+    try:
+        start = pd.Timestamp(day)
+    except ValueError as exc:
+        raise LeadFactsError(f"day {day!r} is not a date; write it YYYY-MM-DD") from exc
+    if start != start.normalize() or start.tzinfo is not None:
+        raise LeadFactsError(f"day {day!r} is not a plain date; write it YYYY-MM-DD")
+    # Where a DST change happens at midnight, the day starts at the first instant that
+    # exists (shift forward) and, when midnight occurs twice, at its earlier occurrence.
+    local = {"nonexistent": "shift_forward", "ambiguous": True}
+    local_start = start.tz_localize(tz, **local)
+    local_end = (start + pd.Timedelta(days=1)).tz_localize(tz, **local)
+    return (
+        local_start.tz_convert("UTC").to_pydatetime(),
+        local_end.tz_convert("UTC").to_pydatetime(),
+    )
+
+
 # --- shared derivations -------------------------------------------------------------------
 
 

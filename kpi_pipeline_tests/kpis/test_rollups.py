@@ -36,6 +36,7 @@ from kpi_pipeline.kpis import (
     LeadFactsError,
     assignment_latency,
     compute_all,
+    day_bounds,
     empty_lead_facts,
     lead_facts_columns,
     markdown_table,
@@ -466,3 +467,48 @@ def test_markdown_table_shows_the_first_rows_and_says_how_many_are_left(
     assert lines[-1] == "… 3 more rows (5 in all)"
     full = markdown_table(ttfr_by_owner(ledger), max_rows=10).splitlines()
     assert full[-1] == "| 2026-03-03 | 00GQ1 | 1 | 0 | 0 |  |  |  |"
+
+
+# --- day bounds ----------------------------------------------------------------------------
+
+
+def test_day_bounds_are_the_utc_instants_of_local_midnights() -> None:
+    utc = UTC
+    assert day_bounds("2026-03-02") == (
+        datetime(2026, 3, 2, tzinfo=utc),
+        datetime(2026, 3, 3, tzinfo=utc),
+    )
+    # 23-hour day: New York springs forward on 2026-03-08 (EST -5 -> EDT -4).
+    assert day_bounds("2026-03-08", tz="America/New_York") == (
+        datetime(2026, 3, 8, 5, tzinfo=utc),
+        datetime(2026, 3, 9, 4, tzinfo=utc),
+    )
+    # 25-hour day: New York falls back on 2026-11-01.
+    assert day_bounds("2026-11-01", tz="America/New_York") == (
+        datetime(2026, 11, 1, 4, tzinfo=utc),
+        datetime(2026, 11, 2, 5, tzinfo=utc),
+    )
+    # Santiago springs forward at midnight on 2026-09-06: local 00:00 never happens, the day
+    # starts at 01:00 -03 = 04:00Z.
+    assert day_bounds("2026-09-06", tz="America/Santiago")[0] == datetime(2026, 9, 6, 4, tzinfo=utc)
+
+
+def test_day_bounds_select_exactly_the_leads_of_that_local_day() -> None:
+    frame = facts(
+        [
+            lead("A", "2026-03-08T04:59Z", U1),
+            lead("B", "2026-03-08T05:00Z", U1),
+            lead("C", "2026-03-09T03:59Z", U1),
+            lead("D", "2026-03-09T04:00Z", U1),
+        ]
+    )
+    start, end = day_bounds("2026-03-08", tz="America/New_York")
+    inside = frame[(frame["CreatedDate"] >= start) & (frame["CreatedDate"] < end)]
+    assert inside["Id"].tolist() == ["B", "C"]
+    assert ttfr_overall(inside, tz="America/New_York")["day"].tolist() == ["2026-03-08"]
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "yesterday", "2026-03-08T05:00"])
+def test_day_bounds_reject_what_is_not_a_date(bad: str) -> None:
+    with pytest.raises(LeadFactsError, match=f"day '{bad}' is not a .*YYYY-MM-DD"):
+        day_bounds(bad)
