@@ -39,13 +39,22 @@ def is_user_id(value: Any) -> bool:
 # --- lead facts ------------------------------------------------------------------------
 
 
-def lead_created_at(lead: RecordState) -> datetime:
-    """``CreatedDate``, else the commit time of the CREATE event (DESIGN §4.3)."""
+def known_created_at(lead: RecordState) -> datetime | None:
+    """``CreatedDate``, else the commit time of the CREATE event; None while neither is known
+    (an UPDATE delivered before its CREATE)."""
     created = parse_sf_datetime(lead.fields.get("CreatedDate"))
     if created is not None:
         return created
     if lead.created_ms is not None:
         return datetime.fromtimestamp(lead.created_ms / 1000.0, tz=UTC)
+    return None
+
+
+def lead_created_at(lead: RecordState) -> datetime:
+    """``CreatedDate``, else the commit time of the CREATE event (DESIGN §4.3)."""
+    created = known_created_at(lead)
+    if created is not None:
+        return created
     raise ValueError(
         f"lead {lead.record_id} has neither CreatedDate nor a CREATE event; "
         "re-sync it over REST so its creation time is known"
@@ -463,3 +472,18 @@ def sla_status(
     if first_response_at is not None:
         return "met" if first_response_at <= due else "breached"
     return "breached" if as_of > due else "pending"
+
+
+def route_in_order(
+    leads: list[RecordState], policy: RoutingPolicy, pools: Mapping[str, PoolState] | None = None
+) -> tuple[list[RoutingDecision], dict[str, PoolState]]:
+    """Route leads one after another in creation order at their creation time (event
+    clock), carrying pool state: the what-if behind ``policy simulate`` and replays."""
+    state = dict(pools or {})
+    decisions = []
+    for lead in sorted(leads, key=lambda lead: (lead_created_at(lead), lead.record_id)):
+        outcome = route(lead, policy, state, decided_at=lead_created_at(lead))
+        if outcome.pool_state is not None:
+            state[outcome.pool_state.pool_id] = outcome.pool_state
+        decisions.append(outcome.decision)
+    return decisions, state
