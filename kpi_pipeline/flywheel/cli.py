@@ -3,7 +3,7 @@
 - ``export (--from DIR | --ledger-url URL) --out FILE [--workload W] [--since DAY] [--until DAY]``:
   flywheel records as one deterministic JSONL file (stable order, canonical JSON).
   ``DIR`` is an emitter directory (``<workload>/<YYYY-MM-DD>[-NNN].jsonl``); the ledger
-  source reads its decisions between ``--since`` and ``--until`` (both required there).
+  source turns the ledger's decisions (``Ledger.decisions_between``) into records.
 - ``training-set --from DIR --out DIR``: the distillation format, one
   ``<workload>.jsonl`` of ``{"messages": [...]}`` lines per workload.
 - ``load-elastic --from DIR [--url URL] [--index NAME]``: put the index template and
@@ -132,8 +132,6 @@ def _from_directory(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _from_ledger(args: argparse.Namespace) -> list[dict[str, Any]]:
     _check_range(args)
-    if not (args.since and args.until):
-        raise _InputError("--ledger-url needs --since and --until (UTC days) to bound the export")
     try:
         from kpi_pipeline.ledger.store import Ledger
     except ImportError as exc:
@@ -145,7 +143,10 @@ def _from_ledger(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise _InputError(
             "this ledger has no decisions_between() yet; export from a directory with --from DIR"
         )
-    start, end = (datetime.combine(day, time.min, tzinfo=UTC) for day in (args.since, args.until))
+    start, end = (
+        datetime.combine(day, time.min, tzinfo=UTC) if day else None
+        for day in (args.since, args.until)
+    )
     client_id = args.client_id or get_settings().client_id
     try:
         records = [

@@ -10,6 +10,7 @@ format: per workload one line ``{"messages": request.messages + [response.choice
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -63,34 +64,53 @@ def read_directory(
     directory: str | os.PathLike[str],
     *,
     workload_id: str | None = None,
-    since: date | None = None,
-    until: date | None = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Records of an emitter directory (``<workload>/<day>[-NNN].jsonl``), in the stable order.
 
-    ``since`` is inclusive and ``until`` exclusive, both UTC days, compared with each
-    record's timestamp (not only the file name, so a hand-placed file cannot leak).
+    ``since`` is inclusive and ``until`` exclusive: UTC days, or aware datetimes. Files of
+    days outside the range are skipped; records are then filtered by their own timestamp
+    (not only the file name, so a hand-placed file cannot leak).
     """
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"flywheel directory {root} does not exist")
     if workload_id is not None and workload_id not in WORKLOAD_IDS:
         raise ValueError(f"workload {workload_id!r} is not one of {', '.join(WORKLOAD_IDS)}")
-    start = _day_start(since) if since else None
-    end = _day_start(until) if until else None
-    workloads = [workload_id] if workload_id else [w for w in WORKLOAD_IDS if (root / w).is_dir()]
+    start = _epoch_bound(since, "since")
+    end = _epoch_bound(until, "until")
+    workloads = [workload_id] if workload_id else list(WORKLOAD_IDS)
     selected: dict[str, dict[str, Any]] = {}
     for workload in workloads:
         folder = root / workload
         if not folder.is_dir():
             continue
         for path in sorted_day_files(folder):
+            if not _day_may_overlap(path, start, end):
+                continue
             for record in iter_jsonl(path):
                 if (start is None or record["timestamp"] >= start) and (
                     end is None or record["timestamp"] < end
                 ):
                     selected.setdefault(record_id(record), record)
     return sorted(selected.values(), key=sort_key)
+
+
+def _epoch_bound(value: date | datetime | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{name}={value.isoformat()} has no timezone; pass an aware datetime")
+        return math.ceil(value.timestamp())
+    return _day_start(value)
+
+
+def _day_may_overlap(path: Path, start: int | None, end: int | None) -> bool:
+    """False when the file's day (from its name) lies wholly outside [start, end)."""
+    day_start = _day_start(date.fromisoformat(path.name[:10]))
+    return (end is None or day_start < end) and (start is None or day_start + 86400 > start)
 
 
 def training_example(record: dict[str, Any]) -> dict[str, Any]:
