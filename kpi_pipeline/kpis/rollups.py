@@ -528,7 +528,9 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 20) -> str:
 
 
 def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
         return ""
     if isinstance(value, float | np.floating):
         return f"{float(value):.4g}" if abs(value) < 1e4 else f"{float(value):.0f}"
