@@ -83,7 +83,7 @@ def test_merging_an_event_for_another_record_is_refused():
 
 
 def test_malformed_stored_state_names_the_problem():
-    with pytest.raises(ValueError, match="RecordState.to_json"):
+    with pytest.raises(ValueError, match=r"RecordState\.to_json"):
         RecordState.from_json({"fields": {}})
 
 
@@ -103,7 +103,8 @@ def test_multi_record_event_updates_each_named_record():
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_property_any_permutation_with_duplicates_is_the_same_state(data):
-    history = _lead_history() + [
+    history = [
+        *_lead_history(),
         event("Lead", LEAD, "UPDATE", 5, {"Rating": "Hot"}, sequence=2),
         event("Lead", LEAD, "DELETE", 40, {}),
     ]
