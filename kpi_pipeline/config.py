@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     sandbox_speedup: float = Field(
         600.0, gt=0, description="Simulated seconds per wall-clock second in dagster dev."
     )
+    sandbox_live_leads_per_hour: float = Field(
+        120.0,
+        ge=0,
+        description="Lead arrivals per wall-clock hour that the in-process sandbox keeps simulating "
+        "(dagster dev); responses to them arrive sandbox_speedup times faster. 0 stops live activity.",
+    )
     sandbox_access_token: str = Field(
         "sandbox-token", description="Static token the sandbox accepts beside JWT-issued ones."
     )
