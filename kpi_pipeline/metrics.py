@@ -186,6 +186,7 @@ ALL_METRICS = (
 
 CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
 AUTH_RESULTS = ("hit", "success", "failure")
+_EPOCH_PLUS_ONE_SECOND = 1.0
 # Areas passed to record_error by the pipeline; listed so their series exist (at 0) before
 # the first error, which makes `sum(rate(errors_total[5m])) by (area)` answer 0, not nothing.
 KNOWN_ERROR_AREAS = (
@@ -234,12 +235,13 @@ def record_auth(result: str, latency_seconds: float | None = None) -> None:
 def initialise_known_series(channels: Iterable[str] = DEFAULT_CHANNELS) -> None:
     """Create the known label sets at 0 so dashboards and rates have series before any event.
 
-    A fresh cdc_lag_seconds child carries timestamp 0, so under `mostrecent` any real
-    measurement from any process wins over it. decisions_total has no known label set (outcomes
-    and policy versions come from the policy); the collector still announces its name.
+    cdc_lag_seconds starts at 0 stamped 1970-01-01T00:00:01 (timestamp 0 means "never set" to
+    the `mostrecent` merge), so any real measurement from any process wins over it.
+    decisions_total has no known label set (outcomes and policy versions come from the
+    policy); the collector still announces its name.
     """
     for channel in channels:
-        CDC_LAG.labels(channel=channel)
+        CDC_LAG.labels(channel=channel)._value.set(0.0, timestamp=_EPOCH_PLUS_ONE_SECOND)
         for change_type in CHANGE_TYPES:
             CDC_EVENTS.labels(channel=channel, change_type=change_type)
     for area in KNOWN_ERROR_AREAS:

@@ -1,0 +1,120 @@
+"""Helpers for the metrics tests: recording "runs" as real short-lived processes, and a real
+`kpi-pipeline metrics serve` subprocess over a per-test metrics directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def metrics_env(metrics_dir: Path) -> dict[str, str]:
+    """Environment of a process recording into (or serving) metrics_dir, like a Dagster run."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["KPI_METRICS_DIR"] = str(metrics_dir)
+    return env
+
+
+def run_recording(metrics_dir: Path, body: str, prefix: tuple[str, ...] = ()) -> None:
+    """Run `body` (Python, with `m` = kpi_pipeline.metrics) in a fresh process that then exits."""
+    code = "from kpi_pipeline import metrics as m\n" + textwrap.dedent(body)
+    subprocess.run(
+        [*prefix, sys.executable, "-c", code], env=metrics_env(metrics_dir), check=True, timeout=60
+    )
+
+
+def parse_exposition(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@dataclass
+class MetricsServer:
+    process: subprocess.Popen[str]
+    url: str
+
+    def scrape(self) -> str:
+        status, body = http_get(f"{self.url}/metrics")
+        assert status == 200, body
+        return body
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_metrics_server(
+    metrics_dir: Path, port: int = 0, compact_interval: float = 60.0
+) -> MetricsServer:
+    """Start `kpi-pipeline metrics serve` and wait for the address it prints."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kpi_pipeline.cli",
+            "metrics",
+            "serve",
+            "--port",
+            str(port),
+            "--compact-interval",
+            str(compact_interval),
+        ],
+        env=metrics_env(metrics_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline() if process.stdout else ""
+    if "serving metrics on " not in line:
+        process.kill()
+        _, stderr = process.communicate(timeout=10)
+        raise AssertionError(f"metrics serve did not start: {line!r} {stderr}")
+    url = line.split("serving metrics on ", 1)[1].split("/metrics", 1)[0]
+    return MetricsServer(process, url)
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "metrics"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def metrics_server(metrics_dir: Path) -> Iterator[MetricsServer]:
+    server = start_metrics_server(metrics_dir)
+    yield server
+    server.stop()
+
+
+def require_binary(name: str, install_hint: str) -> str:
+    """Path of an external tool. Missing: skip on a developer machine, FAIL in CI (CI=true)."""
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path:
+        return path
+    message = f"`{name}` not found on PATH; install it with: {install_hint}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI=true: integration tools are required)")
+    pytest.skip(message)
