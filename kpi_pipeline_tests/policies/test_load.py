@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from kpi_pipeline.policies.load import (
+    PolicyError,
+    PolicyFault,
+    default_policy_path,
+    load_policy,
+    policy_fingerprint,
+    validate_policy_file,
+)
+
+
+def default_raw() -> dict:
+    return json.loads(default_policy_path().read_text(encoding="utf-8"))
+
+
+def faults_of(raw: dict) -> list[PolicyFault]:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(raw)
+    return caught.value.faults
+
+
+def test_packaged_policy_is_valid_and_has_every_feature():
+    policy = load_policy()
+    assert policy.default_sla_minutes == 60
+    assert len(policy.rules) >= 4 and policy.automation_users and policy.integration_users
+    strategies = {pool.strategy for pool in policy.pools.values()}
+    assert strategies == {"round_robin", "weighted_round_robin"}
+    members = [m for pool in policy.pools.values() for m in pool.members]
+    assert any(not m.available for m in members) and all(m.daily_cap for m in members)
+    assert any(rule.target.queue for rule in policy.rules)
+    assert any(rule.when is not None and rule.when.op in ("any", "all") for rule in policy.rules)
+    assert validate_policy_file(default_policy_path()) == []
+
+
+def test_schema_faults_name_the_json_path():
+    raw = default_raw()
+    raw["rules"][1]["target"] = {"user": "not-a-user-id"}
+    raw["pools"]["emea"]["strategy"] = "random"
+    del raw["default_sla_minutes"]
+    paths = {fault.path for fault in faults_of(raw)}
+    assert {"$", "$.rules[1].target.user", "$.pools.emea.strategy"} <= paths
+
+
+def test_every_semantic_fault_is_reported_at_once():
+    raw = default_raw()
+    raw["rules"][2]["target"] = {"pool": "nonexistent"}
+    raw["rules"][3]["id"] = raw["rules"][0]["id"]
+    raw["pools"]["smb"]["members"][1]["weight"] = 0
+    raw["pools"]["smb"]["members"][2]["user_id"] = raw["pools"]["smb"]["members"][0]["user_id"]
+    raw["timezone"] = "Mars/Olympus_Mons"
+    raw["rules"][0]["when"] = {"field": "AnnualRevenue", "range": {"min": 10, "max": 5}}
+    faults = {fault.path: fault.message for fault in faults_of(raw)}
+    assert "not defined in $.pools" in faults["$.rules[2].target.pool"]
+    assert "already used by $.rules[0]" in faults["$.rules[3].id"]
+    assert "> 0" in faults["$.pools.smb.members[1].weight"]
+    assert "listed twice" in faults["$.pools.smb.members[2].user_id"]
+    assert "unknown IANA timezone" in faults["$.timezone"]
+    assert "greater than max" in faults["$.rules[0].when.range"]
+
+
+def test_weighted_pool_needs_weights_and_fallback_owner_is_required():
+    raw = default_raw()
+    del raw["pools"]["enterprise"]["members"][0]["weight"]
+    assert [f.path for f in faults_of(raw)] == ["$.pools.enterprise.members[0].weight"]
+    raw = default_raw()
+    del raw["fallback_owner"]
+    assert any("fallback_owner" in f.message for f in faults_of(raw))
+
+
+def test_malformed_condition_gets_a_useful_message():
+    raw = default_raw()
+    raw["rules"][1]["when"] = {"field": "Company", "startswith": "Acme"}
+    (fault,) = faults_of(raw)
+    assert fault.path == "$.rules[1].when"
+    assert "use {'field': NAME, OP: VALUE}" in fault.message
+
+
+def test_error_text_lists_every_fault():
+    raw = default_raw()
+    raw["rules"][2]["target"] = {"pool": "nope"}
+    raw["rules"][3]["id"] = raw["rules"][0]["id"]
+    with pytest.raises(PolicyError) as caught:
+        load_policy(raw)
+    assert "2 fault(s)" in str(caught.value)
+    assert "$.rules[2].target.pool" in str(caught.value) and "$.rules[3].id" in str(caught.value)
+
+
+def test_unreadable_files_are_faults_not_crashes(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": ', encoding="utf-8")
+    (fault,) = validate_policy_file(broken)
+    assert fault.path == "$" and "not valid JSON at line 1" in fault.message
+    (missing,) = validate_policy_file(tmp_path / "missing.json")
+    assert "file not found" in missing.message
+
+
+def test_fingerprint_is_stable_and_content_sensitive():
+    policy = load_policy()
+    assert policy_fingerprint(policy) == policy_fingerprint(load_policy(default_raw()))
+    changed = copy.deepcopy(default_raw())
+    changed["pools"]["smb"]["members"][0]["weight"] = 4
+    assert policy_fingerprint(load_policy(changed)) != policy_fingerprint(policy)
+    reordered = default_raw()
+    reordered["automation_users"] = list(reversed(reordered["automation_users"]))
+    assert policy_fingerprint(load_policy(reordered)) == policy_fingerprint(policy)
