@@ -121,3 +121,117 @@ resync_windows = sa.Table(
     sa.Column("closed_at", UTCDateTime),
     sa.UniqueConstraint("channel", "reason", "from_key", name="uq_resync_windows_start"),
 )
+
+# --- migration 0003: workload state, decisions, outbox ----------------------------------
+
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("sobject", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("state", sa.JSON, nullable=False),  # RecordState.to_json()
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+lead_facts = sa.Table(
+    "lead_facts",
+    metadata,
+    sa.Column("Id", sa.String(32), primary_key=True),
+    sa.Column("CreatedDate", UTCDateTime),
+    sa.Column("OwnerId", sa.String(32)),
+    sa.Column("Owner_Assigned_At__c", UTCDateTime),
+    sa.Column("Assignment_Latency_Minutes__c", sa.Float),
+    sa.Column("First_Response_At__c", UTCDateTime),
+    sa.Column("First_Response_User__c", sa.String(32)),
+    sa.Column("First_Response_Source__c", sa.String(16)),
+    sa.Column("Time_to_First_Response__c", sa.Float),
+    sa.Column("Template_Recommended__c", sa.String(255)),
+    sa.Column("Template_Applied__c", sa.String(255)),
+    sa.Column("Routing_Policy_Version__c", sa.String(64)),
+    sa.Column("Routing_Rule__c", sa.String(255)),
+    sa.Column("SLA_Minutes", sa.Float),
+    # Tie-breakers of the first response, so the SQL guard compares (at, rank, record id).
+    sa.Column("first_response_rank", sa.Integer),
+    sa.Column("first_response_record_id", sa.String(32)),
+    # The email Template_Applied__c came from; only an earlier outbound email replaces it.
+    sa.Column("template_applied_at", UTCDateTime),
+    sa.Column("template_applied_record_id", sa.String(32)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_lead_facts_created", "CreatedDate"),
+)
+
+response_candidates = sa.Table(
+    "response_candidates",
+    metadata,
+    sa.Column("record_id", sa.String(32), primary_key=True),
+    sa.Column("lead_id", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("user_id", sa.String(32)),
+    sa.Index("ix_response_candidates_lead", "lead_id"),
+)
+
+routing_decisions = sa.Table(
+    "routing_decisions",
+    metadata,
+    sa.Column("lead_id", sa.String(32), primary_key=True),
+    sa.Column("decision", sa.JSON, nullable=False),  # RoutingDecision.to_json()
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Column("policy_version", sa.String(64), nullable=False),
+)
+
+pool_state = sa.Table(
+    "pool_state",
+    metadata,
+    sa.Column("pool_id", sa.String(128), primary_key=True),
+    sa.Column("pointer", sa.Integer, nullable=False),
+    sa.Column("day", sa.String(10)),
+    sa.Column("assigned_today", sa.JSON, nullable=False),
+    sa.Column("state", sa.JSON),  # the full PoolState JSON, whatever extra it carries
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+template_recommendations = sa.Table(
+    "template_recommendations",
+    metadata,
+    sa.Column("lead_id", sa.String(32), primary_key=True),
+    sa.Column("template_id", sa.String(255), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Column("detail", sa.JSON),
+)
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("workload", sa.String(32), nullable=False),
+    sa.Column("lead_id", sa.String(32), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Column("policy_version", sa.String(64)),
+    sa.Column("rule_id", sa.String(255)),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("replay_ids", sa.JSON, nullable=False),  # hex strings of the triggering events
+    sa.Index("ix_decisions_time", "decided_at", "workload"),
+)
+
+sf_outbox = sa.Table(
+    "sf_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sobject", sa.String(64), nullable=False),
+    sa.Column("record_id", sa.String(32), nullable=False),
+    sa.Column("fields", sa.JSON, nullable=False),
+    sa.Column("fields_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | claimed | sent | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("sent_at", UTCDateTime),
+    sa.UniqueConstraint("sobject", "record_id", "fields_hash", name="uq_sf_outbox_values"),
+    sa.Index("ix_sf_outbox_status", "status", "id"),
+)

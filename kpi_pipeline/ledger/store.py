@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from kpi_pipeline.cdc.events import replay_id_hex
 from kpi_pipeline.cdc.raw import RawEvent
 from kpi_pipeline.ledger import migrations
 from kpi_pipeline.ledger import schema as t
+from kpi_pipeline.ledger.outbox import OutboxMixin
+from kpi_pipeline.ledger.sql import dumps, insert_ignore
+from kpi_pipeline.ledger.state import WorkloadStateMixin
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 BATCH_STAGED = "staged"
@@ -108,11 +110,6 @@ def batch_id_for(channel: str, first_replay: bytes, last_replay: bytes) -> str:
     return f"{channel}:{replay_id_hex(first_replay)}-{replay_id_hex(last_replay)}"
 
 
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces): equal documents give equal text and hashes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 # --- engine -----------------------------------------------------------------------------
 
 
@@ -160,27 +157,10 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
-def _insert_ignore(conn: sa.Connection, table: sa.Table, keys: Sequence[str]) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for the connection's dialect."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
-
-
-def _upsert(
-    conn: sa.Connection, table: sa.Table, keys: Sequence[str], update: Sequence[str]
-) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET col = excluded.col`` for ``update`` columns."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
-    )
-
-
 # --- the ledger -------------------------------------------------------------------------
 
 
-class Ledger:
+class Ledger(WorkloadStateMixin, OutboxMixin):
     """The lead ledger. Build with ``Ledger.from_url`` (which migrates to the newest schema)."""
 
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] | None = None) -> None:
@@ -250,7 +230,7 @@ class Ledger:
             if not new_events:
                 return StagedBatch(batch_id, channel, first_hex, last_hex, 0, False)
             conn.execute(
-                _insert_ignore(conn, t.cdc_inbox, ["channel", "replay_id"]),
+                insert_ignore(conn, t.cdc_inbox, ["channel", "replay_id"]),
                 [
                     {
                         "channel": channel,
@@ -305,7 +285,7 @@ class Ledger:
         needed = {e.schema_id for e in events}
         if schemas:
             conn.execute(
-                _insert_ignore(conn, t.cdc_schemas, ["schema_id"]),
+                insert_ignore(conn, t.cdc_schemas, ["schema_id"]),
                 [{"schema_id": k, "schema_json": v} for k, v in sorted(schemas.items())],
             )
         missing = needed - set(schemas)
@@ -450,7 +430,7 @@ class Ledger:
         """Park one event that failed at ``stage``; True if it was not parked there before."""
         with self.write() as conn:
             result = conn.execute(
-                _insert_ignore(conn, t.dead_letters, ["channel", "replay_id", "stage"]).values(
+                insert_ignore(conn, t.dead_letters, ["channel", "replay_id", "stage"]).values(
                     channel=channel,
                     replay_id=replay_id,
                     batch_id=batch_id,
@@ -508,7 +488,7 @@ class Ledger:
         from_key = f"{from_hex or ''}@{'' if from_time_ms is None else from_time_ms}"
         with self.write() as conn:
             conn.execute(
-                _insert_ignore(conn, t.resync_windows, ["channel", "reason", "from_key"]).values(
+                insert_ignore(conn, t.resync_windows, ["channel", "reason", "from_key"]).values(
                     channel=channel,
                     reason=reason,
                     from_replay=from_hex,

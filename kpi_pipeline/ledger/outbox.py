@@ -1,0 +1,152 @@
+"""The Salesforce outbox in the ledger (mixed into ``Ledger``): the ``OutboxPort`` the
+write-back drains.
+
+Enqueueing is idempotent per record and field values (a hash of the canonical JSON),
+so re-processing a batch does not queue the same update twice. Items are *claimed* with
+a lease: a drainer that dies mid-send leaves them claimed, and they become claimable
+again once the lease expires, so nothing is lost and nothing is sent twice concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from kpi_pipeline.ledger import schema as t
+from kpi_pipeline.ledger.sql import canonical, dumps, insert_ignore
+
+PENDING = "pending"
+CLAIMED = "claimed"
+SENT = "sent"
+FAILED = "failed"
+CLAIM_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    sobject: str
+    record_id: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An outbox row with its bookkeeping, for operators and tests."""
+
+    id: int
+    sobject: str
+    record_id: str
+    fields: dict[str, Any]
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+def fields_hash(sobject: str, record_id: str, fields: Mapping[str, Any]) -> str:
+    return hashlib.sha256(dumps([sobject, record_id, dict(fields)]).encode("utf-8")).hexdigest()
+
+
+class OutboxMixin:
+    engine: sa.Engine
+
+    def _now(self) -> datetime: ...  # provided by Ledger
+
+    def enqueue_update(
+        self, conn: sa.Connection, sobject: str, record_id: str, fields: Mapping[str, Any]
+    ) -> bool:
+        """Queue a record update (in the caller's transaction); False if these exact values
+        were queued for this record before."""
+        if not fields:
+            return False
+        result = conn.execute(
+            insert_ignore(conn, t.sf_outbox, ["sobject", "record_id", "fields_hash"]).values(
+                sobject=sobject,
+                record_id=record_id,
+                fields=canonical(dict(fields)),
+                fields_hash=fields_hash(sobject, record_id, fields),
+                status=PENDING,
+                attempts=0,
+                created_at=self._now(),
+            )
+        )
+        return result.rowcount == 1
+
+    def claim_pending(self, limit: int = 200) -> list[OutboxItem]:
+        """Claim up to ``limit`` items to send, oldest first (pending, or claimed with an
+        expired lease). PostgreSQL skips rows another drainer holds (SKIP LOCKED)."""
+        if limit < 1:
+            raise ValueError(f"claim_pending(limit={limit}): limit must be at least 1")
+        now = self._now()
+        c = t.sf_outbox.c
+        claimable = sa.or_(
+            c.status == PENDING, sa.and_(c.status == CLAIMED, c.claimed_at < now - CLAIM_LEASE)
+        )
+        with self.write() as conn:  # type: ignore[attr-defined]
+            query = sa.select(t.sf_outbox).where(claimable).order_by(c.id).limit(limit)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = conn.execute(query).all()
+            if rows:
+                conn.execute(
+                    t.sf_outbox.update()
+                    .where(c.id.in_([row.id for row in rows]))
+                    .values(status=CLAIMED, claimed_at=now, attempts=c.attempts + 1)
+                )
+        return [OutboxItem(row.id, row.sobject, row.record_id, dict(row.fields)) for row in rows]
+
+    def mark_sent(self, ids: Iterable[int]) -> None:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return
+        with self.write() as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                t.sf_outbox.update()
+                .where(t.sf_outbox.c.id.in_(wanted))
+                .values(status=SENT, sent_at=self._now(), last_error=None)
+            )
+
+    def mark_failed(self, item_id: int, error: str, *, retryable: bool) -> None:
+        """A retryable failure goes back to pending (sent again on the next drain); a
+        permanent one stays failed with its error for an operator."""
+        with self.write() as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                t.sf_outbox.update()
+                .where(t.sf_outbox.c.id == item_id)
+                .values(
+                    status=PENDING if retryable else FAILED,
+                    last_error=error[:2000],
+                    claimed_at=None,
+                )
+            )
+
+    def outbox(self, status: str | None = None, *, record_id: str | None = None) -> list[OutboxRow]:
+        c = t.sf_outbox.c
+        query = sa.select(t.sf_outbox).order_by(c.id)
+        if status is not None:
+            query = query.where(c.status == status)
+        if record_id is not None:
+            query = query.where(c.record_id == record_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            OutboxRow(
+                row.id,
+                row.sobject,
+                row.record_id,
+                dict(row.fields),
+                row.status,
+                row.attempts,
+                row.last_error,
+                row.created_at,
+                row.sent_at,
+            )
+            for row in rows
+        ]

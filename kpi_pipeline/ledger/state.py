@@ -1,0 +1,521 @@
+"""Workload state in the ledger: records, lead facts, response candidates, routing memo,
+pool state, template recommendations and decisions (mixed into ``Ledger``).
+
+Methods taking ``conn`` run inside the caller's transaction (``Ledger.write()``), so one
+batch step is one transaction. The guards that keep effects idempotent and monotone live
+in the SQL itself (see ``improve_first_response``), so they also hold between two
+concurrent runs, not just within one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from kpi_pipeline.ledger import schema as t
+from kpi_pipeline.ledger.sql import canonical, insert_ignore, upsert
+from kpi_pipeline.workloads.first_touch import SOURCE_RANK, FirstResponse, ResponseCandidate
+from kpi_pipeline.workloads.lead_route import PoolState, RoutingDecision
+from kpi_pipeline.workloads.records import RecordState
+
+RecordKey = tuple[str, str]  # (sobject, id)
+
+LEAD_FACTS_COLUMNS: tuple[str, ...] = (
+    "Id",
+    "CreatedDate",
+    "OwnerId",
+    "Owner_Assigned_At__c",
+    "Assignment_Latency_Minutes__c",
+    "First_Response_At__c",
+    "First_Response_User__c",
+    "First_Response_Source__c",
+    "Time_to_First_Response__c",
+    "Template_Recommended__c",
+    "Template_Applied__c",
+    "Routing_Policy_Version__c",
+    "Routing_Rule__c",
+    "SLA_Minutes",
+)
+DATETIME_FACTS = ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c")
+NUMBER_FACTS = ("Assignment_Latency_Minutes__c", "Time_to_First_Response__c", "SLA_Minutes")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One workload decision, the source of its flywheel record."""
+
+    id: str
+    workload: str
+    lead_id: str
+    decided_at: datetime
+    policy_version: str | None
+    rule_id: str | None
+    model: str
+    request: dict[str, Any]  # {"messages": [...], "metadata": {...}}
+    response: dict[str, Any]  # the decision itself
+    replay_ids: list[str]
+
+
+class WorkloadStateMixin:
+    engine: sa.Engine
+
+    def _now(self) -> datetime: ...  # provided by Ledger
+
+    def _lock_keys(self, conn: sa.Connection, keys: Iterable[str]) -> None:
+        """Serialise read-modify-write of the same keys across concurrent runs.
+
+        SQLite write transactions are already exclusive (BEGIN IMMEDIATE); PostgreSQL takes
+        transaction-scoped advisory locks, in sorted order so two runs cannot deadlock.
+        """
+        if conn.dialect.name != "postgresql":
+            return
+        ordered = sorted(set(keys))
+        if ordered:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+                    "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k"
+                ),
+                {"keys": ordered},
+            )
+
+    # --- records ------------------------------------------------------------------------
+
+    def load_records_for_update(
+        self, conn: sa.Connection, keys: Iterable[RecordKey]
+    ) -> dict[RecordKey, RecordState]:
+        wanted = sorted(set(keys))
+        self._lock_keys(conn, (f"record:{s}:{i}" for s, i in wanted))
+        return self._load_records(conn, wanted)
+
+    @staticmethod
+    def _load_records(
+        conn: sa.Connection, keys: Sequence[RecordKey]
+    ) -> dict[RecordKey, RecordState]:
+        found: dict[RecordKey, RecordState] = {}
+        by_sobject: dict[str, list[str]] = {}
+        for sobject, record_id in keys:
+            by_sobject.setdefault(sobject, []).append(record_id)
+        for sobject, ids in by_sobject.items():
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(t.records.c.id, t.records.c.state).where(
+                        t.records.c.sobject == sobject, t.records.c.id.in_(ids[start : start + 500])
+                    )
+                )
+                for record_id, state in rows:
+                    found[(sobject, record_id)] = RecordState.from_json(state)
+        return found
+
+    def save_records(self, conn: sa.Connection, states: Iterable[RecordState]) -> None:
+        rows = [
+            {
+                "sobject": s.sobject,
+                "id": s.record_id,
+                "state": canonical(s.to_json()),
+                "updated_at": self._now(),
+            }
+            for s in states
+        ]
+        if rows:
+            conn.execute(upsert(conn, t.records, ["sobject", "id"], ["state", "updated_at"]), rows)
+
+    def record(self, sobject: str, record_id: str) -> RecordState | None:
+        with self.engine.connect() as conn:
+            return self._load_records(conn, [(sobject, record_id)]).get((sobject, record_id))
+
+    def records(
+        self, conn: sa.Connection, keys: Iterable[RecordKey]
+    ) -> dict[RecordKey, RecordState]:
+        return self._load_records(conn, sorted(set(keys)))
+
+    # --- lead facts ---------------------------------------------------------------------
+
+    def ensure_lead_facts(
+        self, conn: sa.Connection, lead_id: str, *, created: datetime | None, owner_id: str | None
+    ) -> None:
+        """Create the lead's facts row or refresh its creation time and current owner."""
+        conn.execute(
+            insert_ignore(conn, t.lead_facts, ["Id"]).values(
+                Id=lead_id, CreatedDate=created, OwnerId=owner_id, updated_at=self._now()
+            )
+        )
+        values: dict[str, Any] = {}
+        if created is not None:
+            values["CreatedDate"] = created
+        if owner_id is not None:
+            values["OwnerId"] = owner_id
+        if values:
+            conn.execute(
+                t.lead_facts.update()
+                .where(t.lead_facts.c.Id == lead_id)
+                .values(**values, updated_at=self._now())
+            )
+
+    def set_routing_facts(self, conn: sa.Connection, decision: RoutingDecision) -> None:
+        conn.execute(
+            t.lead_facts.update()
+            .where(t.lead_facts.c.Id == decision.lead_id)
+            .values(
+                Routing_Policy_Version__c=decision.policy_version,
+                Routing_Rule__c=decision.rule_id,
+                SLA_Minutes=decision.sla_minutes,
+                updated_at=self._now(),
+            )
+        )
+
+    def set_sla_if_unrouted(self, conn: sa.Connection, lead_id: str, sla_minutes: float) -> None:
+        """SLA of a lead the pipeline did not route (a routing decision's SLA wins)."""
+        conn.execute(
+            t.lead_facts.update()
+            .where(t.lead_facts.c.Id == lead_id, t.lead_facts.c.Routing_Rule__c.is_(None))
+            .values(SLA_Minutes=sla_minutes, updated_at=self._now())
+        )
+
+    def set_assignment(
+        self, conn: sa.Connection, lead_id: str, assigned_at: datetime, latency_minutes: float
+    ) -> bool:
+        """First user-owner time: only ever moves earlier (so any order gives the same answer)."""
+        c = t.lead_facts.c
+        result = conn.execute(
+            t.lead_facts.update()
+            .where(
+                c.Id == lead_id,
+                sa.or_(c.Owner_Assigned_At__c.is_(None), c.Owner_Assigned_At__c > assigned_at),
+            )
+            .values(
+                Owner_Assigned_At__c=assigned_at,
+                Assignment_Latency_Minutes__c=latency_minutes,
+                updated_at=self._now(),
+            )
+        )
+        return result.rowcount == 1
+
+    def improve_first_response(self, conn: sa.Connection, lead_id: str, fr: FirstResponse) -> bool:
+        """The TTFR guard, in the UPDATE itself: set the four fields only when the stored
+        first response is empty or sorts strictly after ``fr`` by (at, source rank, record id).
+
+        Two concurrent runs can therefore never move a first response later: whichever
+        commits second re-evaluates the WHERE clause against the committed row.
+        """
+        c = t.lead_facts.c
+        rank = SOURCE_RANK[fr.source]
+        later = sa.or_(
+            c.First_Response_At__c.is_(None),
+            c.First_Response_At__c > fr.at,
+            sa.and_(c.First_Response_At__c == fr.at, c.first_response_rank > rank),
+            sa.and_(
+                c.First_Response_At__c == fr.at,
+                c.first_response_rank == rank,
+                c.first_response_record_id > fr.record_id,
+            ),
+        )
+        result = conn.execute(
+            t.lead_facts.update()
+            .where(c.Id == lead_id, later)
+            .values(
+                First_Response_At__c=fr.at,
+                First_Response_User__c=fr.user_id,
+                First_Response_Source__c=fr.source,
+                Time_to_First_Response__c=fr.minutes,
+                first_response_rank=rank,
+                first_response_record_id=fr.record_id,
+                updated_at=self._now(),
+            )
+        )
+        return result.rowcount == 1
+
+    def set_template_recommended(self, conn: sa.Connection, lead_id: str, template_id: str) -> None:
+        c = t.lead_facts.c
+        conn.execute(
+            t.lead_facts.update()
+            .where(c.Id == lead_id, c.Template_Recommended__c.is_(None))
+            .values(Template_Recommended__c=template_id, updated_at=self._now())
+        )
+
+    def set_template_applied(
+        self, conn: sa.Connection, lead_id: str, template_id: str, *, at: datetime, record_id: str
+    ) -> bool:
+        """Template of the lead's first outbound email: only an earlier email replaces it."""
+        c = t.lead_facts.c
+        earlier = sa.or_(
+            c.template_applied_at.is_(None),
+            c.template_applied_at > at,
+            sa.and_(c.template_applied_at == at, c.template_applied_record_id > record_id),
+        )
+        result = conn.execute(
+            t.lead_facts.update()
+            .where(c.Id == lead_id, earlier)
+            .values(
+                Template_Applied__c=template_id,
+                template_applied_at=at,
+                template_applied_record_id=record_id,
+                updated_at=self._now(),
+            )
+        )
+        return result.rowcount == 1
+
+    def lead_facts(self, conn: sa.Connection, lead_ids: Iterable[str]) -> dict[str, sa.Row[Any]]:
+        ids = sorted(set(lead_ids))
+        found: dict[str, sa.Row[Any]] = {}
+        for start in range(0, len(ids), 500):
+            for row in conn.execute(
+                sa.select(t.lead_facts).where(t.lead_facts.c.Id.in_(ids[start : start + 500]))
+            ):
+                found[row.Id] = row
+        return found
+
+    def lead_facts_frame(
+        self, created_from: datetime | None = None, created_to: datetime | None = None
+    ) -> pd.DataFrame:
+        """Lead facts for the KPI rollups: one row per lead with a known creation time,
+        created in [created_from, created_to), sorted by Id. Datetimes are tz-aware UTC
+        (NaT for none), numbers float (NaN for none), text None for none."""
+        c = t.lead_facts.c
+        query = sa.select(*(c[name] for name in LEAD_FACTS_COLUMNS)).where(
+            c.CreatedDate.is_not(None)
+        )
+        if created_from is not None:
+            query = query.where(c.CreatedDate >= created_from)
+        if created_to is not None:
+            query = query.where(c.CreatedDate < created_to)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(c.Id)).all()
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(LEAD_FACTS_COLUMNS))
+        for name in DATETIME_FACTS:
+            frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[ns, UTC]")
+        for name in NUMBER_FACTS:
+            frame[name] = pd.to_numeric(frame[name]).astype("float64")
+        for name in LEAD_FACTS_COLUMNS:
+            if name not in DATETIME_FACTS and name not in NUMBER_FACTS:
+                frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
+        return frame
+
+    # --- response candidates ------------------------------------------------------------
+
+    def put_candidate(self, conn: sa.Connection, candidate: ResponseCandidate) -> None:
+        conn.execute(
+            upsert(
+                conn,
+                t.response_candidates,
+                ["record_id"],
+                ["lead_id", "at", "source", "rank", "user_id"],
+            ).values(
+                record_id=candidate.record_id,
+                lead_id=candidate.lead_id,
+                at=candidate.at,
+                source=candidate.source,
+                rank=SOURCE_RANK[candidate.source],
+                user_id=candidate.user_id,
+            )
+        )
+
+    def drop_candidate(self, conn: sa.Connection, record_id: str) -> None:
+        """A record that no longer qualifies (un-completed, deleted); settled answers stay."""
+        conn.execute(
+            t.response_candidates.delete().where(t.response_candidates.c.record_id == record_id)
+        )
+
+    def candidates_for(
+        self, conn: sa.Connection, lead_ids: Iterable[str]
+    ) -> dict[str, list[ResponseCandidate]]:
+        ids = sorted(set(lead_ids))
+        found: dict[str, list[ResponseCandidate]] = {}
+        c = t.response_candidates.c
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(t.response_candidates)
+                .where(c.lead_id.in_(ids[start : start + 500]))
+                .order_by(c.lead_id, c.at, c.rank, c.record_id)
+            )
+            for row in rows:
+                found.setdefault(row.lead_id, []).append(
+                    ResponseCandidate(row.lead_id, row.at, row.source, row.record_id, row.user_id)
+                )
+        return found
+
+    # --- routing ------------------------------------------------------------------------
+
+    def routing_decisions(
+        self, conn: sa.Connection, lead_ids: Iterable[str]
+    ) -> dict[str, RoutingDecision]:
+        ids = sorted(set(lead_ids))
+        found: dict[str, RoutingDecision] = {}
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(t.routing_decisions.c.lead_id, t.routing_decisions.c.decision).where(
+                    t.routing_decisions.c.lead_id.in_(ids[start : start + 500])
+                )
+            )
+            for lead_id, decision in rows:
+                found[lead_id] = RoutingDecision.from_json(decision)
+        return found
+
+    def lock_pools(self, conn: sa.Connection, pool_ids: Iterable[str]) -> dict[str, PoolState]:
+        """Pool states, locked for this transaction (rows created at pointer 0 when new).
+
+        PostgreSQL: ``SELECT ... FOR UPDATE`` in pool id order; SQLite: the IMMEDIATE write
+        transaction already excludes other writers. Either way two concurrent runs cannot
+        both advance a pointer from the same position.
+        """
+        ids = sorted(set(pool_ids))
+        if not ids:
+            return {}
+        conn.execute(
+            insert_ignore(conn, t.pool_state, ["pool_id"]),
+            [
+                {
+                    "pool_id": p,
+                    "pointer": 0,
+                    "day": "",
+                    "assigned_today": {},
+                    "updated_at": self._now(),
+                }
+                for p in ids
+            ],
+        )
+        query = (
+            sa.select(t.pool_state)
+            .where(t.pool_state.c.pool_id.in_(ids))
+            .order_by(t.pool_state.c.pool_id)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return {
+            row.pool_id: PoolState(
+                row.pool_id, row.pointer, row.day or "", dict(row.assigned_today or {})
+            )
+            for row in conn.execute(query)
+        }
+
+    def save_pool_state(self, conn: sa.Connection, state: PoolState) -> None:
+        conn.execute(
+            t.pool_state.update()
+            .where(t.pool_state.c.pool_id == state.pool_id)
+            .values(
+                pointer=state.pointer,
+                day=state.day,
+                assigned_today=canonical(state.assigned_today),
+                state=canonical(state.to_json()),
+                updated_at=self._now(),
+            )
+        )
+
+    def pool_states(self) -> dict[str, PoolState]:
+        with self.engine.connect() as conn:
+            return {
+                row.pool_id: PoolState(
+                    row.pool_id, row.pointer, row.day or "", dict(row.assigned_today or {})
+                )
+                for row in conn.execute(sa.select(t.pool_state))
+            }
+
+    def insert_routing_decision(self, conn: sa.Connection, decision: RoutingDecision) -> bool:
+        """Memoize a lead's decision; False when the lead was already decided (keep that one)."""
+        result = conn.execute(
+            insert_ignore(conn, t.routing_decisions, ["lead_id"]).values(
+                lead_id=decision.lead_id,
+                decision=canonical(decision.to_json()),
+                decided_at=decision.decided_at,
+                policy_version=decision.policy_version,
+            )
+        )
+        return result.rowcount == 1
+
+    # --- templates ----------------------------------------------------------------------
+
+    def template_recommendations(
+        self, conn: sa.Connection, lead_ids: Iterable[str]
+    ) -> dict[str, str]:
+        ids = sorted(set(lead_ids))
+        found: dict[str, str] = {}
+        c = t.template_recommendations.c
+        for start in range(0, len(ids), 500):
+            found.update(
+                conn.execute(
+                    sa.select(c.lead_id, c.template_id).where(
+                        c.lead_id.in_(ids[start : start + 500])
+                    )
+                ).all()
+            )
+        return found
+
+    def insert_template_recommendation(
+        self,
+        conn: sa.Connection,
+        *,
+        lead_id: str,
+        template_id: str,
+        model: str,
+        decided_at: datetime,
+        detail: Mapping[str, Any],
+    ) -> bool:
+        result = conn.execute(
+            insert_ignore(conn, t.template_recommendations, ["lead_id"]).values(
+                lead_id=lead_id,
+                template_id=template_id,
+                model=model,
+                decided_at=decided_at,
+                detail=canonical(dict(detail)),
+            )
+        )
+        return result.rowcount == 1
+
+    # --- decisions ----------------------------------------------------------------------
+
+    def insert_decision(self, conn: sa.Connection, decision: DecisionRow) -> bool:
+        """Insert once per deterministic id (re-delivery adds nothing)."""
+        result = conn.execute(
+            insert_ignore(conn, t.decisions, ["id"]).values(
+                id=decision.id,
+                workload=decision.workload,
+                lead_id=decision.lead_id,
+                decided_at=decision.decided_at,
+                policy_version=decision.policy_version,
+                rule_id=decision.rule_id,
+                model=decision.model,
+                request=canonical(decision.request),
+                response=canonical(decision.response),
+                replay_ids=list(decision.replay_ids),
+            )
+        )
+        return result.rowcount == 1
+
+    def decisions_between(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        workload: str | None = None,
+    ) -> list[DecisionRow]:
+        """Decisions with start <= decided_at < end, ordered by (decided_at, workload, id)."""
+        c = t.decisions.c
+        query = sa.select(t.decisions)
+        if start is not None:
+            query = query.where(c.decided_at >= start)
+        if end is not None:
+            query = query.where(c.decided_at < end)
+        if workload is not None:
+            query = query.where(c.workload == workload)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(c.decided_at, c.workload, c.id)).all()
+        return [
+            DecisionRow(
+                id=row.id,
+                workload=row.workload,
+                lead_id=row.lead_id,
+                decided_at=row.decided_at,
+                policy_version=row.policy_version,
+                rule_id=row.rule_id,
+                model=row.model,
+                request=row.request,
+                response=row.response,
+                replay_ids=list(row.replay_ids or []),
+            )
+            for row in rows
+        ]

@@ -1,0 +1,740 @@
+"""The batch processor: one batch of change events through the ledger and the workloads.
+
+No Dagster here: the ops of ``process_cdc_batch`` and ``kpi-pipeline replay`` call the
+same methods. Each method is idempotent (delivery is at-least-once) and returns a small
+JSON-able summary.
+
+Clock. ``clock=None`` is the *event clock*: a decision is timestamped from the events
+that caused it (a lead is routed at its creation, or when it was moved to a queue; a
+first response at its own time), which makes ``replay`` deterministic. The live job
+passes the wall clock instead.
+
+Order independence. Record states merge per field (last writer wins), leads of a batch
+are routed in (creation time, id) order, first responses and assignment times only move
+earlier, and routing is memoized per lead; so duplicated or reordered deliveries of the
+same events leave the same lead facts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from kpi_pipeline import metrics
+from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
+from kpi_pipeline.cdc.events import (
+    ChangeEvent,
+    EventFormatError,
+    format_sf_datetime,
+    replay_id_hex,
+    to_epoch_ms,
+)
+from kpi_pipeline.flywheel.records import compute_record_id
+from kpi_pipeline.ledger.sql import dumps
+from kpi_pipeline.ledger.state import DecisionRow
+from kpi_pipeline.ledger.store import Ledger, LoadedBatch
+from kpi_pipeline.policies.load import Condition, RoutingPolicy
+from kpi_pipeline.workloads.first_touch import (
+    FirstResponse,
+    email_candidate,
+    first_response,
+    first_response_fields,
+    first_response_to_json,
+    task_candidate,
+)
+from kpi_pipeline.workloads.lead_route import (
+    FALLBACK_RULE_ID,
+    RoutingDecision,
+    assignment_fields,
+    assignment_from_owner_change,
+    is_user_id,
+    lead_created_at,
+    matches,
+    needs_routing,
+    route,
+)
+from kpi_pipeline.workloads.outreach_templates import (
+    TemplateCatalog,
+    TemplateSelection,
+    TemplateSelector,
+    applied_template,
+    selection_messages,
+)
+from kpi_pipeline.workloads.records import RecordState, merge_event
+
+log = logging.getLogger(__name__)
+
+LEAD, TASK, EMAIL = "Lead", "Task", "EmailMessage"
+WORKLOAD_ROUTE, WORKLOAD_FIRST_TOUCH, WORKLOAD_TEMPLATE = (
+    "lead_route",
+    "first_touch",
+    "outreach_template",
+)
+FIRST_TOUCH_MODEL = "first-touch-rules-v1"  # DESIGN §4.3 as code; the policy adds automation users
+MAX_REPLAY_IDS_IN_METADATA = 20  # flywheel metadata values are capped at 512 characters
+_ROUTING_TRIGGERS = frozenset({"CREATE", "UNDELETE"})
+
+
+class Decoder(Protocol):
+    def decode(self, raw: Any) -> ChangeEvent: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    events: list[ChangeEvent]
+    dead_lettered: int
+
+
+def _is_wildcard(record_id: str) -> bool:
+    return "*" in record_id  # field-type conversions name ids like 001*; no record to merge
+
+
+def _policy_fields(condition: Condition | None, into: set[str]) -> set[str]:
+    if condition is not None:
+        if condition.field:
+            into.add(condition.field)
+        for child in condition.children:
+            _policy_fields(child, into)
+    return into
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: RoutingPolicy,
+        *,
+        selector: TemplateSelector,
+        catalog: TemplateCatalog,
+        client_id: str,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.policy = policy
+        self.selector = selector
+        self.catalog = catalog
+        self.client_id = client_id
+        self.clock = clock
+        fields: set[str] = {"OwnerId"}
+        for rule in policy.rules:
+            _policy_fields(rule.when, fields)
+        self._routing_inputs = tuple(sorted(fields))
+
+    # --- selection ----------------------------------------------------------------------
+
+    def is_echo(self, event: ChangeEvent) -> bool:
+        """A change our own write-back made: it updates record state, never triggers work."""
+        return event.origin_client() == self.client_id
+
+    def select_routing(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        """Lead creations (and undeletes) and Lead owner changes, not our own echoes."""
+        return [
+            e
+            for e in events
+            if e.entity == LEAD
+            and not self.is_echo(e)
+            and (
+                e.change_type in _ROUTING_TRIGGERS
+                or (e.change_type == "UPDATE" and "OwnerId" in e.fields)
+            )
+        ]
+
+    def select_first_touch(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Task and EmailMessage changes, plus the leads created in the batch (responses that
+        arrived before their lead are waiting for them)."""
+        return {
+            "events": [e for e in events if e.entity in (TASK, EMAIL) and not self.is_echo(e)],
+            "created_lead_ids": sorted(
+                {
+                    rid
+                    for e in events
+                    if e.entity == LEAD and e.change_type == "CREATE"
+                    for rid in e.record_ids
+                }
+            ),
+        }
+
+    def select_templates(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Leads that may just have been routed, and emails that may have used a template."""
+        routing = self.select_routing(events)
+        return {
+            "lead_ids": sorted(
+                {rid for e in routing for rid in e.record_ids if not _is_wildcard(rid)}
+            ),
+            "email_events": [e for e in events if e.entity == EMAIL and not self.is_echo(e)],
+        }
+
+    # --- decode and merge ---------------------------------------------------------------
+
+    def decode(self, batch: LoadedBatch, decoder: Decoder) -> DecodedBatch:
+        """Decode a staged batch; an undecodable event is dead-lettered and the rest proceeds."""
+        events: list[ChangeEvent] = []
+        dead = 0
+        for raw in batch.events:
+            try:
+                events.append(decoder.decode(raw))
+            except (PayloadDecodeError, UnknownSchemaError, EventFormatError) as exc:
+                dead += 1
+                metrics.record_error("cdc_decode")
+                self.ledger.dead_letter(
+                    channel=raw.channel,
+                    replay_id=raw.replay_id,
+                    batch_id=batch.batch_id,
+                    stage="decode",
+                    reason=f"{type(exc).__name__}: {exc}",
+                    payload=raw.payload,
+                )
+        return DecodedBatch(events, dead)
+
+    def apply_records(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Merge events into record states and refresh lead facts; gap events open re-sync
+        windows instead, and an event the workload code cannot merge is dead-lettered."""
+        gaps = [e for e in events if e.is_gap]
+        changes = [e for e in events if not e.is_gap]
+        keys = {(e.entity, rid) for e in changes for rid in e.record_ids if not _is_wildcard(rid)}
+        failed: list[tuple[ChangeEvent, str]] = []
+        with self.ledger.write() as conn:
+            states = self.ledger.load_records_for_update(conn, keys)
+            touched: dict[tuple[str, str], RecordState] = {}
+            for event in changes:
+                try:
+                    merged = {
+                        (event.entity, rid): merge_event(
+                            states.get((event.entity, rid)), event, rid
+                        )
+                        for rid in event.record_ids
+                        if not _is_wildcard(rid)
+                    }
+                except Exception as exc:  # workload code failed on this event: park it, go on
+                    failed.append((event, f"{type(exc).__name__}: {exc}"))
+                    continue
+                states.update(merged)
+                touched.update(merged)
+            self.ledger.save_records(conn, touched.values())
+            leads = {rid: s for (sobject, rid), s in touched.items() if sobject == LEAD}
+            self._refresh_lead_facts(conn, leads)
+        for event, reason in failed:
+            self._dead_letter(event, "apply_records", reason)
+        windows = [self._record_gap(e) for e in gaps]
+        return {
+            "merged_events": len(changes) - len(failed),
+            "records": len(touched),
+            "dead_lettered": len(failed),
+            "resync_windows": sorted(set(windows)),
+        }
+
+    def _refresh_lead_facts(self, conn: sa.Connection, leads: Mapping[str, RecordState]) -> None:
+        decisions = self.ledger.routing_decisions(conn, leads)
+        for lead_id in sorted(leads):
+            state = leads[lead_id]
+            self.ledger.ensure_lead_facts(
+                conn,
+                lead_id,
+                created=_created_or_none(state),
+                owner_id=current_owner(state, decisions.get(lead_id)),
+            )
+
+    def _record_gap(self, event: ChangeEvent) -> int:
+        metrics.record_error("cdc_gap")
+        return self.ledger.record_resync_window(
+            channel=event.channel,
+            reason="gap_overflow" if event.is_overflow else "gap",
+            from_replay=event.replay_id,
+            from_time_ms=event.header.commit_timestamp,
+            to_time_ms=event.header.commit_timestamp,
+            detail={
+                "entity": event.entity,
+                "change_type": event.change_type,
+                "record_ids": sorted(event.record_ids),
+            },
+        )
+
+    def _dead_letter(self, event: ChangeEvent, stage: str, reason: str) -> None:
+        metrics.record_error(f"processing_{stage}")
+        log.warning(
+            "dead-lettering %s event %s at %s: %s", event.entity, event.replay_int, stage, reason
+        )
+        self.ledger.dead_letter(
+            channel=event.channel,
+            replay_id=event.replay_id,
+            batch_id=None,
+            stage=stage,
+            reason=reason,
+            payload=None,
+        )
+
+    # --- routing ------------------------------------------------------------------------
+
+    def route_leads(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Route unrouted leads (memoized per lead), record first user-owner times otherwise."""
+        triggers = [e for e in events if e.entity == LEAD and not self.is_echo(e)]
+        replays = _replays_by_record(triggers)
+        summary = {"leads": len(replays), "routed": 0, "memoized": 0, "owned": 0, "unknown": 0}
+        routed: list[str] = []
+        with self.ledger.write() as conn:
+            # Pools first: their lock orders concurrent runs, so the memo read below is current.
+            pools = self.ledger.lock_pools(conn, self.policy.pools)
+            memo = self.ledger.routing_decisions(conn, replays)
+            states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in replays])
+            summary["unknown"] = len(replays) - len(states)
+            for lead_id, state in _by_creation(states):
+                if _created_or_none(state) is None:
+                    summary["unknown"] += 1  # seen only through updates: re-sync tells its creation
+                    continue
+                decision = memo.get(lead_id)
+                if decision is None and needs_routing(state, self.policy):
+                    decision = self._route_one(conn, state, pools, replays[lead_id])
+                    routed.append(lead_id)
+                    summary["routed"] += 1
+                elif decision is not None:
+                    summary["memoized"] += 1
+                else:
+                    summary["owned"] += 1
+                self._apply_assignment(conn, state, decision)
+        summary["routed_lead_ids"] = sorted(routed)
+        return summary
+
+    def _route_one(
+        self, conn: sa.Connection, state: RecordState, pools: dict[str, Any], replay_ids: list[str]
+    ) -> RoutingDecision:
+        pools_before = {pool_id: pools[pool_id].to_json() for pool_id in sorted(pools)}
+        outcome = route(state, self.policy, pools, decided_at=self._routing_time(state))
+        decision = outcome.decision
+        self.ledger.insert_routing_decision(conn, decision)
+        if outcome.pool_state is not None:
+            pools[outcome.pool_state.pool_id] = outcome.pool_state
+            self.ledger.save_pool_state(conn, outcome.pool_state)
+        lead_input = {name: state.fields.get(name) for name in self._routing_inputs}
+        messages = [
+            {
+                "role": "system",
+                "content": f"Route this inbound lead with routing policy {self.policy.version}: "
+                "first matching rule wins, pools assign by weighted round robin.",
+            },
+            {
+                "role": "user",
+                "content": _canonical(
+                    {"lead_id": decision.lead_id, "lead": lead_input, "pools": pools_before}
+                ),
+            },
+        ]
+        self._record_decision(
+            conn,
+            workload=WORKLOAD_ROUTE,
+            lead_id=decision.lead_id,
+            decided_at=decision.decided_at,
+            rule_id=decision.rule_id,
+            model=f"routing-policy:{self.policy.version}",
+            messages=messages,
+            response=decision.to_json(),
+            replay_ids=replay_ids,
+        )
+        outcome_label = (
+            "fallback"
+            if decision.rule_id == FALLBACK_RULE_ID or "fallback" in decision.explanation
+            else "routed"
+        )
+        metrics.record_decision(WORKLOAD_ROUTE, outcome_label, self.policy.version)
+        return decision
+
+    def _routing_time(self, state: RecordState) -> datetime:
+        """Event clock: when the lead became unrouted (created, or moved to a queue later)."""
+        if self.clock is not None:
+            return self.clock()
+        created = lead_created_at(state)
+        owner_version = state.version_of("OwnerId")
+        if owner_version is None:
+            return created
+        return max(created, datetime.fromtimestamp(owner_version[0] / 1000.0, tz=UTC))
+
+    def _apply_assignment(
+        self, conn: sa.Connection, state: RecordState, decision: RoutingDecision | None
+    ) -> None:
+        lead_id = state.record_id
+        created = lead_created_at(state)
+        self.ledger.ensure_lead_facts(
+            conn, lead_id, created=created, owner_id=current_owner(state, decision)
+        )
+        if decision is not None:
+            self.ledger.set_routing_facts(conn, decision)
+            fields = assignment_fields(decision, created_at=created)
+            if is_user_id(decision.owner_id):
+                self._set_assignment(conn, lead_id, created, decision.decided_at)
+            self.ledger.enqueue_update(conn, LEAD, lead_id, fields)
+            return
+        self.ledger.set_sla_if_unrouted(conn, lead_id, self.sla_minutes(state))
+        assigned = assignment_from_owner_change(
+            state, created, non_assignees=frozenset(self.policy.integration_users)
+        )
+        if assigned is not None and self._set_assignment(conn, lead_id, created, assigned[0]):
+            facts = self.ledger.lead_facts(conn, [lead_id])[lead_id]
+            self.ledger.enqueue_update(
+                conn,
+                LEAD,
+                lead_id,
+                {
+                    "Owner_Assigned_At__c": _sf_time(facts.Owner_Assigned_At__c),
+                    "Assignment_Latency_Minutes__c": facts.Assignment_Latency_Minutes__c,
+                },
+            )
+
+    def _set_assignment(
+        self, conn: sa.Connection, lead_id: str, created: datetime, assigned_at: datetime
+    ) -> bool:
+        latency = round((assigned_at - created).total_seconds() / 60.0, 2)
+        changed = self.ledger.set_assignment(conn, lead_id, assigned_at, latency)
+        if changed:
+            metrics.observe_assignment(max(0.0, (assigned_at - created).total_seconds()))
+        return changed
+
+    def sla_minutes(self, state: RecordState) -> float:
+        """§4.3: the first matching rule's SLA, else the policy default."""
+        for rule in self.policy.rules:
+            if matches(rule.when, state.fields):
+                if rule.sla_minutes is not None:
+                    return float(rule.sla_minutes)
+                break
+        return float(self.policy.default_sla_minutes)
+
+    # --- first touch --------------------------------------------------------------------
+
+    def detect_first_touch(
+        self, events: Sequence[ChangeEvent], created_lead_ids: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Store response candidates; settle each affected lead's first response (only earlier)."""
+        activities = [e for e in events if e.entity in (TASK, EMAIL) and not self.is_echo(e)]
+        replays = _replays_by_record(activities)
+        keys = sorted(
+            {(e.entity, rid) for e in activities for rid in e.record_ids if not _is_wildcard(rid)}
+        )
+        summary = {"activities": len(keys), "candidates": 0, "improved": 0, "waiting_for_lead": 0}
+        affected: set[str] = set(created_lead_ids)
+        with self.ledger.write() as conn:
+            states = self.ledger.records(conn, keys)
+            task_lookup = self._task_lookup(conn, states.values())
+            lead_replays: dict[str, list[str]] = {}
+            for key in keys:
+                state = states.get(key)
+                if state is None:
+                    continue
+                candidate = (
+                    task_candidate(state)
+                    if state.sobject == TASK
+                    else email_candidate(state, task_lookup)
+                )
+                if candidate is None:
+                    self.ledger.drop_candidate(conn, state.record_id)
+                    continue
+                summary["candidates"] += 1
+                self.ledger.put_candidate(conn, candidate)
+                affected.add(candidate.lead_id)
+                lead_replays.setdefault(candidate.lead_id, []).extend(replays.get(key[1], []))
+            for lead_id in sorted(affected):
+                outcome = self._settle_first_response(conn, lead_id, lead_replays.get(lead_id, []))
+                summary[outcome] = summary.get(outcome, 0) + 1
+        return summary
+
+    def _task_lookup(
+        self, conn: sa.Connection, states: Iterable[RecordState]
+    ) -> Callable[[str], RecordState | None]:
+        activity_ids = {
+            s.fields["ActivityId"]
+            for s in states
+            if s.sobject == EMAIL and isinstance(s.fields.get("ActivityId"), str)
+        }
+        tasks = self.ledger.records(conn, [(TASK, task_id) for task_id in activity_ids])
+        return lambda task_id: tasks.get((TASK, task_id))
+
+    def _settle_first_response(
+        self, conn: sa.Connection, lead_id: str, replay_ids: list[str]
+    ) -> str:
+        lead = self.ledger.records(conn, [(LEAD, lead_id)]).get((LEAD, lead_id))
+        created = _created_or_none(lead) if lead is not None else None
+        if created is None:
+            return "waiting_for_lead"
+        candidates = self.ledger.candidates_for(conn, [lead_id]).get(lead_id, [])
+        fr = first_response(
+            candidates,
+            lead_created=created,
+            automation_users=frozenset(self.policy.automation_users),
+        )
+        if fr is None:
+            return "unanswered"
+        if not self.ledger.improve_first_response(conn, lead_id, fr):
+            return "unchanged"
+        self.ledger.enqueue_update(conn, LEAD, lead_id, first_response_fields(fr))
+        self._record_first_touch(conn, lead_id, created, candidates, fr, replay_ids)
+        metrics.observe_first_response(max(0.0, (fr.at - created).total_seconds()))
+        return "improved"
+
+    def _record_first_touch(
+        self,
+        conn: sa.Connection,
+        lead_id: str,
+        created: datetime,
+        candidates: list[Any],
+        fr: FirstResponse,
+        replay_ids: list[str],
+    ) -> None:
+        shown = [
+            {
+                "record_id": c.record_id,
+                "source": c.source,
+                "at": _sf_time(c.at),
+                "user_id": c.user_id,
+            }
+            for c in candidates
+        ]
+        messages = [
+            {
+                "role": "system",
+                "content": "Find the lead's first qualifying response: the earliest completed Task or "
+                "outbound EmailMessage by (time, EmailMessage before Task, record id), not by an "
+                "automation user, not before the lead was created.",
+            },
+            {
+                "role": "user",
+                "content": _canonical(
+                    {"lead_id": lead_id, "created": _sf_time(created), "candidates": shown}
+                ),
+            },
+        ]
+        self._record_decision(
+            conn,
+            workload=WORKLOAD_FIRST_TOUCH,
+            lead_id=lead_id,
+            decided_at=self.clock() if self.clock else fr.at,
+            rule_id=fr.source,
+            model=FIRST_TOUCH_MODEL,
+            messages=messages,
+            response=first_response_to_json(fr),
+            replay_ids=replay_ids,
+        )
+        metrics.record_decision(WORKLOAD_FIRST_TOUCH, fr.source, self.policy.version)
+
+    # --- templates ----------------------------------------------------------------------
+
+    def recommend_templates(
+        self,
+        lead_ids: Iterable[str] = (),
+        email_events: Sequence[ChangeEvent] = (),
+        *,
+        routing_summary: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Recommend a template once per routed lead; record the template each lead's first
+        outbound email used (Template_Applied__c)."""
+        wanted = set(lead_ids) | set((routing_summary or {}).get("routed_lead_ids", []))
+        summary = {"recommended": 0, "memoized": 0, "no_template": 0, "not_routed": 0, "applied": 0}
+        with self.ledger.write() as conn:
+            decisions = self.ledger.routing_decisions(conn, wanted)
+            known = self.ledger.template_recommendations(conn, wanted)
+            states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in wanted])
+            for lead_id in sorted(wanted):
+                state, decision = states.get((LEAD, lead_id)), decisions.get(lead_id)
+                if lead_id in known:
+                    summary["memoized"] += 1
+                elif state is None or decision is None:
+                    summary["not_routed"] += 1
+                else:
+                    summary[self._recommend_one(conn, state, decision)] += 1
+            summary["applied"] = self._detect_applied(conn, email_events)
+        return summary
+
+    def _recommend_one(
+        self, conn: sa.Connection, state: RecordState, decision: RoutingDecision
+    ) -> str:
+        selection: TemplateSelection = self.selector.select(state.fields, self.catalog)
+        decided_at = self.clock() if self.clock else decision.decided_at
+        messages = selection.messages or selection_messages(state.fields, self.catalog)
+        response = {
+            "template_id": selection.template_id,
+            "reason": selection.reason,
+            "candidates": list(selection.candidates),
+            "fallback_reason": selection.fallback_reason,
+        }
+        self._record_decision(
+            conn,
+            workload=WORKLOAD_TEMPLATE,
+            lead_id=state.record_id,
+            decided_at=decided_at,
+            rule_id=decision.rule_id,
+            model=selection.model,
+            messages=messages,
+            response=response,
+            replay_ids=[],
+        )
+        outcome = (
+            "fallback"
+            if selection.fallback_reason
+            else ("recommended" if selection.template_id else "none")
+        )
+        metrics.record_decision(WORKLOAD_TEMPLATE, outcome, self.policy.version)
+        if selection.template_id is None:
+            return "no_template"
+        self.ledger.insert_template_recommendation(
+            conn,
+            lead_id=state.record_id,
+            template_id=selection.template_id,
+            model=selection.model,
+            decided_at=decided_at,
+            detail=response,
+        )
+        self.ledger.set_template_recommended(conn, state.record_id, selection.template_id)
+        self.ledger.enqueue_update(
+            conn, LEAD, state.record_id, {"Template_Recommended__c": selection.template_id}
+        )
+        return "recommended"
+
+    def _detect_applied(self, conn: sa.Connection, email_events: Sequence[ChangeEvent]) -> int:
+        ids = sorted(
+            {
+                rid
+                for e in email_events
+                if e.entity == EMAIL
+                for rid in e.record_ids
+                if not _is_wildcard(rid)
+            }
+        )
+        states = self.ledger.records(conn, [(EMAIL, rid) for rid in ids])
+        task_lookup = self._task_lookup(conn, states.values())
+        applied = 0
+        for key in sorted(states):
+            email = states[key]
+            candidate = email_candidate(email, task_lookup)
+            if candidate is None:
+                continue
+            template_id = applied_template(email, self.catalog)
+            before = self.ledger.lead_facts(conn, [candidate.lead_id]).get(candidate.lead_id)
+            if before is None:
+                continue  # the lead is not known yet; its first email is re-checked when it repeats
+            if (
+                self.ledger.set_template_applied(
+                    conn, candidate.lead_id, template_id, at=candidate.at, record_id=email.record_id
+                )
+                and template_id != before.Template_Applied__c
+            ):
+                self.ledger.enqueue_update(
+                    conn, LEAD, candidate.lead_id, {"Template_Applied__c": template_id}
+                )
+                applied += 1
+        return applied
+
+    # --- all of it ----------------------------------------------------------------------
+
+    def process(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Every step in order, as the job runs them (used by ``replay`` and tests)."""
+        records = self.apply_records(events)
+        routing = self.route_leads(self.select_routing(events))
+        first_touch = self.detect_first_touch(**self.select_first_touch(events))
+        templates = self.recommend_templates(
+            routing_summary=routing, **self.select_templates(events)
+        )
+        return {
+            "records": records,
+            "routing": routing,
+            "first_touch": first_touch,
+            "templates": templates,
+        }
+
+    def _record_decision(
+        self,
+        conn: sa.Connection,
+        *,
+        workload: str,
+        lead_id: str,
+        decided_at: datetime,
+        rule_id: str | None,
+        model: str,
+        messages: list[dict[str, Any]],
+        response: dict[str, Any],
+        replay_ids: list[str],
+    ) -> None:
+        decision_id = compute_record_id(
+            workload_id=workload,
+            client_id=self.client_id,
+            lead_id=lead_id,
+            model=model,
+            messages=messages,
+        )
+        replays = sorted(set(replay_ids))
+        metadata = {
+            "lead_id": lead_id,
+            "policy_version": self.policy.version,
+            "rule": rule_id or "",
+            "replay_ids": ",".join(replays[:MAX_REPLAY_IDS_IN_METADATA]),
+            "decision_id": decision_id,
+        }
+        self.ledger.insert_decision(
+            conn,
+            DecisionRow(
+                id=decision_id,
+                workload=workload,
+                lead_id=lead_id,
+                decided_at=decided_at,
+                policy_version=self.policy.version,
+                rule_id=rule_id,
+                model=model,
+                request={"messages": messages, "metadata": metadata},
+                response=response,
+                replay_ids=replays,
+            ),
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def current_owner(state: RecordState, decision: RoutingDecision | None) -> str | None:
+    """The lead's owner as the ledger knows it: our routing decision, unless the record shows
+    an owner change committed after that decision (someone reassigned the lead)."""
+    owner = state.fields.get("OwnerId")
+    if decision is None:
+        return owner if isinstance(owner, str) else None
+    version = state.version_of("OwnerId")
+    if (
+        isinstance(owner, str)
+        and owner
+        and version is not None
+        and version[0] > to_epoch_ms(decision.decided_at)
+    ):
+        return owner
+    return decision.owner_id
+
+
+def _created_or_none(state: RecordState) -> datetime | None:
+    try:
+        return lead_created_at(state)
+    except ValueError:
+        return None  # seen only through updates; a re-sync will tell its creation time
+
+
+def _by_creation(
+    states: Mapping[tuple[str, str], RecordState],
+) -> list[tuple[str, RecordState | None]]:
+    """Leads in (creation time, id) order, so pool pointers advance the same way whatever
+    order the events arrived in; leads of unknown creation last."""
+    far = datetime.max.replace(tzinfo=UTC)
+    known = [(key[1], s) for key, s in states.items()]
+    return sorted(known, key=lambda item: (_created_or_none(item[1]) or far, item[0]))
+
+
+def _replays_by_record(events: Iterable[ChangeEvent]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for event in events:
+        for rid in event.record_ids:
+            if not _is_wildcard(rid):
+                found.setdefault(rid, []).append(replay_id_hex(event.replay_id))
+    return found
+
+
+def _sf_time(value: datetime | None) -> str | None:
+    return format_sf_datetime(value) if value is not None else None
+
+
+def _canonical(value: Any) -> str:
+    return dumps(value)
