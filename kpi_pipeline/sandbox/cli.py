@@ -1,0 +1,210 @@
+"""`kpi-pipeline sandbox ...`: simulate activity into a store, serve it, export its change log."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sandbox = subparsers.add_parser(
+        "sandbox", help="the embedded sandbox org: simulate activity, serve it, export events"
+    )
+    commands = sandbox.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+
+    sim = commands.add_parser("simulate", help="write simulated sales activity into a store")
+    sim.add_argument(
+        "--store", required=True, type=Path, help="sandbox store file (SQLite; created if missing)"
+    )
+    sim.add_argument(
+        "--leads", type=int, default=400, help="leads arriving in the window (default 400)"
+    )
+    sim.add_argument(
+        "--days", type=float, default=2.0, help="length of the window in days (default 2)"
+    )
+    sim.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    sim.add_argument(
+        "--start",
+        help="window start, ISO-8601 UTC (default: the window ends now, inside retention)",
+    )
+    sim.set_defaults(func=_simulate)
+
+    serve = commands.add_parser(
+        "serve", help="serve a store over the Pub/Sub API and REST on 127.0.0.1"
+    )
+    serve.add_argument("--store", required=True, type=Path, help="sandbox store file (SQLite)")
+    serve.add_argument(
+        "--pubsub-port", type=int, default=0, help="gRPC port (default: any free port)"
+    )
+    serve.add_argument(
+        "--rest-port", type=int, default=0, help="REST port (default: any free port)"
+    )
+    serve.add_argument(
+        "--access-token",
+        default="sandbox-token",
+        help="static token accepted beside JWT-issued ones",
+    )
+    serve.add_argument(
+        "--tenant-id", default="00D000000000001AAA", help="org id the sandbox reports"
+    )
+    serve.add_argument(
+        "--live-leads-per-hour",
+        type=float,
+        default=0.0,
+        help="keep simulating this many new leads per hour while serving (default 0: off)",
+    )
+    serve.add_argument(
+        "--speedup", type=float, default=600.0, help="live responses come this many times faster"
+    )
+    serve.add_argument("--seed", type=int, default=7, help="seed of the live simulator")
+    serve.add_argument(
+        "--jwt-key-out",
+        type=Path,
+        help="write the connected app's private key (PEM) here to try the JWT flow",
+    )
+    serve.set_defaults(func=_serve)
+
+    export = commands.add_parser(
+        "export", help="write the store's change log as recorded JSON Lines"
+    )
+    export.add_argument("--store", required=True, type=Path, help="sandbox store file (SQLite)")
+    export.add_argument("--out", required=True, type=Path, help="output EVENTS.jsonl")
+    export.add_argument(
+        "--channel",
+        help="one channel for every event (e.g. /data/SalesKpis__chn); default per entity",
+    )
+    export.add_argument(
+        "--iso-datetimes", action="store_true", help="DateTimes as ISO-8601 instead of epoch ms"
+    )
+    export.set_defaults(func=_export)
+
+
+def _existing_store(path: Path) -> str | None:
+    """An error message when ``path`` is not an existing store file."""
+    if not path.is_file():
+        return f"error: sandbox store {path} does not exist; create it with `kpi-pipeline sandbox simulate --store {path}`"
+    return None
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from kpi_pipeline.sandbox.simulator import simulate
+    from kpi_pipeline.sandbox.store import SandboxStore
+
+    start_ms = None
+    if args.start:
+        try:
+            start = parse_sf_datetime(args.start)
+        except EventFormatError as exc:
+            print(f"error: --start: {exc} (example: 2026-01-05T00:00:00Z)", file=sys.stderr)
+            return 2
+        start_ms = to_epoch_ms(start) if start else None
+    if args.leads < 0 or args.days <= 0:
+        print("error: --leads must be >= 0 and --days > 0", file=sys.stderr)
+        return 2
+    store = SandboxStore(args.store)
+    try:
+        summary = simulate(
+            store, leads=args.leads, days=args.days, seed=args.seed, start_ms=start_ms
+        )
+    finally:
+        store.close()
+    responses = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.responses.items()))
+    print(
+        f"simulated {summary.leads} leads from {_iso(summary.start_ms)} to {_iso(summary.end_ms)} "
+        f"into {args.store}\n"
+        f"  change events: {summary.changes} (replay {summary.first_replay}..{summary.last_replay})\n"
+        f"  first responses: {responses or 'none'}; never answered: {summary.leads_never_answered}\n"
+        f"  automation emails: {summary.automation_emails}; inbound emails: {summary.inbound_emails}; "
+        f"lead deletes: {summary.lead_deletes}"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from kpi_pipeline.sandbox.runtime import SandboxRuntime
+
+    if error := _existing_store(args.store):
+        print(error, file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    runtime = SandboxRuntime(
+        args.store,
+        pubsub_port=args.pubsub_port,
+        rest_port=args.rest_port,
+        access_token=args.access_token,
+        tenant_id=args.tenant_id,
+    )
+    try:
+        runtime.start()
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.live_leads_per_hour > 0:
+            runtime.start_live(
+                seed=args.seed,
+                leads_per_hour=args.live_leads_per_hour,
+                response_speedup=args.speedup,
+            )
+        if args.jwt_key_out and runtime.jwt_private_key_pem:
+            args.jwt_key_out.write_bytes(runtime.jwt_private_key_pem)
+        _print_endpoints(args, runtime)
+        while not stop.wait(0.5):
+            pass
+        print("sandbox: stopping", flush=True)
+    finally:
+        runtime.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _print_endpoints(args: argparse.Namespace, runtime) -> None:
+    from kpi_pipeline.sandbox.runtime import SANDBOX_CONSUMER_KEY
+    from kpi_pipeline.sandbox.store import INTEGRATION_USER
+
+    lines = [
+        f"sandbox org serving {args.store} (Ctrl-C or SIGTERM stops it)",
+        f"  pubsub: {runtime.pubsub_target} (plaintext gRPC, eventbus.v1.PubSub)",
+        f"  rest: {runtime.rest_url} (login and instance URL)",
+        f"  access token: {args.access_token}",
+        f"  tenant id: {args.tenant_id}",
+    ]
+    if args.jwt_key_out:
+        lines.append(
+            f"  JWT: consumer key {SANDBOX_CONSUMER_KEY}, user {INTEGRATION_USER.email}, key {args.jwt_key_out}"
+        )
+    print("\n".join(lines), flush=True)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kpi_pipeline.sandbox.store import SandboxStore
+
+    if error := _existing_store(args.store):
+        print(error, file=sys.stderr)
+        return 2
+    store = SandboxStore(args.store)
+    try:
+        count = store.export_recorded(
+            args.out, channel_for_entity=args.channel, iso_datetimes=args.iso_datetimes
+        )
+    finally:
+        store.close()
+    print(f"wrote {count} change events to {args.out}")
+    return 0
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
