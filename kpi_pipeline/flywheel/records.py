@@ -189,7 +189,7 @@ def record_from_decision(decision: Any, *, client_id: str) -> dict[str, Any]:
             "timestamp": _epoch_seconds(row["decided_at"]),
             "workload_id": workload_id,
             "client_id": client_id,
-            "request": {**request, "metadata": metadata},
+            "request": {"model": row["model"], **request, "metadata": metadata},
             "response": dict(response),
         }
         return validate_record(record).to_dict()
