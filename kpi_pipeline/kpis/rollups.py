@@ -304,10 +304,24 @@ def _empty(name: str) -> pd.DataFrame:
     return pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in schema.items()})
 
 
-def _percentiles(values: pd.Series, keys: list[pd.Series], qs: Mapping[str, float]) -> pd.DataFrame:
-    """Linear-interpolated percentiles per group (NaN skipped), one column per name in ``qs``."""
-    grouped = values.groupby(keys, sort=False)
-    return pd.DataFrame({name: grouped.quantile(q) for name, q in qs.items()})
+def _group_stats(
+    by: list[pd.Series],
+    flag: pd.Series,
+    values: pd.Series,
+    names: tuple[str, str],
+    qs: Mapping[str, float],
+) -> pd.DataFrame:
+    """Per group of ``by``: row count, count of ``flag``, and linear-interpolated percentiles
+    of ``values`` (NaN skipped, so only flagged rows count), one column per name in ``qs``.
+
+    One GroupBy serves all of them, so the (costly) group keys are factorized once.
+    """
+    grouped = pd.DataFrame({"flag": flag, "value": values}).groupby(by, sort=False)
+    table = grouped["flag"].agg(["size", "sum"])
+    table.columns = list(names)
+    percentiles = grouped["value"].quantile(list(qs.values())).unstack()
+    percentiles.columns = list(qs)
+    return table.join(percentiles).reset_index()
 
 
 _TTFR_QS = {"ttfr_p50": 0.50, "ttfr_p90": 0.90, "ttfr_p95": 0.95}
@@ -316,12 +330,9 @@ _LATENCY_QS = {"latency_p50": 0.50, "latency_p95": 0.95}
 
 def _ttfr_table(base: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     by = [base[key] for key in keys]
-    counts = base.groupby(by, sort=False).agg(
-        leads=("responded", "size"), responded=("responded", "sum")
-    )
-    counts = counts.join(_percentiles(base["ttfr"], by, _TTFR_QS))
-    counts["coverage"] = counts["responded"] / counts["leads"]
-    return counts.reset_index()
+    table = _group_stats(by, base["responded"], base["ttfr"], ("leads", "responded"), _TTFR_QS)
+    table["coverage"] = table["responded"] / table["leads"]
+    return table
 
 
 # --- the rollups ----------------------------------------------------------------------
@@ -419,9 +430,7 @@ def _assignment_latency(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame
         _key_text(frame["Routing_Policy_Version__c"]).rename("policy_version"),
         _key_text(frame["Routing_Rule__c"]).rename("rule"),
     ]
-    table = assigned_at.notna().groupby(by, sort=False).agg(["size", "sum"])
-    table.columns = ["leads", "assigned"]
-    table = table.join(_percentiles(latency, by, _LATENCY_QS)).reset_index()
+    table = _group_stats(by, assigned_at.notna(), latency, ("leads", "assigned"), _LATENCY_QS)
     return _finish("assignment_latency", table)
 
 
