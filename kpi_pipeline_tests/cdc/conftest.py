@@ -1,0 +1,79 @@
+"""Fixtures for the Pub/Sub protocol tests: a real sandbox gRPC server on a loopback port."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
+from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
+from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub_server
+
+TENANT_ID = "00D000000000001AAA"
+TOKEN = "00D000000000001!sandbox-session"
+INSTANCE_URL = "https://sandbox.my.salesforce.com"
+AUTH = StaticAuth(TOKEN, INSTANCE_URL, TENANT_ID)
+AUTH_METADATA = AUTH.metadata()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def add_lead(log: InMemoryChangeLog, n: int, *, ts: int | None = None, **fields: Any) -> None:
+    ts = now_ms() if ts is None else ts
+    header = {"recordIds": [f"00Q{n:015d}"], "changeType": "CREATE", "commitTimestamp": ts}
+    body = {"LastName": f"Lead {n}", "Company": "Acme", "CreatedDate": ts, **fields}
+    log.append("Lead", {"entityName": "Lead", **header}, body)
+
+
+def add_task(log: InMemoryChangeLog, n: int, *, ts: int | None = None) -> None:
+    ts = now_ms() if ts is None else ts
+    header = {"entityName": "Task", "recordIds": [f"00T{n:015d}"], "changeType": "CREATE"}
+    log.append(
+        "Task",
+        {**header, "commitTimestamp": ts},
+        {"Subject": f"Call {n}", "WhoId": f"00Q{n:015d}", "Status": "Completed", "CreatedDate": ts},
+    )
+
+
+@pytest.fixture
+def change_log() -> InMemoryChangeLog:
+    return InMemoryChangeLog()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., RunningPubSubServer]]:
+    """Factory: start_server(log, **options) -> a running server, stopped after the test."""
+    servers: list[RunningPubSubServer] = []
+
+    def start(log: InMemoryChangeLog, **options: Any) -> RunningPubSubServer:
+        options.setdefault("keepalive_interval_s", 0.2)
+        server = start_pubsub_server(
+            log, token_validator=lambda token: token == TOKEN, tenant_id=TENANT_ID, **options
+        )
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., PubSubClient]]:
+    clients: list[PubSubClient] = []
+
+    def make(server: RunningPubSubServer, **options: Any) -> PubSubClient:
+        auth = options.pop("auth", AUTH)
+        options.setdefault("backoff_initial_s", 0.05)
+        client = PubSubClient(server.target, auth, tls=False, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

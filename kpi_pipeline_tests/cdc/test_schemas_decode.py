@@ -1,0 +1,231 @@
+"""Avro schemas, the server-side encoder and EventDecoder (Avro + bitmaps -> ChangeEvent)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import avro.io
+import avro.schema
+import pytest
+
+from kpi_pipeline.cdc.decode import EventDecoder
+from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
+from kpi_pipeline.cdc.events import EventFormatError, replay_id_from_int
+from kpi_pipeline.cdc.raw import RawEvent
+from kpi_pipeline.cdc.schemas import (
+    SCHEMA_IDS_BY_ENTITY,
+    SCHEMAS_BY_ENTITY,
+    encode_change,
+    schema_id_for,
+    schema_json,
+)
+from kpi_pipeline.salesforce_fields import WRITTEN_FIELD_NAMES
+from kpi_pipeline.sandbox.changelog import StoredChange
+
+TS = 1_790_000_000_000
+
+
+def change(entity: str, header: dict, fields: dict, replay: int = 7) -> StoredChange:
+    header = {"entityName": entity, "commitTimestamp": TS, **header}
+    return StoredChange(replay, entity, header, fields, TS)
+
+
+def raw(stored: StoredChange, channel: str = "/data/LeadChangeEvent") -> RawEvent:
+    schema_id, payload = encode_change(stored)
+    return RawEvent(channel, replay_id_from_int(stored.replay), schema_id, payload, "evt-1")
+
+
+@pytest.mark.parametrize("entity", ["Lead", "Task", "EmailMessage"])
+def test_schemas_have_the_change_event_shape(entity: str) -> None:
+    schema = SCHEMAS_BY_ENTITY[entity]
+    assert schema["name"] == f"{entity}ChangeEvent" and schema["namespace"] == "com.sforce.eventbus"
+    header = schema["fields"][0]
+    assert header["name"] == "ChangeEventHeader"
+    header_fields = [f["name"] for f in header["type"]["fields"]]
+    assert header_fields == [
+        "entityName", "recordIds", "changeType", "changeOrigin", "transactionKey",
+        "sequenceNumber", "commitTimestamp", "commitNumber", "commitUser",
+        "nulledFields", "diffFields", "changedFields",
+    ]  # fmt: skip
+    change_type = header["type"]["fields"][2]["type"]
+    assert change_type["type"] == "enum" and "GAP_OVERFLOW" in change_type["symbols"]
+    for body_field in schema["fields"][1:]:
+        assert body_field["type"][0] == "null" and body_field["default"] is None
+    # The plain Apache avro library accepts the JSON GetSchema serves.
+    assert avro.schema.parse(schema_json(SCHEMA_IDS_BY_ENTITY[entity])).fullname == (
+        f"com.sforce.eventbus.{entity}ChangeEvent"
+    )
+
+
+def test_lead_schema_carries_the_written_custom_fields() -> None:
+    names = {f["name"] for f in SCHEMAS_BY_ENTITY["Lead"]["fields"]}
+    assert set(WRITTEN_FIELD_NAMES) <= names
+    assert {"Name", "Address", "OwnerId", "IsConverted", "CreatedDate"} <= names
+
+
+def test_schema_ids_are_deterministic_22_char_url_safe_fingerprints() -> None:
+    ids = set(SCHEMA_IDS_BY_ENTITY.values())
+    assert len(ids) == 3
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
+    lead = json.loads(json.dumps(SCHEMAS_BY_ENTITY["Lead"]))
+    assert schema_id_for(lead) == SCHEMA_IDS_BY_ENTITY["Lead"]
+    lead["fields"].append({"name": "Website", "type": ["null", "string"], "default": None})
+    assert schema_id_for(lead) != SCHEMA_IDS_BY_ENTITY["Lead"]  # adding a field = new id
+    with pytest.raises(UnknownSchemaError, match="'nope' is unknown"):
+        schema_json("nope")
+
+
+def test_lead_update_decodes_with_nulled_and_compound_fields() -> None:
+    stored = change(
+        "Lead",
+        {
+            "recordIds": ["00Q000000000001AAA"],
+            "changeType": "UPDATE",
+            "changeOrigin": "com/salesforce/api/rest/62.0;client=kpi_pipeline",
+            "transactionKey": "tx-1",
+            "sequenceNumber": 1,
+            "commitNumber": 12345678901234,
+            "commitUser": "005000000000001AAA",
+            # REST-style child names are qualified by the encoder (City -> Address.City).
+            "changedFields": ["Status", "City", "LastModifiedDate", "Title"],
+            "nulledFields": ["Title", "Address.Street"],
+        },
+        {"Status": "Working", "City": "Lyon", "LastModifiedDate": "2026-09-21T10:00:00Z"},
+    )
+    event = EventDecoder(schema_json).decode(raw(stored))
+    h = event.header
+    assert (h.entity_name, h.change_type, h.record_ids) == (
+        "Lead",
+        "UPDATE",
+        ("00Q000000000001AAA",),
+    )
+    assert (h.transaction_key, h.sequence_number, h.commit_number) == ("tx-1", 1, 12345678901234)
+    assert h.commit_timestamp == TS and event.origin_client() == "kpi_pipeline"
+    assert set(h.changed_fields) == {"Status", "Address.City", "LastModifiedDate", "Title"}
+    assert set(h.nulled_fields) == {"Title", "Address.Street"}
+    assert event.fields == {
+        "Status": "Working",
+        "Address": {"City": "Lyon", "Street": None},
+        "LastModifiedDate": 1789984800000,  # ISO input stored as epoch ms (date -d)
+        "Title": None,
+    }
+    assert event.replay_id == replay_id_from_int(7) and event.event_id == "evt-1"
+
+
+def test_task_and_email_message_create_decode() -> None:
+    decoder = EventDecoder(schema_json)
+    task = decoder.decode(
+        raw(
+            change(
+                "Task",
+                {"recordIds": ["00T1"], "changeType": "CREATE"},
+                {"Subject": "Call", "WhoId": "00Q1", "IsClosed": True, "CompletedDateTime": TS},
+            ),
+            "/data/TaskChangeEvent",
+        )
+    )
+    assert task.entity == "Task" and task.change_type == "CREATE"
+    assert task.fields == {
+        "Subject": "Call",
+        "WhoId": "00Q1",
+        "IsClosed": True,
+        "CompletedDateTime": TS,
+    }
+    email = decoder.decode(
+        raw(
+            change(
+                "EmailMessage",
+                {"recordIds": ["02s1"], "changeType": "CREATE"},
+                {
+                    "Incoming": False,
+                    "RelatedToId": "00Q1",
+                    "EmailTemplateId": "00X1",
+                    "MessageDate": TS,
+                },
+            ),
+            "/data/EmailMessageChangeEvent",
+        )
+    )
+    assert email.fields["Incoming"] is False and email.fields["EmailTemplateId"] == "00X1"
+    assert email.datetime_field("MessageDate").timestamp() == TS / 1000
+
+
+def test_gap_overflow_has_header_only() -> None:
+    stored = change("Lead", {"recordIds": ["000000000000000AAA"], "changeType": "GAP_OVERFLOW"}, {})
+    event = EventDecoder(schema_json).decode(raw(stored))
+    assert event.is_overflow and event.fields == {}
+
+
+def test_schema_is_fetched_once_per_schema_id_not_per_topic() -> None:
+    fetched: list[str] = []
+
+    def fetch(schema_id: str) -> str:
+        fetched.append(schema_id)
+        return schema_json(schema_id)
+
+    decoder = EventDecoder(fetch)
+    lead = change("Lead", {"recordIds": ["00Q1"], "changeType": "CREATE"}, {"Company": "A"})
+    task = change("Task", {"recordIds": ["00T1"], "changeType": "CREATE"}, {"Subject": "S"})
+    for channel in ("/data/LeadChangeEvent", "/data/SalesKpis__chn", "/data/ChangeEvents"):
+        decoder.decode(raw(lead, channel))
+    decoder.decode(raw(task, "/data/SalesKpis__chn"))  # same topic, different schema
+    assert fetched == [SCHEMA_IDS_BY_ENTITY["Lead"], SCHEMA_IDS_BY_ENTITY["Task"]]
+
+
+def test_unknown_schema_id_is_a_typed_error() -> None:
+    event = RawEvent(
+        "/data/LeadChangeEvent", replay_id_from_int(1), "AAAAAAAAAAAAAAAAAAAAAA", b"\x00"
+    )
+    with pytest.raises(UnknownSchemaError, match="AAAAAAAAAAAAAAAAAAAAAA"):
+        EventDecoder(schema_json).decode(event)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x08Le", b"\xff" * 40])
+def test_undecodable_payload_names_channel_replay_schema_and_fix(payload: bytes) -> None:
+    event = RawEvent(
+        "/data/LeadChangeEvent", replay_id_from_int(258), SCHEMA_IDS_BY_ENTITY["Lead"], payload
+    )
+    with pytest.raises(PayloadDecodeError) as info:
+        EventDecoder(schema_json).decode(event)
+    text = str(info.value)
+    assert "/data/LeadChangeEvent" in text and "0000000000000102" in text
+    assert SCHEMA_IDS_BY_ENTITY["Lead"] in text and "Fix:" in text
+
+
+def test_payload_written_with_another_schema_is_rejected() -> None:
+    # A Task payload labelled with the Lead schema id: bytes left over or bad values.
+    task = change("Task", {"recordIds": ["00T1"], "changeType": "CREATE"}, {"Subject": "S"})
+    _, payload = encode_change(task)
+    event = RawEvent(
+        "/data/LeadChangeEvent", replay_id_from_int(3), SCHEMA_IDS_BY_ENTITY["Lead"], payload
+    )
+    with pytest.raises(PayloadDecodeError):
+        EventDecoder(schema_json).decode(event)
+
+
+def test_plain_avro_library_reads_what_the_encoder_wrote() -> None:
+    stored = change(
+        "Lead",
+        {"recordIds": ["00Q1"], "changeType": "CREATE"},
+        {"FirstName": "Ada", "NumberOfEmployees": 12},
+    )
+    schema_id, payload = encode_change(stored)
+    reader = avro.io.DatumReader(avro.schema.parse(schema_json(schema_id)))
+    record = reader.read(avro.io.BinaryDecoder(io.BytesIO(payload)))
+    assert record["Name"]["FirstName"] == "Ada" and record["NumberOfEmployees"] == 12
+    assert record["ChangeEventHeader"]["changeType"] == "CREATE"
+
+
+def test_encoder_names_a_field_missing_from_the_schema() -> None:
+    stored = change("Lead", {"recordIds": ["00Q1"], "changeType": "CREATE"}, {"Shoe_Size__c": 42})
+    with pytest.raises(
+        EventFormatError, match="'Shoe_Size__c' is not in the LeadChangeEvent schema"
+    ):
+        encode_change(stored)
+    bad_type = change(
+        "Lead", {"recordIds": ["00Q1"], "changeType": "CREATE"}, {"NumberOfEmployees": "many"}
+    )
+    with pytest.raises(EventFormatError, match="does not fit LeadChangeEvent"):
+        encode_change(bad_type)
