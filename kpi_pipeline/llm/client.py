@@ -12,6 +12,9 @@ from typing import Any
 
 import requests
 
+from kpi_pipeline.config import Settings, get_settings
+from kpi_pipeline.workloads.outreach_templates import LLMSelector, LocalRanker, TemplateSelector
+
 
 class ChatClientError(RuntimeError):
     def __init__(self, kind: str, message: str) -> None:
@@ -94,3 +97,18 @@ def message_content(completion: dict[str, Any]) -> str:
         return completion["choices"][0]["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         return ""
+
+
+def selector_from_settings(settings: Settings | None = None) -> TemplateSelector:
+    """The template selector the settings ask for: ``LLMSelector`` over ``ChatClient`` when
+    ``KPI_LLM_BASE_URL`` is set (falling back to the local ranker), else ``LocalRanker``."""
+    settings = settings or get_settings()
+    if not settings.llm_base_url:
+        return LocalRanker()
+    client = ChatClient(
+        settings.llm_base_url,
+        settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout=settings.llm_timeout_seconds,
+    )
+    return LLMSelector(client, fallback=LocalRanker())

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.llm.client import ChatClient, ChatClientError
+from kpi_pipeline.config import Settings
+from kpi_pipeline.llm.client import ChatClient, ChatClientError, selector_from_settings
 from kpi_pipeline.workloads.outreach_templates import (
     CatalogError,
     LLMSelector,
@@ -268,3 +269,20 @@ def test_selection_completion_is_a_chat_completion():
     assert completion["object"] == "chat.completion" and completion["model"] == "local-ranker-v1"
     answer = json.loads(completion["choices"][0]["message"]["content"])
     assert answer["template_id"] == selection.template_id
+
+
+def test_selector_from_settings_picks_the_llm_only_when_configured(llm):
+    _, base_url = llm
+    assert isinstance(
+        selector_from_settings(Settings(_env_file=None, llm_base_url=None)), LocalRanker
+    )
+    configured = Settings(
+        _env_file=None, llm_base_url=base_url, llm_model="m2", llm_timeout_seconds=3
+    )
+    selector = selector_from_settings(configured)
+    assert isinstance(selector, LLMSelector)
+    assert (selector.client.endpoint, selector.client.model, selector.client.timeout) == (
+        f"{base_url}/chat/completions",
+        "m2",
+        3,
+    )
