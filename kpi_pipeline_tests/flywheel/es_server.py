@@ -361,7 +361,10 @@ class ElasticStandIn:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = ClusterState()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="es-stand-in", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="es-stand-in",
+            daemon=True,
         )
 
     @property
