@@ -290,7 +290,10 @@ class SimulationSummary:
 
 def _plan_lead(number: int, arrival_ms: int, rng: random.Random) -> LeadPlan:
     source = _weighted(rng, LEAD_SOURCES)
-    country, code, region, _, cities = rng.choices(COUNTRIES, weights=[c[3] for c in COUNTRIES])[0]
+    # People fill in forms during their own working day: a region off hours sends few leads.
+    awake = [1.0 if next_working_time(arrival_ms, c[2]) == arrival_ms else 0.2 for c in COUNTRIES]
+    weights = [c[3] * factor for c, factor in zip(COUNTRIES, awake, strict=True)]
+    country, code, region, _, cities = rng.choices(COUNTRIES, weights=weights)[0]
     first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
     company = f"{rng.choice(COMPANY_WORDS)} {rng.choice(COMPANY_SUFFIXES)}"
     domain = (
