@@ -33,7 +33,11 @@ m.observe_first_response(420)
 m.observe_assignment(4)
 m.record_error("writeback")
 m.set_cdc_lag("{LEAD}", 12.5)
+m.record_auth("hit")
+m.record_auth("success", 0.3)
 """
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "observability" / "grafana" / "kpi_pipeline.json"
 PLAN_QUERIES = (
     "rate(cdc_events_total[5m])",
     "histogram_quantile(0.95, rate(first_response_latency_seconds_bucket[5m]))",
@@ -162,6 +166,12 @@ def test_prometheus_scrapes_runs_and_answers_the_plans_queries(
         )
         decisions = prometheus.query('decisions_total{workload="lead_route"}')
         assert float(decisions[0]["value"][1]) == runs
+        # Every Grafana panel's query is valid PromQL and has data after these runs.
+        for panel in json.loads(DASHBOARD.read_text())["panels"]:
+            for target in panel["targets"]:
+                assert prometheus.query(target["expr"]), (
+                    f"panel {panel['title']!r}: no data for {target['expr']}"
+                )
     finally:
         prometheus.stop()
 
@@ -178,3 +188,14 @@ def test_promtool_accepts_the_exposition(
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == ""  # no lint findings either
+
+
+def test_promtool_accepts_the_example_prometheus_config() -> None:
+    promtool = require_binary("promtool", INSTALL_HINT)
+    checked = subprocess.run(
+        [promtool, "check", "config", str(REPO / "observability" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
