@@ -65,7 +65,7 @@ from kpi_pipeline.workloads.outreach_templates import (
     applied_template,
     selection_messages,
 )
-from kpi_pipeline.workloads.records import RecordState, merge_event
+from kpi_pipeline.workloads.records import RecordState, event_version, merge_event
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,7 @@ class BatchProcessor:
         """Route unrouted leads (memoized per lead), record first user-owner times otherwise."""
         triggers = [e for e in events if e.entity == LEAD and not self.is_echo(e)]
         replays = _replays_by_record(triggers)
+        creates = _create_events(triggers)
         summary = {"leads": len(replays), "routed": 0, "memoized": 0, "owned": 0, "unknown": 0}
         routed: list[str] = []
         with self.ledger.write() as conn:
@@ -287,8 +288,9 @@ class BatchProcessor:
                     summary["unknown"] += 1  # seen only through updates: re-sync tells its creation
                     continue
                 decision = memo.get(lead_id)
-                if decision is None and needs_routing(state, self.policy):
-                    decision = self._route_one(conn, state, pools, replays[lead_id])
+                basis = self._routing_basis(state, creates.get(lead_id))
+                if decision is None and needs_routing(basis, self.policy):
+                    decision = self._route_one(conn, basis, pools, replays[lead_id])
                     routed.append(lead_id)
                     summary["routed"] += 1
                 elif decision is not None:
@@ -341,6 +343,15 @@ class BatchProcessor:
         )
         metrics.record_decision(WORKLOAD_ROUTE, outcome_label, self.policy.version)
         return decision
+
+    def _routing_basis(self, state: RecordState, create: ChangeEvent | None) -> RecordState:
+        """The lead as routing sees it. Event clock: as it was created (the routing happens
+        at creation time, before any later human reassignment), so the answer does not
+        depend on how events were grouped into batches. Wall clock: as it is now, so a
+        lead a human has already taken is left alone."""
+        if self.clock is not None or create is None:
+            return state
+        return merge_event(None, create, state.record_id)
 
     def _routing_time(self, state: RecordState) -> datetime:
         """Event clock: when the lead became unrouted (created, or moved to a queue later)."""
@@ -721,6 +732,19 @@ def _by_creation(
     far = datetime.max.replace(tzinfo=UTC)
     known = [(key[1], s) for key, s in states.items()]
     return sorted(known, key=lambda item: (_created_or_none(item[1]) or far, item[0]))
+
+
+def _create_events(events: Iterable[ChangeEvent]) -> dict[str, ChangeEvent]:
+    """Each lead's CREATE event (the earliest version if it was delivered more than once)."""
+    found: dict[str, ChangeEvent] = {}
+    for event in events:
+        if event.change_type != "CREATE":
+            continue
+        for rid in event.record_ids:
+            known = found.get(rid)
+            if known is None or event_version(event) < event_version(known):
+                found[rid] = event
+    return found
 
 
 def _replays_by_record(events: Iterable[ChangeEvent]) -> dict[str, list[str]]:

@@ -1,0 +1,294 @@
+"""The batch processor over a real SQLite ledger: workloads, idempotence, order independence."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pandas as pd
+import pytest
+
+from kpi_pipeline.cdc.decode import EventDecoder
+from kpi_pipeline.cdc.events import ChangeEvent, read_recorded_lines
+from kpi_pipeline.cdc.fixtures import RECORDED_STREAM
+from kpi_pipeline.cdc.raw import RawEvent
+from kpi_pipeline.cdc.schemas import encode_change, schema_json
+from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.sandbox.changelog import StoredChange
+from kpi_pipeline_tests.processing.conftest import CLIENT_ID, make_processor
+from kpi_pipeline_tests.processing.events import (
+    AUTOMATION_USER,
+    MINUTE,
+    QUEUE,
+    REP_A,
+    REP_B,
+    SMB_POOL,
+    T0,
+    email_sent,
+    event,
+    lead_created,
+    task_done,
+)
+
+NewLedger = Callable[..., Ledger]
+
+
+def facts(ledger: Ledger, lead_id: str) -> pd.Series:
+    frame = ledger.lead_facts_frame()
+    return frame.set_index("Id").loc[lead_id]
+
+
+def test_first_response_settles_and_only_ever_moves_earlier(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    lead = lead_created("00Q000000000001AAA", T0)
+    late_task = task_done("00T000000000001AAA", lead.record_ids[0], T0 + 30 * MINUTE)
+    processor.process([lead, late_task])
+    row = facts(ledger, "00Q000000000001AAA")
+    assert (row.First_Response_Source__c, row.Time_to_First_Response__c) == ("Task", 30.0)
+
+    earlier_email = email_sent(
+        "02s000000000001AAA", "00Q000000000001AAA", T0 + 10 * MINUTE, user=REP_B
+    )
+    processor.process([earlier_email])
+    row = facts(ledger, "00Q000000000001AAA")
+    assert (row.First_Response_Source__c, row.First_Response_User__c) == ("EmailMessage", REP_B)
+    assert row.Time_to_First_Response__c == 10.0
+    assert row.First_Response_At__c == pd.Timestamp(T0 + 10 * MINUTE, unit="ms", tz="UTC")
+
+    even_later = task_done("00T000000000002AAA", "00Q000000000001AAA", T0 + 60 * MINUTE)
+    processor.process([even_later, late_task, lead])  # later candidate plus re-deliveries
+    assert facts(ledger, "00Q000000000001AAA").Time_to_First_Response__c == 10.0
+
+
+def test_email_ranks_before_task_at_the_same_instant(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    at = T0 + 5 * MINUTE
+    processor.process(
+        [
+            lead_created("00Q000000000001AAA", T0),
+            task_done("00T000000000001AAA", "00Q000000000001AAA", at),
+        ]
+    )
+    processor.process([email_sent("02s000000000009AAA", "00Q000000000001AAA", at)])
+    assert facts(ledger, "00Q000000000001AAA").First_Response_Source__c == "EmailMessage"
+
+
+def test_a_response_that_arrives_before_its_lead_waits_for_it(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    summary = processor.process(
+        [task_done("00T000000000001AAA", "00Q000000000001AAA", T0 + 7 * MINUTE)]
+    )
+    assert summary["first_touch"]["waiting_for_lead"] == 1
+    assert ledger.lead_facts_frame().empty
+    processor.process([lead_created("00Q000000000001AAA", T0)])
+    assert facts(ledger, "00Q000000000001AAA").Time_to_First_Response__c == 7.0
+
+
+def test_automation_users_and_responses_before_creation_do_not_count(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    processor.process(
+        [
+            lead_created("00Q000000000001AAA", T0),
+            email_sent(
+                "02s000000000001AAA", "00Q000000000001AAA", T0 + MINUTE, user=AUTOMATION_USER
+            ),
+            task_done("00T000000000001AAA", "00Q000000000001AAA", T0 - MINUTE),
+        ]
+    )
+    row = facts(ledger, "00Q000000000001AAA")
+    assert pd.isna(row.First_Response_At__c) and row.First_Response_Source__c is None
+
+
+def test_routing_is_memoized_per_lead(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    first = lead_created("00Q000000000001AAA", T0)
+    summary = processor.process([first])
+    assert summary["routing"]["routed_lead_ids"] == ["00Q000000000001AAA"]
+    row = facts(ledger, "00Q000000000001AAA")
+    assert row.OwnerId in SMB_POOL and row.Routing_Rule__c == "smb-default"
+    assert row.Owner_Assigned_At__c == pd.Timestamp(T0, unit="ms", tz="UTC")
+    assert row.Assignment_Latency_Minutes__c == 0.0 and row.SLA_Minutes == 60.0
+    pointer = ledger.pool_states()["smb"]
+    outbox = ledger.outbox()
+
+    again = processor.process([first, first])  # re-delivery, twice
+    assert again["routing"]["routed"] == 0 and again["routing"]["memoized"] == 1
+    assert facts(ledger, "00Q000000000001AAA").OwnerId == row.OwnerId
+    assert ledger.pool_states()["smb"] == pointer
+    assert ledger.outbox() == outbox
+    assert len(ledger.decisions_between(workload="lead_route")) == 1
+
+    processor.process([lead_created("00Q000000000002AAA", T0 + MINUTE)])
+    assert ledger.pool_states()["smb"].pointer == pointer.pointer + 1
+
+
+def test_routing_writes_the_assignment_to_the_outbox(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    make_processor(ledger).process([lead_created("00Q000000000001AAA", T0)])
+    updates = [row.fields for row in ledger.outbox(record_id="00Q000000000001AAA")]
+    routing = next(f for f in updates if "OwnerId" in f)
+    assert routing["Routing_Rule__c"] == "smb-default"
+    assert routing["Owner_Assigned_At__c"] == "2026-11-18T11:06:40.000Z"
+    assert routing["Assignment_Latency_Minutes__c"] == 0.0
+    assert any("Template_Recommended__c" in f for f in updates)
+
+
+def test_leads_created_by_a_rep_are_not_routed_but_assigned_at_creation(
+    new_ledger: NewLedger,
+) -> None:
+    ledger = new_ledger()
+    summary = make_processor(ledger).process([lead_created("00Q000000000001AAA", T0, owner=REP_A)])
+    assert summary["routing"]["owned"] == 1
+    row = facts(ledger, "00Q000000000001AAA")
+    assert (row.OwnerId, row.Routing_Rule__c, row.Assignment_Latency_Minutes__c) == (
+        REP_A,
+        None,
+        0.0,
+    )
+    assert ledger.decisions_between(workload="lead_route") == []
+
+
+def test_echoes_of_our_own_writes_never_trigger_work(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    processor.process([lead_created("00Q000000000001AAA", T0, owner=REP_A)])
+    echo = event(
+        "Lead",
+        "00Q000000000001AAA",
+        "UPDATE",
+        T0 + MINUTE,
+        origin=f"com/salesforce/api/rest/64.0;client={CLIENT_ID}",
+        OwnerId=QUEUE,
+    )
+    assert processor.select_routing([echo]) == []
+    summary = processor.process([echo])
+    assert summary["routing"]["leads"] == 0
+    assert (
+        ledger.record("Lead", "00Q000000000001AAA").fields["OwnerId"] == QUEUE
+    )  # state still merges
+
+
+def test_gap_events_open_resync_windows_once(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    gap = event("Lead", "00Q000000000001AAA", "GAP_UPDATE", T0)
+    overflow = event("Task", "000000000000000AAA", "GAP_OVERFLOW", T0 + 1)
+    processor.process([gap, overflow])
+    processor.process([gap, overflow])
+    windows = ledger.open_resync_windows()
+    assert [(w.channel, w.reason, w.from_time_ms) for w in windows] == [
+        ("/data/LeadChangeEvent", "gap", T0),
+        ("/data/TaskChangeEvent", "gap_overflow", T0 + 1),
+    ]
+    assert windows[0].detail["record_ids"] == ["00Q000000000001AAA"]
+    assert ledger.record("Lead", "00Q000000000001AAA") is None
+
+
+def test_undecodable_events_are_dead_lettered_and_the_rest_proceeds(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    lead = lead_created("00Q000000000001AAA", T0)
+    schema_id, payload = encode_change(
+        StoredChange(1, "Lead", lead.header.to_recorded(), dict(lead.fields), T0)
+    )
+    channel = "/data/LeadChangeEvent"
+    good = RawEvent(channel, (1).to_bytes(8, "big"), schema_id, payload)
+    bad = RawEvent(channel, (2).to_bytes(8, "big"), schema_id, b"\x02\xff not avro")
+    staged = ledger.stage_batch(channel, [good, bad], {schema_id: schema_json(schema_id)})
+    processor = make_processor(ledger)
+    decoded = processor.decode(ledger.load_batch(staged.batch_id), EventDecoder(schema_json))
+    assert decoded.dead_lettered == 1
+    assert [e.record_ids for e in decoded.events] == [("00Q000000000001AAA",)]
+    (letter,) = ledger.dead_letters()
+    assert (letter.stage, letter.replay_id, letter.payload) == (
+        "decode",
+        bad.replay_id,
+        bad.payload,
+    )
+    assert "PayloadDecodeError" in letter.reason
+
+
+def test_template_applied_comes_from_the_first_outbound_email(new_ledger: NewLedger) -> None:
+    ledger = new_ledger()
+    processor = make_processor(ledger)
+    processor.process([lead_created("00Q000000000001AAA", T0)])
+    processor.process(
+        [
+            email_sent(
+                "02s000000000002AAA",
+                "00Q000000000001AAA",
+                T0 + 9 * MINUTE,
+                template="00X000000000003AAA",
+            )
+        ]
+    )
+    processor.process(
+        [
+            email_sent(
+                "02s000000000001AAA",
+                "00Q000000000001AAA",
+                T0 + 2 * MINUTE,
+                template="00X000000000001AAA",
+            )
+        ]
+    )
+    row = facts(ledger, "00Q000000000001AAA")
+    assert row.Template_Applied__c == "inbound-demo-request"
+    assert row.Template_Recommended__c is not None
+
+
+# --- order independence on the shipped stream ------------------------------------------
+
+
+def _stream() -> list[ChangeEvent]:
+    with RECORDED_STREAM.open() as handle:
+        return list(read_recorded_lines(handle))
+
+
+def _run(ledger: Ledger, batches: list[list[ChangeEvent]]) -> pd.DataFrame:
+    processor = make_processor(ledger)
+    for batch in batches:
+        processor.process(batch)
+    return ledger.lead_facts_frame()
+
+
+def _chunks(events: list[ChangeEvent], size: int) -> list[list[ChangeEvent]]:
+    return [events[i : i + size] for i in range(0, len(events), size)]
+
+
+def test_duplicate_and_reordered_deliveries_give_identical_lead_facts(
+    new_ledger: NewLedger,
+) -> None:
+    events = _stream()
+    reference = _run(new_ledger("in_order"), _chunks(events, 50))
+    assert len(reference) == 60 and reference["First_Response_At__c"].notna().sum() > 20
+
+    rng = random.Random(5)
+    # Channels drift apart (activities delivered before the leads they belong to), each
+    # batch arrives shuffled, and earlier batches are delivered again in between.
+    leads = [e for e in events if e.entity == "Lead"]
+    activities = [e for e in events if e.entity != "Lead"]
+    batches = _chunks(activities, 37) + _chunks(leads, 23)
+    redelivered: list[list[ChangeEvent]] = []
+    for index, batch in enumerate(batches):
+        shuffled = batch[:]
+        rng.shuffle(shuffled)
+        redelivered.append(shuffled)
+        if index % 3 == 2:
+            redelivered.append(batches[index - 1][:])
+    scrambled = _run(new_ledger("scrambled"), redelivered)
+    pd.testing.assert_frame_equal(reference, scrambled)
+
+    whole_twice = _run(new_ledger("twice"), _chunks(events, 50) + _chunks(events, 50))
+    pd.testing.assert_frame_equal(reference, whole_twice)
+
+
+@pytest.mark.parametrize("size", [1, 500])
+def test_batch_size_does_not_change_lead_facts(new_ledger: NewLedger, size: int) -> None:
+    events = _stream()
+    reference = _run(new_ledger("fifty"), _chunks(events, 50))
+    pd.testing.assert_frame_equal(reference, _run(new_ledger(f"size{size}"), _chunks(events, size)))
