@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +33,16 @@ POLICY_DIR = Path(__file__).resolve().parent
 SCHEMA_PATH = POLICY_DIR / "policy.schema.json"
 LEAF_OPS = ("equals", "in", "range", "exists", "prefix")
 GROUP_OPS = ("any", "all", "not")
+MAX_CYCLE = 10_000  # longest weighted round-robin cycle a pool may need
+
+
+def integer_weights(weights: list[float]) -> list[int]:
+    """Smallest integers in the same ratio (weights read to 3 decimals): 2, 1, 0.5 -> 4, 2, 1."""
+    fractions = [Fraction(str(w)).limit_denominator(1000) for w in weights]
+    scale = math.lcm(*(f.denominator for f in fractions))
+    integers = [int(f * scale) for f in fractions]
+    divisor = math.gcd(*integers)
+    return [i // divisor for i in integers]
 
 
 def default_policy_path() -> Path:
@@ -247,6 +259,16 @@ def _pool_faults(path: str, pool: Mapping[str, Any]) -> list[PolicyFault]:
                     f"{member_path}.weight", "weighted_round_robin needs a weight per member"
                 )
             )
+    weights = [m.get("weight", 1) for m in pool["members"]]
+    weighted = pool["strategy"] == "weighted_round_robin"
+    if weighted and not faults and sum(integer_weights(weights)) > MAX_CYCLE:
+        faults.append(
+            PolicyFault(
+                f"{path}.members",
+                f"weights {weights} need a round-robin cycle longer than {MAX_CYCLE} leads; "
+                "use simpler ratios (e.g. 2, 1, 0.5)",
+            )
+        )
     return faults
 
 

@@ -15,16 +15,14 @@ keeps the remaining members' shares proportional to their weights.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Literal
 
 from kpi_pipeline.cdc.events import EventFormatError, format_sf_datetime, parse_sf_datetime
-from kpi_pipeline.policies.load import Condition, Pool, RoutingPolicy, Rule
+from kpi_pipeline.policies.load import Condition, Pool, RoutingPolicy, Rule, integer_weights
 from kpi_pipeline.workloads.records import RecordState
 
 USER_PREFIX = "005"
@@ -242,19 +240,20 @@ def explain(condition: Condition | None, fields: Mapping[str, Any]) -> dict[str,
 
 @lru_cache(maxsize=256)
 def pool_cycle(members: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
-    """Smooth weighted round-robin order of one full cycle; members as (user_id, weight text)."""
-    weights = [Fraction(weight).limit_denominator(1000) for _, weight in members]
-    scale = math.lcm(*(w.denominator for w in weights))
-    integers = [int(w * scale) for w in weights]
-    divisor = math.gcd(*integers)
-    integers = [w // divisor for w in integers]
-    total = sum(integers)
-    current = [0] * len(integers)
+    """Smooth weighted round-robin order of one full cycle; members as (user_id, weight text).
+
+    Each step every member gains its weight and the richest one (first on ties) is picked
+    and pays the total: over a cycle each member gets exactly its weight in slots, spread
+    out as evenly as possible.
+    """
+    weights = integer_weights([float(weight) for _, weight in members])
+    total = sum(weights)
+    credit = [0] * len(weights)
     order = []
     for _ in range(total):
-        current = [c + w for c, w in zip(current, integers, strict=True)]
-        best = max(range(len(current)), key=lambda i: (current[i], -i))
-        current[best] -= total
+        credit = [c + w for c, w in zip(credit, weights, strict=True)]
+        best = max(range(len(credit)), key=lambda i: (credit[i], -i))
+        credit[best] -= total
         order.append(members[best][0])
     return tuple(order)
 
@@ -292,6 +291,8 @@ def pick_from_pool(
 ) -> tuple[str | None, PoolState, dict[str, Any]]:
     """Next eligible member from the pointer on; (None, unchanged pointer) if nobody is eligible."""
     cycle = _cycle_for(pool)
+    # Caps count per local day: a decision on another day (normally the next one) starts
+    # from zero. The pointer survives policy edits; it is read modulo the new cycle.
     counts = dict(state.assigned_today) if state.day == day else {}
     start = state.pointer % len(cycle)
     skipped: list[dict[str, Any]] = []

@@ -109,3 +109,11 @@ def test_fingerprint_is_stable_and_content_sensitive():
     reordered = default_raw()
     reordered["automation_users"] = list(reversed(reordered["automation_users"]))
     assert policy_fingerprint(load_policy(reordered)) == policy_fingerprint(policy)
+
+
+def test_weights_needing_an_absurd_cycle_are_rejected():
+    raw = default_raw()
+    raw["pools"]["smb"]["members"][0]["weight"] = 0.001
+    raw["pools"]["smb"]["members"][1]["weight"] = 99
+    (fault,) = faults_of(raw)
+    assert fault.path == "$.pools.smb.members" and "simpler ratios" in fault.message
