@@ -173,7 +173,7 @@ def record_from_decision(decision: Any, *, client_id: str) -> dict[str, Any]:
             f"{', '.join(missing + ([] if workload_id else ['workload']))}"
         )
     request, response = row["request"], row["response"]
-    metadata = {str(k): str(v) for k, v in (request.get("metadata") or {}).items()}
+    metadata = {str(k): _metadata_value(v) for k, v in (request.get("metadata") or {}).items()}
     extras = {
         "lead_id": row.get("lead_id"),
         "policy_version": row.get("policy_version"),
@@ -202,6 +202,15 @@ def record_from_decision(decision: Any, *, client_id: str) -> dict[str, Any]:
         decision=dict(response),
         metadata=metadata,
     )
+
+
+def _metadata_value(value: Any) -> str:
+    """Metadata values are strings: lists become comma-joined, other values canonical JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return join_replay_ids(list(value))
+    return canonical_json(value)
 
 
 def _attributes(value: Any) -> dict[str, Any]:
