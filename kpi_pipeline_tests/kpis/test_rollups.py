@@ -103,6 +103,11 @@ V1, V2 = "v1", "v2"
 
 @pytest.fixture
 def ledger() -> pd.DataFrame:
+    return hand_built_ledger()
+
+
+def hand_built_ledger() -> pd.DataFrame:
+    """The leads of the module docstring (also loaded into real ledgers by test_from_ledger)."""
     return facts(
         [
             lead("L1", f"{D1}T09:00Z", U1, assigned=f"{D1}T09:02Z", latency=2.0, version=V1,
