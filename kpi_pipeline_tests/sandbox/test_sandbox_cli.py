@@ -1,0 +1,124 @@
+"""`kpi-pipeline sandbox simulate | export | serve`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kpi_pipeline.cdc.events import read_recorded_lines
+from kpi_pipeline.cli import main
+from kpi_pipeline.sandbox.store import SandboxStore
+
+
+def simulate_store(path: Path, leads: int = 40) -> int:
+    return main(
+        ["sandbox", "simulate", "--store", str(path), "--leads", str(leads), "--days", "1", "--seed", "2",
+         "--start", "2026-01-05T00:00:00Z"]
+    )  # fmt: skip
+
+
+def test_simulate_writes_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_path = tmp_path / "nested" / "sandbox.db"
+    assert simulate_store(store_path) == 0
+    out = capsys.readouterr().out
+    assert "simulated 40 leads from 2026-01-05T00:00:00Z to 2026-01-06T00:00:00Z" in out
+    store = SandboxStore(store_path)
+    creates = [
+        c for c in store.iter_changes() if c.entity == "Lead" and c.header["changeType"] == "CREATE"
+    ]
+    assert len(creates) == 40 and len(store.query_records("Lead")) <= 40
+    assert f"replay 1..{store.latest_replay()}" in out
+    store.close()
+
+
+def test_simulate_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sandbox", "simulate", "--store", str(tmp_path / "s.db")]
+    assert main([*args, "--start", "next tuesday"]) == 2
+    assert "--start" in capsys.readouterr().err
+    assert main([*args, "--days", "0"]) == 2
+    assert "--days" in capsys.readouterr().err
+
+
+def test_export_writes_recorded_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_path, out = tmp_path / "s.db", tmp_path / "events.jsonl"
+    simulate_store(store_path, leads=15)
+    assert (
+        main(
+            [
+                "sandbox",
+                "export",
+                "--store",
+                str(store_path),
+                "--out",
+                str(out),
+                "--channel",
+                "/data/SalesKpis__chn",
+            ]
+        )
+        == 0
+    )
+    events = list(read_recorded_lines(out.read_text().splitlines(), source=str(out)))
+    store = SandboxStore(store_path)
+    assert (
+        len(events) == store.latest_replay()
+        and f"wrote {len(events)} change events" in capsys.readouterr().out
+    )
+    assert {e.channel for e in events} == {"/data/SalesKpis__chn"}
+    assert {e.entity for e in events} == {"Lead", "Task", "EmailMessage"}
+    store.close()
+    assert (
+        main(["sandbox", "export", "--store", str(tmp_path / "missing.db"), "--out", str(out)]) == 2
+    )
+    assert "sandbox simulate --store" in capsys.readouterr().err
+
+
+def _connects(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        return True
+
+
+def test_serve_answers_then_exits_on_sigterm(tmp_path: Path) -> None:
+    store_path = tmp_path / "s.db"
+    simulate_store(store_path, leads=5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kpi_pipeline.cli", "sandbox", "serve", "--store", str(store_path),
+         "--access-token", "tok-123", "--tenant-id", "00D000000000009AAA"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            line.startswith("  tenant id") for line in lines
+        ):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines)
+        pubsub = re.search(r"pubsub: 127\.0\.0\.1:(\d+)", text)
+        rest = re.search(r"rest: http://127\.0\.0\.1:(\d+)", text)
+        assert pubsub and rest, text + proc.stderr.read() if proc.poll() is not None else text
+        assert "access token: tok-123" in text and "tenant id: 00D000000000009AAA" in text
+        assert _connects(int(pubsub.group(1))) and _connects(int(rest.group(1)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "sandbox: stopping" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_needs_an_existing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sandbox", "serve", "--store", str(tmp_path / "nope.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err
