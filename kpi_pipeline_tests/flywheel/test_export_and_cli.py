@@ -281,3 +281,11 @@ def test_cli_rejects_a_malformed_day(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         _run("flywheel", "export", "--from", ".", "--out", "x", "--since", "03/02/2026")
     assert "'03/02/2026' is not a day; use YYYY-MM-DD (UTC)" in capsys.readouterr().err
+
+
+def test_console_script_dispatches_to_the_flywheel_commands(logs: Path, tmp_path: Path) -> None:
+    from kpi_pipeline.cli import main
+
+    out = tmp_path / "all.jsonl"
+    assert main(["flywheel", "export", "--from", str(logs), "--out", str(out)]) == 0
+    assert len(read_jsonl(out)) == 30
