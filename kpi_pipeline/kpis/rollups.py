@@ -21,8 +21,9 @@ Decisions where DESIGN §4.3 is silent (documented here because the CSVs carry t
   leads the percentiles leave out (unanswered leads are right-censored).
 * **SLA** minutes come per lead from ``SLA_Minutes``, 60 when NaN. A response exactly at
   the due instant is ``met``. ``breach_pct`` is a percentage (0-100):
-  100 * breached ÷ (met + breached); NaN when met + breached is 0 (every lead of the
-  day still pending), because no lead has settled yet.
+  100 * breached ÷ (met + breached). Unanswered leads past due count as breached (open
+  breaches), so they are in the denominator; pending leads are not, as they can still be
+  met. NaN when met + breached is 0 (every lead of the day still pending).
 * **Missing group keys** (``OwnerId``, ``Routing_Policy_Version__c``,
   ``Routing_Rule__c`` not set) form their own group with the empty string as key, so
   every lead is counted somewhere and per-group counts sum to the day's leads.
