@@ -300,6 +300,13 @@ def _finish(name: str, result: pd.DataFrame) -> pd.DataFrame:
     return result.sort_values(keys, kind="mergesort").reset_index(drop=True)
 
 
+def empty_rollup(name: str) -> pd.DataFrame:
+    """Rollup ``name`` with no rows: its columns in order, with their dtypes."""
+    if name not in ROLLUP_SCHEMAS:
+        raise LeadFactsError(f"no rollup named {name!r}; the rollups are {list(ROLLUP_NAMES)}")
+    return _empty(name)
+
+
 def _empty(name: str) -> pd.DataFrame:
     schema = ROLLUP_SCHEMAS[name]
     return pd.DataFrame({column: pd.Series([], dtype=dtype) for column, dtype in schema.items()})

@@ -38,6 +38,7 @@ from kpi_pipeline.kpis import (
     compute_all,
     day_bounds,
     empty_lead_facts,
+    empty_rollup,
     lead_facts_columns,
     markdown_table,
     reconcile,
@@ -346,6 +347,15 @@ def test_empty_frame_gives_empty_tables_with_their_columns() -> None:
     ]  # fmt: skip
     assert every["ttfr_overall"]["leads"].dtype == "int64"
     assert reconcile(empty_lead_facts(), every) == []
+
+
+def test_empty_rollup_by_name() -> None:
+    assert list(empty_rollup("sla").columns) == ["day", "met", "breached", "pending", "breach_pct"]
+    assert empty_rollup("sla")["met"].dtype == "int64"
+    with pytest.raises(
+        LeadFactsError, match=r"no rollup named 'slas'; the rollups are \['ttfr_overall'"
+    ):
+        empty_rollup("slas")
 
 
 def test_no_recommendations_gives_an_empty_template_table(ledger: pd.DataFrame) -> None:
