@@ -604,7 +604,7 @@ class SandboxStore:
         with self._write(transaction, at_ms) as tx:
             current = self._load_live(tx.conn, sobject, record_id)
             self._claim(tx, record_id)
-            new, body, changed, nulled = _diff(sobject, current, normalized)
+            new, body, changed, nulled = _diff(current, normalized)
             audit = self._audit(sobject, user_id, tx.commit_ms, created=False)
             for name, value in audit.items():
                 if current.get(name) != value or name == "LastModifiedDate":
@@ -734,7 +734,7 @@ class SandboxStore:
             )
         deleted = {"GAP_DELETE": 1, "GAP_UNDELETE": 0}.get(change_type, row[1])
         current = json.loads(row[0])
-        new, *_ = _diff(entity, current, values)
+        new, *_ = _diff(current, values)
         new.update(self._audit(entity, user_id, tx.commit_ms, created=False))
         tx.conn.execute(
             "UPDATE records SET fields = ?, deleted = ?, modified_ms = ? WHERE id = ?",
@@ -968,7 +968,7 @@ def _drop_nulls(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _diff(
-    sobject: str, current: Mapping[str, Any], values: Mapping[str, Any]
+    current: Mapping[str, Any], values: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], list[str], list[str]]:
     """(new stored values, UPDATE body, changedFields, nulledFields) of applying values."""
     new = json.loads(json.dumps(current))
