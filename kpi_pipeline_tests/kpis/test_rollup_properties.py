@@ -49,7 +49,7 @@ def as_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     return frame[list(lead_facts_columns())]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     rows=st.lists(leads(), min_size=1, max_size=40),
     as_of_minutes=st.integers(0, 6 * 1440),
