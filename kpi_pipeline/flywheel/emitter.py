@@ -206,46 +206,46 @@ class FlywheelEmitter:
         return end
 
     def _flush_locked(self) -> int:
-        if not self._pending:
-            return 0
-        by_workload: dict[str, list[dict[str, Any]]] = {}
-        for document in self._pending:
-            by_workload.setdefault(document["workload_id"], []).append(document)
-        written = 0
-        for workload_id, documents in by_workload.items():
-            written += self._flush_workload(workload_id, documents)
-            for document in documents:  # written or found on disk: either way no longer pending
-                self._pending_ids.discard(document["response"]["id"])
-            done = {id(d) for d in documents}
-            self._pending = [d for d in self._pending if id(d) not in done]
-        return written
+        written_before = self._written
+        for workload_id in sorted({document["workload_id"] for document in self._pending}):
+            documents = [d for d in self._pending if d["workload_id"] == workload_id]
+            self._flush_workload(workload_id, documents)
+        return self._written - written_before
 
-    def _flush_workload(self, workload_id: str, documents: list[dict[str, Any]]) -> int:
+    def _flush_workload(self, workload_id: str, documents: list[dict[str, Any]]) -> None:
         folder = self.directory / workload_id
         folder.mkdir(parents=True, exist_ok=True)
         index = self._index(workload_id)
         with _exclusive_lock(folder / LOCK_FILE):
             self._catch_up(workload_id, index, holding_lock=True)
-            plan = self._plan(index, documents)
+            plan, already_on_disk = self._plan(index, documents)
+            self._forget_pending(already_on_disk)
             for name, (lines, ids) in plan.items():
-                path = folder / name
-                new_size = _append_whole_lines(path, b"".join(lines))
-                index.read_up_to[name] = new_size
+                # A failed write raises here; what is not yet written stays pending for a retry.
+                index.read_up_to[name] = _append_whole_lines(folder / name, b"".join(lines))
                 index.ids.update(ids)
                 self._written += len(ids)
-        return sum(len(ids) for _, ids in plan.values())
+                self._forget_pending(ids)
+
+    def _forget_pending(self, ids: list[str]) -> None:
+        if ids:
+            done = set(ids)
+            self._pending = [d for d in self._pending if d["response"]["id"] not in done]
+            self._pending_ids -= done
 
     def _plan(
         self, index: _WorkloadIndex, documents: list[dict[str, Any]]
-    ) -> dict[str, tuple[list[bytes], list[str]]]:
-        """Which new lines go to which file (day, then size rotation), skipping known ids."""
+    ) -> tuple[dict[str, tuple[list[bytes], list[str]]], list[str]]:
+        """Which new lines go to which file (day, then size rotation), and the ids already on disk."""
         plan: dict[str, tuple[list[bytes], list[str]]] = {}
+        already_on_disk: list[str] = []
         current: dict[str, tuple[int, int]] = {}  # day -> (part, size including planned lines)
         seen: set[str] = set()
         for document in documents:
             rid = document["response"]["id"]
             if rid in index.ids or rid in seen:  # another process wrote it meanwhile
                 self._duplicates += 1
+                already_on_disk.append(rid)
                 continue
             seen.add(rid)
             line = (canonical_json(document) + "\n").encode("utf-8")
@@ -257,7 +257,7 @@ class FlywheelEmitter:
             lines, ids = plan.setdefault(day_file_name(day, part), ([], []))
             lines.append(line)
             ids.append(rid)
-        return plan
+        return plan, already_on_disk
 
 
 def sorted_day_files(folder: Path) -> list[Path]:

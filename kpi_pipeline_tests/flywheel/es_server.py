@@ -22,7 +22,8 @@ shapes:
   non-numeric ``epoch_second`` date is a 400 ``document_parsing_exception`` item).
 
 Faults for retry tests: ``fail_bulk_requests`` (statuses for the next whole bulk
-requests) and ``fail_items`` (per ``_id``, statuses for its next attempts; 429 uses the
+requests), ``fail_paths`` (``"PUT /_index_template/x"`` -> statuses of its next answers)
+and ``fail_items`` (per ``_id``, statuses for its next attempts; 429 uses the
 real ``es_rejected_execution_exception`` shape).
 """
 
@@ -57,6 +58,7 @@ class ClusterState:
     bulk_requests: int = 0
     fail_bulk_requests: list[int] = field(default_factory=list)
     fail_items: dict[str, list[int]] = field(default_factory=dict)
+    fail_paths: dict[str, list[int]] = field(default_factory=dict)  # "PUT /path" -> statuses
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,6 +109,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "media_type_header_exception",
                 f"Invalid media-type value on headers [Accept, Content-Type]: compatible-with={compat}",
             )
+        elif state.fail_paths.get(f"{method} {path}"):
+            with state.lock:
+                failure = state.fail_paths[f"{method} {path}"].pop(0)
+            status, payload = _error(failure, "cluster_block_exception", "injected failure")
         else:
             status, payload = route(state, method, path, body)
         self._send(method, status, payload, compat)

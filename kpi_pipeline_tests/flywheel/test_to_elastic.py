@@ -176,3 +176,18 @@ def test_stand_in_enforces_the_strict_mapping_like_elasticsearch(es: ElasticStan
     )
     item = result["items"][0]["create"]
     assert (item["status"], item["error"]["type"]) == (400, "strict_dynamic_mapping_exception")
+
+
+def test_template_put_is_retried_on_5xx_and_429(es: ElasticStandIn) -> None:
+    es.state.fail_paths = {"PUT /_index_template/kpi-pipeline-flywheel": [503, 429]}
+    _loader(es).ensure_index_template()
+    puts = [r for r in es.state.requests if r[0] == "PUT"]
+    assert len(puts) == 3 and "kpi-pipeline-flywheel" in es.state.templates
+
+
+def test_template_put_failing_for_good_is_a_clear_error(es: ElasticStandIn) -> None:
+    es.state.fail_paths = {"PUT /_index_template/kpi-pipeline-flywheel": [503] * 10}
+    with pytest.raises(
+        ElasticLoadError, match=r"could not put the index template on Elasticsearch .*HTTP 503"
+    ):
+        _loader(es, max_retries=2).ensure_index_template()
