@@ -90,6 +90,10 @@ class RequestLimitError(SalesforceError):
 
     retryable = True
 
+    def __init__(self, message: str, *, daily: bool, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.daily = daily  # the org's rolling 24 h total, not the concurrency limit
+
 
 class SalesforceUnavailableError(SalesforceError):
     """5xx responses or broken connections after the bounded backoff."""
@@ -481,9 +485,18 @@ def _classify(exc: Exception, path: str) -> SalesforceError:
     assert isinstance(exc, SimpleSalesforceError)
     code, message = _error_body(exc)
     if isinstance(exc, SalesforceRefusedRequest) and code == "REQUEST_LIMIT_EXCEEDED":
+        if "TotalRequests" in message:
+            return RequestLimitError(
+                f"Salesforce's daily API request allocation is used up ({message}); updates stay "
+                "queued: wait for the rolling 24 h window or raise the org's allocation",
+                daily=True,
+                error_code=code,
+                status=403,
+            )
         return RequestLimitError(
-            f"Salesforce API limit reached ({message}); the write-back backs off. If it is the daily "
-            "total (TotalRequests), wait for the rolling 24 h window or raise the org's allocation",
+            f"Salesforce API limit reached ({message}); too many concurrent long requests: retried "
+            "with backoff",
+            daily=False,
             error_code=code,
             status=403,
         )
@@ -507,7 +520,7 @@ def _classify(exc: Exception, path: str) -> SalesforceError:
 
 def _is_daily_limit(error: SalesforceError) -> bool:
     # The rolling 24 h allocation won't free up within a backoff; stop and let the outbox wait.
-    return isinstance(error, RequestLimitError) and "TotalRequests" in str(error)
+    return isinstance(error, RequestLimitError) and error.daily
 
 
 def _strip_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
