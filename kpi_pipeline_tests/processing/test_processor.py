@@ -292,3 +292,19 @@ def test_batch_size_does_not_change_lead_facts(new_ledger: NewLedger, size: int)
     events = _stream()
     reference = _run(new_ledger("fifty"), _chunks(events, 50))
     pd.testing.assert_frame_equal(reference, _run(new_ledger(f"size{size}"), _chunks(events, size)))
+
+
+@pytest.mark.postgres
+def test_postgresql_ledger_gives_the_same_lead_facts_as_sqlite(
+    new_ledger: NewLedger, postgres_url: str
+) -> None:
+    events = _stream()
+    reference = _run(new_ledger("sqlite"), _chunks(events, 50))
+    postgres = Ledger.from_url(postgres_url)
+    try:
+        pd.testing.assert_frame_equal(reference, _run(postgres, _chunks(events, 50)))
+        pool_pointer = postgres.pool_states()
+        _run(postgres, _chunks(events, 50))  # the whole stream again: nothing moves
+        assert postgres.pool_states() == pool_pointer
+    finally:
+        postgres.dispose()
