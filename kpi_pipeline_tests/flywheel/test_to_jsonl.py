@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kpi_pipeline.flywheel.emitter import FlywheelEmitter
 from kpi_pipeline.flywheel.loaders.to_jsonl import (
@@ -16,7 +19,7 @@ from kpi_pipeline.flywheel.loaders.to_jsonl import (
     read_jsonl,
     write_jsonl,
 )
-from kpi_pipeline.flywheel.records import record_id
+from kpi_pipeline.flywheel.records import record_id, sort_key
 from kpi_pipeline.flywheel.schema import FlywheelRecordError
 from kpi_pipeline_tests.flywheel.conftest import DAY, make_record
 
@@ -128,3 +131,45 @@ def test_training_set_is_deterministic(tmp_path: Path) -> None:
     second = export_training_set(list(reversed(records)), tmp_path / "b")
     for workload in WORKLOADS:
         assert first[workload].read_bytes() == second[workload].read_bytes()
+
+
+_POOL = _mixed(40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(picks=st.lists(st.integers(0, len(_POOL) - 1), max_size=60))
+def test_export_bytes_depend_only_on_the_set_of_records(picks: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        shuffled = Path(folder) / "shuffled.jsonl"
+        canonical = Path(folder) / "canonical.jsonl"
+        assert write_jsonl([_POOL[i] for i in picks], shuffled) == len(set(picks))
+        write_jsonl([_POOL[i] for i in sorted(set(picks))], canonical)
+        assert shuffled.read_bytes() == canonical.read_bytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(_POOL) - 1), max_size=60),
+    reopen_every=st.integers(1, 20),
+    batch_size=st.integers(1, 9),
+)
+def test_emitter_logs_each_record_once_whatever_the_order_repeats_and_restarts(
+    picks: list[int], reopen_every: int, batch_size: int
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        emitter = FlywheelEmitter(folder, batch_size=batch_size, max_bytes=4096)
+        for position, i in enumerate(picks, start=1):
+            emitter.emit(_POOL[i])
+            if position % reopen_every == 0:  # a new run picks up where the last one stopped
+                emitter.close()
+                emitter = FlywheelEmitter(folder, batch_size=batch_size, max_bytes=4096)
+        emitter.close()
+        on_disk = read_directory(folder)
+        assert [record_id(r) for r in on_disk] == [record_id(r) for r in sorted_unique(picks)]
+        for path in Path(folder).rglob("*.jsonl"):
+            assert path.stat().st_size <= 4096
+            assert {r["workload_id"] for r in read_jsonl(path)} == {path.parent.name}
+
+
+def sorted_unique(picks: list[int]) -> list[dict]:
+    return sorted((_POOL[i] for i in set(picks)), key=sort_key)
