@@ -708,6 +708,7 @@ class LiveSimulator:
         self._engine = _Engine(store, speedup=response_speedup, working_hours=False)
         self._next_arrival_ms: int | None = None
         self._numbers = itertools.count(1)
+        self._namespace = "live"
 
     @property
     def summary(self) -> SimulationSummary:
@@ -719,10 +720,13 @@ class LiveSimulator:
     def step(self, now_ms: int) -> int:
         if self.leads_per_hour > 0:
             if self._next_arrival_ms is None:
+                # the first step time names this run's leads, so a restarted simulator does
+                # not replay the previous run's people (still deterministic in the step times)
+                self._namespace = f"live/{now_ms}"
                 self._next_arrival_ms = int(now_ms + self._gap_ms())
             while self._next_arrival_ms <= now_ms:
                 number = next(self._numbers)
-                rng = _lead_rng(self.seed, "live", number)
+                rng = _lead_rng(self.seed, self._namespace, number)
                 self._engine.add_lead(_plan_lead(number, self._next_arrival_ms, rng))
                 self._next_arrival_ms = int(self._next_arrival_ms + max(1.0, self._gap_ms()))
         return self._engine.run_until(now_ms)
