@@ -1,0 +1,158 @@
+"""`kpi-pipeline replay` on the shipped stream, and the `ledger` operator commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from kpi_pipeline.cdc.fixtures import RECORDED_STREAM, fixture_path
+from kpi_pipeline.cli import main
+from kpi_pipeline.flywheel.schema import validate_record
+from kpi_pipeline.kpis import ROLLUP_NAMES
+from kpi_pipeline.salesforce_fields import WRITTEN_FIELD_NAMES
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_replay_writes_the_three_outputs_byte_identically_twice(tmp_path: Path, capsys) -> None:
+    assert main(["replay", str(RECORDED_STREAM), "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events"] == 239 and summary["leads"] == 60
+    assert main(["replay", str(RECORDED_STREAM), "--out", str(tmp_path / "b")]) == 0
+    first, second = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert first == second
+    assert set(first) == {
+        "lead_facts.csv",
+        *(f"kpis/{name}.csv" for name in ROLLUP_NAMES),
+        *(f"flywheel/{w}.jsonl" for w in ("first_touch", "lead_route", "outreach_template")),
+    }
+
+    with (tmp_path / "a" / "lead_facts.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["Id", "CreatedDate", "OwnerId", *WRITTEN_FIELD_NAMES]
+    assert [r["Id"] for r in rows] == sorted(r["Id"] for r in rows) and len(rows) == 60
+    responded = [r for r in rows if r["First_Response_At__c"]]
+    assert responded and all(r["First_Response_At__c"].endswith("Z") for r in responded)
+    assert all(r["CreatedDate"].endswith("Z") for r in rows)
+    assert any(r["Time_to_First_Response__c"] == "" for r in rows)  # unanswered leads: empty cell
+
+    for workload in ("first_touch", "lead_route", "outreach_template"):
+        lines = (tmp_path / "a" / "flywheel" / f"{workload}.jsonl").read_text().splitlines()
+        assert lines, f"no {workload} decisions"
+        records = [json.loads(line) for line in lines]
+        for record in records:
+            validate_record(record)
+            assert record["workload_id"] == workload
+        assert len({r["response"]["id"] for r in records}) == len(records)
+    assert summary["decisions"]["lead_route"] == len(
+        (tmp_path / "a" / "flywheel" / "lead_route.jsonl").read_text().splitlines()
+    )
+
+
+def test_replay_as_of_changes_only_time_dependent_kpis(tmp_path: Path, capsys) -> None:
+    early = tmp_path / "early"
+    assert (
+        main(
+            ["replay", str(RECORDED_STREAM), "--out", str(early), "--as-of", "2026-11-18T12:00:00Z"]
+        )
+        == 0
+    )
+    late = tmp_path / "late"
+    assert main(["replay", str(RECORDED_STREAM), "--out", str(late)]) == 0
+    assert (early / "lead_facts.csv").read_bytes() == (late / "lead_facts.csv").read_bytes()
+    assert (early / "kpis" / "sla.csv").read_bytes() != (late / "kpis" / "sla.csv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "/nonexistent/events.jsonl", "--out", "OUT"], "does not exist"),
+        (["replay", "BAD", "--out", "OUT"], "recorded event must look like"),
+        (
+            ["replay", "STREAM", "--out", "OUT", "--policy", "/nonexistent/policy.json"],
+            "file not found",
+        ),
+        (["replay", "STREAM", "--out", "OUT", "--batch-size", "0"], "at least 1"),
+    ],
+)
+def test_replay_refuses_bad_input_with_a_clear_message(
+    tmp_path: Path, capsys, argv: list[str], message: str
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"channel": "/data/LeadChangeEvent", "data": {}}\n')
+    replace = {"OUT": str(tmp_path / "out"), "BAD": str(bad), "STREAM": str(RECORDED_STREAM)}
+    assert main([replace.get(a, a) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_replay_rejects_a_malformed_as_of(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", str(RECORDED_STREAM), "--out", str(tmp_path), "--as-of", "yesterday"])
+    assert "not an ISO-8601 time" in capsys.readouterr().err
+
+
+def test_single_event_fixtures_parse_and_belong_together() -> None:
+    from kpi_pipeline.cdc.events import ChangeEvent
+
+    lead, task, email = (
+        ChangeEvent.from_recorded(json.loads(fixture_path(name).read_text()))
+        for name in ("lead_create.json", "task_complete.json", "emailmessage.json")
+    )
+    assert (lead.entity, lead.change_type) == ("Lead", "CREATE")
+    assert task.fields["WhoId"] == lead.record_ids[0] and task.fields["Status"] == "Completed"
+    assert email.fields["RelatedToId"] == lead.record_ids[0] and email.fields["Incoming"] is False
+    with pytest.raises(FileNotFoundError, match="shipped fixtures"):
+        fixture_path("nope.json")
+
+
+def test_ledger_commands(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert main(["ledger", "upgrade", "--url", url]) == 0
+    upgraded = json.loads(capsys.readouterr().out)
+    assert (upgraded["from"], upgraded["to"]) == (None, "0003")
+    assert main(["ledger", "upgrade", "--url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["from"] == "0003"
+
+    from kpi_pipeline.ledger import Ledger
+
+    ledger = Ledger.from_url(url)
+    ledger.dead_letter(
+        channel="/data/LeadChangeEvent",
+        replay_id=(7).to_bytes(8, "big"),
+        batch_id="b",
+        stage="decode",
+        reason="bad avro",
+        payload=b"xx",
+    )
+    window = ledger.record_resync_window(
+        channel="/data/LeadChangeEvent",
+        reason="gap",
+        from_replay=None,
+        from_time_ms=1,
+        to_time_ms=2,
+        detail={},
+    )
+    ledger.dispose()
+    assert main(["ledger", "dead-letters", "--url", url]) == 0
+    letter = json.loads(capsys.readouterr().out)
+    assert (letter["replay_id"], letter["stage"], letter["payload_bytes"]) == (7, "decode", 2)
+    assert main(["ledger", "resync-windows", "--url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == window
+    assert (
+        main(
+            ["ledger", "resync-windows", "--url", url, "--close", str(window), "--note", "re-read"]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == {"closed": True, "id": window}
+    assert main(["ledger", "resync-windows", "--url", url]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["ledger", "resync-windows", "--url", url, "--close", "99"]) == 2
+    assert "no resync window with id 99" in capsys.readouterr().err
