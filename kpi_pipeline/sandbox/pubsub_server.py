@@ -84,6 +84,7 @@ class Faults:
     _reset_after: int | None = None
     _close_after: int | None = None
     _unavailable_calls: int = 0
+    silent: bool = False
 
     def reset_stream_after(self, events: int) -> None:
         """After `events` more events are sent, abort the stream with UNAVAILABLE (a network reset)."""
@@ -94,6 +95,11 @@ class Faults:
         """After `events` more events are sent, end the stream normally (server-side close)."""
         with self._lock:
             self._close_after = events
+
+    def silence_streams(self, silent: bool = True) -> None:
+        """Open streams stop sending anything, keepalives included (a half-open connection)."""
+        with self._lock:
+            self.silent = silent
 
     def service_unavailable_next(self, calls: int) -> None:
         """The next `calls` RPCs fail with INTERNAL + ``service.unavailable``."""
@@ -131,7 +137,8 @@ class _FlowState:
     def __init__(self, faults: Faults) -> None:
         self.cond = threading.Condition()
         self.pending = 0
-        self.last_activity = time.monotonic()
+        self.last_activity = time.monotonic()  # last request or response (idle close)
+        self.last_response: float | None = None  # keepalive timer; None: none sent yet
         self.error: tuple[grpc.StatusCode, str, str] | None = None
         self.done = False
         self._faults = faults
@@ -393,6 +400,9 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
                     return
                 pending = flow.pending
                 idle_for = time.monotonic() - flow.last_activity
+            if self.faults.silent:
+                time.sleep(0.05)
+                continue
             if pending == 0:
                 if idle_for >= self.idle_timeout_s:
                     return  # the real service closes a stream idle at pending=0 (~60 s)
@@ -402,8 +412,12 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             if not changes:
                 # Everything up to `tip` was scanned: other entities' events are skipped for good.
                 cursor = tip if cursor is None else max(cursor, tip)
-                quiet_for = time.monotonic() - flow.last_activity
-                if quiet_for >= self.keepalive_interval_s:
+                # The first response of a stream is immediate, so a caught-up subscriber
+                # learns the bus position at once; later keepalives follow the interval.
+                quiet_for = (
+                    None if flow.last_response is None else time.monotonic() - flow.last_response
+                )
+                if quiet_for is None or quiet_for >= self.keepalive_interval_s:
                     yield self._keepalive(flow, rpc_id)
                 else:
                     self.source.wait_for_changes(cursor, self.keepalive_interval_s - quiet_for)
@@ -438,7 +452,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             )
         with flow.cond:
             flow.pending -= len(changes)
-            flow.last_activity = time.monotonic()
+            flow.last_activity = flow.last_response = time.monotonic()
             pending = flow.pending
         return pb2.FetchResponse(
             events=events,
@@ -449,7 +463,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
 
     def _keepalive(self, flow: _FlowState, rpc_id: str) -> pb2.FetchResponse:
         with flow.cond:
-            flow.last_activity = time.monotonic()
+            flow.last_activity = flow.last_response = time.monotonic()
             pending = flow.pending
         return pb2.FetchResponse(
             latest_replay_id=replay_id_from_int(self.source.latest_replay()),

@@ -146,22 +146,17 @@ def test_earliest_custom_latest(change_log, start_server, make_client) -> None:
         == []
     )
 
-    # LATEST delivers what is published after the subscription starts.
-    def publish_later() -> None:
-        while server.faults.subscribe_calls < 4:
-            time.sleep(0.01)
-        time.sleep(0.1)
-        for i in range(11, 14):
-            add_lead(change_log, i)
-
-    publisher = threading.Thread(target=publish_later)
-    publisher.start()
-    slow_server_client = make_client(server)
-    latest = slow_server_client.fetch(
-        LEADS, replay_id=None, preset="LATEST", max_events=3, max_seconds=5
+    # LATEST starts at the tip: its keepalive position is 10, and what is published
+    # afterwards is delivered from there.
+    latest = client.fetch(LEADS, replay_id=None, preset="LATEST", max_events=3, max_seconds=5)
+    assert latest.events == [] and latest.latest_replay_id == replay_id_from_int(10)
+    for i in range(11, 14):
+        add_lead(change_log, i)
+    after = client.fetch(
+        LEADS, replay_id=latest.latest_replay_id, preset="CUSTOM", max_events=3, max_seconds=5
     )
-    publisher.join()
-    assert replays(latest) == [11, 12, 13]
+    assert replays(after) == [11, 12, 13]
+    assert server.faults.subscribe_calls == 5
 
 
 def test_max_events_bounds_the_drain_and_resume_continues(
@@ -350,7 +345,8 @@ def test_service_unavailable_beyond_the_retry_budget_raises(
 
 
 def test_stalled_stream_raises_after_reconnects(change_log, start_server, make_client) -> None:
-    server = start_server(change_log, keepalive_interval_s=30)  # silent while nothing is available
+    server = start_server(change_log)
+    server.faults.silence_streams()  # like a half-open TCP connection: not even keepalives
     client = make_client(server, stall_timeout_s=0.3, max_reconnects=1)
     with pytest.raises(StreamStalledError, match="no response on /data/LeadChangeEvent"):
         client.fetch(
@@ -492,3 +488,34 @@ def test_client_rejects_bad_arguments(change_log, start_server) -> None:
     with pytest.raises(ValueError, match="max_events"):
         client.fetch(LEADS, replay_id=None, preset="LATEST", max_events=0, max_seconds=1)
     client.close()
+
+
+def test_caught_up_subscriber_gets_the_bus_position_at_once(
+    change_log, start_server, make_client
+) -> None:
+    fill(change_log, 4)
+    client = make_client(start_server(change_log, keepalive_interval_s=30))
+    started = time.monotonic()
+    result = client.fetch(
+        LEADS, replay_id=None, preset="LATEST", max_events=10, max_seconds=10, idle_return_s=5
+    )
+    assert result.events == [] and result.keepalives == 1
+    assert result.latest_replay_id == replay_id_from_int(4)  # safe CUSTOM start for the next tick
+    assert time.monotonic() - started < 2
+
+
+def test_open_stream_delivers_events_published_while_it_waits(change_log, start_server) -> None:
+    channel, stub = raw_stub(start_server(change_log, keepalive_interval_s=30))
+    request = pb2.FetchRequest(
+        topic_name=LEADS, replay_preset=pb2.ReplayPreset.LATEST, num_requested=5
+    )
+    call = stub.Subscribe(iter([request]), metadata=AUTH_METADATA)
+    first = next(call)
+    assert list(first.events) == [] and first.pending_num_requested == 5  # immediate keepalive
+    fill(change_log, 2)  # published while the stream is open and owed events
+    got: list[int] = []
+    while len(got) < 2:
+        got += [replay_id_to_int(e.replay_id) for e in next(call).events]
+    call.cancel()
+    channel.close()
+    assert got == [1, 2]
