@@ -18,6 +18,10 @@ Failure handling (domain notes §5):
   values, so re-sending is safe);
 * HTTP 400 on a collection (malformed request, unknown field) fails its records, not retried.
 
+Requests also carry ``Sforce-Auto-Assign: FALSE`` (``auto_assign=False``): without it the REST
+API applies the org's active assignment rules to every Lead update (the documented default is
+TRUE), which would undo the owner our routing policy chose.
+
 ``update_records`` never loses track of a record: each one ends up ``succeeded``, ``failed``
 (with its error and whether a later retry may help) or ``unconfirmed`` (the request carrying
 it failed, so Salesforce may or may not have applied it), and ``error`` says why it stopped.
@@ -152,6 +156,7 @@ class SalesforceRest:
         *,
         api_version: str = "64.0",
         client_id: str = "kpi_pipeline",
+        auto_assign: bool = False,
         session: requests.Session | None = None,
         max_attempts: int = 5,
         base_backoff_s: float = 0.5,
@@ -173,6 +178,7 @@ class SalesforceRest:
         self.tokens = token_provider
         self.api_version = api_version
         self.client_id = client_id
+        self.auto_assign = auto_assign
         self.max_attempts = max_attempts
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -418,6 +424,9 @@ class SalesforceRest:
                 # (always https for a real org, so this is the same code path everywhere).
                 sf.base_url = f"{token.instance_url}/services/data/v{self.api_version}/"
                 sf.headers["Sforce-Call-Options"] = f"client={self.client_id}"
+                # REST runs the org's active Lead assignment rules on every update unless told
+                # not to, which would overwrite the OwnerId the routing policy just wrote.
+                sf.headers["Sforce-Auto-Assign"] = "TRUE" if self.auto_assign else "FALSE"
                 self._client, self._client_token = sf, token.access_token
             return self._client, token.access_token
 

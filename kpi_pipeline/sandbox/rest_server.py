@@ -230,6 +230,7 @@ class RecordedRequest:
     path: str
     body: Any
     client: str | None
+    auto_assign: str | None = None  # the Sforce-Auto-Assign header as sent
 
 
 # --- SOQL subset --------------------------------------------------------------------------
@@ -415,7 +416,13 @@ class RestApp:
     ) -> Response:
         client = _call_options_client(headers.get("Sforce-Call-Options", ""))
         payload = _json_body(body) if body else None
-        self._record(method, f"/services/data/v{version}/{rest}", payload, client)
+        self._record(
+            method,
+            f"/services/data/v{version}/{rest}",
+            payload,
+            client,
+            headers.get("Sforce-Auto-Assign"),
+        )
         token = self._bearer_token(headers)
         if not self.registry.is_valid(token):
             raise ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
@@ -459,9 +466,11 @@ class RestApp:
             return self.email_simple(payload)
         raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
 
-    def _record(self, method: str, path: str, body: Any, client: str | None) -> None:
+    def _record(
+        self, method: str, path: str, body: Any, client: str | None, auto_assign: str | None = None
+    ) -> None:
         with self._lock:
-            self.received.append(RecordedRequest(method, path, body, client))
+            self.received.append(RecordedRequest(method, path, body, client, auto_assign))
 
     def _count_call(self) -> int:
         with self._lock:

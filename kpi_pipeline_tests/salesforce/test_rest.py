@@ -57,6 +57,9 @@ def test_update_writes_the_store_and_marks_the_echo(org: SandboxOrg) -> None:
     )
 
     assert report.ok and report.succeeded == ids and report.attempts == 1
+    (request,) = org.data_requests("/composite/sobjects")
+    assert request.client == "kpi_pipeline"
+    assert request.auto_assign == "FALSE"  # the org's assignment rules must not undo our routing
     assert org.store.get_record("Lead", ids[0])["Routing_Rule__c"] == "na-enterprise"
     updates = [c for c in org.store.iter_changes() if c.header["changeType"] == "UPDATE"]
     assert [c.header["recordIds"] for c in updates] == [[ids[0]], [ids[1]]]
