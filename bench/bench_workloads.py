@@ -29,10 +29,10 @@ from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline.workloads.records import RecordState, merge_event
 
 START = datetime(2026, 11, 2, 13, 0, tzinfo=UTC)
-SOURCES = ["Web", "Web", "Phone", "Partner Referral", "Trade Show", "Webinar", "Other"]
-COUNTRIES = ["US", "US", "US", "Canada", "Germany", "France", "United Kingdom", "Brazil"]
+SOURCES = ["Web", "Web", "Phone Inquiry", "Partner Referral", "Trade Show", "Webinar", "Other"]
+COUNTRY_CODES = ["US", "US", "US", "CA", "DE", "FR", "GB", "BR", "JP", "IN"]
 SPACING_S = 216  # 400 leads a day, the sandbox default, so daily caps bind only sometimes
-REPS = [f"0050000000000{n}AAA" for n in range(15, 18)]
+REPS = ["0055g0000000003AAA", "0055g0000000004AAA", "0055g0000000005AAA"]  # sandbox reps
 
 
 def synthetic_leads(count: int, rng: random.Random) -> list[RecordState]:
@@ -40,13 +40,14 @@ def synthetic_leads(count: int, rng: random.Random) -> list[RecordState]:
     for i in range(count):
         fields = {
             "LeadSource": rng.choice(SOURCES),
-            "Country": rng.choice(COUNTRIES),
+            "Address": {"City": "Springfield", "CountryCode": rng.choice(COUNTRY_CODES)},
+            "Email": f"lead{i}@example.com",
             "NumberOfEmployees": int(rng.lognormvariate(5, 1.6)),
             "AnnualRevenue": int(rng.lognormvariate(15, 2)),
             "Company": rng.choice(["Acme", "Initech", "Umbrella", "Hooli", "Globex"]) + f" {i}",
             "FirstName": "Pat",
             "Industry": rng.choice(["Technology", "Healthcare", "Retail"]),
-            "OwnerId": "00G000000000009AAA",
+            "OwnerId": "00G5g0000000001EAA",
         }
         created = START + timedelta(seconds=i * SPACING_S)
         leads.append(RecordState("Lead", f"00Q{i:015d}", fields, created_ms=to_epoch_ms(created)))
@@ -126,7 +127,7 @@ def bench_first_touch(events: list[ChangeEvent]) -> None:
     """Merge every event, derive its candidate, apply the only-earlier rule (processor path)."""
     states: dict[str, RecordState] = {}
     stored: dict[str, object] = {}
-    automation = frozenset({"005000000000002AAA"})
+    automation = frozenset({"0055g0000000002AAA"})
     for event in events:
         record_id = event.record_ids[0]
         state = merge_event(states.get(record_id), event, record_id)

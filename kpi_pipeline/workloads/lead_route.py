@@ -192,8 +192,17 @@ def _in_range(actual: Any, bounds: Mapping[str, Any]) -> bool:
     return not (high is not None and value > convert(high))
 
 
+def field_value(fields: Mapping[str, Any], path: str) -> Any:
+    """A field's value; ``Address.Country`` reads a child of a compound field."""
+    if path in fields or "." not in path:
+        return fields.get(path)
+    parent, _, child = path.partition(".")
+    compound = fields.get(parent)
+    return compound.get(child) if isinstance(compound, Mapping) else None
+
+
 def _leaf(condition: Condition, fields: Mapping[str, Any]) -> bool:
-    actual = fields.get(condition.field or "")
+    actual = field_value(fields, condition.field or "")
     op, expected = condition.op, condition.value
     if op == "equals":
         return _same(actual, expected)
@@ -230,7 +239,7 @@ def explain(condition: Condition | None, fields: Mapping[str, Any]) -> dict[str,
         "field": condition.field,
         "op": condition.op,
         "expected": condition.value,
-        "actual": fields.get(condition.field or ""),
+        "actual": field_value(fields, condition.field or ""),
         "result": _leaf(condition, fields),
     }
 

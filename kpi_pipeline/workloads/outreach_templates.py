@@ -217,7 +217,8 @@ class TemplateSelector(Protocol):
 
 class LocalRanker:
     """Deterministic: most specific eligible template first (more matched segment
-    dimensions), then the one whose variables the lead can fill, then by id."""
+    dimensions), then one whose variables the lead can fill, then catalog order (the
+    catalog lists intent-specific templates before general ones)."""
 
     model = LOCAL_MODEL
 
@@ -226,13 +227,14 @@ class LocalRanker:
     ) -> list[tuple[Template, list[str], bool]]:
         available = set(lead_variables(lead_fields, sender_name="sender"))
         ranked = []
+        position = {template.id: index for index, template in enumerate(catalog.templates)}
         for template in catalog.templates:
             matched = matched_segments(template, lead_fields)
             if matched is None:
                 continue
             fillable = set(template.required_variables) <= available
             ranked.append((template, matched, fillable))
-        ranked.sort(key=lambda item: (-len(item[1]), not item[2], item[0].id))
+        ranked.sort(key=lambda item: (-len(item[1]), not item[2], position[item[0].id]))
         return ranked
 
     def select(self, lead_fields: Mapping[str, Any], catalog: TemplateCatalog) -> TemplateSelection:

@@ -19,6 +19,7 @@ back to Salesforce), each entry merged with an order-independent rule:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -139,10 +140,8 @@ def merge_event(state: RecordState | None, event: ChangeEvent, record_id: str) -
     fields = dict(state.fields)
     versions = dict(state.versions)
     if change_type in _FIELD_SETTING_TYPES:
-        for name, value in event.fields.items():
-            if _wins(version, value, versions.get(name), fields.get(name)):
-                fields[name] = value
-                versions[name] = version
+        for name, child, value in _assignments(event.fields):
+            _assign(fields, versions, name, child, value, version)
 
     deleted = state.deleted
     if change_type in ("DELETE", "UNDELETE"):
@@ -164,6 +163,55 @@ def merge_event(state: RecordState | None, event: ChangeEvent, record_id: str) -
         deleted=deleted,
         meta=_merge_meta(state.meta, event, version),
     )
+
+
+def _assignments(values: Mapping[str, Any]) -> Iterator[tuple[str, str | None, Any]]:
+    """(field, compound child or None, value): compound fields (``Name``, ``Address``) come
+    nested from the decoder and as dotted names (``Address.City``) from nulledFields."""
+    for name, value in values.items():
+        if isinstance(value, Mapping):
+            for child, child_value in value.items():
+                yield name, child, child_value
+        elif "." in name:
+            parent, _, child = name.partition(".")
+            yield parent, child, value
+        else:
+            yield name, None, value
+
+
+def _assign(
+    fields: dict[str, Any],
+    versions: dict[str, Version],
+    name: str,
+    child: str | None,
+    value: Any,
+    version: Version,
+) -> None:
+    """Last-writer-wins for one field or one compound child. A whole compound value and its
+    children compete on versions too, so mixing both stays order-independent."""
+    if child is None:
+        current = fields.get(name)
+        # only a compound (dict) or a nulled compound can have versioned children
+        could_have_children = current is None or isinstance(current, Mapping)
+        prefix = f"{name}."
+        children = (
+            [v for k, v in versions.items() if k.startswith(prefix)] if could_have_children else []
+        )
+        newest = max([v for v in (versions.get(name), *children) if v is not None], default=None)
+        if _wins(version, value, newest, fields.get(name)):
+            fields[name] = value
+            versions[name] = version
+        return
+    key = f"{name}.{child}"
+    current = fields.get(name)
+    compound = dict(current) if isinstance(current, Mapping) else {}
+    whole = versions.get(name)
+    if whole is not None and version <= whole:
+        return
+    if _wins(version, value, versions.get(key), compound.get(child)):
+        compound[child] = value
+        fields[name] = compound
+        versions[key] = version
 
 
 def _merge_meta(meta: dict[str, Any], event: ChangeEvent, version: Version) -> dict[str, Any]:

@@ -41,33 +41,33 @@ def test_packaged_policy_is_valid_and_has_every_feature():
 def test_schema_faults_name_the_json_path():
     raw = default_raw()
     raw["rules"][1]["target"] = {"user": "not-a-user-id"}
-    raw["pools"]["emea"]["strategy"] = "random"
+    raw["pools"]["apac"]["strategy"] = "random"
     del raw["default_sla_minutes"]
     paths = {fault.path for fault in faults_of(raw)}
-    assert {"$", "$.rules[1].target.user", "$.pools.emea.strategy"} <= paths
+    assert {"$", "$.rules[1].target.user", "$.pools.apac.strategy"} <= paths
 
 
 def test_every_semantic_fault_is_reported_at_once():
     raw = default_raw()
     raw["rules"][2]["target"] = {"pool": "nonexistent"}
     raw["rules"][3]["id"] = raw["rules"][0]["id"]
-    raw["pools"]["smb"]["members"][1]["weight"] = 0
-    raw["pools"]["smb"]["members"][2]["user_id"] = raw["pools"]["smb"]["members"][0]["user_id"]
+    raw["pools"]["na"]["members"][1]["weight"] = 0
+    raw["pools"]["na"]["members"][2]["user_id"] = raw["pools"]["na"]["members"][0]["user_id"]
     raw["timezone"] = "Mars/Olympus_Mons"
     raw["rules"][0]["when"] = {"field": "AnnualRevenue", "range": {"min": 10, "max": 5}}
     faults = {fault.path: fault.message for fault in faults_of(raw)}
     assert "not defined in $.pools" in faults["$.rules[2].target.pool"]
     assert "already used by $.rules[0]" in faults["$.rules[3].id"]
-    assert "> 0" in faults["$.pools.smb.members[1].weight"]
-    assert "listed twice" in faults["$.pools.smb.members[2].user_id"]
+    assert "> 0" in faults["$.pools.na.members[1].weight"]
+    assert "listed twice" in faults["$.pools.na.members[2].user_id"]
     assert "unknown IANA timezone" in faults["$.timezone"]
     assert "greater than max" in faults["$.rules[0].when.range"]
 
 
 def test_weighted_pool_needs_weights_and_fallback_owner_is_required():
     raw = default_raw()
-    del raw["pools"]["enterprise"]["members"][0]["weight"]
-    assert [f.path for f in faults_of(raw)] == ["$.pools.enterprise.members[0].weight"]
+    del raw["pools"]["emea"]["members"][0]["weight"]
+    assert [f.path for f in faults_of(raw)] == ["$.pools.emea.members[0].weight"]
     raw = default_raw()
     del raw["fallback_owner"]
     assert any("fallback_owner" in f.message for f in faults_of(raw))
@@ -104,7 +104,7 @@ def test_fingerprint_is_stable_and_content_sensitive():
     policy = load_policy()
     assert policy_fingerprint(policy) == policy_fingerprint(load_policy(default_raw()))
     changed = copy.deepcopy(default_raw())
-    changed["pools"]["smb"]["members"][0]["weight"] = 4
+    changed["pools"]["na"]["members"][0]["weight"] = 4
     assert policy_fingerprint(load_policy(changed)) != policy_fingerprint(policy)
     reordered = default_raw()
     reordered["automation_users"] = list(reversed(reordered["automation_users"]))
@@ -113,7 +113,7 @@ def test_fingerprint_is_stable_and_content_sensitive():
 
 def test_weights_needing_an_absurd_cycle_are_rejected():
     raw = default_raw()
-    raw["pools"]["smb"]["members"][0]["weight"] = 0.001
-    raw["pools"]["smb"]["members"][1]["weight"] = 99
+    raw["pools"]["na"]["members"][0]["weight"] = 0.001
+    raw["pools"]["na"]["members"][1]["weight"] = 99
     (fault,) = faults_of(raw)
-    assert fault.path == "$.pools.smb.members" and "simpler ratios" in fault.message
+    assert fault.path == "$.pools.na.members" and "simpler ratios" in fault.message

@@ -9,10 +9,10 @@ from typing import Any
 from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int, to_epoch_ms
 
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
-REP = "005000000000015AAA"
-REP2 = "005000000000016AAA"
-BOT = "005000000000002AAA"  # automation user of the default policy
-INTEGRATION = "005000000000001AAA"
+REP = "0055g0000000004AAA"  # Liam Carter, sandbox rep
+REP2 = "0055g0000000005AAA"  # Sofia Martinez, sandbox rep
+BOT = "0055g0000000002AAA"  # automation user of the default policy
+INTEGRATION = "0055g0000000001AAA"
 LEAD = "00Q000000000001AAA"
 _replays = itertools.count(1000)
 _commits = itertools.count(1)
@@ -64,7 +64,7 @@ def event(
 
 
 def lead_create(record_id: str = LEAD, minute: float = 0, **fields: Any) -> ChangeEvent:
-    values = {"CreatedDate": to_epoch_ms(at(minute)), "OwnerId": "00G000000000009AAA", **fields}
+    values = {"CreatedDate": to_epoch_ms(at(minute)), "OwnerId": "00G5g0000000001EAA", **fields}
     return event("Lead", record_id, "CREATE", minute, values, user=INTEGRATION)
 
 

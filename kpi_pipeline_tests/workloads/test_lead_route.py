@@ -73,44 +73,49 @@ def run(
 # --- rules -----------------------------------------------------------------------------
 
 
+def address(code: str) -> dict[str, str]:
+    return {"City": "X", "CountryCode": code}
+
+
 def test_first_matching_rule_wins_with_nested_conditions():
     policy = load_policy()
-    enterprise = lead(1, LeadSource="Web", NumberOfEmployees=5000, Country="US")
-    emea = lead(2, LeadSource="Web", NumberOfEmployees=5000, Country="Germany")
-    partner = lead(3, LeadSource="partner referral", Company="Acme Corp", NumberOfEmployees=5000)
-    strategic = lead(4, Company="acme industries", LeadSource="Web")
-    other = lead(5, LeadSource="Phone")
+    big_us = lead(1, LeadSource="Web", NumberOfEmployees=5000, Address=address("US"))
+    rich_phone = lead(2, LeadSource="Phone Inquiry", AnnualRevenue=2e8, Address=address("CA"))
+    big_de = lead(3, LeadSource="Web", NumberOfEmployees=5000, Address=address("DE"))
+    partner = lead(4, LeadSource="partner referral", NumberOfEmployees=5000, Address=address("US"))
+    japan = lead(5, LeadSource="Webinar", Address=address("JP"))
+    web_us = lead(6, LeadSource="Web", Email="a@b.example", Address=address("US"))
+    web_no_email = lead(7, LeadSource="Web", Address=address("US"))
+    unknown = lead(8)
 
-    rule_of = {
-        subject.record_id: route(subject, policy, {}, decided_at=NOON).decision
-        for subject in (enterprise, emea, partner, strategic, other)
-    }
-    assert [d.rule_id for d in rule_of.values()] == [
-        "enterprise-inbound",
-        "emea",  # the not(Country in EMEA) branch keeps it out of enterprise
-        "partner-referrals",  # case-insensitive, and earlier than strategic-named-accounts
-        "strategic-named-accounts",
-        "smb-default",
+    subjects = (big_us, rich_phone, big_de, partner, japan, web_us, web_no_email, unknown)
+    decisions = [route(subject, policy, {}, decided_at=NOON).decision for subject in subjects]
+    assert [d.rule_id for d in decisions] == [
+        "na-enterprise",
+        "na-enterprise",  # the nested all(revenue, source) branch
+        "emea",  # size alone does not make a German lead NA enterprise
+        "partner-referrals",  # case-insensitive, and first in order
+        "apac",
+        "na-high-intent",
+        "na-default",  # not(Email exists false) fails without an email
+        "na-default",
     ]
-    assert rule_of[partner.record_id].owner_id == "00G000000000001AAA"
-    assert rule_of[strategic.record_id].owner_id == "005000000000018AAA"
-    assert [d.sla_minutes for d in rule_of.values()] == [30, 120, 240, 15, 60]
+    assert decisions[0].owner_id == "0055g0000000003AAA"
+    assert decisions[3].owner_id == "00G5g0000000002EAA"
+    assert [d.sla_minutes for d in decisions] == [30, 30, 60, 240, 120, 15, 60, 60]
 
 
 def test_explanation_names_conditions_rules_skipped_and_pointer():
     policy = load_policy()
-    decision = route(
-        lead(1, LeadSource="Web", NumberOfEmployees=5000, Country="US"), policy, {}, decided_at=NOON
-    ).decision
-    explanation = decision.explanation
-    assert explanation["rules_not_matched"] == ["partner-referrals", "strategic-named-accounts"]
-    assert explanation["matched_rule"] == "enterprise-inbound"
-    leaves = explanation["conditions"]["children"]
-    assert leaves[0] == {
-        "field": "NumberOfEmployees",
-        "op": "range",
-        "expected": {"min": 1000},
-        "actual": 5000,
+    subject = lead(1, LeadSource="Web", NumberOfEmployees=50, Address=address("DE"))
+    explanation = route(subject, policy, {}, decided_at=NOON).decision.explanation
+    assert explanation["rules_not_matched"] == ["partner-referrals", "na-enterprise"]
+    assert explanation["matched_rule"] == "emea"
+    assert explanation["conditions"] == {
+        "field": "Address.CountryCode",
+        "op": "in",
+        "expected": ["GB", "DE", "FR", "NL", "ES", "SE"],
+        "actual": "DE",
         "result": True,
     }
     assert explanation["pool"]["pointer_before"] == 0
@@ -144,6 +149,12 @@ def test_explanation_names_conditions_rules_skipped_and_pointer():
         ({"any": [{"field": "A", "equals": 1}, {"field": "B", "equals": 2}]}, {"B": 2}, True),
         ({"all": [{"field": "A", "equals": 1}, {"field": "B", "equals": 2}]}, {"B": 2}, False),
         ({"not": {"field": "A", "exists": True}}, {"A": 1}, False),
+        (
+            {"field": "Address.Country", "equals": "Germany"},
+            {"Address": {"Country": "germany"}},
+            True,
+        ),
+        ({"field": "Address.Country", "exists": True}, {"Address": None}, False),
     ],
 )
 def test_condition_operators(condition, fields, expected):
@@ -260,15 +271,15 @@ def test_everyone_ineligible_uses_the_policy_fallback_when_the_pool_has_none():
 def test_same_pool_state_twice_gives_the_same_decision():
     policy = load_policy()
     state = {
-        "enterprise": PoolState(
-            "enterprise", pointer=3, day="2026-11-24", assigned_today={"005000000000010AAA": 4}
+        "emea": PoolState(
+            "emea", pointer=3, day="2026-11-24", assigned_today={"0055g0000000007AAA": 4}
         )
     }
-    subject = lead(7, LeadSource="Web", NumberOfEmployees=2000, Country="US")
+    subject = lead(7, LeadSource="Web", Address=address("FR"))
     first = route(subject, policy, state, decided_at=NOON)
     second = route(subject, policy, state, decided_at=NOON)
     assert first == second
-    assert state["enterprise"].pointer == 3  # inputs are not mutated
+    assert state["emea"].pointer == 3  # inputs are not mutated
     assert (
         RoutingDecision.from_json(json.loads(json.dumps(first.decision.to_json())))
         == first.decision
@@ -300,7 +311,7 @@ def test_route_in_order_routes_by_creation_time():
 
 def test_needs_routing():
     policy = load_policy()
-    assert needs_routing(lead(1, OwnerId="00G000000000001AAA"), policy)
+    assert needs_routing(lead(1, OwnerId="00G5g0000000001EAA"), policy)
     assert needs_routing(lead(1, OwnerId=INTEGRATION), policy)
     assert needs_routing(lead(1), policy)
     assert not needs_routing(lead(1, OwnerId=REP), policy)
@@ -323,23 +334,22 @@ def test_lead_created_at_prefers_created_date_then_create_commit():
 
 def test_assignment_fields_for_a_routed_lead():
     policy = load_policy()
-    decision = route(
-        lead(1, LeadSource="Phone"), policy, {}, decided_at=NOON + timedelta(seconds=90)
-    ).decision
+    later = NOON + timedelta(seconds=90)
+    decision = route(lead(1, LeadSource="Other"), policy, {}, decided_at=later).decision
     values = assignment_fields(decision, created_at=NOON)
     assert values == {
         "OwnerId": decision.owner_id,
         "Owner_Assigned_At__c": "2026-11-24T17:01:30.000Z",
         "Assignment_Latency_Minutes__c": 1.5,
         "Routing_Policy_Version__c": policy.version,
-        "Routing_Rule__c": "smb-default",
+        "Routing_Rule__c": "na-default",
     }
 
 
 def test_routing_to_a_queue_sets_no_assignment_time():
     decision = route(lead(1, LeadSource="Partner"), load_policy(), {}, decided_at=NOON).decision
     values = assignment_fields(decision, created_at=NOON)
-    assert values["OwnerId"] == "00G000000000001AAA"
+    assert values["OwnerId"] == "00G5g0000000002EAA"
     assert "Owner_Assigned_At__c" not in values
 
 

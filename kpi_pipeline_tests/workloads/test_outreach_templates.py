@@ -106,21 +106,22 @@ def llm() -> Iterator[tuple[FakeLLM, str]]:
 def test_llm_selector_uses_a_valid_answer(llm):
     fake, base_url = llm
     fake.content = (
-        '```json\n{"template_id": "inbound-demo-request", "reason": "asked for a demo"}\n```'
+        '```json\n{"template_id": "enterprise-exec-intro", "reason": "large company"}\n```'
     )
     client = ChatClient(base_url, "small-model", api_key="k-123", timeout=5)
     selection = LLMSelector(client).select(ENTERPRISE_WEB, CATALOG)
     assert (selection.template_id, selection.reason, selection.model) == (
-        "inbound-demo-request",
-        "asked for a demo",
+        "enterprise-exec-intro",
+        "large company",
         "small-model",
     )
     assert selection.fallback_reason is None
-    assert set(selection.candidates) == {
-        "inbound-demo-request",
+    assert selection.candidates == (
+        "demo-invite",
         "enterprise-exec-intro",
-        "generic-first-touch",
-    }
+        "intro-value",
+        "intro-short",
+    )
     sent = fake.requests[0]
     assert sent["model"] == "small-model" and sent["temperature"] == 0
     assert sent["messages"] == selection_messages(ENTERPRISE_WEB, CATALOG) == selection.messages
@@ -143,7 +144,7 @@ def test_llm_selector_falls_back_on_invalid_json(llm):
     ("answer", "why"),
     [
         ({"template_id": "made-up"}, "unknown template 'made-up'"),
-        ({"template_id": "partner-warm-intro"}, "not eligible for this lead"),
+        ({"template_id": "partner-intro"}, "not eligible for this lead"),
         ({"reason": "no id"}, "lacks a string template_id"),
     ],
 )
@@ -152,18 +153,18 @@ def test_llm_selector_rejects_unknown_or_ineligible_templates(llm, answer, why):
     fake.content = json.dumps(answer)
     selection = LLMSelector(ChatClient(base_url, "m", timeout=5)).select(ENTERPRISE_WEB, CATALOG)
     assert why in selection.fallback_reason
-    assert selection.template_id == "enterprise-exec-intro"
+    assert selection.template_id == "demo-invite"  # the local ranker's choice
 
 
 def test_llm_selector_falls_back_on_timeout(llm):
     fake, base_url = llm
     fake.delay = 1.0
-    fake.content = '{"template_id": "inbound-demo-request"}'
+    fake.content = '{"template_id": "enterprise-exec-intro"}'
     started = time.monotonic()
     selection = LLMSelector(ChatClient(base_url, "m", timeout=0.2)).select(ENTERPRISE_WEB, CATALOG)
     assert time.monotonic() - started < 0.9
     assert "did not answer within 0.2s" in selection.fallback_reason
-    assert selection.template_id == "enterprise-exec-intro"
+    assert selection.template_id == "demo-invite"
 
 
 def test_llm_selector_falls_back_on_http_error(llm):
@@ -191,35 +192,56 @@ def test_local_ranker_prefers_the_most_specific_eligible_template_deterministica
     ranker = LocalRanker()
     first = ranker.select(ENTERPRISE_WEB, CATALOG)
     assert first == ranker.select(dict(reversed(list(ENTERPRISE_WEB.items()))), CATALOG)
-    assert (
-        first.template_id == "enterprise-exec-intro"
-    )  # both size and source match one dimension; id breaks the tie
-    healthcare_smb = {
+    # source, size and size match one dimension each: catalog order puts intent first
+    assert first.candidates == (
+        "demo-invite",
+        "enterprise-exec-intro",
+        "intro-value",
+        "intro-short",
+    )
+    assert (first.template_id, first.reason) == ("demo-invite", "matched LeadSource=Web")
+    big_healthcare_webinar = {
+        "Industry": "Healthcare",
+        "NumberOfEmployees": 3000,
+        "LeadSource": "Webinar",
+    }
+    assert ranker.select(big_healthcare_webinar, CATALOG).template_id == "event-follow-up"
+    clinic = {
         "FirstName": "Bo",
         "Company": "Clinic",
         "Industry": "Healthcare",
         "NumberOfEmployees": 20,
     }
-    assert ranker.select(healthcare_smb, CATALOG).template_id == "industry-healthcare"
-    assert (
-        ranker.select({"LeadSource": "Partner Referral"}, CATALOG).template_id
-        == "partner-warm-intro"
+    assert ranker.select(clinic, CATALOG).template_id == "healthcare-compliance"
+    assert ranker.select({"LeadSource": "Partner Referral"}, CATALOG).template_id == "partner-intro"
+    general = ranker.select({}, CATALOG)
+    assert general.template_id == "intro-short"
+    assert "some variables must be filled by hand" in general.reason
+    web_only = parse_catalog(
+        {
+            "templates": [
+                {
+                    "id": "w",
+                    "intent": "i",
+                    "subject": "s",
+                    "body": "b",
+                    "eligible_segments": {"LeadSource": ["Web"]},
+                }
+            ]
+        }
     )
-    assert ranker.select({}, CATALOG).template_id == "generic-first-touch"
+    assert ranker.select({"LeadSource": "Phone Inquiry"}, web_only).template_id is None
 
 
 def test_fill_template_and_missing_variable():
-    template = CATALOG.get("inbound-demo-request")
+    template = CATALOG.get("demo-invite")
     variables = lead_variables(ENTERPRISE_WEB, sender_name="Sam")
     subject, body = fill_template(template, variables)
-    assert subject == "Your Initech demo request"
+    assert subject == "15 minutes for a demo, Ada?"
     assert body.startswith("Hi Ada,") and body.endswith("Sam")
     with pytest.raises(MissingTemplateVariable) as caught:
         fill_template(template, lead_variables(ENTERPRISE_WEB))
-    assert (
-        caught.value.template_id == "inbound-demo-request"
-        and caught.value.variable == "sender_name"
-    )
+    assert caught.value.template_id == "demo-invite" and caught.value.variable == "sender_name"
     assert "needs variable 'sender_name'" in str(caught.value)
 
 
@@ -243,23 +265,21 @@ def email(**fields: Any) -> RecordState:
 
 
 def test_applied_template_by_template_id_or_subject():
+    # the sandbox org's EmailTemplate ids map to catalog ids; catalog ids are accepted too
     assert (
-        applied_template(email(EmailTemplateId="00X000000000003AAA"), CATALOG) == "event-follow-up"
+        applied_template(email(EmailTemplateId="00X5g0000000005EAA"), CATALOG) == "event-follow-up"
     )
-    assert applied_template(email(EmailTemplateId="smb-quick-start"), CATALOG) == "smb-quick-start"
+    assert applied_template(email(EmailTemplateId="intro-value"), CATALOG) == "intro-value"
+    assert applied_template(email(Subject="15 minutes for a demo, Ada?"), CATALOG) == "demo-invite"
     assert (
-        applied_template(email(Subject="Your Initech demo request"), CATALOG)
-        == "inbound-demo-request"
+        applied_template(email(Subject="How Retail teams cut response time"), CATALOG)
+        == "intro-value"
     )
-    assert (
-        applied_template(email(Subject="Getting Initech started in a day"), CATALOG)
-        == "smb-quick-start"
-    )
-    assert (
-        applied_template(email(Subject="Following up on your interest in pricing"), CATALOG)
-        == "generic-first-touch"
-    )
+    assert applied_template(email(Subject="Quick question about Initech"), CATALOG) == "intro-short"
+    prefixed = "Introduced by our partner: next steps (pricing attached)"
+    assert applied_template(email(Subject=prefixed), CATALOG) == "partner-intro"
     assert applied_template(email(Subject="Lunch on Friday?"), CATALOG) is None
+    assert applied_template(email(EmailTemplateId="00X000000000099AAA"), CATALOG) is None
     assert applied_template(email(), CATALOG) is None
 
 

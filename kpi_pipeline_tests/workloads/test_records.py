@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
 from kpi_pipeline.workloads.records import RecordState, event_version, fold_events, merge_event
 
-from .builders import LEAD, event, lead_create
+from .builders import INTEGRATION, LEAD, REP, event, lead_create
 
 
 def _lead_history() -> list[ChangeEvent]:
@@ -63,8 +63,8 @@ def test_created_ms_and_creator_come_from_the_create_event():
     history = _lead_history()
     state = fold_events(history, LEAD)
     assert state.created_ms == history[0].header.commit_timestamp
-    assert state.created_by == "005000000000001AAA"
-    assert state.last_commit_user == "005000000000015AAA"
+    assert state.created_by == INTEGRATION
+    assert state.last_commit_user == REP
 
 
 def test_json_round_trip_is_lossless():
@@ -112,3 +112,45 @@ def test_property_any_permutation_with_duplicates_is_the_same_state(data):
     duplicated = history + data.draw(st.lists(st.sampled_from(history), max_size=6))
     shuffled = data.draw(st.permutations(duplicated))
     assert fold_events(list(shuffled), LEAD) == expected
+
+
+def _address_history() -> list[ChangeEvent]:
+    return [
+        lead_create(Address={"City": "Berlin", "Country": "Germany", "Street": "Main 1"}),
+        event(
+            "Lead", LEAD, "UPDATE", 5, {"Address": {"City": "Munich"}}
+        ),  # decoder: changed child only
+        event(
+            "Lead", LEAD, "UPDATE", 7, {}, nulled=("Address.Street",)
+        ),  # recorded JSON: dotted name
+        event("Lead", LEAD, "UPDATE", 9, {"Name": {"FirstName": "Ada"}}),
+    ]
+
+
+def test_compound_fields_merge_child_by_child():
+    state = fold_events(_address_history(), LEAD)
+    assert state.fields["Address"] == {"City": "Munich", "Country": "Germany", "Street": None}
+    assert state.fields["Name"] == {"FirstName": "Ada"}
+
+
+def test_a_whole_compound_value_competes_with_its_children_by_version():
+    children_later = [
+        event("Lead", LEAD, "UPDATE", 1, {}, nulled=("Address",)),
+        event("Lead", LEAD, "UPDATE", 2, {"Address": {"City": "Paris"}}),
+    ]
+    whole_later = [
+        event("Lead", LEAD, "UPDATE", 1, {"Address": {"City": "Paris"}}),
+        event("Lead", LEAD, "UPDATE", 2, {}, nulled=("Address",)),
+    ]
+    for history, expected in ((children_later, {"City": "Paris"}), (whole_later, None)):
+        for order in itertools.permutations(history):
+            assert fold_events(list(order), LEAD).fields["Address"] == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_property_compound_merges_are_order_independent(data):
+    history = _address_history()
+    expected = fold_events(history, LEAD)
+    duplicated = history + data.draw(st.lists(st.sampled_from(history), max_size=4))
+    assert fold_events(list(data.draw(st.permutations(duplicated))), LEAD) == expected
