@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,7 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_COLLECTION_RECORDS = 200
 MAX_ASSERTION_AHEAD_S = 300  # Salesforce wants exp "within a few minutes"
 CLOCK_SKEW_S = 5
+MAX_OPEN_CURSORS = 50  # query locators kept for nextRecordsUrl; older ones become invalid
 DEFAULT_INTEGRATION_USER_ID = "005000000000001AAA"
 READ_ONLY_FIELDS = frozenset(
     {
@@ -354,6 +356,7 @@ class RestApp:
         query_batch_size: int,
         api_daily_limit: int,
         clock: Callable[[], float],
+        keep_requests: int = 10_000,
     ):
         self.store = store
         self.registry = registry
@@ -367,10 +370,11 @@ class RestApp:
         self.faults = RestFaults(registry)
         self.url = ""  # set once the port is known
         self.instance_url = ""
-        self.received: list[RecordedRequest] = []
-        self.sent_emails: list[dict[str, Any]] = []
+        # Bounded: `kpi-pipeline sandbox serve` and `dagster dev` run the server for days.
+        self.received: deque[RecordedRequest] = deque(maxlen=keep_requests)
+        self.sent_emails: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self._lock = threading.Lock()
-        self._cursors: dict[str, tuple[SoqlQuery, list[dict[str, Any]]]] = {}
+        self._cursors: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._api_calls = 0
         self._signing_secret = secrets.token_bytes(32)
 
@@ -416,10 +420,10 @@ class RestApp:
     ) -> Response:
         client = _call_options_client(headers.get("Sforce-Call-Options", ""))
         payload = _json_body(body) if body else None
-        self._record(
+        self._record(  # before the auth check, so tests see refused requests too
             method,
             f"/services/data/v{version}/{rest}",
-            payload,
+            None if payload is _UNPARSEABLE else payload,
             client,
             headers.get("Sforce-Auto-Assign"),
         )
@@ -428,6 +432,8 @@ class RestApp:
             raise ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
         if limit_message := self.faults.take_limit():
             raise ApiError(403, "REQUEST_LIMIT_EXCEEDED", limit_message)
+        if payload is _UNPARSEABLE:
+            raise ApiError(400, "JSON_PARSER_ERROR", "the request body is not valid JSON")
         response = self._route(method, version, rest.rstrip("/"), query, payload, client, token)
         response.headers["Sforce-Limit-Info"] = (
             f"api-usage={self._count_call()}/{self.api_daily_limit}"
@@ -721,33 +727,34 @@ class RestApp:
         if parsed.limit is not None:
             records = records[: parsed.limit]
         rows = [self._project(version, parsed.sobject, r, parsed.fields) for r in records]
-        return Response(200, self._page(version, parsed, rows, 0))
+        key = None
+        if len(rows) > self.query_batch_size:
+            key = "01g" + uuid.uuid4().hex[:15].upper()
+            with self._lock:
+                self._cursors[key] = rows
+                while len(self._cursors) > MAX_OPEN_CURSORS:  # oldest locators expire first
+                    self._cursors.popitem(last=False)
+        return Response(200, self._page(version, key, rows, 0))
 
     def query_more(self, version: str, cursor: str) -> Response:
         key, _, offset = cursor.rpartition("-")
         with self._lock:
-            entry = self._cursors.get(key)
-        if entry is None or not offset.isdigit():
+            rows = self._cursors.get(key)
+        if rows is None or not offset.isdigit():
             raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-        parsed, rows = entry
-        return Response(200, self._page(version, parsed, rows, int(offset)))
+        return Response(200, self._page(version, key, rows, int(offset)))
 
     def _page(
-        self, version: str, parsed: SoqlQuery, rows: list[dict[str, Any]], offset: int
+        self, version: str, key: str | None, rows: list[dict[str, Any]], offset: int
     ) -> dict[str, Any]:
         end = offset + self.query_batch_size
-        page: dict[str, Any] = {
-            "totalSize": len(rows),
-            "done": end >= len(rows),
-            "records": rows[offset:end],
-        }
-        if end < len(rows):
-            with self._lock:
-                key = next((k for k, v in self._cursors.items() if v[1] is rows), None)
-                if key is None:
-                    key = "01g" + uuid.uuid4().hex[:15].upper()
-                    self._cursors[key] = (parsed, rows)
+        done = end >= len(rows)
+        page: dict[str, Any] = {"totalSize": len(rows), "done": done, "records": rows[offset:end]}
+        if not done:
             page["nextRecordsUrl"] = f"/services/data/v{version}/query/{key}-{end}"
+        elif key is not None:
+            with self._lock:  # the last page closes the cursor, as Salesforce does
+                self._cursors.pop(key, None)
         return page
 
     # --- actions -----------------------------------------------------------------------------
@@ -810,11 +817,14 @@ def _allow(method: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+_UNPARSEABLE = object()  # a body that is not JSON: refused after the auth check, like Salesforce
+
+
 def _json_body(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise ApiError(400, "JSON_PARSER_ERROR", "the request body is not valid JSON") from None
+        return _UNPARSEABLE
 
 
 def _call_options_client(value: str) -> str | None:
@@ -887,11 +897,12 @@ class RunningRestServer:
 
     @property
     def received(self) -> list[RecordedRequest]:
-        return self.app.received
+        """The most recent requests (up to ``keep_requests``), oldest first."""
+        return list(self.app.received)
 
     @property
     def sent_emails(self) -> list[dict[str, Any]]:
-        return self.app.sent_emails
+        return list(self.app.sent_emails)
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -918,6 +929,7 @@ def start_rest_server(
     query_batch_size: int = 2000,
     api_daily_limit: int = 100_000,
     clock: Callable[[], float] = time.time,
+    keep_requests: int = 10_000,
 ) -> RunningRestServer:
     """Serve ``store`` over the REST API on ``host:port`` (0: an ephemeral port) in a thread."""
     if query_batch_size < 1:
@@ -931,6 +943,7 @@ def start_rest_server(
         query_batch_size=query_batch_size,
         api_daily_limit=api_daily_limit,
         clock=clock,
+        keep_requests=keep_requests,
     )
     try:
         server = _Server((host, port), _Handler)

@@ -142,6 +142,18 @@ def test_dropped_connection_mid_drain_leaves_items_pending(org: SandboxOrg) -> N
     assert confirmed_record_ids(org) == set()
 
 
+def test_auth_failure_leaves_items_pending_with_the_fix(org: SandboxOrg) -> None:
+    (lead,) = org.create_leads(1)
+    outbox = ListOutbox()
+    outbox.add("Lead", lead, {"Routing_Rule__c": "r"})
+
+    report = drain_outbox(outbox, org.rest(org.jwt_provider(username="stranger@example.com")))
+
+    assert report.sent == [] and "pre-authorize the user" in (report.error or "")
+    assert outbox.with_status("pending") == [1]
+    assert org.data_requests("/composite/sobjects") == []
+
+
 def test_permanent_and_retryable_failures(org: SandboxOrg) -> None:
     good, locked = org.create_leads(2)
     outbox = ListOutbox()

@@ -12,6 +12,7 @@ from kpi_pipeline_tests.salesforce.sandbox_org import (
     STATIC_TOKEN,
     SandboxOrg,
     key_and_certificate,
+    sandbox_org,
 )
 
 AUTH = {"Authorization": f"Bearer {STATIC_TOKEN}"}
@@ -124,6 +125,8 @@ def test_more_than_200_records_is_a_400(org: SandboxOrg) -> None:
 
 def test_malformed_body_is_a_400(org: SandboxOrg) -> None:
     url = data_url(org, "composite/sobjects")
+    unauthenticated = requests.patch(url, data=b"{not json", timeout=5)
+    assert unauthenticated.status_code == 401  # authentication is checked first
     response = requests.patch(url, data=b"{not json", headers=AUTH, timeout=5)
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "JSON_PARSER_ERROR"
     response = requests.patch(url, json={"records": "x"}, headers=AUTH, timeout=5)
@@ -212,6 +215,34 @@ def test_query_shapes_limit_order_and_unknown_types(org: SandboxOrg) -> None:
         data_url(org, "query"), params={"q": "SELECT Id FROM Account"}, headers=AUTH, timeout=5
     )
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "INVALID_TYPE"
+
+
+def test_query_locators_page_and_close_after_the_last_page(tmp_path) -> None:
+    with sandbox_org(tmp_path, query_batch_size=2) as org:
+        org.create_leads(5)
+        first = requests.get(
+            data_url(org, "query"), params={"q": "SELECT Id FROM Lead"}, headers=AUTH, timeout=5
+        ).json()
+        assert (first["totalSize"], len(first["records"]), first["done"]) == (5, 2, False)
+        pages = [first]
+        while not pages[-1]["done"]:
+            url = org.url + pages[-1]["nextRecordsUrl"]
+            pages.append(requests.get(url, headers=AUTH, timeout=5).json())
+        assert [len(p["records"]) for p in pages] == [2, 2, 1]
+        assert "nextRecordsUrl" not in pages[-1]
+        reused = requests.get(org.url + first["nextRecordsUrl"], headers=AUTH, timeout=5)
+        assert (
+            reused.status_code == 400 and reused.json()[0]["errorCode"] == "INVALID_QUERY_LOCATOR"
+        )
+
+
+def test_request_log_is_bounded(tmp_path) -> None:
+    with sandbox_org(tmp_path, keep_requests=3) as org:
+        for _ in range(5):
+            requests.get(
+                data_url(org, "query"), params={"q": "SELECT Id FROM Lead"}, headers=AUTH, timeout=5
+            )
+        assert len(org.server.received) == 3
 
 
 @pytest.mark.parametrize(
