@@ -311,7 +311,7 @@ class BatchProcessor:
         if outcome.pool_state is not None:
             pools[outcome.pool_state.pool_id] = outcome.pool_state
             self.ledger.save_pool_state(conn, outcome.pool_state)
-        lead_input = {name: state.fields.get(name) for name in self._routing_inputs}
+        lead_input = {name: _field_value(state.fields, name) for name in self._routing_inputs}
         messages = [
             {
                 "role": "system",
@@ -553,7 +553,7 @@ class BatchProcessor:
                     summary["not_routed"] += 1
                 else:
                     summary[self._recommend_one(conn, state, decision)] += 1
-            summary["applied"] = self._detect_applied(conn, email_events)
+            summary["applied"] = self._detect_applied(conn, email_events, wanted)
         return summary
 
     def _recommend_one(
@@ -601,9 +601,20 @@ class BatchProcessor:
         )
         return "recommended"
 
-    def _detect_applied(self, conn: sa.Connection, email_events: Sequence[ChangeEvent]) -> int:
+    def _detect_applied(
+        self, conn: sa.Connection, email_events: Sequence[ChangeEvent], lead_ids: Iterable[str]
+    ) -> int:
+        """Emails of this batch, plus the stored outbound emails of ``lead_ids`` (emails
+        that arrived before their lead was known), so the answer does not depend on order."""
+        waiting = {
+            c.record_id
+            for candidates in self.ledger.candidates_for(conn, lead_ids).values()
+            for c in candidates
+            if c.source == EMAIL
+        }
         ids = sorted(
-            {
+            waiting
+            | {
                 rid
                 for e in email_events
                 if e.entity == EMAIL
@@ -622,7 +633,7 @@ class BatchProcessor:
             template_id = applied_template(email, self.catalog)
             before = self.ledger.lead_facts(conn, [candidate.lead_id]).get(candidate.lead_id)
             if before is None:
-                continue  # the lead is not known yet; its first email is re-checked when it repeats
+                continue  # the lead is not known yet: re-checked when its CREATE arrives
             if (
                 self.ledger.set_template_applied(
                     conn, candidate.lead_id, template_id, at=candidate.at, record_id=email.record_id
@@ -715,6 +726,15 @@ def current_owner(state: RecordState, decision: RoutingDecision | None) -> str |
     ):
         return owner
     return decision.owner_id
+
+
+def _field_value(fields: Mapping[str, Any], name: str) -> Any:
+    """A field by name; ``Address.CountryCode`` reaches into a compound field."""
+    if name in fields:
+        return fields[name]
+    parent, _, child = name.partition(".")
+    value = fields.get(parent)
+    return value.get(child) if child and isinstance(value, Mapping) else None
 
 
 def _created_or_none(state: RecordState) -> datetime | None:

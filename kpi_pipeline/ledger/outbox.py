@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kpi_pipeline.ledger import schema as t
-from kpi_pipeline.ledger.sql import canonical, dumps, insert_ignore
+from kpi_pipeline.ledger.sql import canonical, dumps, insert_ignore, prepared
 
 PENDING = "pending"
 CLAIMED = "claimed"
@@ -67,15 +67,22 @@ class OutboxMixin:
         if not fields:
             return False
         result = conn.execute(
-            insert_ignore(conn, t.sf_outbox, ["sobject", "record_id", "fields_hash"]).values(
-                sobject=sobject,
-                record_id=record_id,
-                fields=canonical(dict(fields)),
-                fields_hash=fields_hash(sobject, record_id, fields),
-                status=PENDING,
-                attempts=0,
-                created_at=self._now(),
-            )
+            prepared(
+                conn,
+                "enqueue_update",
+                lambda conn: insert_ignore(
+                    conn, t.sf_outbox, ["sobject", "record_id", "fields_hash"]
+                ),
+            ),
+            {
+                "sobject": sobject,
+                "record_id": record_id,
+                "fields": canonical(dict(fields)),
+                "fields_hash": fields_hash(sobject, record_id, fields),
+                "status": PENDING,
+                "attempts": 0,
+                "created_at": self._now(),
+            },
         )
         return result.rowcount == 1
 

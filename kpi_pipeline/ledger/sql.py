@@ -33,3 +33,19 @@ def dumps(value: Any) -> str:
 def canonical(value: Any) -> Any:
     """Round-trip through canonical JSON so stored documents never depend on dict order."""
     return json.loads(dumps(value))
+
+
+_STATEMENTS: dict[tuple[str, str], Any] = {}
+
+
+def prepared(conn: sa.Connection, name: str, build: Any) -> Any:
+    """A statement built once per dialect and reused with parameters at execute time.
+
+    Building Core statements with literal ``.values(...)`` per row costs more than running
+    them on SQLite; hot paths bind parameters instead (``conn.execute(stmt, params)``).
+    """
+    key = (conn.dialect.name, name)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build(conn)
+    return stmt

@@ -16,9 +16,11 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from kpi_pipeline.ledger import schema as t
-from kpi_pipeline.ledger.sql import canonical, insert_ignore, upsert
+from kpi_pipeline.ledger.schema import UTCDateTime
+from kpi_pipeline.ledger.sql import canonical, insert_ignore, prepared, upsert
 from kpi_pipeline.workloads.first_touch import SOURCE_RANK, FirstResponse, ResponseCandidate
 from kpi_pipeline.workloads.lead_route import PoolState, RoutingDecision
 from kpi_pipeline.workloads.records import RecordState
@@ -139,23 +141,28 @@ class WorkloadStateMixin:
     def ensure_lead_facts(
         self, conn: sa.Connection, lead_id: str, *, created: datetime | None, owner_id: str | None
     ) -> None:
-        """Create the lead's facts row or refresh its creation time and current owner."""
+        """Create the lead's facts row or refresh its creation time and current owner
+        (a None argument keeps the stored value)."""
+
+        def build(conn: sa.Connection) -> Any:
+            insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(
+                t.lead_facts
+            )
+            return insert.on_conflict_do_update(
+                index_elements=["Id"],
+                set_={
+                    "CreatedDate": sa.func.coalesce(
+                        insert.excluded.CreatedDate, t.lead_facts.c.CreatedDate
+                    ),
+                    "OwnerId": sa.func.coalesce(insert.excluded.OwnerId, t.lead_facts.c.OwnerId),
+                    "updated_at": insert.excluded.updated_at,
+                },
+            )
+
         conn.execute(
-            insert_ignore(conn, t.lead_facts, ["Id"]).values(
-                Id=lead_id, CreatedDate=created, OwnerId=owner_id, updated_at=self._now()
-            )
+            prepared(conn, "ensure_lead_facts", build),
+            {"Id": lead_id, "CreatedDate": created, "OwnerId": owner_id, "updated_at": self._now()},
         )
-        values: dict[str, Any] = {}
-        if created is not None:
-            values["CreatedDate"] = created
-        if owner_id is not None:
-            values["OwnerId"] = owner_id
-        if values:
-            conn.execute(
-                t.lead_facts.update()
-                .where(t.lead_facts.c.Id == lead_id)
-                .values(**values, updated_at=self._now())
-            )
 
     def set_routing_facts(self, conn: sa.Connection, decision: RoutingDecision) -> None:
         conn.execute(
@@ -203,30 +210,18 @@ class WorkloadStateMixin:
         Two concurrent runs can therefore never move a first response later: whichever
         commits second re-evaluates the WHERE clause against the committed row.
         """
-        c = t.lead_facts.c
-        rank = SOURCE_RANK[fr.source]
-        later = sa.or_(
-            c.First_Response_At__c.is_(None),
-            c.First_Response_At__c > fr.at,
-            sa.and_(c.First_Response_At__c == fr.at, c.first_response_rank > rank),
-            sa.and_(
-                c.First_Response_At__c == fr.at,
-                c.first_response_rank == rank,
-                c.first_response_record_id > fr.record_id,
-            ),
-        )
         result = conn.execute(
-            t.lead_facts.update()
-            .where(c.Id == lead_id, later)
-            .values(
-                First_Response_At__c=fr.at,
-                First_Response_User__c=fr.user_id,
-                First_Response_Source__c=fr.source,
-                Time_to_First_Response__c=fr.minutes,
-                first_response_rank=rank,
-                first_response_record_id=fr.record_id,
-                updated_at=self._now(),
-            )
+            prepared(conn, "improve_first_response", _improve_first_response),
+            {
+                "p_id": lead_id,
+                "p_at": fr.at,
+                "p_rank": SOURCE_RANK[fr.source],
+                "p_record": fr.record_id,
+                "p_user": fr.user_id,
+                "p_source": fr.source,
+                "p_minutes": fr.minutes,
+                "p_now": self._now(),
+            },
         )
         return result.rowcount == 1
 
@@ -300,19 +295,15 @@ class WorkloadStateMixin:
 
     def put_candidate(self, conn: sa.Connection, candidate: ResponseCandidate) -> None:
         conn.execute(
-            upsert(
-                conn,
-                t.response_candidates,
-                ["record_id"],
-                ["lead_id", "at", "source", "rank", "user_id"],
-            ).values(
-                record_id=candidate.record_id,
-                lead_id=candidate.lead_id,
-                at=candidate.at,
-                source=candidate.source,
-                rank=SOURCE_RANK[candidate.source],
-                user_id=candidate.user_id,
-            )
+            prepared(conn, "put_candidate", _put_candidate),
+            {
+                "record_id": candidate.record_id,
+                "lead_id": candidate.lead_id,
+                "at": candidate.at,
+                "source": candidate.source,
+                "rank": SOURCE_RANK[candidate.source],
+                "user_id": candidate.user_id,
+            },
         )
 
     def drop_candidate(self, conn: sa.Connection, record_id: str) -> None:
@@ -471,18 +462,19 @@ class WorkloadStateMixin:
     def insert_decision(self, conn: sa.Connection, decision: DecisionRow) -> bool:
         """Insert once per deterministic id (re-delivery adds nothing)."""
         result = conn.execute(
-            insert_ignore(conn, t.decisions, ["id"]).values(
-                id=decision.id,
-                workload=decision.workload,
-                lead_id=decision.lead_id,
-                decided_at=decision.decided_at,
-                policy_version=decision.policy_version,
-                rule_id=decision.rule_id,
-                model=decision.model,
-                request=canonical(decision.request),
-                response=canonical(decision.response),
-                replay_ids=list(decision.replay_ids),
-            )
+            prepared(conn, "insert_decision", _insert_decision),
+            {
+                "id": decision.id,
+                "workload": decision.workload,
+                "lead_id": decision.lead_id,
+                "decided_at": decision.decided_at,
+                "policy_version": decision.policy_version,
+                "rule_id": decision.rule_id,
+                "model": decision.model,
+                "request": canonical(decision.request),
+                "response": canonical(decision.response),
+                "replay_ids": list(decision.replay_ids),
+            },
         )
         return result.rowcount == 1
 
@@ -519,3 +511,43 @@ class WorkloadStateMixin:
             )
             for row in rows
         ]
+
+
+def _improve_first_response(conn: sa.Connection) -> Any:
+    c = t.lead_facts.c
+    at = sa.bindparam("p_at", type_=UTCDateTime)
+    rank = sa.bindparam("p_rank", type_=sa.Integer)
+    record = sa.bindparam("p_record", type_=sa.String)
+    later = sa.or_(
+        c.First_Response_At__c.is_(None),
+        c.First_Response_At__c > at,
+        sa.and_(c.First_Response_At__c == at, c.first_response_rank > rank),
+        sa.and_(
+            c.First_Response_At__c == at,
+            c.first_response_rank == rank,
+            c.first_response_record_id > record,
+        ),
+    )
+    return (
+        t.lead_facts.update()
+        .where(c.Id == sa.bindparam("p_id"), later)
+        .values(
+            First_Response_At__c=at,
+            First_Response_User__c=sa.bindparam("p_user"),
+            First_Response_Source__c=sa.bindparam("p_source"),
+            Time_to_First_Response__c=sa.bindparam("p_minutes", type_=sa.Float),
+            first_response_rank=rank,
+            first_response_record_id=record,
+            updated_at=sa.bindparam("p_now", type_=UTCDateTime),
+        )
+    )
+
+
+def _put_candidate(conn: sa.Connection) -> Any:
+    return upsert(
+        conn, t.response_candidates, ["record_id"], ["lead_id", "at", "source", "rank", "user_id"]
+    )
+
+
+def _insert_decision(conn: sa.Connection) -> Any:
+    return insert_ignore(conn, t.decisions, ["id"])

@@ -6,11 +6,38 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.policies.load import load_policy
+from kpi_pipeline.policies.load import RoutingPolicy, load_policy
 from kpi_pipeline.processing import BatchProcessor
 from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
+from kpi_pipeline_tests.processing.events import AUTOMATION_USER, INTEGRATION_USER, SMB_POOL
 
 CLIENT_ID = "kpi_pipeline"
+# A small policy of our own, so these tests do not depend on the packaged example policy.
+TEST_POLICY = load_policy(
+    {
+        "version": "test-1",
+        "timezone": "UTC",
+        "default_sla_minutes": 60,
+        "fallback_owner": "005000000000009AAA",
+        "automation_users": [AUTOMATION_USER],
+        "integration_users": [INTEGRATION_USER],
+        "pools": {
+            "smb": {
+                "strategy": "round_robin",
+                "members": [{"user_id": user} for user in SMB_POOL],
+            }
+        },
+        "rules": [
+            {
+                "id": "partners",
+                "when": {"field": "LeadSource", "in": ["Partner"]},
+                "target": {"queue": "00G000000000009AAA"},
+                "sla_minutes": 240,
+            },
+            {"id": "smb-default", "target": {"pool": "smb"}},
+        ],
+    }
+)
 
 
 @pytest.fixture
@@ -27,7 +54,7 @@ def new_ledger(tmp_path: Path) -> Iterator[Callable[[str], Ledger]]:
         ledger.dispose()
 
 
-def make_processor(ledger: Ledger) -> BatchProcessor:
+def make_processor(ledger: Ledger, policy: RoutingPolicy = TEST_POLICY) -> BatchProcessor:
     return BatchProcessor(
-        ledger, load_policy(), selector=LocalRanker(), catalog=load_catalog(), client_id=CLIENT_ID
+        ledger, policy, selector=LocalRanker(), catalog=load_catalog(), client_id=CLIENT_ID
     )

@@ -14,7 +14,9 @@ from kpi_pipeline.cdc.fixtures import RECORDED_STREAM
 from kpi_pipeline.cdc.raw import RawEvent
 from kpi_pipeline.cdc.schemas import encode_change, schema_json
 from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline.sandbox.changelog import StoredChange
+from kpi_pipeline.workloads.outreach_templates import load_catalog
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, make_processor
 from kpi_pipeline_tests.processing.events import (
     AUTOMATION_USER,
@@ -213,32 +215,19 @@ def test_undecodable_events_are_dead_lettered_and_the_rest_proceeds(new_ledger: 
 
 
 def test_template_applied_comes_from_the_first_outbound_email(new_ledger: NewLedger) -> None:
+    first, second = load_catalog().templates[:2]
     ledger = new_ledger()
     processor = make_processor(ledger)
-    processor.process([lead_created("00Q000000000001AAA", T0)])
-    processor.process(
-        [
-            email_sent(
-                "02s000000000002AAA",
-                "00Q000000000001AAA",
-                T0 + 9 * MINUTE,
-                template="00X000000000003AAA",
-            )
-        ]
-    )
-    processor.process(
-        [
-            email_sent(
-                "02s000000000001AAA",
-                "00Q000000000001AAA",
-                T0 + 2 * MINUTE,
-                template="00X000000000001AAA",
-            )
-        ]
-    )
-    row = facts(ledger, "00Q000000000001AAA")
-    assert row.Template_Applied__c == "inbound-demo-request"
+    lead = "00Q000000000001AAA"
+    processor.process([lead_created(lead, T0)])
+    processor.process([email_sent("02s000000000002AAA", lead, T0 + 9 * MINUTE, template=second.id)])
+    assert facts(ledger, lead).Template_Applied__c == second.id
+    processor.process([email_sent("02s000000000001AAA", lead, T0 + 2 * MINUTE, template=first.id)])
+    row = facts(ledger, lead)
+    assert row.Template_Applied__c == first.id  # the earlier email wins
     assert row.Template_Recommended__c is not None
+    applied = [r.fields for r in ledger.outbox(record_id=lead) if "Template_Applied__c" in r.fields]
+    assert applied == [{"Template_Applied__c": second.id}, {"Template_Applied__c": first.id}]
 
 
 # --- order independence on the shipped stream ------------------------------------------
@@ -250,7 +239,7 @@ def _stream() -> list[ChangeEvent]:
 
 
 def _run(ledger: Ledger, batches: list[list[ChangeEvent]]) -> pd.DataFrame:
-    processor = make_processor(ledger)
+    processor = make_processor(ledger, load_policy())  # the packaged policy, on the shipped stream
     for batch in batches:
         processor.process(batch)
     return ledger.lead_facts_frame()
