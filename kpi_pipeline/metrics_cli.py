@@ -22,6 +22,9 @@ from kpi_pipeline import metrics
 from kpi_pipeline.config import get_settings
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+# Processes with files on disk (alive or finished, ~3 files each) above which a scrape
+# compacts before reading: each file costs every scrape ~0.1 ms of merging.
+CROWDED_PROCESSES = 8
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -29,6 +32,9 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops connections under concurrent scrapes, and a
+    # dropped SYN costs the client a 1 s retransmit.
+    request_queue_size = 128
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -50,6 +56,13 @@ def _health(metrics_dir: Path) -> tuple[str, dict[str, object]]:
     return "200 OK", {"status": "ok", "metrics_dir": str(metrics_dir), "metric_files": files}
 
 
+def _compact_if_crowded(metrics_dir: Path) -> None:
+    """A burst of runs (a backfill) can leave hundreds of files before the next periodic
+    compaction; every scrape reads them all, so compact first when there are many."""
+    if sum(1 for _ in metrics_dir.glob(f"*{metrics.ALIVE_SUFFIX}")) > CROWDED_PROCESSES:
+        metrics.compact(metrics_dir)
+
+
 def build_app(metrics_dir: Path) -> WSGIApp:
     """WSGI app: /metrics (Prometheus text or OpenMetrics), /healthz (JSON), else 404."""
     registry = CollectorRegistry(auto_describe=False)
@@ -59,6 +72,7 @@ def build_app(metrics_dir: Path) -> WSGIApp:
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path in ("/metrics", "/metrics/"):
+            _compact_if_crowded(metrics_dir)
             return metrics_app(environ, start_response)
         if path == "/healthz":
             status, body = _health(metrics_dir)
@@ -81,7 +95,7 @@ def _compact_periodically(
             print(f"metrics compaction failed: {exc}", file=sys.stderr, flush=True)
 
 
-def serve(host: str, port: int, compact_interval_seconds: float = 60.0) -> None:
+def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
     """Serve until interrupted. Prints the bound address (port 0 picks a free one)."""
     metrics_dir = metrics.METRICS_DIR
     metrics.initialise_known_series(get_settings().cdc_channels)
@@ -146,8 +160,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve_parser.add_argument(
         "--compact-interval",
         type=float,
-        default=60.0,
-        help="seconds between compactions of finished processes' metric files",
+        default=10.0,
+        help="seconds between compactions of finished processes' metric files (each scrape reads "
+        "every file, so frequent compaction keeps scrapes fast; an idle compaction costs ~1 ms)",
     )
     serve_parser.set_defaults(func=_serve_command)
     compact_parser = commands.add_parser(

@@ -314,3 +314,17 @@ def test_the_directory_is_exported_for_child_processes(metrics_dir: Path) -> Non
     )
     assert done.stdout.strip() == str(metrics_dir.resolve())
     assert os.path.isabs(done.stdout.strip())
+
+
+def test_a_scrape_after_a_burst_of_runs_compacts_first(metrics_dir: Path) -> None:
+    server = start_metrics_server(metrics_dir, compact_interval=3600)
+    try:
+        for _ in range(10):  # more finished processes than CROWDED_PROCESSES
+            run_recording(metrics_dir, ONE_RUN)
+        assert len(owners_of_files(metrics_dir)) >= 10
+        samples = parse_exposition(server.scrape())
+        remaining = owners_of_files(metrics_dir)
+    finally:
+        server.stop()
+    assert value(samples, "cdc_events_total", channel=LEAD, change_type="CREATE") == 50
+    assert len(remaining) <= 2  # the archive and the running server's own files
