@@ -24,14 +24,17 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kpi-pipeline", description="Salesforce CDC to sales KPIs: offline and operator commands."
+        prog="kpi-pipeline",
+        description="Salesforce CDC to sales KPIs: offline and operator commands.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):  # area not built yet; other errors are real
+            if exc.name and module_name.startswith(
+                exc.name
+            ):  # area not built yet; other errors are real
                 continue
             raise
         module.register(subparsers)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 DEFAULT_CHANNELS = (
     "/data/LeadChangeEvent",
@@ -68,7 +67,9 @@ class Settings(BaseSettings):
         "The gap is recorded as a re-sync window either way.",
     )
     cdc_stall_timeout_seconds: float = Field(
-        300.0, gt=0, description="Subscribe stream with no response (not even a keepalive) for this long is considered dead."
+        300.0,
+        gt=0,
+        description="Subscribe stream with no response (not even a keepalive) for this long is considered dead.",
     )
     sensor_interval_seconds: int = Field(
         5, ge=5, description="Minimum seconds between cdc_sensor ticks (Dagster's floor is 5)."
@@ -79,8 +80,12 @@ class Settings(BaseSettings):
         "https://login.salesforce.com",
         description="OAuth host for the JWT bearer flow (test.salesforce.com for sandboxes).",
     )
-    salesforce_client_id: str | None = Field(None, description="Connected app consumer key (JWT iss).")
-    salesforce_username: str | None = Field(None, description="Integration user's username (JWT sub).")
+    salesforce_client_id: str | None = Field(
+        None, description="Connected app consumer key (JWT iss)."
+    )
+    salesforce_username: str | None = Field(
+        None, description="Integration user's username (JWT sub)."
+    )
     salesforce_private_key_file: Path | None = Field(
         None, description="PEM private key matching the connected app's certificate (JWT RS256)."
     )
@@ -91,7 +96,9 @@ class Settings(BaseSettings):
     pubsub_endpoint: str = Field(
         "api.pubsub.salesforce.com:7443", description="Pub/Sub API host:port for a real org."
     )
-    pubsub_tls: bool = Field(True, description="Use TLS to the Pub/Sub API (always for a real org).")
+    pubsub_tls: bool = Field(
+        True, description="Use TLS to the Pub/Sub API (always for a real org)."
+    )
     client_id: str = Field(
         "kpi_pipeline",
         description="Our client id: sent as Sforce-Call-Options client=..., used to skip echoes of our "
@@ -100,7 +107,9 @@ class Settings(BaseSettings):
 
     # --- embedded sandbox ---------------------------------------------------------------
     sandbox_seed: int = Field(7, description="Seed of the sandbox activity simulator.")
-    sandbox_leads_per_day: int = Field(400, ge=1, description="Simulated lead arrivals per simulated day.")
+    sandbox_leads_per_day: int = Field(
+        400, ge=1, description="Simulated lead arrivals per simulated day."
+    )
     sandbox_speedup: float = Field(
         600.0, gt=0, description="Simulated seconds per wall-clock second in dagster dev."
     )
@@ -120,13 +129,18 @@ class Settings(BaseSettings):
         None, description="Routing policy JSON. Default: the packaged policies/routing_policy.json."
     )
     llm_base_url: str | None = Field(
-        None, description="OpenAI-compatible base URL for template selection; unset => local ranker."
+        None,
+        description="OpenAI-compatible base URL for template selection; unset => local ranker.",
     )
     llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
     llm_api_key: str | None = Field(None, description="Bearer key for the LLM endpoint.")
-    llm_timeout_seconds: float = Field(10.0, gt=0, description="LLM request timeout before fallback.")
+    llm_timeout_seconds: float = Field(
+        10.0, gt=0, description="LLM request timeout before fallback."
+    )
     writeback_enabled: bool = Field(True, description="Drain the outbox to Salesforce.")
-    send_email: bool = Field(False, description="Send the recommended template via emailSimple (off: recommend only).")
+    send_email: bool = Field(
+        False, description="Send the recommended template via emailSimple (off: recommend only)."
+    )
 
     # --- observability ------------------------------------------------------------------
     metrics_dir: Path | None = Field(
@@ -135,7 +149,9 @@ class Settings(BaseSettings):
         "multiprocess mode). Default: DATA_DIR/metrics.",
     )
     metrics_port: int = Field(9464, description="Port of `kpi-pipeline metrics serve`.")
-    elasticsearch_url: str | None = Field(None, description="Elasticsearch URL for flywheel_index; unset => skipped.")
+    elasticsearch_url: str | None = Field(
+        None, description="Elasticsearch URL for flywheel_index; unset => skipped."
+    )
     flywheel_index: str = Field("flywheel", description="Elasticsearch index for flywheel records.")
 
     @field_validator("cdc_channels", mode="before")
@@ -149,7 +165,9 @@ class Settings(BaseSettings):
     def uses_real_org(self) -> bool:
         """True when credentials for a real org are configured (else the sandbox is used)."""
         return bool(
-            self.salesforce_client_id and self.salesforce_username and self.salesforce_private_key_file
+            self.salesforce_client_id
+            and self.salesforce_username
+            and self.salesforce_private_key_file
         )
 
     @property

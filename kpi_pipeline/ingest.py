@@ -114,10 +114,16 @@ def drain_tick(
             outcome.batches.append(already)
             outcome.cursor = outcome.cursor.with_channel(
                 channel,
-                channel_cursor.advanced(bytes.fromhex(already.last_replay_hex), batch_id=already.batch_id, commit_ms=None),
+                channel_cursor.advanced(
+                    bytes.fromhex(already.last_replay_hex),
+                    batch_id=already.batch_id,
+                    commit_ms=None,
+                ),
             )
             outcome.reports.append(
-                ChannelReport(channel, already.last_replay_hex, already.event_count, {}, None, caught_up=False)
+                ChannelReport(
+                    channel, already.last_replay_hex, already.event_count, {}, None, caught_up=False
+                )
             )
             continue
         report, new_channel_cursor, batch = _drain_channel(
@@ -135,7 +141,9 @@ def _after_key(channel_cursor: ChannelCursor) -> str:
     return replay_id_hex(channel_cursor.replay_id) if channel_cursor.replay_id is not None else ""
 
 
-def _find_unacknowledged_batch(ledger: Any, channel: str, channel_cursor: ChannelCursor) -> BatchToRun | None:
+def _find_unacknowledged_batch(
+    ledger: Any, channel: str, channel_cursor: ChannelCursor
+) -> BatchToRun | None:
     """A batch staged after the cursor's replay id by a tick whose cursor was never committed.
 
     Follows the chain of batches (each remembers the replay id its fetch started after),
@@ -187,7 +195,9 @@ def _drain_channel(
         new_cursor = start_cursor
         if result.latest_replay_id:
             # A keepalive's latest replay id: resume from a recent point after a quiet spell.
-            new_cursor = start_cursor.advanced(result.latest_replay_id, batch_id=None, commit_ms=None)
+            new_cursor = start_cursor.advanced(
+                result.latest_replay_id, batch_id=None, commit_ms=None
+            )
         caught_up = bool(result.latest_replay_id)
         report = ChannelReport(
             channel,
@@ -200,14 +210,23 @@ def _drain_channel(
         )
         return report, new_cursor, None
 
-    schemas = {schema_id: fetcher.get_schema(schema_id) for schema_id in {e.schema_id for e in events}}
+    schemas = {
+        schema_id: fetcher.get_schema(schema_id) for schema_id in {e.schema_id for e in events}
+    }
     staged = ledger.stage_batch(channel, events, schemas, after_replay=_after_key(start_cursor))
     if staged.count == 0:
         # Every event was already staged by an earlier batch (e.g. after restarting from
         # EARLIEST): nothing new to run, just move past them.
         new_cursor = start_cursor.advanced(events[-1].replay_id, batch_id=None, commit_ms=None)
-        report = ChannelReport(channel, replay_id_hex(events[-1].replay_id), 0, {}, None, caught_up=False,
-                               resync_window_id=resync_window_id)
+        report = ChannelReport(
+            channel,
+            replay_id_hex(events[-1].replay_id),
+            0,
+            {},
+            None,
+            caught_up=False,
+            resync_window_id=resync_window_id,
+        )
         return report, new_cursor, None
     by_type, newest_commit_ms, undecodable = _summarise(events, decode)
     for change_type, count in by_type.items():
@@ -215,7 +234,9 @@ def _drain_channel(
     lag = max(0.0, now() - newest_commit_ms / 1000.0) if newest_commit_ms else None
     if lag is not None:
         metrics.set_cdc_lag(channel, lag)
-    new_cursor = start_cursor.advanced(events[-1].replay_id, batch_id=staged.batch_id, commit_ms=newest_commit_ms)
+    new_cursor = start_cursor.advanced(
+        events[-1].replay_id, batch_id=staged.batch_id, commit_ms=newest_commit_ms
+    )
     batch = BatchToRun(
         batch_id=staged.batch_id,
         channel=channel,
@@ -237,7 +258,13 @@ def _drain_channel(
     return report, new_cursor, batch
 
 
-def _fetch(fetcher: PubSubFetcher, channel: str, channel_cursor: ChannelCursor, limits: DrainLimits, preset: str):
+def _fetch(
+    fetcher: PubSubFetcher,
+    channel: str,
+    channel_cursor: ChannelCursor,
+    limits: DrainLimits,
+    preset: str,
+):
     if channel_cursor.replay_id is not None:
         return fetcher.fetch(
             channel,
@@ -247,11 +274,17 @@ def _fetch(fetcher: PubSubFetcher, channel: str, channel_cursor: ChannelCursor, 
             max_seconds=limits.max_seconds,
         )
     return fetcher.fetch(
-        channel, replay_id=None, preset=preset, max_events=limits.max_events, max_seconds=limits.max_seconds
+        channel,
+        replay_id=None,
+        preset=preset,
+        max_events=limits.max_events,
+        max_seconds=limits.max_seconds,
     )
 
 
-def _record_replay_gap(ledger: Any, channel: str, channel_cursor: ChannelCursor, exc: Exception, limits: DrainLimits) -> int:
+def _record_replay_gap(
+    ledger: Any, channel: str, channel_cursor: ChannelCursor, exc: Exception, limits: DrainLimits
+) -> int:
     """Record the window a re-sync must close: from the last event we saw to wherever we restart."""
     log.warning(
         "replay id %s for %s was refused (%s); restarting from %s and recording a re-sync window",
@@ -271,7 +304,9 @@ def _record_replay_gap(ledger: Any, channel: str, channel_cursor: ChannelCursor,
     )
 
 
-def _summarise(events: Sequence[RawEvent], decode: Callable[[RawEvent], ChangeEvent]) -> tuple[Counter, int | None, int]:
+def _summarise(
+    events: Sequence[RawEvent], decode: Callable[[RawEvent], ChangeEvent]
+) -> tuple[Counter, int | None, int]:
     """Counts by change type and newest commit time, for metrics and the cdc_events observation.
 
     Decoding failures are only counted here: the job dead-letters those events with their reason.

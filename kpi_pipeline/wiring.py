@@ -57,7 +57,7 @@ def _sandbox_org(settings: Settings) -> OrgConnection:
     from kpi_pipeline.auth.jwt import StaticTokenProvider
     from kpi_pipeline.sandbox.runtime import ensure_sandbox
 
-    endpoints = ensure_sandbox(settings.data_dir)
+    endpoints = ensure_sandbox(settings.data_dir, settings=settings)
     provider = StaticTokenProvider(endpoints.access_token, endpoints.rest_url, endpoints.tenant_id)
     return OrgConnection(endpoints.pubsub_target, False, provider, is_sandbox=True)
 
@@ -100,7 +100,32 @@ def salesforce_rest(settings: Settings):
     return _cached(
         ("rest", conn.pubsub_target),
         lambda: SalesforceRest(
-            conn.token_provider, api_version=settings.salesforce_api_version, client_id=settings.client_id
+            conn.token_provider,
+            api_version=settings.salesforce_api_version,
+            client_id=settings.client_id,
+        ),
+    )
+
+
+def batch_processor(settings: Settings, *, live_clock: bool = True):
+    """The processor the job's ops share. Live runs stamp decisions with the wall clock;
+    ``replay`` uses the event clock instead (``live_clock=False``)."""
+    from datetime import UTC, datetime
+
+    from kpi_pipeline.llm.client import selector_from_settings
+    from kpi_pipeline.policies.load import load_policy
+    from kpi_pipeline.processing import BatchProcessor
+    from kpi_pipeline.workloads.outreach_templates import load_catalog
+
+    return _cached(
+        ("processor", settings.resolved_ledger_url, str(settings.policy_file), str(live_clock)),
+        lambda: BatchProcessor(
+            ledger(settings),
+            load_policy(settings.policy_file),
+            selector=selector_from_settings(settings),
+            catalog=load_catalog(),
+            client_id=settings.client_id,
+            clock=(lambda: datetime.now(UTC)) if live_clock else None,
         ),
     )
 

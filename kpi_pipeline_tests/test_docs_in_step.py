@@ -12,8 +12,12 @@ def test_every_setting_is_in_the_readme_and_env_example():
     env_example = (ROOT / ".env.example").read_text()
     missing_readme = [env for env, _, _ in describe_settings() if f"`{env}`" not in readme]
     missing_example = [env for env, _, _ in describe_settings() if f"{env}=" not in env_example]
-    assert not missing_readme, f"README.md lacks {missing_readme}: run `python -m kpi_pipeline.docgen`"
-    assert not missing_example, f".env.example lacks {missing_example}: run `python -m kpi_pipeline.docgen`"
+    assert not missing_readme, (
+        f"README.md lacks {missing_readme}: run `python -m kpi_pipeline.docgen`"
+    )
+    assert not missing_example, (
+        f".env.example lacks {missing_example}: run `python -m kpi_pipeline.docgen`"
+    )
 
 
 def test_readme_starts_with_the_two_commands():

@@ -28,9 +28,13 @@ class CursorError(ValueError):
 class ChannelCursor:
     replay_id: bytes | None = None  # last replay id staged *and* acknowledged
     batch_id: str | None = None  # the batch that ended at replay_id (None after a keepalive)
-    commit_ms: int | None = None  # commit time of the newest event seen, for lag and re-sync windows
+    commit_ms: int | None = (
+        None  # commit time of the newest event seen, for lag and re-sync windows
+    )
 
-    def advanced(self, replay_id: bytes, *, batch_id: str | None, commit_ms: int | None) -> ChannelCursor:
+    def advanced(
+        self, replay_id: bytes, *, batch_id: str | None, commit_ms: int | None
+    ) -> ChannelCursor:
         return replace(
             self,
             replay_id=replay_id,
@@ -68,10 +72,14 @@ class SensorCursor:
         try:
             raw = json.loads(text)
             if raw.get("v") != CURSOR_VERSION:
-                raise CursorError(f"cdc_sensor cursor has version {raw.get('v')!r}, expected {CURSOR_VERSION}; {reset_hint}")
+                raise CursorError(
+                    f"cdc_sensor cursor has version {raw.get('v')!r}, expected {CURSOR_VERSION}; {reset_hint}"
+                )
             channels = {
                 channel: ChannelCursor(
-                    replay_id=replay_id_from_b64(entry["replay_id"]) if entry.get("replay_id") else None,
+                    replay_id=replay_id_from_b64(entry["replay_id"])
+                    if entry.get("replay_id")
+                    else None,
                     batch_id=entry.get("batch_id"),
                     commit_ms=entry.get("commit_ms"),
                 )
@@ -80,5 +88,7 @@ class SensorCursor:
         except CursorError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CursorError(f"cdc_sensor cursor {text[:200]!r} is not readable ({exc}); {reset_hint}") from exc
+            raise CursorError(
+                f"cdc_sensor cursor {text[:200]!r} is not readable ({exc}); {reset_hint}"
+            ) from exc
         return cls(channels)

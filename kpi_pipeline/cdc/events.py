@@ -115,7 +115,7 @@ def format_sf_datetime(value: datetime | None) -> str:
 
 
 def to_epoch_ms(value: datetime) -> int:
-    return int(round(value.timestamp() * 1000))
+    return round(value.timestamp() * 1000)
 
 
 # --- the model -----------------------------------------------------------------------
@@ -167,8 +167,12 @@ class ChangeEventHeader:
             raise EventFormatError(
                 f"ChangeEventHeader lacks {exc.args[0]!r}; it needs entityName, recordIds and changeType"
             ) from exc
-        if not isinstance(record_ids, list | tuple) or not all(isinstance(r, str) for r in record_ids):
-            raise EventFormatError(f"ChangeEventHeader.recordIds must be a list of ids, got {record_ids!r}")
+        if not isinstance(record_ids, list | tuple) or not all(
+            isinstance(r, str) for r in record_ids
+        ):
+            raise EventFormatError(
+                f"ChangeEventHeader.recordIds must be a list of ids, got {record_ids!r}"
+            )
         commit = header.get("commitTimestamp") or 0
         if isinstance(commit, str):
             parsed = parse_sf_datetime(commit)
@@ -271,7 +275,9 @@ class ChangeEvent:
                 f"'event': {{'replayId': N}}, 'payload': {{'ChangeEventHeader': ...}}}}; missing {exc}"
             ) from exc
         if isinstance(replay, str):
-            replay_bytes = replay_id_from_int(int(replay)) if replay.isdigit() else replay_id_from_b64(replay)
+            replay_bytes = (
+                replay_id_from_int(int(replay)) if replay.isdigit() else replay_id_from_b64(replay)
+            )
         elif isinstance(replay, int):
             replay_bytes = replay_id_from_int(replay)
         else:

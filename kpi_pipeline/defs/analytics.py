@@ -32,7 +32,9 @@ KPI_DESCRIPTIONS = {
     "assignment_latency": "Assignment latency p50/p95 (minutes) by policy version and rule.",
     "template_usage": "Templates recommended, applied and acceptance = applied ÷ recommended.",
 }
-DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
+DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)
+)
 
 
 class AsOfConfig(dg.Config):
@@ -59,11 +61,26 @@ def _as_of(config: AsOfConfig) -> datetime:
     ),
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2)),
 )
-def lead_ledger(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+def lead_ledger(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> dg.MaterializeResult:
     ledger = pipeline.ledger()
-    stats = ledger.stats()
+    facts = ledger.lead_facts_frame()
     return dg.MaterializeResult(
-        metadata={**{k: v for k, v in stats.items() if isinstance(v, int | float | str)}, "ledger_url": _redacted(pipeline.settings().resolved_ledger_url)}
+        metadata={
+            "leads": len(facts),
+            "routed": int(facts["Routing_Rule__c"].notna().sum()),
+            "responded": int(facts["First_Response_At__c"].notna().sum()),
+            "templates_recommended": int(facts["Template_Recommended__c"].notna().sum()),
+            "pending_batches": len(ledger.pending_batches()),
+            "open_resync_windows": len(ledger.open_resync_windows()),
+            "dead_letters": len(ledger.dead_letters(limit=10_000)),
+            "policy_versions": ", ".join(
+                sorted(facts["Routing_Policy_Version__c"].dropna().unique())
+            )
+            or "(none)",
+            "ledger_url": _redacted(pipeline.settings().resolved_ledger_url),
+        }
     )
 
 
@@ -103,7 +120,9 @@ def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline:
     """All KPI rollups of DESIGN §4.3 for the selected day(s), computed once from the ledger."""
     settings = pipeline.settings()
     window = context.partition_time_window
-    frame = pipeline.ledger().lead_facts_frame(window.start.astimezone(UTC), window.end.astimezone(UTC))
+    frame = pipeline.ledger().lead_facts_frame(
+        window.start.astimezone(UTC), window.end.astimezone(UTC)
+    )
     computed = rollups.compute_all(frame, as_of=_as_of(config), tz=settings.timezone)
     days = list(context.partition_keys)
     for name, table in computed.items():
@@ -115,7 +134,10 @@ def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline:
                 "rows": len(table),
                 "days": len(days),
                 "leads_in_window": len(frame),
-                "policy_versions": ", ".join(sorted(frame["Routing_Policy_Version__c"].dropna().unique())) or "(none)",
+                "policy_versions": ", ".join(
+                    sorted(frame["Routing_Policy_Version__c"].dropna().unique())
+                )
+                or "(none)",
                 "preview": dg.MetadataValue.md(rollups.markdown_table(table, max_rows=20)),
                 "path": str(kpi_partition_path(settings.data_dir, name, days[-1]).parent),
             },
@@ -162,9 +184,13 @@ def flywheel_logs(context: dg.AssetExecutionContext, pipeline: PipelineResource)
         end=window.end.astimezone(UTC),
         client_id=settings.client_id,
     )
-    yield dg.MaterializeResult(metadata={**dataclasses.asdict(report), "directory": str(settings.data_dir / "flywheel")})
+    yield dg.MaterializeResult(
+        metadata={**dataclasses.asdict(report), "directory": str(settings.data_dir / "flywheel")}
+    )
     problems, checked = validate_flywheel_days(
-        settings.data_dir / "flywheel", start=window.start.astimezone(UTC), end=window.end.astimezone(UTC)
+        settings.data_dir / "flywheel",
+        start=window.start.astimezone(UTC),
+        end=window.end.astimezone(UTC),
     )
     yield dg.AssetCheckResult(
         check_name="records_validate",
@@ -190,7 +216,9 @@ def flywheel_index(context: dg.AssetExecutionContext, pipeline: PipelineResource
 
     settings = pipeline.settings()
     if not settings.elasticsearch_url:
-        context.log.warning("flywheel_index skipped: KPI_ELASTICSEARCH_URL is not set (set it to load the index)")
+        context.log.warning(
+            "flywheel_index skipped: KPI_ELASTICSEARCH_URL is not set (set it to load the index)"
+        )
         return
     window = context.partition_time_window
     report = load_flywheel_days_to_elastic(
@@ -204,5 +232,7 @@ def flywheel_index(context: dg.AssetExecutionContext, pipeline: PipelineResource
 
 
 def read_kpi_days(data_dir, name: str, days: list[str]) -> pd.DataFrame:
-    frames = [pd.read_csv(kpi_partition_path(data_dir, name, day), dtype={"day": str}) for day in days]
-    return pd.concat(frames, ignore_index=True) if frames else rollups._empty(name)
+    frames = [
+        pd.read_csv(kpi_partition_path(data_dir, name, day), dtype={"day": str}) for day in days
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else rollups.empty_rollup(name)

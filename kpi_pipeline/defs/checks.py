@@ -24,22 +24,39 @@ def _result(broken: list[str], what: str) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=LEDGER_KEY, blocking=True, description="TTFR ≥ 0 and first response ≥ created, for every lead.")
+@dg.asset_check(
+    asset=LEDGER_KEY,
+    blocking=True,
+    description="TTFR ≥ 0 and first response ≥ created, for every lead.",
+)
 def ttfr_non_negative(pipeline: PipelineResource) -> dg.AssetCheckResult:
     frame = pipeline.ledger().lead_facts_frame()
-    return _result(invariants.negative_or_early_first_response(frame), "have a negative TTFR or a response before creation")
+    return _result(
+        invariants.negative_or_early_first_response(frame),
+        "have a negative TTFR or a response before creation",
+    )
 
 
-@dg.asset_check(asset=LEDGER_KEY, blocking=True, description="No lead has a first response without its source, user or minutes.")
+@dg.asset_check(
+    asset=LEDGER_KEY,
+    blocking=True,
+    description="No lead has a first response without its source, user or minutes.",
+)
 def first_response_complete(pipeline: PipelineResource) -> dg.AssetCheckResult:
     frame = pipeline.ledger().lead_facts_frame()
     return _result(invariants.incomplete_first_response(frame), "have a partial first response")
 
 
-@dg.asset_check(asset=LEDGER_KEY, blocking=True, description="Every routing decision carries its policy version.")
+@dg.asset_check(
+    asset=LEDGER_KEY,
+    blocking=True,
+    description="Every routing decision carries its policy version.",
+)
 def decisions_carry_policy_version(pipeline: PipelineResource) -> dg.AssetCheckResult:
     frame = pipeline.ledger().lead_facts_frame()
-    return _result(invariants.routed_without_policy_version(frame), "were routed without a policy version")
+    return _result(
+        invariants.routed_without_policy_version(frame), "were routed without a policy version"
+    )
 
 
 with warnings.catch_warnings():

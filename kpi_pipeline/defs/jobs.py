@@ -6,7 +6,6 @@ shared/reference/dagster-notes.md §2) and is retried by the run-retry daemon
 (``dagster/max_retries`` tag); every step is idempotent, so a retry re-applies safely.
 """
 
-
 import dagster as dg
 
 from kpi_pipeline.defs.resources import PipelineResource
@@ -35,7 +34,11 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
     first_touch = processor.select_first_touch(decoded.events)
     templates = processor.select_templates(decoded.events)
     context.add_output_metadata(
-        {"events": len(decoded.events), "dead_lettered": decoded.dead_lettered, "channel": batch.channel},
+        {
+            "events": len(decoded.events),
+            "dead_lettered": decoded.dead_lettered,
+            "channel": batch.channel,
+        },
         output_name="batch_id",
     )
     yield dg.Output(config.batch_id, "batch_id")
@@ -45,29 +48,44 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
 
 
 @dg.op(description="Routes new and re-owned leads by the versioned policy; memoized per lead.")
-def route_leads(context: dg.OpExecutionContext, pipeline: PipelineResource, routing_events: list) -> dict:
+def route_leads(
+    context: dg.OpExecutionContext, pipeline: PipelineResource, routing_events: list
+) -> dict:
     summary = pipeline.processor().route_leads(routing_events)
     context.log.info(f"routing: {summary}")
     return summary
 
 
-@dg.op(description="Detects first responses (Task / EmailMessage); only ever moves a first response earlier.")
-def detect_first_touch(context: dg.OpExecutionContext, pipeline: PipelineResource, first_touch_input: dict) -> dict:
+@dg.op(
+    description="Detects first responses (Task / EmailMessage); only ever moves a first response earlier."
+)
+def detect_first_touch(
+    context: dg.OpExecutionContext, pipeline: PipelineResource, first_touch_input: dict
+) -> dict:
     summary = pipeline.processor().detect_first_touch(**first_touch_input)
     context.log.info(f"first touch: {summary}")
     return summary
 
 
-@dg.op(description="Recommends an outreach template for newly routed leads; detects applied templates.")
+@dg.op(
+    description="Recommends an outreach template for newly routed leads; detects applied templates."
+)
 def recommend_templates(
-    context: dg.OpExecutionContext, pipeline: PipelineResource, routing_summary: dict, template_input: dict
+    context: dg.OpExecutionContext,
+    pipeline: PipelineResource,
+    routing_summary: dict,
+    template_input: dict,
 ) -> dict:
-    summary = pipeline.processor().recommend_templates(routing_summary=routing_summary, **template_input)
+    summary = pipeline.processor().recommend_templates(
+        routing_summary=routing_summary, **template_input
+    )
     context.log.info(f"templates: {summary}")
     return summary
 
 
-@dg.op(description="Writes the batch's Lead updates to Salesforce (outbox drain) and marks the batch done.")
+@dg.op(
+    description="Writes the batch's Lead updates to Salesforce (outbox drain) and marks the batch done."
+)
 def complete_batch(
     context: dg.OpExecutionContext,
     pipeline: PipelineResource,
@@ -76,8 +94,26 @@ def complete_batch(
     first_touch_summary: dict,
     template_summary: dict,
 ) -> dict:
+    from kpi_pipeline.salesforce.outbox import drain_outbox
+
     settings = pipeline.settings()
-    write_back = pipeline.processor().write_back(pipeline.salesforce_rest()) if settings.writeback_enabled else None
+    write_back = None
+    if settings.writeback_enabled:
+        # The ledger is the outbox: only updates Salesforce confirmed are marked sent, so a
+        # failure here leaves the rest pending for the next run (or this run's retry).
+        report = drain_outbox(pipeline.ledger(), pipeline.salesforce_rest())
+        write_back = {
+            "claimed": report.claimed,
+            "sent": len(report.sent),
+            "failed": len(report.failed),
+            "retry_later": len(report.retry_later),
+            "requests": report.requests,
+            "error": report.error,
+        }
+        if report.failed:
+            context.log.warning(
+                f"write-back failed for good on outbox items: {dict(list(report.failed.items())[:10])}"
+            )
     summary = {
         "routing": routing_summary,
         "first_touch": first_touch_summary,

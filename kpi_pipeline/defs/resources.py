@@ -1,6 +1,5 @@
 """Dagster resources: thin wrappers that hand out the adapters built in ``kpi_pipeline.wiring``."""
 
-
 from typing import Any
 
 import dagster as dg

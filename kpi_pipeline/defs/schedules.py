@@ -69,4 +69,11 @@ def ledger_snapshot_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReq
     return dg.RunRequest(run_key=f"ledger:{context.scheduled_execution_time.isoformat()}")
 
 
-__all__ = ["DAILY", "daily_kpi_schedule", "daily_kpis_job", "ledger_snapshot_job", "ledger_snapshot_schedule", "weekly_kpi_backfill_schedule"]
+__all__ = [
+    "DAILY",
+    "daily_kpi_schedule",
+    "daily_kpis_job",
+    "ledger_snapshot_job",
+    "ledger_snapshot_schedule",
+    "weekly_kpi_backfill_schedule",
+]

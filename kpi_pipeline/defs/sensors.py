@@ -4,7 +4,6 @@ The sensor body is ``kpi_pipeline.ingest.drain_tick``; this file only translates
 outcome into Dagster terms (run requests, cursor, observations of ``cdc_events``).
 """
 
-
 import json
 
 import dagster as dg
@@ -55,9 +54,7 @@ def _observations(outcome: TickOutcome) -> list[dg.AssetObservation]:
             metadata["undecodable"] = report.undecodable
         if report.resync_window_id is not None:
             metadata["resync_window_id"] = report.resync_window_id
-        observations.append(
-            dg.AssetObservation(asset_key=CDC_EVENTS_KEY, metadata=metadata, tags={"kpi/channel": report.channel})
-        )
+        observations.append(dg.AssetObservation(asset_key=CDC_EVENTS_KEY, metadata=metadata))
     return observations
 
 
@@ -94,4 +91,6 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
             cursor=new_cursor,
             asset_events=_observations(outcome),
         )
-    return dg.SensorResult(run_requests=run_requests, cursor=new_cursor, asset_events=_observations(outcome))
+    return dg.SensorResult(
+        run_requests=run_requests, cursor=new_cursor, asset_events=_observations(outcome)
+    )

@@ -24,7 +24,9 @@ SANDBOX_ENTITIES = ("Lead", "Task", "EmailMessage")
 
 def entities_for_channel(channel: str) -> tuple[str, ...] | None:
     """Entities a channel carries, or None when the sandbox has no such topic."""
-    if channel == "/data/ChangeEvents" or (channel.startswith("/data/") and channel.endswith("__chn")):
+    if channel == "/data/ChangeEvents" or (
+        channel.startswith("/data/") and channel.endswith("__chn")
+    ):
         return SANDBOX_ENTITIES
     if channel.startswith("/data/") and channel.endswith("ChangeEvent"):
         entity = channel[len("/data/") : -len("ChangeEvent")]
@@ -52,7 +54,9 @@ class StoredChange:
 
 
 class ChangeLogSource(Protocol):
-    def read_changes(self, entities: Sequence[str], after_replay: int | None, limit: int) -> list[StoredChange]:
+    def read_changes(
+        self, entities: Sequence[str], after_replay: int | None, limit: int
+    ) -> list[StoredChange]:
         """Changes of those entities with replay > after_replay (None: from the oldest retained), oldest first."""
 
     def latest_replay(self) -> int:
@@ -69,12 +73,22 @@ class RecordStore(Protocol):
     def get_record(self, sobject: str, record_id: str) -> dict[str, Any] | None: ...
 
     def update_record(
-        self, sobject: str, record_id: str, values: Mapping[str, Any], *, user_id: str, change_origin: str = ""
+        self,
+        sobject: str,
+        record_id: str,
+        values: Mapping[str, Any],
+        *,
+        user_id: str,
+        change_origin: str = "",
     ) -> None:
         """Apply values and append the matching UPDATE change event."""
 
     def query_records(
-        self, sobject: str, *, ids: Sequence[str] | None = None, modified_since_ms: int | None = None
+        self,
+        sobject: str,
+        *,
+        ids: Sequence[str] | None = None,
+        modified_since_ms: int | None = None,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -86,15 +100,26 @@ class InMemoryChangeLog:
     changes: list[StoredChange] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
-    def append(self, entity: str, header: Mapping[str, Any], fields: Mapping[str, Any], *, replay_step: int = 1) -> StoredChange:
+    def append(
+        self,
+        entity: str,
+        header: Mapping[str, Any],
+        fields: Mapping[str, Any],
+        *,
+        replay_step: int = 1,
+    ) -> StoredChange:
         with self._cond:
             replay = (self.changes[-1].replay if self.changes else 0) + replay_step
-            change = StoredChange(replay, entity, dict(header), dict(fields), int(header.get("commitTimestamp") or 0))
+            change = StoredChange(
+                replay, entity, dict(header), dict(fields), int(header.get("commitTimestamp") or 0)
+            )
             self.changes.append(change)
             self._cond.notify_all()
             return change
 
-    def read_changes(self, entities: Sequence[str], after_replay: int | None, limit: int) -> list[StoredChange]:
+    def read_changes(
+        self, entities: Sequence[str], after_replay: int | None, limit: int
+    ) -> list[StoredChange]:
         with self._cond:
             floor = self.earliest_retained_replay(int(time.time() * 1000))
             out = []

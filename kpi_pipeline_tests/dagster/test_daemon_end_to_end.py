@@ -9,6 +9,7 @@ launched twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,10 +57,8 @@ def _start_daemon(env: dict[str, str], log_path: Path) -> subprocess.Popen:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 
@@ -77,7 +76,9 @@ def _state(env: dict[str, str]) -> dict:
         "print(json.dumps({'cursor': cursor,\n"
         "  'runs': [{'key': r.tags.get('dagster/run_key'), 'job': r.job_name, 'status': r.status.value} for r in runs]}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -90,16 +91,22 @@ def _wait_for(env: dict[str, str], predicate, timeout: float, log_path: Path) ->
         if predicate(state):
             return state
         time.sleep(3)
-    raise AssertionError(f"timed out; last state {state}\n--- daemon log tail ---\n{log_path.read_text()[-4000:]}")
+    raise AssertionError(
+        f"timed out; last state {state}\n--- daemon log tail ---\n{log_path.read_text()[-4000:]}"
+    )
 
 
 def _succeeded(state: dict) -> list[dict]:
-    return [r for r in state["runs"] if r["job"] == "process_cdc_batch" and r["status"] == "SUCCESS"]
+    return [
+        r for r in state["runs"] if r["job"] == "process_cdc_batch" and r["status"] == "SUCCESS"
+    ]
 
 
 def _replay_positions(cursor_json: str) -> dict[str, int]:
     cursor = SensorCursor.from_json(cursor_json)
-    return {ch: int.from_bytes(c.replay_id, "big") for ch, c in cursor.channels.items() if c.replay_id}
+    return {
+        ch: int.from_bytes(c.replay_id, "big") for ch, c in cursor.channels.items() if c.replay_id
+    }
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "postgres"])
@@ -129,8 +136,13 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
     try:
         second = _wait_for(
             env,
-            lambda s: len(_succeeded(s)) > len(_succeeded(first))
-            and any(_replay_positions(s["cursor"]).get(ch, 0) > pos for ch, pos in positions_before.items()),
+            lambda s: (
+                len(_succeeded(s)) > len(_succeeded(first))
+                and any(
+                    _replay_positions(s["cursor"]).get(ch, 0) > pos
+                    for ch, pos in positions_before.items()
+                )
+            ),
             240,
             log_path,
         )
@@ -145,7 +157,9 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
 
     ledger = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
     with ledger.connect() as conn:
-        inbox = conn.execute(sa.text("select count(*), count(distinct channel || hex(replay_id)) from cdc_inbox")).one()
+        inbox = conn.execute(
+            sa.text("select count(*), count(distinct channel || hex(replay_id)) from cdc_inbox")
+        ).one()
         batches = conn.execute(sa.text("select count(*) from cdc_batches")).scalar_one()
     ledger.dispose()
     assert inbox[0] == inbox[1] > 0

@@ -12,7 +12,9 @@ def test_round_trip_keeps_opaque_replay_bytes():
         "/data/LeadChangeEvent", ChannelCursor(odd_bytes, batch_id="b1", commit_ms=1700000000000)
     )
     restored = SensorCursor.from_json(cursor.to_json())
-    assert restored.for_channel("/data/LeadChangeEvent") == ChannelCursor(odd_bytes, "b1", 1700000000000)
+    assert restored.for_channel("/data/LeadChangeEvent") == ChannelCursor(
+        odd_bytes, "b1", 1700000000000
+    )
     assert restored.for_channel("/data/TaskChangeEvent") == ChannelCursor()
 
 
@@ -27,7 +29,10 @@ def test_json_is_stable_and_sorted():
     assert list(json.loads(a.to_json())["channels"]) == ["/data/A", "/data/B"]
 
 
-@pytest.mark.parametrize("bad", ["{", '{"v": 99, "channels": {}}', '{"v": 1, "channels": {"/data/X": {"replay_id": "%%%"}}}'])
+@pytest.mark.parametrize(
+    "bad",
+    ["{", '{"v": 99, "channels": {}}', '{"v": 1, "channels": {"/data/X": {"replay_id": "%%%"}}}'],
+)
 def test_unreadable_cursor_names_the_reset_command(bad):
     with pytest.raises(CursorError, match="dagster sensor cursor cdc_sensor --delete"):
         SensorCursor.from_json(bad)

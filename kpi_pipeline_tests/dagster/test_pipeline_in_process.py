@@ -1,0 +1,205 @@
+"""The Dagster shell end to end in one process: cdc_sensor against the sandbox org (real gRPC
+and REST on loopback), process_cdc_batch runs, write-back, and the next tick's echoes.
+
+Instances: Dagster's SQLite storage and PostgreSQL storage (dagster-postgres, real server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline import wiring
+from kpi_pipeline.cdc.cursor import SensorCursor
+from kpi_pipeline.cdc.raw import RawEvent
+from kpi_pipeline.definitions import defs
+from kpi_pipeline.defs.resources import PipelineResource
+from kpi_pipeline.defs.sensors import cdc_sensor
+from kpi_pipeline.sandbox.runtime import shutdown_sandbox
+from kpi_pipeline.sandbox.store import SandboxStore
+
+
+@pytest.fixture
+def small_sandbox(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPI_SANDBOX_LEADS_PER_DAY", "30")
+    monkeypatch.setenv("KPI_SANDBOX_LIVE_LEADS_PER_HOUR", "0")
+    monkeypatch.setenv("KPI_SANDBOX_SEED", "5")
+    monkeypatch.setenv("KPI_CDC_MAX_EVENTS_PER_TICK", "1000")
+    wiring.reset_cache()
+    data_dir = tmp_path / "kpi"
+    yield PipelineResource(data_dir=str(data_dir))
+    wiring.reset_cache()
+    shutdown_sandbox(data_dir)
+
+
+@contextlib.contextmanager
+def _instance(kind: str, make_postgres_db):
+    if kind == "postgres":
+        url = make_postgres_db().replace("postgresql+psycopg2://", "postgresql://")
+        with dg.instance_for_test(
+            overrides={"storage": {"postgres": {"postgres_url": url}}}
+        ) as instance:
+            yield instance
+    else:
+        with dg.instance_for_test() as instance:
+            yield instance
+
+
+def _tick(instance, pipeline, cursor):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"pipeline": pipeline}
+    )
+    return cdc_sensor(context)
+
+
+def _run_all(result, instance, pipeline):
+    job = defs.resolve_job_def("process_cdc_batch")
+    outputs = []
+    for request in result.run_requests:
+        run = job.execute_in_process(
+            run_config=request.run_config, instance=instance, resources={"pipeline": pipeline}
+        )
+        assert run.success
+        outputs.append(run.output_for_node("complete_batch"))
+    return outputs
+
+
+@pytest.mark.parametrize("instance_kind", ["sqlite", "postgres"])
+def test_sensor_stages_batches_and_job_processes_them(
+    small_sandbox, instance_kind, make_postgres_db
+):
+    pipeline = small_sandbox
+    with _instance(instance_kind, make_postgres_db) as instance:
+        first = _tick(instance, pipeline, None)
+        assert first.run_requests, first.skip_reason
+        keys = [r.run_key for r in first.run_requests]
+        assert len(keys) == len(set(keys)) and all(k.startswith("cdc:/data/") for k in keys)
+        for request in first.run_requests:
+            assert set(request.run_config["ops"]) == {"load_batch"}  # the batch id, never payloads
+        observed = {e.metadata["channel"].value: e.metadata for e in first.asset_events}
+        assert set(observed) == {
+            "/data/LeadChangeEvent",
+            "/data/TaskChangeEvent",
+            "/data/EmailMessageChangeEvent",
+        }
+        assert all(m["replay_id"].value for m in observed.values())
+        assert all("lag_seconds" in m for m in observed.values())
+
+        summaries = _run_all(first, instance, pipeline)
+        ledger = pipeline.ledger()
+        assert not ledger.pending_batches()
+        facts = ledger.lead_facts_frame()
+        assert facts["Routing_Rule__c"].notna().sum() > 0
+        assert facts["First_Response_At__c"].notna().sum() > 0
+        assert sum(s["write_back"]["sent"] for s in summaries) > 0
+
+        # Write-back reached the sandbox org over REST: its Lead records carry the routing fields.
+        store = SandboxStore(pipeline.settings().sandbox_store_path)
+        routed = facts.dropna(subset=["Routing_Rule__c"]).iloc[0]
+        record = store.get_record("Lead", routed["Id"])
+        assert record["Routing_Policy_Version__c"] == routed["Routing_Policy_Version__c"]
+        store.close()
+
+        # The next tick resumes after the cursor: it sees only the echoes of our own writes,
+        # which update record state but trigger no workload.
+        second = _tick(instance, pipeline, first.cursor)
+        before = SensorCursor.from_json(first.cursor)
+        after = SensorCursor.from_json(second.cursor)
+        lead = "/data/LeadChangeEvent"
+        assert after.for_channel(lead).replay_id > before.for_channel(lead).replay_id
+        routing_before = facts.set_index("Id")["OwnerId"].to_dict()
+        for summary in _run_all(second, instance, pipeline):
+            assert summary["routing"].get("routed", 0) == 0
+        assert (
+            pipeline.ledger().lead_facts_frame().set_index("Id")["OwnerId"].to_dict()
+            == routing_before
+        )
+
+
+def test_interrupted_tick_re_emits_the_same_batch_without_restaging(small_sandbox):
+    pipeline = small_sandbox
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, pipeline, None)
+        # The cursor of that tick is never committed (the daemon died): evaluate again from the old cursor.
+        again = _tick(instance, pipeline, None)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+
+        def positions(c):
+            return {
+                ch: (v.replay_id, v.batch_id)
+                for ch, v in SensorCursor.from_json(c).channels.items()
+            }
+
+        assert positions(again.cursor) == positions(first.cursor)
+        engine = pipeline.ledger().engine
+        with engine.connect() as conn:
+            staged = conn.execute(sa.text("select count(*) from cdc_inbox")).scalar_one()
+            batches = conn.execute(sa.text("select count(*) from cdc_batches")).scalar_one()
+        assert batches == len(first.run_requests)
+        assert staged == sum(int(r.tags["kpi/events"]) for r in first.run_requests)
+
+
+def test_poison_event_is_dead_lettered_and_the_rest_of_the_batch_proceeds(small_sandbox):
+    pipeline = small_sandbox
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, pipeline, None)
+        lead_request = next(
+            r for r in first.run_requests if r.tags["kpi/channel"] == "/data/LeadChangeEvent"
+        )
+        ledger = pipeline.ledger()
+        good = ledger.load_batch(lead_request.run_config["ops"]["load_batch"]["config"]["batch_id"])
+        poison = RawEvent(
+            "/data/LeadChangeEvent", b"\xff" * 8, good.events[0].schema_id, b"\x02\x03not avro", "x"
+        )
+        healthy = RawEvent(
+            "/data/LeadChangeEvent",
+            b"\xff" * 7 + b"\xfe",
+            good.events[0].schema_id,
+            good.events[0].payload,
+            "y",
+        )
+        staged = ledger.stage_batch(
+            "/data/LeadChangeEvent", [healthy, poison], {}, after_replay="poison-test"
+        )
+        run = defs.resolve_job_def("process_cdc_batch").execute_in_process(
+            run_config={"ops": {"load_batch": {"config": {"batch_id": staged.batch_id}}}},
+            instance=instance,
+            resources={"pipeline": pipeline},
+        )
+        assert run.success
+        letters = ledger.dead_letters(channel="/data/LeadChangeEvent")
+        assert [d.replay_id for d in letters] == [b"\xff" * 8]
+        assert "decode" in letters[0].stage and letters[0].reason
+        assert ledger.batch(staged.batch_id).status == "done"
+
+
+def test_refused_replay_id_records_a_resync_window_and_restarts_from_earliest(small_sandbox):
+    pipeline = small_sandbox
+    lead = "/data/LeadChangeEvent"
+    # 4 bytes is not a replay id the bus ever issued: the server refuses it with the real
+    # INVALID_ARGUMENT + ...replayid.corrupted trailer.
+    stale = SensorCursor().with_channel(
+        lead,
+        SensorCursor()
+        .for_channel(lead)
+        .advanced(b"\x00\x00\x00\x07", batch_id=None, commit_ms=1_700_000_000_000),
+    )
+    with dg.instance_for_test() as instance:
+        result = _tick(instance, pipeline, stale.to_json())
+        ledger = pipeline.ledger()
+        windows = ledger.open_resync_windows(lead)
+        assert len(windows) == 1
+        assert (
+            windows[0].reason == "replay_id_invalid"
+            and windows[0].from_time_ms == 1_700_000_000_000
+        )
+        observed = {e.metadata["channel"].value: e.metadata for e in result.asset_events}
+        assert observed[lead]["resync_window_id"].value == windows[0].id
+        # The channel was not wedged: it restarted from EARLIEST and staged a batch.
+        assert any(r.tags["kpi/channel"] == lead for r in result.run_requests)
+        assert (
+            SensorCursor.from_json(result.cursor).for_channel(lead).replay_id != b"\x00\x00\x00\x07"
+        )
