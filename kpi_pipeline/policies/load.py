@@ -191,19 +191,46 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def _schema_message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "oneOf" and isinstance(error.instance, dict):
-        keys = sorted(error.instance)
-        return (
-            f"condition with keys {keys} is not valid: use {{'field': NAME, OP: VALUE}} with one OP "
-            f"of {list(LEAF_OPS)}, or one of {{'any': [...]}}, {{'all': [...]}}, {{'not': {{...}}}}"
+CONDITION_HINT = (
+    f"use {{'field': NAME, OP: VALUE}} with one OP of {list(LEAF_OPS)}, "
+    "or one of {'any': [...]}, {'all': [...]}, {'not': {...}}"
+)
+
+
+def _condition_fault(error: jsonschema.ValidationError) -> PolicyFault:
+    """A failed condition (``oneOf``) explained by the branch its operator selects, descending
+    into nested any/all/not so the fault points at the innermost broken condition."""
+    instance = error.instance
+    ops = [op for op in LEAF_OPS + GROUP_OPS if op in instance]
+    if len(ops) > 1:
+        return PolicyFault(
+            error.json_path, f"condition has several operators {ops}; {CONDITION_HINT}"
         )
-    return error.message
+    if not ops:
+        return PolicyFault(
+            error.json_path,
+            f"condition with keys {sorted(instance)} names no operator; {CONDITION_HINT}",
+        )
+    branches = error.schema["oneOf"]
+    chosen = next(i for i, branch in enumerate(branches) if ops[0] in branch.get("required", ()))
+    branch_errors = [e for e in error.context or () if e.relative_schema_path[0] == chosen]
+    if not branch_errors:
+        return PolicyFault(error.json_path, f"condition is not valid; {CONDITION_HINT}")
+    deepest = max(branch_errors, key=lambda e: len(e.absolute_path))
+    if deepest.validator == "oneOf" and isinstance(deepest.instance, dict):
+        return _condition_fault(deepest)
+    return PolicyFault(deepest.json_path, deepest.message)
+
+
+def _schema_fault(error: jsonschema.ValidationError) -> PolicyFault:
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        return _condition_fault(error)
+    return PolicyFault(error.json_path, error.message)
 
 
 def schema_faults(raw: Any) -> list[PolicyFault]:
     errors = sorted(_validator().iter_errors(raw), key=lambda e: (e.json_path, e.message))
-    return [PolicyFault(error.json_path, _schema_message(error)) for error in errors]
+    return [_schema_fault(error) for error in errors]
 
 
 def semantic_faults(raw: Mapping[str, Any]) -> list[PolicyFault]:

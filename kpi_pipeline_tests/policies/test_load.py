@@ -78,7 +78,7 @@ def test_malformed_condition_gets_a_useful_message():
     raw["rules"][1]["when"] = {"field": "Company", "startswith": "Acme"}
     (fault,) = faults_of(raw)
     assert fault.path == "$.rules[1].when"
-    assert "use {'field': NAME, OP: VALUE}" in fault.message
+    assert "names no operator; use {'field': NAME, OP: VALUE}" in fault.message
 
 
 def test_error_text_lists_every_fault():
@@ -117,3 +117,18 @@ def test_weights_needing_an_absurd_cycle_are_rejected():
     raw["pools"]["na"]["members"][1]["weight"] = 99
     (fault,) = faults_of(raw)
     assert fault.path == "$.pools.na.members" and "simpler ratios" in fault.message
+
+
+def test_faults_in_nested_conditions_point_at_the_innermost_condition():
+    raw = default_raw()
+    raw["rules"][1]["when"] = {
+        "all": [{"field": "A", "equals": 1}, {"any": [{"field": "Company", "startswith": "Ac"}]}]
+    }
+    raw["rules"][2]["when"] = {"field": "AnnualRevenue", "range": {"min": 1, "mx": 2}}
+    raw["rules"][3]["when"] = {"not": {"field": "Rating", "in": []}}
+    raw["rules"][4]["when"] = {"field": "Rating", "in": ["Hot"], "equals": "Hot"}
+    faults = {fault.path: fault.message for fault in faults_of(raw)}
+    assert "names no operator" in faults["$.rules[1].when.all[1].any[0]"]
+    assert "'mx' was unexpected" in faults["$.rules[2].when.range"]
+    assert "should be non-empty" in faults["$.rules[3].when.not.in"]
+    assert "several operators ['equals', 'in']" in faults["$.rules[4].when"]
