@@ -224,17 +224,12 @@ class SalesforceRest:
             }
             try:
                 results = self._call("PATCH", "composite/sobjects", json=body, counter=report)
+                retry = self._sort_results(pending, results, report)
             except SalesforceRequestError as exc:
                 # Malformed for good (e.g. unknown field): these records fail, retrying won't help.
                 error = SaveError(exc.error_code or "REQUEST_REFUSED", str(exc))
                 report.failed.update({u.record_id: error for u in pending})
                 return
-            except SalesforceError as exc:
-                report.error = exc
-                report.unconfirmed.extend(u.record_id for u in pending)
-                return
-            try:
-                retry = self._sort_results(pending, results, report)
             except SalesforceError as exc:
                 report.error = exc
                 report.unconfirmed.extend(u.record_id for u in pending)
@@ -256,10 +251,12 @@ class SalesforceRest:
         self, pending: list[RecordUpdate], results: Any, report: UpdateReport
     ) -> list[tuple[RecordUpdate, SaveError]]:
         """Files each SaveResult; returns the records to retry with their last error."""
-        if not isinstance(results, list) or len(results) != len(pending):
+        well_formed = isinstance(results, list) and all(isinstance(r, dict) for r in results)
+        if not well_formed or len(results) != len(pending):
+            # Nothing is filed: which records were applied is unknown, so all stay unconfirmed.
             raise SalesforceUnavailableError(
-                f"sObject Collections returned {len(results) if isinstance(results, list) else type(results).__name__} "
-                f"results for {len(pending)} records; Salesforce's response is malformed",
+                f"sObject Collections answered {str(results)[:200]!r} for {len(pending)} records; "
+                "expected one SaveResult per record"
             )
         retry: list[tuple[RecordUpdate, SaveError]] = []
         # SaveResults come in request order; failed entries carry no id, so match by position.
@@ -349,7 +346,10 @@ class SalesforceRest:
             item.update(relatedRecordId=related_record_id, logEmailOnSend=True)
         if sender_type:
             item["senderType"] = sender_type
-        results = self._call("POST", "actions/standard/emailSimple", json={"inputs": [item]})
+        # Not idempotent: a lost response must not send the email twice, so no resend on outages.
+        results = self._call(
+            "POST", "actions/standard/emailSimple", json={"inputs": [item]}, idempotent=False
+        )
         result = (results or [{}])[0]
         if not result.get("isSuccess"):
             error = _save_error(result.get("errors") or [])
@@ -362,9 +362,19 @@ class SalesforceRest:
     # --- HTTP with retries --------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, *, counter: UpdateReport | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        counter: UpdateReport | None = None,
+        idempotent: bool = True,
+        **kwargs: Any,
     ) -> Any:
-        """One REST call with re-auth once on 401 and bounded backoff on limits and outages."""
+        """One REST call with re-auth once on 401 and bounded backoff on limits and outages.
+
+        ``idempotent=False``: outages (5xx, dropped connections) are not retried, because the
+        org may have acted before the response was lost; limit refusals still are.
+        """
         reauthenticated = False
         failures = 0
         while True:
@@ -383,9 +393,7 @@ class SalesforceRest:
             except (SimpleSalesforceError, requests.RequestException) as exc:
                 error = _classify(exc, path)
             failures += 1
-            if not error.retryable or failures >= self.max_attempts or _is_daily_limit(error):
-                metrics.record_error("salesforce_rest")
-                raise error
+            self._raise_unless_retryable(error, failures, idempotent)
             log.warning(
                 "Salesforce %s %s failed (%s); retry %d of %d",
                 method,
@@ -395,6 +403,19 @@ class SalesforceRest:
                 self.max_attempts - 1,
             )
             self._backoff(failures)
+
+    def _raise_unless_retryable(
+        self, error: SalesforceError, failures: int, idempotent: bool
+    ) -> None:
+        unsafe_to_resend = not idempotent and isinstance(error, SalesforceUnavailableError)
+        if (
+            not error.retryable
+            or failures >= self.max_attempts
+            or _is_daily_limit(error)
+            or unsafe_to_resend
+        ):
+            metrics.record_error("salesforce_rest")
+            raise error
 
     def _session_error(self) -> SessionInvalidError:
         metrics.record_error("salesforce_auth")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ class SandboxOrg:
     store: SandboxStore
     server: RunningRestServer
     registry: TokenRegistry
-    private_key_pem: bytes
+    private_key_pem: bytes = field(repr=False)
 
     @property
     def url(self) -> str:

@@ -314,6 +314,19 @@ def test_send_email_simple(org: SandboxOrg) -> None:
     assert sent["relatedRecordId"] == lead and sent["logEmailOnSend"] is True
 
 
+def test_email_is_not_resent_after_an_outage(org: SandboxOrg) -> None:
+    rest, sleeps = rest_with_sleeps(org)
+    org.server.faults.fail_next_requests(1, drop_connection=True)
+    with pytest.raises(SalesforceUnavailableError):
+        rest.send_email_simple(["a@example.com"], "Hello", "Body")
+    # A resend would have reached the server (only the first request is dropped) and sent it.
+    assert org.data_requests("/emailSimple") == [] and org.server.sent_emails == []
+    assert sleeps == []
+    org.server.faults.request_limit_exceeded_next(1)  # refused before acting: safe to resend
+    rest.send_email_simple(["a@example.com"], "Hello", "Body")
+    assert len(org.server.sent_emails) == 1 and len(sleeps) == 1
+
+
 # --- input validation and helpers ------------------------------------------------------------
 
 
