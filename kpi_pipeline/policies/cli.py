@@ -12,7 +12,6 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TextIO
 
 from kpi_pipeline.cdc.events import EventFormatError, read_recorded_lines
 from kpi_pipeline.policies.load import (
@@ -56,20 +55,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     simulate.set_defaults(func=_simulate)
 
 
-def _validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def _validate(args: argparse.Namespace) -> int:
     faults = validate_policy_file(args.file)
     if not faults:
         policy = load_policy(args.file)
         print(
             f"{args.file}: valid (version {policy.version}, {len(policy.rules)} rules, "
-            f"{len(policy.pools)} pools, fingerprint {policy_fingerprint(policy)})",
-            file=out,
+            f"{len(policy.pools)} pools, fingerprint {policy_fingerprint(policy)})"
         )
         return 0
-    print(f"{args.file}: {len(faults)} fault(s)", file=out)
+    print(f"{args.file}: {len(faults)} fault(s)")
     for fault in faults:
-        print(f"  {fault.path}: {fault.message}", file=out)
+        print(f"  {fault.path}: {fault.message}")
     return 1
 
 
