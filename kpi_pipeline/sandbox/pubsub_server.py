@@ -44,6 +44,13 @@ from kpi_pipeline.sandbox.changelog import (
 )
 
 MAX_OUTSTANDING = 100
+# Accept the clients' transport keepalive pings (grpc-core's server default answers pings
+# more often than every 5 min without data with GOAWAY "too_many_pings").
+SERVER_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
 RETENTION_MS = 72 * 3600 * 1000
 REQUIRED_METADATA = ("accesstoken", "instanceurl", "tenantid")
 REPLAY_INVALID_TEXT = (
@@ -517,7 +524,8 @@ def start_pubsub_server(
         faults=faults,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pubsub")
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pubsub"),
+        options=SERVER_OPTIONS,
     )
     pb2_grpc.add_PubSubServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from kpi_pipeline.cdc.client import FetchResult, PubSubClient
+from kpi_pipeline.cdc.client import DEFAULT_CHANNEL_OPTIONS, FetchResult, PubSubClient
 from kpi_pipeline.cdc.decode import EventDecoder
 from kpi_pipeline.cdc.errors import (
     AUTH_ERROR,
@@ -519,3 +519,22 @@ def test_open_stream_delivers_events_published_while_it_waits(change_log, start_
     call.cancel()
     channel.close()
     assert got == [1, 2]
+
+
+@pytest.mark.slow
+def test_transport_keepalive_pings_are_accepted_on_a_quiet_stream(
+    change_log, start_server, make_client
+) -> None:
+    server = start_server(change_log)
+    server.faults.silence_streams()  # nothing flows, so only HTTP/2 pings cross the connection
+    fast_pings = {"grpc.keepalive_time_ms": 100, "grpc.keepalive_timeout_ms": 1000}
+    # grpc reads the first occurrence of an option, so replace rather than append.
+    options = [o for o in DEFAULT_CHANNEL_OPTIONS if o[0] not in fast_pings] + list(
+        fast_pings.items()
+    )
+    client = make_client(server, channel_options=options, max_reconnects=0)
+    result = client.fetch(
+        LEADS, replay_id=None, preset="LATEST", max_events=1, max_seconds=10, idle_return_s=6
+    )
+    # grpc-core's default server policy sends GOAWAY "too_many_pings" after ~4.5 s here.
+    assert result.events == [] and result.reconnects == 0
