@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         None, description="PEM private key matching the connected app's certificate (JWT RS256)."
     )
     salesforce_api_version: str = Field("64.0", description="REST API version used for write-back.")
+    salesforce_session_seconds: float = Field(
+        7200.0,
+        gt=60,
+        description="The org's session timeout (Setup > Session Settings, or the connected app's). "
+        "Salesforce's token response has no expiry, so the token cache trusts this value and "
+        "re-authenticates a minute before it ends (or at once on INVALID_SESSION_ID).",
+    )
     salesforce_integration_user_id: str | None = Field(
         None, description="User id of the integration user; leads it owns need routing."
     )

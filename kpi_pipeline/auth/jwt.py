@@ -97,11 +97,12 @@ def default_audience(login_url: str) -> str:
     """The JWT ``aud`` Salesforce expects for a login URL.
 
     Salesforce accepts only its login servers (or an Experience Cloud site) as audience, so a
-    My Domain host maps to login (production) or test (``*.sandbox.my.salesforce.com``). Any
+    My Domain host maps to login (production) or test (sandbox and scratch orgs). Any
     other host (Experience Cloud, the embedded sandbox) is its own audience.
     """
     host = (urlparse(login_url).hostname or "").lower()
-    if host.endswith(".sandbox.my.salesforce.com") or host == "test.salesforce.com":
+    test_hosts = (".sandbox.my.salesforce.com", ".scratch.my.salesforce.com")
+    if host.endswith(test_hosts) or host == "test.salesforce.com":
         return "https://test.salesforce.com"
     if host.endswith(".my.salesforce.com") or host == "login.salesforce.com":
         return "https://login.salesforce.com"
@@ -275,6 +276,7 @@ class JWTTokenProvider:
                 "the JWT flow needs KPI_SALESFORCE_CLIENT_ID, KPI_SALESFORCE_USERNAME and "
                 "KPI_SALESFORCE_PRIVATE_KEY_FILE; without them use the embedded sandbox"
             )
+        kwargs.setdefault("session_seconds", settings.salesforce_session_seconds)
         return cls(
             settings.salesforce_login_url,
             settings.salesforce_client_id,

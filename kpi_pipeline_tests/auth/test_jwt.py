@@ -19,6 +19,7 @@ from kpi_pipeline.auth.jwt import (
     default_audience,
     tenant_id_from_identity_url,
 )
+from kpi_pipeline.config import Settings
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
 from kpi_pipeline_tests.salesforce.sandbox_org import (
     CONSUMER_KEY,
@@ -319,6 +320,7 @@ def test_constructor_rejects_bad_configuration() -> None:
         ("https://test.salesforce.com/", "https://test.salesforce.com"),
         ("https://acme.my.salesforce.com", "https://login.salesforce.com"),
         ("https://acme--uat.sandbox.my.salesforce.com", "https://test.salesforce.com"),
+        ("https://fun-dog-1234.scratch.my.salesforce.com", "https://test.salesforce.com"),
         ("https://acme.my.site.com/partners", "https://acme.my.site.com/partners"),
         ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
     ],
@@ -336,6 +338,26 @@ def test_identity_url_parsing() -> None:
     )
     with pytest.raises(AuthError, match="not an identity URL"):
         tenant_id_from_identity_url("https://example.com/whoami")
+
+
+def test_from_settings_uses_the_configured_org(tmp_path: Path) -> None:
+    key_file = tmp_path / "server.key"
+    key_file.write_bytes(other_private_key())
+    settings = Settings(
+        salesforce_login_url="https://acme.my.salesforce.com",
+        salesforce_client_id=CONSUMER_KEY,
+        salesforce_username=USERNAME,
+        salesforce_private_key_file=key_file,
+        salesforce_session_seconds=900,
+    )
+    provider = JWTTokenProvider.from_settings(settings)
+    assert (provider.login_url, provider.audience) == (
+        "https://acme.my.salesforce.com",
+        "https://login.salesforce.com",
+    )
+    assert provider.session_seconds == 900
+    with pytest.raises(ValueError, match="KPI_SALESFORCE_CLIENT_ID"):
+        JWTTokenProvider.from_settings(Settings(salesforce_client_id=None))
 
 
 def test_static_provider_gives_metadata_and_cannot_renew() -> None:
