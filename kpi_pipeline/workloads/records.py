@@ -191,8 +191,8 @@ def _assign(
     children compete on versions too, so mixing both stays order-independent."""
     if child is None:
         current = fields.get(name)
-        # only a compound (dict) or a nulled compound can have versioned children
-        could_have_children = current is None or isinstance(current, Mapping)
+        # children exist only under a field already set to a dict (or nulled after one)
+        could_have_children = name in fields and (current is None or isinstance(current, Mapping))
         prefix = f"{name}."
         children = (
             [v for k, v in versions.items() if k.startswith(prefix)] if could_have_children else []
