@@ -328,3 +328,21 @@ def test_a_scrape_after_a_burst_of_runs_compacts_first(metrics_dir: Path) -> Non
         server.stop()
     assert value(samples, "cdc_events_total", channel=LEAD, change_type="CREATE") == 50
     assert len(remaining) <= 2  # the archive and the running server's own files
+
+
+def test_every_literal_error_area_at_a_call_site_is_initialised() -> None:
+    """Areas missing from KNOWN_ERROR_AREAS have no series until their first error."""
+    import re
+
+    from kpi_pipeline.metrics import KNOWN_ERROR_AREAS
+
+    package = Path(__file__).resolve().parents[2] / "kpi_pipeline"
+    used = {
+        (match.group(1), str(path.relative_to(package)))
+        for path in package.rglob("*.py")
+        for match in re.finditer(r"record_error\(\s*[\"']([^\"']+)[\"']\s*\)", path.read_text())
+    }
+    missing = sorted((area, where) for area, where in used if area not in KNOWN_ERROR_AREAS)
+    assert not missing, (
+        f"add these areas to KNOWN_ERROR_AREAS in kpi_pipeline/metrics.py: {missing}"
+    )

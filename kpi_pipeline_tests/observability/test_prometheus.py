@@ -156,7 +156,7 @@ def test_prometheus_scrapes_runs_and_answers_the_plans_queries(
             r["metric"]["area"]: float(r["value"][1]) for r in prometheus.query(PLAN_QUERIES[2])
         }
         assert errors["writeback"] > 0
-        assert errors["cdc"] == 0  # initialised series: an area without errors answers 0
+        assert errors["cdc_stream"] == 0  # initialised series: an area without errors answers 0
 
         total = prometheus.query(f'cdc_events_total{{channel="{LEAD}",change_type="CREATE"}}')
         assert float(total[0]["value"][1]) == 3 * runs
