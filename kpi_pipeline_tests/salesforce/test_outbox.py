@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kpi_pipeline.ledger.store import Ledger
 from kpi_pipeline.salesforce.outbox import OutboxItem, drain_outbox, merge_items
@@ -253,3 +256,31 @@ def test_drain_with_the_postgres_ledger(org: SandboxOrg, postgres_url: str) -> N
         ledger_drain_roundtrip(org, ledger)
     finally:
         ledger.dispose()
+
+
+# --- merge property ------------------------------------------------------------------------------
+
+_records = st.sampled_from(["00Q5g0000000001EAA", "00Q5g0000000002EAA", "00Q5g0000000003EAA"])
+_fields = st.dictionaries(
+    st.sampled_from(["A", "B", "C"]), st.one_of(st.none(), st.integers(0, 9)), max_size=3
+)
+
+
+@given(st.lists(st.tuples(_records, _fields), max_size=20), st.randoms(use_true_random=False))
+def test_merging_equals_applying_items_one_by_one_in_id_order(
+    entries: list[tuple[str, dict]], rnd: random.Random
+) -> None:
+    items = [
+        OutboxItem(i + 1, "Lead", record_id, fields)
+        for i, (record_id, fields) in enumerate(entries)
+    ]
+    expected: dict[str, dict] = {}
+    for item in items:
+        expected.setdefault(item.record_id, {}).update(item.fields)
+    shuffled = list(items)
+    rnd.shuffle(shuffled)  # claim order must not matter: ids decide
+
+    merged = merge_items(shuffled)
+
+    assert {m.record_id: m.fields for m in merged} == expected
+    assert sorted(i for m in merged for i in m.item_ids) == [i.id for i in items]
