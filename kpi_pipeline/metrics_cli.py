@@ -145,6 +145,16 @@ def _compact_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 10")
+    return seconds
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("metrics", help="Prometheus metrics endpoint")
     commands = parser.add_subparsers(dest="metrics_command", required=True, metavar="SUBCOMMAND")
@@ -159,10 +169,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve_parser.add_argument(
         "--compact-interval",
-        type=float,
+        type=_positive_seconds,
         default=10.0,
         help="seconds between compactions of finished processes' metric files (each scrape reads "
-        "every file, so frequent compaction keeps scrapes fast; an idle compaction costs ~1 ms)",
+        "every file, so frequent compaction keeps scrapes fast; an idle compaction costs under 1 ms)",
     )
     serve_parser.set_defaults(func=_serve_command)
     compact_parser = commands.add_parser(

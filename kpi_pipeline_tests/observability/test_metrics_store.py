@@ -346,3 +346,29 @@ def test_every_literal_error_area_at_a_call_site_is_initialised() -> None:
     assert not missing, (
         f"add these areas to KNOWN_ERROR_AREAS in kpi_pipeline/metrics.py: {missing}"
     )
+
+
+def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "serve", "--port", str(port)],
+            env=metrics_env(metrics_dir),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "serve", "--compact-interval", "0"],
+        env=metrics_env(metrics_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "not a positive number of seconds" in done.stderr
