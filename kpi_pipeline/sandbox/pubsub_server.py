@@ -415,7 +415,11 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
                     return  # the real service closes a stream idle at pending=0 (~60 s)
                 continue
             tip = self.source.latest_replay()
-            changes = self._retained(self.source.read_changes(entities, cursor, pending))
+            batch = self.source.read_changes(entities, cursor, pending)
+            changes = self._retained(batch)
+            if batch and not changes:
+                cursor = batch[-1].replay  # all past this server's retention: skip them
+                continue
             if not changes:
                 # Everything up to `tip` was scanned: other entities' events are skipped for good.
                 cursor = tip if cursor is None else max(cursor, tip)

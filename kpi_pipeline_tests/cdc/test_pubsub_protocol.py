@@ -538,3 +538,17 @@ def test_transport_keepalive_pings_are_accepted_on_a_quiet_stream(
     )
     # grpc-core's default server policy sends GOAWAY "too_many_pings" after ~4.5 s here.
     assert result.events == [] and result.reconnects == 0
+
+
+def test_earliest_skips_more_expired_events_than_one_batch(
+    change_log, start_server, make_client
+) -> None:
+    for i in range(1, 251):
+        add_lead(
+            change_log, i, ts=now_ms() - 2 * HOUR_MS
+        )  # inside the log's 72 h, outside the server's 1 h
+    for i in range(251, 301):
+        add_lead(change_log, i)
+    client = make_client(start_server(change_log, retention_ms=HOUR_MS))
+    result = client.fetch(LEADS, replay_id=None, preset="EARLIEST", max_events=500, max_seconds=10)
+    assert replays(result) == list(range(251, 301))
