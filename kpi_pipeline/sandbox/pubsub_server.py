@@ -429,7 +429,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
                     None if flow.last_response is None else time.monotonic() - flow.last_response
                 )
                 if quiet_for is None or quiet_for >= self.keepalive_interval_s:
-                    yield self._keepalive(flow, rpc_id)
+                    yield self._keepalive(flow, rpc_id, scanned=cursor)
                 else:
                     self.source.wait_for_changes(cursor, self.keepalive_interval_s - quiet_for)
                 continue
@@ -472,12 +472,18 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             pending_num_requested=pending,
         )
 
-    def _keepalive(self, flow: _FlowState, rpc_id: str) -> pb2.FetchResponse:
+    def _keepalive(self, flow: _FlowState, rpc_id: str, *, scanned: int) -> pb2.FetchResponse:
+        """Empty response carrying the position up to which this topic has been scanned.
+
+        Not the live tip: an event appended after the scan may still be owed to this stream,
+        and a client resuming after a later id would lose it. On an empty bus there is no
+        position to give (and 0 would not be a valid CUSTOM start once events exist).
+        """
         with flow.cond:
             flow.last_activity = flow.last_response = time.monotonic()
             pending = flow.pending
         return pb2.FetchResponse(
-            latest_replay_id=replay_id_from_int(self.source.latest_replay()),
+            latest_replay_id=replay_id_from_int(scanned) if scanned else b"",
             rpc_id=rpc_id,
             pending_num_requested=pending,
         )

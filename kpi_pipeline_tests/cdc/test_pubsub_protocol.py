@@ -552,3 +552,14 @@ def test_earliest_skips_more_expired_events_than_one_batch(
     client = make_client(start_server(change_log, retention_ms=HOUR_MS))
     result = client.fetch(LEADS, replay_id=None, preset="EARLIEST", max_events=500, max_seconds=10)
     assert replays(result) == list(range(251, 301))
+
+
+def test_empty_bus_keepalive_has_no_position_and_earliest_still_works(
+    change_log, start_server, make_client
+) -> None:
+    client = make_client(start_server(change_log))
+    empty = client.fetch(LEADS, replay_id=None, preset="EARLIEST", max_events=5, max_seconds=5)
+    assert empty.events == [] and empty.keepalives == 1 and empty.latest_replay_id is None
+    fill(change_log, 2)
+    again = client.fetch(LEADS, replay_id=None, preset="EARLIEST", max_events=5, max_seconds=5)
+    assert replays(again) == [1, 2]
