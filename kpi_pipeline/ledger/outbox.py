@@ -18,13 +18,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from kpi_pipeline.ledger import schema as t
-from kpi_pipeline.ledger.sql import canonical, dumps, insert_ignore, prepared
+from kpi_pipeline.ledger.sql import canonical, dumps, text_insert
 
 PENDING = "pending"
 CLAIMED = "claimed"
 SENT = "sent"
 FAILED = "failed"
 CLAIM_LEASE = timedelta(minutes=5)
+_ENQUEUE = text_insert(
+    t.sf_outbox,
+    ["sobject", "record_id", "fields", "fields_hash", "status", "attempts", "created_at"],
+    ["sobject", "record_id", "fields_hash"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +72,7 @@ class OutboxMixin:
         if not fields:
             return False
         result = conn.execute(
-            prepared(
-                conn,
-                "enqueue_update",
-                lambda conn: insert_ignore(
-                    conn, t.sf_outbox, ["sobject", "record_id", "fields_hash"]
-                ),
-            ),
+            _ENQUEUE,
             {
                 "sobject": sobject,
                 "record_id": record_id,

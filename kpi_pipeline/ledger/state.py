@@ -16,11 +16,10 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from kpi_pipeline.ledger import schema as t
 from kpi_pipeline.ledger.schema import UTCDateTime
-from kpi_pipeline.ledger.sql import canonical, insert_ignore, prepared, upsert
+from kpi_pipeline.ledger.sql import canonical, insert_ignore, text_insert
 from kpi_pipeline.workloads.first_touch import SOURCE_RANK, FirstResponse, ResponseCandidate
 from kpi_pipeline.workloads.lead_route import PoolState, RoutingDecision
 from kpi_pipeline.workloads.records import RecordState
@@ -125,7 +124,7 @@ class WorkloadStateMixin:
             for s in states
         ]
         if rows:
-            conn.execute(upsert(conn, t.records, ["sobject", "id"], ["state", "updated_at"]), rows)
+            conn.execute(_SAVE_RECORD, rows)
 
     def record(self, sobject: str, record_id: str) -> RecordState | None:
         with self.engine.connect() as conn:
@@ -144,62 +143,42 @@ class WorkloadStateMixin:
         """Create the lead's facts row or refresh its creation time and current owner
         (a None argument keeps the stored value)."""
 
-        def build(conn: sa.Connection) -> Any:
-            insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(
-                t.lead_facts
-            )
-            return insert.on_conflict_do_update(
-                index_elements=["Id"],
-                set_={
-                    "CreatedDate": sa.func.coalesce(
-                        insert.excluded.CreatedDate, t.lead_facts.c.CreatedDate
-                    ),
-                    "OwnerId": sa.func.coalesce(insert.excluded.OwnerId, t.lead_facts.c.OwnerId),
-                    "updated_at": insert.excluded.updated_at,
-                },
-            )
-
         conn.execute(
-            prepared(conn, "ensure_lead_facts", build),
+            _ENSURE_LEAD_FACTS,
             {"Id": lead_id, "CreatedDate": created, "OwnerId": owner_id, "updated_at": self._now()},
         )
 
     def set_routing_facts(self, conn: sa.Connection, decision: RoutingDecision) -> None:
         conn.execute(
-            t.lead_facts.update()
-            .where(t.lead_facts.c.Id == decision.lead_id)
-            .values(
-                Routing_Policy_Version__c=decision.policy_version,
-                Routing_Rule__c=decision.rule_id,
-                SLA_Minutes=decision.sla_minutes,
-                updated_at=self._now(),
-            )
+            _SET_ROUTING_FACTS,
+            {
+                "lead_id": decision.lead_id,
+                "p_Routing_Policy_Version__c": decision.policy_version,
+                "p_Routing_Rule__c": decision.rule_id,
+                "p_SLA_Minutes": decision.sla_minutes,
+                "p_updated_at": self._now(),
+            },
         )
 
     def set_sla_if_unrouted(self, conn: sa.Connection, lead_id: str, sla_minutes: float) -> None:
         """SLA of a lead the pipeline did not route (a routing decision's SLA wins)."""
         conn.execute(
-            t.lead_facts.update()
-            .where(t.lead_facts.c.Id == lead_id, t.lead_facts.c.Routing_Rule__c.is_(None))
-            .values(SLA_Minutes=sla_minutes, updated_at=self._now())
+            _SET_SLA_IF_UNROUTED,
+            {"lead_id": lead_id, "p_SLA_Minutes": sla_minutes, "p_updated_at": self._now()},
         )
 
     def set_assignment(
         self, conn: sa.Connection, lead_id: str, assigned_at: datetime, latency_minutes: float
     ) -> bool:
         """First user-owner time: only ever moves earlier (so any order gives the same answer)."""
-        c = t.lead_facts.c
         result = conn.execute(
-            t.lead_facts.update()
-            .where(
-                c.Id == lead_id,
-                sa.or_(c.Owner_Assigned_At__c.is_(None), c.Owner_Assigned_At__c > assigned_at),
-            )
-            .values(
-                Owner_Assigned_At__c=assigned_at,
-                Assignment_Latency_Minutes__c=latency_minutes,
-                updated_at=self._now(),
-            )
+            _SET_ASSIGNMENT,
+            {
+                "lead_id": lead_id,
+                "p_Owner_Assigned_At__c": assigned_at,
+                "p_Assignment_Latency_Minutes__c": latency_minutes,
+                "p_updated_at": self._now(),
+            },
         )
         return result.rowcount == 1
 
@@ -211,7 +190,7 @@ class WorkloadStateMixin:
         commits second re-evaluates the WHERE clause against the committed row.
         """
         result = conn.execute(
-            prepared(conn, "improve_first_response", _improve_first_response),
+            _IMPROVE_FIRST_RESPONSE,
             {
                 "p_id": lead_id,
                 "p_at": fr.at,
@@ -226,32 +205,35 @@ class WorkloadStateMixin:
         return result.rowcount == 1
 
     def set_template_recommended(self, conn: sa.Connection, lead_id: str, template_id: str) -> None:
-        c = t.lead_facts.c
         conn.execute(
-            t.lead_facts.update()
-            .where(c.Id == lead_id, c.Template_Recommended__c.is_(None))
-            .values(Template_Recommended__c=template_id, updated_at=self._now())
+            _SET_TEMPLATE_RECOMMENDED,
+            {
+                "lead_id": lead_id,
+                "p_Template_Recommended__c": template_id,
+                "p_updated_at": self._now(),
+            },
         )
 
     def set_template_applied(
-        self, conn: sa.Connection, lead_id: str, template_id: str, *, at: datetime, record_id: str
+        self,
+        conn: sa.Connection,
+        lead_id: str,
+        template_id: str | None,
+        *,
+        at: datetime,
+        record_id: str,
     ) -> bool:
-        """Template of the lead's first outbound email: only an earlier email replaces it."""
-        c = t.lead_facts.c
-        earlier = sa.or_(
-            c.template_applied_at.is_(None),
-            c.template_applied_at > at,
-            sa.and_(c.template_applied_at == at, c.template_applied_record_id > record_id),
-        )
+        """Template of the lead's first outbound email (None: it used none); only an earlier
+        email replaces it."""
         result = conn.execute(
-            t.lead_facts.update()
-            .where(c.Id == lead_id, earlier)
-            .values(
-                Template_Applied__c=template_id,
-                template_applied_at=at,
-                template_applied_record_id=record_id,
-                updated_at=self._now(),
-            )
+            _SET_TEMPLATE_APPLIED,
+            {
+                "lead_id": lead_id,
+                "p_Template_Applied__c": template_id,
+                "p_template_applied_at": at,
+                "p_template_applied_record_id": record_id,
+                "p_updated_at": self._now(),
+            },
         )
         return result.rowcount == 1
 
@@ -295,7 +277,7 @@ class WorkloadStateMixin:
 
     def put_candidate(self, conn: sa.Connection, candidate: ResponseCandidate) -> None:
         conn.execute(
-            prepared(conn, "put_candidate", _put_candidate),
+            _PUT_CANDIDATE,
             {
                 "record_id": candidate.record_id,
                 "lead_id": candidate.lead_id,
@@ -462,7 +444,7 @@ class WorkloadStateMixin:
     def insert_decision(self, conn: sa.Connection, decision: DecisionRow) -> bool:
         """Insert once per deterministic id (re-delivery adds nothing)."""
         result = conn.execute(
-            prepared(conn, "insert_decision", _insert_decision),
+            _INSERT_DECISION,
             {
                 "id": decision.id,
                 "workload": decision.workload,
@@ -513,7 +495,7 @@ class WorkloadStateMixin:
         ]
 
 
-def _improve_first_response(conn: sa.Connection) -> Any:
+def _improve_first_response() -> Any:
     c = t.lead_facts.c
     at = sa.bindparam("p_at", type_=UTCDateTime)
     rank = sa.bindparam("p_rank", type_=sa.Integer)
@@ -543,11 +525,96 @@ def _improve_first_response(conn: sa.Connection) -> Any:
     )
 
 
-def _put_candidate(conn: sa.Connection) -> Any:
-    return upsert(
-        conn, t.response_candidates, ["record_id"], ["lead_id", "at", "source", "rank", "user_id"]
+def _excluded(*columns: str) -> dict[str, str]:
+    return {c: f'excluded."{c}"' for c in columns}
+
+
+_SAVE_RECORD = text_insert(
+    t.records,
+    ["sobject", "id", "state", "updated_at"],
+    ["sobject", "id"],
+    _excluded("state", "updated_at"),
+)
+_ENSURE_LEAD_FACTS = text_insert(
+    t.lead_facts,
+    ["Id", "CreatedDate", "OwnerId", "updated_at"],
+    ["Id"],
+    {
+        "CreatedDate": 'coalesce(excluded."CreatedDate", lead_facts."CreatedDate")',
+        "OwnerId": 'coalesce(excluded."OwnerId", lead_facts."OwnerId")',
+        "updated_at": 'excluded."updated_at"',
+    },
+)
+_PUT_CANDIDATE = text_insert(
+    t.response_candidates,
+    ["record_id", "lead_id", "at", "source", "rank", "user_id"],
+    ["record_id"],
+    _excluded("lead_id", "at", "source", "rank", "user_id"),
+)
+_INSERT_DECISION = text_insert(
+    t.decisions,
+    [
+        "id",
+        "workload",
+        "lead_id",
+        "decided_at",
+        "policy_version",
+        "rule_id",
+        "model",
+        "request",
+        "response",
+        "replay_ids",
+    ],
+    ["id"],
+)
+
+
+def _update_lead(*columns: str, where: Any = None) -> Any:
+    """``UPDATE lead_facts SET col = :p_col, ..., updated_at = :p_updated_at WHERE Id = :lead_id``."""
+    c = t.lead_facts.c
+    condition = c.Id == sa.bindparam("lead_id")
+    if where is not None:
+        condition = sa.and_(condition, where)
+    return (
+        t.lead_facts.update()
+        .where(condition)
+        .values(
+            {
+                name: sa.bindparam(f"p_{name}", type_=c[name].type)
+                for name in (*columns, "updated_at")
+            }
+        )
     )
 
 
-def _insert_decision(conn: sa.Connection) -> Any:
-    return insert_ignore(conn, t.decisions, ["id"])
+_c = t.lead_facts.c
+_SET_ROUTING_FACTS = _update_lead("Routing_Policy_Version__c", "Routing_Rule__c", "SLA_Minutes")
+_SET_SLA_IF_UNROUTED = _update_lead("SLA_Minutes", where=_c.Routing_Rule__c.is_(None))
+_SET_ASSIGNMENT = _update_lead(
+    "Owner_Assigned_At__c",
+    "Assignment_Latency_Minutes__c",
+    where=sa.or_(
+        _c.Owner_Assigned_At__c.is_(None),
+        _c.Owner_Assigned_At__c > sa.bindparam("p_Owner_Assigned_At__c", type_=UTCDateTime),
+    ),
+)
+_SET_TEMPLATE_RECOMMENDED = _update_lead(
+    "Template_Recommended__c", where=_c.Template_Recommended__c.is_(None)
+)
+_applied_at = sa.bindparam("p_template_applied_at", type_=UTCDateTime)
+_SET_TEMPLATE_APPLIED = _update_lead(
+    "Template_Applied__c",
+    "template_applied_at",
+    "template_applied_record_id",
+    where=sa.or_(
+        _c.template_applied_at.is_(None),
+        _c.template_applied_at > _applied_at,
+        sa.and_(
+            _c.template_applied_at == _applied_at,
+            _c.template_applied_record_id > sa.bindparam("p_template_applied_record_id"),
+        ),
+    ),
+)
+
+
+_IMPROVE_FIRST_RESPONSE = _improve_first_response()
