@@ -445,8 +445,15 @@ class BatchProcessor:
                 self.ledger.put_candidate(conn, candidate)
                 affected.add(candidate.lead_id)
                 lead_replays.setdefault(candidate.lead_id, []).extend(replays.get(key[1], []))
+            leads = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in affected])
+            stored = self.ledger.candidates_for(conn, affected)
             for lead_id in sorted(affected):
-                outcome = self._settle_first_response(conn, lead_id, lead_replays.get(lead_id, []))
+                outcome = self._settle_first_response(
+                    conn,
+                    leads.get((LEAD, lead_id)),
+                    stored.get(lead_id, []),
+                    lead_replays.get(lead_id, []),
+                )
                 summary[outcome] = summary.get(outcome, 0) + 1
         return summary
 
@@ -462,13 +469,16 @@ class BatchProcessor:
         return lambda task_id: tasks.get((TASK, task_id))
 
     def _settle_first_response(
-        self, conn: sa.Connection, lead_id: str, replay_ids: list[str]
+        self,
+        conn: sa.Connection,
+        lead: RecordState | None,
+        candidates: list[Any],
+        replay_ids: list[str],
     ) -> str:
-        lead = self.ledger.records(conn, [(LEAD, lead_id)]).get((LEAD, lead_id))
         created = _created_or_none(lead) if lead is not None else None
-        if created is None:
+        if lead is None or created is None:
             return "waiting_for_lead"
-        candidates = self.ledger.candidates_for(conn, [lead_id]).get(lead_id, [])
+        lead_id = lead.record_id
         fr = first_response(
             candidates,
             lead_created=created,

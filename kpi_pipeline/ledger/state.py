@@ -118,7 +118,7 @@ class WorkloadStateMixin:
             {
                 "sobject": s.sobject,
                 "id": s.record_id,
-                "state": canonical(s.to_json()),
+                "state": s.to_json(),  # stored as parsed JSON; key order is irrelevant
                 "updated_at": self._now(),
             }
             for s in states
@@ -453,8 +453,8 @@ class WorkloadStateMixin:
                 "policy_version": decision.policy_version,
                 "rule_id": decision.rule_id,
                 "model": decision.model,
-                "request": canonical(decision.request),
-                "response": canonical(decision.response),
+                "request": decision.request,
+                "response": decision.response,
                 "replay_ids": list(decision.replay_ids),
             },
         )
