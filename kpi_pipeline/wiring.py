@@ -44,12 +44,7 @@ def org_connection(settings: Settings) -> OrgConnection:
 def _real_org(settings: Settings) -> OrgConnection:
     from kpi_pipeline.auth.jwt import JWTTokenProvider
 
-    provider = JWTTokenProvider(
-        settings.salesforce_login_url,
-        settings.salesforce_client_id,
-        settings.salesforce_username,
-        private_key_file=settings.salesforce_private_key_file,
-    )
+    provider = JWTTokenProvider.from_settings(settings)
     return OrgConnection(settings.pubsub_endpoint, settings.pubsub_tls, provider, is_sandbox=False)
 
 

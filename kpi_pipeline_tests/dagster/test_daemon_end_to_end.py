@@ -123,6 +123,9 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log_path = tmp_path / "daemon.log"
+    # Create the instance storage before the daemon starts: two processes initialising the
+    # same fresh SQLite storage at once can both stamp its alembic version table.
+    assert _state(env)["runs"] == []
 
     daemon = _start_daemon(env, log_path)
     try:
