@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -292,9 +291,11 @@ def _write_manifest(path: Path, manifest: _Manifest) -> None:
 
 
 def _owner(file_name: str) -> str:
-    """Identity in a metric file name: counter_<id>.db, gauge_<mode>_<id>.db."""
+    """Identity in a metric file name: counter_<id>.db, gauge_<mode>_<id>.db ("" if foreign:
+    such files are scraped as they are and never absorbed)."""
     parts = file_name[: -len(".db")].split("_")
-    return parts[2] if parts[0] == "gauge" else parts[1]
+    index = 2 if parts[0] == "gauge" else 1
+    return parts[index] if len(parts) == index + 1 else ""
 
 
 def _visible_files(path: Path, manifest: _Manifest) -> list[Path]:
@@ -389,7 +390,8 @@ def _file_kind(file_name: str) -> str:
 
 def _is_archivable(kind: str) -> bool:
     """live* gauges describe living processes only: a dead process's values are dropped
-    (what mark_process_dead does). `all` keeps one series per process, so it cannot merge."""
+    (what mark_process_dead does). `all` gauges carry one series per process (a pid label)
+    that cannot merge; they are dropped with the process too. Our only gauge is mostrecent."""
     return not (kind.startswith("gauge_live") or kind == "gauge_all")
 
 
@@ -404,8 +406,6 @@ def _write_archive(path: Path, generation: int, files: list[Path]) -> None:
         target.unlink(missing_ok=True)  # leftover of a crashed attempt at this generation
         archive = MmapedDict(str(target))
         for key, (value, timestamp) in _merge_values(kind, kind_files).items():
-            if math.isnan(value):
-                continue
             archive.write_value(key, value, timestamp)
         archive.close()
         with open(target, "rb") as handle:

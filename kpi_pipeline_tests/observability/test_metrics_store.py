@@ -362,7 +362,7 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
             text=True,
             timeout=60,
         )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stdout + done.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "serve", "--compact-interval", "0"],
@@ -371,4 +371,5 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2 and "not a positive number of seconds" in done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not a positive number of seconds" in done.stderr
