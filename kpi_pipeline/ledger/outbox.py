@@ -1,5 +1,5 @@
-"""The Salesforce outbox in the ledger (mixed into ``Ledger``): the ``OutboxPort`` the
-write-back drains.
+"""The Salesforce outbox in the ledger (mixed into ``Ledger``): implements the
+``OutboxPort`` that ``kpi_pipeline.salesforce.outbox.drain_outbox`` drains.
 
 Enqueueing is idempotent per record and field values (a hash of the canonical JSON),
 so re-processing a batch does not queue the same update twice. Items are *claimed* with
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from kpi_pipeline.ledger import schema as t
 from kpi_pipeline.ledger.sql import canonical, dumps, text_insert
+from kpi_pipeline.salesforce.outbox import OutboxItem  # the drain's item type (OutboxPort)
 
 PENDING = "pending"
 CLAIMED = "claimed"
@@ -30,14 +31,6 @@ _ENQUEUE = text_insert(
     ["sobject", "record_id", "fields", "fields_hash", "status", "attempts", "created_at"],
     ["sobject", "record_id", "fields_hash"],
 )
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    sobject: str
-    record_id: str
-    fields: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

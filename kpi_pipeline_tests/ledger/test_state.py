@@ -291,3 +291,15 @@ def test_pool_locks_serialise_concurrent_runs(postgres_url: str) -> None:
         assert conn.execute(sa.text("SELECT count(*) FROM pool_state")).scalar_one() == 1
     a.dispose()
     b.dispose()
+
+
+def test_the_ledger_is_the_outbox_port_the_drain_expects(ledger: Ledger) -> None:
+    from kpi_pipeline.salesforce.outbox import OutboxItem, merge_items
+
+    with ledger.write() as conn:
+        ledger.enqueue_update(conn, "Lead", LEAD, {"OwnerId": "005000000000030AAA"})
+        ledger.enqueue_update(conn, "Lead", LEAD, {"Template_Recommended__c": "t1"})
+    items = ledger.claim_pending(10)
+    assert all(isinstance(item, OutboxItem) for item in items)
+    (merged,) = merge_items(items)
+    assert merged.fields == {"OwnerId": "005000000000030AAA", "Template_Recommended__c": "t1"}
