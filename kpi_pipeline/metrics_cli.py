@@ -179,3 +179,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compact", help="fold finished processes' metric files into the archive"
     )
     compact_parser.set_defaults(func=_compact_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kpi_pipeline.metrics_cli serve|compact ...`: the same commands as
+    `kpi-pipeline metrics ...` without importing every other area (0.2 s start instead of 1 s),
+    for process supervisors and tests that start the endpoint often."""
+    parser = argparse.ArgumentParser(prog="python -m kpi_pipeline.metrics_cli")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["metrics", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+# `kpi-pipeline metrics` without importing the other areas (5x faster start); the full
+# dispatcher is exercised by test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change.
+METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.metrics_cli")
+
 
 def metrics_env(metrics_dir: Path) -> dict[str, str]:
     """Environment of a process recording into (or serving) metrics_dir, like a Dagster run."""
@@ -71,10 +75,7 @@ def start_metrics_server(
     """Start `kpi-pipeline metrics serve` and wait for the address it prints."""
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "kpi_pipeline.cli",
-            "metrics",
+            *METRICS_COMMAND,
             "serve",
             "--port",
             str(port),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline_tests.observability.conftest import (
+    METRICS_COMMAND,
     http_get,
     metrics_env,
     parse_exposition,
@@ -46,7 +47,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def compact(metrics_dir: Path) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "compact"],
+        [*METRICS_COMMAND, "compact"],
         env=metrics_env(metrics_dir),
         capture_output=True,
         text=True,
