@@ -374,3 +374,28 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "not a positive number of seconds" in done.stderr
+
+
+def test_recording_works_when_prometheus_client_was_imported_first(metrics_dir: Path) -> None:
+    """Libraries may import prometheus_client before us, before the directory is exported."""
+    code = (
+        "import prometheus_client\n"
+        "from kpi_pipeline import metrics as m\n"
+        f"m.record_cdc_event('{LEAD}', 'DELETE', 4)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], env=metrics_env(metrics_dir), check=True, timeout=60
+    )
+    server = start_metrics_server(metrics_dir)
+    try:
+        samples = parse_exposition(server.scrape())
+    finally:
+        server.stop()
+    assert value(samples, "cdc_events_total", channel=LEAD, change_type="DELETE") == 4
+
+
+def test_healthz_is_503_when_the_directory_is_gone(metrics_server, metrics_dir: Path) -> None:
+    shutil.rmtree(metrics_dir)
+    status, body = http_get(f"{metrics_server.url}/healthz")
+    assert status == 503
+    assert '"status": "error"' in body and "KPI_METRICS_DIR" in body
