@@ -167,6 +167,7 @@ class BatchProcessor:
                 {rid for e in routing for rid in e.record_ids if not _is_wildcard(rid)}
             ),
             "email_events": [e for e in events if e.entity == EMAIL and not self.is_echo(e)],
+            "lead_events": routing,  # to dead-letter a lead whose recommendation fails
         }
 
     # --- decode and merge ---------------------------------------------------------------
@@ -254,7 +255,9 @@ class BatchProcessor:
             },
         )
 
-    def _dead_letter(self, event: ChangeEvent, stage: str, reason: str) -> None:
+    def _dead_letter(
+        self, event: ChangeEvent, stage: str, reason: str, *, conn: sa.Connection | None = None
+    ) -> None:
         metrics.record_error(f"processing_{stage}")
         log.warning(
             "dead-lettering %s event %s at %s: %s", event.entity, event.replay_int, stage, reason
@@ -266,6 +269,7 @@ class BatchProcessor:
             stage=stage,
             reason=reason,
             payload=None,
+            conn=conn,
         )
 
     # --- routing ------------------------------------------------------------------------
@@ -275,7 +279,14 @@ class BatchProcessor:
         triggers = [e for e in events if e.entity == LEAD and not self.is_echo(e)]
         replays = _replays_by_record(triggers)
         creates = _create_events(triggers)
-        summary = {"leads": len(replays), "routed": 0, "memoized": 0, "owned": 0, "unknown": 0}
+        summary = {
+            "leads": len(replays),
+            "routed": 0,
+            "memoized": 0,
+            "owned": 0,
+            "unknown": 0,
+            "dead_lettered": 0,
+        }
         routed: list[str] = []
         with self.ledger.write() as conn:
             # Pools first: their lock orders concurrent runs, so the memo read below is current.
@@ -287,19 +298,43 @@ class BatchProcessor:
                 if _created_or_none(state) is None:
                     summary["unknown"] += 1  # seen only through updates: re-sync tells its creation
                     continue
-                decision = memo.get(lead_id)
-                basis = self._routing_basis(state, creates.get(lead_id))
-                if decision is None and needs_routing(basis, self.policy):
-                    decision = self._route_one(conn, basis, pools, replays[lead_id])
+
+                def work(lead_id: str = lead_id, state: RecordState = state) -> str:
+                    decision = memo.get(lead_id)
+                    basis = self._routing_basis(state, creates.get(lead_id))
+                    outcome = "memoized" if decision is not None else "owned"
+                    if decision is None and needs_routing(basis, self.policy):
+                        decision = self._route_one(conn, basis, pools, replays[lead_id])
+                        outcome = "routed"
+                    self._apply_assignment(conn, state, decision)
+                    return outcome
+
+                outcome = self._isolated(conn, "route_leads", work, events_of(triggers, lead_id))
+                summary[outcome] += 1
+                if outcome == "routed":
                     routed.append(lead_id)
-                    summary["routed"] += 1
-                elif decision is not None:
-                    summary["memoized"] += 1
-                else:
-                    summary["owned"] += 1
-                self._apply_assignment(conn, state, decision)
         summary["routed_lead_ids"] = sorted(routed)
         return summary
+
+    def _isolated(
+        self, conn: sa.Connection, stage: str, work: Callable[[], str], events: list[ChangeEvent]
+    ) -> str:
+        """Run one lead's work in a savepoint. If the workload code fails on it, its writes
+        are rolled back, the events behind it are dead-lettered and the batch goes on;
+        database errors still fail the step (the run retries it)."""
+        try:
+            with conn.begin_nested():
+                return work()
+        except sa.exc.SQLAlchemyError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if not events:
+                metrics.record_error(f"processing_{stage}")
+                log.error("%s failed with no event to dead-letter: %s", stage, reason)
+            for event in events:
+                self._dead_letter(event, stage, reason, conn=conn)
+            return "dead_lettered"
 
     def _route_one(
         self, conn: sa.Connection, state: RecordState, pools: dict[str, Any], replay_ids: list[str]
@@ -309,7 +344,6 @@ class BatchProcessor:
         decision = outcome.decision
         self.ledger.insert_routing_decision(conn, decision)
         if outcome.pool_state is not None:
-            pools[outcome.pool_state.pool_id] = outcome.pool_state
             self.ledger.save_pool_state(conn, outcome.pool_state)
         lead_input = {name: _field_value(state.fields, name) for name in self._routing_inputs}
         messages = [
@@ -342,6 +376,8 @@ class BatchProcessor:
             else "routed"
         )
         metrics.record_decision(WORKLOAD_ROUTE, outcome_label, self.policy.version)
+        if outcome.pool_state is not None:  # only once everything for this lead succeeded
+            pools[outcome.pool_state.pool_id] = outcome.pool_state
         return decision
 
     def _routing_basis(self, state: RecordState, create: ChangeEvent | None) -> RecordState:
@@ -544,13 +580,22 @@ class BatchProcessor:
         self,
         lead_ids: Iterable[str] = (),
         email_events: Sequence[ChangeEvent] = (),
+        lead_events: Sequence[ChangeEvent] = (),
         *,
         routing_summary: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Recommend a template once per routed lead; record the template each lead's first
         outbound email used (Template_Applied__c)."""
         wanted = set(lead_ids) | set((routing_summary or {}).get("routed_lead_ids", []))
-        summary = {"recommended": 0, "memoized": 0, "no_template": 0, "not_routed": 0, "applied": 0}
+        summary = {
+            "recommended": 0,
+            "memoized": 0,
+            "no_template": 0,
+            "not_routed": 0,
+            "applied": 0,
+            "dead_lettered": 0,
+        }
+        failed_leads: list[str] = []
         with self.ledger.write() as conn:
             decisions = self.ledger.routing_decisions(conn, wanted)
             known = self.ledger.template_recommendations(conn, wanted)
@@ -562,8 +607,19 @@ class BatchProcessor:
                 elif state is None or decision is None:
                     summary["not_routed"] += 1
                 else:
-                    summary[self._recommend_one(conn, state, decision)] += 1
+                    outcome = self._isolated(
+                        conn,
+                        "recommend_templates",
+                        lambda state=state, decision=decision: self._recommend_one(
+                            conn, state, decision
+                        ),
+                        events_of([*lead_events, *email_events], lead_id),
+                    )
+                    summary[outcome] += 1
+                    if outcome == "dead_lettered":
+                        failed_leads.append(lead_id)
             summary["applied"] = self._detect_applied(conn, email_events, wanted)
+        summary["failed_lead_ids"] = failed_leads
         return summary
 
     def _recommend_one(
@@ -736,6 +792,13 @@ def current_owner(state: RecordState, decision: RoutingDecision | None) -> str |
     ):
         return owner
     return decision.owner_id
+
+
+def events_of(events: Iterable[ChangeEvent], record_id: str) -> list[ChangeEvent]:
+    """The events about one record, or (for a lead's emails) related to it."""
+    return [
+        e for e in events if record_id in e.record_ids or e.fields.get("RelatedToId") == record_id
+    ]
 
 
 def _field_value(fields: Mapping[str, Any], name: str) -> Any:

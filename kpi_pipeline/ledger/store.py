@@ -426,21 +426,30 @@ class Ledger(WorkloadStateMixin, OutboxMixin):
         stage: str,
         reason: str,
         payload: bytes | None,
+        conn: sa.Connection | None = None,
     ) -> bool:
-        """Park one event that failed at ``stage``; True if it was not parked there before."""
-        with self.write() as conn:
-            result = conn.execute(
-                insert_ignore(conn, t.dead_letters, ["channel", "replay_id", "stage"]).values(
-                    channel=channel,
-                    replay_id=replay_id,
-                    batch_id=batch_id,
-                    stage=stage,
-                    reason=reason,
-                    payload=payload,
-                    created_at=self._now(),
-                )
-            )
-        return result.rowcount == 1
+        """Park one event that failed at ``stage``; True if it was not parked there before.
+
+        ``conn``: write inside the caller's transaction (the caller commits)."""
+        stmt = insert_ignore(
+            self._conn_or_engine(conn), t.dead_letters, ["channel", "replay_id", "stage"]
+        )
+        values = {
+            "channel": channel,
+            "replay_id": replay_id,
+            "batch_id": batch_id,
+            "stage": stage,
+            "reason": reason,
+            "payload": payload,
+            "created_at": self._now(),
+        }
+        if conn is not None:
+            return conn.execute(stmt.values(**values)).rowcount == 1
+        with self.write() as own:
+            return own.execute(stmt.values(**values)).rowcount == 1
+
+    def _conn_or_engine(self, conn: sa.Connection | None) -> Any:
+        return conn if conn is not None else self.engine
 
     def dead_letters(self, limit: int = 100, *, channel: str | None = None) -> list[DeadLetter]:
         """Newest first."""

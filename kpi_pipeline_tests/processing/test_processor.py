@@ -16,7 +16,7 @@ from kpi_pipeline.cdc.schemas import encode_change, schema_json
 from kpi_pipeline.ledger import Ledger
 from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline.sandbox.changelog import StoredChange
-from kpi_pipeline.workloads.outreach_templates import load_catalog
+from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, make_processor
 from kpi_pipeline_tests.processing.events import (
     AUTOMATION_USER,
@@ -297,3 +297,46 @@ def test_postgresql_ledger_gives_the_same_lead_facts_as_sqlite(
         assert postgres.pool_states() == pool_pointer
     finally:
         postgres.dispose()
+
+
+class _SelectorFailingFor:
+    """A template selector (the LLM boundary) that breaks on one lead's data."""
+
+    def __init__(self, lead_company: str) -> None:
+        self.company = lead_company
+        self.ranker = LocalRanker()
+
+    def select(self, lead_fields, catalog):  # type: ignore[no-untyped-def]
+        if lead_fields.get("Company") == self.company:
+            raise RuntimeError("selector cannot handle this lead")
+        return self.ranker.select(lead_fields, catalog)
+
+
+def test_workload_failure_on_one_lead_dead_letters_it_and_the_batch_goes_on(
+    new_ledger: NewLedger,
+) -> None:
+    from kpi_pipeline.processing import BatchProcessor
+    from kpi_pipeline_tests.processing.conftest import TEST_POLICY
+
+    ledger = new_ledger()
+    processor = BatchProcessor(
+        ledger,
+        TEST_POLICY,
+        selector=_SelectorFailingFor("Broken Co"),
+        catalog=load_catalog(),
+        client_id=CLIENT_ID,
+    )
+    bad = lead_created("00Q000000000001AAA", T0, Company="Broken Co")
+    good = lead_created("00Q000000000002AAA", T0 + MINUTE)
+    summary = processor.process([bad, good])
+    assert summary["templates"]["dead_lettered"] == 1
+    assert summary["templates"]["failed_lead_ids"] == ["00Q000000000001AAA"]
+    assert summary["templates"]["recommended"] == 1
+    (letter,) = ledger.dead_letters()
+    assert (letter.stage, letter.replay_id) == ("recommend_templates", bad.replay_id)
+    assert "selector cannot handle this lead" in letter.reason
+    frame = ledger.lead_facts_frame().set_index("Id")
+    assert frame.loc["00Q000000000001AAA", "Template_Recommended__c"] is None  # rolled back
+    assert frame.loc["00Q000000000001AAA", "Routing_Rule__c"] == "smb-default"  # routing kept
+    assert frame.loc["00Q000000000002AAA", "Template_Recommended__c"] is not None
+    assert len(ledger.decisions_between(workload="outreach_template")) == 1
