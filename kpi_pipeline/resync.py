@@ -206,7 +206,7 @@ def _nulled(body: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class _Source:
+class ResyncSource:
     """Where re-read events say they come from."""
 
     window: ResyncWindow
@@ -243,7 +243,7 @@ class _Source:
 
 
 def events_for_record(
-    source: _Source, entity: str, row: Mapping[str, Any], state: RecordState | None
+    source: ResyncSource, entity: str, row: Mapping[str, Any], state: RecordState | None
 ) -> list[ChangeEvent]:
     """The events that bring the ledger's state of one record up to the re-read.
 
@@ -299,7 +299,6 @@ class _Plan:
     """What to read for one window: ids per entity, or entities over a time range."""
 
     ids: dict[str, list[str]] = field(default_factory=dict)
-    deletes: bool = False
     entities: list[str] = field(default_factory=list)
     since: datetime | None = None
     until: datetime | None = None
@@ -321,7 +320,8 @@ def plan_window(
         if any("*" in rid for rid in ids):
             # Wildcard ids (field type conversions) stand for every record of the entity.
             return _time_plan([entity], window, now)
-        return _Plan(ids={entity: ids}, deletes=detail.get("change_type") == "GAP_DELETE")
+        # GAP_DELETE needs no special case: a record the query does not return is deleted.
+        return _Plan(ids={entity: ids})
     if window.reason == REASON_OVERFLOW:
         entity = detail.get("entity")
         return _time_plan(
@@ -370,7 +370,7 @@ def window_events(
 ) -> tuple[list[ChangeEvent], int, int]:
     """(events, deletions, missing): the re-read as change events, entity by entity in
     the plan's order (Leads before the activities that answer them)."""
-    source = _Source(window)
+    source = ResyncSource(window)
     events: list[ChangeEvent] = []
     deleted = missing = 0
     for entity, entity_rows in rows.items():

@@ -13,7 +13,7 @@ from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_fr
 from kpi_pipeline.resync import (
     RESYNC_ORIGIN,
     ResyncError,
-    _Source,
+    ResyncSource,
     events_for_record,
     plan_window,
     resync_window,
@@ -328,7 +328,7 @@ def test_re_read_events_lose_exact_ties_and_are_not_echoes(pipeline: Pipeline) -
     row = pipeline.org.rest().query_by_ids(
         "Lead", ["Status", "LastModifiedDate", "CreatedDate"], [lead]
     )[0]
-    [reread] = events_for_record(_Source(window), "Lead", row, None)
+    [reread] = events_for_record(ResyncSource(window), "Lead", row, None)
     assert reread.header.change_origin == f"{RESYNC_ORIGIN};window={window_id}"
     assert not pipeline.processor.is_echo(reread)
     same_ms = ChangeEvent(
