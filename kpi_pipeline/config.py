@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Subscribe stream with no response (not even a keepalive) for this long is considered dead.",
     )
+    cdc_stalled_batch_minutes: float = Field(
+        15.0,
+        gt=0,
+        description="A staged batch still not done this long after staging, with no run in progress "
+        "(its run died or was canceled), is requested again by cdc_sensor under a new attempt run key.",
+    )
     sensor_interval_seconds: int = Field(
         5, ge=5, description="Minimum seconds between cdc_sensor ticks (Dagster's floor is 5)."
     )

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
+
+# Metric values of test processes go to a throwaway directory, not the repository's .kpi_data
+# (set before anything imports kpi_pipeline.metrics; subprocesses inherit it).
+os.environ.setdefault("KPI_METRICS_DIR", tempfile.mkdtemp(prefix="kpi-test-metrics-"))
 
 PG_ADMIN_URL = os.environ.get(
     "KPI_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

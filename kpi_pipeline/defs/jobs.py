@@ -127,7 +127,11 @@ def complete_batch(
 
 @dg.job(
     executor_def=dg.in_process_executor,
-    tags={"dagster/max_retries": 3, "dagster/retry_strategy": "FROM_FAILURE"},
+    tags={
+        "dagster/max_retries": 3,
+        "dagster/retry_strategy": "FROM_FAILURE",
+        "dagster/max_runtime": 600,
+    },
     description="One staged CDC batch through routing, first touch and templates, then write-back.",
 )
 def process_cdc_batch():

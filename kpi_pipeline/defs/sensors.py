@@ -5,6 +5,7 @@ outcome into Dagster terms (run requests, cursor, observations of ``cdc_events``
 """
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -22,20 +23,67 @@ def _is_invalid_replay(exc: Exception) -> bool:
     return isinstance(exc, ReplayIdInvalidError)
 
 
+_IN_PROGRESS = {
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+}
+_MAX_RECOVERED_PER_TICK = 20
+
+
+def _batch_request(
+    batch_id: str, channel: str, events: int, replay_range: str, run_key: str
+) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=run_key,
+        # Only the batch id travels in run config; the events stay in the ledger inbox.
+        run_config={"ops": {"load_batch": {"config": {"batch_id": batch_id}}}},
+        tags={
+            "kpi/batch_id": batch_id,
+            "kpi/channel": channel,
+            "kpi/events": str(events),
+            "kpi/replay_range": replay_range,
+        },
+    )
+
+
 def _run_requests(outcome: TickOutcome) -> list[dg.RunRequest]:
     return [
-        dg.RunRequest(
-            run_key=run_key_for(batch.batch_id),
-            # Only the batch id travels in run config; the events stay in the ledger inbox.
-            run_config={"ops": {"load_batch": {"config": {"batch_id": batch.batch_id}}}},
-            tags={
-                "kpi/channel": batch.channel,
-                "kpi/events": str(batch.event_count),
-                "kpi/replay_range": f"{batch.first_replay_hex}-{batch.last_replay_hex}",
-            },
+        _batch_request(
+            b.batch_id,
+            b.channel,
+            b.event_count,
+            f"{b.first_replay_hex}-{b.last_replay_hex}",
+            run_key_for(b.batch_id),
         )
-        for batch in outcome.batches
+        for b in outcome.batches
     ]
+
+
+def _stalled_batch_requests(
+    instance: dg.DagsterInstance, ledger, skip: set[str], min_age: timedelta
+) -> list[dg.RunRequest]:
+    """Staged batches whose runs all ended without finishing them (a killed worker, a canceled
+    run): Dagster never relaunches a used run key, so they get a new attempt key. Nothing
+    staged is left behind."""
+    cutoff = datetime.now(UTC) - min_age
+    requests = []
+    for info in ledger.pending_batches():
+        if info.batch_id in skip or info.staged_at > cutoff:
+            continue
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"kpi/batch_id": info.batch_id}))
+        if any(run.status in _IN_PROGRESS for run in runs):
+            continue
+        replay_range = f"{info.first_replay_hex}-{info.last_replay_hex}"
+        run_key = f"{run_key_for(info.batch_id)}#attempt{len(runs) + 1}"
+        requests.append(
+            _batch_request(info.batch_id, info.channel, info.event_count, replay_range, run_key)
+        )
+        if len(requests) >= _MAX_RECOVERED_PER_TICK:
+            break
+    return requests
 
 
 def _observations(outcome: TickOutcome) -> list[dg.AssetObservation]:
@@ -83,6 +131,12 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
         is_invalid_replay=_is_invalid_replay,
     )
     run_requests = _run_requests(outcome)
+    run_requests += _stalled_batch_requests(
+        context.instance,
+        pipeline.ledger(),
+        {b.batch_id for b in outcome.batches},
+        timedelta(minutes=settings.cdc_stalled_batch_minutes),
+    )
     new_cursor = outcome.cursor.to_json()
     if not run_requests:
         summary = json.dumps({r.channel: r.replay_id_hex for r in outcome.reports})

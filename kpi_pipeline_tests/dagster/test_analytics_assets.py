@@ -66,7 +66,9 @@ def pipeline(week_of_activity):
 
 def test_ledger_snapshot_and_its_blocking_checks_pass(pipeline):
     with dg.instance_for_test() as instance:
-        result = dg.materialize([lead_ledger, *LEDGER_CHECKS], instance=instance, resources={"pipeline": pipeline})
+        result = dg.materialize(
+            [lead_ledger, *LEDGER_CHECKS], instance=instance, resources={"pipeline": pipeline}
+        )
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == {
@@ -96,7 +98,9 @@ def test_kpis_and_flywheel_for_one_day_with_checks(pipeline, week_of_activity):
     assert evaluations["records_validate"].passed
     assert evaluations["records_validate"].metadata["records_checked"].value > 0
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {f"kpi_{n}" for n in ROLLUP_NAMES} | {"flywheel_logs"}  # index skipped: no URL
+    assert materialized == {f"kpi_{n}" for n in ROLLUP_NAMES} | {
+        "flywheel_logs"
+    }  # index skipped: no URL
     overall = (week_of_activity / "kpis" / "ttfr_overall" / f"{day}.csv").read_text().splitlines()
     assert overall[0] == "day,leads,responded,coverage,ttfr_p50,ttfr_p90,ttfr_p95"
     assert overall[1].startswith(day)
@@ -141,7 +145,9 @@ def test_freshness_check_fails_when_stale_and_passes_when_fresh(pipeline):
     t0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
     with dg.instance_for_test() as instance:
         with freeze_time(t0):
-            assert dg.materialize([lead_ledger], instance=instance, resources={"pipeline": pipeline}).success
+            assert dg.materialize(
+                [lead_ledger], instance=instance, resources={"pipeline": pipeline}
+            ).success
 
         def evaluate(at: datetime) -> bool:
             with freeze_time(at):

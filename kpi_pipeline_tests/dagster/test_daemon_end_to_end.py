@@ -109,6 +109,51 @@ def _replay_positions(cursor_json: str) -> dict[str, int]:
     }
 
 
+def _settled(state: dict) -> bool:
+    """Every process_cdc_batch run finished (none queued or running)."""
+    runs = [r for r in state["runs"] if r["job"] == "process_cdc_batch"]
+    return bool(runs) and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs)
+
+
+def _ledger_counts(data_dir: Path) -> tuple[int, int, int, int]:
+    engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
+    with engine.connect() as conn:
+        inbox, distinct = conn.execute(
+            sa.text("select count(*), count(distinct channel || hex(replay_id)) from cdc_inbox")
+        ).one()
+        pending = conn.execute(
+            sa.text("select count(*) from cdc_batches where status != 'done'")
+        ).scalar_one()
+        leads = conn.execute(sa.text("select count(*) from lead_facts")).scalar_one()
+    engine.dispose()
+    return inbox, distinct, pending, leads
+
+
+def _add_leads(data_dir: Path, count: int) -> list[str]:
+    """New activity in the org while the daemon is down."""
+    from kpi_pipeline.sandbox.store import QUEUE_IDS, REP_USER_IDS, SandboxStore
+
+    store = SandboxStore(data_dir / "sandbox.db")
+    try:
+        return [
+            store.create_record(
+                "Lead",
+                {
+                    "Company": f"Restart Co {i}",
+                    "Name": {"LastName": f"Restart {i}"},
+                    "Status": "Open - Not Contacted",
+                    "OwnerId": QUEUE_IDS[0],
+                    "LeadSource": "Web",
+                    "Address": {"CountryCode": "US"},
+                },
+                user_id=REP_USER_IDS[0],
+            )
+            for i in range(count)
+        ]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("storage", ["sqlite", "postgres"])
 def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, make_postgres_db):
     postgres_url = make_postgres_db() if storage == "postgres" else None
@@ -120,6 +165,8 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
         "DAGSTER_HOME": str(home),
         "KPI_DATA_DIR": str(data_dir),
         "KPI_SANDBOX_SEED": "11",
+        "KPI_SANDBOX_LEADS_PER_DAY": "20",
+        "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log_path = tmp_path / "daemon.log"
@@ -127,24 +174,32 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
     # same fresh SQLite storage at once can both stamp its alembic version table.
     assert _state(env)["runs"] == []
 
+    # Phase 1: the daemon drains the seeded history; stop it hard once everything settled.
     daemon = _start_daemon(env, log_path)
     try:
-        first = _wait_for(env, lambda s: s["cursor"] and len(_succeeded(s)) >= 2, 240, log_path)
+        first = _wait_for(
+            env,
+            lambda s: s["cursor"] and _settled(s) and _ledger_counts(data_dir)[2] == 0,
+            240,
+            log_path,
+        )
     finally:
         _kill(daemon)
     positions_before = _replay_positions(first["cursor"])
     assert positions_before, first
+    leads_before = _ledger_counts(data_dir)[3]
 
+    # While it is down, the org changes. Phase 2: a new daemon resumes from the stored cursor.
+    new_leads = _add_leads(data_dir, 3)
     daemon = _start_daemon(env, log_path)
     try:
         second = _wait_for(
             env,
             lambda s: (
-                len(_succeeded(s)) > len(_succeeded(first))
-                and any(
-                    _replay_positions(s["cursor"]).get(ch, 0) > pos
-                    for ch, pos in positions_before.items()
-                )
+                _replay_positions(s["cursor"]).get("/data/LeadChangeEvent", 0)
+                > positions_before["/data/LeadChangeEvent"]
+                and _settled(s)
+                and _ledger_counts(data_dir)[2] == 0
             ),
             240,
             log_path,
@@ -155,15 +210,14 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
     after = _replay_positions(second["cursor"])
     for channel, position in positions_before.items():
         assert after[channel] >= position, f"{channel} cursor moved backwards after restart"
-    keys = [r["key"] for r in second["runs"] if r["job"] == "process_cdc_batch"]
+    runs = [r for r in second["runs"] if r["job"] == "process_cdc_batch"]
+    assert all(r["status"] == "SUCCESS" for r in runs), runs
+    keys = [r["key"] for r in runs]
     assert len(keys) == len(set(keys)), "a batch was launched twice"
+    new_runs = len(runs) - len([r for r in first["runs"] if r["job"] == "process_cdc_batch"])
+    assert 1 <= new_runs <= 3, f"the restart re-launched old batches: {new_runs} new runs"
 
-    ledger = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
-    with ledger.connect() as conn:
-        inbox = conn.execute(
-            sa.text("select count(*), count(distinct channel || hex(replay_id)) from cdc_inbox")
-        ).one()
-        batches = conn.execute(sa.text("select count(*) from cdc_batches")).scalar_one()
-    ledger.dispose()
-    assert inbox[0] == inbox[1] > 0
-    assert batches >= len(_succeeded(second))
+    inbox, distinct, pending, leads = _ledger_counts(data_dir)
+    assert inbox == distinct > 0, "an event was staged twice"
+    assert pending == 0
+    assert leads == leads_before + len(new_leads)

@@ -203,3 +203,30 @@ def test_refused_replay_id_records_a_resync_window_and_restarts_from_earliest(sm
         assert (
             SensorCursor.from_json(result.cursor).for_channel(lead).replay_id != b"\x00\x00\x00\x07"
         )
+
+
+def test_batch_whose_run_died_is_requested_again_under_a_new_attempt_key(
+    small_sandbox, monkeypatch
+):
+    monkeypatch.setenv("KPI_CDC_STALLED_BATCH_MINUTES", "0.0001")
+    pipeline = small_sandbox
+    job = defs.resolve_job_def("process_cdc_batch")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, pipeline, None)
+        request = first.run_requests[0]
+        run = instance.create_run_for_job(
+            job_def=job, run_config=request.run_config, tags=request.tags
+        )
+        instance.report_run_failed(run)  # the worker died; the batch was never completed
+        again = _tick(instance, pipeline, first.cursor)
+        retried = [
+            r for r in again.run_requests if r.tags["kpi/batch_id"] == request.tags["kpi/batch_id"]
+        ]
+        assert [r.run_key for r in retried] == [f"{request.run_key}#attempt2"]
+        # Batches whose runs are still queued or running are left alone.
+        others = [
+            r for r in again.run_requests if r.tags["kpi/batch_id"] != request.tags["kpi/batch_id"]
+        ]
+        assert {r.tags["kpi/batch_id"] for r in others} == {
+            r.tags["kpi/batch_id"] for r in first.run_requests[1:]
+        }
