@@ -10,9 +10,16 @@ first response at its own time), which makes ``replay`` deterministic. The live 
 passes the wall clock instead.
 
 Order independence. Record states merge per field (last writer wins), leads of a batch
-are routed in (creation time, id) order, first responses and assignment times only move
-earlier, and routing is memoized per lead; so duplicated or reordered deliveries of the
-same events leave the same lead facts.
+are routed in (creation time, id) order on the fields they were created with (event
+clock), first responses, assignment times and applied templates only move earlier,
+responses and emails that arrive before their lead wait for it, and routing is memoized
+per lead; so duplicated deliveries, channels drifting apart and shuffled batches leave
+the same lead facts (tested on the shipped stream). One order does matter: round-robin
+pools hand out owners in the order lead creations reach the processor across batches.
+
+Failures. An event that cannot be decoded or merged, or a lead whose workload code
+raises, is dead-lettered with its reason (the lead's writes roll back to a savepoint) and
+the rest of the batch proceeds; database errors fail the step so the run is retried.
 """
 
 from __future__ import annotations
