@@ -41,13 +41,17 @@ def simulated_stream(path: Path, events: int, seed: int) -> tuple[int, float]:
     end_ms = START_MS + int(days * 86_400_000)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-sandbox-") as scratch:
-        store = SandboxStore(Path(scratch) / "sandbox.db", clock=lambda: end_ms, retention_ms=10**13)
+        store = SandboxStore(
+            Path(scratch) / "sandbox.db", clock=lambda: end_ms, retention_ms=10**13
+        )
         simulate(store, leads=leads, days=days, seed=seed, start_ms=START_MS)
         full = Path(scratch) / "full.jsonl"
         written = store.export_recorded(full)
         store.close()
         if written < events:
-            raise SystemExit(f"the simulation gave {written} events, fewer than {events}; raise EVENTS_PER_LEAD's margin")
+            raise SystemExit(
+                f"the simulation gave {written} events, fewer than {events}; raise EVENTS_PER_LEAD's margin"
+            )
         with full.open(encoding="utf-8") as src, path.open("w", encoding="utf-8") as dst:
             for _, line in zip(range(events), src, strict=False):
                 dst.write(line)
