@@ -340,3 +340,51 @@ def test_workload_failure_on_one_lead_dead_letters_it_and_the_batch_goes_on(
     assert frame.loc["00Q000000000001AAA", "Routing_Rule__c"] == "smb-default"  # routing kept
     assert frame.loc["00Q000000000002AAA", "Template_Recommended__c"] is not None
     assert len(ledger.decisions_between(workload="outreach_template")) == 1
+
+
+@pytest.mark.postgres
+def test_concurrent_runs_on_postgresql_route_each_lead_once(postgres_url: str) -> None:
+    """Two runs (own engines, own threads) route overlapping batches at the same time: every
+    lead gets one decision and the pool advances once per lead, never twice for the same.
+    (The pool row lock itself is shown failing-without in
+    kpi_pipeline_tests/ledger/test_state.py::test_pool_locks_serialise_concurrent_runs.)"""
+    import threading
+
+    # Big enough batches that the two routing transactions overlap in time.
+    leads = [lead_created(f"00Q000000000{n:03d}AAA", T0 + n * MINUTE) for n in range(1, 301)]
+    batches = [leads[:200], leads[100:]]  # leads 101..200 are delivered to both runs
+    ledgers = [Ledger.from_url(postgres_url) for _ in batches]
+    # A first lead creates the pool rows, so the two runs below race on existing rows.
+    make_processor(ledgers[0]).process([lead_created("00Q000000000000AAA", T0)])
+    errors: list[BaseException] = []
+
+    def run(ledger: Ledger, batch: list[ChangeEvent]) -> None:
+        try:
+            processor = make_processor(ledger)
+            processor.apply_records(batch)
+            processor.route_leads(processor.select_routing(batch))
+        except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=pair) for pair in zip(ledgers, batches, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    try:
+        decisions = ledgers[0].decisions_between(workload="lead_route")
+        assert sorted(d.lead_id for d in decisions) == sorted(
+            ["00Q000000000000AAA", *(e.record_ids[0] for e in leads)]
+        )
+        pool = ledgers[0].pool_states()["smb"]
+        # one UTC day: a lost pool update would show up as fewer than 301 assignments
+        assert sorted(pool.assigned_today.values()) == [100, 100, 101]
+        assert pool.pointer == 301 % 3
+        routing_updates = [r for r in ledgers[0].outbox() if "OwnerId" in r.fields]
+        assert len(routing_updates) == 301  # one routing update per lead
+    finally:
+        for ledger in ledgers:
+            ledger.dispose()
