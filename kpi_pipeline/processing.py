@@ -311,8 +311,8 @@ class BatchProcessor:
                     basis = self._routing_basis(state, creates.get(lead_id))
                     outcome = "memoized" if decision is not None else "owned"
                     if decision is None and needs_routing(basis, self.policy):
-                        decision = self._route_one(conn, basis, pools, replays[lead_id])
-                        outcome = "routed"
+                        decision, new = self._route_one(conn, basis, pools, replays[lead_id])
+                        outcome = "routed" if new else "memoized"
                     self._apply_assignment(conn, state, decision)
                     return outcome
 
@@ -345,11 +345,14 @@ class BatchProcessor:
 
     def _route_one(
         self, conn: sa.Connection, state: RecordState, pools: dict[str, Any], replay_ids: list[str]
-    ) -> RoutingDecision:
+    ) -> tuple[RoutingDecision, bool]:
+        """Route one lead; (decision, True), or (the stored decision, False) when another run
+        decided it first (the pool locks make that rare; the memo insert makes it harmless)."""
         pools_before = {pool_id: pools[pool_id].to_json() for pool_id in sorted(pools)}
         outcome = route(state, self.policy, pools, decided_at=self._routing_time(state))
         decision = outcome.decision
-        self.ledger.insert_routing_decision(conn, decision)
+        if not self.ledger.insert_routing_decision(conn, decision):
+            return self.ledger.routing_decisions(conn, [decision.lead_id])[decision.lead_id], False
         if outcome.pool_state is not None:
             self.ledger.save_pool_state(conn, outcome.pool_state)
         lead_input = {name: _field_value(state.fields, name) for name in self._routing_inputs}
@@ -385,7 +388,7 @@ class BatchProcessor:
         metrics.record_decision(WORKLOAD_ROUTE, outcome_label, self.policy.version)
         if outcome.pool_state is not None:  # only once everything for this lead succeeded
             pools[outcome.pool_state.pool_id] = outcome.pool_state
-        return decision
+        return decision, True
 
     def _routing_basis(self, state: RecordState, create: ChangeEvent | None) -> RecordState:
         """The lead as routing sees it. Event clock: as it was created (the routing happens
