@@ -34,3 +34,13 @@ def test_dagster_pins_move_in_lockstep():
     assert '"dagster-webserver==1.13.27"' in pyproject
     assert '"dagster-postgres==0.29.27"' in pyproject
     assert "[tool.dagster]" not in pyproject, "a [tool.dagster] block would shadow workspace.yaml"
+
+
+def test_installed_dagster_libraries_are_the_lockstep_versions():
+    import dagster
+    import dagster_postgres
+    import dagster_webserver
+
+    assert dagster.__version__ == "1.13.27"
+    assert dagster_webserver.__version__ == "1.13.27"
+    assert dagster_postgres.__version__ == "0.29.27"
