@@ -205,6 +205,7 @@ def flywheel_logs(context: dg.AssetExecutionContext, pipeline: PipelineResource)
     partitions_def=DAILY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"elasticsearch"},
+    freshness_policy=DAILY_FRESHNESS,
     description=(
         "The day's flywheel records loaded into Elasticsearch (KPI_ELASTICSEARCH_URL, index "
         "KPI_FLYWHEEL_INDEX) with deterministic _ids. Skipped, with the reason, when no URL is set."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 
 CDC_EVENTS_KEY = dg.AssetKey("cdc_events")
@@ -16,4 +18,8 @@ cdc_events = dg.AssetSpec(
     group_name="ingestion",
     kinds={"salesforce"},
     metadata={"source": "Salesforce Pub/Sub API (gRPC + Avro)"},
+    # Observed every sensor tick (≥ 5 s); no observation for 15 minutes means ingestion stopped.
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5)
+    ),
 )

@@ -230,3 +230,16 @@ def test_batch_whose_run_died_is_requested_again_under_a_new_attempt_key(
         assert {r.tags["kpi/batch_id"] for r in others} == {
             r.tags["kpi/batch_id"] for r in first.run_requests[1:]
         }
+
+
+def test_custom_channel_carrying_all_three_objects(small_sandbox, monkeypatch):
+    monkeypatch.setenv("KPI_CDC_CHANNELS", "/data/SalesKpis__chn")
+    monkeypatch.setenv("KPI_CDC_MAX_EVENTS_PER_TICK", "5000")
+    pipeline = small_sandbox
+    with dg.instance_for_test() as instance:
+        result = _tick(instance, pipeline, None)
+        assert [r.tags["kpi/channel"] for r in result.run_requests] == ["/data/SalesKpis__chn"]
+        _run_all(result, instance, pipeline)
+        facts = pipeline.ledger().lead_facts_frame()
+        assert facts["Routing_Rule__c"].notna().sum() > 0
+        assert set(facts["First_Response_Source__c"].dropna()) == {"EmailMessage", "Task"}
