@@ -12,8 +12,9 @@ passes the wall clock instead.
 Order independence. Record states merge per field (last writer wins), leads of a batch
 are routed in (creation time, id) order on the fields they were created with (event
 clock), first responses, assignment times and applied templates only move earlier,
-responses and emails that arrive before their lead wait for it, and routing is memoized
-per lead; so duplicated deliveries, channels drifting apart and shuffled batches leave
+responses and emails that arrive before their lead wait for it, an email linked to its
+lead only through its ``ActivityId`` Task is evaluated again when that Task arrives or
+changes (the ledger keeps an email→activity index), and routing is memoized per lead; so duplicated deliveries, channels drifting apart and shuffled batches leave
 the same lead facts (tested on the shipped stream). One order does matter: round-robin
 pools hand out owners in the order lead creations reach the processor across batches.
 
@@ -175,6 +176,16 @@ class BatchProcessor:
             ),
             "email_events": [e for e in events if e.entity == EMAIL and not self.is_echo(e)],
             "lead_events": routing,  # to dead-letter a lead whose recommendation fails
+            # Emails linked to their lead only through these Tasks are checked again.
+            "task_ids": sorted(
+                {
+                    rid
+                    for e in events
+                    if e.entity == TASK and not self.is_echo(e)
+                    for rid in e.record_ids
+                    if not _is_wildcard(rid)
+                }
+            ),
         }
 
     # --- decode and merge ---------------------------------------------------------------
@@ -466,12 +477,16 @@ class BatchProcessor:
         """Store response candidates; settle each affected lead's first response (only earlier)."""
         activities = [e for e in events if e.entity in (TASK, EMAIL) and not self.is_echo(e)]
         replays = _replays_by_record(activities)
-        keys = sorted(
-            {(e.entity, rid) for e in activities for rid in e.record_ids if not _is_wildcard(rid)}
-        )
-        summary = {"activities": len(keys), "candidates": 0, "improved": 0, "waiting_for_lead": 0}
+        changed = {
+            (e.entity, rid) for e in activities for rid in e.record_ids if not _is_wildcard(rid)
+        }
+        summary = {"activities": len(changed), "candidates": 0, "improved": 0}
+        summary |= {"waiting_for_lead": 0, "relinked_emails": 0}
         affected: set[str] = set(created_lead_ids)
         with self.ledger.write() as conn:
+            relinked = self._emails_of_tasks(conn, changed, replays)
+            summary["relinked_emails"] = len(relinked)
+            keys = sorted(changed | relinked)
             states = self.ledger.records(conn, keys)
             task_lookup = self._task_lookup(conn, states.values())
             lead_replays: dict[str, list[str]] = {}
@@ -502,6 +517,22 @@ class BatchProcessor:
                 )
                 summary[outcome] = summary.get(outcome, 0) + 1
         return summary
+
+    def _emails_of_tasks(
+        self,
+        conn: sa.Connection,
+        changed: set[tuple[str, str]],
+        replays: dict[str, list[str]],
+    ) -> set[tuple[str, str]]:
+        """Stored emails whose ActivityId is one of the changed Tasks: an email linked to
+        its lead only through its Task is re-evaluated when that Task arrives or changes,
+        so its candidate and template do not depend on which came first. The Task's replay
+        ids are credited to the email (they are what triggered the re-evaluation)."""
+        task_ids = [rid for sobject, rid in changed if sobject == TASK]
+        linked = self.ledger.emails_linked_to(conn, task_ids)
+        for email_id, task_id in linked.items():
+            replays.setdefault(email_id, []).extend(replays.get(task_id, []))
+        return {(EMAIL, email_id) for email_id in linked} - changed
 
     def _task_lookup(
         self, conn: sa.Connection, states: Iterable[RecordState]
@@ -591,11 +622,13 @@ class BatchProcessor:
         lead_ids: Iterable[str] = (),
         email_events: Sequence[ChangeEvent] = (),
         lead_events: Sequence[ChangeEvent] = (),
+        task_ids: Iterable[str] = (),
         *,
         routing_summary: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Recommend a template once per routed lead; record the template each lead's first
-        outbound email used (Template_Applied__c)."""
+        outbound email used (Template_Applied__c). ``task_ids``: Tasks that changed in the
+        batch; the emails logged by them are checked again (their lead may be known now)."""
         wanted = set(lead_ids) | set((routing_summary or {}).get("routed_lead_ids", []))
         summary = {
             "recommended": 0,
@@ -628,7 +661,7 @@ class BatchProcessor:
                     summary[outcome] += 1
                     if outcome == "dead_lettered":
                         failed_leads.append(lead_id)
-            summary["applied"] = self._detect_applied(conn, email_events, wanted)
+            summary["applied"] = self._detect_applied(conn, email_events, wanted, task_ids)
         summary["failed_lead_ids"] = failed_leads
         return summary
 
@@ -678,16 +711,23 @@ class BatchProcessor:
         return "recommended"
 
     def _detect_applied(
-        self, conn: sa.Connection, email_events: Sequence[ChangeEvent], lead_ids: Iterable[str]
+        self,
+        conn: sa.Connection,
+        email_events: Sequence[ChangeEvent],
+        lead_ids: Iterable[str],
+        task_ids: Iterable[str] = (),
     ) -> int:
-        """Emails of this batch, plus the stored outbound emails of ``lead_ids`` (emails
-        that arrived before their lead was known), so the answer does not depend on order."""
+        """Emails of this batch, the stored outbound emails of ``lead_ids`` (emails that
+        arrived before their lead was known) and the stored emails whose ActivityId is one
+        of ``task_ids`` (emails that arrived before their Task), so the answer does not
+        depend on order."""
         waiting = {
             c.record_id
             for candidates in self.ledger.candidates_for(conn, lead_ids).values()
             for c in candidates
             if c.source == EMAIL
         }
+        waiting |= set(self.ledger.emails_linked_to(conn, task_ids))
         ids = sorted(
             waiting
             | {

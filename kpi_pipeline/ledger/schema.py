@@ -235,3 +235,33 @@ sf_outbox = sa.Table(
     sa.UniqueConstraint("sobject", "record_id", "fields_hash", name="uq_sf_outbox_values"),
     sa.Index("ix_sf_outbox_status", "status", "id"),
 )
+
+# --- migration 0004: email→activity links, outreach email sends ---------------------------
+
+# EmailMessage id -> its ActivityId (the Task that logs it), kept by ``save_records`` so a
+# Task that arrives after its email finds the email again (index on activity_id).
+email_activity_links = sa.Table(
+    "email_activity_links",
+    metadata,
+    sa.Column("email_id", sa.String(32), primary_key=True),
+    sa.Column("activity_id", sa.String(32), nullable=False),
+    sa.Index("ix_email_activity_links_activity", "activity_id"),
+)
+
+# One row per lead we tried to email (``kpi_pipeline.outreach_send``): the row is written
+# as ``sending`` and committed before the call, so a lead is emailed at most once.
+outreach_sends = sa.Table(
+    "outreach_sends",
+    metadata,
+    sa.Column("lead_id", sa.String(32), primary_key=True),
+    sa.Column("template_id", sa.String(255), nullable=False),
+    # sending | sent | retry | failed | skipped | unconfirmed
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("to_address", sa.String(255)),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_outreach_sends_status", "status"),
+)

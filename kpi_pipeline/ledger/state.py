@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS, lead_facts_columns
 from kpi_pipeline.ledger import schema as t
 from kpi_pipeline.ledger.schema import UTCDateTime
 from kpi_pipeline.ledger.sql import canonical, insert_ignore, text_insert
@@ -25,25 +26,10 @@ from kpi_pipeline.workloads.lead_route import PoolState, RoutingDecision
 from kpi_pipeline.workloads.records import RecordState
 
 RecordKey = tuple[str, str]  # (sobject, id)
+EMAIL = "EmailMessage"
 
-LEAD_FACTS_COLUMNS: tuple[str, ...] = (
-    "Id",
-    "CreatedDate",
-    "OwnerId",
-    "Owner_Assigned_At__c",
-    "Assignment_Latency_Minutes__c",
-    "First_Response_At__c",
-    "First_Response_User__c",
-    "First_Response_Source__c",
-    "Time_to_First_Response__c",
-    "Template_Recommended__c",
-    "Template_Applied__c",
-    "Routing_Policy_Version__c",
-    "Routing_Rule__c",
-    "SLA_Minutes",
-)
-DATETIME_FACTS = ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c")
-NUMBER_FACTS = ("Assignment_Latency_Minutes__c", "Time_to_First_Response__c", "SLA_Minutes")
+# The KPI rollups define the lead-facts frame; the ledger produces exactly that.
+LEAD_FACTS_COLUMNS: tuple[str, ...] = lead_facts_columns()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +100,7 @@ class WorkloadStateMixin:
         return found
 
     def save_records(self, conn: sa.Connection, states: Iterable[RecordState]) -> None:
+        states_list = list(states)
         rows = [
             {
                 "sobject": s.sobject,
@@ -121,10 +108,44 @@ class WorkloadStateMixin:
                 "state": s.to_json(),  # stored as parsed JSON; key order is irrelevant
                 "updated_at": self._now(),
             }
-            for s in states
+            for s in states_list
         ]
         if rows:
             conn.execute(_SAVE_RECORD, rows)
+            self._save_email_links(conn, (s for s in states_list if s.sobject == EMAIL))
+
+    @staticmethod
+    def _save_email_links(conn: sa.Connection, emails: Iterable[RecordState]) -> None:
+        """Keep ``email_activity_links`` in step with the emails' ``ActivityId``."""
+        linked, unlinked = [], []
+        for email in emails:
+            activity_id = email.fields.get("ActivityId")
+            if isinstance(activity_id, str) and activity_id:
+                linked.append({"email_id": email.record_id, "activity_id": activity_id})
+            else:
+                unlinked.append(email.record_id)
+        if linked:
+            conn.execute(_SAVE_EMAIL_LINK, linked)
+        for start in range(0, len(unlinked), 500):
+            c = t.email_activity_links.c
+            conn.execute(
+                t.email_activity_links.delete().where(c.email_id.in_(unlinked[start : start + 500]))
+            )
+
+    def emails_linked_to(self, conn: sa.Connection, activity_ids: Iterable[str]) -> dict[str, str]:
+        """{email id: activity id} of the stored emails whose ActivityId is one of these."""
+        ids = sorted(set(activity_ids))
+        c = t.email_activity_links.c
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            found.update(
+                conn.execute(
+                    sa.select(c.email_id, c.activity_id).where(
+                        c.activity_id.in_(ids[start : start + 500])
+                    )
+                ).all()
+            )
+        return found
 
     def record(self, sobject: str, record_id: str) -> RecordState | None:
         with self.engine.connect() as conn:
@@ -264,12 +285,12 @@ class WorkloadStateMixin:
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(c.Id)).all()
         frame = pd.DataFrame([tuple(r) for r in rows], columns=list(LEAD_FACTS_COLUMNS))
-        for name in DATETIME_FACTS:
+        for name in DATETIME_COLUMNS:
             frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[ns, UTC]")
-        for name in NUMBER_FACTS:
+        for name in NUMBER_COLUMNS:
             frame[name] = pd.to_numeric(frame[name]).astype("float64")
         for name in LEAD_FACTS_COLUMNS:
-            if name not in DATETIME_FACTS and name not in NUMBER_FACTS:
+            if name not in DATETIME_COLUMNS and name not in NUMBER_COLUMNS:
                 frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
         return frame
 
@@ -534,6 +555,12 @@ _SAVE_RECORD = text_insert(
     ["sobject", "id", "state", "updated_at"],
     ["sobject", "id"],
     _excluded("state", "updated_at"),
+)
+_SAVE_EMAIL_LINK = text_insert(
+    t.email_activity_links,
+    ["email_id", "activity_id"],
+    ["email_id"],
+    _excluded("activity_id"),
 )
 _ENSURE_LEAD_FACTS = text_insert(
     t.lead_facts,

@@ -28,6 +28,7 @@ def event(
     origin: str = "",
     replay: int | None = None,
     seq: int = 1,
+    nulled: tuple[str, ...] = (),
     **fields: Any,
 ) -> ChangeEvent:
     if replay is None:
@@ -44,9 +45,9 @@ def event(
         "commitTimestamp": at_ms,
         "commitNumber": at_ms // 1000,
         "commitUser": user,
-        "nulledFields": [],
+        "nulledFields": list(nulled),
         "diffFields": [],
-        "changedFields": sorted(fields) if change_type == "UPDATE" else [],
+        "changedFields": sorted({*fields, *nulled}) if change_type == "UPDATE" else [],
     }
     return ChangeEvent.from_recorded(
         {
@@ -89,6 +90,23 @@ def email_sent(
         "Status": "3",
         "MessageDate": at_ms,
         "RelatedToId": lead_id,
+        "CreatedById": user,
+        "Subject": "Hello",
+    }
+    if template:
+        fields["EmailTemplateId"] = template
+    return event("EmailMessage", email_id, "CREATE", at_ms, user=user, **fields)
+
+
+def email_via_task(
+    email_id: str, task_id: str, at_ms: int, *, user: str = REP_A, template: str | None = None
+) -> ChangeEvent:
+    """An outbound email whose only link to the lead is its ActivityId (the logging Task)."""
+    fields: dict[str, Any] = {
+        "Incoming": False,
+        "Status": "3",
+        "MessageDate": at_ms,
+        "ActivityId": task_id,
         "CreatedById": user,
         "Subject": "Hello",
     }

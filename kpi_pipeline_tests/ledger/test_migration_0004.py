@@ -1,0 +1,53 @@
+"""Migration 0004 on a ledger that already holds data: stored emails get their links."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from kpi_pipeline.ledger import Ledger, migrations
+from kpi_pipeline.ledger.store import create_ledger_engine
+from kpi_pipeline.workloads.records import RecordState
+
+NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
+
+
+def _email(email_id: str, **fields: object) -> RecordState:
+    return RecordState(sobject="EmailMessage", record_id=email_id, fields=dict(fields))
+
+
+def test_upgrading_a_0003_ledger_links_the_emails_it_holds(ledger_url: str) -> None:
+    engine = create_ledger_engine(ledger_url)
+    assert migrations.upgrade(engine, "0003") == "0003"
+    records = sa.table(
+        "records",
+        sa.column("sobject"),
+        sa.column("id"),
+        sa.column("state", sa.JSON),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+    )
+    stored = [
+        _email("02s000000000001AAA", ActivityId="00T000000000001AAA"),
+        _email("02s000000000002AAA", RelatedToId="00Q000000000001AAA"),  # no activity
+        RecordState(sobject="Task", record_id="00T000000000001AAA", fields={"WhoId": "00Q1"}),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            records.insert(),
+            [
+                {"sobject": s.sobject, "id": s.record_id, "state": s.to_json(), "updated_at": NOW}
+                for s in stored
+            ],
+        )
+    engine.dispose()
+
+    ledger = Ledger.from_url(ledger_url)  # upgrades to head
+    try:
+        assert migrations.current_revision(ledger.engine) == migrations.head_revision() == "0004"
+        with ledger.read() as conn:
+            assert ledger.emails_linked_to(conn, ["00T000000000001AAA", "00Q000000000001AAA"]) == {
+                "02s000000000001AAA": "00T000000000001AAA"
+            }
+    finally:
+        ledger.dispose()
