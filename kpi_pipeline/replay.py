@@ -38,9 +38,11 @@ from kpi_pipeline.cdc.events import (
     read_recorded_lines,
 )
 from kpi_pipeline.config import get_settings
-from kpi_pipeline.flywheel.records import build_record, canonical_json, sort_key
+from kpi_pipeline.flywheel.loaders.to_jsonl import write_jsonl
+from kpi_pipeline.flywheel.records import record_from_decision
 from kpi_pipeline.flywheel.schema import WORKLOAD_IDS
 from kpi_pipeline.kpis import compute_all
+from kpi_pipeline.kpis.files import kpi_csv_text
 from kpi_pipeline.ledger import Ledger
 from kpi_pipeline.policies.load import PolicyError, load_policy
 from kpi_pipeline.processing import BatchProcessor
@@ -49,7 +51,6 @@ from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 
 LEAD_FACTS_CSV_COLUMNS: tuple[str, ...] = ("Id", "CreatedDate", OWNER_FIELD, *WRITTEN_FIELD_NAMES)
 DEFAULT_BATCH_SIZE = 500  # the sensor's default events per channel and tick
-KPI_FLOAT_FORMAT = "%.10g"  # fixed, locale-free; enough digits for minutes and ratios
 
 
 class ReplayError(ValueError):
@@ -146,35 +147,26 @@ def write_lead_facts(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def write_kpis(frame: pd.DataFrame, folder: Path, *, as_of: datetime, tz: str) -> list[Path]:
+    """Every rollup as ``<rollup>.csv``, rendered as the daily KPI assets render them."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in sorted(compute_all(frame, as_of=as_of, tz=tz).items()):
         path = folder / f"{name}.csv"
-        table.to_csv(path, index=False, lineterminator="\n", float_format=KPI_FLOAT_FORMAT)
+        path.write_text(kpi_csv_text(table), encoding="utf-8", newline="\n")
         written.append(path)
     return written
 
 
 def write_flywheel(decisions: Sequence[Any], folder: Path, *, client_id: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    """One ``<workload>.jsonl`` per workload (empty when it decided nothing), built and
+    written as the flywheel export does (records from decisions, stable order)."""
     by_workload: dict[str, list[dict[str, Any]]] = {w: [] for w in WORKLOAD_IDS}
     for decision in decisions:
-        by_workload[decision.workload].append(
-            build_record(
-                workload_id=decision.workload,
-                client_id=client_id,
-                decided_at=decision.decided_at,
-                model=decision.model,
-                messages=decision.request["messages"],
-                decision=decision.response,
-                metadata=decision.request["metadata"],
-            )
-        )
+        by_workload[decision.workload].append(record_from_decision(decision, client_id=client_id))
     written = []
     for workload, records in sorted(by_workload.items()):
         path = folder / f"{workload}.jsonl"
-        lines = [canonical_json(record) + "\n" for record in sorted(records, key=sort_key)]
-        path.write_text("".join(lines), encoding="utf-8")
+        write_jsonl(records, path)
         written.append(path)
     return written
 

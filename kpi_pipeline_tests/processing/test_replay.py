@@ -156,3 +156,44 @@ def test_ledger_commands(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out == ""
     assert main(["ledger", "resync-windows", "--url", url, "--close", "99"]) == 2
     assert "no resync window with id 99" in capsys.readouterr().err
+
+
+def test_replay_renders_kpis_and_flywheel_as_the_daily_assets_do(tmp_path: Path) -> None:
+    """One output path: replay's files are what kpis.files and the flywheel JSONL writer
+    produce for the same ledger, not a second rendering of their own."""
+    from kpi_pipeline.config import get_settings
+    from kpi_pipeline.flywheel.loaders.to_jsonl import write_jsonl
+    from kpi_pipeline.flywheel.records import record_from_decision
+    from kpi_pipeline.kpis import compute_all
+    from kpi_pipeline.kpis.files import kpi_csv_text
+    from kpi_pipeline.ledger import Ledger
+    from kpi_pipeline.policies.load import load_policy
+    from kpi_pipeline.processing import BatchProcessor
+    from kpi_pipeline.replay import read_events, replay
+    from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
+
+    result = replay(RECORDED_STREAM, tmp_path / "out", batch_size=500)
+    settings = get_settings()
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        processor = BatchProcessor(
+            ledger,
+            load_policy(settings.policy_file),
+            selector=LocalRanker(),
+            catalog=load_catalog(),
+            client_id=settings.client_id,
+        )
+        events = read_events(RECORDED_STREAM)
+        for start in range(0, len(events), 500):
+            processor.process(events[start : start + 500])
+        frame, decisions = ledger.lead_facts_frame(), ledger.decisions_between()
+    finally:
+        ledger.dispose()
+    for name, table in compute_all(frame, as_of=result.as_of, tz=settings.timezone).items():
+        assert (tmp_path / "out" / "kpis" / f"{name}.csv").read_text() == kpi_csv_text(table)
+    route = [record_from_decision(d, client_id=settings.client_id) for d in decisions]
+    route = [r for r in route if r["workload_id"] == "lead_route"]
+    write_jsonl(route, tmp_path / "lead_route.jsonl")
+    assert (tmp_path / "out" / "flywheel" / "lead_route.jsonl").read_bytes() == (
+        tmp_path / "lead_route.jsonl"
+    ).read_bytes()
