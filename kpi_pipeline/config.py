@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     send_email: bool = Field(
         False, description="Send the recommended template via emailSimple (off: recommend only)."
     )
+    email_sender_name: str | None = Field(
+        None,
+        description="Fills {{sender_name}} in sent templates (e.g. 'Ana from Acme'); required "
+        "when send_email is on and a template uses it.",
+    )
 
     # --- observability ------------------------------------------------------------------
     metrics_dir: Path | None = Field(

@@ -119,10 +119,29 @@ def complete_batch(
         "first_touch": first_touch_summary,
         "templates": template_summary,
         "write_back": write_back,
+        "email_send": _send_emails(context, pipeline) if settings.send_email else None,
     }
     pipeline.ledger().mark_batch_done(batch_id, run_id=context.run_id, summary=summary)
     context.add_output_metadata({"summary": dg.MetadataValue.json(summary)})
     return summary
+
+
+def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dict:
+    """KPI_SEND_EMAIL: email the recommended templates, at most once per lead (after the
+    drain, so the lead's routing fields are in Salesforce first)."""
+    from kpi_pipeline.outreach_send import send_recommended_emails
+
+    report = send_recommended_emails(
+        pipeline.ledger(),
+        pipeline.salesforce_rest(),
+        pipeline.processor().catalog,
+        sender_name=pipeline.settings().email_sender_name,
+    )
+    if report.unconfirmed or report.stopped:
+        context.log.warning(
+            f"outreach send: stopped={report.stopped!r} unconfirmed={report.unconfirmed}"
+        )
+    return report.to_dict()
 
 
 @dg.job(

@@ -28,6 +28,7 @@ from kpi_pipeline.cdc.raw import RawEvent
 from kpi_pipeline.ledger import migrations
 from kpi_pipeline.ledger import schema as t
 from kpi_pipeline.ledger.outbox import OutboxMixin
+from kpi_pipeline.ledger.sends import SendsMixin
 from kpi_pipeline.ledger.sql import dumps, insert_ignore
 from kpi_pipeline.ledger.state import WorkloadStateMixin
 
@@ -160,7 +161,7 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
 # --- the ledger -------------------------------------------------------------------------
 
 
-class Ledger(WorkloadStateMixin, OutboxMixin):
+class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin):
     """The lead ledger. Build with ``Ledger.from_url`` (which migrates to the newest schema)."""
 
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] | None = None) -> None:
