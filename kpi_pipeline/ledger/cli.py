@@ -2,7 +2,10 @@
 
 * ``ledger upgrade [--url URL]``: migrate the ledger schema to the newest revision;
 * ``ledger dead-letters [--limit N] [--channel C]``: events parked with their reason;
-* ``ledger resync-windows [--all] [--close ID --note TEXT]``: spans CDC did not deliver.
+* ``ledger resync-windows [--all] [--close ID --note TEXT]``: spans CDC did not deliver;
+* ``ledger outreach-sends [--status S] [--reset LEAD_ID]``: outreach emails and their
+  outcome; ``--reset`` makes an unconfirmed, stuck or failed send eligible again (only
+  after checking in Salesforce that no email went out).
 
 The URL defaults to the configured ledger (``KPI_LEDGER_URL``, else ``DATA_DIR/ledger.db``).
 Output is JSON Lines, one object per row, so it pipes into ``jq``.
@@ -100,6 +103,30 @@ def _resync_windows(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outreach_sends(args: argparse.Namespace) -> int:
+    ledger = Ledger.from_url(_url(args))
+    try:
+        if args.reset is not None:
+            _print({"lead_id": args.reset, "reset": ledger.reset_send(args.reset)})
+            return 0
+        for row in ledger.outreach_sends(args.status):
+            _print(
+                {
+                    "lead_id": row.lead_id,
+                    "template_id": row.template_id,
+                    "status": row.status,
+                    "attempts": row.attempts,
+                    "to_address": row.to_address,
+                    "error": row.error,
+                    "started_at": format_sf_datetime(row.started_at),
+                    "sent_at": format_sf_datetime(row.sent_at),
+                }
+            )
+    finally:
+        ledger.dispose()
+    return 0
+
+
 def _guarded(func):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         try:
@@ -113,7 +140,7 @@ def _guarded(func):  # type: ignore[no-untyped-def]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "ledger", help="lead ledger: migrate, dead letters, re-sync windows"
+        "ledger", help="lead ledger: migrate, dead letters, re-sync windows, outreach sends"
     )
     commands = parser.add_subparsers(dest="ledger_command", required=True, metavar="LEDGER_COMMAND")
 
@@ -139,3 +166,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     windows.add_argument("--all", action="store_true", help="include closed windows")
     windows.add_argument("--close", type=int, default=None, metavar="ID", help="close this window")
     windows.add_argument("--note", default=None, help="note stored with --close")
+    sends = add("outreach-sends", "list outreach email sends and their outcome", _outreach_sends)
+    sends.add_argument("--status", default=None, help="only this status (e.g. unconfirmed)")
+    sends.add_argument(
+        "--reset",
+        default=None,
+        metavar="LEAD_ID",
+        help="make this lead's unconfirmed/stuck/failed send eligible again (check Salesforce first)",
+    )

@@ -228,3 +228,27 @@ def test_concurrent_runs_on_postgresql_send_each_lead_once(
     assert sum(len(r.sent) for r in reports) == 20
     for ledger in [seed, *ledgers]:
         ledger.dispose()
+
+
+def test_operators_list_and_reset_sends_from_the_command_line(
+    tmp_path: Path, org: SandboxOrg, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from kpi_pipeline.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    ledger = Ledger.from_url(url)
+    try:
+        make_processor(ledger).process([_lead(LEAD_1)])
+        org.server.faults.fail_next_requests(1)
+        _send(ledger, org)
+    finally:
+        ledger.dispose()
+    assert main(["ledger", "outreach-sends", "--url", url, "--status", "unconfirmed"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["lead_id"], row["status"], row["sent_at"]) == (LEAD_1, "unconfirmed", "")
+    assert main(["ledger", "outreach-sends", "--url", url, "--reset", LEAD_1]) == 0
+    assert json.loads(capsys.readouterr().out) == {"lead_id": LEAD_1, "reset": True}
+    assert main(["ledger", "outreach-sends", "--url", url, "--reset", LEAD_1]) == 0
+    assert json.loads(capsys.readouterr().out)["reset"] is False  # already eligible
