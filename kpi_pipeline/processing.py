@@ -14,9 +14,11 @@ are routed in (creation time, id) order on the fields they were created with (ev
 clock), first responses, assignment times and applied templates only move earlier,
 responses and emails that arrive before their lead wait for it, an email linked to its
 lead only through its ``ActivityId`` Task is evaluated again when that Task arrives or
-changes (the ledger keeps an email→activity index), and routing is memoized per lead; so duplicated deliveries, channels drifting apart and shuffled batches leave
-the same lead facts (tested on the shipped stream). One order does matter: round-robin
-pools hand out owners in the order lead creations reach the processor across batches.
+changes (the ledger keeps an email→activity index), and routing is memoized per lead;
+so duplicated deliveries, channels drifting apart and shuffled batches leave the same
+lead facts (tested on the shipped stream, and on sampled channel interleavings of a
+small one). One order does matter: round-robin pools hand out owners in the order lead
+creations reach the processor across batches.
 
 Failures. An event that cannot be decoded or merged, or a lead whose workload code
 raises, is dead-lettered with its reason (the lead's writes roll back to a savepoint) and
