@@ -66,7 +66,8 @@ class MetricsServer:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            # Generous: under heavy disk load an fsync in flight can delay the exit.
+            self.process.wait(timeout=60)
 
 
 def start_metrics_server(
@@ -90,7 +91,7 @@ def start_metrics_server(
     line = process.stdout.readline() if process.stdout else ""
     if "serving metrics on " not in line:
         process.kill()
-        _, stderr = process.communicate(timeout=10)
+        _, stderr = process.communicate(timeout=60)
         raise AssertionError(f"metrics serve did not start: {line!r} {stderr}")
     url = line.split("serving metrics on ", 1)[1].split("/metrics", 1)[0]
     return MetricsServer(process, url)

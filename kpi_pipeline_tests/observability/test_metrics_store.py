@@ -176,7 +176,7 @@ def test_compaction_leaves_a_running_process_alone(metrics_dir: Path) -> None:
         assert live_owner in owners_of_files(metrics_dir)
         run_recording(metrics_dir, f"m.record_cdc_event('{LEAD}', 'CREATE', 7)")  # while it lives
     finally:
-        running.communicate("\n", timeout=10)
+        running.communicate("\n", timeout=60)
     compact(metrics_dir)
     assert live_owner not in owners_of_files(metrics_dir)
     server = start_metrics_server(metrics_dir)
