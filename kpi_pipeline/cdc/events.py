@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-CHANGE_TYPES = frozenset(
-    {
-        "CREATE",
-        "UPDATE",
-        "DELETE",
-        "UNDELETE",
-        "GAP_CREATE",
-        "GAP_UPDATE",
-        "GAP_DELETE",
-        "GAP_UNDELETE",
-        "GAP_OVERFLOW",
-        "SNAPSHOT",
-    }
+# In the order of the Avro enum symbols of ChangeEventHeader.changeType.
+CHANGE_TYPE_SYMBOLS = (
+    "CREATE",
+    "UPDATE",
+    "DELETE",
+    "UNDELETE",
+    "GAP_CREATE",
+    "GAP_UPDATE",
+    "GAP_DELETE",
+    "GAP_UNDELETE",
+    "GAP_OVERFLOW",
+    "SNAPSHOT",
 )
+CHANGE_TYPES = frozenset(CHANGE_TYPE_SYMBOLS)
 OVERFLOW_RECORD_ID = "000000000000000AAA"
 
 

@@ -22,23 +22,13 @@ import fastavro
 
 from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, encode_bitmap
 from kpi_pipeline.cdc.errors import UnknownSchemaError
+from kpi_pipeline.cdc.events import CHANGE_TYPE_SYMBOLS as EVENT_CHANGE_TYPE_SYMBOLS
 from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
 from kpi_pipeline.salesforce_fields import WRITTEN_LEAD_FIELDS
 from kpi_pipeline.sandbox.changelog import StoredChange
 
 NAMESPACE = "com.sforce.eventbus"
-CHANGE_TYPE_SYMBOLS = [
-    "CREATE",
-    "UPDATE",
-    "DELETE",
-    "UNDELETE",
-    "GAP_CREATE",
-    "GAP_UPDATE",
-    "GAP_DELETE",
-    "GAP_UNDELETE",
-    "GAP_OVERFLOW",
-    "SNAPSHOT",
-]
+CHANGE_TYPE_SYMBOLS = list(EVENT_CHANGE_TYPE_SYMBOLS)
 BITMAP_HEADER_FIELDS = ("nulledFields", "diffFields", "changedFields")
 # Fields a REST record has but CDC never carries (reference §4): dropped by the encoder.
 NOT_IN_CDC = frozenset({"Id", "IsDeleted", "SystemModstamp", "attributes"})
