@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ os.environ.setdefault("KPI_DATA_DIR", str(WORKDIR / "kpi"))
 import sqlalchemy as sa  # noqa: E402
 
 from kpi_pipeline.cdc.events import replay_id_to_int  # noqa: E402
+from kpi_pipeline.sandbox.simulator import API_ORIGIN, UI_ORIGIN  # noqa: E402
 from kpi_pipeline.sandbox.store import (  # noqa: E402
     INBOUND_QUEUE,
     INTEGRATION_USER,
@@ -67,13 +68,9 @@ from kpi_pipeline.sandbox.store import (  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-API_ORIGIN = "com/salesforce/api/rest/64.0;client=WebToLeadConnector"
-UI_ORIGIN = "com/salesforce/api/soap/64.0;client=SfdcInternalAPI/"
 RESPONSE_DELAY_S = (8.0, 15.0)
-SEED_LEADS_PER_DAY = "20"
-QUIET_LOGS = {
-    "loggers": {"console": {"config": {"log_level": "WARNING"}}}
-}  # a small seeded history: the warm-up drains it in one tick
+SEED_LEADS_PER_DAY = "20"  # a small seeded history: the warm-up drains it in one tick
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 # --- committing activity ----------------------------------------------------------------
@@ -247,8 +244,6 @@ def read_traces(ledger_url: str, store_path: Path, log: CommitLog) -> list[Event
 
 def _dt(value: Any) -> datetime | None:
     """Ledger times come back as aware datetimes (PostgreSQL) or naive UTC text (raw SQLite)."""
-    from datetime import UTC
-
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
