@@ -562,6 +562,9 @@ def run_daemon(args: argparse.Namespace) -> int:
             fail=False,
         )
         traces = read_traces(ledger_url, data_dir / "sandbox.db", committer.log)
+        time.sleep(
+            5
+        )  # the runs that wrote the last decisions end (< 2 s after them) for the breakdown
     finally:
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=30)
