@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -694,6 +695,7 @@ def main() -> int:
     for p in (inproc, daemon):
         p.add_argument("--seconds", type=float, default=60.0 if p is inproc else 150.0)
         p.add_argument("--lead-rate", type=float, default=0.2, help="new leads per second")
+        p.add_argument("--keep", action="store_true", help=f"keep the scratch directory {WORKDIR}")
     args = parser.parse_args()
     if args.seconds <= 0 or args.lead_rate <= 0:
         parser.error("--seconds and --lead-rate must be positive")
@@ -701,7 +703,11 @@ def main() -> int:
         parser.error("--interval must be >= 0")
     if args.scenario == "inprocess" and args.idle_return is not None and args.idle_return <= 0:
         parser.error("--idle-return must be positive")
-    return run_inprocess(args) if args.scenario == "inprocess" else run_daemon(args)
+    try:
+        return run_inprocess(args) if args.scenario == "inprocess" else run_daemon(args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(WORKDIR, ignore_errors=True)
 
 
 if __name__ == "__main__":

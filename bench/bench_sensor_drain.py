@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -258,15 +259,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--bound", type=int, action="append", help="events per channel and tick")
     parser.add_argument("--ledger", choices=("sqlite", "postgres"), action="append")
+    parser.add_argument("--keep", action="store_true", help=f"keep the scratch directory {WORKDIR}")
     args = parser.parse_args()
     bounds = args.bound or [500, 2000]
     kinds = args.ledger or ["sqlite", "postgres"]
     if args.leads < 1 or min(bounds) < 1:
         parser.error("--leads and --bound must be at least 1")
 
+    try:
+        return drain_all(args.leads, args.seed, bounds, kinds)
+    finally:
+        if not args.keep:
+            shutil.rmtree(WORKDIR, ignore_errors=True)
+
+
+def drain_all(leads: int, seed: int, bounds: list[int], kinds: list[str]) -> int:
     started = time.perf_counter()
-    total = fill_store(WORKDIR / "sandbox.db", args.leads, args.seed)
-    print(f"sandbox store: {total:,} change events from {args.leads:,} leads "
+    total = fill_store(WORKDIR / "sandbox.db", leads, seed)
+    print(f"sandbox store: {total:,} change events from {leads:,} leads "
           f"({time.perf_counter() - started:.1f} s to simulate); machine {platform.node()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     results: list[DrainResult] = []
