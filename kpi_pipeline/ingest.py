@@ -47,6 +47,7 @@ class PubSubFetcher(Protocol):
         preset: str,
         max_events: int,
         max_seconds: float,
+        idle_return_s: float,
     ) -> FetchResultLike: ...
 
     def get_schema(self, schema_id: str) -> str: ...
@@ -87,6 +88,7 @@ class DrainLimits:
     max_seconds: float
     initial_preset: str = "EARLIEST"
     on_invalid_replay: str = "EARLIEST"
+    idle_return_seconds: float = 0.25
 
 
 def run_key_for(batch_id: str) -> str:
@@ -272,6 +274,7 @@ def _fetch(
             preset="CUSTOM",
             max_events=limits.max_events,
             max_seconds=limits.max_seconds,
+            idle_return_s=limits.idle_return_seconds,
         )
     return fetcher.fetch(
         channel,
@@ -279,6 +282,7 @@ def _fetch(
         preset=preset,
         max_events=limits.max_events,
         max_seconds=limits.max_seconds,
+        idle_return_s=limits.idle_return_seconds,
     )
 
 

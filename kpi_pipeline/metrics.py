@@ -201,6 +201,8 @@ KNOWN_ERROR_AREAS = (
     "flywheel",
     "sandbox",
     "metrics",
+    "outreach_send",
+    "cdc_resync",
 )
 
 

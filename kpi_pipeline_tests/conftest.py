@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
+
+# A suite started from a background shell (as CI harnesses do) inherits SIGINT ignored.
+# Dagster maps SIGTERM to SIGINT's disposition, so SIGTERM would be ignored too, and every
+# server a test starts (inheriting it) could no longer be stopped with terminate().
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 # Metric values of test processes go to a throwaway directory, not the repository's .kpi_data
 # (set before anything imports kpi_pipeline.metrics; subprocesses inherit it).

@@ -127,6 +127,7 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
             max_seconds=settings.cdc_fetch_timeout_seconds,
             initial_preset=settings.cdc_initial_preset,
             on_invalid_replay=settings.cdc_on_invalid_replay,
+            idle_return_seconds=settings.cdc_idle_return_seconds,
         ),
         is_invalid_replay=_is_invalid_replay,
     )
