@@ -4,6 +4,11 @@ No Dagster here; the Dagster resources in ``kpi_pipeline.defs.resources`` are th
 wrappers. Objects are cached per process because a Dagster code server evaluates the
 sensor many times in one process (gRPC channels and schema caches are worth keeping),
 while each run is a fresh process that builds its own.
+
+The embedded sandbox runs in a process of its own (``kpi_pipeline.sandbox.runtime``) that
+can stop or be replaced while this process lives on, so the sandbox connection is checked
+(cheaply: ``sandbox.json`` and two loopback TCP connects) each time it is handed out, and
+the clients built for a sandbox that no longer answers are dropped and rebuilt.
 """
 
 from __future__ import annotations
@@ -33,12 +38,18 @@ class OrgConnection:
     pubsub_tls: bool
     token_provider: Any  # kpi_pipeline.auth.jwt.JWTTokenProvider | StaticTokenProvider
     is_sandbox: bool
+    sandbox_endpoints: Any = None  # kpi_pipeline.sandbox.runtime.SandboxEndpoints it was built for
 
 
 def org_connection(settings: Settings) -> OrgConnection:
     if settings.uses_real_org:
         return _cached(("org", settings.salesforce_username or ""), lambda: _real_org(settings))
-    return _cached(("sandbox", str(settings.data_dir.resolve())), lambda: _sandbox_org(settings))
+    key = ("sandbox", str(settings.data_dir.resolve()))
+    with _lock:
+        cached = _cache.get(key)
+        if cached is not None and not _sandbox_still_serves(settings, cached):
+            _forget_sandbox(key, cached)
+        return _cached(key, lambda: _sandbox_org(settings))
 
 
 def _real_org(settings: Settings) -> OrgConnection:
@@ -54,7 +65,27 @@ def _sandbox_org(settings: Settings) -> OrgConnection:
 
     endpoints = ensure_sandbox(settings.data_dir, settings=settings)
     provider = StaticTokenProvider(endpoints.access_token, endpoints.rest_url, endpoints.tenant_id)
-    return OrgConnection(endpoints.pubsub_target, False, provider, is_sandbox=True)
+    return OrgConnection(
+        endpoints.pubsub_target, False, provider, is_sandbox=True, sandbox_endpoints=endpoints
+    )
+
+
+def _sandbox_still_serves(settings: Settings, conn: OrgConnection) -> bool:
+    """``sandbox.json`` still names the sandbox ``conn`` was built for, and it answers."""
+    from kpi_pipeline.sandbox.runtime import read_endpoints
+
+    return read_endpoints(settings.data_dir) == conn.sandbox_endpoints
+
+
+def _forget_sandbox(key: tuple[str, ...], conn: OrgConnection) -> None:
+    """Drop a dead sandbox's connection and the clients built on it (their channels would
+    answer "connection refused" until rebuilt). Not closed here: a call in another thread
+    may still hold one; they close when collected."""
+    _cache.pop(key, None)
+    client = _cache.pop(("pubsub", conn.pubsub_target), None)
+    if client is not None:
+        _cache.pop(("decoder", str(id(client))), None)
+    _cache.pop(("rest", conn.pubsub_target), None)
 
 
 def pubsub_client(settings: Settings):
@@ -77,7 +108,7 @@ def event_decoder(settings: Settings):
     from kpi_pipeline.cdc.decode import EventDecoder
 
     client = pubsub_client(settings)
-    return _cached(("decoder", id(client).__str__()), lambda: EventDecoder(client.get_schema))
+    return _cached(("decoder", str(id(client))), lambda: EventDecoder(client.get_schema))
 
 
 def ledger(settings: Settings):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import threading
@@ -11,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 
 from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
+
+ACCESS_TOKEN_ENV = "KPI_SANDBOX_ACCESS_TOKEN"  # keeps the token off the command line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.set_defaults(func=_simulate)
 
     serve = commands.add_parser(
-        "serve", help="serve a store over the Pub/Sub API and REST on 127.0.0.1"
+        "serve",
+        help="serve a store over the Pub/Sub API and REST on 127.0.0.1",
+        description="Serve a sandbox store until SIGTERM/SIGINT. With --endpoints-file it "
+        "registers itself there (the pipeline's DATA_DIR/sandbox.json, as `dagster dev` "
+        "starts it) and exits once the process that started it is gone and no request "
+        "arrived for --idle-exit-seconds.",
     )
     serve.add_argument("--store", required=True, type=Path, help="sandbox store file (SQLite)")
     serve.add_argument(
@@ -48,11 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--access-token",
-        default="sandbox-token",
-        help="static token accepted beside JWT-issued ones",
+        default=os.environ.get(ACCESS_TOKEN_ENV) or "sandbox-token",
+        help=f"static token accepted beside JWT-issued ones (default: ${ACCESS_TOKEN_ENV} "
+        "or sandbox-token)",
     )
     serve.add_argument(
         "--tenant-id", default="00D000000000001AAA", help="org id the sandbox reports"
+    )
+    serve.add_argument(
+        "--seed-leads-per-day",
+        type=int,
+        default=0,
+        help="create the store if missing and, when it has no events, seed 2 days of history "
+        "at this many leads per day (default 0: the store must exist)",
     )
     serve.add_argument(
         "--live-leads-per-hour",
@@ -63,11 +80,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--speedup", type=float, default=600.0, help="live responses come this many times faster"
     )
-    serve.add_argument("--seed", type=int, default=7, help="seed of the live simulator")
+    serve.add_argument("--seed", type=int, default=7, help="seed of the seeding and live simulator")
     serve.add_argument(
         "--jwt-key-out",
         type=Path,
         help="write the connected app's private key (PEM) here to try the JWT flow",
+    )
+    serve.add_argument(
+        "--endpoints-file",
+        type=Path,
+        help="register in this JSON file (pid, endpoints, JWT details) under its lock, remove "
+        "it on exit; refuse to start when it names a live sandbox",
+    )
+    serve.add_argument(
+        "--parent-pid",
+        type=int,
+        help="the process this sandbox serves (default: the one that started it)",
+    )
+    serve.add_argument(
+        "--idle-exit-seconds",
+        type=float,
+        default=900.0,
+        help="exit once the parent process is gone and no Pub/Sub or REST request arrived "
+        "for this long (default 900; 0: never)",
     )
     serve.set_defaults(func=_serve)
 
@@ -128,11 +163,20 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from kpi_pipeline.sandbox.runtime import SandboxRuntime
+    from kpi_pipeline.sandbox.runtime import (
+        SandboxAlreadyRunning,
+        SandboxRuntime,
+        seed_if_empty,
+        start_registered,
+        unregister,
+        write_private_file,
+    )
 
-    if error := _existing_store(args.store):
+    if error := _serve_input_error(args):
         print(error, file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parent_pid = args.parent_pid or os.getppid()
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -146,29 +190,85 @@ def _serve(args: argparse.Namespace) -> int:
         access_token=args.access_token,
         tenant_id=args.tenant_id,
     )
+
+    def prepare() -> None:
+        if args.seed_leads_per_day > 0:
+            args.store.parent.mkdir(parents=True, exist_ok=True)
+            seed_if_empty(args.store, leads_per_day=args.seed_leads_per_day, seed=args.seed)
+        if args.jwt_key_out and runtime.jwt_private_key_pem:
+            write_private_file(args.jwt_key_out, runtime.jwt_private_key_pem)
+
     try:
-        runtime.start()
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
+        try:
+            if args.endpoints_file:
+                start_registered(
+                    runtime, args.endpoints_file, prepare=prepare, extra=_registration_info(args)
+                )
+            else:
+                prepare()
+                runtime.start()
+        except (SandboxAlreadyRunning, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if args.live_leads_per_hour > 0:
             runtime.start_live(
                 seed=args.seed,
                 leads_per_hour=args.live_leads_per_hour,
                 response_speedup=args.speedup,
             )
-        if args.jwt_key_out and runtime.jwt_private_key_pem:
-            args.jwt_key_out.write_bytes(runtime.jwt_private_key_pem)
         _print_endpoints(args, runtime)
-        while not stop.wait(0.5):
-            pass
+        _wait_for_stop(stop, runtime, parent_pid, args.idle_exit_seconds)
         print("sandbox: stopping", flush=True)
     finally:
         runtime.stop()
+        if args.endpoints_file:
+            unregister(args.endpoints_file)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _serve_input_error(args: argparse.Namespace) -> str | None:
+    if args.seed_leads_per_day < 0:
+        return "error: --seed-leads-per-day must be >= 0"
+    if args.idle_exit_seconds < 0:
+        return "error: --idle-exit-seconds must be >= 0 (0 never exits on idle)"
+    if args.seed_leads_per_day == 0:
+        return _existing_store(args.store)
+    return None
+
+
+def _registration_info(args: argparse.Namespace) -> dict[str, object]:
+    from kpi_pipeline.sandbox.runtime import SANDBOX_CONSUMER_KEY
+    from kpi_pipeline.sandbox.store import INTEGRATION_USER
+
+    info: dict[str, object] = {
+        "parent_pid": args.parent_pid or os.getppid(),
+        "idle_exit_seconds": args.idle_exit_seconds,
+    }
+    if args.jwt_key_out:  # lets a user try the JWT flow against the sandbox
+        info |= {
+            "jwt_private_key_file": str(args.jwt_key_out.resolve()),
+            "jwt_consumer_key": SANDBOX_CONSUMER_KEY,
+            "jwt_username": INTEGRATION_USER.email,
+        }
+    return info
+
+
+def _wait_for_stop(
+    stop: threading.Event, runtime, parent_pid: int, idle_exit_seconds: float
+) -> None:
+    """Until SIGTERM/SIGINT, or idle with the parent gone (see ``idle_exit_due``)."""
+    from kpi_pipeline.sandbox.runtime import idle_exit_due
+
+    while not stop.wait(0.5):
+        if idle_exit_due(runtime, parent_pid=parent_pid, idle_exit_seconds=idle_exit_seconds):
+            print(
+                f"sandbox: no request for {runtime.idle_seconds():.0f} s and the process that "
+                f"started it (pid {parent_pid}) is gone",
+                flush=True,
+            )
+            return
 
 
 def _print_endpoints(args: argparse.Namespace, runtime) -> None:

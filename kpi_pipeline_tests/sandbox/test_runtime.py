@@ -17,12 +17,14 @@ import grpc
 import jwt
 import pytest
 
+from kpi_pipeline import wiring
 from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.config import Settings
 from kpi_pipeline.sandbox.runtime import (
     SANDBOX_CONSUMER_KEY,
     SandboxRuntime,
+    SandboxStartError,
     ensure_sandbox,
     read_endpoints,
     shutdown_sandbox,
@@ -132,47 +134,122 @@ def test_live_thread_keeps_adding_activity(runtime: SandboxRuntime) -> None:
         runtime.start_live(seed=1, leads_per_hour=1, response_speedup=1)
 
 
-def settings_for(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, sandbox_leads_per_day=30, sandbox_live_leads_per_hour=0)
+def settings_for(data_dir: Path, **overrides) -> Settings:
+    return Settings(
+        data_dir=data_dir, sandbox_leads_per_day=30, sandbox_live_leads_per_hour=0, **overrides
+    )
 
 
-def test_ensure_sandbox_seeds_once_and_is_shared_across_processes(tmp_path: Path) -> None:
+def registered_pid(data_dir: Path) -> int:
+    return json.loads((data_dir / "sandbox.json").read_text())["pid"]
+
+
+def serve_processes(data_dir: Path) -> list[int]:
+    """Pids of `sandbox serve` processes over this data dir's store (from /proc)."""
+    store = str(data_dir.resolve() / "sandbox.db").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and store in argv and _running(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def ensure_in_child(data_dir: Path, **settings) -> subprocess.Popen:
+    """Another process calls ensure_sandbox, prints what it got, and exits."""
+    code = textwrap.dedent(
+        f"""
+        import json
+        from kpi_pipeline.config import Settings
+        from kpi_pipeline.sandbox.runtime import ensure_sandbox
+        settings = Settings(data_dir={str(data_dir)!r}, sandbox_leads_per_day=30,
+                            sandbox_live_leads_per_hour=0, **{settings!r})
+        e = ensure_sandbox({str(data_dir)!r}, settings=settings)
+        pid = json.load(open({str(data_dir / "sandbox.json")!r}))["pid"]
+        print(json.dumps([e.pubsub_target, e.rest_url, pid]))
+        """
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def child_result(child: subprocess.Popen) -> list:
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    return json.loads(out)
+
+
+def get_topic(endpoints) -> pb2.TopicInfo:
+    metadata = (("accesstoken", endpoints.access_token), ("instanceurl", endpoints.rest_url),
+                ("tenantid", endpoints.tenant_id))  # fmt: skip
+    with grpc.insecure_channel(endpoints.pubsub_target) as channel:
+        return pb2_grpc.PubSubStub(channel).GetTopic(
+            pb2.TopicRequest(topic_name="/data/LeadChangeEvent"), metadata=metadata, timeout=10
+        )
+
+
+def test_sandbox_outlives_the_process_that_started_it_and_is_reused(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     try:
-        endpoints = ensure_sandbox(data_dir, settings=settings_for(data_dir))
-        assert ensure_sandbox(data_dir, settings=settings_for(data_dir)) == endpoints
-        info = json.loads((data_dir / "sandbox.json").read_text())
-        assert (
-            info["pubsub_target"] == endpoints.pubsub_target
-            and info["rest_url"] == endpoints.rest_url
+        first = ensure_in_child(data_dir)
+        target, rest_url, pid = child_result(first)
+        # The starter has exited; its sandbox is a process of its own and still serves.
+        assert pid != first.pid and serve_processes(data_dir) == [pid]
+        endpoints = read_endpoints(data_dir)
+        assert endpoints is not None and (endpoints.pubsub_target, endpoints.rest_url) == (
+            target,
+            rest_url,
         )
-        assert read_endpoints(data_dir) == endpoints
+        assert get_topic(endpoints).can_subscribe
+        info = json.loads((data_dir / "sandbox.json").read_text())
+        assert info["jwt_consumer_key"] == SANDBOX_CONSUMER_KEY
+        assert Path(info["jwt_private_key_file"]).stat().st_mode & 0o777 == 0o600
         store = SandboxStore(data_dir / "sandbox.db")
         seeded = store.latest_replay()
-        assert (
-            seeded > 0 and len(store.query_records("Lead", include_deleted=True)) == 60
-        )  # 2 days x 30
+        assert seeded > 0
+        assert len(store.query_records("Lead", include_deleted=True)) == 60  # 2 days x 30
         store.close()
-        # another process finds the running sandbox instead of starting a second one
-        child = textwrap.dedent(
-            f"""
-            import json
-            from kpi_pipeline.config import Settings
-            from kpi_pipeline.sandbox.runtime import ensure_sandbox
-            e = ensure_sandbox({str(data_dir)!r}, settings=Settings(data_dir={str(data_dir)!r}))
-            print(json.dumps([e.pubsub_target, e.rest_url]))
-            """
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True
-        )
-        assert json.loads(out.stdout) == [endpoints.pubsub_target, endpoints.rest_url]
+        # A second process, and this one, reuse it: same endpoints, same pid, not re-seeded.
+        assert child_result(ensure_in_child(data_dir)) == [target, rest_url, pid]
+        assert ensure_sandbox(data_dir, settings=settings_for(data_dir)) == endpoints
+        assert registered_pid(data_dir) == pid and serve_processes(data_dir) == [pid]
         store = SandboxStore(data_dir / "sandbox.db")
-        assert store.latest_replay() == seeded  # not seeded twice
+        assert store.latest_replay() == seeded
         store.close()
     finally:
-        shutdown_sandbox(data_dir)
+        stopped = shutdown_sandbox(data_dir)
+    assert stopped and serve_processes(data_dir) == []
     assert not (data_dir / "sandbox.json").exists() and read_endpoints(data_dir) is None
+    assert "sandbox: stopping" in (data_dir / "sandbox.log").read_text()
+    assert shutdown_sandbox(data_dir) is False  # nothing left to stop
+
+
+def test_concurrent_callers_start_one_sandbox(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    try:
+        children = [ensure_in_child(data_dir) for _ in range(3)]
+        results = [child_result(child) for child in children]
+        assert results[0] == results[1] == results[2]
+        assert serve_processes(data_dir) == [results[0][2]]
+        log_text = (data_dir / "sandbox.log").read_text()
+        assert log_text.count("sandbox org serving /") == 1 and log_text.count("seeded") == 1
+        assert "names a live sandbox" not in log_text  # one serve process was ever started
+    finally:
+        shutdown_sandbox(data_dir)
+    assert serve_processes(data_dir) == []
 
 
 def test_stale_endpoints_file_is_replaced(tmp_path: Path) -> None:
@@ -187,4 +264,62 @@ def test_stale_endpoints_file_is_replaced(tmp_path: Path) -> None:
         assert endpoints.pubsub_target != "127.0.0.1:1"
         assert read_endpoints(data_dir) == endpoints
     finally:
+        shutdown_sandbox(data_dir)
+
+
+def test_idle_sandbox_exits_once_its_parent_is_gone(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    try:
+        # Started by this (living) process: idle alone does not stop it.
+        ensure_sandbox(data_dir, settings=settings_for(data_dir, sandbox_idle_exit_seconds=0.5))
+        time.sleep(1.5)
+        assert read_endpoints(data_dir) is not None
+    finally:
+        shutdown_sandbox(data_dir)
+    try:
+        _, _, pid = child_result(ensure_in_child(data_dir, sandbox_idle_exit_seconds=1.5))
+        endpoints = read_endpoints(data_dir)
+        assert endpoints is not None
+        # Its parent is gone, but requests keep arriving: it stays.
+        for _ in range(8):
+            assert get_topic(endpoints).topic_name == "/data/LeadChangeEvent"
+            time.sleep(0.4)
+        assert registered_pid(data_dir) == pid and serve_processes(data_dir) == [pid]
+        # No more requests: it exits by itself and removes its registration.
+        deadline = time.monotonic() + 15
+        while serve_processes(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert serve_processes(data_dir) == []
+        assert not (data_dir / "sandbox.json").exists()
+        assert "is gone" in (data_dir / "sandbox.log").read_text()
+    finally:
+        shutdown_sandbox(data_dir)
+
+
+def test_a_sandbox_that_cannot_start_names_its_log(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "sandbox.db").mkdir(parents=True)  # a directory where the store should be
+    with pytest.raises(SandboxStartError, match=r"sandbox\.log"):
+        ensure_sandbox(data_dir, settings=settings_for(data_dir))
+    assert serve_processes(data_dir) == [] and not (data_dir / "sandbox.json").exists()
+
+
+def test_wiring_reconnects_when_the_sandbox_is_replaced(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = settings_for(data_dir)
+    wiring.reset_cache()
+    try:
+        client = wiring.pubsub_client(settings)
+        rest = wiring.salesforce_rest(settings)
+        assert client.get_topic("/data/LeadChangeEvent").can_subscribe
+        assert wiring.pubsub_client(settings) is client  # cached while the sandbox answers
+        first_pid = registered_pid(data_dir)
+        shutdown_sandbox(data_dir)  # as when the sandbox process dies
+        again = wiring.pubsub_client(settings)
+        assert again is not client and registered_pid(data_dir) != first_pid
+        assert again.target == wiring.org_connection(settings).pubsub_target
+        assert again.get_topic("/data/LeadChangeEvent").can_subscribe
+        assert wiring.salesforce_rest(settings) is not rest
+    finally:
+        wiring.reset_cache()
         shutdown_sandbox(data_dir)
