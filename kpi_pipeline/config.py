@@ -138,13 +138,20 @@ class Settings(BaseSettings):
     sandbox_live_leads_per_hour: float = Field(
         120.0,
         ge=0,
-        description="Lead arrivals per wall-clock hour that the in-process sandbox keeps simulating "
+        description="Lead arrivals per wall-clock hour that the sandbox process keeps simulating "
         "(dagster dev); responses to them arrive sandbox_speedup times faster. 0 stops live activity.",
     )
     sandbox_access_token: str = Field(
         "sandbox-token", description="Static token the sandbox accepts beside JWT-issued ones."
     )
     sandbox_tenant_id: str = Field("00D000000000001AAA", description="Org id the sandbox reports.")
+    sandbox_idle_exit_seconds: float = Field(
+        900.0,
+        ge=0,
+        description="The sandbox runs as its own `kpi-pipeline sandbox serve` process; once the "
+        "process that started it is gone and no Pub/Sub or REST request arrived for this many "
+        "seconds, it exits (so it does not outlive `dagster dev` for long). 0 keeps it running.",
+    )
 
     # --- workloads ----------------------------------------------------------------------
     policy_file: Path | None = Field(
