@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -122,3 +123,51 @@ def test_serve_answers_then_exits_on_sigterm(tmp_path: Path) -> None:
 def test_serve_needs_an_existing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sandbox", "serve", "--store", str(tmp_path / "nope.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_registration_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "s.db")
+    assert main(["sandbox", "serve", "--store", store, "--seed-leads-per-day", "-1"]) == 2
+    assert "--seed-leads-per-day" in capsys.readouterr().err
+    simulate_store(tmp_path / "s.db", leads=2)
+    assert main(["sandbox", "serve", "--store", store, "--idle-exit-seconds", "-5"]) == 2
+    assert "--idle-exit-seconds" in capsys.readouterr().err
+
+
+def test_registered_serve_seeds_registers_and_refuses_a_second_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    endpoints_file = data_dir / "sandbox.json"
+    args = ["sandbox", "serve", "--store", str(data_dir / "sandbox.db"),
+            "--endpoints-file", str(endpoints_file), "--seed-leads-per-day", "10"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kpi_pipeline.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "KPI_SANDBOX_ACCESS_TOKEN": "env-token"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not endpoints_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = json.loads(endpoints_file.read_text())
+        # The token came from the environment, not the command line.
+        assert info["pid"] == proc.pid and info["access_token"] == "env-token"
+        assert _connects(int(info["pubsub_target"].rsplit(":", 1)[1]))
+        store = SandboxStore(data_dir / "sandbox.db")
+        assert len(store.query_records("Lead", include_deleted=True)) == 20  # 2 days x 10
+        store.close()
+        # A second serve over the same registration would run two simulators on one store.
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"names a live sandbox (pid {proc.pid}" in err and f"kill {proc.pid}" in err
+        assert json.loads(endpoints_file.read_text())["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not endpoints_file.exists()  # removed on exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
