@@ -1,7 +1,7 @@
 """End to end with real processes: dagster-daemon + code server + run workers + sandbox org.
 
-The daemon evaluates cdc_sensor against the embedded sandbox (started inside the code
-server), launches process_cdc_batch runs, and commits the cursor. We kill it hard and
+The daemon evaluates cdc_sensor against the embedded sandbox (its own process, started by
+the first code server and outliving it), launches process_cdc_batch runs, and commits the cursor. We kill it hard and
 start it again against the same instance storage (SQLite, and PostgreSQL through
 dagster-postgres): the cursor must survive, keep advancing, and nothing may be staged or
 launched twice.
@@ -154,8 +154,19 @@ def _add_leads(data_dir: Path, count: int) -> list[str]:
         store.close()
 
 
+@pytest.fixture
+def stop_sandbox(tmp_path):
+    """The sandbox outlives the code server that started it: stop it after the test."""
+    yield
+    from kpi_pipeline.sandbox.runtime import shutdown_sandbox
+
+    shutdown_sandbox(tmp_path / "kpi")
+
+
 @pytest.mark.parametrize("storage", ["sqlite", "postgres"])
-def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, make_postgres_db):
+def test_daemon_drains_sandbox_and_cursor_survives_restart(
+    tmp_path, storage, make_postgres_db, stop_sandbox
+):
     postgres_url = make_postgres_db() if storage == "postgres" else None
     home = tmp_path / "dagster_home"
     _write_instance_yaml(home, storage, postgres_url)
@@ -221,3 +232,5 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(tmp_path, storage, ma
     assert inbox == distinct > 0, "an event was staged twice"
     assert pending == 0
     assert leads == leads_before + len(new_leads)
+    # One sandbox served both daemons: it outlived the killed daemon's code server.
+    assert (data_dir / "sandbox.log").read_text().count("sandbox org serving /") == 1
