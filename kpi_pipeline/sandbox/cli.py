@@ -171,6 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
         unregister,
         write_private_file,
     )
+    from kpi_pipeline.sandbox.store import SandboxStoreError
 
     if error := _serve_input_error(args):
         print(error, file=sys.stderr)
@@ -201,13 +202,12 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         try:
             if args.endpoints_file:
-                start_registered(
-                    runtime, args.endpoints_file, prepare=prepare, extra=_registration_info(args)
-                )
+                info = _registration_info(args, parent_pid)
+                start_registered(runtime, args.endpoints_file, prepare=prepare, extra=info)
             else:
                 prepare()
                 runtime.start()
-        except (SandboxAlreadyRunning, OSError) as exc:
+        except (SandboxAlreadyRunning, SandboxStoreError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         if args.live_leads_per_hour > 0:
@@ -238,12 +238,12 @@ def _serve_input_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _registration_info(args: argparse.Namespace) -> dict[str, object]:
+def _registration_info(args: argparse.Namespace, parent_pid: int) -> dict[str, object]:
     from kpi_pipeline.sandbox.runtime import SANDBOX_CONSUMER_KEY
     from kpi_pipeline.sandbox.store import INTEGRATION_USER
 
     info: dict[str, object] = {
-        "parent_pid": args.parent_pid or os.getppid(),
+        "parent_pid": parent_pid,
         "idle_exit_seconds": args.idle_exit_seconds,
     }
     if args.jwt_key_out:  # lets a user try the JWT flow against the sandbox

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -454,11 +455,8 @@ def _spawn(directory: Path, settings: Settings, *, live: bool) -> subprocess.Pop
     log_path = directory / LOG_FILE
     _rotate(log_path)
     # The token travels in the environment, not on the command line `ps` shows.
-    env = {
-        **os.environ,
-        ACCESS_TOKEN_ENV: settings.sandbox_access_token,
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = {**os.environ, ACCESS_TOKEN_ENV: settings.sandbox_access_token, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = _python_path_with_package(env.get("PYTHONPATH"))
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             _serve_command(directory, settings, live=live),
@@ -470,6 +468,16 @@ def _spawn(directory: Path, settings: Settings, *, live: bool) -> subprocess.Pop
         )
     log.info("started the sandbox org process %d for %s (log %s)", process.pid, directory, log_path)
     return process
+
+
+def _python_path_with_package(python_path: str | None) -> str:
+    """PYTHONPATH that finds this package: a code server may import it from its working
+    directory (workspace.yaml) rather than from an installed copy. Site dirs are left out
+    (putting them on PYTHONPATH would rank them above the standard library)."""
+    package_root = Path(__file__).resolve().parents[2]
+    site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    entries = [] if package_root in site_dirs else [str(package_root)]
+    return os.pathsep.join([*entries, *filter(None, [python_path])])
 
 
 def _wait_until_serving(
