@@ -14,6 +14,7 @@ the clients built for a sandbox that no longer answers are dropped and rebuilt.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from kpi_pipeline.config import Settings
 
 _lock = threading.RLock()
 _cache: dict[tuple[str, ...], Any] = {}
+_sandbox_checked: dict[tuple[str, ...], float] = {}  # when each sandbox was last checked
+SANDBOX_CHECK_INTERVAL_S = 1.0
 
 
 def _cached(key: tuple[str, ...], build):
@@ -47,7 +50,11 @@ def org_connection(settings: Settings) -> OrgConnection:
     key = ("sandbox", str(settings.data_dir.resolve()))
     with _lock:
         cached = _cache.get(key)
-        if cached is not None and not _sandbox_still_serves(settings, cached):
+        if (
+            cached is not None
+            and _sandbox_check_due(key)
+            and not _sandbox_still_serves(settings, cached)
+        ):
             _forget_sandbox(key, cached)
         return _cached(key, lambda: _sandbox_org(settings))
 
@@ -68,6 +75,16 @@ def _sandbox_org(settings: Settings) -> OrgConnection:
     return OrgConnection(
         endpoints.pubsub_target, False, provider, is_sandbox=True, sandbox_endpoints=endpoints
     )
+
+
+def _sandbox_check_due(key: tuple[str, ...]) -> bool:
+    """At most one liveness check per second and process: a sensor tick asks for its clients
+    several times in a row, and a burst of connects would only queue up at the sandbox."""
+    now = time.monotonic()
+    if now - _sandbox_checked.get(key, float("-inf")) < SANDBOX_CHECK_INTERVAL_S:
+        return False
+    _sandbox_checked[key] = now
+    return True
 
 
 def _sandbox_still_serves(settings: Settings, conn: OrgConnection) -> bool:
@@ -160,3 +177,4 @@ def reset_cache() -> None:
     """For tests that change settings within one process."""
     with _lock:
         _cache.clear()
+        _sandbox_checked.clear()

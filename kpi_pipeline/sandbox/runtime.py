@@ -623,12 +623,18 @@ def _is_sandbox_process(pid: int) -> bool:
     return b"sandbox" in argv and b"serve" in argv
 
 
-def _accepts(target: str) -> bool:
-    """True when a TCP connection to ``host:port`` or ``http://host:port`` succeeds."""
+def _accepts(target: str, timeout_s: float = 0.5) -> bool:
+    """True when something listens on ``host:port`` or ``http://host:port``.
+
+    A refused connection means nothing listens (a dead process's ports refuse at once). A
+    timeout counts as listening: on loopback it means a full accept queue (the REST server's
+    backlog is 5, and a burst of connections overflows it), not a dead server."""
     hostport = target.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = hostport.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
             return True
+    except TimeoutError:
+        return True
     except (OSError, ValueError):
         return False

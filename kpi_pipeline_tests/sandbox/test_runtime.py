@@ -315,6 +315,7 @@ def test_wiring_reconnects_when_the_sandbox_is_replaced(tmp_path: Path) -> None:
         assert wiring.pubsub_client(settings) is client  # cached while the sandbox answers
         first_pid = registered_pid(data_dir)
         shutdown_sandbox(data_dir)  # as when the sandbox process dies
+        time.sleep(wiring.SANDBOX_CHECK_INTERVAL_S)  # checked at most once a second
         again = wiring.pubsub_client(settings)
         assert again is not client and registered_pid(data_dir) != first_pid
         assert again.target == wiring.org_connection(settings).pubsub_target
