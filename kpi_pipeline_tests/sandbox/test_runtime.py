@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from kpi_pipeline import wiring
 from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.config import Settings
+from kpi_pipeline.sandbox import runtime as runtime_module
 from kpi_pipeline.sandbox.runtime import (
     SANDBOX_CONSUMER_KEY,
     SandboxRuntime,
@@ -324,3 +326,23 @@ def test_wiring_reconnects_when_the_sandbox_is_replaced(tmp_path: Path) -> None:
     finally:
         wiring.reset_cache()
         shutdown_sandbox(data_dir)
+
+
+def test_a_busy_listener_counts_as_alive_and_a_closed_port_does_not() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepts: the queue fills after a connection or two
+    port = listener.getsockname()[1]
+    queued = []
+    try:
+        for _ in range(4):
+            pending = socket.socket()
+            pending.setblocking(False)
+            pending.connect_ex(("127.0.0.1", port))
+            queued.append(pending)
+        assert runtime_module._accepts(f"http://127.0.0.1:{port}", timeout_s=0.2)
+    finally:
+        for pending in queued:
+            pending.close()
+        listener.close()
+    assert not runtime_module._accepts(f"127.0.0.1:{port}")  # refused: nothing listens
