@@ -12,7 +12,7 @@ to ``DATA_DIR/sandbox.log``), because none of the processes that need it lives l
 dagster-daemon replaces its code server about every minute and each run is a process of
 its own; a sandbox living inside one of them died with it. The first caller starts it;
 every later caller, in any process, reuses it while it is alive (the pid named in
-``sandbox.json`` runs and both ports accept a TCP connection). Starters take
+``sandbox.json`` runs and neither of its ports refuses a TCP connection). Starters take
 ``sandbox.start.lock`` so concurrent callers end up with one sandbox.
 
 The serve process seeds an empty store, registers itself in ``sandbox.json`` under
