@@ -43,4 +43,5 @@ bench: install
 
 # Forget local state: sensor cursor, run history, sandbox org, ledger.
 clean-state:
+	-[ -f .kpi_data/sandbox.json ] && $(PY) -c "from kpi_pipeline.sandbox.runtime import shutdown_sandbox; shutdown_sandbox('.kpi_data')"
 	rm -rf .dagster_home .kpi_data

@@ -874,6 +874,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The default backlog of 5 overflows when several run workers connect at once.
+    request_queue_size = 128
     app: RestApp
 
 
