@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CHANNELS = (
@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         300.0,
         gt=0,
         description="Subscribe stream with no response (not even a keepalive) for this long is considered dead.",
+    )
+    cdc_stalled_batch_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Runs a staged batch may get in all; after that cdc_sensor stops re-requesting it "
+        "and it stays pending (kpi-pipeline ledger, lead_ledger metadata) for an operator.",
     )
     cdc_stalled_batch_minutes: float = Field(
         15.0,
@@ -162,7 +168,7 @@ class Settings(BaseSettings):
         description="OpenAI-compatible base URL for template selection; unset => local ranker.",
     )
     llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
-    llm_api_key: str | None = Field(None, description="Bearer key for the LLM endpoint.")
+    llm_api_key: SecretStr | None = Field(None, description="Bearer key for the LLM endpoint.")
     llm_timeout_seconds: float = Field(
         10.0, gt=0, description="LLM request timeout before fallback."
     )

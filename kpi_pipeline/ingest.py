@@ -201,6 +201,8 @@ def _drain_channel(
                 result.latest_replay_id, batch_id=None, commit_ms=None
             )
         caught_up = bool(result.latest_replay_id)
+        if caught_up:
+            metrics.set_cdc_lag(channel, 0.0)  # nothing left to read: no lag, not the last batch's
         report = ChannelReport(
             channel,
             replay_id_hex(new_cursor.replay_id) if new_cursor.replay_id else None,

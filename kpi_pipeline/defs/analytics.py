@@ -19,9 +19,9 @@ from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.kpis import rollups
 from kpi_pipeline.kpis.files import kpi_partition_path, write_kpi_partition
 
-DAILY = dg.DailyPartitionsDefinition(
-    start_date="2025-01-01", timezone=get_settings().timezone, end_offset=1
-)
+# Complete days only (end_offset 0): the newest partition is yesterday, which the nightly
+# schedule builds and the partition freshness checks expect by 03:00.
+DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone=get_settings().timezone)
 KPI_GROUP = "kpis"
 LEDGER_KEY = dg.AssetKey("lead_ledger")
 KPI_KEYS = {name: dg.AssetKey(f"kpi_{name}") for name in rollups.ROLLUP_NAMES}

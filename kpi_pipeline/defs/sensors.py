@@ -63,7 +63,7 @@ def _run_requests(outcome: TickOutcome) -> list[dg.RunRequest]:
 
 
 def _stalled_batch_requests(
-    instance: dg.DagsterInstance, ledger, skip: set[str], min_age: timedelta
+    instance: dg.DagsterInstance, ledger, skip: set[str], min_age: timedelta, max_attempts: int
 ) -> list[dg.RunRequest]:
     """Staged batches whose runs all ended without finishing them (a killed worker, a canceled
     run): Dagster never relaunches a used run key, so they get a new attempt key. Nothing
@@ -74,7 +74,7 @@ def _stalled_batch_requests(
         if info.batch_id in skip or info.staged_at > cutoff:
             continue
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"kpi/batch_id": info.batch_id}))
-        if any(run.status in _IN_PROGRESS for run in runs):
+        if any(run.status in _IN_PROGRESS for run in runs) or len(runs) >= max_attempts:
             continue
         replay_range = f"{info.first_replay_hex}-{info.last_replay_hex}"
         run_key = f"{run_key_for(info.batch_id)}#attempt{len(runs) + 1}"
@@ -137,6 +137,7 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
         pipeline.ledger(),
         {b.batch_id for b in outcome.batches},
         timedelta(minutes=settings.cdc_stalled_batch_minutes),
+        settings.cdc_stalled_batch_max_attempts,
     )
     new_cursor = outcome.cursor.to_json()
     if not run_requests:

@@ -108,7 +108,7 @@ def selector_from_settings(settings: Settings | None = None) -> TemplateSelector
     client = ChatClient(
         settings.llm_base_url,
         settings.llm_model,
-        api_key=settings.llm_api_key,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout=settings.llm_timeout_seconds,
     )
     return LLMSelector(client, fallback=LocalRanker())

@@ -959,9 +959,9 @@ def start_rest_server(
     app.instance_url = (instance_url or app.url).rstrip("/")
     thread = threading.Thread(
         target=server.serve_forever,
-        kwargs={
-            "poll_interval": 0.05
-        },  # stop() returns within 50 ms name=f"sandbox-rest-{bound_port}", daemon=True
+        kwargs={"poll_interval": 0.05},  # stop() returns within 50 ms
+        name=f"sandbox-rest-{bound_port}",
+        daemon=True,
     )
     thread.start()
     return RunningRestServer(bound_port, app.url, app, server, thread)

@@ -243,3 +243,27 @@ def test_custom_channel_carrying_all_three_objects(small_sandbox, monkeypatch):
         facts = pipeline.ledger().lead_facts_frame()
         assert facts["Routing_Rule__c"].notna().sum() > 0
         assert set(facts["First_Response_Source__c"].dropna()) == {"EmailMessage", "Task"}
+
+
+def test_a_batch_that_keeps_failing_is_left_for_an_operator_after_max_attempts(
+    small_sandbox, monkeypatch
+):
+    monkeypatch.setenv("KPI_CDC_STALLED_BATCH_MINUTES", "0.0001")
+    monkeypatch.setenv("KPI_CDC_STALLED_BATCH_MAX_ATTEMPTS", "2")
+    pipeline = small_sandbox
+    job = defs.resolve_job_def("process_cdc_batch")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, pipeline, None)
+        request = first.run_requests[0]
+        for _ in range(2):  # the first run and one re-request both died
+            run = instance.create_run_for_job(
+                job_def=job, run_config=request.run_config, tags=request.tags
+            )
+            instance.report_run_failed(run)
+        again = _tick(instance, pipeline, first.cursor)
+        assert request.tags["kpi/batch_id"] not in {
+            r.tags["kpi/batch_id"] for r in again.run_requests
+        }
+        assert request.tags["kpi/batch_id"] in {
+            b.batch_id for b in pipeline.ledger().pending_batches()
+        }
