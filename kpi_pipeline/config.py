@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         "and it stays pending (kpi-pipeline ledger, lead_ledger metadata) for an operator.",
     )
     cdc_stalled_batch_minutes: float = Field(
-        15.0,
+        5.0,
         gt=0,
         description="A staged batch still not done this long after staging, with no run in progress "
         "(its run died or was canceled), is requested again by cdc_sensor under a new attempt run key.",

@@ -149,7 +149,7 @@ def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> 
     tags={
         "dagster/max_retries": 3,
         "dagster/retry_strategy": "FROM_FAILURE",
-        "dagster/max_runtime": 600,
+        "dagster/max_runtime": 180,
     },
     description="One staged CDC batch through routing, first touch and templates, then write-back.",
 )
