@@ -335,6 +335,21 @@ class WorkloadStateMixin:
 
     # --- routing ------------------------------------------------------------------------
 
+    def routed_leads(self) -> list[tuple[RecordState, RoutingDecision]]:
+        """Every lead the pipeline routed, with its stored decision, in decision order
+        (``kpi-pipeline policy simulate --ledger-url``: what-if over real history)."""
+        with self.read() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(t.routing_decisions.c.lead_id).order_by(
+                        t.routing_decisions.c.decided_at, t.routing_decisions.c.lead_id
+                    )
+                ).scalars()
+            )
+            decisions = self.routing_decisions(conn, ids)
+            states = self.records(conn, [("Lead", lead_id) for lead_id in ids])
+        return [(states[("Lead", i)], decisions[i]) for i in ids if ("Lead", i) in states]
+
     def routing_decisions(
         self, conn: sa.Connection, lead_ids: Iterable[str]
     ) -> dict[str, RoutingDecision]:

@@ -22,7 +22,12 @@ from kpi_pipeline.policies.load import (
     policy_fingerprint,
     validate_policy_file,
 )
-from kpi_pipeline.workloads.lead_route import RoutingDecision, needs_routing, route_in_order
+from kpi_pipeline.workloads.lead_route import (
+    RoutingDecision,
+    lead_created_at,
+    needs_routing,
+    route_in_order,
+)
 from kpi_pipeline.workloads.records import RecordState, merge_event
 
 
@@ -40,11 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     simulate = commands.add_parser(
         "simulate",
-        help="what-if: route every lead of a recorded stream, compare to a baseline policy",
+        help="what-if: route every lead of a recorded stream, or every lead the ledger routed, "
+        "and compare with a baseline policy or with the decisions actually made",
     )
     simulate.add_argument("--policy", type=Path, required=True, help="policy to try")
-    simulate.add_argument(
-        "--events", type=Path, required=True, help="recorded CDC events (JSON Lines)"
+    source = simulate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", type=Path, help="recorded CDC events (JSON Lines)")
+    source.add_argument(
+        "--ledger-url",
+        help="SQLAlchemy URL of a lead ledger: re-route the leads it routed and compare with "
+        "the stored decisions (or with --baseline if given)",
     )
     simulate.add_argument(
         "--baseline",
@@ -90,8 +100,35 @@ def _load_or_report(path: Path) -> RoutingPolicy | None:
         return None
 
 
+def _simulate_ledger(args: argparse.Namespace, candidate: RoutingPolicy) -> int:
+    from kpi_pipeline.ledger.store import Ledger
+
+    ledger = Ledger.from_url(args.ledger_url)
+    try:
+        routed = ledger.routed_leads()
+    finally:
+        ledger.dispose()
+    # route_in_order walks leads by creation; keep the stored decisions in the same order so
+    # the comparison pairs each lead with itself.
+    routed.sort(key=lambda pair: (lead_created_at(pair[0]), pair[0].record_id))
+    leads = [state for state, _ in routed]
+    new, _ = route_in_order(leads, candidate)
+    if args.baseline:
+        baseline = _load_or_report(args.baseline)
+        if baseline is None:
+            return 1
+        old, _ = route_in_order(leads, baseline)
+    else:
+        old = [decision for _, decision in routed]
+        baseline = candidate.model_copy(update={"version": "decisions in the ledger"})
+    print(format_comparison(new, old, candidate, baseline, total_leads=len(leads)))
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     candidate = _load_or_report(args.policy)
+    if candidate is not None and args.ledger_url:
+        return _simulate_ledger(args, candidate)
     baseline = _load_or_report(args.baseline or default_policy_path())
     if candidate is None or baseline is None:
         return 1
