@@ -19,7 +19,6 @@ Exit status 1 when the hit rate is at or below the plan's target (95 %).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import platform
 import statistics
 import sys
@@ -28,40 +27,14 @@ import threading
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-
 from kpi_pipeline.auth.jwt import JWTTokenProvider
-from kpi_pipeline.sandbox.rest_server import ConnectedApp, start_rest_server
-from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID, SandboxStore
+from kpi_pipeline.sandbox.rest_server import start_rest_server
+from kpi_pipeline.sandbox.runtime import generate_connected_app
+from kpi_pipeline.sandbox.store import SandboxStore
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
 TARGET_HIT_RATE = 0.95
-CONSUMER_KEY = "3MVG9bench.consumer.key"
 USERNAME = "integration@kpi-sandbox.example"
-
-
-def key_and_certificate() -> tuple[bytes, bytes]:
-    """(private key PEM, self-signed certificate PEM): a connected app's JWT setup."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kpi_pipeline bench")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem, cert.public_bytes(serialization.Encoding.PEM)
 
 
 class SimClock:
@@ -80,21 +53,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    private_pem, cert_pem = key_and_certificate()
+    # The sandbox's own connected-app setup: the same key pair and verification the JWT flow uses.
+    app, private_pem = generate_connected_app(USERNAME)
     clock = SimClock(time.time())
     with tempfile.TemporaryDirectory() as tmp:
         store = SandboxStore(Path(tmp) / "sandbox.db")
         registry = TokenRegistry(session_seconds=args.session_seconds, clock=clock)
-        app = ConnectedApp(
-            CONSUMER_KEY,
-            certificate_pem=cert_pem,
-            allowed_usernames={USERNAME: INTEGRATION_USER_ID},
-        )
         server = start_rest_server(store, token_registry=registry, connected_app=app, clock=clock)
         try:
             provider = JWTTokenProvider(
                 server.url,
-                CONSUMER_KEY,
+                app.consumer_key,
                 USERNAME,
                 private_key_pem=private_pem,
                 session_seconds=args.session_seconds,
