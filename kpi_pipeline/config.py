@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="Minimum seconds between cdc_sensor ticks. Dagster's daemon loop runs every 5 s, "
         "so 1 means every loop; exactly 5 makes about half the ticks slip to 10 s (bench/RESULTS.md).",
     )
+    cdc_run_max_runtime_seconds: int = Field(
+        600,
+        ge=30,
+        description="dagster/max_runtime of process_cdc_batch: run monitoring fails a run still "
+        "going after this long (a batch takes seconds; a worker that died holds its run slot "
+        "until then), and cdc_sensor requests its batch again.",
+    )
     cdc_idle_return_seconds: float = Field(
         0.25,
         gt=0,
@@ -173,6 +180,24 @@ class Settings(BaseSettings):
         10.0, gt=0, description="LLM request timeout before fallback."
     )
     writeback_enabled: bool = Field(True, description="Drain the outbox to Salesforce.")
+    writeback_lease_seconds: float = Field(
+        60.0,
+        ge=5,
+        description="Lease on claimed outbox rows. A live drain renews it every third of this; a "
+        "drainer that died lets its rows be retaken once it runs out.",
+    )
+    writeback_backlog_alert_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="The outbox_backlog asset check fails (and /metrics shows it) once a row has "
+        "waited longer than this to be sent, or a row failed for good.",
+    )
+    writeback_idle_drain_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="writeback_sensor requests a drain run when outbox rows have waited this long "
+        "(no batch run drained them: traffic stopped, or their drainer died).",
+    )
     send_email: bool = Field(
         False, description="Send the recommended template via emailSimple (off: recommend only)."
     )

@@ -48,6 +48,27 @@ class OutboxRow:
     sent_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxHealth:
+    """How the write-back is keeping up (for metrics, the outbox_backlog check and operators).
+
+    ``by_status`` counts rows per status (every status present, 0 when none). Ages are
+    seconds: how long the oldest pending row has waited to be sent, and how long the
+    oldest claimed row has been held; ``expired_claims`` are claims whose lease ran out
+    (their drainer died) and that no drain has retaken yet.
+    """
+
+    by_status: dict[str, int]
+    oldest_pending_age_s: float | None
+    oldest_claimed_age_s: float | None
+    expired_claims: int
+
+    @property
+    def backlog(self) -> int:
+        """Rows still to send: pending plus claimed."""
+        return self.by_status.get(PENDING, 0) + self.by_status.get(CLAIMED, 0)
+
+
 def fields_hash(sobject: str, record_id: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(dumps([sobject, record_id, dict(fields)]).encode("utf-8")).hexdigest()
 
@@ -126,6 +147,32 @@ class OutboxMixin:
                 )
             )
 
+    def outbox_health(self) -> OutboxHealth:
+        """Counts by status and the ages of the oldest waiting and held rows, in one read."""
+        now = self._now()
+        c = t.sf_outbox.c
+        with self.engine.connect() as conn:
+            counts = dict(
+                conn.execute(sa.select(c.status, sa.func.count()).group_by(c.status)).all()
+            )
+            oldest_pending = conn.execute(
+                sa.select(sa.func.min(c.created_at)).where(c.status == PENDING)
+            ).scalar()
+            oldest_claim = conn.execute(
+                sa.select(sa.func.min(c.claimed_at)).where(c.status == CLAIMED)
+            ).scalar()
+            expired = conn.execute(
+                sa.select(sa.func.count()).where(
+                    c.status == CLAIMED, c.claimed_at < now - CLAIM_LEASE
+                )
+            ).scalar()
+        return OutboxHealth(
+            by_status={s: int(counts.get(s, 0)) for s in (PENDING, CLAIMED, SENT, FAILED)},
+            oldest_pending_age_s=_age(now, oldest_pending),
+            oldest_claimed_age_s=_age(now, oldest_claim),
+            expired_claims=int(expired or 0),
+        )
+
     def outbox(self, status: str | None = None, *, record_id: str | None = None) -> list[OutboxRow]:
         c = t.sf_outbox.c
         query = sa.select(t.sf_outbox).order_by(c.id)
@@ -149,3 +196,11 @@ class OutboxMixin:
             )
             for row in rows
         ]
+
+
+def _age(now: datetime, since: datetime | None) -> float | None:
+    if since is None:
+        return None
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=now.tzinfo)
+    return max(0.0, (now - since).total_seconds())
