@@ -149,7 +149,8 @@ def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> 
     tags={
         "dagster/max_retries": 3,
         "dagster/retry_strategy": "FROM_FAILURE",
-        "dagster/max_runtime": 180,
+        # dagster/max_runtime comes from Settings.cdc_run_max_runtime_seconds on each run
+        # request (cdc_sensor): settings are read at tick time, never at import.
     },
     description="One staged CDC batch through routing, first touch and templates, then write-back.",
 )

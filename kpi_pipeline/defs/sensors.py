@@ -8,6 +8,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from dagster._core.storage.dagster_run import RunRecord
+from dagster._core.storage.tags import (
+    AUTO_RETRY_RUN_ID_TAG,
+    MAX_RUNTIME_SECONDS_TAG,
+    PARENT_RUN_ID_TAG,
+    RETRY_NUMBER_TAG,
+    WILL_RETRY_TAG,
+)
 
 from kpi_pipeline.cdc.cursor import SensorCursor
 from kpi_pipeline.config import get_settings
@@ -31,10 +39,18 @@ _IN_PROGRESS = {
     dg.DagsterRunStatus.CANCELING,
 }
 _MAX_RECOVERED_PER_TICK = 20
+# How long a failed run's promise of an automatic retry holds off a new attempt: the retry
+# daemon acts within a loop or two (seconds).
+_RETRY_GRACE = timedelta(minutes=2)
 
 
 def _batch_request(
-    batch_id: str, channel: str, events: int, replay_range: str, run_key: str
+    batch_id: str,
+    channel: str,
+    events: int,
+    replay_range: str,
+    run_key: str,
+    max_runtime_seconds: int,
 ) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=run_key,
@@ -45,11 +61,14 @@ def _batch_request(
             "kpi/channel": channel,
             "kpi/events": str(events),
             "kpi/replay_range": replay_range,
+            # Set per request, not on the job, because settings are read at tick time; Dagster
+            # copies it onto automatic retries with the other tags.
+            MAX_RUNTIME_SECONDS_TAG: str(max_runtime_seconds),
         },
     )
 
 
-def _run_requests(outcome: TickOutcome) -> list[dg.RunRequest]:
+def _run_requests(outcome: TickOutcome, max_runtime_seconds: int) -> list[dg.RunRequest]:
     return [
         _batch_request(
             b.batch_id,
@@ -57,29 +76,77 @@ def _run_requests(outcome: TickOutcome) -> list[dg.RunRequest]:
             b.event_count,
             f"{b.first_replay_hex}-{b.last_replay_hex}",
             run_key_for(b.batch_id),
+            max_runtime_seconds,
         )
         for b in outcome.batches
     ]
 
 
+def _is_automatic_retry(run: dg.DagsterRun) -> bool:
+    """A run Dagster's retry daemon (or a re-execution) made from an earlier run of the batch.
+
+    Only the runs cdc_sensor requested are attempts: a killed worker's run is retried by
+    Dagster up to ``dagster/max_retries`` times, and counting those would spend the whole
+    stalled-batch allowance on one death.
+    """
+    return PARENT_RUN_ID_TAG in run.tags or RETRY_NUMBER_TAG in run.tags
+
+
+def _retry_coming(record: RunRecord, now: datetime) -> bool:
+    """A failed run the retry daemon has promised to retry (``dagster/will_retry``) but has
+    not yet: requesting another attempt now would run the batch twice at once. Bounded in
+    time so a promise the daemon never keeps (retries switched off) cannot block the batch."""
+    run = record.dagster_run
+    if run.status != dg.DagsterRunStatus.FAILURE or AUTO_RETRY_RUN_ID_TAG in run.tags:
+        return False
+    if run.tags.get(WILL_RETRY_TAG, "").lower() != "true":
+        return False
+    # end_time is unset when the run's end was reported without events (run monitoring).
+    ended = record.end_time or record.update_timestamp.timestamp()
+    return now.timestamp() - ended < _RETRY_GRACE.total_seconds()
+
+
 def _stalled_batch_requests(
-    instance: dg.DagsterInstance, ledger, skip: set[str], min_age: timedelta, max_attempts: int
+    instance: dg.DagsterInstance,
+    ledger,
+    skip: set[str],
+    min_age: timedelta,
+    max_attempts: int,
+    max_runtime_seconds: int,
 ) -> list[dg.RunRequest]:
     """Staged batches whose runs all ended without finishing them (a killed worker, a canceled
     run): Dagster never relaunches a used run key, so they get a new attempt key. Nothing
-    staged is left behind."""
-    cutoff = datetime.now(UTC) - min_age
+    staged is left behind.
+
+    ``max_attempts`` counts the runs this sensor requested (roots), not Dagster's automatic
+    retries of them; the attempt number in the run key counts the same way, so it stays
+    unique: each new key is requested once and then becomes a root itself.
+    """
+    now = datetime.now(UTC)
+    cutoff = now - min_age
     requests = []
     for info in ledger.pending_batches():
         if info.batch_id in skip or info.staged_at > cutoff:
             continue
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"kpi/batch_id": info.batch_id}))
-        if any(run.status in _IN_PROGRESS for run in runs) or len(runs) >= max_attempts:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"kpi/batch_id": info.batch_id})
+        )
+        if any(r.dagster_run.status in _IN_PROGRESS or _retry_coming(r, now) for r in records):
+            continue
+        attempts = sum(1 for r in records if not _is_automatic_retry(r.dagster_run))
+        if attempts >= max_attempts:
             continue
         replay_range = f"{info.first_replay_hex}-{info.last_replay_hex}"
-        run_key = f"{run_key_for(info.batch_id)}#attempt{len(runs) + 1}"
+        run_key = f"{run_key_for(info.batch_id)}#attempt{attempts + 1}"
         requests.append(
-            _batch_request(info.batch_id, info.channel, info.event_count, replay_range, run_key)
+            _batch_request(
+                info.batch_id,
+                info.channel,
+                info.event_count,
+                replay_range,
+                run_key,
+                max_runtime_seconds,
+            )
         )
         if len(requests) >= _MAX_RECOVERED_PER_TICK:
             break
@@ -131,13 +198,14 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
         ),
         is_invalid_replay=_is_invalid_replay,
     )
-    run_requests = _run_requests(outcome)
+    run_requests = _run_requests(outcome, settings.cdc_run_max_runtime_seconds)
     run_requests += _stalled_batch_requests(
         context.instance,
         pipeline.ledger(),
         {b.batch_id for b in outcome.batches},
         timedelta(minutes=settings.cdc_stalled_batch_minutes),
         settings.cdc_stalled_batch_max_attempts,
+        settings.cdc_run_max_runtime_seconds,
     )
     new_cursor = outcome.cursor.to_json()
     if not run_requests:
