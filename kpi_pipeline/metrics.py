@@ -171,6 +171,9 @@ AUTH_REQUESTS = Counter("auth_requests", "Salesforce auth requests", ["result"])
 AUTH_LATENCY = Histogram(
     "auth_latency_seconds", "Salesforce token request latency", buckets=AUTH_BUCKETS
 )
+WRITEBACK_SENDS = Counter(
+    "writeback_sends", "Outbox rows by the outcome of their send to Salesforce", ["outcome"]
+)
 
 ALL_METRICS = (
     CDC_EVENTS,
@@ -181,10 +184,14 @@ ALL_METRICS = (
     ERRORS,
     AUTH_REQUESTS,
     AUTH_LATENCY,
+    WRITEBACK_SENDS,
 )
 
 CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
 AUTH_RESULTS = ("hit", "success", "failure")
+# sent: the org confirmed it; retry: left for a later drain (uncertain or transient);
+# failed: rejected for good; superseded: dropped because a newer value replaced it.
+WRITEBACK_OUTCOMES = ("sent", "retry", "failed", "superseded")
 _EPOCH_PLUS_ONE_SECOND = 1.0
 # Areas passed to record_error by the pipeline; listed so their series exist (at 0) before
 # the first error, which makes `sum(rate(errors_total[5m])) by (area)` answer 0, not nothing.
@@ -237,6 +244,13 @@ def record_auth(result: str, latency_seconds: float | None = None) -> None:
         AUTH_LATENCY.observe(latency_seconds)
 
 
+def record_writeback(outcome: str, count: int = 1) -> None:
+    """Outbox rows whose send ended in `outcome` (one of WRITEBACK_OUTCOMES). Never raises:
+    it is called from the drain between a send and its bookkeeping."""
+    if count:
+        WRITEBACK_SENDS.labels(outcome=outcome).inc(count)
+
+
 def initialise_known_series(channels: Iterable[str] = DEFAULT_CHANNELS) -> None:
     """Create the known label sets at 0 so dashboards and rates have series before any event.
 
@@ -253,6 +267,8 @@ def initialise_known_series(channels: Iterable[str] = DEFAULT_CHANNELS) -> None:
         ERRORS.labels(area=area)
     for result in AUTH_RESULTS:
         AUTH_REQUESTS.labels(result=result)
+    for outcome in WRITEBACK_OUTCOMES:
+        WRITEBACK_SENDS.labels(outcome=outcome)
 
 
 # --- the directory: scrape side ---------------------------------------------------------

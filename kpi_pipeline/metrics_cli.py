@@ -3,6 +3,10 @@
 ``serve`` answers ``/metrics`` (every value recorded by any process, alive or finished, see
 ``kpi_pipeline.metrics``) and ``/healthz``, and compacts dead processes' files in the
 background. The directory comes from ``KPI_METRICS_DIR`` (default ``KPI_DATA_DIR/metrics``).
+
+``/metrics`` also carries the write-back outbox's state, read from the ledger on each scrape
+(``OutboxCollector``): it is a state of the ledger, not something a process records, so it
+is right even when no run has touched the outbox for hours.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import argparse
 import json
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kpi_pipeline import metrics
 from kpi_pipeline.config import get_settings
@@ -63,9 +69,79 @@ def _compact_if_crowded(metrics_dir: Path) -> None:
         metrics.compact(metrics_dir)
 
 
-def build_app(metrics_dir: Path) -> WSGIApp:
-    """WSGI app: /metrics (Prometheus text or OpenMetrics), /healthz (JSON), else 404."""
+class OutboxCollector:
+    """The outbox's rows by status, oldest waiting and held ages and expired claims, read from
+    the ledger at scrape time (``Ledger.outbox_health``: a handful of indexed aggregates).
+
+    The ledger is opened on the first scrape, not when the server starts, so the endpoint is
+    up (and serves the recorded metrics) even while the ledger is not. A scrape that cannot
+    read the ledger counts ``errors_total{area="metrics"}`` and leaves these series out, so
+    the rest of the scrape still succeeds and the gap is visible (``absent(...)`` alerts).
+    """
+
+    STATUSES = ("pending", "claimed", "sent", "failed")
+
+    def __init__(self, open_ledger: Callable[[], Any]) -> None:
+        self._open_ledger = open_ledger
+        self._ledger: Any = None
+        self._last_error = ""
+
+    def _health(self) -> Any:
+        if self._ledger is None:
+            self._ledger = self._open_ledger()
+        return self._ledger.outbox_health()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            health = self._health()
+        except Exception as exc:
+            metrics.record_error("metrics")
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_error:  # once per distinct error, not once per scrape
+                print(f"outbox metrics: cannot read the ledger: {message}", file=sys.stderr)
+                self._last_error = message
+            return
+        self._last_error = ""
+        rows = GaugeMetricFamily(
+            "writeback_outbox_rows", "Write-back outbox rows by status", labels=["status"]
+        )
+        for status in self.STATUSES:
+            rows.add_metric([status], health.by_status.get(status, 0))
+        yield rows
+        # 0 when nothing waits: "how long has the oldest row waited" is then nothing at all.
+        yield GaugeMetricFamily(
+            "writeback_oldest_pending_age_seconds",
+            "Seconds the oldest pending outbox row has waited to be sent (0: none pending)",
+            value=health.oldest_pending_age_s or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "writeback_oldest_claimed_age_seconds",
+            "Seconds the oldest claimed outbox row has been held by a drain (0: none claimed)",
+            value=health.oldest_claimed_age_s or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "writeback_expired_claims",
+            "Claimed outbox rows whose lease ran out (their drainer died), not yet retaken",
+            value=health.expired_claims,
+        )
+
+
+def _settings_ledger() -> Any:
+    from kpi_pipeline import wiring
+
+    return wiring.ledger(get_settings())
+
+
+def build_app(metrics_dir: Path, open_ledger: Callable[[], Any] | None = None) -> WSGIApp:
+    """WSGI app: /metrics (Prometheus text or OpenMetrics), /healthz (JSON), else 404.
+
+    ``open_ledger`` builds the ledger whose outbox /metrics reports (called on the first
+    scrape); None leaves the outbox series out.
+    """
     registry = CollectorRegistry(auto_describe=False)
+    if open_ledger is not None:
+        # Collected first, so an error reading the ledger is counted in this same scrape.
+        registry.register(OutboxCollector(open_ledger))
     registry.register(metrics.MetricsDirCollector(metrics_dir))
     metrics_app = make_wsgi_app(registry)
 
@@ -101,7 +177,11 @@ def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
     metrics.initialise_known_series(get_settings().cdc_channels)
     metrics.compact(metrics_dir)
     server = make_server(
-        host, port, build_app(metrics_dir), _ThreadingWSGIServer, handler_class=_QuietHandler
+        host,
+        port,
+        build_app(metrics_dir, _settings_ledger),
+        _ThreadingWSGIServer,
+        handler_class=_QuietHandler,
     )
     stop = threading.Event()
     compactor = threading.Thread(

@@ -21,10 +21,20 @@ from prometheus_client.parser import text_string_to_metric_families
 METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.metrics_cli")
 
 
-def metrics_env(metrics_dir: Path) -> dict[str, str]:
-    """Environment of a process recording into (or serving) metrics_dir, like a Dagster run."""
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+def metrics_env(metrics_dir: Path, ledger_url: str | None = None) -> dict[str, str]:
+    """Environment of a process recording into (or serving) metrics_dir, like a Dagster run.
+
+    The ledger (whose outbox /metrics reports) is `ledger_url`, else a fresh SQLite ledger
+    next to metrics_dir: never the repository's own .kpi_data."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PROMETHEUS_MULTIPROC_DIR", "KPI_LEDGER_URL", "KPI_DATA_DIR")
+    }
     env["KPI_METRICS_DIR"] = str(metrics_dir)
+    env["KPI_DATA_DIR"] = str(metrics_dir.parent / "kpi_data")
+    if ledger_url is not None:
+        env["KPI_LEDGER_URL"] = ledger_url
     return env
 
 
@@ -71,7 +81,7 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    metrics_dir: Path, port: int = 0, compact_interval: float = 60.0
+    metrics_dir: Path, port: int = 0, compact_interval: float = 60.0, ledger_url: str | None = None
 ) -> MetricsServer:
     """Start `kpi-pipeline metrics serve` and wait for the address it prints."""
     process = subprocess.Popen(
@@ -83,7 +93,7 @@ def start_metrics_server(
             "--compact-interval",
             str(compact_interval),
         ],
-        env=metrics_env(metrics_dir),
+        env=metrics_env(metrics_dir, ledger_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

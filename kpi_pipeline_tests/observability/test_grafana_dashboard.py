@@ -22,6 +22,11 @@ METRICS = (
     "errors_total",
     "auth_requests_total",
     "auth_latency_seconds",
+    "writeback_sends_total",
+    "writeback_outbox_rows",
+    "writeback_oldest_pending_age_seconds",
+    "writeback_oldest_claimed_age_seconds",
+    "writeback_expired_claims",
 )
 
 

@@ -30,6 +30,12 @@ ALL_NAMES = {
     "errors_total",
     "auth_requests_total",
     "auth_latency_seconds",
+    "writeback_sends_total",
+    # Read from the ledger at scrape time (a fresh, empty one here).
+    "writeback_outbox_rows",
+    "writeback_oldest_pending_age_seconds",
+    "writeback_oldest_claimed_age_seconds",
+    "writeback_expired_claims",
 }
 ONE_RUN = f"""
 m.record_cdc_event("{LEAD}", "CREATE", 5)
@@ -110,6 +116,11 @@ def test_every_metric_name_is_exposed_before_any_event(metrics_server) -> None:
         assert value(samples, "cdc_lag_seconds", channel=channel) == 0
     assert value(samples, "errors_total", area="writeback") == 0
     assert value(samples, "auth_requests_total", result="hit") == 0
+    for outcome in ("sent", "retry", "failed", "superseded"):
+        assert value(samples, "writeback_sends_total", outcome=outcome) == 0
+    for status in ("pending", "claimed", "sent", "failed"):
+        assert value(samples, "writeback_outbox_rows", status=status) == 0
+    assert value(samples, "writeback_expired_claims") == 0
     assert value(samples, "first_response_latency_seconds_count") == 0
 
 
