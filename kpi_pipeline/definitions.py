@@ -4,7 +4,12 @@ import dagster as dg
 
 from kpi_pipeline.defs.analytics import flywheel_index, flywheel_logs, kpi_rollups, lead_ledger
 from kpi_pipeline.defs.assets import cdc_events
-from kpi_pipeline.defs.checks import FRESHNESS_CHECKS, LEDGER_CHECKS, freshness_checks_sensor
+from kpi_pipeline.defs.checks import (
+    FRESHNESS_CHECKS,
+    LEDGER_CHECKS,
+    WRITEBACK_CHECKS,
+    freshness_checks_sensor,
+)
 from kpi_pipeline.defs.jobs import process_cdc_batch
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.defs.resync import cdc_resync, resync_sensor
@@ -16,12 +21,13 @@ from kpi_pipeline.defs.schedules import (
     weekly_kpi_backfill_schedule,
 )
 from kpi_pipeline.defs.sensors import cdc_sensor
+from kpi_pipeline.defs.writeback import writeback_drain, writeback_sensor
 
 defs = dg.Definitions(
     assets=[cdc_events, lead_ledger, kpi_rollups, flywheel_logs, flywheel_index],
-    asset_checks=[*LEDGER_CHECKS, *FRESHNESS_CHECKS],
-    jobs=[process_cdc_batch, daily_kpis_job, ledger_snapshot_job, cdc_resync],
+    asset_checks=[*LEDGER_CHECKS, *WRITEBACK_CHECKS, *FRESHNESS_CHECKS],
+    jobs=[process_cdc_batch, daily_kpis_job, ledger_snapshot_job, cdc_resync, writeback_drain],
     schedules=[daily_kpi_schedule, weekly_kpi_backfill_schedule, ledger_snapshot_schedule],
-    sensors=[cdc_sensor, freshness_checks_sensor, resync_sensor],
+    sensors=[cdc_sensor, freshness_checks_sensor, resync_sensor, writeback_sensor],
     resources={"pipeline": PipelineResource()},
 )

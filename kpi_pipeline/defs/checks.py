@@ -1,4 +1,5 @@
-"""Asset checks: data invariants of the ledger (blocking) and freshness checks CI can assert on.
+"""Asset checks: data invariants of the ledger (blocking), the write-back's backlog (a warning)
+and freshness checks CI can assert on.
 
 Runtime health comes from the ``FreshnessPolicy`` on every asset (evaluated by Dagster's
 freshness daemon). Those are not check results, so the few freshness-critical assets also
@@ -59,6 +60,43 @@ def decisions_carry_policy_version(pipeline: PipelineResource) -> dg.AssetCheckR
     )
 
 
+@dg.asset_check(
+    asset=LEDGER_KEY,
+    # Not blocking: a slow or stuck write-back does not make the ledger's facts wrong, so
+    # KPIs built from them should still materialize; the warning is for whoever runs the org.
+    blocking=False,
+    description="The write-back keeps up: no row waits or is held longer than "
+    "KPI_WRITEBACK_BACKLOG_ALERT_SECONDS, no claim outlived its lease, no row failed for good.",
+)
+def outbox_backlog(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    limit = pipeline.settings().writeback_backlog_alert_seconds
+    health = pipeline.ledger().outbox_health()
+    problems = []
+    if (health.oldest_pending_age_s or 0.0) > limit:
+        problems.append(f"oldest pending row waited {health.oldest_pending_age_s:.0f} s")
+    if (health.oldest_claimed_age_s or 0.0) > limit:
+        problems.append(f"oldest claim held {health.oldest_claimed_age_s:.0f} s")
+    if health.expired_claims:
+        problems.append(f"{health.expired_claims} claim(s) outlived their lease")
+    failed = health.by_status.get("failed", 0)
+    if failed:
+        problems.append(f"{failed} row(s) failed for good")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        # WARN: the fix is operational (a drain, an org-side rejection), not bad data.
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) + f" (limit {limit:.0f} s)" if problems else None,
+        metadata={
+            "by_status": dg.MetadataValue.json(health.by_status),
+            "backlog": health.backlog,
+            "oldest_pending_age_seconds": round(health.oldest_pending_age_s or 0.0, 1),
+            "oldest_claimed_age_seconds": round(health.oldest_claimed_age_s or 0.0, 1),
+            "expired_claims": health.expired_claims,
+            "alert_after_seconds": limit,
+        },
+    )
+
+
 with warnings.catch_warnings():
     # The builders are superseded by FreshnessPolicy, but they are the only freshness form
     # that produces check results (dagster-notes §1); silence only their own warning here.
@@ -76,4 +114,6 @@ with warnings.catch_warnings():
     )
 
 LEDGER_CHECKS = [ttfr_non_negative, first_response_complete, decisions_carry_policy_version]
+# Operational health of the ledger's write-back, kept apart from the data invariants above.
+WRITEBACK_CHECKS = [outbox_backlog]
 FRESHNESS_CHECKS = [*ledger_freshness_checks, *kpi_freshness_checks]
