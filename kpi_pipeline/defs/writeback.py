@@ -12,7 +12,6 @@ from typing import Any
 import dagster as dg
 
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.writeback import drain_writeback, report_summary
 
 WRITEBACK_JOB = "writeback_drain"
 # Rows left behind wait at most about this much on top of KPI_WRITEBACK_IDLE_DRAIN_SECONDS;
@@ -36,12 +35,9 @@ def drain_outbox(context: dg.OpExecutionContext, pipeline: PipelineResource) -> 
         context.log.info("write-back is disabled (KPI_WRITEBACK_ENABLED=false); nothing sent")
         summary: dict[str, Any] = {"enabled": False}
     else:
-        report = drain_writeback(
-            pipeline.ledger(),
-            pipeline.salesforce_rest(),
-            lease_seconds=settings.writeback_lease_seconds,
-        )
-        summary = report_summary(report)
+        # The same drain batch and re-sync runs use (kpi_pipeline.writeback.drain_writeback
+        # with this process's ledger, org, owner rules and lease setting).
+        summary = pipeline.drain_writeback().summary()
         if summary.get("failed"):
             context.log.warning(f"write-back failed for good on {summary['failed']} row(s)")
     context.add_output_metadata({"write_back": dg.MetadataValue.json(summary)})
