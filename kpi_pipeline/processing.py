@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -42,7 +42,6 @@ from kpi_pipeline.cdc.events import (
     EventFormatError,
     format_sf_datetime,
     replay_id_hex,
-    to_epoch_ms,
 )
 from kpi_pipeline.flywheel.records import compute_record_id
 from kpi_pipeline.ledger.sql import dumps
@@ -53,19 +52,19 @@ from kpi_pipeline.workloads.first_touch import (
     FirstResponse,
     email_candidate,
     first_response,
-    first_response_fields,
     first_response_to_json,
     task_candidate,
 )
 from kpi_pipeline.workloads.lead_route import (
     FALLBACK_RULE_ID,
     RoutingDecision,
-    assignment_fields,
     assignment_from_owner_change,
+    current_owner,
     is_user_id,
     lead_created_at,
     matches,
     needs_routing,
+    owner_set_by_person,
     route,
 )
 from kpi_pipeline.workloads.outreach_templates import (
@@ -76,6 +75,12 @@ from kpi_pipeline.workloads.outreach_templates import (
     selection_messages,
 )
 from kpi_pipeline.workloads.records import RecordState, event_version, merge_event
+from kpi_pipeline.workloads.writeback_fields import (
+    ASSIGNMENT_GROUP,
+    FIRST_RESPONSE_GROUP,
+    ROUTING_FIELDS,
+)
+from kpi_pipeline.writeback import OwnerRules, Superseded, owner_rules
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +128,7 @@ class BatchProcessor:
         catalog: TemplateCatalog,
         client_id: str,
         clock: Callable[[], datetime] | None = None,
+        integration_user_id: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.policy = policy
@@ -130,6 +136,7 @@ class BatchProcessor:
         self.catalog = catalog
         self.client_id = client_id
         self.clock = clock
+        self.owner_rules: OwnerRules = owner_rules(policy, client_id, integration_user_id)
         fields: set[str] = {"OwnerId"}
         for rule in policy.rules:
             _policy_fields(rule.when, fields)
@@ -257,8 +264,24 @@ class BatchProcessor:
                 conn,
                 lead_id,
                 created=_created_or_none(state),
-                owner_id=current_owner(state, decisions.get(lead_id)),
+                owner_id=self._current_owner(state, decisions.get(lead_id)),
             )
+
+    def _current_owner(self, state: RecordState, decision: RoutingDecision | None) -> str | None:
+        return current_owner(
+            state,
+            decision,
+            integration_users=self.owner_rules.integration_users,
+            client_id=self.client_id,
+        )
+
+    def _person_owner(self, state: RecordState, decision: RoutingDecision) -> str | None:
+        return owner_set_by_person(
+            state,
+            decision.basis_ms,
+            integration_users=self.owner_rules.integration_users,
+            client_id=self.client_id,
+        )
 
     def _record_gap(self, event: ChangeEvent) -> int:
         metrics.record_error("cdc_gap")
@@ -298,7 +321,6 @@ class BatchProcessor:
         """Route unrouted leads (memoized per lead), record first user-owner times otherwise."""
         triggers = [e for e in events if e.entity == LEAD and not self.is_echo(e)]
         replays = _replays_by_record(triggers)
-        creates = _create_events(triggers)
         summary = {
             "leads": len(replays),
             "routed": 0,
@@ -306,7 +328,9 @@ class BatchProcessor:
             "owned": 0,
             "unknown": 0,
             "dead_lettered": 0,
+            "superseded": 0,
         }
+        superseded: list[str] = []
         routed: list[str] = []
         with self.ledger.write() as conn:
             # Pools first: their lock orders concurrent runs, so the memo read below is current.
@@ -321,12 +345,14 @@ class BatchProcessor:
 
                 def work(lead_id: str = lead_id, state: RecordState = state) -> str:
                     decision = memo.get(lead_id)
-                    basis = self._routing_basis(state, creates.get(lead_id))
                     outcome = "memoized" if decision is not None else "owned"
-                    if decision is None and needs_routing(basis, self.policy):
-                        decision, new = self._route_one(conn, basis, pools, replays[lead_id])
+                    new = False
+                    basis = self._routing_basis(state, events_of(triggers, lead_id))
+                    if decision is None and basis is not None:
+                        decision, new = self._route_one(conn, *basis, pools, replays[lead_id])
                         outcome = "routed" if new else "memoized"
-                    self._apply_assignment(conn, state, decision)
+                    if self._apply_assignment(conn, state, decision, new_decision=new):
+                        superseded.append(lead_id)
                     return outcome
 
                 outcome = self._isolated(conn, "route_leads", work, events_of(triggers, lead_id))
@@ -334,6 +360,7 @@ class BatchProcessor:
                 if outcome == "routed":
                     routed.append(lead_id)
         summary["routed_lead_ids"] = sorted(routed)
+        summary["superseded"] = len(superseded)
         return summary
 
     def _isolated(
@@ -357,13 +384,20 @@ class BatchProcessor:
             return "dead_lettered"
 
     def _route_one(
-        self, conn: sa.Connection, state: RecordState, pools: dict[str, Any], replay_ids: list[str]
+        self,
+        conn: sa.Connection,
+        state: RecordState,
+        basis_at: datetime,
+        pools: dict[str, Any],
+        replay_ids: list[str],
     ) -> tuple[RoutingDecision, bool]:
-        """Route one lead; (decision, True), or (the stored decision, False) when another run
-        decided it first (the pool locks make that rare; the memo insert makes it harmless)."""
+        """Route one lead as it was at ``basis_at``; (decision, True), or (the stored
+        decision, False) when another run decided it first (the pool locks make that rare;
+        the memo insert makes it harmless)."""
         pools_before = {pool_id: pools[pool_id].to_json() for pool_id in sorted(pools)}
-        outcome = route(state, self.policy, pools, decided_at=self._routing_time(state))
-        decision = outcome.decision
+        decided_at = self.clock() if self.clock is not None else basis_at
+        outcome = route(state, self.policy, pools, decided_at=decided_at)
+        decision = replace(outcome.decision, basis_at=basis_at if basis_at != decided_at else None)
         if not self.ledger.insert_routing_decision(conn, decision):
             return self.ledger.routing_decisions(conn, [decision.lead_id])[decision.lead_id], False
         if outcome.pool_state is not None:
@@ -403,55 +437,129 @@ class BatchProcessor:
             pools[outcome.pool_state.pool_id] = outcome.pool_state
         return decision, True
 
-    def _routing_basis(self, state: RecordState, create: ChangeEvent | None) -> RecordState:
-        """The lead as routing sees it. Event clock: as it was created (the routing happens
-        at creation time, before any later human reassignment), so the answer does not
-        depend on how events were grouped into batches. Wall clock: as it is now, so a
-        lead a human has already taken is left alone."""
-        if self.clock is not None or create is None:
-            return state
-        return merge_event(None, create, state.record_id)
+    def _routing_basis(
+        self, state: RecordState, lead_events: Sequence[ChangeEvent]
+    ) -> tuple[RecordState, datetime] | None:
+        """The lead as it was when it became unrouted, and when that was; None when none of
+        its events left it unrouted.
 
-    def _routing_time(self, state: RecordState) -> datetime:
-        """Event clock: when the lead became unrouted (created, or moved to a queue later)."""
-        if self.clock is not None:
-            return self.clock()
-        created = lead_created_at(state)
-        owner_version = state.version_of("OwnerId")
-        if owner_version is None:
-            return created
-        return max(created, datetime.fromtimestamp(owner_version[0] / 1000.0, tz=UTC))
+        Judged at event time, never on the current merged state: a retried batch that runs
+        after later owner changes were merged must route exactly the leads an in-order
+        run routes. A CREATE is judged on the fields it was created with, an owner change
+        on the owner it set. A person's later reassignment is honoured afterwards instead
+        (``_apply_assignment``: the decision is superseded and no owner is written)."""
+        for event in sorted(lead_events, key=event_version):
+            if event.change_type == "CREATE":
+                basis = merge_event(None, event, state.record_id)
+                if "OwnerId" not in event.fields:
+                    # A re-read record's CREATE: the owner at creation is unknown (re-sync
+                    # never guesses it), so the owner it has now decides.
+                    basis = replace(
+                        basis, fields={**basis.fields, "OwnerId": state.fields.get("OwnerId")}
+                    )
+            elif event.change_type == "UNDELETE":
+                basis = state
+            elif event.change_type == "UPDATE" and "OwnerId" in event.fields:
+                basis = replace(state, fields={**state.fields, "OwnerId": event.fields["OwnerId"]})
+            else:
+                continue
+            if _created_or_none(basis) is None:
+                basis = replace(basis, created_ms=state.created_ms)
+            if needs_routing(basis, self.policy):
+                at = datetime.fromtimestamp(event.header.commit_timestamp / 1000.0, tz=UTC)
+                return basis, max(at, lead_created_at(state))
+        return None
 
     def _apply_assignment(
-        self, conn: sa.Connection, state: RecordState, decision: RoutingDecision | None
-    ) -> None:
+        self,
+        conn: sa.Connection,
+        state: RecordState,
+        decision: RoutingDecision | None,
+        *,
+        new_decision: bool,
+    ) -> bool:
+        """Lead facts of a routed or owned lead, and the fields to write back. Returns True
+        when a person took the lead after it became unrouted: the decision stands in the
+        ledger (the lead was routed, its pool turn is used), but its owner is not written."""
         lead_id = state.record_id
         created = lead_created_at(state)
+        person = self._person_owner(state, decision) if decision is not None else None
         self.ledger.ensure_lead_facts(
-            conn, lead_id, created=created, owner_id=current_owner(state, decision)
+            conn, lead_id, created=created, owner_id=self._current_owner(state, decision)
         )
+        dirty: set[str] = set()
         if decision is not None:
             self.ledger.set_routing_facts(conn, decision)
-            fields = assignment_fields(decision, created_at=created)
-            if is_user_id(decision.owner_id):
-                self._set_assignment(conn, lead_id, created, decision.decided_at)
-            self.ledger.enqueue_update(conn, LEAD, lead_id, fields)
-            return
-        self.ledger.set_sla_if_unrouted(conn, lead_id, self.sla_minutes(state))
+            if new_decision:
+                dirty |= set(ROUTING_FIELDS) - ({"OwnerId"} if person else set())
+            # The decision counts as an assignment even when a person's change supersedes
+            # its owner: the earlier of the two is the first user owner, whichever order
+            # the events came in (event clock: the decision is at the lead's basis time,
+            # before any later change).
+            assigned_at = decision.decided_at
+            if is_user_id(decision.owner_id) and self._set_assignment(
+                conn, lead_id, created, assigned_at
+            ):
+                dirty |= set(ASSIGNMENT_GROUP)
+            if person is not None and new_decision:
+                taken_ms = state.meta["owner_set"][0][0]
+                at = self.clock() if self.clock else datetime.fromtimestamp(taken_ms / 1e3, tz=UTC)
+                item = Superseded(lead_id, decision.owner_id, person, "ledger")
+                self._record_superseded(conn, item, at)
+        else:
+            self.ledger.set_sla_if_unrouted(conn, lead_id, self.sla_minutes(state))
+        # The first user owner may come from a person (at creation or by a later change)
+        # rather than from our decision; the earliest of them is the assignment.
         assigned = assignment_from_owner_change(
-            state, created, non_assignees=frozenset(self.policy.integration_users)
+            state, created, non_assignees=self.owner_rules.integration_users
         )
         if assigned is not None and self._set_assignment(conn, lead_id, created, assigned[0]):
-            facts = self.ledger.lead_facts(conn, [lead_id])[lead_id]
-            self.ledger.enqueue_update(
-                conn,
-                LEAD,
-                lead_id,
-                {
-                    "Owner_Assigned_At__c": _sf_time(facts.Owner_Assigned_At__c),
-                    "Assignment_Latency_Minutes__c": facts.Assignment_Latency_Minutes__c,
-                },
-            )
+            dirty |= set(ASSIGNMENT_GROUP)
+        if dirty:
+            self.ledger.mark_dirty(conn, LEAD, lead_id, dirty)
+        return person is not None
+
+    def record_superseded(self, superseded: Sequence[Superseded]) -> None:
+        """Decisions whose owner write the drain dropped because the org showed a person's
+        owner (``kpi_pipeline.writeback.SupersedeRecorder``)."""
+        with self.ledger.write() as conn:
+            for item in superseded:
+                self.ledger.ensure_lead_facts(
+                    conn, item.lead_id, created=None, owner_id=item.actual_owner
+                )
+                self._record_superseded(conn, item, datetime.now(UTC))
+
+    def _record_superseded(self, conn: sa.Connection, item: Superseded, at: datetime) -> None:
+        messages = [
+            {
+                "role": "system",
+                "content": "A person changed the lead's owner after it became unrouted: their "
+                "owner stands and the routing decision's owner is not written.",
+            },
+            {
+                "role": "user",
+                "content": _canonical(
+                    {
+                        "lead_id": item.lead_id,
+                        "decided_owner": item.decided_owner,
+                        "actual_owner": item.actual_owner,
+                        "seen_in": item.seen_in,
+                    }
+                ),
+            },
+        ]
+        self._record_decision(
+            conn,
+            workload=WORKLOAD_ROUTE,
+            lead_id=item.lead_id,
+            decided_at=at,
+            rule_id="superseded",
+            model=f"routing-policy:{self.policy.version}",
+            messages=messages,
+            response={"superseded": True, "owner_id": item.actual_owner},
+            replay_ids=[],
+        )
+        metrics.record_decision(WORKLOAD_ROUTE, "superseded", self.policy.version)
 
     def _set_assignment(
         self, conn: sa.Connection, lead_id: str, created: datetime, assigned_at: datetime
@@ -567,7 +675,7 @@ class BatchProcessor:
             return "unanswered"
         if not self.ledger.improve_first_response(conn, lead_id, fr):
             return "unchanged"
-        self.ledger.enqueue_update(conn, LEAD, lead_id, first_response_fields(fr))
+        self.ledger.mark_dirty(conn, LEAD, lead_id, FIRST_RESPONSE_GROUP)
         self._record_first_touch(conn, lead_id, created, candidates, fr, replay_ids)
         metrics.observe_first_response(max(0.0, (fr.at - created).total_seconds()))
         return "improved"
@@ -707,9 +815,7 @@ class BatchProcessor:
             detail=response,
         )
         self.ledger.set_template_recommended(conn, state.record_id, selection.template_id)
-        self.ledger.enqueue_update(
-            conn, LEAD, state.record_id, {"Template_Recommended__c": selection.template_id}
-        )
+        self.ledger.mark_dirty(conn, LEAD, state.record_id, ["Template_Recommended__c"])
         return "recommended"
 
     def _detect_applied(
@@ -758,9 +864,7 @@ class BatchProcessor:
                 )
                 and template_id != before.Template_Applied__c
             ):
-                self.ledger.enqueue_update(
-                    conn, LEAD, candidate.lead_id, {"Template_Applied__c": template_id}
-                )
+                self.ledger.mark_dirty(conn, LEAD, candidate.lead_id, ["Template_Applied__c"])
                 applied += 1
         return applied
 
@@ -829,23 +933,6 @@ class BatchProcessor:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def current_owner(state: RecordState, decision: RoutingDecision | None) -> str | None:
-    """The lead's owner as the ledger knows it: our routing decision, unless the record shows
-    an owner change committed after that decision (someone reassigned the lead)."""
-    owner = state.fields.get("OwnerId")
-    if decision is None:
-        return owner if isinstance(owner, str) else None
-    version = state.version_of("OwnerId")
-    if (
-        isinstance(owner, str)
-        and owner
-        and version is not None
-        and version[0] > to_epoch_ms(decision.decided_at)
-    ):
-        return owner
-    return decision.owner_id
-
-
 def events_of(events: Iterable[ChangeEvent], record_id: str) -> list[ChangeEvent]:
     """The events about one record, or (for a lead's emails) related to it."""
     return [
@@ -877,19 +964,6 @@ def _by_creation(
     far = datetime.max.replace(tzinfo=UTC)
     known = [(key[1], s) for key, s in states.items()]
     return sorted(known, key=lambda item: (_created_or_none(item[1]) or far, item[0]))
-
-
-def _create_events(events: Iterable[ChangeEvent]) -> dict[str, ChangeEvent]:
-    """Each lead's CREATE event (the earliest version if it was delivered more than once)."""
-    found: dict[str, ChangeEvent] = {}
-    for event in events:
-        if event.change_type != "CREATE":
-            continue
-        for rid in event.record_ids:
-            known = found.get(rid)
-            if known is None or event_version(event) < event_version(known):
-                found[rid] = event
-    return found
 
 
 def _replays_by_record(events: Iterable[ChangeEvent]) -> dict[str, list[str]]:

@@ -169,7 +169,23 @@ def batch_processor(settings: Settings, *, live_clock: bool = True):
             catalog=load_catalog(),
             client_id=settings.client_id,
             clock=(lambda: datetime.now(UTC)) if live_clock else None,
+            integration_user_id=settings.salesforce_integration_user_id,
         ),
+    )
+
+
+def drain_writeback(settings: Settings):
+    """One write-back drain with this process's ledger, org and processor (which records
+    decisions a person's owner change superseded)."""
+    from kpi_pipeline.writeback import drain_writeback as drain
+
+    processor = batch_processor(settings)
+    return drain(
+        ledger(settings),
+        salesforce_rest(settings),
+        processor.owner_rules,
+        recorder=processor,
+        lease_seconds=settings.writeback_lease_seconds,
     )
 
 

@@ -94,25 +94,17 @@ def complete_batch(
     first_touch_summary: dict,
     template_summary: dict,
 ) -> dict:
-    from kpi_pipeline.salesforce.outbox import drain_outbox
-
     settings = pipeline.settings()
     write_back = None
     if settings.writeback_enabled:
-        # The ledger is the outbox: only updates Salesforce confirmed are marked sent, so a
-        # failure here leaves the rest pending for the next run (or this run's retry).
-        report = drain_outbox(pipeline.ledger(), pipeline.salesforce_rest())
-        write_back = {
-            "claimed": report.claimed,
-            "sent": len(report.sent),
-            "failed": len(report.failed),
-            "retry_later": len(report.retry_later),
-            "requests": report.requests,
-            "error": report.error,
-        }
-        if report.failed:
+        # The ledger is the outbox: only values Salesforce confirmed are marked sent. What
+        # this drain could not confirm stays pending (or claimed until its lease runs out)
+        # and the next drain, or writeback_sensor's idle drain, sends the current values.
+        result = pipeline.drain_writeback()
+        write_back = result.summary()
+        if result.report.failed:
             context.log.warning(
-                f"write-back failed for good on outbox items: {dict(list(report.failed.items())[:10])}"
+                f"write-back failed for good on outbox items: {dict(list(result.report.failed.items())[:10])}"
             )
     summary = {
         "routing": routing_summary,

@@ -40,3 +40,7 @@ class PipelineResource(dg.ConfigurableResource):
 
     def salesforce_rest(self):
         return wiring.salesforce_rest(self.settings())
+
+    def drain_writeback(self):
+        """Send the outbox's dirty fields (``kpi_pipeline.writeback.WritebackResult``)."""
+        return wiring.drain_writeback(self.settings())

@@ -59,14 +59,12 @@ def resync_windows(
 
 def _drain(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dict | None:
     """Routing and first-response fields the re-sync produced go out like a batch's do."""
-    from kpi_pipeline.salesforce.outbox import drain_outbox
-
     if not pipeline.settings().writeback_enabled:
         return None
-    report = drain_outbox(pipeline.ledger(), pipeline.salesforce_rest())
-    if report.failed:
-        context.log.warning(f"write-back failed for good on outbox items: {report.failed}")
-    return {"sent": len(report.sent), "failed": len(report.failed), "error": report.error}
+    result = pipeline.drain_writeback()
+    if result.report.failed:
+        context.log.warning(f"write-back failed for good on outbox items: {result.report.failed}")
+    return result.summary()
 
 
 @dg.job(

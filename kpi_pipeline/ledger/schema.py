@@ -219,21 +219,27 @@ decisions = sa.Table(
 )
 
 sf_outbox = sa.Table(
+    # One row per record: which of its fields are dirty (values are read from the ledger
+    # when sent), the claim on it, and the values Salesforce last confirmed (migration 0005).
     "sf_outbox",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("sobject", sa.String(64), nullable=False),
     sa.Column("record_id", sa.String(32), nullable=False),
-    sa.Column("fields", sa.JSON, nullable=False),
-    sa.Column("fields_hash", sa.String(64), nullable=False),
+    sa.Column("dirty", sa.JSON, nullable=False),  # sorted field names still to send
+    sa.Column("generation", sa.Integer, nullable=False),  # bumped by every mark
     sa.Column("status", sa.String(16), nullable=False),  # pending | claimed | sent | failed
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("dirtied_at", UTCDateTime),  # since when something waits to be sent
+    sa.Column("claim_token", sa.String(36)),
     sa.Column("claimed_at", UTCDateTime),
+    sa.Column("lease_until", UTCDateTime),
     sa.Column("sent_at", UTCDateTime),
-    sa.UniqueConstraint("sobject", "record_id", "fields_hash", name="uq_sf_outbox_values"),
-    sa.Index("ix_sf_outbox_status", "status", "id"),
+    sa.Column("confirmed", sa.JSON, nullable=False),  # field -> value Salesforce confirmed
+    sa.UniqueConstraint("sobject", "record_id", name="uq_sf_outbox_record"),
+    sa.Index("ix_sf_outbox_status", "status", "dirtied_at"),
 )
 
 # --- migration 0004: email→activity links, outreach email sends ---------------------------

@@ -1,14 +1,16 @@
-"""Drains the write-back outbox to Salesforce (DESIGN §2: apply -> Salesforce write-back).
+"""Drains the write-back outbox to Salesforce (apply -> Salesforce write-back).
 
-The ledger queues record updates (``OutboxPort``, implemented by ``kpi_pipeline.ledger``);
-``drain_outbox`` claims them in batches, merges updates to the same record (later fields win),
-sends them with sObject Collections and reports back per item:
+``OutboxPort`` hands out claimed record updates (``kpi_pipeline.writeback.LedgerOutbox``
+reads the ledger's current values of each record's dirty fields); ``drain_outbox``
+claims them in batches, merges updates to the same record (later fields win), sends them
+with sObject Collections and reports back per item:
 
 * confirmed by Salesforce -> ``mark_sent`` (never before the SaveResult says success);
 * refused for good (e.g. ``INVALID_FIELD``) -> ``mark_failed(retryable=False)``;
 * still locked after the retries, or unconfirmed because the org went away mid-request ->
   ``mark_failed(retryable=True)``: back to pending for the next drain. Nothing is lost, and
-  re-sending is harmless because an update re-applies the same values.
+  re-sending is harmless because the next drain reads the current values again;
+* no longer held (the claim's lease ran out and another drainer took it): not sent.
 
 A drain stops after a batch that left anything for later, so it never spins on the same items
 while the org is struggling.
@@ -42,6 +44,10 @@ class OutboxPort(Protocol):
 
     def claim_pending(self, limit: int) -> Sequence[OutboxItem]:
         """Up to ``limit`` unsent items, oldest first, that no other drainer holds."""
+
+    def still_held(self, ids: Sequence[int]) -> set[int]:
+        """Of ``ids``, those this drain still holds (a claim can be lost when its lease ran
+        out); only those are sent."""
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         """Salesforce confirmed these items."""
@@ -126,6 +132,15 @@ def _send_batch(
             # The org stopped answering: the other types in this batch were not attempted.
             _later(outbox, group, f"not attempted: {report.error}", report)
             continue
+        held = outbox.still_held([i for r in group for i in r.item_ids])
+        lost = [r for r in group if not set(r.item_ids) <= held]
+        if lost:
+            # Our lease ran out and another drainer holds these now: it sends the current
+            # values, and a late send from us could only be older.
+            log.warning("outbox claims lost before sending: %s", [r.record_id for r in lost])
+            group = [r for r in group if set(r.item_ids) <= held]
+            if not group:
+                continue
         try:
             result = rest.update_records(
                 sobject, [RecordUpdate(r.record_id, r.fields) for r in group]

@@ -69,6 +69,45 @@ def needs_routing(lead: RecordState, policy: RoutingPolicy) -> bool:
     return owner.startswith(QUEUE_PREFIX) or owner in policy.integration_users
 
 
+def owner_set_by_person(
+    lead: RecordState, after_ms: int, *, integration_users: frozenset[str], client_id: str
+) -> str | None:
+    """The owner a person (or another tool) gave the lead after ``after_ms``, if any.
+
+    "A person" is anyone but the integration users and our own write-back (its echo comes
+    back with our client id in changeOrigin). Such a change is a deliberate reassignment:
+    the pipeline never overwrites it, whatever order the events and our writes arrive in.
+    """
+    entry = lead.meta.get("owner_set")
+    if not entry:
+        return None
+    version, user, origin = entry
+    if version[0] <= after_ms or origin == client_id or user in integration_users:
+        return None
+    owner = lead.fields.get("OwnerId")
+    return owner if isinstance(owner, str) and owner else None
+
+
+def current_owner(
+    lead: RecordState,
+    decision: RoutingDecision | None,
+    *,
+    integration_users: frozenset[str],
+    client_id: str,
+) -> str | None:
+    """The lead's owner as the ledger knows it: our routing decision, unless a person
+    changed the owner after the lead became unrouted (then theirs). Judged by event time,
+    not by when the decision was made, so a late (retried) decision loses to a
+    reassignment that happened before it."""
+    owner = lead.fields.get("OwnerId")
+    if decision is None:
+        return owner if isinstance(owner, str) else None
+    person = owner_set_by_person(
+        lead, decision.basis_ms, integration_users=integration_users, client_id=client_id
+    )
+    return person or decision.owner_id
+
+
 # --- state and decisions ---------------------------------------------------------------
 
 
@@ -107,9 +146,18 @@ class RoutingDecision:
     sla_minutes: float
     decided_at: datetime
     explanation: dict[str, Any]
+    # When the lead became unrouted (its creation, or the change that put it in a queue):
+    # the event time routing judged it at. A person's owner change after it wins over this
+    # decision. None when it equals decided_at (event clock), or for decisions stored
+    # before it was kept: decided_at stands in.
+    basis_at: datetime | None = None
+
+    @property
+    def basis_ms(self) -> int:
+        return int((self.basis_at or self.decided_at).timestamp() * 1000)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "lead_id": self.lead_id,
             "owner_id": self.owner_id,
             "rule_id": self.rule_id,
@@ -119,6 +167,9 @@ class RoutingDecision:
             "decided_at": format_sf_datetime(self.decided_at),
             "explanation": self.explanation,
         }
+        if self.basis_at is not None and self.basis_at != self.decided_at:
+            data["basis_at"] = format_sf_datetime(self.basis_at)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoutingDecision:
@@ -136,6 +187,7 @@ class RoutingDecision:
             sla_minutes=float(data["sla_minutes"]),
             decided_at=decided_at,
             explanation=dict(data.get("explanation") or {}),
+            basis_at=parse_sf_datetime(data.get("basis_at")),
         )
 
 

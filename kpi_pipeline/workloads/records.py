@@ -13,7 +13,9 @@ back to Salesforce), each entry merged with an order-independent rule:
   payload has no ``CreatedById``);
 * ``commit_user``: ``[version, user]`` of the newest event seen (the last writer);
 * ``owner_first_seen``: ``{OwnerId: earliest commit ms at which it was set}``, so the
-  time a lead first got a user owner survives later owner changes.
+  time a lead first got a user owner survives later owner changes;
+* ``owner_set``: ``[version, commitUser, origin client]`` of the newest event that set
+  ``OwnerId``, so routing can tell a person's reassignment from its own write's echo.
 """
 
 from __future__ import annotations
@@ -225,6 +227,11 @@ def _merge_meta(meta: dict[str, Any], event: ChangeEvent, version: Version) -> d
         if current is None or _wins(version, user, tuple(current[0]), current[1]):
             merged["commit_user"] = [version, user]
     owner = event.fields.get("OwnerId")
+    if "OwnerId" in event.fields and event.change_type in _FIELD_SETTING_TYPES:
+        entry = [list(version), user or "", event.origin_client() or ""]
+        current = merged.get("owner_set")
+        if current is None or _wins(version, entry[1:], tuple(current[0]), current[1:]):
+            merged["owner_set"] = entry
     if isinstance(owner, str) and owner and event.change_type in _FIELD_SETTING_TYPES:
         seen = dict(merged.get("owner_first_seen") or {})
         commit_ms = event.header.commit_timestamp

@@ -44,7 +44,7 @@ def test_upgrading_a_0003_ledger_links_the_emails_it_holds(ledger_url: str) -> N
 
     ledger = Ledger.from_url(ledger_url)  # upgrades to head
     try:
-        assert migrations.current_revision(ledger.engine) == migrations.head_revision() == "0004"
+        assert migrations.current_revision(ledger.engine) == migrations.head_revision()
         with ledger.read() as conn:
             assert ledger.emails_linked_to(conn, ["00T000000000001AAA", "00Q000000000001AAA"]) == {
                 "02s000000000001AAA": "00T000000000001AAA"

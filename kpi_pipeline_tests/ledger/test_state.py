@@ -98,49 +98,92 @@ def test_lead_facts_frame_matches_the_rollup_contract(with_lead: Ledger) -> None
     assert ledger.lead_facts_frame(T + timedelta(days=3)).empty
 
 
-def test_outbox_enqueue_is_idempotent_and_claims_are_exclusive(ledger: Ledger) -> None:
-    fields = {"OwnerId": "005000000000030AAA", "Routing_Rule__c": "smb-default"}
+def test_outbox_marks_dirty_fields_once_per_record_and_claims_are_exclusive(
+    ledger: Ledger,
+) -> None:
     with ledger.write() as conn:
-        assert ledger.enqueue_update(conn, "Lead", LEAD, fields) is True
-        assert ledger.enqueue_update(conn, "Lead", LEAD, dict(reversed(fields.items()))) is False
-        assert ledger.enqueue_update(conn, "Lead", LEAD, {"Template_Recommended__c": "t1"}) is True
-    claimed = ledger.claim_pending(10)
-    assert [(i.record_id, i.fields) for i in claimed] == [
-        (LEAD, fields),
-        (LEAD, {"Template_Recommended__c": "t1"}),
+        assert ledger.mark_dirty(conn, "Lead", LEAD, ["OwnerId", "Routing_Rule__c"]) is True
+        assert ledger.mark_dirty(conn, "Lead", LEAD, ["Routing_Rule__c"]) is False  # waiting
+        assert ledger.mark_dirty(conn, "Lead", LEAD, ["Owner_Assigned_At__c"]) is True
+    (row,) = ledger.outbox()
+    # groups go together: the assignment time never travels without its latency
+    assert row.dirty == [
+        "Assignment_Latency_Minutes__c",
+        "OwnerId",
+        "Owner_Assigned_At__c",
+        "Routing_Rule__c",
     ]
-    assert ledger.claim_pending(10) == []  # claimed items are not handed out twice
-    ledger.mark_failed(claimed[0].id, "UNABLE_TO_LOCK_ROW", retryable=True)
-    ledger.mark_failed(claimed[1].id, "INVALID_FIELD", retryable=False)
-    (again,) = ledger.claim_pending(10)
-    assert again.id == claimed[0].id
-    ledger.mark_sent([again.id])
-    rows = {row.id: row for row in ledger.outbox()}
-    assert (rows[again.id].status, rows[again.id].attempts, rows[again.id].last_error) == (
+    (claim,) = ledger.claim_dirty(10)
+    assert ledger.claim_dirty(10) == []  # a held claim is not handed out twice
+    ledger.release_claims(claim.token, [claim.id], "UNABLE_TO_LOCK_ROW", retryable=True)
+    (again,) = ledger.claim_dirty(10)
+    assert again.id == claim.id and again.token != claim.token
+    ledger.confirm_sent(again.token, [(again, {"Routing_Rule__c": "smb-default"})])
+    (row,) = ledger.outbox()
+    assert (row.status, row.attempts, row.dirty, row.confirmed) == (
         "sent",
         2,
-        None,
+        [],
+        {"Routing_Rule__c": "smb-default"},
     )
-    assert (rows[claimed[1].id].status, rows[claimed[1].id].last_error) == (
-        "failed",
-        "INVALID_FIELD",
-    )
-    assert ledger.claim_pending(10) == []
+    assert ledger.claim_dirty(10) == []
     with pytest.raises(ValueError, match="at least 1"):
-        ledger.claim_pending(0)
+        ledger.claim_dirty(0)
 
 
-def test_a_claim_whose_lease_expired_is_handed_out_again(ledger_url: str) -> None:
+def test_outbox_refuses_fields_it_holds_no_value_for(ledger: Ledger) -> None:
+    with ledger.write() as conn, pytest.raises(ValueError, match="no ledger value for Lead"):
+        ledger.mark_dirty(conn, "Lead", LEAD, ["Description"])
+    with ledger.write() as conn, pytest.raises(ValueError, match="Lead fields only"):
+        ledger.mark_dirty(conn, "Task", "00T000000000001AAA", ["Status"])
+
+
+def test_a_row_dirtied_while_claimed_stays_pending_after_its_confirmation(ledger: Ledger) -> None:
+    with ledger.write() as conn:
+        ledger.mark_dirty(conn, "Lead", LEAD, ["Template_Recommended__c"])
+    (claim,) = ledger.claim_dirty(10)
+    with ledger.write() as conn:  # the ledger changed while the drain was sending
+        ledger.mark_dirty(conn, "Lead", LEAD, ["Template_Recommended__c"])
+    ledger.confirm_sent(claim.token, [(claim, {"Template_Recommended__c": "t1"})])
+    (row,) = ledger.outbox()
+    assert (row.status, row.dirty) == ("pending", ["Template_Recommended__c"])
+    assert row.confirmed == {"Template_Recommended__c": "t1"}
+
+
+def test_failed_for_good_rows_wait_for_an_operator_or_a_new_change(ledger: Ledger) -> None:
+    with ledger.write() as conn:
+        ledger.mark_dirty(conn, "Lead", LEAD, ["OwnerId"])
+    (claim,) = ledger.claim_dirty(10)
+    ledger.release_claims(claim.token, [claim.id], "INVALID_FIELD", retryable=False)
+    assert ledger.claim_dirty(10) == []
+    assert [(r.status, r.last_error) for r in ledger.outbox()] == [("failed", "INVALID_FIELD")]
+    with ledger.write() as conn:
+        assert ledger.mark_dirty(conn, "Lead", LEAD, ["OwnerId"]) is True
+    assert [c.id for c in ledger.claim_dirty(10)] == [claim.id]
+
+
+def test_a_claim_whose_lease_expired_is_handed_out_again_and_the_old_holder_loses_it(
+    ledger_url: str,
+) -> None:
     now = [T]
     ledger = Ledger.from_url(ledger_url, clock=lambda: now[0])
     with ledger.write() as conn:
-        ledger.enqueue_update(conn, "Lead", LEAD, {"OwnerId": "005000000000030AAA"})
-    (first,) = ledger.claim_pending(1)
-    now[0] = T + timedelta(minutes=4)
-    assert ledger.claim_pending(1) == []
-    now[0] = T + timedelta(minutes=6)
-    (second,) = ledger.claim_pending(1)
+        ledger.mark_dirty(conn, "Lead", LEAD, ["OwnerId"])
+    (first,) = ledger.claim_dirty(1, lease=timedelta(seconds=60))
+    now[0] = T + timedelta(seconds=50)
+    assert ledger.renew_claims(first.token, lease=timedelta(seconds=60)) == {first.id}
+    now[0] = T + timedelta(seconds=100)
+    assert ledger.claim_dirty(1) == []  # renewed: still held
+    health = ledger.outbox_health()
+    assert (health.by_status["claimed"], health.expired_claims) == (1, 0)
+    now[0] = T + timedelta(seconds=111)
+    assert ledger.outbox_health().expired_claims == 1
+    (second,) = ledger.claim_dirty(1)
     assert second.id == first.id
+    assert ledger.renew_claims(first.token) == set()  # the dead drainer's token is void
+    ledger.confirm_sent(first.token, [(first, {"OwnerId": "005000000000030AAA"})])
+    (row,) = ledger.outbox()
+    assert (row.status, row.confirmed) == ("claimed", {})  # a late confirmation is ignored
     ledger.dispose()
 
 
@@ -291,15 +334,3 @@ def test_pool_locks_serialise_concurrent_runs(postgres_url: str) -> None:
         assert conn.execute(sa.text("SELECT count(*) FROM pool_state")).scalar_one() == 1
     a.dispose()
     b.dispose()
-
-
-def test_the_ledger_is_the_outbox_port_the_drain_expects(ledger: Ledger) -> None:
-    from kpi_pipeline.salesforce.outbox import OutboxItem, merge_items
-
-    with ledger.write() as conn:
-        ledger.enqueue_update(conn, "Lead", LEAD, {"OwnerId": "005000000000030AAA"})
-        ledger.enqueue_update(conn, "Lead", LEAD, {"Template_Recommended__c": "t1"})
-    items = ledger.claim_pending(10)
-    assert all(isinstance(item, OutboxItem) for item in items)
-    (merged,) = merge_items(items)
-    assert merged.fields == {"OwnerId": "005000000000030AAA", "Template_Recommended__c": "t1"}

@@ -1,17 +1,16 @@
-"""drain_outbox against the sandbox REST server, with a simple in-test outbox and the real ledger."""
+"""drain_outbox against the sandbox REST server, with a simple in-test outbox (the ledger-backed
+outbox is tested in test_writeback.py)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kpi_pipeline.ledger.store import Ledger
 from kpi_pipeline.salesforce.outbox import OutboxItem, drain_outbox, merge_items
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg
 
@@ -35,6 +34,9 @@ class ListOutbox:
         for item_id in ids:
             self.status[item_id] = "claimed"
         return [self.items[i] for i in ids]
+
+    def still_held(self, ids: Sequence[int]) -> set[int]:
+        return {i for i in ids if self.status[i] == "claimed"}
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         for item_id in ids:
@@ -215,47 +217,6 @@ def test_merge_items_orders_by_id() -> None:
         ("Lead", {"A": "late", "B": 1}, [2, 5]),
         ("Task", {"A": "task"}, [3]),
     ]
-
-
-# --- the real ledger -----------------------------------------------------------------------------
-
-
-def ledger_drain_roundtrip(org: SandboxOrg, ledger: Ledger) -> None:
-    leads = org.create_leads(5)
-    with ledger.write() as conn:
-        for lead in leads:
-            ledger.enqueue_update(conn, "Lead", lead, {"Template_Recommended__c": "tmpl-1"})
-    org.server.faults.fail_next_requests(10, after=1)
-
-    first = drain_outbox(ledger, org.rest(max_attempts=2), batch_size=3)
-
-    assert len(first.sent) == 3 and first.error is not None
-    assert [r.record_id for r in ledger.outbox("sent")] == leads[:3]
-    assert [r.record_id for r in ledger.outbox("pending")] == leads[
-        3:
-    ]  # released, not stuck in a lease
-    org.server.faults.fail_next_requests(0)
-    second = drain_outbox(ledger, org.rest(), batch_size=3)
-    assert second.complete and len(second.sent) == 2
-    assert len(ledger.outbox("sent")) == 5
-    assert confirmed_record_ids(org) == set(leads)
-
-
-def test_drain_with_the_sqlite_ledger(org: SandboxOrg, tmp_path: Path) -> None:
-    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
-    try:
-        ledger_drain_roundtrip(org, ledger)
-    finally:
-        ledger.dispose()
-
-
-@pytest.mark.postgres
-def test_drain_with_the_postgres_ledger(org: SandboxOrg, postgres_url: str) -> None:
-    ledger = Ledger.from_url(postgres_url)
-    try:
-        ledger_drain_roundtrip(org, ledger)
-    finally:
-        ledger.dispose()
 
 
 # --- merge property ------------------------------------------------------------------------------

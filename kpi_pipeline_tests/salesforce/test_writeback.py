@@ -1,0 +1,197 @@
+"""The write-back over the real ledger (SQLite and PostgreSQL) and the sandbox org's REST server:
+values are read when sent, stale rows are superseded, lost responses and dead drainers
+lose nothing, and nothing the org shows ever moves later."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from kpi_pipeline.cdc.events import format_sf_datetime
+from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.salesforce.rest import RecordUpdate
+from kpi_pipeline.workloads.first_touch import FirstResponse
+from kpi_pipeline.writeback import LedgerOutbox, OwnerRules, Superseded, drain_writeback
+from kpi_pipeline_tests.salesforce.sandbox_org import INTEGRATION_USER_ID, SandboxOrg
+
+RULES = OwnerRules(frozenset({INTEGRATION_USER_ID}), "kpi_pipeline")
+CREATED = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+REP = "005000000000030AAA"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def clocked_ledger(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Ledger, Clock]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        url = request.getfixturevalue("make_postgres_db")()
+    clock = Clock()
+    ledger = Ledger.from_url(url, clock=clock)
+    yield ledger, clock
+    ledger.dispose()
+
+
+def improve(ledger: Ledger, lead_id: str, minutes: float, source: str = "Task") -> None:
+    """The ledger learns of an (earlier) first response and marks its fields dirty."""
+    at = CREATED + timedelta(minutes=minutes)
+    response = FirstResponse(
+        at=at,
+        source=source,
+        record_id=f"00T00000000{int(minutes * 100):04d}AAA",
+        user_id=REP,
+        minutes=minutes,
+    )
+    with ledger.write() as conn:
+        ledger.ensure_lead_facts(conn, lead_id, created=CREATED, owner_id=None)
+        assert ledger.improve_first_response(conn, lead_id, response)
+        ledger.mark_dirty(conn, "Lead", lead_id, ["First_Response_At__c"])
+
+
+def org_first_responses(org: SandboxOrg, lead_id: str) -> list[str]:
+    """Every First_Response_At__c value our writes set on the lead, in commit order."""
+    return [
+        format_sf_datetime(datetime.fromtimestamp(change.fields["First_Response_At__c"] / 1e3, UTC))
+        for change in org.store.iter_changes()
+        if change.header["recordIds"] == [lead_id]
+        and "client=kpi_pipeline" in change.header["changeOrigin"]
+        and "First_Response_At__c" in change.fields
+    ]
+
+
+def org_value(org: SandboxOrg, lead_id: str, field: str) -> object:
+    (row,) = org.rest().query_by_ids("Lead", [field], [lead_id])
+    return row[field]
+
+
+def test_a_stale_row_is_superseded_by_the_newer_value(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, _ = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    improve(ledger, lead, 30)  # an earlier response arrives before anything was sent
+
+    result = drain_writeback(ledger, org.rest(), RULES)
+
+    assert len(result.report.sent) == 1  # one row per record, one update
+    assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
+    assert org_value(org, lead, "First_Response_Source__c") == "Task"
+    assert [r.status for r in ledger.outbox()] == ["sent"]
+    assert drain_writeback(ledger, org.rest(), RULES).report.claimed == 0
+
+
+def test_a_resend_after_a_lost_response_sends_the_current_value(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, clock = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    # A drainer claims, the org applies its update, and it dies before confirming (kill -9
+    # between the REST call and the ledger write): the row stays claimed under its lease.
+    dead = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
+    (item,) = dead.claim_pending(10)
+    org.rest().update_records("Lead", [RecordUpdate(item.record_id, item.fields)])
+    improve(ledger, lead, 30)  # meanwhile the ledger learned of an earlier response
+    assert drain_writeback(ledger, org.rest(), RULES).report.claimed == 0  # lease still held
+
+    clock.now += timedelta(seconds=61)  # the lease runs out; no new traffic needed
+    result = drain_writeback(ledger, org.rest(), RULES)
+
+    assert result.report.sent == [item.id]
+    assert org_first_responses(org, lead) == [
+        "2026-11-18T10:30:00.000Z",
+        "2026-11-18T09:30:00.000Z",  # only ever earlier
+    ]
+    (row,) = ledger.outbox()
+    assert (row.status, row.confirmed["First_Response_At__c"]) == (
+        "sent",
+        "2026-11-18T09:30:00.000Z",
+    )
+
+
+def test_a_drainer_that_lost_its_lease_sends_nothing(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, clock = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    slow = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
+    (item,) = slow.claim_pending(10)  # then it stalls past its lease
+    improve(ledger, lead, 30)
+    clock.now += timedelta(seconds=61)
+    drain_writeback(ledger, org.rest(), RULES)  # another drainer retakes and sends 09:30
+
+    assert slow.still_held([item.id]) == set()  # so the stalled one never sends 10:30
+    assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
+
+
+def test_an_org_failure_leaves_rows_pending_for_the_next_drain(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, _ = clocked_ledger
+    leads = org.create_leads(5)
+    for lead in leads:
+        improve(ledger, lead, 45)
+    org.server.faults.fail_next_requests(10, after=1)
+
+    first = drain_writeback(ledger, org.rest(max_attempts=2), RULES, batch_size=3)
+
+    assert len(first.report.sent) == 3 and first.report.error is not None
+    assert sorted(r.record_id for r in ledger.outbox("pending")) == sorted(leads[3:])
+    org.server.faults.fail_next_requests(0)
+    second = drain_writeback(ledger, org.rest(), RULES, batch_size=3)
+    assert second.report.complete and len(second.report.sent) == 2
+    assert all(org_first_responses(org, lead) == ["2026-11-18T09:45:00.000Z"] for lead in leads)
+
+
+def test_an_owner_a_person_gave_in_the_org_is_never_overwritten(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    from kpi_pipeline.workloads.lead_route import RoutingDecision
+
+    ledger, _ = clocked_ledger
+    (lead,) = org.create_leads(1)
+    decision = RoutingDecision(
+        lead_id=lead,
+        owner_id="005000000000015AAA",
+        rule_id="smb-default",
+        pool_id="smb",
+        policy_version="test-1",
+        sla_minutes=60.0,
+        decided_at=CREATED,
+        explanation={},
+    )
+    with ledger.write() as conn:
+        ledger.ensure_lead_facts(conn, lead, created=CREATED, owner_id=decision.owner_id)
+        ledger.insert_routing_decision(conn, decision)
+        ledger.set_routing_facts(conn, decision)
+        ledger.mark_dirty(conn, "Lead", lead, ["OwnerId", "Routing_Rule__c"])
+    # A rep takes the lead in the org before our decision reaches it; its change event
+    # has not reached the ledger yet.
+    org.store.update_record("Lead", lead, {"OwnerId": REP}, user_id=REP)
+    recorded: list[Superseded] = []
+
+    class Recorder:
+        def record_superseded(self, superseded: list[Superseded]) -> None:
+            recorded.extend(superseded)
+
+    result = drain_writeback(ledger, org.rest(), RULES, recorder=Recorder())
+
+    assert org_value(org, lead, "OwnerId") == REP
+    assert org_value(org, lead, "Routing_Rule__c") == "smb-default"
+    assert recorded == [Superseded(lead, "005000000000015AAA", REP, "org")]
+    assert result.summary()["superseded"] == 1
+    assert [r.status for r in ledger.outbox()] == ["sent"]
