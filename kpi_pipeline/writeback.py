@@ -87,24 +87,30 @@ class LedgerOutbox:
     # --- OutboxPort -------------------------------------------------------------------
 
     def claim_pending(self, limit: int) -> list[OutboxItem]:
-        claims = self.ledger.claim_dirty(limit, lease=self.lease)
-        if not claims:
-            return []
-        with self._lock:
-            self._tokens.add(claims[0].token)
-        values = self._resolve(claims)
-        items = []
-        nothing_to_send = []
-        for claim in claims:
-            self._claims[claim.id] = claim
-            self._values[claim.id] = values[claim.id]
-            if values[claim.id]:
-                items.append(OutboxItem(claim.id, claim.sobject, claim.record_id, values[claim.id]))
-            else:
-                nothing_to_send.append(claim)
-        # Nothing left after the rules (values already confirmed, owner superseded): done.
-        self.ledger.confirm_sent(claims[0].token, [(c, {}) for c in nothing_to_send])
-        return items
+        """Claim rows and resolve what to send. Rows left with nothing to send (values the
+        org already has, an owner a person took) are settled at once, and the next rows
+        are claimed, so an empty answer means the outbox has nothing more to send."""
+        while True:
+            claims = self.ledger.claim_dirty(limit, lease=self.lease)
+            if not claims:
+                return []
+            with self._lock:
+                self._tokens.add(claims[0].token)
+            values = self._resolve(claims)
+            items = []
+            nothing_to_send = []
+            for claim in claims:
+                self._claims[claim.id] = claim
+                self._values[claim.id] = values[claim.id]
+                if values[claim.id]:
+                    items.append(
+                        OutboxItem(claim.id, claim.sobject, claim.record_id, values[claim.id])
+                    )
+                else:
+                    nothing_to_send.append(claim)
+            self.ledger.confirm_sent(claims[0].token, [(c, {}) for c in nothing_to_send])
+            if items:
+                return items
 
     def still_held(self, ids: Sequence[int]) -> set[int]:
         held: set[int] = set()

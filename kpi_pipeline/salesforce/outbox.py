@@ -99,7 +99,14 @@ def drain_outbox(outbox: OutboxPort, rest: SalesforceRest, *, batch_size: int = 
     report = DrainReport()
     seen: set[int] = set()
     while True:
-        items = [i for i in outbox.claim_pending(batch_size) if i.id not in seen]
+        claimed = outbox.claim_pending(batch_size)
+        items = [i for i in claimed if i.id not in seen]
+        for item in claimed:
+            if item.id in seen:
+                # Changed again while this drain was sending it: give it back for the next
+                # drain rather than spin on a record that keeps changing.
+                outbox.mark_failed(item.id, "changed again during this drain", retryable=True)
+                report.retry_later[item.id] = "changed again during this drain"
         if not items:
             break
         seen.update(i.id for i in items)

@@ -195,3 +195,22 @@ def test_an_owner_a_person_gave_in_the_org_is_never_overwritten(
     assert recorded == [Superseded(lead, "005000000000015AAA", REP, "org")]
     assert result.summary()["superseded"] == 1
     assert [r.status for r in ledger.outbox()] == ["sent"]
+
+
+def test_rows_with_nothing_to_send_neither_reach_the_org_nor_end_the_drain(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, _ = clocked_ledger
+    first, *others = org.create_leads(3)
+    improve(ledger, first, 45)
+    drain_writeback(ledger, org.rest(), RULES)
+    with ledger.write() as conn:  # re-marked, but the org already has these values
+        ledger.mark_dirty(conn, "Lead", first, ["First_Response_At__c"])
+    for lead in others:
+        improve(ledger, lead, 20)
+
+    result = drain_writeback(ledger, org.rest(), RULES, batch_size=1)
+
+    assert len(result.report.sent) == 2 and result.report.complete
+    assert org_first_responses(org, first) == ["2026-11-18T09:45:00.000Z"]  # no second update
+    assert {r.status for r in ledger.outbox()} == {"sent"}
