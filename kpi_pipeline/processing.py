@@ -548,7 +548,7 @@ class BatchProcessor:
                 ),
             },
         ]
-        self._record_decision(
+        stored = self._record_decision(
             conn,
             workload=WORKLOAD_ROUTE,
             lead_id=item.lead_id,
@@ -559,7 +559,8 @@ class BatchProcessor:
             response={"superseded": True, "owner_id": item.actual_owner},
             replay_ids=[],
         )
-        metrics.record_decision(WORKLOAD_ROUTE, "superseded", self.policy.version)
+        if stored:  # counted once, like every decision, however often it is seen again
+            metrics.record_decision(WORKLOAD_ROUTE, "superseded", self.policy.version)
 
     def _set_assignment(
         self, conn: sa.Connection, lead_id: str, created: datetime, assigned_at: datetime
@@ -897,7 +898,8 @@ class BatchProcessor:
         messages: list[dict[str, Any]],
         response: dict[str, Any],
         replay_ids: list[str],
-    ) -> None:
+    ) -> bool:
+        """Store a flywheel decision; False when this very decision was stored before."""
         decision_id = compute_record_id(
             workload_id=workload,
             client_id=self.client_id,
@@ -913,7 +915,7 @@ class BatchProcessor:
             "replay_ids": ",".join(replays[:MAX_REPLAY_IDS_IN_METADATA]),
             "decision_id": decision_id,
         }
-        self.ledger.insert_decision(
+        return self.ledger.insert_decision(
             conn,
             DecisionRow(
                 id=decision_id,
