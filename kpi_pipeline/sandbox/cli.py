@@ -15,6 +15,10 @@ from types import FrameType
 from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
 
 ACCESS_TOKEN_ENV = "KPI_SANDBOX_ACCESS_TOKEN"  # keeps the token off the command line
+# Test-only fault: read from the environment because the pipeline starts the serve process
+# itself (kpi_pipeline.sandbox.runtime), passing its own environment on; a hard-kill test sets
+# it on the dagster processes and the sandbox they start inherits it.
+UPDATE_DELAY_ENV = "KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="exit once the parent process is gone and no Pub/Sub or REST request arrived "
         "for this long (default 900; 0: never)",
     )
+    serve.add_argument(
+        "--update-delay-seconds",
+        type=float,
+        default=None,
+        help="test fault: answer each record update this long after applying it (default: "
+        f"${UPDATE_DELAY_ENV} or 0)",
+    )
     serve.set_defaults(func=_serve)
 
     export = commands.add_parser(
@@ -176,6 +187,10 @@ def _serve(args: argparse.Namespace) -> int:
     if error := _serve_input_error(args):
         print(error, file=sys.stderr)
         return 2
+    update_delay = _update_delay(args)
+    if update_delay is None:
+        print(f"error: ${UPDATE_DELAY_ENV} must be a number of seconds >= 0", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parent_pid = args.parent_pid or os.getppid()
     stop = threading.Event()
@@ -210,6 +225,9 @@ def _serve(args: argparse.Namespace) -> int:
         except (SandboxAlreadyRunning, SandboxStoreError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        if update_delay > 0:
+            runtime.rest_server.faults.delay_updates(update_delay)
+            print(f"sandbox: record updates answered {update_delay:g} s after applying", flush=True)
         if args.live_leads_per_hour > 0:
             runtime.start_live(
                 seed=args.seed,
@@ -226,6 +244,17 @@ def _serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _update_delay(args: argparse.Namespace) -> float | None:
+    """--update-delay-seconds, else $KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS, else 0 (None: invalid)."""
+    value = args.update_delay_seconds
+    if value is None:
+        try:
+            value = float(os.environ.get(UPDATE_DELAY_ENV) or 0)
+        except ValueError:
+            return None
+    return value if value >= 0 else None
 
 
 def _serve_input_error(args: argparse.Namespace) -> str | None:

@@ -17,7 +17,9 @@ Updates go through ``RecordStore.update_record`` with ``change_origin``
 UPDATE events that the pipeline recognises as its own echoes.
 
 Faults (``RunningRestServer.faults``): REQUEST_LIMIT_EXCEEDED, UNABLE_TO_LOCK_ROW, HTTP 500
-or dropped connections, expired sessions.
+or dropped connections, expired sessions, and a delay between applying an update and
+answering it (``delay_updates``; ``kpi-pipeline sandbox serve`` arms it from
+``KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,21 @@ class RestFaults:
         self._fail_after = 0
         self._fail_left = 0
         self._fail_drop = False
+        self._update_delay_s = 0.0
+
+    def delay_updates(self, seconds: float) -> None:
+        """Every record update (single or sObject Collections) is answered ``seconds`` after
+        it was applied (0: at once). The client then waits with the update already in the org
+        and its outcome unknown to it: a drainer killed in that window is the hard-kill case
+        the write-back must survive, and the delay makes the window wide enough to hit."""
+        if seconds < 0:
+            raise ValueError(f"delay_updates needs seconds >= 0, got {seconds}")
+        with self._lock:
+            self._update_delay_s = float(seconds)
+
+    def update_delay(self) -> float:
+        with self._lock:
+            return self._update_delay_s
 
     def request_limit_exceeded_next(self, n: int, *, daily: bool = False) -> None:
         """The next n data requests get 403 REQUEST_LIMIT_EXCEEDED (concurrent, or the daily total)."""
@@ -589,6 +606,7 @@ class RestApp:
         error = self._check_update(sobject, record_id, payload)
         if error is None:
             error = self._apply(sobject, record_id, payload, origin, token)
+            self._delay_answer()
         if error is None:
             return Response(204)
         status = 404 if error["statusCode"] == "NOT_FOUND" else 400
@@ -619,7 +637,13 @@ class RestApp:
             else:
                 # Like Salesforce, a failed entry carries no id: results match requests by position.
                 results.append({"success": False, "errors": [error]})
+        self._delay_answer()
         return Response(200, results)
+
+    def _delay_answer(self) -> None:
+        # Outside any lock: other requests (queries, the Pub/Sub side) go on meanwhile.
+        if (delay := self.faults.update_delay()) > 0:
+            time.sleep(delay)
 
     def _check_collection_record(
         self, record: Any
