@@ -9,91 +9,18 @@ launched twice.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline.cdc.cursor import SensorCursor
+from kpi_pipeline_tests.dagster.harness import BIN, instance_state, kill, start_daemon
+from kpi_pipeline_tests.dagster.harness import wait_for_state as _wait_for
+from kpi_pipeline_tests.dagster.harness import write_instance_yaml as _write_instance_yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _write_instance_yaml(home: Path, storage: str, postgres_url: str | None) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    if storage == "postgres":
-        assert postgres_url
-        pg = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
-        storage_yaml = f"storage:\n  postgres:\n    postgres_url: {pg}\n"
-    else:
-        storage_yaml = f"storage:\n  sqlite:\n    base_dir: {home / 'storage'}\n"
-    (home / "dagster.yaml").write_text(
-        storage_yaml
-        + "run_retries:\n  enabled: true\n  max_retries: 2\n"
-        + "concurrency:\n  runs:\n    max_concurrent_runs: 2\n"
-        + "telemetry:\n  enabled: false\n"
-    )
-
-
-def _start_daemon(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-def _state(env: dict[str, str]) -> dict:
-    """Read the instance from a separate process, as an operator would after a restart."""
-    script = (
-        "import json\n"
-        "from dagster import DagsterInstance, DagsterRunStatus\n"
-        "inst = DagsterInstance.get()\n"
-        "cursor = None\n"
-        "for st in inst.all_instigator_state():\n"
-        "    if st.name == 'cdc_sensor':\n"
-        "        cursor = st.instigator_data.cursor if st.instigator_data else None\n"
-        "runs = inst.get_runs()\n"
-        "print(json.dumps({'cursor': cursor,\n"
-        "  'runs': [{'key': r.tags.get('dagster/run_key'), 'job': r.job_name, 'status': r.status.value} for r in runs]}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _wait_for(env: dict[str, str], predicate, timeout: float, log_path: Path) -> dict:
-    deadline = time.monotonic() + timeout
-    state: dict = {}
-    while time.monotonic() < deadline:
-        state = _state(env)
-        if predicate(state):
-            return state
-        time.sleep(3)
-    raise AssertionError(
-        f"timed out; last state {state}\n--- daemon log tail ---\n{log_path.read_text()[-4000:]}"
-    )
 
 
 def _succeeded(state: dict) -> list[dict]:
@@ -183,10 +110,10 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
     log_path = tmp_path / "daemon.log"
     # Create the instance storage before the daemon starts: two processes initialising the
     # same fresh SQLite storage at once can both stamp its alembic version table.
-    assert _state(env)["runs"] == []
+    assert instance_state(env)["runs"] == []
 
     # Phase 1: the daemon drains the seeded history; stop it hard once everything settled.
-    daemon = _start_daemon(env, log_path)
+    daemon = start_daemon(env, log_path)
     try:
         first = _wait_for(
             env,
@@ -195,14 +122,14 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
             log_path,
         )
     finally:
-        _kill(daemon)
+        kill(daemon)
     positions_before = _replay_positions(first["cursor"])
     assert positions_before, first
     leads_before = _ledger_counts(data_dir)[3]
 
     # While it is down, the org changes. Phase 2: a new daemon resumes from the stored cursor.
     new_leads = _add_leads(data_dir, 3)
-    daemon = _start_daemon(env, log_path)
+    daemon = start_daemon(env, log_path)
     try:
         second = _wait_for(
             env,
@@ -216,7 +143,7 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
             log_path,
         )
     finally:
-        _kill(daemon)
+        kill(daemon)
 
     after = _replay_positions(second["cursor"])
     for channel, position in positions_before.items():
