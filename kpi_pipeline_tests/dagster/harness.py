@@ -167,19 +167,34 @@ def _pids() -> list[int]:
 
 
 def run_worker_pids(dagster_home: Path) -> list[int]:
-    """Live run workers (``dagster api execute_run`` / ``execute_step``) of this instance.
+    """Live run workers of this instance.
 
-    Matched by command line and by the DAGSTER_HOME in their environment, not by ancestry:
-    after the daemon alone is killed, its workers are orphans re-parented to init."""
+    The code server runs each run in a ``multiprocessing`` spawn child of its own (its
+    command line is ``spawn_main ... --multiprocessing-fork``); launchers that shell out use
+    ``dagster api execute_run``/``execute_step``. Matched by command line and by the
+    DAGSTER_HOME in their environment, not by ancestry from the daemon: after the daemon
+    alone is killed, its code server and workers live on outside its tree."""
     home = f"DAGSTER_HOME={dagster_home}".encode()
     found = []
     for pid in _pids():
         argv = _read_proc(pid, "cmdline").split(b"\0")
-        if b"api" not in argv or not ({b"execute_run", b"execute_step"} & set(argv)):
+        cli_worker = b"api" in argv and bool({b"execute_run", b"execute_step"} & set(argv))
+        spawned = b"--multiprocessing-fork" in argv and _is_code_server(_parent(pid))
+        if not (cli_worker or spawned):
             continue
         if home in _read_proc(pid, "environ").split(b"\0") and _alive(pid):
             found.append(pid)
     return found
+
+
+def _parent(pid: int) -> int:
+    stat = _read_proc(pid, "stat")
+    return int(stat.rpartition(b")")[2].split()[1]) if stat else 0
+
+
+def _is_code_server(pid: int) -> bool:
+    argv = _read_proc(pid, "cmdline").split(b"\0") if pid else []
+    return b"api" in argv and b"grpc" in argv
 
 
 def _alive(pid: int) -> bool:
@@ -299,7 +314,8 @@ class Outcome:
 
     facts: dict[str, dict[str, Any]]  # ledger lead_facts by lead id
     routed: dict[str, dict[str, Any]]  # routing_decisions by lead id (the decision JSON)
-    route_decision_counts: Counter[str]  # flywheel decisions rows, workload lead_route
+    # flywheel decisions rows of workload lead_route, records of a superseded one left out
+    route_decision_counts: Counter[str]
     outbox: dict[str, int]
     org: dict[str, dict[str, Any]]  # sandbox Lead records by id
     lead_updates: list[OrgWrite]  # every Lead UPDATE in the org's change log, replay order
@@ -331,8 +347,11 @@ def read_outcome(data_dir: Path) -> Outcome:
             counts = Counter(
                 row.lead_id
                 for row in conn.execute(
-                    sa.select(t.decisions.c.lead_id).where(t.decisions.c.workload == "lead_route")
+                    sa.select(t.decisions.c.lead_id, t.decisions.c.response).where(
+                        t.decisions.c.workload == "lead_route"
+                    )
                 )
+                if not (isinstance(row.response, dict) and row.response.get("superseded"))
             )
             outbox = dict(
                 conn.execute(
@@ -383,6 +402,9 @@ def _same(field_name: str, a: Any, b: Any) -> bool:
 
 
 def check_routed_at_most_once(run: Outcome) -> list[str]:
+    """One routing decision per lead in the flywheel (a record that a decision was superseded
+    by a person's owner change is not a second routing), and our writes never gave a lead
+    two different owners."""
     problems = [
         f"{lead}: {n} lead_route decisions in the flywheel"
         for lead, n in run.route_decision_counts.items()
