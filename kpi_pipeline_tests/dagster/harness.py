@@ -582,12 +582,17 @@ def copy_store(template: Path, data_dir: Path) -> None:
         src.backup(dst)
 
 
-def add_wave(data_dir: Path, wave: int, *, leads: int, base_ms: int) -> list[str]:
+def add_wave(
+    data_dir: Path, wave: int, *, leads: int, base_ms: int, reassign_at_ms: int | None = None
+) -> list[str]:
     """New org activity while the pipeline runs, the same in every deployment given the same
     arguments: ``leads`` web leads in the inbound queue, each answered by a rep (a call for
     even ones, an email for odd ones); every fourth is taken by a rep from the queue before
     anyone answers (a person's owner change), and every third gets a call logged afterwards
-    with an earlier time (its first response moves earlier once it arrives).
+    with an earlier time (its first response moves earlier once it arrives). With
+    ``reassign_at_ms``, a rep also takes over every fourth lead (from the second) of the
+    previous wave at that time: leads the pipeline has routed and written back by then, so a
+    re-send of our owner must not undo it.
 
     Unlike the simulator, nothing here reads what the pipeline wrote (the simulator answers
     as the lead's current owner), so the records do not depend on routing or timing."""
@@ -599,6 +604,16 @@ def add_wave(data_dir: Path, wave: int, *, leads: int, base_ms: int) -> list[str
     store = SandboxStore(data_dir / "sandbox.db")
     created_ids = []
     try:
+        if reassign_at_ms is not None and wave > 1:
+            by_company = {r.get("Company"): r["Id"] for r in store.query_records("Lead")}
+            for i in range(1, leads, 4):
+                rep = REPS[(wave + i + 3) % len(REPS)]
+                lead = by_company.get(f"Wave {wave - 1} Co {i}")
+                if lead is not None:
+                    store.update_record(
+                        "Lead", lead, {"OwnerId": rep.id}, user_id=rep.id, change_origin=ui,
+                        at_ms=reassign_at_ms,
+                    )  # fmt: skip
         for i in range(leads):
             created = base_ms + i * 90_000
             rep = REPS[(wave + i) % len(REPS)]

@@ -96,9 +96,14 @@ def test_hard_kills_match_a_clean_run(deployments):
 
     def wave(number: int):
         def add() -> None:
+            now_ms = int(time.time() * 1000)  # the same reassignment time in both orgs
             for dep in (clean, killed):
                 harness.add_wave(
-                    dep.data_dir, number, leads=WAVE_LEADS, base_ms=base_ms + number * 3_600_000
+                    dep.data_dir,
+                    number,
+                    leads=WAVE_LEADS,
+                    base_ms=base_ms + number * 3_600_000,
+                    reassign_at_ms=now_ms,
                 )
 
         return add
