@@ -7,6 +7,7 @@ import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -55,4 +56,13 @@ def make_postgres_db() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def postgres_url(make_postgres_db: Callable[[], str]) -> str:
     """One fresh PostgreSQL database for this test."""
+    return make_postgres_db()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ledger URL: a SQLite file, and a database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    make_postgres_db: Callable[[], str] = request.getfixturevalue("make_postgres_db")
     return make_postgres_db()

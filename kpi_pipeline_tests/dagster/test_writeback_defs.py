@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,14 +19,6 @@ from kpi_pipeline.ledger import Ledger
 from kpi_pipeline_tests.outbox_rows import claim, fail_for_good, queue
 
 LEADS = ["00Q000000000001AAA", "00Q000000000002AAA"]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    make_postgres_db: Callable[[], str] = request.getfixturevalue("make_postgres_db")
-    return make_postgres_db()
 
 
 @pytest.fixture

@@ -24,14 +24,6 @@ GAUGES = (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    make_postgres_db: Callable[[], str] = request.getfixturevalue("make_postgres_db")
-    return make_postgres_db()
-
-
 @pytest.fixture
 def clock() -> MovableClock:
     return MovableClock()

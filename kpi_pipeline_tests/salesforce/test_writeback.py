@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -30,16 +29,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def clocked_ledger(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[Ledger, Clock]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    else:
-        url = request.getfixturevalue("make_postgres_db")()
+@pytest.fixture
+def clocked_ledger(ledger_url: str) -> Iterator[tuple[Ledger, Clock]]:
     clock = Clock()
-    ledger = Ledger.from_url(url, clock=clock)
+    ledger = Ledger.from_url(ledger_url, clock=clock)
     yield ledger, clock
     ledger.dispose()
 
