@@ -70,7 +70,14 @@ class ChangeLogSource(Protocol):
 
 
 class RecordStore(Protocol):
-    def get_record(self, sobject: str, record_id: str) -> dict[str, Any] | None: ...
+    def get_record(
+        self, sobject: str, record_id: str, *, include_deleted: bool = False
+    ) -> dict[str, Any] | None: ...
+
+    def create_record(
+        self, sobject: str, values: Mapping[str, Any], *, user_id: str, change_origin: str = ""
+    ) -> str:
+        """Insert a record, append its CREATE change event; returns the new id."""
 
     def update_record(
         self,
@@ -82,6 +89,11 @@ class RecordStore(Protocol):
         change_origin: str = "",
     ) -> None:
         """Apply values and append the matching UPDATE change event."""
+
+    def delete_record(
+        self, sobject: str, record_id: str, *, user_id: str, change_origin: str = ""
+    ) -> None:
+        """Move the record to the recycle bin and append the DELETE change event."""
 
     def query_records(
         self,

@@ -1,4 +1,4 @@
-"""The sandbox org's Salesforce REST server: a real HTTP server on loopback (DESIGN §5).
+"""The sandbox org's Salesforce REST server: a real HTTP server on loopback.
 
 It speaks the parts of the REST API that the pipeline uses, in Salesforce's shapes, so the
 production client (``kpi_pipeline.salesforce.rest`` over simple-salesforce, and the JWT flow
@@ -6,15 +6,28 @@ in ``kpi_pipeline.auth.jwt``) is the code under test:
 
 * ``POST /services/oauth2/token``: the JWT bearer flow; verifies the RS256 signature against
   the connected app's certificate and the ``iss``/``sub``/``aud``/``exp`` claims.
-* ``GET|PATCH /services/data/vNN.N/sobjects/<Type>/<Id>``
+* ``POST /services/data/vNN.N/sobjects/<Type>`` (create: 201 ``{"id", "success", "errors"}``)
+  and ``GET|PATCH|DELETE /services/data/vNN.N/sobjects/<Type>/<Id>`` (PATCH and DELETE: 204)
+  for Lead, Task and EmailMessage; a DELETE moves the record to the recycle bin
 * ``PATCH /services/data/vNN.N/composite/sobjects`` (sObject Collections update, <= 200)
 * ``GET /services/data/vNN.N/query?q=`` for the SOQL subset the pipeline issues, with
   ``nextRecordsUrl`` paging (``GET .../query/<cursor>``)
 * ``POST /services/data/vNN.N/actions/standard/emailSimple``
 
-Updates go through ``RecordStore.update_record`` with ``change_origin``
-``com/salesforce/api/rest/NN.N;client=<Sforce-Call-Options client>``, so they show up as CDC
-UPDATE events that the pipeline recognises as its own echoes.
+Writes go through ``RecordStore.create_record``/``update_record``/``delete_record`` with
+``change_origin`` ``com/salesforce/api/rest/NN.N;client=<Sforce-Call-Options client>`` and
+the access token's user as ``commitUser`` (static tokens: the integration user), so they show
+up as the CDC CREATE/UPDATE/DELETE events a real org publishes; the pipeline recognises its
+own updates as echoes by that origin.
+
+Refused writes change nothing and publish nothing. They get Salesforce's error list
+(``[{"message", "errorCode", "fields"}]``): an unknown field is 400 INVALID_FIELD ("No such
+column 'Foo' on sobject of type Lead"), a value of the wrong type 400 JSON_PARSER_ERROR, a
+malformed id in a reference field 400 MALFORMED_ID, a read-only field 400
+INVALID_FIELD_FOR_INSERT_UPDATE, a create without a required field (Lead: LastName, Company;
+EmailMessage: Status) 400 REQUIRED_FIELD_MISSING, an unknown or unsupported sObject or record
+id 404 NOT_FOUND, a record already in the recycle bin 404 ENTITY_IS_DELETED. Like a real org,
+a create without ``OwnerId`` gives Lead and Task records to the calling user.
 
 Faults (``RunningRestServer.faults``): REQUEST_LIMIT_EXCEEDED, UNABLE_TO_LOCK_ROW, HTTP 500
 or dropped connections, expired sessions, and a delay between applying an update and
@@ -47,8 +60,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime
-from kpi_pipeline.sandbox.changelog import RecordStore
-from kpi_pipeline.sandbox.store import rest_view
+from kpi_pipeline.sandbox.changelog import SANDBOX_ENTITIES, RecordStore
+from kpi_pipeline.sandbox.store import (
+    FieldValueError,
+    RecordNotFoundError,
+    SandboxStoreError,
+    UnknownFieldError,
+    field_type,
+    normalize_values,
+    rest_view,
+)
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
 log = logging.getLogger(__name__)
@@ -72,6 +93,23 @@ READ_ONLY_FIELDS = frozenset(
 )
 _DATA_PATH = re.compile(r"^/services/data/v(?P<version>\d+\.\d)/(?P<rest>.*)$")
 _ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+# Fields a create must set (nillable=false without a default in a standard org).
+REQUIRED_ON_CREATE: Mapping[str, tuple[str, ...]] = {
+    "Lead": ("LastName", "Company"),
+    "Task": (),
+    "EmailMessage": ("Status",),
+}
+# Owned objects: a create without OwnerId gives the record to the calling user.
+OWNED_SOBJECTS = frozenset({"Lead", "Task"})
+# JSON types of the wrong-typed values, worded as Salesforce's JSON parser reports them.
+_PARSER_TYPES = {
+    "Int": "int",
+    "Number": "double",
+    "Currency": "double",
+    "Boolean": "boolean",
+    "DateTime": "datetime",
+    "Date": "date",
+}
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -223,14 +261,20 @@ class Response:
 
 
 class ApiError(Exception):
-    """A REST error in Salesforce's list shape: [{"message", "errorCode"}]."""
+    """A REST error in Salesforce's list shape: [{"message", "errorCode"}], plus ``fields``
+    for errors about a record's values (Salesforce sends it for DML errors, not for
+    request-level ones such as INVALID_SESSION_ID)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, fields: Sequence[str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.fields = None if fields is None else list(fields)
 
     def response(self) -> Response:
-        return Response(self.status, [{"message": self.message, "errorCode": self.code}])
+        error: dict[str, Any] = {"message": self.message, "errorCode": self.code}
+        if self.fields is not None:
+            error["fields"] = self.fields
+        return Response(self.status, [error])
 
 
 def _oauth_error(error: str, description: str) -> Response:
@@ -468,10 +512,15 @@ class RestApp:
         token: str,
     ) -> Response:
         parts = rest.split("/")
+        if parts[0] == "sobjects" and len(parts) == 2:
+            _allow(method, ("POST",))
+            return self.create_record(parts[1], payload, self._origin(version, client), token)
         if parts[0] == "sobjects" and len(parts) == 3:
-            _allow(method, ("GET", "PATCH"))
+            _allow(method, ("GET", "PATCH", "DELETE"))
             if method == "GET":
                 return self.get_record(version, parts[1], parts[2], query)
+            if method == "DELETE":
+                return self.delete_record(parts[1], parts[2], self._origin(version, client), token)
             return self.update_record(
                 parts[1], parts[2], payload, self._origin(version, client), token
             )
@@ -596,21 +645,79 @@ class RestApp:
         names = [f.strip() for f in wanted.split(",") if f.strip()] or None
         return Response(200, self._project(version, sobject, record, names))
 
+    def create_record(self, sobject: str, payload: Any, origin: str, token: str) -> Response:
+        """POST sobjects/<Type>: 201 with Salesforce's save result, or an error list."""
+        _writable(sobject)
+        values = _record_body(payload)
+        values.pop("attributes", None)  # clients may send the type there; the URL decides
+        _check_values(sobject, values)
+        read_only = sorted(set(values) & READ_ONLY_FIELDS)
+        if read_only:
+            raise ApiError(400, **_read_only_error(read_only))
+        missing = [name for name in REQUIRED_ON_CREATE[sobject] if values.get(name) in (None, "")]
+        if missing:
+            raise ApiError(
+                400,
+                "REQUIRED_FIELD_MISSING",
+                f"Required fields are missing: [{', '.join(missing)}]",
+                missing,
+            )
+        user_id = self._user_for(token)
+        if sobject in OWNED_SOBJECTS and values.get("OwnerId") is None:
+            values["OwnerId"] = user_id
+        try:
+            record_id = self.store.create_record(
+                sobject, values, user_id=user_id, change_origin=origin
+            )
+        except SandboxStoreError as exc:
+            raise _value_error(sobject, exc) from None
+        return Response(201, {"id": record_id, "success": True, "errors": []})
+
     def update_record(
         self, sobject: str, record_id: str, payload: Any, origin: str, token: str
     ) -> Response:
-        if not isinstance(payload, dict):
-            raise ApiError(
-                400, "JSON_PARSER_ERROR", "the body must be a JSON object of field values"
-            )
-        error = self._check_update(sobject, record_id, payload)
+        """PATCH sobjects/<Type>/<Id>: 204 No Content, or an error list."""
+        _writable(sobject)
+        values = _record_body(payload)
+        error = self._check_update(sobject, record_id, values)
         if error is None:
-            error = self._apply(sobject, record_id, payload, origin, token)
+            error = self._apply(sobject, record_id, values, origin, token)
             self._delay_answer()
         if error is None:
             return Response(204)
-        status = 404 if error["statusCode"] == "NOT_FOUND" else 400
-        raise ApiError(status, error["statusCode"], error["message"])
+        code = error["statusCode"]
+        if code in ("INVALID_CROSS_REFERENCE_KEY", "MALFORMED_ID", "INVALID_TYPE"):
+            # On the record's own URL an unknown id is a missing resource, not a bad value.
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        status = 404 if code == "ENTITY_IS_DELETED" else 400
+        raise ApiError(status, code, error["message"], error["fields"])
+
+    def delete_record(self, sobject: str, record_id: str, origin: str, token: str) -> Response:
+        """DELETE sobjects/<Type>/<Id>: 204; the record goes to the recycle bin."""
+        _writable(sobject)
+        existing = (
+            self.store.get_record(sobject, record_id, include_deleted=True)
+            if _ID.match(record_id)
+            else None
+        )
+        if existing is None:
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        if existing.get("IsDeleted"):
+            raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted", [])
+        if self.faults.take_lock(record_id):
+            raise ApiError(
+                400,
+                "UNABLE_TO_LOCK_ROW",
+                f"unable to obtain exclusive access to this record or 1 records: {record_id}",
+                [],
+            )
+        try:
+            self.store.delete_record(
+                sobject, record_id, user_id=self._user_for(token), change_origin=origin
+            )
+        except RecordNotFoundError:  # deleted by someone else since the check above
+            raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted", []) from None
+        return Response(204)
 
     def update_collection(self, payload: Any, origin: str, token: str) -> Response:
         if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
@@ -678,12 +785,8 @@ class RestApp:
             return _save_error("MALFORMED_ID", f"malformed id {record_id}")
         read_only = sorted(set(values) & READ_ONLY_FIELDS)
         if read_only:
-            return _save_error(
-                "INVALID_FIELD_FOR_INSERT_UPDATE",
-                f"Unable to create/update fields: {', '.join(read_only)}. Please check the security "
-                "settings of this field and verify that it is read/write for your profile or permission set.",
-                read_only,
-            )
+            error = _read_only_error(read_only)
+            return _save_error(error["code"], error["message"], read_only)
         try:
             existing = self.store.get_record(sobject, record_id)
         except ValueError:
@@ -705,12 +808,19 @@ class RestApp:
         self, sobject: str, record_id: str, values: Mapping[str, Any], origin: str, token: str
     ) -> dict[str, Any] | None:
         try:
+            _check_values(sobject, values)
+        except ApiError as exc:
+            return _save_error(exc.code, exc.message, exc.fields or [])
+        try:
             self.store.update_record(
                 sobject, record_id, values, user_id=self._user_for(token), change_origin=origin
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except RecordNotFoundError:  # deleted by someone else since _check_update
+            return _save_error("ENTITY_IS_DELETED", "entity is deleted")
+        except SandboxStoreError as exc:
             # The store rejects unknown fields and bad values: report per record, like Salesforce.
-            return _save_error("INVALID_FIELD", str(exc), list(values))
+            error = _value_error(sobject, exc)
+            return _save_error(error.code, error.message, error.fields or [])
         return None
 
     @staticmethod
@@ -830,6 +940,79 @@ def _rolled_back(
         }
         for err, _ in checked
     ]
+
+
+def _writable(sobject: str) -> None:
+    # A real org answers NOT_FOUND for an sObject it does not have; the sandbox writes only the
+    # objects it publishes change events for.
+    if sobject not in SANDBOX_ENTITIES:
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+def _record_body(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise ApiError(400, "JSON_PARSER_ERROR", "the body must be a JSON object of field values")
+    return dict(payload)
+
+
+def _read_only_error(names: Sequence[str]) -> dict[str, Any]:
+    return {
+        "code": "INVALID_FIELD_FOR_INSERT_UPDATE",
+        "message": f"Unable to create/update fields: {', '.join(names)}. Please check the security "
+        "settings of this field and verify that it is read/write for your profile or permission set.",
+        "fields": list(names),
+    }
+
+
+def _check_values(sobject: str, values: Mapping[str, Any]) -> None:
+    """Unknown fields and wrong-typed values, found by the store's own normalization; read-only
+    fields are left to the caller (they get their own error)."""
+    try:
+        normalize_values(sobject, {k: v for k, v in values.items() if k not in READ_ONLY_FIELDS})
+    except SandboxStoreError as exc:
+        raise _value_error(sobject, exc) from None
+    for name, value in values.items():
+        # The store takes any string in a reference field (its own tests and tools use short
+        # placeholders); an org refuses one that is not shaped like an id.
+        if (
+            isinstance(value, str)
+            and field_type(sobject, name) == "Lookup"
+            and not _ID.match(value)
+        ):
+            raise ApiError(
+                400, "MALFORMED_ID", f"{name}: id value of incorrect type: {value}", [name]
+            )
+
+
+def _value_error(sobject: str, exc: SandboxStoreError) -> ApiError:
+    """A store refusal as the error Salesforce gives for that kind of bad value."""
+    if isinstance(exc, UnknownFieldError):
+        return ApiError(
+            400, "INVALID_FIELD", f"No such column '{exc.field_name}' on sobject of type {sobject}"
+        )
+    if isinstance(exc, FieldValueError):
+        expected = _PARSER_TYPES.get(exc.sf_type, "string")
+        return ApiError(
+            400,
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of {expected} from {_json_token(exc.value)} value "
+            f"{json.dumps(exc.value)} or request may be missing a required field",
+        )
+    # Anything else the store refuses (e.g. a compound field given a scalar).
+    return ApiError(400, "INVALID_FIELD", str(exc), [])
+
+
+def _json_token(value: Any) -> str:
+    """The JSON parser's name for a value's token, as in Salesforce's JSON_PARSER_ERROR."""
+    if isinstance(value, bool):
+        return "VALUE_TRUE" if value else "VALUE_FALSE"
+    if isinstance(value, int):
+        return "VALUE_NUMBER_INT"
+    if isinstance(value, float):
+        return "VALUE_NUMBER_FLOAT"
+    if isinstance(value, str):
+        return "VALUE_STRING"
+    return "START_ARRAY" if isinstance(value, list) else "START_OBJECT"
 
 
 def _allow(method: str, allowed: tuple[str, ...]) -> None:

@@ -14,6 +14,10 @@ Shapes (the contract with the servers):
   children (``FirstName``, ``City``); header field lists name them ``Name.FirstName``.
 * DateTime and Date values are stored as epoch milliseconds (ISO strings are accepted on
   write and converted).
+* Values are checked against their field's Salesforce type (the ``Data:<type>`` docs of the
+  schemas): a string in an Int field fails the write (``FieldValueError``) rather than
+  reaching the change log, where it would break the Avro encoding for every subscriber.
+  Unknown fields raise ``UnknownFieldError``.
 * Change-event headers use the recorded-JSON keys of DESIGN §4.1, field lists as names.
   An UPDATE carries only the changed values; ``changedFields`` always includes
   ``LastModifiedDate`` (Salesforce stamps it on every save, so an update that changes
@@ -92,6 +96,32 @@ class SandboxStoreError(ValueError):
 
 class RecordNotFoundError(SandboxStoreError):
     """The record does not exist (or is deleted) in the sandbox org."""
+
+
+class UnknownFieldError(SandboxStoreError):
+    """A write names a field the sObject does not have (the REST server answers INVALID_FIELD)."""
+
+    def __init__(self, message: str, *, sobject: str, field_name: str) -> None:
+        super().__init__(message)
+        self.sobject, self.field_name = sobject, field_name
+
+
+class FieldValueError(SandboxStoreError):
+    """A value does not fit its field's Salesforce type (``sf_type``, e.g. "Int", "Lookup").
+
+    Checked on write because the value would otherwise reach the change log and fail the
+    Avro encoding of every subscriber's FetchResponse that carries it."""
+
+    def __init__(
+        self, message: str, *, sobject: str, field_name: str, sf_type: str, value: Any
+    ) -> None:
+        super().__init__(message)
+        self.sobject, self.field_name, self.sf_type, self.value = (
+            sobject,
+            field_name,
+            sf_type,
+            value,
+        )
 
 
 # --- ids ---------------------------------------------------------------------------------
@@ -218,6 +248,7 @@ class _EntitySpec:
     compounds: Mapping[str, tuple[str, ...]]
     child_parent: Mapping[str, str]
     order: Mapping[str, int]
+    types: Mapping[str, str]  # field or compound child name -> Salesforce type ("Int", ...)
 
 
 @cache
@@ -231,7 +262,53 @@ def _spec(entity: str) -> _EntitySpec:
         compounds,
         child_parent,
         {name: i for i, name in enumerate(layout.names)},
+        _sf_types(SCHEMAS_BY_ENTITY[entity]["fields"][1:]),
     )
+
+
+def _sf_types(fields: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Salesforce types from the schema docs ("Data:Int"), compound children included."""
+    out: dict[str, str] = {}
+    for spec in fields:
+        doc = str(spec.get("doc") or "")
+        if doc.startswith("Data:") and doc != "Data:Address":
+            out[spec["name"]] = doc.removeprefix("Data:")
+        for branch in spec["type"] if isinstance(spec["type"], list) else [spec["type"]]:
+            if isinstance(branch, Mapping) and branch.get("type") == "record":
+                out.update(_sf_types(branch["fields"]))
+    return out
+
+
+_TEXT_TYPES = frozenset({"Text", "Id", "Picklist", "Email", "Phone", "Url", "TextArea", "Lookup"})
+
+
+def field_type(sobject: str, name: str) -> str | None:
+    """The Salesforce type ("Int", "Lookup", ...) of a field or compound child, or None."""
+    if sobject not in SANDBOX_ENTITIES:
+        return None
+    return _spec(sobject).types.get(name)
+
+
+def _check_type(sobject: str, name: str, value: Any, spec: _EntitySpec) -> None:
+    sf_type = spec.types.get(name)
+    if value is None or sf_type is None or sf_type in ("DateTime", "Date"):
+        return  # DateTimes and Dates are checked while converting them to epoch ms
+    if sf_type == "Boolean":
+        fits = isinstance(value, bool)
+    elif sf_type == "Int":
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif sf_type in ("Number", "Currency"):
+        fits = isinstance(value, int | float) and not isinstance(value, bool)
+    else:  # Lookups are strings here; their id shape is checked by the REST server only
+        fits = sf_type not in _TEXT_TYPES or isinstance(value, str)
+    if not fits:
+        raise FieldValueError(
+            f"{sobject}.{name} is a {sf_type} field; {value!r} is not a valid value for it",
+            sobject=sobject,
+            field_name=name,
+            sf_type=sf_type,
+            value=value,
+        )
 
 
 def _check_sobject(sobject: str) -> None:
@@ -249,17 +326,23 @@ def _check_entity(entity: str) -> None:
         )
 
 
-def _to_ms(name: str, value: Any) -> int | None:
+def _to_ms(name: str, value: Any, sobject: str = "") -> int | None:
     try:
         parsed = parse_sf_datetime(value)
     except EventFormatError as exc:
-        raise SandboxStoreError(f"field {name}: {exc}") from exc
+        raise FieldValueError(
+            f"field {name}: {exc}",
+            sobject=sobject,
+            field_name=name,
+            sf_type="Date" if name in DATE_FIELDS else "DateTime",
+            value=value,
+        ) from exc
     return None if parsed is None else to_epoch_ms(parsed)
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, sobject: str = "") -> Any:
     if value is not None and (name in DATETIME_FIELDS or name in DATE_FIELDS):
-        return _to_ms(name, value)
+        return _to_ms(name, value, sobject)
     return value
 
 
@@ -282,13 +365,17 @@ def normalize_values(
         if name in spec.compounds:
             out.setdefault(name, {}).update(_compound_values(sobject, name, value, spec))
         elif name in spec.child_parent:
+            _check_type(sobject, name, value, spec)
             out.setdefault(spec.child_parent[name], {})[name] = value
         elif name in spec.fields:
-            out[name] = _coerce(name, value)
+            _check_type(sobject, name, value, spec)
+            out[name] = _coerce(name, value, sobject)
         else:
-            raise SandboxStoreError(
+            raise UnknownFieldError(
                 f"{sobject} has no field {name!r} in the {sobject}ChangeEvent schema; add it to "
-                "kpi_pipeline/cdc/schemas.py or stop writing it"
+                "kpi_pipeline/cdc/schemas.py or stop writing it",
+                sobject=sobject,
+                field_name=name,
             )
     return out
 
@@ -304,9 +391,13 @@ def _compound_values(sobject: str, name: str, value: Any, spec: _EntitySpec) -> 
         )
     unknown = set(value) - set(children)
     if unknown:
-        raise SandboxStoreError(
-            f"{sobject}.{name} has no parts {sorted(unknown)}; parts: {list(children)}"
+        raise UnknownFieldError(
+            f"{sobject}.{name} has no parts {sorted(unknown)}; parts: {list(children)}",
+            sobject=sobject,
+            field_name=sorted(unknown)[0],
         )
+    for child, child_value in value.items():
+        _check_type(sobject, child, child_value, spec)
     return dict(value)
 
 

@@ -186,7 +186,11 @@ def test_single_record_get_and_patch(org: SandboxOrg) -> None:
         headers=AUTH,
         timeout=5,
     )
-    assert bad.status_code == 400 and bad.json()[0]["errorCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    # Like Salesforce: an unknown id on the record's own URL is a missing resource.
+    assert bad.status_code == 404
+    assert bad.json() == [
+        {"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}
+    ]
 
 
 def test_unknown_paths_methods_and_limit_header(org: SandboxOrg) -> None:
