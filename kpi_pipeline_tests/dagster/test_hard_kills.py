@@ -2,15 +2,19 @@
 
 ``test_hard_kills_match_a_clean_run``: two deployments (``harness.Deployment``: a
 dagster-daemon on a fresh DAGSTER_HOME, the repository's dagster.yaml, the detached sandbox
-org) process the same seeded workload, a copy of one simulated store. One runs undisturbed.
-The other has SIGKILL land on a run worker while it holds outbox claims, on the whole
-process group, and on the daemon alone, each followed by a restart. Both run at once: the
-killed one spends most of its time waiting for Dagster to notice dead runs, which leaves the
-two cores to the clean one. Then the two are compared (see the ``check_*`` functions).
+org) process the same workload: a copy of one simulated store, plus a wave of new org
+activity written into both before each kill. One runs undisturbed. The other has SIGKILL
+land on a run worker while it holds outbox claims, on the whole process group, and on the
+daemon alone, each followed by a restart. Both run at once: the killed one spends much of its
+time waiting for Dagster to notice dead runs, which leaves the two cores to the clean one.
+Then the two are compared (the ``harness.check_*`` functions); every check is reported, and
+the test fails listing all that did not hold.
 
 ``test_rep_reassignment_survives``: a rep moves a lead to themselves before our routing
 decision reaches the org, in both orders, in one process (sensor tick and BatchProcessor
 over the detached sandbox org): the rep's owner must stay.
+
+``test_update_delay_answers_after_applying``: the sandbox fault the kills rely on.
 """
 
 from __future__ import annotations
