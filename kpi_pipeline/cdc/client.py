@@ -90,7 +90,7 @@ class FetchResult:
     reconnects: int = 0
 
 
-class _StreamClosed(Exception):
+class StreamClosed(Exception):
     """The server ended the stream without an error status (e.g. idle close)."""
 
 
@@ -109,6 +109,48 @@ class _Requests:
     def __iter__(self) -> Iterator[pb2.FetchRequest]:
         while (request := self._queue.get()) is not None:
             yield request
+
+
+class SubscribeStream:
+    """One open Subscribe call: FetchRequests go out, responses come in via a reader thread.
+
+    Reading with a timeout (``receive``) is what lets callers run a stall watchdog and
+    notice a stop request while the stream is quiet.
+    """
+
+    def __init__(self, requests: _Requests, call: grpc.Call) -> None:
+        self._requests = requests
+        self._call = call
+        self._responses: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        reader = threading.Thread(target=_pump, args=(call, self._responses), daemon=True)
+        reader.start()
+
+    def send(self, request: pb2.FetchRequest) -> None:
+        self._requests.send(request)
+
+    def receive(self, timeout: float) -> pb2.FetchResponse | None:
+        """The next response; None after ``timeout`` s of silence.
+
+        Raises the typed error the stream failed with, or ``StreamClosed`` at a clean end.
+        """
+        try:
+            kind, item = self._responses.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if kind == "error":
+            raise error_from_rpc(item)  # type: ignore[arg-type]
+        if kind == "end":
+            raise StreamClosed()
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._requests.close()
+        self._call.cancel()
+
+
+def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff before the next reopening (the first retry waits ``initial_s``)."""
+    return min(max_s, initial_s * (2 ** max(failures - 1, 0)))
 
 
 @dataclass
@@ -244,7 +286,7 @@ class PubSubClient:
             received_before = len(drain.result.events) + drain.result.keepalives
             try:
                 self._drain_stream(drain)
-            except (PubSubError, _StreamClosed) as exc:
+            except (PubSubError, StreamClosed) as exc:
                 error = exc if isinstance(exc, PubSubError) else None
                 if isinstance(error, PubSubAuthError) and not auth_retried:
                     auth_retried = True
@@ -300,7 +342,7 @@ class PubSubClient:
 
     def _backoff(self, drain: _Drain, failures: int) -> bool:
         """Sleep before reopening; False when the time budget does not allow another try."""
-        delay = min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(failures - 1, 0)))
+        delay = backoff_delay(failures, self.backoff_initial_s, self.backoff_max_s)
         if time.monotonic() + delay >= drain.deadline:
             return False
         time.sleep(delay)
@@ -308,9 +350,8 @@ class PubSubClient:
 
     def _drain_stream(self, drain: _Drain) -> None:
         """One Subscribe stream; returns when the drain is done, raises when the stream fails."""
-        requests = _Requests()
         outstanding = min(MAX_OUTSTANDING, drain.remaining)
-        requests.send(
+        stream = self.open_subscribe(
             pb2.FetchRequest(
                 topic_name=drain.channel,
                 replay_preset=drain.preset,
@@ -318,10 +359,6 @@ class PubSubClient:
                 num_requested=outstanding,
             )
         )
-        call = self._stub.Subscribe(iter(requests), metadata=self.auth.metadata())
-        responses: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
-        reader = threading.Thread(target=_pump, args=(call, responses), daemon=True)
-        reader.start()
         try:
             while True:
                 now = time.monotonic()
@@ -329,9 +366,8 @@ class PubSubClient:
                     drain.done = True
                     return
                 wait = min(drain.deadline - now, drain.idle_return_s, self.stall_timeout_s)
-                try:
-                    kind, item = responses.get(timeout=wait)
-                except queue.Empty:
+                response = stream.receive(wait)
+                if response is None:
                     if (
                         time.monotonic() < drain.deadline
                         and self.stall_timeout_s < drain.idle_return_s
@@ -342,19 +378,21 @@ class PubSubClient:
                         ) from None
                     drain.done = True  # out of time, or quiet for idle_return_s: caught up
                     return
-                if kind == "error":
-                    raise error_from_rpc(item)  # type: ignore[arg-type]
-                if kind == "end":
-                    raise _StreamClosed()
-                outstanding = self._on_response(drain, item, outstanding, requests)  # type: ignore[arg-type]
+                outstanding = self._on_response(drain, response, outstanding, stream)
                 if drain.done:
                     return
         finally:
-            requests.close()
-            call.cancel()
+            stream.close()
+
+    def open_subscribe(self, first: pb2.FetchRequest) -> SubscribeStream:
+        """Open a Subscribe call whose first FetchRequest (topic, preset, replay id) is ``first``."""
+        requests = _Requests()
+        requests.send(first)
+        call = self._stub.Subscribe(iter(requests), metadata=self.auth.metadata())
+        return SubscribeStream(requests, call)
 
     def _on_response(
-        self, drain: _Drain, response: pb2.FetchResponse, outstanding: int, requests: _Requests
+        self, drain: _Drain, response: pb2.FetchResponse, outstanding: int, stream: SubscribeStream
     ) -> int:
         result = drain.result
         if not response.events:
@@ -383,7 +421,7 @@ class PubSubClient:
         # Top up early (at half the window) so the server never idles at pending=0.
         want = min(MAX_OUTSTANDING, drain.remaining) - outstanding
         if want > 0 and outstanding <= MAX_OUTSTANDING // 2:
-            requests.send(pb2.FetchRequest(topic_name=drain.channel, num_requested=want))
+            stream.send(pb2.FetchRequest(topic_name=drain.channel, num_requested=want))
             outstanding += want
         return outstanding
 

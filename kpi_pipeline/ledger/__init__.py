@@ -1,5 +1,6 @@
 """The lead ledger (adapter layer: SQLAlchemy Core + alembic; SQLite or PostgreSQL)."""
 
+from kpi_pipeline.ledger.replay_store import ReplayPosition, ReplayPositionMoved, StagedResponse
 from kpi_pipeline.ledger.store import (
     BatchInfo,
     DeadLetter,
@@ -17,7 +18,10 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LoadedBatch",
+    "ReplayPosition",
+    "ReplayPositionMoved",
     "ResyncWindow",
     "StagedBatch",
+    "StagedResponse",
     "batch_id_for",
 ]

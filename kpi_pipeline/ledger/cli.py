@@ -5,7 +5,12 @@
 * ``ledger resync-windows [--all] [--close ID --note TEXT]``: spans CDC did not deliver;
 * ``ledger outreach-sends [--status S] [--reset LEAD_ID]``: outreach emails and their
   outcome; ``--reset`` makes an unconfirmed, stuck or failed send eligible again (only
-  after checking in Salesforce that no email went out).
+  after checking in Salesforce that no email went out);
+* ``ledger replay-ids show | set --channel C --replay-id B64 | reset --channel C``: the
+  durable replay id each CDC channel resumes after. ``set`` moves it (backwards replays
+  events, which staging de-duplicates; forwards skips events, so re-sync that span);
+  ``reset`` forgets it, so the channel restarts from ``KPI_CDC_INITIAL_PRESET``. Stop the
+  stream first: a running stream notices the move and stops.
 
 The URL defaults to the configured ledger (``KPI_LEDGER_URL``, else ``DATA_DIR/ledger.db``).
 Output is JSON Lines, one object per row, so it pipes into ``jq``.
@@ -20,7 +25,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kpi_pipeline.cdc.events import format_sf_datetime, replay_id_hex, replay_id_to_int
+from kpi_pipeline.cdc.events import (
+    EventFormatError,
+    format_sf_datetime,
+    replay_id_from_b64,
+    replay_id_hex,
+    replay_id_to_b64,
+    replay_id_to_int,
+)
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.ledger import migrations
 from kpi_pipeline.ledger.store import Ledger, LedgerError, create_ledger_engine
@@ -127,6 +139,46 @@ def _outreach_sends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_ids(args: argparse.Namespace) -> int:
+    ledger = Ledger.from_url(_url(args))
+    try:
+        if args.replay_command == "set":
+            ledger.set_replay_id(args.channel, _parse_replay_id(args.replay_id))
+        elif args.replay_command == "reset":
+            _print({"channel": args.channel, "reset": ledger.reset_replay_id(args.channel)})
+            return 0
+        for position in ledger.replay_positions():
+            if args.replay_command == "show" or position.channel == args.channel:
+                _print(_position_row(position))
+    finally:
+        ledger.dispose()
+    return 0
+
+
+def _parse_replay_id(text: str) -> bytes:
+    try:
+        replay_id = replay_id_from_b64(text)
+    except EventFormatError:
+        replay_id = b""
+    if not replay_id:
+        raise LedgerError(
+            f"--replay-id {text!r} is not a non-empty base64 replay id; copy it from "
+            "`kpi-pipeline ledger replay-ids show` (field replay_id), e.g. AAAAAAAAAHs="
+        )
+    return replay_id
+
+
+def _position_row(position: Any) -> dict[str, Any]:
+    return {
+        "channel": position.channel,
+        "replay_id": replay_id_to_b64(position.replay_id),
+        "replay_hex": replay_id_hex(position.replay_id),
+        "commit_ms": position.commit_ms,
+        "updated_at": format_sf_datetime(position.updated_at),
+        "updated_by": position.updated_by,
+    }
+
+
 def _guarded(func):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         try:
@@ -140,7 +192,8 @@ def _guarded(func):  # type: ignore[no-untyped-def]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "ledger", help="lead ledger: migrate, dead letters, re-sync windows, outreach sends"
+        "ledger",
+        help="lead ledger: migrate, dead letters, re-sync windows, outreach sends, replay ids",
     )
     commands = parser.add_subparsers(dest="ledger_command", required=True, metavar="LEDGER_COMMAND")
 
@@ -174,3 +227,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LEAD_ID",
         help="make this lead's unconfirmed/stuck/failed send eligible again (check Salesforce first)",
     )
+    _register_replay_ids(commands)
+
+
+def _register_replay_ids(commands: argparse._SubParsersAction) -> None:
+    help_text = "show, set or reset the durable replay id each CDC channel resumes after"
+    parser = commands.add_parser("replay-ids", help=help_text, description=help_text)
+    actions = parser.add_subparsers(dest="replay_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("show", "list every channel's replay id (base64), newest commit time, who set it"),
+        ("set", "resume CHANNEL after this replay id (stop the stream first)"),
+        ("reset", "forget CHANNEL's replay id: it restarts from KPI_CDC_INITIAL_PRESET"),
+    ):
+        sub = actions.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "--url", default=None, help="SQLAlchemy URL (default: the configured ledger)"
+        )
+        if name != "show":
+            sub.add_argument("--channel", required=True, help="e.g. /data/LeadChangeEvent")
+        if name == "set":
+            sub.add_argument("--replay-id", required=True, help="base64, as `show` prints it")
+        sub.set_defaults(func=_guarded(_replay_ids))

@@ -271,3 +271,17 @@ outreach_sends = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_outreach_sends_status", "status"),
 )
+
+# --- migration 0006: the replay store ----------------------------------------------------
+
+# Per channel, the replay id up to which CDC events are durably staged (advanced in the
+# same transaction that stages them), so a subscriber restarts exactly there.
+cdc_replay_ids = sa.Table(
+    "cdc_replay_ids",
+    metadata,
+    sa.Column("channel", sa.String(255), primary_key=True),
+    sa.Column("replay_id", sa.LargeBinary, nullable=False),  # opaque bytes
+    sa.Column("commit_ms", sa.BigInteger),  # commit time of the newest staged event
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(16), nullable=False),  # stream | operator
+)

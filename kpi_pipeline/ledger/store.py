@@ -1,4 +1,4 @@
-"""The lead ledger: CDC staging (inbox), dead letters, re-sync windows, workload state.
+"""The lead ledger: CDC staging (inbox), replay store, dead letters, re-sync windows, state.
 
 One class, ``Ledger``, over SQLAlchemy Core. SQLite (a file, WAL, busy timeout) by
 default, PostgreSQL in production, same code. Every write is idempotent because
@@ -28,6 +28,7 @@ from kpi_pipeline.cdc.raw import RawEvent
 from kpi_pipeline.ledger import migrations
 from kpi_pipeline.ledger import schema as t
 from kpi_pipeline.ledger.outbox import OutboxMixin
+from kpi_pipeline.ledger.replay_store import ReplayStoreMixin
 from kpi_pipeline.ledger.sends import SendsMixin
 from kpi_pipeline.ledger.sql import dumps, insert_ignore
 from kpi_pipeline.ledger.state import WorkloadStateMixin
@@ -161,7 +162,7 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
 # --- the ledger -------------------------------------------------------------------------
 
 
-class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin):
+class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin, ReplayStoreMixin):
     """The lead ledger. Build with ``Ledger.from_url`` (which migrates to the newest schema)."""
 
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] | None = None) -> None:
@@ -213,6 +214,19 @@ class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin):
         after ('' for a preset), so an interrupted tick can find the batch again
         (``find_batch_after``).
         """
+        with self.write() as conn:
+            return self._stage_in(conn, channel, events, schemas, after_replay=after_replay)
+
+    def _stage_in(
+        self,
+        conn: sa.Connection,
+        channel: str,
+        events: Sequence[RawEvent],
+        schemas: Mapping[str, str],
+        *,
+        after_replay: str,
+    ) -> StagedBatch:
+        """``stage_batch`` inside the caller's transaction (the replay store advances in it)."""
         self._check_stage_input(channel, events)
         batch_id = batch_id_for(channel, events[0].replay_id, events[-1].replay_id)
         first_hex, last_hex = (
@@ -220,44 +234,43 @@ class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin):
             replay_id_hex(events[-1].replay_id),
         )
         now = self._now()
-        with self.write() as conn:
-            existing = conn.execute(
-                sa.select(t.cdc_batches.c.event_count).where(t.cdc_batches.c.batch_id == batch_id)
-            ).scalar_one_or_none()
-            if existing is not None:
-                return StagedBatch(batch_id, channel, first_hex, last_hex, existing, False)
-            self._store_schemas(conn, events, schemas)
-            new_events = self._unstaged(conn, channel, events)
-            if not new_events:
-                return StagedBatch(batch_id, channel, first_hex, last_hex, 0, False)
-            conn.execute(
-                insert_ignore(conn, t.cdc_inbox, ["channel", "replay_id"]),
-                [
-                    {
-                        "channel": channel,
-                        "replay_id": event.replay_id,
-                        "batch_id": batch_id,
-                        "position": position,
-                        "schema_id": event.schema_id,
-                        "payload": event.payload,
-                        "event_id": event.event_id,
-                        "staged_at": now,
-                    }
-                    for position, event in enumerate(new_events)
-                ],
+        existing = conn.execute(
+            sa.select(t.cdc_batches.c.event_count).where(t.cdc_batches.c.batch_id == batch_id)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return StagedBatch(batch_id, channel, first_hex, last_hex, existing, False)
+        self._store_schemas(conn, events, schemas)
+        new_events = self._unstaged(conn, channel, events)
+        if not new_events:
+            return StagedBatch(batch_id, channel, first_hex, last_hex, 0, False)
+        conn.execute(
+            insert_ignore(conn, t.cdc_inbox, ["channel", "replay_id"]),
+            [
+                {
+                    "channel": channel,
+                    "replay_id": event.replay_id,
+                    "batch_id": batch_id,
+                    "position": position,
+                    "schema_id": event.schema_id,
+                    "payload": event.payload,
+                    "event_id": event.event_id,
+                    "staged_at": now,
+                }
+                for position, event in enumerate(new_events)
+            ],
+        )
+        conn.execute(
+            t.cdc_batches.insert().values(
+                batch_id=batch_id,
+                channel=channel,
+                first_replay_hex=first_hex,
+                last_replay_hex=last_hex,
+                event_count=len(new_events),
+                status=BATCH_STAGED,
+                staged_at=now,
+                after_replay=after_replay,
             )
-            conn.execute(
-                t.cdc_batches.insert().values(
-                    batch_id=batch_id,
-                    channel=channel,
-                    first_replay_hex=first_hex,
-                    last_replay_hex=last_hex,
-                    event_count=len(new_events),
-                    status=BATCH_STAGED,
-                    staged_at=now,
-                    after_replay=after_replay,
-                )
-            )
+        )
         return StagedBatch(batch_id, channel, first_hex, last_hex, len(new_events), True)
 
     @staticmethod

@@ -116,9 +116,9 @@ def test_ledger_commands(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     assert main(["ledger", "upgrade", "--url", url]) == 0
     upgraded = json.loads(capsys.readouterr().out)
-    assert (upgraded["from"], upgraded["to"]) == (None, "0005")
+    assert (upgraded["from"], upgraded["to"]) == (None, "0006")
     assert main(["ledger", "upgrade", "--url", url]) == 0
-    assert json.loads(capsys.readouterr().out)["from"] == "0005"
+    assert json.loads(capsys.readouterr().out)["from"] == "0006"
 
     from kpi_pipeline.ledger import Ledger
 
