@@ -29,6 +29,8 @@ KPI_DESCRIPTIONS = {
     "ttfr_overall": "Leads, responded, coverage and TTFR p50/p90/p95 (minutes) per day of creation.",
     "ttfr_by_owner": "TTFR per owner and day: leads, responded, coverage, p50/p90/p95 minutes.",
     "sla": "SLA met / breached / pending per day and breach % = breached ÷ (met + breached).",
+    "sla_by_owner": "SLA met / breached / pending and breach % per day and current lead owner.",
+    "sla_by_rule": "SLA met / breached / pending and breach % per day, policy version and rule.",
     "assignment_latency": "Assignment latency p50/p95 (minutes) by policy version and rule.",
     "template_usage": "Templates recommended, applied and acceptance = applied ÷ recommended.",
 }
@@ -140,6 +142,7 @@ def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline:
                 or "(none)",
                 "preview": dg.MetadataValue.md(rollups.markdown_table(table, max_rows=20)),
                 "path": str(kpi_partition_path(settings.data_dir, name, days[-1]).parent),
+                **_sla_breakdown_metadata(name, table),
             },
         )
     problems = rollups.reconcile(frame, computed, tz=settings.timezone)
@@ -149,6 +152,25 @@ def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline:
         passed=not problems,
         metadata={"problems": dg.MetadataValue.json(problems[:50]), "leads": len(frame)},
     )
+
+
+# The group columns of each SLA breakdown: its metadata shows where breaches concentrate.
+_SLA_BREAKDOWN_KEYS = {"sla_by_owner": ["owner_id"], "sla_by_rule": ["policy_version", "rule"]}
+
+
+def _sla_breakdown_metadata(name: str, table: pd.DataFrame) -> dict[str, object]:
+    """Totals, group count and the most-breached groups of an SLA breakdown; {} for other rollups."""
+    keys = _SLA_BREAKDOWN_KEYS.get(name)
+    if keys is None:
+        return {}
+    groups = rollups.sla_over_days(table, keys)
+    return {
+        "met": int(table["met"].sum()),
+        "breached": int(table["breached"].sum()),
+        "pending": int(table["pending"].sum()),
+        "groups": len(groups),
+        "most_breached": dg.MetadataValue.md(rollups.markdown_table(groups, max_rows=10)),
+    }
 
 
 @dg.asset(

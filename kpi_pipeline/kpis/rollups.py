@@ -24,6 +24,10 @@ Decisions where DESIGN §4.3 is silent (documented here because the CSVs carry t
   100 * breached ÷ (met + breached). Unanswered leads past due count as breached (open
   breaches), so they are in the denominator; pending leads are not, as they can still be
   met. NaN when met + breached is 0 (every lead of the day still pending).
+* **SLA by owner and by rule** use the daily SLA's states and as-of instant, grouped
+  further by the lead's current ``OwnerId`` (who must answer for it now), resp. by
+  (``Routing_Policy_Version__c``, ``Routing_Rule__c``); per day their met, breached and
+  pending add up to the daily SLA row.
 * **Missing group keys** (``OwnerId``, ``Routing_Policy_Version__c``,
   ``Routing_Rule__c`` not set) form their own group with the empty string as key, so
   every lead is counted somewhere and per-group counts sum to the day's leads.
@@ -105,6 +109,23 @@ ROLLUP_SCHEMAS: dict[str, dict[str, str]] = {
     },
     "sla": {
         "day": _TEXT,
+        "met": _COUNT,
+        "breached": _COUNT,
+        "pending": _COUNT,
+        "breach_pct": _REAL,
+    },
+    "sla_by_owner": {
+        "day": _TEXT,
+        "owner_id": _TEXT,
+        "met": _COUNT,
+        "breached": _COUNT,
+        "pending": _COUNT,
+        "breach_pct": _REAL,
+    },
+    "sla_by_rule": {
+        "day": _TEXT,
+        "policy_version": _TEXT,
+        "rule": _TEXT,
         "met": _COUNT,
         "breached": _COUNT,
         "pending": _COUNT,
@@ -362,6 +383,18 @@ def sla(frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC") -> pd.DataFram
     return _sla(frame, _base(frame, tz), as_of_utc)
 
 
+def sla_by_owner(frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC") -> pd.DataFrame:
+    """Like ``sla`` per (day, current ``OwnerId``)."""
+    as_of_utc = _check_as_of(as_of)
+    return _sla_by_owner(frame, _sla_states(frame, _base(frame, tz), as_of_utc))
+
+
+def sla_by_rule(frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC") -> pd.DataFrame:
+    """Like ``sla`` per (day, routing policy version, rule)."""
+    as_of_utc = _check_as_of(as_of)
+    return _sla_by_rule(frame, _sla_states(frame, _base(frame, tz), as_of_utc))
+
+
 def assignment_latency(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
     """Per (day, routing policy version, rule): leads, assigned and latency p50/p95 (minutes)."""
     return _assignment_latency(frame, _base(frame, tz))
@@ -378,10 +411,13 @@ def compute_all(
     """Every rollup, keyed by the names in ``ROLLUP_NAMES`` (input validated and derived once)."""
     as_of_utc = _check_as_of(as_of)
     base = _base(frame, tz)
+    states = _sla_states(frame, base, as_of_utc)  # shared by the three SLA rollups
     return {
         "ttfr_overall": _ttfr_overall(frame, base),
         "ttfr_by_owner": _ttfr_by_owner(frame, base),
-        "sla": _sla(frame, base, as_of_utc),
+        "sla": _sla_table("sla", states, []),
+        "sla_by_owner": _sla_by_owner(frame, states),
+        "sla_by_rule": _sla_by_rule(frame, states),
         "assignment_latency": _assignment_latency(frame, base),
         "template_usage": _template_usage(frame, base),
     }
@@ -404,26 +440,49 @@ def _ttfr_by_owner(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sla(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp) -> pd.DataFrame:
-    if base.empty:
-        return _empty("sla")
+    return _sla_table("sla", _sla_states(frame, base, as_of_utc), [])
+
+
+def _sla_states(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp) -> pd.DataFrame:
+    """Per lead: its day and whether it is met, breached or pending as of ``as_of_utc``."""
     sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES)
     due = frame["CreatedDate"] + pd.to_timedelta(sla_minutes, unit="min")
     responded_at = frame["First_Response_At__c"]
     responded = base["responded"]
     # NaT compares False, so "responded_at <= due" only holds for responded leads.
-    states = pd.DataFrame(
+    return pd.DataFrame(
         {
             "day": base["day"],
             "met": responded & (responded_at <= due),
             "breached": (responded & (responded_at > due)) | (~responded & (due < as_of_utc)),
             "pending": ~responded & (due >= as_of_utc),
-        }
+        },
+        index=frame.index,
     )
-    table = states.groupby("day", sort=False)[["met", "breached", "pending"]].sum().reset_index()
+
+
+def _sla_by_owner(frame: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
+    return _sla_table("sla_by_owner", states, [_key_text(frame["OwnerId"]).rename("owner_id")])
+
+
+def _sla_by_rule(frame: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
+    keys = [
+        _key_text(frame["Routing_Policy_Version__c"]).rename("policy_version"),
+        _key_text(frame["Routing_Rule__c"]).rename("rule"),
+    ]
+    return _sla_table("sla_by_rule", states, keys)
+
+
+def _sla_table(name: str, states: pd.DataFrame, keys: list[pd.Series]) -> pd.DataFrame:
+    """Met, breached, pending and breach % per (day, *keys)."""
+    if states.empty:
+        return _empty(name)
+    by = [states["day"], *keys]
+    table = states[["met", "breached", "pending"]].groupby(by, sort=False).sum().reset_index()
     settled = table["met"] + table["breached"]
-    # 0 settled leads: the day has no breach rate yet (NaN), rather than a misleading 0 %.
+    # 0 settled leads: the group has no breach rate yet (NaN), rather than a misleading 0 %.
     table["breach_pct"] = (100.0 * table["breached"] / settled).where(settled > 0)
-    return _finish("sla", table)
+    return _finish(name, table)
 
 
 def _assignment_latency(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
@@ -462,6 +521,17 @@ def _template_usage(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     return _finish("template_usage", table.reset_index())
 
 
+def sla_over_days(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """An SLA table summed over its days per group of ``keys``, with the groups' breach %,
+    most breached first (ties by key): where breaches concentrate in a window."""
+    groups = table.groupby(keys, sort=True)[["met", "breached", "pending"]].sum().reset_index()
+    settled = groups["met"] + groups["breached"]
+    groups["breach_pct"] = (100.0 * groups["breached"] / settled).where(settled > 0)
+    order = groups.sort_values(keys, kind="mergesort")
+    order = order.sort_values("breached", ascending=False, kind="mergesort")
+    return order.reset_index(drop=True)
+
+
 # --- data checks -----------------------------------------------------------------------
 
 
@@ -490,6 +560,8 @@ def reconcile(
         ("ttfr_by_owner", "leads", "leads"),
         ("ttfr_by_owner", "responded", "responded"),
         ("sla", ("met", "breached", "pending"), "leads"),
+        ("sla_by_owner", ("met", "breached", "pending"), "leads"),
+        ("sla_by_rule", ("met", "breached", "pending"), "leads"),
         ("assignment_latency", "leads", "leads"),
         ("assignment_latency", "assigned", "assigned"),
         ("template_usage", "recommended", "recommended"),

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 from dagster._core.test_utils import freeze_time
 
@@ -98,12 +99,41 @@ def test_kpis_and_flywheel_for_one_day_with_checks(pipeline, week_of_activity):
     assert evaluations["records_validate"].passed
     assert evaluations["records_validate"].metadata["records_checked"].value > 0
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {f"kpi_{n}" for n in ROLLUP_NAMES} | {
-        "flywheel_logs"
+    assert materialized == {
+        "kpi_ttfr_overall",
+        "kpi_ttfr_by_owner",
+        "kpi_sla",
+        "kpi_sla_by_owner",
+        "kpi_sla_by_rule",
+        "kpi_assignment_latency",
+        "kpi_template_usage",
+        "flywheel_logs",
     }  # index skipped: no URL
+    assert {f"kpi_{n}" for n in ROLLUP_NAMES} < materialized
+    _assert_sla_breakdowns(result, week_of_activity, day)
     overall = (week_of_activity / "kpis" / "ttfr_overall" / f"{day}.csv").read_text().splitlines()
     assert overall[0] == "day,leads,responded,coverage,ttfr_p50,ttfr_p90,ttfr_p95"
     assert overall[1].startswith(day)
+
+
+def _assert_sla_breakdowns(result: dg.ExecuteInProcessResult, data_dir: Path, day: str) -> None:
+    """The SLA breakdowns add up to the day's SLA row, and their metadata says so readably."""
+    events = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
+    daily = pd.read_csv(data_dir / "kpis" / "sla" / f"{day}.csv")
+    counts = ["met", "breached", "pending"]
+    for name, header in (
+        ("sla_by_owner", "day,owner_id,met,breached,pending,breach_pct"),
+        ("sla_by_rule", "day,policy_version,rule,met,breached,pending,breach_pct"),
+    ):
+        path = data_dir / "kpis" / name / f"{day}.csv"
+        assert path.read_text().splitlines()[0] == header
+        table = pd.read_csv(path)
+        assert table[counts].sum().tolist() == daily[counts].sum().tolist()
+        metadata = events[f"kpi_{name}"].materialization.metadata
+        assert [metadata[c].value for c in counts] == daily[counts].sum().tolist()
+        assert metadata["groups"].value == len(table) > 0  # one day: a group per row
+        assert metadata["most_breached"].value.startswith("| ")
+        assert metadata["preview"].value.startswith(f"| {header.replace(',', ' | ')} |")
 
 
 def test_seven_day_backfill_from_the_cli(week_of_activity, tmp_path):

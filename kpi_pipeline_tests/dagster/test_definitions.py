@@ -6,6 +6,15 @@ from kpi_pipeline.definitions import defs
 from kpi_pipeline.kpis.rollups import ROLLUP_NAMES
 
 KPI_KEYS = {dg.AssetKey(f"kpi_{name}") for name in ROLLUP_NAMES}
+KPI_ASSETS = {
+    "kpi_ttfr_overall",
+    "kpi_ttfr_by_owner",
+    "kpi_sla",
+    "kpi_sla_by_owner",
+    "kpi_sla_by_rule",
+    "kpi_assignment_latency",
+    "kpi_template_usage",
+}
 
 
 def test_definitions_load_and_every_job_schedule_and_sensor_resolves():
@@ -27,8 +36,10 @@ def test_lineage_from_the_change_stream_to_kpis_and_flywheel():
     graph = defs.resolve_asset_graph()
     parents = {key: set(graph.get(key).parent_keys) for key in graph.get_all_asset_keys()}
     assert parents[dg.AssetKey("lead_ledger")] == {dg.AssetKey("cdc_events")}
+    assert {key.to_user_string() for key in KPI_KEYS} == KPI_ASSETS
     for key in KPI_KEYS:
         assert parents[key] == {dg.AssetKey("lead_ledger")}
+        assert graph.get(key).partitions_def is not None  # daily, like the other KPI assets
     assert parents[dg.AssetKey("flywheel_logs")] == {dg.AssetKey("lead_ledger")}
     assert parents[dg.AssetKey("flywheel_index")] == {dg.AssetKey("flywheel_logs")}
 

@@ -406,8 +406,9 @@ def test_reconcile_flags_rollups_of_another_ledger(ledger: pd.DataFrame) -> None
 def test_reconcile_reports_missing_rollups_and_columns(ledger: pd.DataFrame) -> None:
     rollups = compute_all(ledger, as_of=AS_OF)
     assert reconcile(ledger, {"sla": rollups["sla"]}) == [
-        "rollups ['ttfr_overall', 'ttfr_by_owner', 'assignment_latency', 'template_usage'] are "
-        "missing (expected ['ttfr_overall', 'ttfr_by_owner', 'sla', 'assignment_latency', "
+        "rollups ['ttfr_overall', 'ttfr_by_owner', 'sla_by_owner', 'sla_by_rule', "
+        "'assignment_latency', 'template_usage'] are missing (expected ['ttfr_overall', "
+        "'ttfr_by_owner', 'sla', 'sla_by_owner', 'sla_by_rule', 'assignment_latency', "
         "'template_usage'])"
     ]
     rollups["sla"] = rollups["sla"].drop(columns=["pending"])
