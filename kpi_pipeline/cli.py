@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "kpi_pipeline.replay",  # replay EVENTS.jsonl --out DIR
     "kpi_pipeline.metrics_cli",  # metrics serve
     "kpi_pipeline.flywheel.cli",  # flywheel export | training-set
-    "kpi_pipeline.ledger.cli",  # ledger upgrade | dead-letters | resync-windows
+    "kpi_pipeline.ledger.cli",  # ledger upgrade | dead-letters | resync-windows | replay-ids
 )
 
 
