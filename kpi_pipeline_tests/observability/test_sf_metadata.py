@@ -27,7 +27,12 @@ SCHEMA_JS = (
 REPORT_ONLY_FIELDS = {
     "SLA_Breached__c": "formula 1/0/blank that Lead_TTFR aggregates into SLA Breach % for the dashboard",
 }
-PLAN_COMPONENTS = {"TTFR by Owner", "Assignment Latency", "SLA Breach %"}
+PLAN_COMPONENTS = {
+    "TTFR by Owner",
+    "Assignment Latency",
+    "SLA Breach %",
+    "SLA Breach % by Owner",
+}
 
 
 def xml_files() -> list[Path]:
@@ -131,7 +136,7 @@ def test_reports_and_dashboard_reference_what_exists() -> None:
         p.name.split(".")[0]: ET.parse(p).getroot()
         for p in SOURCE.glob("reports/*/*.report-meta.xml")
     }
-    assert set(reports) == {"Lead_TTFR", "Assignment_Latency", "Template_Usage"}
+    assert set(reports) == {"Lead_TTFR", "Assignment_Latency", "Template_Usage", "SLA_By_Owner"}
     for name, report in reports.items():
         tokens = [e.text for e in report.iter() if local(e.tag) in ("field", "column") and e.text]
         for token in tokens:
@@ -140,17 +145,27 @@ def test_reports_and_dashboard_reference_what_exists() -> None:
     ttfr = reports["Lead_TTFR"]
     assert text(ttfr, "format") == "Summary"
     assert ttfr.find(f"{NS}groupingsDown/{NS}field").text == "OWNER"
+    by_owner = reports["SLA_By_Owner"]
+    assert text(by_owner, "format") == "Summary"
+    assert by_owner.find(f"{NS}groupingsDown/{NS}field").text == "OWNER"
+    assert {text(a, "masterLabel") for a in by_owner.iterfind(f"{NS}aggregates")} == {
+        "SLA Breach %",
+        "Breached",
+        "Met",
+    }
 
     dashboard = ET.parse(
         SOURCE / "dashboards" / "KPI_Pipeline_Dashboards" / "TTFR_and_Routing.dashboard-meta.xml"
     )
     components = list(dashboard.getroot().iter(f"{NS}dashboardComponent"))
     assert {text(c, "header") for c in components} == PLAN_COMPONENTS
-    aggregates = {text(a, "developerName") for a in ttfr.iterfind(f"{NS}aggregates")}
     for component in components:
         folder, report_name = text(component, "report").split("/")
         assert (SOURCE / "reports" / f"{folder}.reportFolder-meta.xml").exists()
         assert report_name in reports
+        aggregates = {
+            text(a, "developerName") for a in reports[report_name].iterfind(f"{NS}aggregates")
+        }
         column = text(component.find(f"{NS}chartSummary"), "column")
         defined = aggregates | {
             e.text for e in reports[report_name].iterfind(f"{NS}columns/{NS}field")
@@ -241,6 +256,7 @@ def test_the_salesforce_cli_converts_the_project(installed_cli: Path, tmp_path: 
         ("Report", "KPI_Pipeline_Reports/Lead_TTFR"),
         ("Report", "KPI_Pipeline_Reports/Assignment_Latency"),
         ("Report", "KPI_Pipeline_Reports/Template_Usage"),
+        ("Report", "KPI_Pipeline_Reports/SLA_By_Owner"),
         ("Dashboard", "KPI_Pipeline_Dashboards/TTFR_and_Routing"),
     }
     assert expected <= members, expected - members
