@@ -89,6 +89,24 @@ class Settings(BaseSettings):
         description="Minimum seconds between cdc_sensor ticks. Dagster's daemon loop runs every 5 s, "
         "so 1 means every loop; exactly 5 makes about half the ticks slip to 10 s (bench/RESULTS.md).",
     )
+    cdc_mode: Literal["stream", "sensor"] = Field(
+        "sensor",
+        description="stream: one long-lived cdc_stream run subscribes to every channel and "
+        "processes each response as it arrives (cdc_sensor keeps that run alive); sensor: "
+        "cdc_sensor fetches in bounded ticks and requests a process_cdc_batch run per batch.",
+    )
+    cdc_stream_generation_seconds: float = Field(
+        1800.0,
+        ge=10,
+        description="A cdc_stream run ends gracefully after this long and cdc_sensor starts the "
+        "next one, so each run's event log stays bounded.",
+    )
+    cdc_stream_lease_seconds: float = Field(
+        30.0,
+        ge=3,
+        description="Lease on each channel held by the cdc_stream run (renewed every third of "
+        "it); a killed run's channels are taken over once it expires.",
+    )
     cdc_run_max_runtime_seconds: int = Field(
         600,
         ge=30,

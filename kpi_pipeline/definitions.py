@@ -21,12 +21,20 @@ from kpi_pipeline.defs.schedules import (
     weekly_kpi_backfill_schedule,
 )
 from kpi_pipeline.defs.sensors import cdc_sensor
+from kpi_pipeline.defs.stream import cdc_stream
 from kpi_pipeline.defs.writeback import writeback_drain, writeback_sensor
 
 defs = dg.Definitions(
     assets=[cdc_events, lead_ledger, kpi_rollups, flywheel_logs, flywheel_index],
     asset_checks=[*LEDGER_CHECKS, *WRITEBACK_CHECKS, *FRESHNESS_CHECKS],
-    jobs=[process_cdc_batch, daily_kpis_job, ledger_snapshot_job, cdc_resync, writeback_drain],
+    jobs=[
+        process_cdc_batch,
+        cdc_stream,
+        daily_kpis_job,
+        ledger_snapshot_job,
+        cdc_resync,
+        writeback_drain,
+    ],
     schedules=[daily_kpi_schedule, weekly_kpi_backfill_schedule, ledger_snapshot_schedule],
     sensors=[cdc_sensor, freshness_checks_sensor, resync_sensor, writeback_sensor],
     resources={"pipeline": PipelineResource()},

@@ -194,3 +194,27 @@ def reset_cache() -> None:
     with _lock:
         _cache.clear()
         _sandbox_checked.clear()
+
+
+def stream_worker(settings: Settings, *, holder: str, on_progress=None):
+    """One generation of the stream-mode live path (``kpi_pipeline.stream_worker``)."""
+    from datetime import timedelta
+
+    from kpi_pipeline.stream_worker import StreamLimits, StreamWorker
+
+    return StreamWorker(
+        ledger=ledger(settings),
+        processor=batch_processor(settings),
+        client=pubsub_client(settings),
+        decoder=event_decoder(settings),
+        channels=settings.cdc_channels,
+        drain=(lambda: drain_writeback(settings)) if settings.writeback_enabled else None,
+        holder=holder,
+        limits=StreamLimits(
+            lifetime=timedelta(seconds=settings.cdc_stream_generation_seconds),
+            lease_ttl=timedelta(seconds=settings.cdc_stream_lease_seconds),
+            initial_preset=settings.cdc_initial_preset,
+            on_invalid_replay=settings.cdc_on_invalid_replay,
+        ),
+        on_progress=on_progress,
+    )

@@ -38,6 +38,7 @@ class PubSubError(Exception):
         self.grpc_code = grpc_code
         self.error_code = error_code
         self.rpc_id = rpc_id
+        self.channel: str | None = None  # set by the stream subscriber: whose stream failed
 
     def __str__(self) -> str:
         parts = [self.message]

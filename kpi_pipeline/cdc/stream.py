@@ -419,6 +419,8 @@ class StreamSubscriber:
             if item is None:
                 continue
             if isinstance(item, _Failure):
+                if isinstance(item.error, PubSubError):
+                    item.error.channel = item.channel  # so the caller can act on that channel
                 raise item.error
             item.session.credit(len(item.batch.events))
             try:

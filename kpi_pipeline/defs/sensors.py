@@ -17,11 +17,13 @@ from dagster._core.storage.tags import (
     WILL_RETRY_TAG,
 )
 
-from kpi_pipeline.cdc.cursor import SensorCursor
+from kpi_pipeline.cdc.cursor import ChannelCursor, SensorCursor
+from kpi_pipeline.cdc.events import replay_id_hex
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.defs.assets import CDC_EVENTS_KEY
 from kpi_pipeline.defs.jobs import process_cdc_batch
 from kpi_pipeline.defs.resources import PipelineResource
+from kpi_pipeline.defs.stream import STREAM_JOB, cdc_stream
 from kpi_pipeline.ingest import DrainLimits, TickOutcome, drain_tick, run_key_for
 
 
@@ -175,13 +177,23 @@ def _observations(outcome: TickOutcome) -> list[dg.AssetObservation]:
 
 @dg.sensor(
     name="cdc_sensor",
-    job=process_cdc_batch,
+    jobs=[process_cdc_batch, cdc_stream],
     minimum_interval_seconds=get_settings().sensor_interval_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Drains Salesforce CDC (Pub/Sub API) per channel into staged batches; cursor = replay ids.",
+    description="Sensor mode: drains Salesforce CDC per channel into staged batches and requests "
+    "a run per batch. Stream mode: keeps one cdc_stream run alive. Cursor = replay ids.",
 )
 def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     settings = pipeline.settings()
+    if settings.cdc_mode == "stream":
+        return _stream_mode_tick(context, pipeline)
+    held = _channels_leased_by_a_stream(pipeline.ledger(), settings.cdc_channels)
+    if held:
+        # Just switched from stream mode: the old stream run still consumes these channels.
+        return dg.SensorResult(
+            skip_reason=f"a cdc_stream run still holds {sorted(held)}; waiting for it to end",
+            cursor=context.cursor,
+        )
     decoder = pipeline.decoder()
     outcome = drain_tick(
         channels=settings.cdc_channels,
@@ -207,6 +219,7 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
         settings.cdc_stalled_batch_max_attempts,
         settings.cdc_run_max_runtime_seconds,
     )
+    _mirror_cursor_to_replay_store(pipeline.ledger(), outcome.cursor)
     new_cursor = outcome.cursor.to_json()
     if not run_requests:
         summary = json.dumps({r.channel: r.replay_id_hex for r in outcome.reports})
@@ -218,3 +231,108 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
     return dg.SensorResult(
         run_requests=run_requests, cursor=new_cursor, asset_events=_observations(outcome)
     )
+
+
+# --- stream mode -------------------------------------------------------------------------
+
+
+def _stream_mode_tick(
+    context: dg.SensorEvaluationContext, pipeline: PipelineResource
+) -> dg.SensorResult:
+    """Keep exactly one cdc_stream run alive; report the durable replay ids it reached."""
+    settings = pipeline.settings()
+    ledger = pipeline.ledger()
+    _seed_replay_store_from_cursor(ledger, SensorCursor.from_json(context.cursor))
+    cursor = _cursor_from_replay_store(ledger, settings.cdc_channels)
+    observations = _replay_store_observations(ledger, settings.cdc_channels)
+    live = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=STREAM_JOB, statuses=list(_IN_PROGRESS)), limit=1
+    )
+    if live:
+        return dg.SensorResult(
+            skip_reason=f"cdc_stream run {live[0].run_id} is consuming",
+            cursor=cursor.to_json(),
+            asset_events=observations,
+        )
+    generation = context.instance.get_runs_count(dg.RunsFilter(job_name=STREAM_JOB)) + 1
+    lifetime = settings.cdc_stream_generation_seconds
+    request = dg.RunRequest(
+        job_name=STREAM_JOB,
+        run_key=f"cdc_stream:{generation}",
+        tags={
+            # A generation ends itself after its lifetime; this only ends a lost one.
+            MAX_RUNTIME_SECONDS_TAG: str(int(lifetime + settings.cdc_run_max_runtime_seconds)),
+            "kpi/generation": str(generation),
+        },
+    )
+    return dg.SensorResult(
+        run_requests=[request], cursor=cursor.to_json(), asset_events=observations
+    )
+
+
+def _channels_leased_by_a_stream(ledger, channels: list[str]) -> set[str]:
+    now = datetime.now(UTC)
+    return {
+        lease.channel
+        for lease in ledger.channel_leases()
+        if lease.channel in channels and lease.expires_at > now
+    }
+
+
+def _seed_replay_store_from_cursor(ledger, cursor: SensorCursor) -> None:
+    """Switching sensor -> stream: channels the stream has no position for resume where
+    the sensor's cursor left them (sensor mode also mirrors each tick; this covers a
+    cursor from before the replay store existed)."""
+    known = {p.channel for p in ledger.replay_positions()}
+    for channel, position in cursor.channels.items():
+        if channel not in known and position.replay_id is not None:
+            ledger.set_replay_id(channel, position.replay_id)
+
+
+def _mirror_cursor_to_replay_store(ledger, cursor: SensorCursor) -> None:
+    """Sensor mode keeps the replay store in step, so switching to stream mode resumes
+    exactly where the sensor staged up to."""
+    stored = {p.channel: p.replay_id for p in ledger.replay_positions()}
+    for channel, position in cursor.channels.items():
+        if position.replay_id is not None and stored.get(channel) != position.replay_id:
+            ledger.set_replay_id(channel, position.replay_id)
+
+
+def _cursor_from_replay_store(ledger, channels: list[str]) -> SensorCursor:
+    """Stream mode: the cursor mirrors the durable replay ids, so the UI shows them as in
+    sensor mode and switching back to sensor mode resumes there."""
+    cursor = SensorCursor()
+    for position in ledger.replay_positions():
+        if position.channel in channels:
+            cursor = cursor.with_channel(
+                position.channel,
+                ChannelCursor(replay_id=position.replay_id, commit_ms=position.commit_ms),
+            )
+    return cursor
+
+
+def _replay_store_observations(ledger, channels: list[str]) -> list[dg.AssetObservation]:
+    now_ms = datetime.now(UTC).timestamp() * 1000
+    observations = []
+    pending = {}
+    for info in ledger.pending_batches():
+        pending[info.channel] = pending.get(info.channel, 0) + 1
+    for position in ledger.replay_positions():
+        if position.channel not in channels:
+            continue
+        metadata: dict = {
+            "channel": position.channel,
+            "replay_id": replay_id_hex(position.replay_id),
+            "mode": "stream",
+            "pending_batches": pending.get(position.channel, 0),
+            # Seconds since the stream last advanced the position (events or keepalives):
+            # a live, caught-up stream keeps this small even when the org is quiet.
+            "position_age_seconds": round((now_ms / 1000.0) - position.updated_at.timestamp(), 3),
+        }
+        if position.commit_ms is not None:
+            # Not a lag: on a quiet org the newest commit simply gets older.
+            metadata["newest_commit_age_seconds"] = round(
+                max(0.0, (now_ms - position.commit_ms) / 1000.0), 3
+            )
+        observations.append(dg.AssetObservation(asset_key=CDC_EVENTS_KEY, metadata=metadata))
+    return observations

@@ -285,3 +285,14 @@ cdc_replay_ids = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(16), nullable=False),  # stream | operator
 )
+
+# --- migration 0007: one consumer per CDC channel ------------------------------------------
+
+cdc_channel_leases = sa.Table(
+    "cdc_channel_leases",
+    metadata,
+    sa.Column("channel", sa.String(255), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),  # a stream run's id
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)

@@ -27,6 +27,7 @@ from kpi_pipeline.cdc.events import replay_id_hex
 from kpi_pipeline.cdc.raw import RawEvent
 from kpi_pipeline.ledger import migrations
 from kpi_pipeline.ledger import schema as t
+from kpi_pipeline.ledger.leases import LeaseMixin
 from kpi_pipeline.ledger.outbox import OutboxMixin
 from kpi_pipeline.ledger.replay_store import ReplayStoreMixin
 from kpi_pipeline.ledger.sends import SendsMixin
@@ -162,7 +163,7 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
 # --- the ledger -------------------------------------------------------------------------
 
 
-class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin, ReplayStoreMixin):
+class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin, ReplayStoreMixin, LeaseMixin):
     """The lead ledger. Build with ``Ledger.from_url`` (which migrates to the newest schema)."""
 
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], datetime] | None = None) -> None:

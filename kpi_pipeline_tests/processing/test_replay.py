@@ -12,6 +12,7 @@ from kpi_pipeline.cdc.fixtures import RECORDED_STREAM, fixture_path
 from kpi_pipeline.cli import main
 from kpi_pipeline.flywheel.schema import validate_record
 from kpi_pipeline.kpis import ROLLUP_NAMES
+from kpi_pipeline.ledger import migrations
 from kpi_pipeline.salesforce_fields import WRITTEN_FIELD_NAMES
 
 
@@ -116,9 +117,9 @@ def test_ledger_commands(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     assert main(["ledger", "upgrade", "--url", url]) == 0
     upgraded = json.loads(capsys.readouterr().out)
-    assert (upgraded["from"], upgraded["to"]) == (None, "0006")
+    assert (upgraded["from"], upgraded["to"]) == (None, migrations.head_revision())
     assert main(["ledger", "upgrade", "--url", url]) == 0
-    assert json.loads(capsys.readouterr().out)["from"] == "0006"
+    assert json.loads(capsys.readouterr().out)["from"] == migrations.head_revision()
 
     from kpi_pipeline.ledger import Ledger
 

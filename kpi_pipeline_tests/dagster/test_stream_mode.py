@@ -1,0 +1,222 @@
+"""Stream mode in one process: the cdc_stream run against the sandbox org (real gRPC and REST
+on loopback), the sensor keeping one stream run alive, one consumer per channel, and
+switching between sensor and stream mode without losing or doubling anything."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline import wiring
+from kpi_pipeline.cdc.cursor import SensorCursor
+from kpi_pipeline.definitions import defs
+from kpi_pipeline.defs.resources import PipelineResource
+from kpi_pipeline.defs.sensors import cdc_sensor
+from kpi_pipeline.ledger import schema as t
+from kpi_pipeline.sandbox.runtime import shutdown_sandbox
+from kpi_pipeline.sandbox.store import QUEUE_IDS, SandboxStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPI_SANDBOX_LEADS_PER_DAY", "30")
+    monkeypatch.setenv("KPI_SANDBOX_LIVE_LEADS_PER_HOUR", "0")
+    monkeypatch.setenv("KPI_SANDBOX_SEED", "5")
+    monkeypatch.setenv("KPI_CDC_STREAM_LEASE_SECONDS", "3")
+    wiring.reset_cache()
+    data_dir = tmp_path / "kpi"
+    yield PipelineResource(data_dir=str(data_dir))
+    wiring.reset_cache()
+    shutdown_sandbox(data_dir)
+
+
+def _org_changes(pipeline: PipelineResource) -> int:
+    store = SandboxStore(pipeline.settings().sandbox_store_path)
+    try:
+        return sum(1 for _ in store.iter_changes())
+    finally:
+        store.close()
+
+
+def _staged(pipeline: PipelineResource) -> int:
+    """Events in the inbox; its key is (channel, replay id), so none is there twice."""
+    with pipeline.ledger().read() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(t.cdc_inbox)).scalar_one()
+
+
+def _run_stream(pipeline: PipelineResource, instance, seconds: float) -> dict:
+    result = defs.resolve_job_def("cdc_stream").execute_in_process(
+        run_config={"ops": {"stream_cdc": {"config": {"lifetime_seconds": seconds}}}},
+        instance=instance,
+        resources={"pipeline": pipeline},
+    )
+    assert result.success
+    return result.output_for_node("stream_cdc")
+
+
+def _add_queue_lead(pipeline: PipelineResource) -> str:
+    store = SandboxStore(pipeline.settings().sandbox_store_path)
+    try:
+        return store.create_record(
+            "Lead",
+            {"LastName": "Stream", "Company": "Live Co", "OwnerId": QUEUE_IDS[0], "Status": "Open"},
+            user_id="0055g0000000001AAA",
+        )
+    finally:
+        store.close()
+
+
+def test_a_stream_generation_stages_processes_and_writes_back(sandbox) -> None:
+    pipeline = sandbox
+    with dg.instance_for_test() as instance:
+        pipeline.ledger()  # start the sandbox (seeded) before counting its changes
+        wiring.org_connection(pipeline.settings())
+        seeded = _org_changes(pipeline)
+        summary = _run_stream(pipeline, instance, 8.0)
+
+        ledger = pipeline.ledger()
+        assert summary["events"] >= seeded and summary["processed"] > 0
+        assert not ledger.pending_batches()
+        assert {p.channel for p in ledger.replay_positions()} == set(
+            pipeline.settings().cdc_channels
+        )
+        facts = ledger.lead_facts_frame()
+        assert facts["Routing_Rule__c"].notna().sum() > 0
+        assert summary["drained"] > 0  # routing fields went back to the org
+        assert ledger.channel_leases() == []  # released at the end of the generation
+
+        # The next generation resumes after the durable replay ids: a new lead is routed, and
+        # nothing seen before is staged again.
+        before = _staged(pipeline)
+        lead = _add_queue_lead(pipeline)
+        _run_stream(pipeline, instance, 4.0)
+        assert _staged(pipeline) > before
+        assert lead in set(ledger.lead_facts_frame().dropna(subset=["Routing_Rule__c"])["Id"])
+
+
+def test_two_stream_workers_never_consume_one_channel_at_once(sandbox) -> None:
+    pipeline = sandbox
+    settings = pipeline.settings()
+    wiring.org_connection(settings)
+    first = wiring.stream_worker(
+        settings.model_copy(update={"cdc_stream_generation_seconds": 6}), holder="run-a"
+    )
+    second = wiring.stream_worker(
+        settings.model_copy(update={"cdc_stream_generation_seconds": 3}), holder="run-b"
+    )
+    stop_a, stop_b = threading.Event(), threading.Event()
+    runner = threading.Thread(target=first.run, args=(stop_a,))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not pipeline.ledger().channel_leases() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert {lease.holder for lease in pipeline.ledger().channel_leases()} == {"run-a"}
+
+    progress = second.run(stop_b)  # its whole lifetime passes waiting for the leases
+
+    runner.join(30)
+    assert progress.batches == 0 and progress.processed == 0
+    assert first.progress.batches > 0
+
+
+def test_a_killed_holders_channels_are_taken_over_once_its_lease_expires(sandbox) -> None:
+    pipeline = sandbox
+    settings = pipeline.settings()
+    wiring.org_connection(settings)
+    ledger = pipeline.ledger()
+    # A zombie: a run that took the leases and died without releasing them (kill -9).
+    assert ledger.acquire_leases("zombie", settings.cdc_channels, ttl=timedelta(seconds=3))
+    worker = wiring.stream_worker(
+        settings.model_copy(update={"cdc_stream_generation_seconds": 10}), holder="run-b"
+    )
+
+    progress = worker.run(threading.Event())
+
+    assert 0 < progress.waited_for_lease_s < 10
+    assert progress.processed > 0
+
+
+def _tick(instance, pipeline, cursor):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"pipeline": pipeline}
+    )
+    return cdc_sensor(context)
+
+
+def test_the_sensor_keeps_one_stream_run_alive_and_mirrors_its_replay_ids(
+    sandbox, monkeypatch
+) -> None:
+    pipeline = sandbox
+    monkeypatch.setenv("KPI_CDC_MODE", "stream")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, pipeline, None)
+        (request,) = first.run_requests
+        assert (request.job_name, request.run_key) == ("cdc_stream", "cdc_stream:1")
+        # While a stream run is in progress no second one is requested.
+        live = instance.add_run(
+            dg.DagsterRun(
+                job_name="cdc_stream",
+                run_id=str(uuid.uuid4()),
+                status=dg.DagsterRunStatus.STARTED,
+                tags=request.tags,
+            )
+        )
+        busy = _tick(instance, pipeline, first.cursor)
+        assert not busy.run_requests and "is consuming" in busy.skip_reason.skip_message
+        instance.report_run_failed(instance.get_run_by_id(live.run_id))
+        again = _tick(instance, pipeline, busy.cursor)
+        assert [r.run_key for r in again.run_requests] == ["cdc_stream:2"]
+
+        _run_stream(pipeline, instance, 5.0)
+        mirrored = _tick(instance, pipeline, again.cursor)
+        positions = {p.channel: p for p in pipeline.ledger().replay_positions()}
+        observed = {e.metadata["channel"].value: e.metadata for e in mirrored.asset_events}
+        assert set(observed) == set(positions)
+        cursor = SensorCursor.from_json(mirrored.cursor)
+        assert {c: v.replay_id for c, v in cursor.channels.items()} == {
+            c: p.replay_id for c, p in positions.items()
+        }
+
+
+def test_switching_stream_sensor_stream_loses_and_doubles_nothing(sandbox, monkeypatch) -> None:
+    pipeline = sandbox
+    with dg.instance_for_test() as instance:
+        monkeypatch.setenv("KPI_CDC_MODE", "stream")
+        _run_stream(pipeline, instance, 5.0)
+        _add_queue_lead(pipeline)
+
+        monkeypatch.setenv("KPI_CDC_MODE", "sensor")
+        cursor = _tick(instance, pipeline, None).cursor  # fresh sensor state: from the store
+        for _ in range(3):
+            result = _tick(instance, pipeline, cursor)
+            cursor = result.cursor
+            for request in result.run_requests:
+                assert (
+                    defs.resolve_job_def("process_cdc_batch")
+                    .execute_in_process(
+                        run_config=request.run_config,
+                        instance=instance,
+                        resources={"pipeline": pipeline},
+                    )
+                    .success
+                )
+        _add_queue_lead(pipeline)
+
+        monkeypatch.setenv("KPI_CDC_MODE", "stream")
+        _run_stream(pipeline, instance, 5.0)
+        _run_stream(pipeline, instance, 2.0)  # stages the echoes of the last write-back
+
+        assert _staged(pipeline) == _org_changes(pipeline)  # every change, once
+        assert not pipeline.ledger().pending_batches()
+        routes = pipeline.ledger().decisions_between(workload="lead_route")
+        assert len([d for d in routes if d.rule_id != "superseded"]) == len(
+            set(pipeline.ledger().lead_facts_frame().dropna(subset=["Routing_Rule__c"])["Id"])
+        )
