@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         description="Lease on each channel held by the cdc_stream run (renewed every third of "
         "it); a killed run's channels are taken over once it expires.",
     )
+    cdc_processing_alert_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="The live_path_health check fails (and /metrics shows it) once a staged batch "
+        "has waited this long to be processed, or in stream mode when no cdc_stream run holds a "
+        "channel.",
+    )
     cdc_run_max_runtime_seconds: int = Field(
         600,
         ge=30,

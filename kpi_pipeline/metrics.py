@@ -175,8 +175,19 @@ WRITEBACK_SENDS = Counter(
     "writeback_sends", "Outbox rows by the outcome of their send to Salesforce", ["outcome"]
 )
 
+# Commit in the org -> the batch holding that change processed (decisions applied in the
+# ledger): sub-second in stream mode, tens of seconds with a run per batch.
+PROCESSING_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+PROCESSING_LAG = Histogram(
+    "cdc_processing_lag_seconds",
+    "Commit in the org to its batch processed",
+    ["channel"],
+    buckets=PROCESSING_LAG_BUCKETS,
+)
+
 ALL_METRICS = (
     CDC_EVENTS,
+    PROCESSING_LAG,
     CDC_LAG,
     DECISIONS,
     FIRST_RESPONSE_LATENCY,
@@ -227,6 +238,10 @@ def record_decision(workload: str, outcome: str, policy_version: str) -> None:
 
 def observe_first_response(seconds: float) -> None:
     FIRST_RESPONSE_LATENCY.observe(seconds)
+
+
+def observe_processing_lag(channel: str, seconds: float) -> None:
+    PROCESSING_LAG.labels(channel=channel).observe(max(0.0, seconds))
 
 
 def observe_assignment(seconds: float) -> None:

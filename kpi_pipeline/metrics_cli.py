@@ -16,6 +16,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -71,7 +72,8 @@ def _compact_if_crowded(metrics_dir: Path) -> None:
 
 class OutboxCollector:
     """The outbox's rows by status, oldest waiting and held ages and expired claims, read from
-    the ledger at scrape time (``Ledger.outbox_health``: a handful of indexed aggregates).
+    the ledger at scrape time (``Ledger.outbox_health``: a handful of indexed aggregates),
+    and the live path's pending batches and stream leases (two more small reads).
 
     The ledger is opened on the first scrape, not when the server starts, so the endpoint is
     up (and serves the recorded metrics) even while the ledger is not. A scrape that cannot
@@ -124,6 +126,43 @@ class OutboxCollector:
             "Claimed outbox rows whose lease ran out (their drainer died), not yet retaken",
             value=health.expired_claims,
         )
+        yield from self._live_path()
+
+    def _live_path(self) -> Iterator[Metric]:
+        """Pending batches per channel and, in stream mode, whether a stream run holds it
+        (``kpi_pipeline.live_health``: the same reading as the live_path_health check)."""
+        from kpi_pipeline.live_health import processing_health
+
+        settings = get_settings()
+        try:
+            health = processing_health(
+                self._ledger, settings.cdc_channels, mode=settings.cdc_mode, now=datetime.now(UTC)
+            )
+        except Exception as exc:  # like the outbox series: leave these out, count the error
+            metrics.record_error("metrics")
+            print(f"live-path metrics: cannot read the ledger: {exc}", file=sys.stderr)
+            return
+        pending = GaugeMetricFamily(
+            "cdc_pending_batches", "Staged batches not processed yet", labels=["channel"]
+        )
+        oldest = GaugeMetricFamily(
+            "cdc_oldest_pending_batch_age_seconds",
+            "Seconds the oldest unprocessed batch has waited (0: none pending)",
+            labels=["channel"],
+        )
+        alive = GaugeMetricFamily(
+            "cdc_stream_alive",
+            "1 while a cdc_stream run holds the channel (stream mode; absent in sensor mode)",
+            labels=["channel"],
+        )
+        for channel in health.channels:
+            pending.add_metric([channel.channel], channel.pending_batches)
+            oldest.add_metric([channel.channel], channel.oldest_pending_age_s or 0.0)
+            if channel.stream_alive is not None:
+                alive.add_metric([channel.channel], 1.0 if channel.stream_alive else 0.0)
+        yield pending
+        yield oldest
+        yield alive
 
 
 def _settings_ledger() -> Any:

@@ -215,6 +215,7 @@ class StreamWorker:
         summary["dead_lettered_on_decode"] = decoded.dead_lettered
         if self.ledger.mark_batch_done(batch_id, run_id=self.holder, summary=_brief(summary)):
             self.progress.processed += 1
+            observe_processing_lag(loaded.channel, decoded.events)
 
     def _drain(self) -> None:
         if self.drain is not None:
@@ -262,3 +263,10 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
         else value
         for step, value in summary.items()
     }
+
+
+def observe_processing_lag(channel: str, events: Sequence[Any]) -> None:
+    """``cdc_processing_lag_seconds``: each change's commit in the org -> its batch processed."""
+    done_ms = time.time() * 1000.0
+    for event in events:
+        metrics.observe_processing_lag(channel, (done_ms - event.header.commit_timestamp) / 1e3)

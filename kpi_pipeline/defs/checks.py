@@ -8,7 +8,7 @@ get real freshness *checks* (the superseded-but-working builders), which run wit
 """
 
 import warnings
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -114,6 +114,36 @@ with warnings.catch_warnings():
     )
 
 LEDGER_CHECKS = [ttfr_non_negative, first_response_complete, decisions_carry_policy_version]
+
+
 # Operational health of the ledger's write-back, kept apart from the data invariants above.
-WRITEBACK_CHECKS = [outbox_backlog]
+@dg.asset_check(
+    asset=LEDGER_KEY,
+    # Not blocking, for the same reason as outbox_backlog: the facts already in the ledger
+    # are right; what is late is the newest work.
+    blocking=False,
+    description="The live path keeps up: no staged batch waits longer than "
+    "KPI_CDC_PROCESSING_ALERT_SECONDS, and in stream mode a cdc_stream run holds every channel.",
+)
+def live_path_health(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    from kpi_pipeline.live_health import processing_health
+
+    settings = pipeline.settings()
+    health = processing_health(
+        pipeline.ledger(), settings.cdc_channels, mode=settings.cdc_mode, now=datetime.now(UTC)
+    )
+    problems = health.problems(stuck_after_s=settings.cdc_processing_alert_seconds)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(problems) if problems else None,
+        metadata={
+            "mode": settings.cdc_mode,
+            "channels": dg.MetadataValue.json(health.to_metadata()),
+            "alert_after_seconds": settings.cdc_processing_alert_seconds,
+        },
+    )
+
+
+WRITEBACK_CHECKS = [outbox_backlog, live_path_health]
 FRESHNESS_CHECKS = [*ledger_freshness_checks, *kpi_freshness_checks]

@@ -113,9 +113,26 @@ def complete_batch(
         "write_back": write_back,
         "email_send": _send_emails(context, pipeline) if settings.send_email else None,
     }
-    pipeline.ledger().mark_batch_done(batch_id, run_id=context.run_id, summary=summary)
+    if pipeline.ledger().mark_batch_done(batch_id, run_id=context.run_id, summary=summary):
+        _observe_processing_lag(pipeline, batch_id)
     context.add_output_metadata({"summary": dg.MetadataValue.json(summary)})
     return summary
+
+
+def _observe_processing_lag(pipeline: PipelineResource, batch_id: str) -> None:
+    """Commit -> processed for each change of the batch (its commit times are in the staged
+    events; decoding them again costs far less than the run around it)."""
+    from kpi_pipeline.stream_worker import observe_processing_lag
+
+    batch = pipeline.ledger().load_batch(batch_id)
+    decoder = pipeline.decoder()
+    events = []
+    for raw in batch.events:
+        try:
+            events.append(decoder.decode(raw))
+        except Exception:  # load_batch already dead-lettered it with its reason
+            continue
+    observe_processing_lag(batch.channel, events)
 
 
 def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dict:

@@ -75,14 +75,20 @@ class LeaseMixin:
             return set(conn.execute(sa.select(c.channel).where(c.holder == holder)).scalars())
 
     def release_leases(self, holder: str) -> None:
-        """A holder that ends cleanly hands its channels over at once."""
+        """A holder that ends cleanly hands its channels over at once: its leases expire now
+        (the rows stay, so health checks can tell a handover from a stream that is gone)."""
+        c = t.cdc_channel_leases.c
+        now = self._now()
         with self.write() as conn:  # type: ignore[attr-defined]
             conn.execute(
-                sa.delete(t.cdc_channel_leases).where(t.cdc_channel_leases.c.holder == holder)
+                t.cdc_channel_leases.update()
+                .where(c.holder == holder, c.expires_at > now)
+                .values(expires_at=now)
             )
 
     def channel_leases(self) -> list[ChannelLease]:
-        """Every lease row, expired ones included (for operators and health checks)."""
+        """Every lease row, expired and released ones included (for operators and health
+        checks: ``expires_at`` is when the last holder stopped holding it)."""
         c = t.cdc_channel_leases.c
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.cdc_channel_leases).order_by(c.channel)).all()

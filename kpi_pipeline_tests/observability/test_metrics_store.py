@@ -36,6 +36,11 @@ ALL_NAMES = {
     "writeback_oldest_pending_age_seconds",
     "writeback_oldest_claimed_age_seconds",
     "writeback_expired_claims",
+    "cdc_processing_lag_seconds",
+    # The live path, read from the same ledger (sensor mode: no cdc_stream_alive samples).
+    "cdc_pending_batches",
+    "cdc_oldest_pending_batch_age_seconds",
+    "cdc_stream_alive",
 }
 ONE_RUN = f"""
 m.record_cdc_event("{LEAD}", "CREATE", 5)
@@ -122,6 +127,9 @@ def test_every_metric_name_is_exposed_before_any_event(metrics_server) -> None:
         assert value(samples, "writeback_outbox_rows", status=status) == 0
     assert value(samples, "writeback_expired_claims") == 0
     assert value(samples, "first_response_latency_seconds_count") == 0
+    for channel in ("/data/LeadChangeEvent", "/data/TaskChangeEvent"):
+        assert value(samples, "cdc_pending_batches", channel=channel) == 0
+        assert value(samples, "cdc_oldest_pending_batch_age_seconds", channel=channel) == 0
 
 
 def test_healthz_reports_the_directory_and_unknown_paths_are_404(
