@@ -55,6 +55,7 @@ def _batch_request(
     max_runtime_seconds: int,
 ) -> dg.RunRequest:
     return dg.RunRequest(
+        job_name=process_cdc_batch.name,  # the sensor also targets cdc_stream
         run_key=run_key,
         # Only the batch id travels in run config; the events stay in the ledger inbox.
         run_config={"ops": {"load_batch": {"config": {"batch_id": batch_id}}}},

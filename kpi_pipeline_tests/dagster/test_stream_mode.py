@@ -223,3 +223,16 @@ def test_switching_stream_sensor_stream_loses_and_doubles_nothing(sandbox, monke
         assert len([d for d in routes if d.rule_id != "superseded"]) == len(
             set(pipeline.ledger().lead_facts_frame().dropna(subset=["Routing_Rule__c"])["Id"])
         )
+
+
+@pytest.mark.parametrize("mode", ["sensor", "stream"])
+def test_every_run_request_resolves_as_the_daemon_resolves_it(sandbox, monkeypatch, mode) -> None:
+    """The sensor targets two jobs, so each request must name its job: evaluate_tick
+    resolves them the way the daemon does (calling the sensor directly does not)."""
+    monkeypatch.setenv("KPI_CDC_MODE", mode)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"pipeline": sandbox})
+        data = cdc_sensor.evaluate_tick(context)
+        assert data.run_requests
+        expected = "cdc_stream" if mode == "stream" else "process_cdc_batch"
+        assert {r.job_name for r in data.run_requests} == {expected}
