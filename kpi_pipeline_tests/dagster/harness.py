@@ -137,6 +137,37 @@ def instance_state(env: Mapping[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def job_runs(env: Mapping[str, str], job_name: str) -> list[dict]:
+    """Runs of ``job_name`` (newest first), read from a separate process: id, status, tags
+    and the pid the run's worker logged ("Started process for run (pid: N)"), found as the
+    repository's run launcher finds it for its health check; start and end times (epoch
+    seconds, None until then)."""
+    script = (
+        "import json, sys\n"
+        "import dagster as dg\n"
+        "from dagster import DagsterInstance\n"
+        "from kpi_pipeline.defs.run_launcher import LocalProcessRunLauncher\n"
+        "inst = DagsterInstance.get()\n"
+        "out = []\n"
+        "for rec in inst.get_run_records(filters=dg.RunsFilter(job_name=sys.argv[1])):\n"
+        "    r = rec.dagster_run\n"
+        "    worker = LocalProcessRunLauncher._worker_pid(inst, r.run_id)\n"
+        "    out.append({'id': r.run_id, 'status': r.status.value, 'tags': dict(r.tags),\n"
+        "                'pid': worker[0] if worker else None,\n"
+        "                'start_time': rec.start_time, 'end_time': rec.end_time})\n"
+        "print(json.dumps(out))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, job_name],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def wait_for_state(
     env: Mapping[str, str], predicate: Callable[[dict], bool], timeout: float, log_path: Path
 ) -> dict:
@@ -295,6 +326,46 @@ def claimed_outbox_rows(data_dir: Path) -> int:
             )
     except sa.exc.OperationalError:
         return 0
+    finally:
+        engine.dispose()
+
+
+def channel_leases(data_dir: Path) -> list[tuple[str, str, datetime, datetime]]:
+    """The ledger's stream channel leases, expired included: (channel, holder, acquired_at,
+    expires_at)."""
+    from kpi_pipeline.ledger import schema as t
+
+    engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
+    try:
+        with engine.connect() as conn:
+            c = t.cdc_channel_leases.c
+            rows = conn.execute(sa.select(c.channel, c.holder, c.acquired_at, c.expires_at))
+            return [(r.channel, r.holder, r.acquired_at, r.expires_at) for r in rows]
+    except sa.exc.OperationalError:  # not migrated yet
+        return []
+    finally:
+        engine.dispose()
+
+
+def batches_done_by(data_dir: Path) -> Counter[str]:
+    """Batches marked done, by the run (``run_id``) that processed them."""
+    from kpi_pipeline.ledger import schema as t
+
+    engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
+    try:
+        with engine.connect() as conn:
+            c = t.cdc_batches.c
+            return Counter(
+                dict(
+                    conn.execute(
+                        sa.select(c.run_id, sa.func.count())
+                        .where(c.status == "done")
+                        .group_by(c.run_id)
+                    ).all()
+                )
+            )
+    except sa.exc.OperationalError:
+        return Counter()
     finally:
         engine.dispose()
 
