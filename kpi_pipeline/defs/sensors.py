@@ -263,6 +263,9 @@ def _stream_mode_tick(
         tags={
             # A generation ends itself after its lifetime; this only ends a lost one.
             MAX_RUNTIME_SECONDS_TAG: str(int(lifetime + settings.cdc_run_max_runtime_seconds)),
+            # No Dagster retries: this sensor starts the next generation itself, and a retry
+            # beside it would only hold a run slot waiting for the leases.
+            "dagster/max_retries": "0",
             "kpi/generation": str(generation),
         },
     )

@@ -163,6 +163,7 @@ def test_the_sensor_keeps_one_stream_run_alive_and_mirrors_its_replay_ids(
         first = _tick(instance, pipeline, None)
         (request,) = first.run_requests
         assert (request.job_name, request.run_key) == ("cdc_stream", "cdc_stream:1")
+        assert request.tags["dagster/max_retries"] == "0"  # the sensor starts the next one
         # While a stream run is in progress no second one is requested.
         live = instance.add_run(
             dg.DagsterRun(
