@@ -76,6 +76,7 @@ def main() -> None:
         "KPI_SANDBOX_SEED": "11",
         "KPI_SANDBOX_LEADS_PER_DAY": "40",
         "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
+        "KPI_CDC_MODE": "sensor",  # it kills a process_cdc_batch run's worker
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     # This process reads the same instance; set before Dagster is imported.

@@ -10,7 +10,7 @@ wall-clock columns, one sample per event or lead:
   (``cdc_inbox.staged_at``), i.e. staged by a sensor tick;
 * assignment latency: lead commit -> routing decision (``routing_decisions.decided_at``),
   -> queued for write-back (``sf_outbox.created_at``), -> written back to the sandbox over
-  REST (``sf_outbox.sent_at``);
+  REST (our OwnerId update's commit in the org's change log);
 * TTFR detection latency: response commit -> first response decided in the ledger (the
   ``first_touch`` row in ``decisions``).
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import random
 import shutil
@@ -55,6 +54,7 @@ from typing import Any
 
 WORKDIR = Path(tempfile.mkdtemp(prefix="bench_latency_"))
 os.environ.setdefault("KPI_DATA_DIR", str(WORKDIR / "kpi"))
+os.environ.setdefault("KPI_CDC_MODE", "sensor")  # it measures the run-per-batch path
 
 import sqlalchemy as sa  # noqa: E402
 
@@ -215,16 +215,17 @@ def read_traces(ledger_url: str, store_path: Path, log: CommitLog) -> list[Event
                     )
                 ).all()
             )
-            outbox = conn.execute(
-                sa.text("select record_id, fields, created_at, sent_at from sf_outbox order by id")
-            ).all()
+            # One outbox row per record (dirty fields): created when the lead's first field
+            # was marked, which for a routed lead is its routing decision.
+            queued_at = dict(
+                conn.execute(sa.text("select record_id, created_at from sf_outbox")).all()
+            )
     finally:
         engine.dispose()
-    assignment_rows: dict[str, tuple[Any, Any]] = {}
-    for record_id, fields, created_at, sent_at in outbox:
-        values = json.loads(fields) if isinstance(fields, str) else fields
-        if "OwnerId" in values and record_id not in assignment_rows:
-            assignment_rows[record_id] = (created_at, sent_at)
+    owner_written = _owner_writes(store_path)
+    assignment_rows: dict[str, tuple[Any, Any]] = {
+        lead_id: (queued_at.get(lead_id), owner_written[lead_id]) for lead_id in owner_written
+    }
     traces = []
     for lead_id, commit in log.leads.items():
         trace = EventTrace("lead", lead_id, commit, decided=_ms(_dt(routed.get(lead_id))))
@@ -248,6 +249,22 @@ def _dt(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+def _owner_writes(store_path: Path) -> dict[str, datetime]:
+    """When our write-back's OwnerId update committed in the org, per lead (the org's own
+    change log: the moment a user of the org could read it)."""
+    store = SandboxStore(store_path)
+    try:
+        found: dict[str, datetime] = {}
+        for change in store.iter_changes(0):
+            ids = change.header.get("recordIds") or []
+            ours = "client=kpi_pipeline" in (change.header.get("changeOrigin") or "")
+            if ours and "OwnerId" in change.fields and ids and ids[0] not in found:
+                found[ids[0]] = datetime.fromtimestamp(change.commit_timestamp / 1000.0, tz=UTC)
+        return found
+    finally:
+        store.close()
 
 
 def _create_replays(store_path: Path, record_ids: set[str]) -> dict[str, int]:

@@ -43,6 +43,7 @@ from pathlib import Path
 # Metrics files of this process go to the scratch directory, never ./.kpi_data.
 WORKDIR = Path(tempfile.mkdtemp(prefix="bench_recovery_"))
 os.environ.setdefault("KPI_METRICS_DIR", str(WORKDIR / "metrics"))
+os.environ.setdefault("KPI_CDC_MODE", "sensor")  # recovery of per-batch runs
 
 from kpi_pipeline_tests.dagster import harness  # noqa: E402
 from kpi_pipeline_tests.dagster.harness import Deployment  # noqa: E402

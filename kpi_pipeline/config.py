@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         "so 1 means every loop; exactly 5 makes about half the ticks slip to 10 s (bench/RESULTS.md).",
     )
     cdc_mode: Literal["stream", "sensor"] = Field(
-        "sensor",
+        "stream",
         description="stream: one long-lived cdc_stream run subscribes to every channel and "
         "processes each response as it arrives (cdc_sensor keeps that run alive); sensor: "
         "cdc_sensor fetches in bounded ticks and requests a process_cdc_batch run per batch.",
