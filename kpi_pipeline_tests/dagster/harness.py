@@ -986,3 +986,37 @@ def _wait_worker(dep: Deployment, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def clean_vs_killed_checks(clean: Outcome, killed: Outcome, policy: Any) -> dict[str, list[str]]:
+    """Every comparison of a killed deployment with a clean one on the same workload, by
+    name; an empty list means the check held."""
+    return {
+        "routed at most once (clean)": check_routed_at_most_once(clean),
+        "routed at most once (killed)": check_routed_at_most_once(killed),
+        "routed exactly the leads the clean run routed": check_same_leads_routed(clean, killed),
+        "owners from the rule's pool, within caps": check_owners_from_pool(clean, killed, policy),
+        "TTFR facts equal": check_ttfr_equal(clean, killed),
+        "org equals ledger (clean)": check_org_equals_ledger(clean),
+        "org equals ledger (killed)": check_org_equals_ledger(killed),
+        "outbox empty (clean)": check_outbox_empty(clean),
+        "outbox empty (killed)": check_outbox_empty(killed),
+        "first response never moved later (clean)": check_first_response_never_later(clean),
+        "first response never moved later (killed)": check_first_response_never_later(killed),
+        "a person's owner change kept (clean)": check_person_owner_kept(
+            clean, policy.integration_users
+        ),
+        "a person's owner change kept (killed)": check_person_owner_kept(
+            killed, policy.integration_users
+        ),
+    }
+
+
+def check_report(checks: dict[str, list[str]]) -> str:
+    """One line per check (ok / FAIL) with up to eight of its findings."""
+    return "\n".join(
+        f"{'ok  ' if not found else 'FAIL'} {name}"
+        + "".join(f"\n       {p}" for p in found[:8])
+        + (f"\n       ... {len(found) - 8} more" if len(found) > 8 else "")
+        for name, found in checks.items()
+    )

@@ -137,31 +137,10 @@ def test_hard_kills_match_a_clean_run(deployments):
     assert a.leads == b.leads == LEADS + WAVE_LEADS * len(harness.KILL_MODES)
     assert a.routed, "the clean run routed nothing: the workload does not exercise routing"
     checks = {
-        "routed at most once (clean)": harness.check_routed_at_most_once(a),
-        "routed at most once (killed)": harness.check_routed_at_most_once(b),
-        "routed exactly the leads the clean run routed": harness.check_same_leads_routed(a, b),
-        "owners from the rule's pool, within caps": harness.check_owners_from_pool(a, b, policy),
-        "TTFR facts equal": harness.check_ttfr_equal(a, b),
-        "org equals ledger (clean)": harness.check_org_equals_ledger(a),
-        "org equals ledger (killed)": harness.check_org_equals_ledger(b),
-        "outbox empty (clean)": harness.check_outbox_empty(a),
-        "outbox empty (killed)": harness.check_outbox_empty(b),
-        "first response never moved later (clean)": harness.check_first_response_never_later(a),
-        "first response never moved later (killed)": harness.check_first_response_never_later(b),
-        "a person's owner change kept (clean)": harness.check_person_owner_kept(
-            a, policy.integration_users
-        ),
-        "a person's owner change kept (killed)": harness.check_person_owner_kept(
-            b, policy.integration_users
-        ),
+        **harness.clean_vs_killed_checks(a, b, policy),
         **problems,
     }
-    report = "\n".join(
-        f"{'ok  ' if not found else 'FAIL'} {name}"
-        + "".join(f"\n       {p}" for p in found[:8])
-        + (f"\n       ... {len(found) - 8} more" if len(found) > 8 else "")
-        for name, found in checks.items()
-    )
+    report = harness.check_report(checks)
     timings = "; ".join(
         f"{r.mode}: killed {r.killed_pids}, claim held {r.claim_held} ({r.claimed_rows} rows), "
         f"first batch after {r.first_batch_s and round(r.first_batch_s, 1)} s {r.note}"

@@ -229,31 +229,10 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
             or k["new_acquired"] is None
             or k["new_acquired"] < k["dead_lease_expires"]
         ],
-        "routed at most once (clean)": harness.check_routed_at_most_once(a),
-        "routed at most once (killed)": harness.check_routed_at_most_once(b),
-        "routed exactly the leads the clean run routed": harness.check_same_leads_routed(a, b),
-        "owners from the rule's pool, within caps": harness.check_owners_from_pool(a, b, policy),
-        "TTFR facts equal": harness.check_ttfr_equal(a, b),
-        "org equals ledger (clean)": harness.check_org_equals_ledger(a),
-        "org equals ledger (killed)": harness.check_org_equals_ledger(b),
-        "outbox empty (clean)": harness.check_outbox_empty(a),
-        "outbox empty (killed)": harness.check_outbox_empty(b),
-        "first response never moved later (clean)": harness.check_first_response_never_later(a),
-        "first response never moved later (killed)": harness.check_first_response_never_later(b),
-        "a person's owner change kept (clean)": harness.check_person_owner_kept(
-            a, policy.integration_users
-        ),
-        "a person's owner change kept (killed)": harness.check_person_owner_kept(
-            b, policy.integration_users
-        ),
+        **harness.clean_vs_killed_checks(a, b, policy),
         **problems,
     }
-    report = "\n".join(
-        f"{'ok  ' if not found else 'FAIL'} {name}"
-        + "".join(f"\n       {p}" for p in found[:8])
-        + (f"\n       ... {len(found) - 8} more" if len(found) > 8 else "")
-        for name, found in checks.items()
-    )
+    report = harness.check_report(checks)
     kill_lines = []
     for k in kills:
         dead = by_id.get(k["run"], {})
