@@ -191,12 +191,13 @@ class StreamWorker:
                 initial_preset=self.limits.initial_preset,  # type: ignore[arg-type]
             )
             try:
-                subscriber.run(self._handle, stop)
+                subscriber.run(self.handle, stop)
                 return
             except ReplayIdInvalidError as exc:
                 self._restart_after_refused_replay(exc)
 
-    def _handle(self, batch: StreamBatch) -> None:
+    def handle(self, batch: StreamBatch) -> None:
+        """One FetchResponse: stage it with the durable replay id, process it, write back."""
         staged = self._stager(batch)
         self.progress.batches += 1
         if batch.is_keepalive:

@@ -237,3 +237,39 @@ def test_every_run_request_resolves_as_the_daemon_resolves_it(sandbox, monkeypat
         assert data.run_requests
         expected = "cdc_stream" if mode == "stream" else "process_cdc_batch"
         assert {r.job_name for r in data.run_requests} == {expected}
+
+
+def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sandbox) -> None:
+    from kpi_pipeline.cdc.raw import RawEvent
+    from kpi_pipeline.cdc.stream import StreamBatch
+
+    pipeline = sandbox
+    settings = pipeline.settings()
+    with dg.instance_for_test() as instance:
+        _run_stream(pipeline, instance, 4.0)
+        ledger = pipeline.ledger()
+        channel = "/data/LeadChangeEvent"
+        stored = ledger.replay_id(channel)
+        with ledger.read() as conn:
+            schema_id = (
+                conn.execute(
+                    sa.select(t.cdc_inbox.c.schema_id).where(t.cdc_inbox.c.channel == channel)
+                )
+                .scalars()
+                .first()
+            )
+        poison = RawEvent(channel, b"\xff" * 8, schema_id, b"\x02\x03not avro", "poison")
+        # Handed to the stream's handler exactly as a FetchResponse carrying it would be.
+        worker = wiring.stream_worker(settings, holder="run-poison")
+        worker.handle(StreamBatch(channel, (poison,), b"\xff" * 8, stored, "rpc-poison"))
+
+        (letter,) = ledger.dead_letters(channel=channel)
+        assert letter.replay_id == b"\xff" * 8 and letter.stage == "decode" and letter.reason
+        assert not ledger.pending_batches()  # its batch is done: the stream is not stuck on it
+        assert ledger.replay_id(channel) == b"\xff" * 8
+
+        ledger.set_replay_id(channel, stored)  # the sandbox never issued that id
+        lead = _add_queue_lead(pipeline)
+        _run_stream(pipeline, instance, 4.0)
+        routed = ledger.lead_facts_frame().dropna(subset=["Routing_Rule__c"])["Id"]
+        assert lead in set(routed)
