@@ -32,7 +32,7 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def synthetic_lead_facts(leads: int, days: int, seed: int = 42) -> pd.DataFrame:
-    """A seeded lead-facts frame: shapes of DESIGN §4.2, distributions loosely realistic."""
+    """A seeded lead-facts frame: shapes of CONTRACTS.md §3, distributions loosely realistic."""
     rng = np.random.default_rng(seed)
     start_ns = pd.Timestamp(START).value
     created = pd.to_datetime(

@@ -2,7 +2,7 @@
 
 The sandbox simulator (``kpi_pipeline.sandbox.simulator.simulate``) writes realistic
 activity into a scratch sandbox store, ``SandboxStore.export_recorded`` turns it into
-recorded JSON Lines (DESIGN §4.1), and the first ``--events`` lines are replayed with
+recorded JSON Lines (CONTRACTS.md §2), and the first ``--events`` lines are replayed with
 ``kpi_pipeline.replay.replay``: parse, temporary SQLite ledger, the batch processor with
 the event clock, lead facts CSV, KPI CSVs and flywheel JSONL. Timed phases:
 

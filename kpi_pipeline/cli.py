@@ -1,4 +1,4 @@
-"""`kpi-pipeline`: the command line for what is not a Dagster UI action (DESIGN §4.6).
+"""`kpi-pipeline`: the command line for what is not a Dagster UI action (CONTRACTS.md §7).
 
 Each area owns its sub-commands in its own module, which exposes
 ``register(subparsers: argparse._SubParsersAction) -> None``; the parsers it adds set

@@ -1,6 +1,6 @@
 """One sensor tick of CDC ingestion, without Dagster: drain each channel into a durable batch.
 
-The order of effects is what makes delivery safe (DESIGN §2):
+The order of effects is what makes delivery safe (CONTRACTS.md §1):
 
 1. fetch a bounded batch from the Pub/Sub API, starting after the cursor's replay id;
 2. stage it durably in the ledger inbox (keyed by channel and replay id, linked to the

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN §4.5). Names come from the plan so its PromQL works unchanged.
+"""Prometheus metrics (CONTRACTS.md §6). Names come from the plan so its PromQL works unchanged.
 
 Call sites use the small functions below, never the metric objects, so the storage behind
 them can change without touching them.

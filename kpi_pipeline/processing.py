@@ -90,7 +90,7 @@ WORKLOAD_ROUTE, WORKLOAD_FIRST_TOUCH, WORKLOAD_TEMPLATE = (
     "first_touch",
     "outreach_template",
 )
-FIRST_TOUCH_MODEL = "first-touch-rules-v1"  # DESIGN §4.3 as code; the policy adds automation users
+FIRST_TOUCH_MODEL = "first-touch-rules-v1"  # CONTRACTS.md §4 as code; policy adds automation
 MAX_REPLAY_IDS_IN_METADATA = 20  # flywheel metadata values are capped at 512 characters
 _ROUTING_TRIGGERS = frozenset({"CREATE", "UNDELETE"})
 

@@ -1,4 +1,4 @@
-"""`kpi-pipeline replay EVENTS.jsonl --out DIR`: the whole processing path, offline (DESIGN §4.6).
+"""`kpi-pipeline replay EVENTS.jsonl --out DIR`: the whole processing path, offline (CONTRACTS.md §7).
 
 Recorded change events (§4.1) go through the same ``BatchProcessor`` the Dagster job
 uses, over a temporary SQLite ledger, with the event clock. Outputs:
@@ -193,7 +193,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
-        "events", type=Path, metavar="EVENTS.jsonl", help="recorded change events (DESIGN §4.1)"
+        "events", type=Path, metavar="EVENTS.jsonl", help="recorded change events (CONTRACTS.md §2)"
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""The Lead fields the pipeline writes (DESIGN §4.2): one list that code, docs and `sf/` agree on.
+"""The Lead fields the pipeline writes (CONTRACTS.md §3): one list that code, docs and `sf/` agree on.
 
 A test checks that every field here exists in `sf/force-app/.../objects/Lead/fields/`
 with the matching type, and the reverse.

@@ -1,4 +1,4 @@
-"""Salesforce OAuth 2.0 JWT bearer flow with a token cache (DESIGN §3 adapters; domain notes §5).
+"""Salesforce OAuth 2.0 JWT bearer flow with a token cache (an adapter; README, Architecture).
 
 ``JWTTokenProvider`` signs an RS256 assertion (``iss`` consumer key, ``sub`` username,
 ``aud`` login audience, ``exp`` now + 180 s), posts it to ``{login_url}/services/oauth2/token``

@@ -5,7 +5,7 @@ changed fields of one entity type, possibly for several record ids. Events come 
 two places and meet here:
 
 * the Pub/Sub API (Avro payloads, decoded by ``kpi_pipeline.cdc.decode``), and
-* recorded JSON Lines in the shape of DESIGN §4.1 (fixtures, ``kpi-pipeline replay``).
+* recorded JSON Lines in the shape of CONTRACTS.md §2 (fixtures, ``kpi-pipeline replay``).
 
 Replay ids are opaque bytes on the wire. The recorded format writes them as integers
 (Salesforce's JSON delivery does), which is the 8-byte big-endian reading of the same
@@ -39,7 +39,7 @@ OVERFLOW_RECORD_ID = "000000000000000AAA"
 
 
 class EventFormatError(ValueError):
-    """A recorded or decoded event does not have the shape of DESIGN §4.1."""
+    """A recorded or decoded event does not have the shape of CONTRACTS.md §2."""
 
 
 # --- replay ids ----------------------------------------------------------------------
@@ -248,7 +248,7 @@ class ChangeEvent:
             return None
         return origin.split(marker, 1)[1].split(";", 1)[0] or None
 
-    # -- recorded JSON (DESIGN §4.1) --------------------------------------------------
+    # -- recorded JSON (CONTRACTS.md §2) --------------------------------------------------
     def to_recorded(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"ChangeEventHeader": self.header.to_recorded()}
         payload.update(self.fields)

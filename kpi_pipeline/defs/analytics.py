@@ -4,7 +4,7 @@ Lineage: cdc_events → lead_ledger → kpi_* and flywheel_logs → flywheel_ind
 
 Partitioned assets write their own files (one per day and rollup), so a single run can
 materialize a whole date range (backfills) without the pickling IO manager, which cannot
-store several partitions in one output (shared/reference/dagster-notes.md §1).
+store several partitions in one output (CONTRACTS.md §8.1).
 """
 
 import dataclasses
@@ -119,7 +119,7 @@ def _redacted(url: str) -> str:
     can_subset=False,
 )
 def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline: PipelineResource):
-    """All KPI rollups of DESIGN §4.3 for the selected day(s), computed once from the ledger."""
+    """All KPI rollups of CONTRACTS.md §4 for the selected day(s), computed once from the ledger."""
     settings = pipeline.settings()
     window = context.partition_time_window
     frame = pipeline.ledger().lead_facts_frame(
@@ -190,7 +190,7 @@ def _sla_breakdown_metadata(name: str, table: pd.DataFrame) -> dict[str, object]
     ],
     description=(
         "Every workload decision of the day as a flywheel record (OpenAI-compatible contract, "
-        "DESIGN §4.4), JSONL per workload and day under DATA_DIR/flywheel. Deterministic record ids: "
+        "CONTRACTS.md §5), JSONL per workload and day under DATA_DIR/flywheel. Deterministic record ids: "
         "re-materializing never duplicates."
     ),
 )

@@ -99,7 +99,7 @@ def outbox_backlog(pipeline: PipelineResource) -> dg.AssetCheckResult:
 
 with warnings.catch_warnings():
     # The builders are superseded by FreshnessPolicy, but they are the only freshness form
-    # that produces check results (dagster-notes §1); silence only their own warning here.
+    # that produces check results (CONTRACTS.md §8.1); silence only their own warning here.
     warnings.simplefilter("ignore")
     ledger_freshness_checks = dg.build_last_update_freshness_checks(
         assets=[LEDGER_KEY], lower_bound_delta=timedelta(hours=2)

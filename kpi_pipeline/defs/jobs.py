@@ -2,7 +2,7 @@
 
 Ops are thin: each calls the Dagster-free ``kpi_pipeline.processing.BatchProcessor``.
 The job runs in-process (one process per run, no per-step spawn: see
-shared/reference/dagster-notes.md §2) and is retried by the run-retry daemon
+CONTRACTS.md §8.2) and is retried by the run-retry daemon
 (``dagster/max_retries`` tag); every step is idempotent, so a retry re-applies safely.
 """
 

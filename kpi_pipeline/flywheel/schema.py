@@ -1,4 +1,4 @@
-"""The flywheel log record contract (DESIGN §4.4, domain-notes §1).
+"""The flywheel log record contract (CONTRACTS.md §5).
 
 One record per workload decision, in the public data-flywheel log convention: top-level
 exactly ``timestamp`` (int epoch **seconds**), ``workload_id``, ``client_id``, ``request``
@@ -251,7 +251,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "first_touch": _example(
         "first_touch",
         "fw-" + "2" * 64,
-        "Decide the lead's first qualifying response (DESIGN §4.3).",
+        "Decide the lead's first qualifying response (CONTRACTS.md §4).",
         '{"candidates":[{"at":"2026-01-01T10:05:00Z","record_id":"02s000000000001AAA",'
         '"source":"EmailMessage"}],"lead_created_at":"2026-01-01T10:00:00Z"}',
         '{"at":"2026-01-01T10:05:00Z","minutes":5.0,"source":"EmailMessage",'

@@ -1,4 +1,4 @@
-"""KPI rollups (core, pure pandas): DESIGN §4.3 turned into daily tables."""
+"""KPI rollups (core, pure pandas): CONTRACTS.md §4 turned into daily tables."""
 
 from kpi_pipeline.kpis.rollups import (
     DEFAULT_SLA_MINUTES,

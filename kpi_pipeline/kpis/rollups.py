@@ -1,4 +1,4 @@
-"""KPI rollups over the lead-facts frame (DESIGN §4.3). Pure: pandas in, pandas out.
+"""KPI rollups over the lead-facts frame (CONTRACTS.md §4). Pure: pandas in, pandas out.
 
 Input is one row per lead with the columns of ``lead_facts_columns()`` (what
 ``Ledger.lead_facts_frame`` returns): datetimes tz-aware (any zone; read as instants),
@@ -9,7 +9,7 @@ requested timezone, written ``YYYY-MM-DD`` (the same text as a Dagster daily par
 key). Outputs have a fixed column order, fixed dtypes and are sorted by their key
 columns, so the same input gives byte-identical CSV.
 
-Decisions where DESIGN §4.3 is silent (documented here because the CSVs carry them):
+Decisions where CONTRACTS.md §4 is silent (documented here because the CSVs carry them):
 
 * **Responded** means ``First_Response_At__c`` is set. TTFR minutes are the stored
   ``Time_to_First_Response__c``; if a responded lead lacks them they are derived as

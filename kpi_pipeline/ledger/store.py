@@ -2,7 +2,7 @@
 
 One class, ``Ledger``, over SQLAlchemy Core. SQLite (a file, WAL, busy timeout) by
 default, PostgreSQL in production, same code. Every write is idempotent because
-delivery is at-least-once end to end (DESIGN §2): rows are keyed by what they are
+delivery is at-least-once end to end (CONTRACTS.md §1): rows are keyed by what they are
 about and inserted with ``ON CONFLICT DO NOTHING``.
 
 Write transactions on SQLite start with ``BEGIN IMMEDIATE`` so that two processes

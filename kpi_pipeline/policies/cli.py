@@ -1,7 +1,7 @@
 """`kpi-pipeline policy validate FILE` and `kpi-pipeline policy simulate ...` (what-if).
 
 ``validate`` prints every fault with its JSON path and exits 1 when there is any.
-``simulate`` routes every lead of a recorded CDC stream (DESIGN §4.1) with a policy, and
+``simulate`` routes every lead of a recorded CDC stream (CONTRACTS.md §2) with a policy, and
 with a baseline policy (default: the packaged one), in creation order on the event clock,
 and prints how owners and rules would change.
 """

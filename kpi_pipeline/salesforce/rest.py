@@ -5,7 +5,7 @@ version set explicitly); the token comes from a ``TokenProvider`` (JWT flow or s
 request carries ``Sforce-Call-Options: client=<client_id>``, so the CDC events our writes
 cause say ``changeOrigin ...;client=<client_id>`` and the pipeline can skip its own echoes.
 
-Failure handling (domain notes §5):
+Failure handling:
 
 * per-record errors in SaveResults are checked one by one; retryable ones
   (``UNABLE_TO_LOCK_ROW``) are retried for the failed records only, with exponential backoff

@@ -40,7 +40,7 @@ def entities_for_channel(channel: str) -> tuple[str, ...] | None:
 class StoredChange:
     """One change event as the store keeps it, before Avro encoding.
 
-    ``header`` uses the recorded-JSON keys of DESIGN §4.1 with field lists as *names*
+    ``header`` uses the recorded-JSON keys of CONTRACTS.md §2 with field lists as *names*
     (``changedFields``: ["Status", "LastModifiedDate"]); the Pub/Sub server turns them
     into bitmaps against the entity's schema. ``fields`` holds the body values (DateTimes as
     epoch milliseconds, as Avro carries them); absent keys are null on the wire.

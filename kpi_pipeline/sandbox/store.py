@@ -18,7 +18,7 @@ Shapes (the contract with the servers):
   schemas): a string in an Int field fails the write (``FieldValueError``) rather than
   reaching the change log, where it would break the Avro encoding for every subscriber.
   Unknown fields raise ``UnknownFieldError``.
-* Change-event headers use the recorded-JSON keys of DESIGN §4.1, field lists as names.
+* Change-event headers use the recorded-JSON keys of CONTRACTS.md §2, field lists as names.
   An UPDATE carries only the changed values; ``changedFields`` always includes
   ``LastModifiedDate`` (Salesforce stamps it on every save, so an update that changes
   nothing else still publishes an event naming only it); fields set to null are listed in
@@ -999,7 +999,7 @@ class SandboxStore:
         iso_datetimes: bool = False,
         after_replay: int = 0,
     ) -> int:
-        """Write the change log as recorded JSON Lines (DESIGN §4.1); returns the line count.
+        """Write the change log as recorded JSON Lines (CONTRACTS.md §2); returns the line count.
 
         ``channel_for_entity``: a function entity -> channel, one channel for all (e.g.
         ``/data/SalesKpis__chn``), or None for ``/data/<Entity>ChangeEvent``."""
@@ -1031,7 +1031,7 @@ class SandboxStore:
 def recorded_message(
     change: StoredChange, channel: str, *, iso_datetimes: bool = False
 ) -> dict[str, Any]:
-    """One stored change in the recorded-JSON shape of DESIGN §4.1."""
+    """One stored change in the recorded-JSON shape of CONTRACTS.md §2."""
     payload: dict[str, Any] = {"ChangeEventHeader": dict(change.header)}
     for name, value in change.fields.items():
         if iso_datetimes and name in DATETIME_FIELDS and isinstance(value, int):

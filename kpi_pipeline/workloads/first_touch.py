@@ -1,4 +1,4 @@
-"""Time to first response (DESIGN §4.3), pure.
+"""Time to first response (CONTRACTS.md §4), pure.
 
 A *candidate* is one completed Task or one outbound EmailMessage on a lead. The first
 response is the minimum candidate by ``(time, source, record id)`` with EmailMessage

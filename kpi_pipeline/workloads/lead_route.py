@@ -49,7 +49,7 @@ def known_created_at(lead: RecordState) -> datetime | None:
 
 
 def lead_created_at(lead: RecordState) -> datetime:
-    """``CreatedDate``, else the commit time of the CREATE event (DESIGN §4.3)."""
+    """``CreatedDate``, else the commit time of the CREATE event (CONTRACTS.md §4)."""
     created = known_created_at(lead)
     if created is not None:
         return created

@@ -1,4 +1,4 @@
-"""The flywheel record contract (DESIGN §4.4, domain-notes §1)."""
+"""The flywheel record contract (CONTRACTS.md §5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """KPI values from a small recorded event stream, end to end through `kpi-pipeline replay`,
-against numbers worked out by hand (DESIGN §4.3): answered, breached, open-breach and
+against numbers worked out by hand (CONTRACTS.md §4): answered, breached, open-breach and
 pending leads, an automation user's task that must not count, a response before creation,
 and an email send (EmailMessage + Task at the same instant)."""
 

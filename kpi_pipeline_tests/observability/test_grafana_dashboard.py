@@ -1,4 +1,4 @@
-"""The Grafana dashboard covers the plan's PromQL verbatim and every metric of DESIGN §4.5.
+"""The Grafana dashboard covers the plan's PromQL verbatim and every metric of CONTRACTS.md §6.
 (That each query is valid PromQL with data is checked against a real Prometheus in
 test_prometheus.py.)"""
 

@@ -1,5 +1,5 @@
 """Metric values recorded by short-lived processes survive them, a server restart and
-compaction, and are exposed from the start (DESIGN §4.5)."""
+compaction, and are exposed from the start (CONTRACTS.md §6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A real Prometheus scrapes `kpi-pipeline metrics serve` while short-lived processes record,
-and the plan's three PromQL queries answer (DESIGN §4.5, §6). `promtool` lints the exposition."""
+and the plan's three PromQL queries answer (CONTRACTS.md §6). `promtool` lints the exposition."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Salesforce metadata in `sf/`: the real Salesforce CLI converts it, every XML element is
 one the Metadata API allows (the type schemas jsforce ships with the CLI), and the Lead fields
-match `kpi_pipeline.salesforce_fields` exactly, both ways (DESIGN §4.2, §6)."""
+match `kpi_pipeline.salesforce_fields` exactly, both ways (CONTRACTS.md §3)."""
 
 from __future__ import annotations
 

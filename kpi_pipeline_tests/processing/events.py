@@ -1,4 +1,4 @@
-"""Builders of recorded change events (DESIGN §4.1) for processor tests."""
+"""Builders of recorded change events (CONTRACTS.md §2) for processor tests."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_every_change_fits_the_avro_schemas(history) -> None:
 
 
 def first_responses(store: SandboxStore, changes) -> dict[str, int]:
-    """Lead id -> time of its first rep response, by the KPI rule of DESIGN §4.3."""
+    """Lead id -> time of its first rep response, by the KPI rule of CONTRACTS.md §4."""
     first: dict[str, int] = {}
     for c in changes:
         if c.header["commitUser"] not in REP_USER_IDS:

@@ -1,6 +1,6 @@
 """Load flywheel records into Elasticsearch with the official client's bulk helper.
 
-The index follows the data-flywheel storage convention (domain-notes §1): top level
+The index follows the data-flywheel storage convention (CONTRACTS.md §5): top level
 ``dynamic: strict``, ``workload_id``/``client_id`` keywords, ``request``/``response``
 stored but not indexed (``dynamic: false``). Two deliberate differences: ``timestamp``
 is a ``date`` with ``format: epoch_second`` (the default date format would read our
