@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -1020,3 +1020,43 @@ def check_report(checks: dict[str, list[str]]) -> str:
         + (f"\n       ... {len(found) - 8} more" if len(found) > 8 else "")
         for name, found in checks.items()
     )
+
+
+@contextlib.contextmanager
+def paired_deployments(
+    root: Path,
+    clean_env: dict[str, str],
+    killed_env: dict[str, str],
+    *,
+    leads: int,
+    days: float,
+    seed: int,
+) -> Iterator[tuple[Deployment, Deployment]]:
+    """A clean and a to-be-killed deployment on copies of one seeded store; stopped after."""
+    template = root / "template.db"
+    seed_store(template, leads=leads, days=days, seed=seed)
+    clean = Deployment(root / "clean", clean_env)
+    killed = Deployment(root / "killed", killed_env)
+    for dep in (clean, killed):
+        dep.prepare(template)
+    try:
+        yield clean, killed
+    finally:
+        for dep in (clean, killed):
+            dep.stop()
+
+
+def finish(
+    dep: Deployment, problems: dict[str, list[str]], *, catch_up_s: float, outbox_s: float
+) -> None:
+    """Wait until the ledger has every org change and no staged batch, then until the outbox
+    is empty; a deployment that does not get there is a finding, not the end of the test."""
+    try:
+        dep.wait(
+            lambda p: p.staged == 0 and p.inbox == p.org_changes,
+            catch_up_s,
+            "every org change processed",
+        )
+        dep.wait_caught_up(outbox_s)
+    except AssertionError as exc:
+        problems.setdefault(f"{dep.root.name}: caught up", []).append(str(exc)[:1500])

@@ -37,7 +37,6 @@ from kpi_pipeline.sandbox.store import (
     SandboxStore,
 )
 from kpi_pipeline_tests.dagster import harness
-from kpi_pipeline_tests.dagster.harness import Deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,29 +66,10 @@ OUTBOX_TIMEOUT = 60.0
 
 @pytest.fixture
 def deployments(tmp_path):
-    template = tmp_path / "template.db"
-    harness.seed_store(template, leads=LEADS, days=DAYS, seed=SEED)
-    clean = Deployment(tmp_path / "clean", COMMON_ENV)
-    killed = Deployment(tmp_path / "killed", KILLED_ENV)
-    for dep in (clean, killed):
-        dep.prepare(template)
-    yield clean, killed
-    for dep in (clean, killed):
-        dep.stop()
-
-
-def _finish(dep: Deployment, problems: dict[str, list[str]]) -> None:
-    """Wait until the ledger has every org change and no staged batch, then until the outbox
-    is empty; a deployment that does not get there is a finding, not the end of the test."""
-    try:
-        dep.wait(
-            lambda p: p.staged == 0 and p.inbox == p.org_changes,
-            CATCH_UP_TIMEOUT,
-            "every org change processed",
-        )
-        dep.wait_caught_up(OUTBOX_TIMEOUT)
-    except AssertionError as exc:
-        problems.setdefault(f"{dep.root.name}: caught up", []).append(str(exc)[:1500])
+    with harness.paired_deployments(
+        tmp_path, COMMON_ENV, KILLED_ENV, leads=LEADS, days=DAYS, seed=SEED
+    ) as pair:
+        yield pair
 
 
 @pytest.mark.timeout(540)
@@ -127,7 +107,7 @@ def test_hard_kills_match_a_clean_run(deployments):
     ]
     problems: dict[str, list[str]] = {}
     for dep in (clean, killed):
-        _finish(dep, problems)
+        harness.finish(dep, problems, catch_up_s=CATCH_UP_TIMEOUT, outbox_s=OUTBOX_TIMEOUT)
     clean.stop()
     killed.stop()
     elapsed = time.monotonic() - started

@@ -61,15 +61,10 @@ OUTBOX_TIMEOUT = 60.0
 
 @pytest.fixture
 def deployments(tmp_path):
-    template = tmp_path / "template.db"
-    harness.seed_store(template, leads=LEADS, days=DAYS, seed=SEED)
-    clean = Deployment(tmp_path / "clean", COMMON_ENV)
-    killed = Deployment(tmp_path / "killed", KILLED_ENV)
-    for dep in (clean, killed):
-        dep.prepare(template)
-    yield clean, killed
-    for dep in (clean, killed):
-        dep.stop()
+    with harness.paired_deployments(
+        tmp_path, COMMON_ENV, KILLED_ENV, leads=LEADS, days=DAYS, seed=SEED
+    ) as pair:
+        yield pair
 
 
 def _holder(dep: Deployment) -> tuple[str | None, datetime | None]:
@@ -113,18 +108,6 @@ def _describe(progress: harness.Progress) -> str:
         f"{progress.org_changes - progress.inbox} org changes not yet staged, "
         f"{progress.staged} batches staged not done, outbox {progress.outbox or {}}"
     )
-
-
-def _finish(dep: Deployment, problems: dict[str, list[str]]) -> None:
-    try:
-        dep.wait(
-            lambda p: p.staged == 0 and p.inbox == p.org_changes,
-            CATCH_UP_TIMEOUT,
-            "every org change processed",
-        )
-        dep.wait_caught_up(OUTBOX_TIMEOUT)
-    except AssertionError as exc:
-        problems.setdefault(f"{dep.root.name}: caught up", []).append(str(exc)[:1500])
 
 
 @pytest.mark.timeout(420)
@@ -195,7 +178,7 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
 
     problems: dict[str, list[str]] = {}
     for dep in (clean, killed):
-        _finish(dep, problems)
+        harness.finish(dep, problems, catch_up_s=CATCH_UP_TIMEOUT, outbox_s=OUTBOX_TIMEOUT)
     runs = {dep.root.name: harness.job_runs(dep.env, STREAM_JOB) for dep in (clean, killed)}
     done_by = harness.batches_done_by(killed.data_dir)
     progress = {dep.root.name: dep.progress() for dep in (clean, killed)}
