@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     pubsub_tls: bool = Field(
         True, description="Use TLS to the Pub/Sub API (always for a real org)."
     )
+    pubsub_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA certificates trusted for the Pub/Sub API's TLS "
+        "certificate (e.g. a corporate proxy's CA); unset => the system's. The embedded sandbox "
+        "uses its own DATA_DIR/sandbox_ca.pem regardless.",
+    )
     client_id: str = Field(
         "kpi_pipeline",
         description="Our client id: sent as Sforce-Call-Options client=..., used to skip echoes of our "

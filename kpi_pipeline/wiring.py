@@ -42,6 +42,7 @@ class OrgConnection:
     token_provider: Any  # kpi_pipeline.auth.jwt.JWTTokenProvider | StaticTokenProvider
     is_sandbox: bool
     sandbox_endpoints: Any = None  # kpi_pipeline.sandbox.runtime.SandboxEndpoints it was built for
+    ca_file: str | None = None  # PEM CA trusted for TLS (None: the system's)
 
 
 def org_connection(settings: Settings) -> OrgConnection:
@@ -63,7 +64,10 @@ def _real_org(settings: Settings) -> OrgConnection:
     from kpi_pipeline.auth.jwt import JWTTokenProvider
 
     provider = JWTTokenProvider.from_settings(settings)
-    return OrgConnection(settings.pubsub_endpoint, settings.pubsub_tls, provider, is_sandbox=False)
+    ca_file = str(settings.pubsub_ca_file) if settings.pubsub_ca_file else None
+    return OrgConnection(
+        settings.pubsub_endpoint, settings.pubsub_tls, provider, is_sandbox=False, ca_file=ca_file
+    )
 
 
 def _sandbox_org(settings: Settings) -> OrgConnection:
@@ -72,8 +76,15 @@ def _sandbox_org(settings: Settings) -> OrgConnection:
 
     endpoints = ensure_sandbox(settings.data_dir, settings=settings)
     provider = StaticTokenProvider(endpoints.access_token, endpoints.rest_url, endpoints.tenant_id)
+    # The sandbox serves TLS with its own CA (DATA_DIR/sandbox_ca.pem) unless it was started
+    # without --tls; either way its endpoints say which.
     return OrgConnection(
-        endpoints.pubsub_target, False, provider, is_sandbox=True, sandbox_endpoints=endpoints
+        endpoints.pubsub_target,
+        endpoints.ca_file is not None,
+        provider,
+        is_sandbox=True,
+        sandbox_endpoints=endpoints,
+        ca_file=endpoints.ca_file,
     )
 
 
@@ -116,6 +127,7 @@ def pubsub_client(settings: Settings):
             conn.token_provider,
             tls=conn.pubsub_tls,
             stall_timeout_s=settings.cdc_stall_timeout_seconds,
+            ca_file=conn.ca_file,
         ),
     )
 
@@ -146,8 +158,19 @@ def salesforce_rest(settings: Settings):
             conn.token_provider,
             api_version=settings.salesforce_api_version,
             client_id=settings.client_id,
+            session=_https_session(conn),
         ),
     )
+
+
+def _https_session(conn: OrgConnection):
+    """A requests session trusting the sandbox's CA for its HTTPS REST server (a real org's
+    REST API uses the system's CAs, or REQUESTS_CA_BUNDLE); None: SalesforceRest's default."""
+    if not conn.is_sandbox or conn.ca_file is None:
+        return None
+    from kpi_pipeline.sandbox.tls import ca_pinned_session
+
+    return ca_pinned_session(conn.ca_file)
 
 
 def batch_processor(settings: Settings, *, live_clock: bool = True):

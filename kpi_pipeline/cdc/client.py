@@ -8,14 +8,17 @@ duplicated. Replay ids stay opaque bytes throughout.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 import grpc
+from cryptography import x509
 
 from kpi_pipeline.cdc.errors import (
     PubSubAuthError,
@@ -25,6 +28,7 @@ from kpi_pipeline.cdc.errors import (
     TopicNotFoundError,
     UnknownSchemaError,
     error_from_rpc,
+    tls_failure,
 )
 from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
@@ -118,9 +122,15 @@ class SubscribeStream:
     notice a stop request while the stream is quiet.
     """
 
-    def __init__(self, requests: _Requests, call: grpc.Call) -> None:
+    def __init__(
+        self,
+        requests: _Requests,
+        call: grpc.Call,
+        translate: Callable[[PubSubError], PubSubError] = lambda error: error,
+    ) -> None:
         self._requests = requests
         self._call = call
+        self._translate = translate
         self._responses: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         reader = threading.Thread(target=_pump, args=(call, self._responses), daemon=True)
         reader.start()
@@ -138,7 +148,7 @@ class SubscribeStream:
         except queue.Empty:
             return None
         if kind == "error":
-            raise error_from_rpc(item)  # type: ignore[arg-type]
+            raise self._translate(error_from_rpc(item))  # type: ignore[arg-type]
         if kind == "end":
             raise StreamClosed()
         return item  # type: ignore[return-value]
@@ -192,7 +202,10 @@ class PubSubClient:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
         call_timeout_s: float = 30.0,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``tls`` with ``ca_file``: trust only the PEM CA certificates in that file (the
+        sandbox's ``sandbox_ca.pem``, a corporate proxy's CA); without it, the system's."""
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
         self.target = target
@@ -203,8 +216,17 @@ class PubSubClient:
         self.backoff_max_s = backoff_max_s
         self.call_timeout_s = call_timeout_s
         options = list(channel_options)
+        self.ca_file = str(ca_file) if ca_file is not None else None
+        if ca_file is not None and not tls:
+            raise ValueError(
+                f"a CA file ({ca_file}) was given for a plaintext connection to {target}; "
+                "enable TLS (KPI_PUBSUB_TLS=true) or drop KPI_PUBSUB_CA_FILE"
+            )
+        self._tls = tls
         if tls:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+            roots = read_ca_file(ca_file) if ca_file is not None else None
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.secure_channel(target, credentials, options)
         else:
             self._channel = grpc.insecure_channel(target, options)
         self._stub = pb2_grpc.PubSubStub(self._channel)
@@ -227,12 +249,18 @@ class PubSubClient:
             try:
                 return method(request, metadata=self.auth.metadata(), timeout=self.call_timeout_s)
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
+                error = self._translate(error_from_rpc(exc))
                 if isinstance(error, PubSubAuthError) and attempt == 0:
                     self.auth.invalidate()
                     continue
                 raise error from exc
         raise AssertionError("unreachable")
+
+    def _translate(self, error: PubSubError) -> PubSubError:
+        """A failed TLS handshake becomes a ``PubSubTlsError`` naming the CA file to fix."""
+        if not self._tls:
+            return error
+        return tls_failure(error, target=self.target, ca_file=self.ca_file)
 
     def get_schema(self, schema_id: str) -> str:
         """Avro schema JSON of a schema id (cached per id: ids are immutable)."""
@@ -389,7 +417,7 @@ class PubSubClient:
         requests = _Requests()
         requests.send(first)
         call = self._stub.Subscribe(iter(requests), metadata=self.auth.metadata())
-        return SubscribeStream(requests, call)
+        return SubscribeStream(requests, call, self._translate)
 
     def _on_response(
         self, drain: _Drain, response: pb2.FetchResponse, outstanding: int, stream: SubscribeStream
@@ -424,6 +452,26 @@ class PubSubClient:
             stream.send(pb2.FetchRequest(topic_name=drain.channel, num_requested=want))
             outstanding += want
         return outstanding
+
+
+def read_ca_file(path: str | os.PathLike[str]) -> bytes:
+    """The PEM CA certificates in ``path``; a clear error naming the file when it is missing
+    or holds no certificate (gRPC itself would only fail every handshake later)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the CA file {path} (KPI_PUBSUB_CA_FILE): {exc.strerror}; point it "
+            "at a PEM file of the CA certificates that sign the Pub/Sub server's certificate"
+        ) from exc
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(
+            f"the CA file {path} (KPI_PUBSUB_CA_FILE) holds no PEM certificate ({exc}); it "
+            "must contain -----BEGIN CERTIFICATE----- blocks"
+        ) from exc
+    return data
 
 
 def _pump(call: Iterator[pb2.FetchResponse], out: queue.SimpleQueue) -> None:

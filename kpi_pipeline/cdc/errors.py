@@ -69,6 +69,11 @@ class TopicNotFoundError(PubSubError):
     """The channel does not exist, is not enabled for CDC, or the user cannot subscribe."""
 
 
+class PubSubTlsError(PubSubError):
+    """The TLS handshake failed: the server's certificate does not chain to the trusted CA
+    (or the server does not speak TLS). Retrying cannot help; the trust setting must change."""
+
+
 class StreamStalledError(PubSubError):
     """No response (not even a keepalive) arrived within the stall timeout."""
 
@@ -93,6 +98,33 @@ class PayloadDecodeError(PubSubError):
         self.channel = channel
         self.replay_id = replay_id
         self.schema_id = schema_id
+
+
+# Markers of a failed TLS handshake in gRPC's UNAVAILABLE details (BoringSSL / grpc-core).
+_TLS_FAILURE_MARKERS = ("Tls handshake failed", "CERTIFICATE_VERIFY_FAILED", "SSL_ERROR_SSL")
+
+
+def tls_failure(error: PubSubError, *, target: str, ca_file: str | None) -> PubSubError:
+    """``error`` as a ``PubSubTlsError`` naming the trust setting to fix, when it is a failed
+    TLS handshake; otherwise ``error`` itself."""
+    if error.grpc_code != grpc.StatusCode.UNAVAILABLE or not any(
+        marker in error.message for marker in _TLS_FAILURE_MARKERS
+    ):
+        return error
+    trusted = (
+        f"the CA file {ca_file} (KPI_PUBSUB_CA_FILE)"
+        if ca_file
+        else "the system's CA certificates (KPI_PUBSUB_CA_FILE is not set)"
+    )
+    return PubSubTlsError(
+        f"TLS handshake with the Pub/Sub API at {target} failed: its certificate is not "
+        f"signed by {trusted}. Fix: point KPI_PUBSUB_CA_FILE at the PEM CA that signed the "
+        "server's certificate (for the sandbox org: DATA_DIR/sandbox_ca.pem), and check the "
+        f"endpoint speaks TLS. gRPC said: {error.message}",
+        grpc_code=error.grpc_code,
+        error_code=error.error_code,
+        rpc_id=error.rpc_id,
+    )
 
 
 def _trailer(exc: grpc.RpcError, key: str) -> str:

@@ -69,6 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tenant-id", default="00D000000000001AAA", help="org id the sandbox reports"
     )
     serve.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve gRPC and REST over TLS, as a real org does, with a certificate for "
+        "localhost/127.0.0.1 signed by a CA generated into --tls-dir (its sandbox_ca.pem is "
+        "what clients trust)",
+    )
+    serve.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="where the CA and server certificate live (default: the store's directory)",
+    )
+    serve.add_argument(
         "--seed-leads-per-day",
         type=int,
         default=0,
@@ -205,6 +217,7 @@ def _serve(args: argparse.Namespace) -> int:
         rest_port=args.rest_port,
         access_token=args.access_token,
         tenant_id=args.tenant_id,
+        tls_dir=(args.tls_dir or args.store.resolve().parent) if args.tls else None,
     )
 
     def prepare() -> None:
@@ -262,6 +275,8 @@ def _serve_input_error(args: argparse.Namespace) -> str | None:
         return "error: --seed-leads-per-day must be >= 0"
     if args.idle_exit_seconds < 0:
         return "error: --idle-exit-seconds must be >= 0 (0 never exits on idle)"
+    if args.tls_dir is not None and not args.tls:
+        return "error: --tls-dir only applies with --tls"
     if args.seed_leads_per_day == 0:
         return _existing_store(args.store)
     return None
@@ -304,13 +319,16 @@ def _print_endpoints(args: argparse.Namespace, runtime) -> None:
     from kpi_pipeline.sandbox.runtime import SANDBOX_CONSUMER_KEY
     from kpi_pipeline.sandbox.store import INTEGRATION_USER
 
+    transport = "gRPC over TLS" if runtime.tls else "plaintext gRPC"
     lines = [
         f"sandbox org serving {args.store} (Ctrl-C or SIGTERM stops it)",
-        f"  pubsub: {runtime.pubsub_target} (plaintext gRPC, eventbus.v1.PubSub)",
+        f"  pubsub: {runtime.pubsub_target} ({transport}, eventbus.v1.PubSub)",
         f"  rest: {runtime.rest_url} (login and instance URL)",
         f"  access token: {args.access_token}",
         f"  tenant id: {args.tenant_id}",
     ]
+    if runtime.tls:
+        lines.append(f"  CA file: {runtime.tls.ca_file.resolve()} (trust it in clients)")
     if args.jwt_key_out:
         lines.append(
             f"  JWT: consumer key {SANDBOX_CONSUMER_KEY}, user {INTEGRATION_USER.email}, key {args.jwt_key_out}"

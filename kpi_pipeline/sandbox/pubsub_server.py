@@ -8,7 +8,8 @@ flow control summed and capped at 100 outstanding, empty keepalives carrying
 ``error-code`` / ``rpc-id`` trailers. ``faults`` injects stream resets, server closes
 and ``service.unavailable``, and records the highest outstanding amount a client asked for.
 
-Plaintext on loopback only: the real service requires TLS.
+Served over TLS (``tls=``, a ``kpi_pipeline.sandbox.tls.TlsFiles``) as the real service
+is, or plaintext on loopback for protocol tests that do not care about transport.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from kpi_pipeline.sandbox.changelog import (
     StoredChange,
     entities_for_channel,
 )
+from kpi_pipeline.sandbox.tls import TlsFiles
 
 MAX_OUTSTANDING = 100
 # Accept the clients' transport keepalive pings (grpc-core's server default answers pings
@@ -495,6 +497,7 @@ class RunningPubSubServer:
     faults: Faults
     servicer: PubSubServicer
     _server: grpc.Server
+    tls: TlsFiles | None = None
 
     @property
     def target(self) -> str:
@@ -521,8 +524,10 @@ def start_pubsub_server(
     idle_timeout_s: float = 60.0,
     retention_ms: int = RETENTION_MS,
     max_workers: int = 16,
+    tls: TlsFiles | None = None,
 ) -> RunningPubSubServer:
-    """Start a threaded plaintext gRPC server; ``port=0`` picks a free ephemeral port."""
+    """Start a threaded gRPC server (TLS with ``tls``, else plaintext); ``port=0`` picks a
+    free ephemeral port."""
     faults = Faults()
     servicer = PubSubServicer(
         source,
@@ -538,8 +543,14 @@ def start_pubsub_server(
         options=SERVER_OPTIONS,
     )
     pb2_grpc.add_PubSubServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        credentials = grpc.ssl_server_credentials([tls.server_key_and_chain()])
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise OSError(f"cannot bind the Pub/Sub sandbox server to {host}:{port}; pick a free port")
     server.start()
-    return RunningPubSubServer(port=bound, faults=faults, servicer=servicer, _server=server)
+    return RunningPubSubServer(
+        port=bound, faults=faults, servicer=servicer, _server=server, tls=tls
+    )

@@ -44,6 +44,8 @@ import json
 import logging
 import re
 import secrets
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -70,6 +72,7 @@ from kpi_pipeline.sandbox.store import (
     normalize_values,
     rest_view,
 )
+from kpi_pipeline.sandbox.tls import TlsFiles
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
 log = logging.getLogger(__name__)
@@ -1085,6 +1088,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     app: RestApp
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Liveness checks (a bare TCP connect) and clients that do not trust the CA end in a
+        # failed handshake: the client sees that failure; it is no server error.
+        if isinstance(sys.exc_info()[1], ssl.SSLError | ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 @dataclass
 class RunningRestServer:
@@ -1139,8 +1149,10 @@ def start_rest_server(
     api_daily_limit: int = 100_000,
     clock: Callable[[], float] = time.time,
     keep_requests: int = 10_000,
+    tls: TlsFiles | None = None,
 ) -> RunningRestServer:
-    """Serve ``store`` over the REST API on ``host:port`` (0: an ephemeral port) in a thread."""
+    """Serve ``store`` over the REST API on ``host:port`` (0: an ephemeral port) in a thread,
+    over HTTPS when ``tls`` is given."""
     if query_batch_size < 1:
         raise ValueError(f"query_batch_size must be at least 1, got {query_batch_size}")
     app = RestApp(
@@ -1162,7 +1174,17 @@ def start_rest_server(
         ) from exc
     server.app = app
     bound_port = server.server_address[1]
-    app.url = f"http://{host}:{bound_port}"
+    scheme = "http"
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        # The handshake runs in the request's own thread (on its first read), so a client
+        # that connects and never speaks TLS cannot hold up the accept loop.
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        scheme = "https"
+    app.url = f"{scheme}://{host}:{bound_port}"
     app.instance_url = (instance_url or app.url).rstrip("/")
     thread = threading.Thread(
         target=server.serve_forever,

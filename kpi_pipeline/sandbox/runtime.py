@@ -52,6 +52,7 @@ from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server
 from kpi_pipeline.sandbox.simulator import LiveSimulator, simulate
 from kpi_pipeline.sandbox.store import INTEGRATION_USER, SandboxStore
+from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,11 @@ _LOG_ROTATE_BYTES = 5_000_000
 
 @dataclass(frozen=True, slots=True)
 class SandboxEndpoints:
-    pubsub_target: str  # host:port, plaintext gRPC
-    rest_url: str  # login URL and instance URL
+    pubsub_target: str  # host:port of the gRPC server (TLS when ca_file is set)
+    rest_url: str  # login URL and instance URL (https:// when ca_file is set)
     access_token: str
     tenant_id: str
+    ca_file: str | None = None  # PEM CA that signed the servers' certificate; None: plaintext
 
 
 def generate_connected_app(username: str = INTEGRATION_USER.email) -> tuple[ConnectedApp, bytes]:
@@ -132,12 +134,17 @@ class SandboxRuntime:
         access_token: str,
         tenant_id: str,
         connected_app: ConnectedApp | None = None,
+        tls_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``tls_dir``: serve gRPC and REST over TLS with the CA and certificate kept there
+        (generated when missing, ``kpi_pipeline.sandbox.tls``); None serves plaintext."""
         if not access_token:
             raise ValueError(
                 "SandboxRuntime needs a non-empty access_token (the static token it accepts)"
             )
         self.store_path = Path(store_path)
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.tls: TlsFiles | None = None
         self.pubsub_port = pubsub_port
         self.rest_port = rest_port
         self.access_token = access_token
@@ -160,12 +167,15 @@ class SandboxRuntime:
         self.store = SandboxStore(self.store_path)
         self._stop.clear()
         try:
+            if self.tls_dir is not None:
+                self.tls = ensure_tls_files(self.tls_dir)
             self._pubsub = start_pubsub_server(
                 self.store,
                 host=HOST,
                 port=self.pubsub_port,
                 token_validator=self.tokens.is_valid,
                 tenant_id=self.tenant_id,
+                tls=self.tls,
             )
             self._rest = start_rest_server(
                 self.store,
@@ -175,6 +185,7 @@ class SandboxRuntime:
                 connected_app=self.connected_app,
                 tenant_id=self.tenant_id,
                 integration_user_id=INTEGRATION_USER.id,
+                tls=self.tls,
             )
         except BaseException:
             self.stop()
@@ -228,8 +239,9 @@ class SandboxRuntime:
 
     @property
     def endpoints(self) -> SandboxEndpoints:
+        ca_file = str(self.tls.ca_file.resolve()) if self.tls is not None else None
         return SandboxEndpoints(
-            self.pubsub_target, self.rest_url, self.access_token, self.tenant_id
+            self.pubsub_target, self.rest_url, self.access_token, self.tenant_id, ca_file
         )
 
     def is_alive(self) -> bool:
@@ -448,6 +460,8 @@ def _serve_command(directory: Path, settings: Settings, *, live: bool) -> list[s
         "--speedup", repr(settings.sandbox_speedup),
         "--parent-pid", str(os.getpid()),
         "--idle-exit-seconds", repr(settings.sandbox_idle_exit_seconds),
+        # TLS like a real org, so the pipeline's TLS path is the one exercised.
+        "--tls",
     ]  # fmt: skip
 
 
@@ -555,7 +569,10 @@ def _registration(path: Path) -> tuple[int, SandboxEndpoints] | None:
     """The pid and endpoints ``path`` records, alive or not (None: no readable file)."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        endpoints = SandboxEndpoints(**{k: info[k] for k in SandboxEndpoints.__slots__})
+        required = ("pubsub_target", "rest_url", "access_token", "tenant_id")
+        endpoints = SandboxEndpoints(
+            **{k: info[k] for k in required}, ca_file=info.get("ca_file") or None
+        )
         return int(info["pid"]), endpoints
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -1,4 +1,7 @@
-"""Fixtures for the Pub/Sub protocol tests: a real sandbox gRPC server on a loopback port."""
+"""Fixtures for the Pub/Sub protocol tests: a real sandbox gRPC server on a loopback port.
+
+Server and client speak TLS (the sandbox's generated CA), so these tests run the same
+transport path a real org needs."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
 from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub_server
+from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
 
 TENANT_ID = "00D000000000001AAA"
 TOKEN = "00D000000000001!sandbox-session"
@@ -45,13 +49,21 @@ def change_log() -> InMemoryChangeLog:
     return InMemoryChangeLog()
 
 
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """The sandbox's CA and server certificate, generated once for the session."""
+    return ensure_tls_files(tmp_path_factory.mktemp("tls"))
+
+
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., RunningPubSubServer]]:
-    """Factory: start_server(log, **options) -> a running server, stopped after the test."""
+def start_server(tls_files: TlsFiles) -> Iterator[Callable[..., RunningPubSubServer]]:
+    """Factory: start_server(log, **options) -> a running TLS server, stopped after the test
+    (``tls=None`` for plaintext)."""
     servers: list[RunningPubSubServer] = []
 
     def start(log: InMemoryChangeLog, **options: Any) -> RunningPubSubServer:
         options.setdefault("keepalive_interval_s", 0.2)
+        options.setdefault("tls", tls_files)
         server = start_pubsub_server(
             log, token_validator=lambda token: token == TOKEN, tenant_id=TENANT_ID, **options
         )
@@ -70,7 +82,9 @@ def make_client() -> Iterator[Callable[..., PubSubClient]]:
     def make(server: RunningPubSubServer, **options: Any) -> PubSubClient:
         auth = options.pop("auth", AUTH)
         options.setdefault("backoff_initial_s", 0.05)
-        client = PubSubClient(server.target, auth, tls=False, **options)
+        if server.tls is not None:  # trust exactly the sandbox's CA, as a deployment would
+            options.setdefault("ca_file", server.tls.ca_file)
+        client = PubSubClient(server.target, auth, tls=server.tls is not None, **options)
         clients.append(client)
         return client
 

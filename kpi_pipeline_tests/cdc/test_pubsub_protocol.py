@@ -52,7 +52,11 @@ def fill(log, n: int) -> None:
 
 
 def raw_stub(server) -> tuple[grpc.Channel, pb2_grpc.PubSubStub]:
-    channel = grpc.insecure_channel(server.target)
+    if server.tls is None:
+        channel = grpc.insecure_channel(server.target)
+    else:
+        credentials = grpc.ssl_channel_credentials(server.tls.ca_file.read_bytes())
+        channel = grpc.secure_channel(server.target, credentials)
     return channel, pb2_grpc.PubSubStub(channel)
 
 
@@ -480,7 +484,9 @@ def test_rejected_token_raises_after_one_retry(change_log, start_server, make_cl
 
 
 def test_client_rejects_bad_arguments(change_log, start_server) -> None:
-    client = PubSubClient(start_server(change_log).target, RotatingAuth([TOKEN]), tls=False)
+    client = PubSubClient(
+        start_server(change_log, tls=None).target, RotatingAuth([TOKEN]), tls=False
+    )
     with pytest.raises(ValueError, match="preset must be"):
         client.fetch(LEADS, replay_id=None, preset="latest", max_events=1, max_seconds=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be bytes"):

@@ -195,9 +195,11 @@ def child_result(child: subprocess.Popen) -> list:
 
 
 def get_topic(endpoints) -> pb2.TopicInfo:
+    """GetTopic over TLS, trusting only the CA file the sandbox registered."""
     metadata = (("accesstoken", endpoints.access_token), ("instanceurl", endpoints.rest_url),
                 ("tenantid", endpoints.tenant_id))  # fmt: skip
-    with grpc.insecure_channel(endpoints.pubsub_target) as channel:
+    credentials = grpc.ssl_channel_credentials(Path(endpoints.ca_file).read_bytes())
+    with grpc.secure_channel(endpoints.pubsub_target, credentials) as channel:
         return pb2_grpc.PubSubStub(channel).GetTopic(
             pb2.TopicRequest(topic_name="/data/LeadChangeEvent"), metadata=metadata, timeout=10
         )
@@ -215,6 +217,9 @@ def test_sandbox_outlives_the_process_that_started_it_and_is_reused(tmp_path: Pa
             target,
             rest_url,
         )
+        # The pipeline's sandbox speaks TLS like a real org, with the CA in the data dir.
+        assert endpoints.ca_file == str((data_dir / "sandbox_ca.pem").resolve())
+        assert endpoints.rest_url.startswith("https://127.0.0.1:")
         assert get_topic(endpoints).can_subscribe
         info = json.loads((data_dir / "sandbox.json").read_text())
         assert info["jwt_consumer_key"] == SANDBOX_CONSUMER_KEY

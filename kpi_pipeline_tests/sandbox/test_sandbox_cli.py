@@ -171,3 +171,47 @@ def test_registered_serve_seeds_registers_and_refuses_a_second_one(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path) -> None:
+    import requests
+
+    from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
+    from kpi_pipeline.cdc.errors import PubSubTlsError, ServiceUnavailableError
+    from kpi_pipeline_tests.sandbox.serve_process import serve
+
+    store_path = tmp_path / "s.db"
+    simulate_store(store_path, leads=5)
+    with serve(store_path, args=["--tls"]) as org:
+        assert "gRPC over TLS" in org.banner
+        assert org.ca_file == str(tmp_path / "sandbox_ca.pem")
+        assert org.rest_url.startswith("https://")
+        auth = StaticAuth(org.access_token, org.rest_url, org.tenant_id)
+        with PubSubClient(org.pubsub_target, auth, tls=True, ca_file=org.ca_file) as client:
+            assert client.get_topic("/data/LeadChangeEvent").can_subscribe
+        with (
+            PubSubClient(org.pubsub_target, auth, tls=False) as plaintext,
+            pytest.raises(ServiceUnavailableError),
+        ):
+            plaintext.get_topic("/data/LeadChangeEvent")
+        with (
+            PubSubClient(org.pubsub_target, auth, tls=True) as untrusted,
+            pytest.raises(PubSubTlsError),
+        ):
+            untrusted.get_topic("/data/LeadChangeEvent")
+
+        response = requests.get(
+            f"{org.rest_url}/services/data/v64.0/query",
+            params={"q": "SELECT Id FROM Lead"},
+            headers={"Authorization": f"Bearer {org.access_token}"},
+            verify=org.ca_file,
+            timeout=10,
+        )
+        assert response.status_code == 200 and response.json()["totalSize"] == 5
+
+
+def test_serve_tls_dir_needs_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    simulate_store(tmp_path / "s.db", leads=2)
+    args = ["sandbox", "serve", "--store", str(tmp_path / "s.db"), "--tls-dir", str(tmp_path)]
+    assert main(args) == 2
+    assert "--tls-dir only applies with --tls" in capsys.readouterr().err
