@@ -210,6 +210,7 @@ _EPOCH_PLUS_ONE_SECOND = 1.0
 KNOWN_ERROR_AREAS = (
     "cdc_stream",
     "cdc_decode",
+    "cdc_bitmap",
     "cdc_gap",
     "cdc_replay_invalid",
     "processing_apply_records",

@@ -48,7 +48,7 @@ from kpi_pipeline.cdc.events import (
     parse_sf_datetime,
     to_epoch_ms,
 )
-from kpi_pipeline.cdc.schemas import SCHEMAS_BY_ENTITY
+from kpi_pipeline.cdc.schemas import SCHEMAS_BY_ENTITY, sf_type_of
 from kpi_pipeline.ledger import schema as ledger_tables
 from kpi_pipeline.ledger.sql import dumps
 from kpi_pipeline.ledger.store import WINDOW_OPEN, Ledger, ResyncWindow
@@ -145,10 +145,12 @@ def entity_fields(entity: str) -> EntityFields:
             (b for b in branches if isinstance(b, dict) and b.get("type") == "record"), None
         )
         if record is not None:
-            compounds[spec["name"]] = tuple(child["name"] for child in record["fields"])
+            # Address's Xyz is in CDC schemas only; REST (and so SOQL) does not know it.
+            children = [c["name"] for c in record["fields"] if c["name"] != "Xyz"]
+            compounds[spec["name"]] = tuple(children)
             continue
         plain.append(spec["name"])
-        if spec.get("doc") in ("Data:DateTime", "Data:Date"):
+        if sf_type_of(spec) in ("DateTime", "Date"):
             datetimes.add(spec["name"])
     return EntityFields(tuple(plain), compounds, frozenset(datetimes))
 

@@ -1,19 +1,24 @@
 """CDC header field bitmaps (pure): ``changedFields``/``nulledFields``/``diffFields``.
 
-Algorithm of reference §4 "Bitmap decoding", shared by the three Salesforce sample decoders:
+Algorithm shared by the three Salesforce sample decoders:
 
 * ``"0x<HEX>"``: HEX is an unsigned integer v; top-level schema field *i* (0-based over
   ``schema.fields``, ChangeEventHeader at index 0) is flagged when ``(v >> i) & 1``.
 * ``"<P>-0x<HEX>"``: same rule over the fields of the *record branch* of field P's union,
-  emitting ``Parent.Child``.
+  emitting ``Parent.Child``. That record may be a reference by name to a record defined
+  earlier in the schema (Avro forbids defining a name twice, so Account's ShippingAddress
+  refers to the ``Address`` its BillingAddress defined).
 
-Each element is handled on its own (never assuming element 0 is the top-level one).
-Encoding emits uppercase hex in whole bytes, as the real bus does.
+Each element is handled on its own (never assuming element 0 is the top-level one). Like
+the reference decoders, decoding is lenient: bits beyond the fields there are ignored, and an
+element that maps to nothing in the schema (a parent that is not a compound, malformed text)
+is skipped and reported through ``on_skip`` instead of failing the event. Encoding emits
+uppercase hex in whole bytes, as the real bus does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +43,11 @@ class FieldLayout:
             fields = schema["fields"]
         except (KeyError, TypeError) as exc:
             raise BitmapError("schema must be an Avro record (a dict with 'fields')") from exc
+        named = _named_records(schema, schema.get("namespace"))
         names = tuple(f["name"] for f in fields)
         compounds: dict[int, tuple[str, ...]] = {}
         for index, f in enumerate(fields):
-            record = _record_branch(f["type"])
+            record = _record_branch(f["type"], named, schema.get("namespace"))
             if record is not None and index > 0:  # index 0 is the header, not a compound
                 compounds[index] = tuple(child["name"] for child in record["fields"])
         positions = {name: index for index, name in enumerate(names)}
@@ -54,62 +60,94 @@ class FieldLayout:
             raise BitmapError(f"field {name!r} is not in the schema") from None
 
 
-def _record_branch(avro_type: Any) -> Mapping[str, Any] | None:
-    """The record type inside a field type or union (null/string branches are skipped)."""
-    branches = avro_type if isinstance(avro_type, list) else [avro_type]
-    for branch in branches:
-        if isinstance(branch, dict) and branch.get("type") == "record":
-            return branch
-    return None
+def _full_name(name: str, namespace: str | None) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
-def _flagged(hex_text: str, names: Sequence[str], element: str) -> list[str]:
-    if not hex_text.lower().startswith("0x"):
-        raise BitmapError(
-            f"bitmap element {element!r} must look like '0x<HEX>' or '<index>-0x<HEX>'"
-        )
-    try:
-        value = int(hex_text[2:], 16)
-    except ValueError:
-        raise BitmapError(f"bitmap element {element!r} has invalid hex digits") from None
-    if value >> len(names):
-        raise BitmapError(
-            f"bitmap element {element!r} flags bit {value.bit_length() - 1} but the schema has "
-            f"only {len(names)} fields there; decode with the event's own writer schema"
-        )
-    out = []
-    index = 0
-    while value:
-        if value & 1:
-            out.append(names[index])
-        value >>= 1
-        index += 1
+def _named_records(node: Any, namespace: str | None) -> dict[str, Mapping[str, Any]]:
+    """Every record defined anywhere in ``node``, by full name and by short name."""
+    out: dict[str, Mapping[str, Any]] = {}
+    if isinstance(node, list):
+        for branch in node:
+            out.update(_named_records(branch, namespace))
+    elif isinstance(node, Mapping):
+        kind = node.get("type")
+        if kind == "record" and isinstance(node.get("name"), str):
+            namespace = node.get("namespace", namespace)
+            out[_full_name(node["name"], namespace)] = node
+            out.setdefault(node["name"].rsplit(".", 1)[-1], node)
+            for field in node.get("fields") or ():
+                out.update(_named_records(field.get("type"), namespace))
+        elif kind in ("array", "map"):
+            out.update(_named_records(node.get("items") or node.get("values"), namespace))
+        elif isinstance(kind, list | Mapping):
+            out.update(_named_records(kind, namespace))
     return out
 
 
-def decode_bitmap(elements: Iterable[str], layout: FieldLayout) -> tuple[str, ...]:
-    """Field names flagged by a header bitmap array (compound children as ``Parent.Child``)."""
+def _record_branch(
+    avro_type: Any, named: Mapping[str, Mapping[str, Any]], namespace: str | None
+) -> Mapping[str, Any] | None:
+    """The record type inside a field type or union, following references by name
+    (null/string branches are skipped)."""
+    branches = avro_type if isinstance(avro_type, list) else [avro_type]
+    for branch in branches:
+        if isinstance(branch, Mapping) and branch.get("type") == "record":
+            return branch
+        if isinstance(branch, str):
+            record = named.get(_full_name(branch, namespace)) or named.get(branch)
+            if record is not None:
+                return record
+    return None
+
+
+SkipHandler = Callable[[str, str], None]  # (element, reason)
+
+
+def _flagged(hex_text: str, names: Sequence[str]) -> list[str]:
+    """Names flagged by ``0x<HEX>``; bits beyond ``names`` are ignored (reference decoders)."""
+    if not hex_text.lower().startswith("0x"):
+        raise BitmapError("must look like '0x<HEX>' or '<index>-0x<HEX>'")
+    try:
+        value = int(hex_text[2:], 16)
+    except ValueError:
+        raise BitmapError("has invalid hex digits") from None
+    return [name for index, name in enumerate(names) if (value >> index) & 1]
+
+
+def decode_bitmap(
+    elements: Iterable[str], layout: FieldLayout, *, on_skip: SkipHandler | None = None
+) -> tuple[str, ...]:
+    """Field names flagged by a header bitmap array (compound children as ``Parent.Child``).
+
+    An element that maps to nothing in ``layout`` is left out and passed to ``on_skip``
+    with the reason; the rest of the array still decodes."""
     out: list[str] = []
     for element in elements:
-        if "-" not in element:
-            out.extend(_flagged(element, layout.names, element))
-            continue
-        parent_text, hex_text = element.split("-", 1)
         try:
-            parent = int(parent_text)
-        except ValueError:
-            raise BitmapError(
-                f"bitmap element {element!r} has a non-decimal parent index"
-            ) from None
-        children = layout.compounds.get(parent)
-        if children is None:
-            raise BitmapError(
-                f"bitmap element {element!r} points at field index {parent}, which is not a "
-                "compound (record) field of this schema"
-            )
-        parent_name = layout.names[parent]
-        out.extend(f"{parent_name}.{child}" for child in _flagged(hex_text, children, element))
+            out.extend(_decode_element(element, layout))
+        except BitmapError as exc:
+            if on_skip is not None:
+                on_skip(element, f"bitmap element {element!r} {exc}")
     return tuple(out)
+
+
+def _decode_element(element: str, layout: FieldLayout) -> list[str]:
+    if "-" not in element:
+        return _flagged(element, layout.names)
+    parent_text, hex_text = element.split("-", 1)
+    try:
+        parent = int(parent_text)
+    except ValueError:
+        raise BitmapError("has a non-decimal parent index") from None
+    children = layout.compounds.get(parent)
+    if children is None:
+        raise BitmapError(
+            f"points at field index {parent}, which is not a compound (record) field of this "
+            f"schema ({len(layout.names)} fields)"
+        )
+    parent_name = layout.names[parent]
+    return [f"{parent_name}.{child}" for child in _flagged(hex_text, children)]
 
 
 def _hex_bytes(value: int) -> str:

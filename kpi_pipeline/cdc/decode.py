@@ -1,15 +1,22 @@
 """Avro payload -> ``ChangeEvent``: writer schema by schema id, header bitmaps -> field names.
 
 Schemas are cached **per schema id**, never per topic: a topic's schema changes when a
-field is added, and events written with the old schema keep their old id (reference §4).
+field is added, and events written with the old schema keep their old id.
+
+Header bitmaps are decoded leniently, like the reference decoders: an element that maps to
+nothing in the writer schema is skipped, counted (``errors_total{area="cdc_bitmap"}``) and
+logged with the schema id, and the event goes on. Fields listed in ``diffFields`` carry a
+diff (``--- / +++`` text), not a value: they are reported changed and their value is left
+out, so a diff is never stored as the field's value.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fastavro
@@ -18,27 +25,49 @@ from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, decode_bitmap
 from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader
 from kpi_pipeline.cdc.raw import RawEvent
+from kpi_pipeline.metrics import record_error
 
+log = logging.getLogger(__name__)
 _BITMAP_CACHE_LIMIT = 4096  # distinct bitmap arrays per schema; real traffic has few
 
 
 @dataclass(slots=True)
 class _DecodedSchema:
+    schema_id: str
     parsed: Any
     layout: FieldLayout
     compound_names: frozenset[str]
-    # tuple(bitmap elements) -> field names; bitmaps repeat a lot, so decode each once
-    bitmap_cache: dict[tuple[str, ...], tuple[str, ...]]
+    # tuple(bitmap elements) -> (field names, reasons of skipped elements); bitmaps repeat a
+    # lot, so each is decoded once
+    bitmap_cache: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]]
+    logged_skips: set[str] = field(default_factory=set)
 
-    def names(self, elements: list[str]) -> tuple[str, ...]:
+    def names(self, elements: list[str], raw: RawEvent, header_field: str) -> tuple[str, ...]:
         if not elements:
             return ()
         key = tuple(elements)
-        names = self.bitmap_cache.get(key)
-        if names is None:
-            names = decode_bitmap(key, self.layout)
+        cached = self.bitmap_cache.get(key)
+        if cached is None:
+            skipped: list[str] = []
+            names = decode_bitmap(key, self.layout, on_skip=lambda _e, why: skipped.append(why))
+            cached = (names, tuple(skipped))
             if len(self.bitmap_cache) < _BITMAP_CACHE_LIMIT:
-                self.bitmap_cache[key] = names
+                self.bitmap_cache[key] = cached
+        names, skipped_reasons = cached
+        for reason in skipped_reasons:
+            record_error("cdc_bitmap")  # once per event that carries it
+            if reason not in self.logged_skips:  # the log line once per schema and element
+                self.logged_skips.add(reason)
+                log.warning(
+                    "skipped a %s element of the event on %s at replay id %s: %s; schema %s "
+                    "has no field there (the reference decoders skip it too); the rest of the "
+                    "event is processed",
+                    header_field,
+                    raw.channel,
+                    raw.replay_id.hex(),
+                    reason,
+                    self.schema_id,
+                )
         return names
 
 
@@ -66,7 +95,7 @@ class EventDecoder:
                 f"schema {schema_id!r} from the server is not a usable Avro record schema: {exc}"
             ) from exc
         compounds = frozenset(layout.names[i] for i in layout.compounds)
-        decoded = _DecodedSchema(parsed, layout, compounds, {})
+        decoded = _DecodedSchema(schema_id, parsed, layout, compounds, {})
         self._schemas[schema_id] = decoded
         return decoded
 
@@ -81,6 +110,10 @@ class EventDecoder:
                     f"{len(raw.payload) - buffer.tell()} trailing bytes after the record"
                 )
             h = record["ChangeEventHeader"]
+            diff_fields = schema.names(h["diffFields"], raw, "diffFields")
+            changed_fields = schema.names(h["changedFields"], raw, "changedFields")
+            # A diffFields field changed even if changedFields leaves it out.
+            changed_fields += tuple(n for n in diff_fields if n not in changed_fields)
             header = ChangeEventHeader(
                 entity_name=h["entityName"],
                 record_ids=tuple(h["recordIds"]),
@@ -91,11 +124,11 @@ class EventDecoder:
                 commit_timestamp=h["commitTimestamp"],
                 commit_number=h["commitNumber"],
                 commit_user=h["commitUser"] or "",
-                nulled_fields=schema.names(h["nulledFields"]),
-                diff_fields=schema.names(h["diffFields"]),
-                changed_fields=schema.names(h["changedFields"]),
+                nulled_fields=schema.names(h["nulledFields"], raw, "nulledFields"),
+                diff_fields=diff_fields,
+                changed_fields=changed_fields,
             )
-        except (EOFError, ValueError, KeyError, TypeError, IndexError, BitmapError) as exc:
+        except (EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise PayloadDecodeError(
                 channel=raw.channel,
                 replay_id=raw.replay_id,
@@ -106,16 +139,22 @@ class EventDecoder:
             channel=raw.channel,
             replay_id=raw.replay_id,
             header=header,
-            fields=_body_fields(record, header.nulled_fields, schema.compound_names),
+            fields=_body_fields(
+                record, header.nulled_fields, header.diff_fields, schema.compound_names
+            ),
             schema_id=raw.schema_id,
             event_id=raw.event_id,
         )
 
 
 def _body_fields(
-    record: dict[str, Any], nulled: tuple[str, ...], compounds: frozenset[str]
+    record: dict[str, Any],
+    nulled: tuple[str, ...],
+    diffs: tuple[str, ...],
+    compounds: frozenset[str],
 ) -> dict[str, Any]:
-    """Non-null body fields plus explicit None for nulled ones (also inside compounds)."""
+    """Non-null body fields plus explicit None for nulled ones (also inside compounds);
+    ``diffFields`` fields are left out: their body value is a diff, not the field's value."""
     fields: dict[str, Any] = {}
     for name, value in record.items():
         if value is None or name == "ChangeEventHeader":
@@ -123,6 +162,12 @@ def _body_fields(
         if name in compounds and isinstance(value, dict):
             value = {k: v for k, v in value.items() if v is not None}
         fields[name] = value
+    for name in diffs:
+        parent, dot, child = name.partition(".")
+        if not dot:
+            fields.pop(name, None)
+        elif isinstance(fields.get(parent), dict):
+            fields[parent].pop(child, None)
     for name in nulled:
         parent, dot, child = name.partition(".")
         if not dot:

@@ -72,25 +72,75 @@ def _nullable(name: str, avro_type: Any, doc: str = "") -> dict[str, Any]:
     return out
 
 
+# The sandbox's field types -> (Avro type, Salesforce's type name in schema docs). A real
+# schema's doc is "<Category>:<Type>" ("Data:DynamicEnum", "CreatedDate:DateTime"), with the
+# field's 15-char id appended for custom fields ("Data:Text:00N5g00000AbCdE").
+_TYPES: dict[str, tuple[str, str]] = {
+    "Text": ("string", "Text"),
+    "Id": ("string", "EntityId"),
+    "Picklist": ("string", "DynamicEnum"),
+    "Email": ("string", "Email"),
+    "Phone": ("string", "Phone"),
+    "Url": ("string", "Url"),
+    "TextArea": ("string", "MultiLineText"),
+    "Lookup": ("string", "EntityId"),
+    "Boolean": ("boolean", "Boolean"),
+    "Int": ("int", "Int"),
+    "Number": ("double", "Double"),
+    "Currency": ("double", "Currency"),
+    "DateTime": ("long", "DateTime"),
+    "Date": ("long", "DateOnly"),
+}
+# Audit fields carry their own category instead of "Data".
+_AUDIT_CATEGORIES = {
+    "CreatedDate": "CreatedDate",
+    "CreatedById": "CreatedBy",
+    "LastModifiedDate": "LastModifiedDate",
+    "LastModifiedById": "LastModifiedBy",
+}
+_SF_TO_SANDBOX = {
+    "Text": "Text",
+    "EntityId": "Lookup",
+    "DynamicEnum": "Picklist",
+    "Email": "Email",
+    "Phone": "Phone",
+    "Url": "Url",
+    "MultiLineText": "TextArea",
+    "Boolean": "Boolean",
+    "Int": "Int",
+    "Double": "Number",
+    "Currency": "Currency",
+    "DateTime": "DateTime",
+    "DateOnly": "Date",
+    "Address": "Address",
+    "Switchable_PersonName": "Switchable_PersonName",
+}
+
+
+def _custom_field_id(name: str) -> str:
+    """A stable 15-char custom field id (key prefix 00N) for a custom field's doc."""
+    digest = hashlib.sha256(name.encode()).hexdigest().upper()
+    return "00N5g00000" + digest[:5]
+
+
+def field_doc(name: str, sf_type: str) -> str:
+    """Salesforce's doc string of a field: ``Data:Text``, ``CreatedBy:EntityId``,
+    ``Data:Double:00N5g00000ABCDE`` (custom fields)."""
+    category = _AUDIT_CATEGORIES.get(name, "Data")
+    doc = f"{category}:{_TYPES[sf_type][1] if sf_type in _TYPES else sf_type}"
+    return f"{doc}:{_custom_field_id(name)}" if name.endswith("__c") else doc
+
+
+def sf_type_of(field: Mapping[str, Any]) -> str | None:
+    """The sandbox's type name ("DateTime", "Date", "Int", "Picklist", ...) of a schema field,
+    read from its Salesforce-style doc; None when the doc names no known type."""
+    parts = str(field.get("doc") or "").split(":")
+    return _SF_TO_SANDBOX.get(parts[1]) if len(parts) >= 2 else None
+
+
 def _fields(*specs: tuple[str, str]) -> list[dict[str, Any]]:
-    """(name, sf type) pairs as nullable Avro fields; the doc names the Salesforce type."""
-    avro_types = {
-        "Text": "string",
-        "Id": "string",
-        "Picklist": "string",
-        "Email": "string",
-        "Phone": "string",
-        "Url": "string",
-        "TextArea": "string",
-        "Lookup": "string",
-        "Boolean": "boolean",
-        "Int": "int",
-        "Number": "double",
-        "Currency": "double",
-        "DateTime": "long",
-        "Date": "long",
-    }
-    return [_nullable(name, avro_types[sf_type], f"Data:{sf_type}") for name, sf_type in specs]
+    """(name, sandbox type) pairs as nullable Avro fields with Salesforce-style docs."""
+    return [_nullable(name, _TYPES[t][0], field_doc(name, t)) for name, t in specs]
 
 
 ADDRESS_CHILDREN = (
@@ -103,21 +153,51 @@ ADDRESS_CHILDREN = (
     ("CountryCode", "Picklist"),
     ("Latitude", "Number"),
     ("Longitude", "Number"),
+    # Real Address records carry Xyz here, so GeocodeAccuracy is child 10, not 9.
+    ("Xyz", "Text"),
     ("GeocodeAccuracy", "Picklist"),
 )
-NAME_CHILDREN = (("Salutation", "Picklist"), ("FirstName", "Text"), ("LastName", "Text"))
+NAME_CHILDREN = (
+    ("Salutation", "Picklist"),
+    ("FirstName", "Text"),
+    ("LastName", "Text"),
+    ("MiddleName", "Text"),
+    ("InformalName", "Text"),
+    ("Suffix", "Text"),
+)
 
 
-def _address() -> dict[str, Any]:
-    record = {"type": "record", "name": "Address", "namespace": NAMESPACE}
-    record["fields"] = _fields(*ADDRESS_CHILDREN)
-    return _nullable("Address", record, "Data:Address")
+class _NamedTypes:
+    """Named types already defined in one schema: Avro forbids defining a name twice, so a
+    second compound field of the same type refers to it by name, as real schemas do."""
+
+    def __init__(self) -> None:
+        self._defined: set[str] = set()
+
+    def record(self, name: str, children: tuple[tuple[str, str], ...]) -> dict[str, Any] | str:
+        if name in self._defined:
+            return name  # resolved in the enclosing namespace (com.sforce.eventbus)
+        self._defined.add(name)
+        return {
+            "type": "record",
+            "name": name,
+            "namespace": NAMESPACE,
+            "fields": _fields(*children),
+        }
 
 
-def _person_name() -> dict[str, Any]:
-    record = {"type": "record", "name": "Switchable_PersonName", "namespace": NAMESPACE}
-    record["fields"] = _fields(*NAME_CHILDREN)
-    return {"name": "Name", "type": ["null", "string", record], "default": None}
+def _address(types: _NamedTypes, field_name: str = "Address") -> dict[str, Any]:
+    return _nullable(field_name, types.record("Address", ADDRESS_CHILDREN), "Data:Address")
+
+
+def _person_name(types: _NamedTypes) -> dict[str, Any]:
+    record = types.record("Switchable_PersonName", NAME_CHILDREN)
+    return {
+        "name": "Name",
+        "type": ["null", "string", record],
+        "doc": "Data:Switchable_PersonName",
+        "default": None,
+    }
 
 
 def _custom_lead_fields() -> list[tuple[str, str]]:
@@ -135,10 +215,11 @@ def _change_event(entity: str, body: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+_lead_types = _NamedTypes()
 LEAD_SCHEMA = _change_event(
     "Lead",
     [
-        _person_name(),
+        _person_name(_lead_types),
         *_fields(
             ("Company", "Text"),
             ("Title", "Text"),
@@ -151,7 +232,7 @@ LEAD_SCHEMA = _change_event(
             ("NumberOfEmployees", "Int"),
             ("AnnualRevenue", "Currency"),
         ),
-        _address(),
+        _address(_lead_types),
         *_fields(
             ("OwnerId", "Lookup"),
             ("IsConverted", "Boolean"),
@@ -206,10 +287,32 @@ EMAIL_MESSAGE_SCHEMA = _change_event(
         ("LastModifiedDate", "DateTime"),
     ),
 )
+_contact_types = _NamedTypes()
+# Two compound fields of one type: the second Address is a reference by name, as in real
+# Contact and Account schemas; readers (and the bitmap decoder) resolve it.
+CONTACT_SCHEMA = _change_event(
+    "Contact",
+    [
+        _person_name(_contact_types),
+        *_fields(("AccountId", "Lookup"), ("Email", "Email"), ("Phone", "Phone")),
+        _address(_contact_types, "MailingAddress"),
+        _address(_contact_types, "OtherAddress"),
+        *_fields(
+            ("Title", "Text"),
+            ("Description", "TextArea"),
+            ("OwnerId", "Lookup"),
+            ("CreatedDate", "DateTime"),
+            ("CreatedById", "Lookup"),
+            ("LastModifiedDate", "DateTime"),
+            ("LastModifiedById", "Lookup"),
+        ),
+    ],
+)
 SCHEMAS_BY_ENTITY: dict[str, dict[str, Any]] = {
     "Lead": LEAD_SCHEMA,
     "Task": TASK_SCHEMA,
     "EmailMessage": EMAIL_MESSAGE_SCHEMA,
+    "Contact": CONTACT_SCHEMA,
 }
 
 
@@ -252,15 +355,16 @@ class _EntityCodec:
         self.layout = FieldLayout.from_schema(schema)
         self.body_names = set(self.layout.names[1:])
         self.datetime_names = {
-            f["name"]
-            for f in schema["fields"][1:]
-            if f.get("doc") in ("Data:DateTime", "Data:Date")
+            f["name"] for f in schema["fields"][1:] if sf_type_of(f) in ("DateTime", "Date")
         }
-        # bare child name (REST style: FirstName, City) -> compound parent name
-        self.child_parent: dict[str, str] = {}
+        # bare child name (REST style: FirstName, City) -> compound parent name, for the
+        # children of exactly one compound (Contact's City could be either address: callers
+        # name it MailingAddress.City)
+        parents: dict[str, list[str]] = {}
         for index, children in self.layout.compounds.items():
             for child in children:
-                self.child_parent[child] = self.layout.names[index]
+                parents.setdefault(child, []).append(self.layout.names[index])
+        self.child_parent = {c: ps[0] for c, ps in parents.items() if len(ps) == 1}
 
     def qualify(self, name: str) -> str:
         """Header field names: ``FirstName`` -> ``Name.FirstName`` (compound children)."""

@@ -18,12 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # Channel -> entity names it carries. Custom channels (``/data/<Name>__chn``) and the
-# standard ``/data/ChangeEvents`` carry every entity the sandbox knows.
+# standard ``/data/ChangeEvents`` carry the pipeline's entities.
 SANDBOX_ENTITIES = ("Lead", "Task", "EmailMessage")
+# Contact (two compound fields of one type: MailingAddress and OtherAddress) has change
+# events on its own channels only, so the pipeline's channels and re-sync never meet it.
+CONTACT_CHANNEL = "/data/Contacts__chn"
+EXTRA_ENTITIES = ("Contact",)
+ALL_ENTITIES = SANDBOX_ENTITIES + EXTRA_ENTITIES
 
 
 def entities_for_channel(channel: str) -> tuple[str, ...] | None:
     """Entities a channel carries, or None when the sandbox has no such topic."""
+    if channel in (CONTACT_CHANNEL, "/data/ContactChangeEvent"):
+        return EXTRA_ENTITIES
     if channel == "/data/ChangeEvents" or (
         channel.startswith("/data/") and channel.endswith("__chn")
     ):

@@ -38,7 +38,7 @@ from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.cdc.schemas import SCHEMA_IDS_BY_ENTITY, encode_change, schema_json
 from kpi_pipeline.sandbox.changelog import (
-    SANDBOX_ENTITIES,
+    ALL_ENTITIES,
     ChangeLogSource,
     StoredChange,
     entities_for_channel,
@@ -355,7 +355,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
         earliest = self.source.earliest_retained_replay(now)
         if earliest is None or replay < earliest:
             return False
-        at_or_after = self.source.read_changes(SANDBOX_ENTITIES, replay - 1, 1)
+        at_or_after = self.source.read_changes(ALL_ENTITIES, replay - 1, 1)
         return not at_or_after or at_or_after[0].commit_timestamp >= now - self.retention_ms
 
     def _read_requests(

@@ -55,14 +55,15 @@ from kpi_pipeline.cdc.events import (
     parse_sf_datetime,
     to_epoch_ms,
 )
-from kpi_pipeline.cdc.schemas import SCHEMA_IDS_BY_ENTITY, SCHEMAS_BY_ENTITY
-from kpi_pipeline.sandbox.changelog import SANDBOX_ENTITIES, StoredChange
+from kpi_pipeline.cdc.schemas import SCHEMA_IDS_BY_ENTITY, SCHEMAS_BY_ENTITY, sf_type_of
+from kpi_pipeline.sandbox.changelog import ALL_ENTITIES, StoredChange
 
 DEFAULT_RETENTION_MS = 72 * 3600 * 1000
 KEY_PREFIXES = {
     "Lead": "00Q",
     "Task": "00T",
     "EmailMessage": "02s",
+    "Contact": "003",
     "User": "005",
     "Group": "00G",
     "EmailTemplate": "00X",
@@ -255,7 +256,13 @@ class _EntitySpec:
 def _spec(entity: str) -> _EntitySpec:
     layout = FieldLayout.from_schema(SCHEMAS_BY_ENTITY[entity])
     compounds = {layout.names[i]: children for i, children in layout.compounds.items()}
-    child_parent = {child: parent for parent, children in compounds.items() for child in children}
+    parents: dict[str, list[str]] = {}
+    for parent, children in compounds.items():
+        for child in children:
+            parents.setdefault(child, []).append(parent)
+    # A bare child name maps to its compound only when one compound has it (Contact's City
+    # could be MailingAddress or OtherAddress: pass those as {"MailingAddress": {...}}).
+    child_parent = {child: ps[0] for child, ps in parents.items() if len(ps) == 1}
     return _EntitySpec(
         entity,
         frozenset(layout.names[1:]),
@@ -267,12 +274,12 @@ def _spec(entity: str) -> _EntitySpec:
 
 
 def _sf_types(fields: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """Salesforce types from the schema docs ("Data:Int"), compound children included."""
+    """Field types from the schema docs ("Data:Int"), compound children included."""
     out: dict[str, str] = {}
     for spec in fields:
-        doc = str(spec.get("doc") or "")
-        if doc.startswith("Data:") and doc != "Data:Address":
-            out[spec["name"]] = doc.removeprefix("Data:")
+        sf_type = sf_type_of(spec)
+        if sf_type and sf_type not in ("Address", "Switchable_PersonName"):
+            out[spec["name"]] = sf_type
         for branch in spec["type"] if isinstance(spec["type"], list) else [spec["type"]]:
             if isinstance(branch, Mapping) and branch.get("type") == "record":
                 out.update(_sf_types(branch["fields"]))
@@ -284,7 +291,7 @@ _TEXT_TYPES = frozenset({"Text", "Id", "Picklist", "Email", "Phone", "Url", "Tex
 
 def field_type(sobject: str, name: str) -> str | None:
     """The Salesforce type ("Int", "Lookup", ...) of a field or compound child, or None."""
-    if sobject not in SANDBOX_ENTITIES:
+    if sobject not in ALL_ENTITIES:
         return None
     return _spec(sobject).types.get(name)
 
@@ -312,17 +319,17 @@ def _check_type(sobject: str, name: str, value: Any, spec: _EntitySpec) -> None:
 
 
 def _check_sobject(sobject: str) -> None:
-    if sobject not in SANDBOX_ENTITIES and sobject not in DIRECTORY_SOBJECTS:
+    if sobject not in ALL_ENTITIES and sobject not in DIRECTORY_SOBJECTS:
         raise SandboxStoreError(
-            f"the sandbox org has no sObject {sobject!r}; it keeps {list(SANDBOX_ENTITIES)} "
+            f"the sandbox org has no sObject {sobject!r}; it keeps {list(ALL_ENTITIES)} "
             f"(with change events) and {list(DIRECTORY_SOBJECTS)}"
         )
 
 
 def _check_entity(entity: str) -> None:
-    if entity not in SANDBOX_ENTITIES:
+    if entity not in ALL_ENTITIES:
         raise SandboxStoreError(
-            f"{entity!r} has no change events in the sandbox org; writable entities: {list(SANDBOX_ENTITIES)}"
+            f"{entity!r} has no change events in the sandbox org; writable entities: {list(ALL_ENTITIES)}"
         )
 
 
@@ -407,7 +414,9 @@ def rest_view(sobject: str, record: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in record.items():
         if isinstance(value, Mapping):
-            out.update(value)
+            # REST flattens Lead's Address as City, Contact's MailingAddress as MailingCity.
+            prefix = name.removesuffix("Address") if name.endswith("Address") else ""
+            out.update({f"{prefix}{child}": v for child, v in value.items()})
             if name == "Name":
                 parts = [value.get("FirstName"), value.get("LastName")]
                 out["Name"] = " ".join(p for p in parts if p) or None

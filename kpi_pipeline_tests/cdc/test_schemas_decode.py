@@ -9,6 +9,7 @@ import re
 import avro.io
 import avro.schema
 import pytest
+from prometheus_client import REGISTRY
 
 from kpi_pipeline.cdc.decode import EventDecoder
 from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
@@ -37,7 +38,7 @@ def raw(stored: StoredChange, channel: str = "/data/LeadChangeEvent") -> RawEven
     return RawEvent(channel, replay_id_from_int(stored.replay), schema_id, payload, "evt-1")
 
 
-@pytest.mark.parametrize("entity", ["Lead", "Task", "EmailMessage"])
+@pytest.mark.parametrize("entity", ["Lead", "Task", "EmailMessage", "Contact"])
 def test_schemas_have_the_change_event_shape(entity: str) -> None:
     schema = SCHEMAS_BY_ENTITY[entity]
     assert schema["name"] == f"{entity}ChangeEvent" and schema["namespace"] == "com.sforce.eventbus"
@@ -67,7 +68,7 @@ def test_lead_schema_carries_the_written_custom_fields() -> None:
 
 def test_schema_ids_are_deterministic_22_char_url_safe_fingerprints() -> None:
     ids = set(SCHEMA_IDS_BY_ENTITY.values())
-    assert len(ids) == 3
+    assert len(ids) == 4
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
     lead = json.loads(json.dumps(SCHEMAS_BY_ENTITY["Lead"]))
     assert schema_id_for(lead) == SCHEMA_IDS_BY_ENTITY["Lead"]
@@ -229,3 +230,96 @@ def test_encoder_names_a_field_missing_from_the_schema() -> None:
     )
     with pytest.raises(EventFormatError, match="does not fit LeadChangeEvent"):
         encode_change(bad_type)
+
+
+# --- real-org shapes and lenient decoding -----------------------------------------------------
+
+
+def test_docs_are_in_salesforces_form() -> None:
+    lead = {f["name"]: f.get("doc") for f in SCHEMAS_BY_ENTITY["Lead"]["fields"]}
+    assert lead["Status"] == "Data:DynamicEnum" and lead["OwnerId"] == "Data:EntityId"
+    assert lead["CreatedDate"] == "CreatedDate:DateTime"
+    assert lead["LastModifiedById"] == "LastModifiedBy:EntityId"
+    assert lead["Name"] == "Data:Switchable_PersonName" and lead["Address"] == "Data:Address"
+    assert re.fullmatch(r"Data:DateTime:00N[0-9A-Za-z]{12}", lead["First_Response_At__c"])
+    assert lead["ConvertedDate"] == "Data:DateOnly" and lead["AnnualRevenue"] == "Data:Currency"
+
+
+def contact_update(**header: object) -> StoredChange:
+    return change(
+        "Contact",
+        {"recordIds": ["003000000000001AAA"], "changeType": "UPDATE", **header},
+        {"OtherAddress": {"City": "Nantes", "State": "Loire"}, "Title": "CFO"},
+    )
+
+
+def test_contact_second_address_is_a_named_reference_and_decodes_end_to_end() -> None:
+    stored = contact_update(changedFields=["OtherAddress.City", "OtherAddress.State", "Title"])
+    schema_id, _ = encode_change(stored)
+    served = json.loads(schema_json(schema_id))
+    types = {f["name"]: f["type"] for f in served["fields"]}
+    assert types["MailingAddress"][1]["name"] == "Address" and types["OtherAddress"][1] == "Address"
+    header = decode_header_bitmaps(raw(stored, "/data/Contacts__chn"))
+    other = [f["name"] for f in served["fields"]].index("OtherAddress")
+    assert f"{other}-0x06" in header["changedFields"]  # what a real org sends
+    event = EventDecoder(schema_json).decode(raw(stored, "/data/Contacts__chn"))
+    assert set(event.header.changed_fields) == {"OtherAddress.City", "OtherAddress.State", "Title"}
+    assert event.fields == {"OtherAddress": {"City": "Nantes", "State": "Loire"}, "Title": "CFO"}
+
+
+def decode_header_bitmaps(event: RawEvent) -> dict:
+    schema = avro.schema.parse(schema_json(event.schema_id))
+    record = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(event.payload)))
+    return record["ChangeEventHeader"]
+
+
+def rewrite_header(event: RawEvent, **bitmaps: list[str]) -> RawEvent:
+    """The same event with its header bitmaps replaced (what a newer schema version sends)."""
+    schema = avro.schema.parse(schema_json(event.schema_id))
+    record = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(event.payload)))
+    record["ChangeEventHeader"].update(bitmaps)
+    out = io.BytesIO()
+    avro.io.DatumWriter(schema).write(record, avro.io.BinaryEncoder(out))
+    return RawEvent(event.channel, event.replay_id, event.schema_id, out.getvalue(), event.event_id)
+
+
+def bitmap_errors() -> float:
+    return REGISTRY.get_sample_value("errors_total", {"area": "cdc_bitmap"}) or 0.0
+
+
+def test_an_unmappable_element_is_skipped_counted_and_logged_and_the_event_decodes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stored = contact_update(changedFields=["Title"])
+    title_bit = [f["name"] for f in SCHEMAS_BY_ENTITY["Contact"]["fields"]].index("Title")
+    # "2-0x01": field 2 (AccountId) is not a compound in this schema.
+    event = rewrite_header(
+        raw(stored, "/data/Contacts__chn"), changedFields=[f"0x{1 << title_bit:X}", "2-0x01"]
+    )
+    before = bitmap_errors()
+    decoder = EventDecoder(schema_json)
+    with caplog.at_level("WARNING", logger="kpi_pipeline.cdc.decode"):
+        decoded = decoder.decode(event)
+        again = decoder.decode(event)  # the same bitmap, served from the cache
+    assert decoded.header.changed_fields == again.header.changed_fields == ("Title",)
+    assert decoded.fields["Title"] == "CFO"
+    assert bitmap_errors() == before + 2  # counted per event
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1  # logged once per schema and element
+    assert event.schema_id in warnings[0] and "'2-0x01'" in warnings[0]
+
+
+def test_diff_fields_mark_the_field_changed_but_never_deliver_the_diff_as_its_value() -> None:
+    stored = change(
+        "Task",
+        {"recordIds": ["00T000000000001AAA"], "changeType": "UPDATE", "changedFields": ["Status"]},
+        {"Status": "Completed", "Description": "--- \n+++ \n@@ -1 +1 @@\n-old\n+new"},
+    )
+    fields = [f["name"] for f in SCHEMAS_BY_ENTITY["Task"]["fields"]]
+    diff = f"0x{1 << fields.index('Description'):X}"
+    event = EventDecoder(schema_json).decode(
+        rewrite_header(raw(stored, "/data/TaskChangeEvent"), diffFields=[diff])
+    )
+    assert event.header.diff_fields == ("Description",)
+    assert set(event.header.changed_fields) == {"Status", "Description"}
+    assert "Description" not in event.fields and event.fields["Status"] == "Completed"

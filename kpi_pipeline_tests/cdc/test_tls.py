@@ -16,7 +16,7 @@ from kpi_pipeline.sandbox.runtime import SandboxRuntime
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
 from kpi_pipeline.sandbox.tls import CA_FILE, ca_pinned_session, ensure_tls_files
-from kpi_pipeline_tests.cdc.conftest import AUTH, TENANT_ID, add_lead
+from kpi_pipeline_tests.cdc.conftest import AUTH, TENANT_ID, add_lead, now_ms
 
 LEADS = "/data/LeadChangeEvent"
 
@@ -134,3 +134,23 @@ def test_runtime_serves_rest_over_https_with_the_same_ca(
 def certifi_like_bundle(tmp_path: Path) -> str:
     """A CA bundle without the sandbox's CA (another CA's certificate)."""
     return str(ensure_tls_files(tmp_path / "unrelated").ca_file)
+
+
+def test_contact_with_two_addresses_on_its_custom_channel_over_tls(
+    change_log, start_server, make_client
+) -> None:
+    """End to end through the gRPC server: the second Address is a named reference in the
+    schema GetSchema serves, and the changed-field bitmap on it decodes to its children."""
+    header = {"entityName": "Contact", "recordIds": ["003000000000001AAA"],
+              "changeType": "UPDATE", "commitTimestamp": now_ms(),
+              "changedFields": ["OtherAddress.City", "OtherAddress.Country"]}  # fmt: skip
+    change_log.append("Contact", header, {"OtherAddress": {"City": "Oslo", "Country": "NO"}})
+    add_lead(change_log, 2)  # not on the Contact channel
+    client = make_client(start_server(change_log))
+    result = client.fetch(
+        "/data/Contacts__chn", replay_id=None, preset="EARLIEST", max_events=10, max_seconds=5
+    )
+    assert len(result.events) == 1
+    event = EventDecoder(client.get_schema).decode(result.events[0])
+    assert event.header.changed_fields == ("OtherAddress.City", "OtherAddress.Country")
+    assert event.fields == {"OtherAddress": {"City": "Oslo", "Country": "NO"}}
