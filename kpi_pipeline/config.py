@@ -74,14 +74,15 @@ class Settings(BaseSettings):
     cdc_stalled_batch_max_attempts: int = Field(
         3,
         ge=1,
-        description="Runs a staged batch may get in all; after that cdc_sensor stops re-requesting it "
-        "and it stays pending (kpi-pipeline ledger, lead_ledger metadata) for an operator.",
+        description="Sensor mode: runs cdc_sensor requests with one staged batch at their head "
+        "(Dagster's automatic retries of them not counted); after that the batch stays pending "
+        "(kpi-pipeline ledger, live_path_health) for an operator and the batches after it go on.",
     )
-    cdc_stalled_batch_minutes: float = Field(
-        5.0,
-        gt=0,
-        description="A staged batch still not done this long after staging, with no run in progress "
-        "(its run died or was canceled), is requested again by cdc_sensor under a new attempt run key.",
+    cdc_max_events_per_run: int = Field(
+        20000,
+        ge=1,
+        description="Sensor mode: upper bound of events one process_cdc_batch run takes from the "
+        "pending batches (oldest first); the next run takes the rest once it has finished.",
     )
     sensor_interval_seconds: int = Field(
         1,
@@ -93,7 +94,8 @@ class Settings(BaseSettings):
         "stream",
         description="stream: one long-lived cdc_stream run subscribes to every channel and "
         "processes each response as it arrives (cdc_sensor keeps that run alive); sensor: "
-        "cdc_sensor fetches in bounded ticks and requests a process_cdc_batch run per batch.",
+        "cdc_sensor fetches in bounded ticks and keeps at most one process_cdc_batch run going, "
+        "which processes every pending batch in replay order.",
     )
     cdc_stream_generation_seconds: float = Field(
         1800.0,
@@ -118,8 +120,8 @@ class Settings(BaseSettings):
         600,
         ge=30,
         description="dagster/max_runtime of process_cdc_batch: run monitoring fails a run still "
-        "going after this long (a batch takes seconds; a worker that died holds its run slot "
-        "until then), and cdc_sensor requests its batch again.",
+        "going after this long (a run takes seconds; a worker that died holds its run slot "
+        "until then), and cdc_sensor requests its batches again.",
     )
     cdc_idle_return_seconds: float = Field(
         0.25,

@@ -91,11 +91,6 @@ class DrainLimits:
     idle_return_seconds: float = 0.25
 
 
-def run_key_for(batch_id: str) -> str:
-    """Run key of a batch: the channel and replay range, so re-evaluation never double-launches."""
-    return f"cdc:{batch_id}"
-
-
 def drain_tick(
     *,
     channels: Sequence[str],

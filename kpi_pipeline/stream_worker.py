@@ -216,7 +216,9 @@ class StreamWorker:
         summary["dead_lettered_on_decode"] = decoded.dead_lettered
         if self.ledger.mark_batch_done(batch_id, run_id=self.holder, summary=_brief(summary)):
             self.progress.processed += 1
-            observe_processing_lag(loaded.channel, decoded.events)
+            observe_processing_lag(
+                loaded.channel, [e.header.commit_timestamp for e in decoded.events]
+            )
 
     def _drain(self) -> None:
         if self.drain is not None:
@@ -266,8 +268,8 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def observe_processing_lag(channel: str, events: Sequence[Any]) -> None:
+def observe_processing_lag(channel: str, commit_ms: Sequence[int]) -> None:
     """``cdc_processing_lag_seconds``: each change's commit in the org -> its batch processed."""
     done_ms = time.time() * 1000.0
-    for event in events:
-        metrics.observe_processing_lag(channel, (done_ms - event.header.commit_timestamp) / 1e3)
+    for committed in commit_ms:
+        metrics.observe_processing_lag(channel, (done_ms - committed) / 1e3)

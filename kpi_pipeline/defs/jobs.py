@@ -1,8 +1,10 @@
-"""process_cdc_batch: one staged batch through the three workloads, then write-back and completion.
+"""process_cdc_batch: the pending staged batches through the three workloads, then write-back.
 
-Ops are thin: each calls the Dagster-free ``kpi_pipeline.processing.BatchProcessor``.
-The job runs in-process (one process per run, no per-step spawn: see
-CONTRACTS.md §8.2) and is retried by the run-retry daemon
+In sensor mode ``cdc_sensor`` requests at most one of these runs at a time; it lists every
+pending batch (oldest first, up to ``KPI_CDC_MAX_EVENTS_PER_RUN`` events), so the number of
+runs follows the work, not ticks x channels. Ops are thin: each calls the Dagster-free
+``kpi_pipeline.processing.BatchProcessor``. The job runs in-process (one process per run, no
+per-step spawn: see CONTRACTS.md §8.2) and is retried by the run-retry daemon
 (``dagster/max_retries`` tag); every step is idempotent, so a retry re-applies safely.
 """
 
@@ -12,39 +14,53 @@ from kpi_pipeline.defs.resources import PipelineResource
 
 
 class BatchConfig(dg.Config):
-    batch_id: str
+    # Processed in this order (replay order). A batch already done is processed again, which
+    # is how an operator replays one from the inbox (every step is idempotent).
+    batch_ids: list[str]
 
 
 @dg.op(
     out={
-        "batch_id": dg.Out(str),
+        "batches": dg.Out(dict),
         "routing_events": dg.Out(list),
         "first_touch_input": dg.Out(dict),
         "template_input": dg.Out(dict),
     },
-    description="Loads the staged batch, decodes it (poison events go to dead_letters), merges record states.",
+    description="Loads the staged batches, decodes them (poison events go to dead_letters), "
+    "merges record states.",
 )
 def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: PipelineResource):
     ledger = pipeline.ledger()
     processor = pipeline.processor()
-    batch = ledger.load_batch(config.batch_id)
-    decoded = processor.decode(batch, pipeline.decoder())
-    processor.apply_records(decoded.events)
-    routing = processor.select_routing(decoded.events)
-    first_touch = processor.select_first_touch(decoded.events)
-    templates = processor.select_templates(decoded.events)
+    decoder = pipeline.decoder()
+    batches: dict[str, dict] = {}
+    events: list = []
+    dead_lettered = 0
+    for batch_id in config.batch_ids:
+        batch = ledger.load_batch(batch_id)
+        decoded = processor.decode(batch, decoder)
+        events += decoded.events
+        dead_lettered += decoded.dead_lettered
+        # Commit times travel to complete_batch, which observes commit -> processed.
+        batches[batch_id] = {
+            "channel": batch.channel,
+            "commit_ms": [e.header.commit_timestamp for e in decoded.events],
+        }
+    processor.apply_records(events)
+    routing = processor.select_routing(events)
     context.add_output_metadata(
         {
-            "events": len(decoded.events),
-            "dead_lettered": decoded.dead_lettered,
-            "channel": batch.channel,
+            "batches": len(batches),
+            "events": len(events),
+            "dead_lettered": dead_lettered,
+            "channels": sorted({b["channel"] for b in batches.values()}),
         },
-        output_name="batch_id",
+        output_name="batches",
     )
-    yield dg.Output(config.batch_id, "batch_id")
+    yield dg.Output(batches, "batches")
     yield dg.Output(routing, "routing_events", metadata={"events": len(routing)})
-    yield dg.Output(first_touch, "first_touch_input")
-    yield dg.Output(templates, "template_input")
+    yield dg.Output(processor.select_first_touch(events), "first_touch_input")
+    yield dg.Output(processor.select_templates(events), "template_input")
 
 
 @dg.op(description="Routes new and re-owned leads by the versioned policy; memoized per lead.")
@@ -84,12 +100,12 @@ def recommend_templates(
 
 
 @dg.op(
-    description="Writes the batch's Lead updates to Salesforce (outbox drain) and marks the batch done."
+    description="Writes the Lead updates to Salesforce (outbox drain) and marks the batches done."
 )
 def complete_batch(
     context: dg.OpExecutionContext,
     pipeline: PipelineResource,
-    batch_id: str,
+    batches: dict,
     routing_summary: dict,
     first_touch_summary: dict,
     template_summary: dict,
@@ -113,26 +129,22 @@ def complete_batch(
         "write_back": write_back,
         "email_send": _send_emails(context, pipeline) if settings.send_email else None,
     }
-    if pipeline.ledger().mark_batch_done(batch_id, run_id=context.run_id, summary=summary):
-        _observe_processing_lag(pipeline, batch_id)
-    context.add_output_metadata({"summary": dg.MetadataValue.json(summary)})
+    _mark_done(pipeline, context.run_id, batches, summary)
+    context.add_output_metadata(
+        {"batches": len(batches), "summary": dg.MetadataValue.json(summary)}
+    )
     return summary
 
 
-def _observe_processing_lag(pipeline: PipelineResource, batch_id: str) -> None:
-    """Commit -> processed for each change of the batch (its commit times are in the staged
-    events; decoding them again costs far less than the run around it)."""
+def _mark_done(pipeline: PipelineResource, run_id: str, batches: dict, summary: dict) -> None:
+    """Mark each batch done; the run that completes a batch observes its processing lag
+    (commit in the org -> processed), so a retried run never observes it twice."""
     from kpi_pipeline.stream_worker import observe_processing_lag
 
-    batch = pipeline.ledger().load_batch(batch_id)
-    decoder = pipeline.decoder()
-    events = []
-    for raw in batch.events:
-        try:
-            events.append(decoder.decode(raw))
-        except Exception:  # load_batch already dead-lettered it with its reason
-            continue
-    observe_processing_lag(batch.channel, events)
+    ledger = pipeline.ledger()
+    for batch_id, batch in batches.items():
+        if ledger.mark_batch_done(batch_id, run_id=run_id, summary=summary):
+            observe_processing_lag(batch["channel"], batch["commit_ms"])
 
 
 def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dict:
@@ -161,11 +173,12 @@ def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> 
         # dagster/max_runtime comes from Settings.cdc_run_max_runtime_seconds on each run
         # request (cdc_sensor): settings are read at tick time, never at import.
     },
-    description="One staged CDC batch through routing, first touch and templates, then write-back.",
+    description="Pending staged CDC batches through routing, first touch and templates, then "
+    "write-back.",
 )
 def process_cdc_batch():
-    batch_id, routing_events, first_touch_input, template_input = load_batch()
+    batches, routing_events, first_touch_input, template_input = load_batch()
     routing_summary = route_leads(routing_events)
     first_touch_summary = detect_first_touch(first_touch_input)
     template_summary = recommend_templates(routing_summary, template_input)
-    complete_batch(batch_id, routing_summary, first_touch_summary, template_summary)
+    complete_batch(batches, routing_summary, first_touch_summary, template_summary)

@@ -24,7 +24,8 @@ from kpi_pipeline.defs.assets import CDC_EVENTS_KEY
 from kpi_pipeline.defs.jobs import process_cdc_batch
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.defs.stream import STREAM_JOB, cdc_stream
-from kpi_pipeline.ingest import DrainLimits, TickOutcome, drain_tick, run_key_for
+from kpi_pipeline.ingest import DrainLimits, TickOutcome, drain_tick
+from kpi_pipeline.ledger.store import BatchInfo
 
 
 def _is_invalid_replay(exc: Exception) -> bool:
@@ -40,30 +41,41 @@ _IN_PROGRESS = {
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 }
-_MAX_RECOVERED_PER_TICK = 20
 # How long a failed run's promise of an automatic retry holds off a new attempt: the retry
 # daemon acts within a loop or two (seconds).
 _RETRY_GRACE = timedelta(minutes=2)
+# Bounds one processing run's run config (the batch ids travel in it).
+_MAX_BATCHES_PER_RUN = 1000
+# Batches left for an operator are looked at again on every tick; this bounds that cost.
+_MAX_HEADS_CHECKED = 20
+FIRST_BATCH_TAG = "kpi/first_batch_id"
 
 
-def _batch_request(
-    batch_id: str,
-    channel: str,
-    events: int,
-    replay_range: str,
-    run_key: str,
-    max_runtime_seconds: int,
+def _drain_request(
+    pending: list[BatchInfo], attempt: int, max_events: int, max_runtime_seconds: int
 ) -> dg.RunRequest:
+    """One process_cdc_batch run for the oldest pending batches, in replay order, up to
+    ``max_events`` (always at least one batch)."""
+    chosen: list[BatchInfo] = []
+    events = 0
+    for info in pending:
+        full = events + info.event_count > max_events or len(chosen) >= _MAX_BATCHES_PER_RUN
+        if chosen and full:
+            break
+        chosen.append(info)
+        events += info.event_count
+    first, last = chosen[0], chosen[-1]
     return dg.RunRequest(
         job_name=process_cdc_batch.name,  # the sensor also targets cdc_stream
-        run_key=run_key,
-        # Only the batch id travels in run config; the events stay in the ledger inbox.
-        run_config={"ops": {"load_batch": {"config": {"batch_id": batch_id}}}},
+        run_key=f"cdc:{first.batch_id}..{last.batch_id}#attempt{attempt}",
+        # Only batch ids travel in run config; the events stay in the ledger inbox.
+        run_config={"ops": {"load_batch": {"config": {"batch_ids": [b.batch_id for b in chosen]}}}},
         tags={
-            "kpi/batch_id": batch_id,
-            "kpi/channel": channel,
+            FIRST_BATCH_TAG: first.batch_id,
+            "kpi/last_batch_id": last.batch_id,
+            "kpi/batches": str(len(chosen)),
             "kpi/events": str(events),
-            "kpi/replay_range": replay_range,
+            "kpi/channels": ",".join(sorted({b.channel for b in chosen})),
             # Set per request, not on the job, because settings are read at tick time; Dagster
             # copies it onto automatic retries with the other tags.
             MAX_RUNTIME_SECONDS_TAG: str(max_runtime_seconds),
@@ -71,18 +83,48 @@ def _batch_request(
     )
 
 
-def _run_requests(outcome: TickOutcome, max_runtime_seconds: int) -> list[dg.RunRequest]:
-    return [
-        _batch_request(
-            b.batch_id,
-            b.channel,
-            b.event_count,
-            f"{b.first_replay_hex}-{b.last_replay_hex}",
-            run_key_for(b.batch_id),
-            max_runtime_seconds,
+def _processing_request(
+    instance: dg.DagsterInstance,
+    ledger,
+    *,
+    max_attempts: int,
+    max_events: int,
+    max_runtime_seconds: int,
+) -> dg.RunRequest | str:
+    """At most one processing run at a time, for every pending batch: the request, or why
+    there is none.
+
+    A run that died (killed worker, canceled, max_runtime) leaves its batches pending, and
+    the next tick requests them again under a new attempt key. Attempts count the runs this
+    sensor requested with that batch at their head, not Dagster's automatic retries of them.
+    A head batch that used up ``max_attempts`` is left pending for an operator (it shows in
+    the live_path_health check and ``kpi-pipeline ledger``) and the batches after it go on.
+    """
+    pending = ledger.pending_batches()
+    if not pending:
+        return "no staged batch is pending"
+    running = instance.get_runs(
+        filters=dg.RunsFilter(job_name=process_cdc_batch.name, statuses=list(_IN_PROGRESS)),
+        limit=1,
+    )
+    if running:
+        return f"run {running[0].run_id} is processing; {len(pending)} batches pending"
+    now = datetime.now(UTC)
+    for position, head in enumerate(pending[:_MAX_HEADS_CHECKED]):
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=process_cdc_batch.name, tags={FIRST_BATCH_TAG: head.batch_id}
+            )
         )
-        for b in outcome.batches
-    ]
+        if any(_retry_coming(r, now) for r in records):
+            return f"an automatic retry of the run for {head.batch_id} is about to start"
+        attempts = sum(1 for r in records if not _is_automatic_retry(r.dagster_run))
+        if attempts < max_attempts:
+            return _drain_request(pending[position:], attempts + 1, max_events, max_runtime_seconds)
+    return (
+        f"{min(len(pending), _MAX_HEADS_CHECKED)} pending batches used up their "
+        f"{max_attempts} runs each; left for an operator (kpi-pipeline ledger)"
+    )
 
 
 def _is_automatic_retry(run: dg.DagsterRun) -> bool:
@@ -107,53 +149,6 @@ def _retry_coming(record: RunRecord, now: datetime) -> bool:
     # end_time is unset when the run's end was reported without events (run monitoring).
     ended = record.end_time or record.update_timestamp.timestamp()
     return now.timestamp() - ended < _RETRY_GRACE.total_seconds()
-
-
-def _stalled_batch_requests(
-    instance: dg.DagsterInstance,
-    ledger,
-    skip: set[str],
-    min_age: timedelta,
-    max_attempts: int,
-    max_runtime_seconds: int,
-) -> list[dg.RunRequest]:
-    """Staged batches whose runs all ended without finishing them (a killed worker, a canceled
-    run): Dagster never relaunches a used run key, so they get a new attempt key. Nothing
-    staged is left behind.
-
-    ``max_attempts`` counts the runs this sensor requested (roots), not Dagster's automatic
-    retries of them; the attempt number in the run key counts the same way, so it stays
-    unique: each new key is requested once and then becomes a root itself.
-    """
-    now = datetime.now(UTC)
-    cutoff = now - min_age
-    requests = []
-    for info in ledger.pending_batches():
-        if info.batch_id in skip or info.staged_at > cutoff:
-            continue
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(tags={"kpi/batch_id": info.batch_id})
-        )
-        if any(r.dagster_run.status in _IN_PROGRESS or _retry_coming(r, now) for r in records):
-            continue
-        attempts = sum(1 for r in records if not _is_automatic_retry(r.dagster_run))
-        if attempts >= max_attempts:
-            continue
-        replay_range = f"{info.first_replay_hex}-{info.last_replay_hex}"
-        run_key = f"{run_key_for(info.batch_id)}#attempt{attempts + 1}"
-        requests.append(
-            _batch_request(
-                info.batch_id,
-                info.channel,
-                info.event_count,
-                replay_range,
-                run_key,
-                max_runtime_seconds,
-            )
-        )
-        if len(requests) >= _MAX_RECOVERED_PER_TICK:
-            break
-    return requests
 
 
 def _observations(outcome: TickOutcome) -> list[dg.AssetObservation]:
@@ -181,8 +176,9 @@ def _observations(outcome: TickOutcome) -> list[dg.AssetObservation]:
     jobs=[process_cdc_batch, cdc_stream],
     minimum_interval_seconds=get_settings().sensor_interval_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Sensor mode: drains Salesforce CDC per channel into staged batches and requests "
-    "a run per batch. Stream mode: keeps one cdc_stream run alive. Cursor = replay ids.",
+    description="Sensor mode: drains Salesforce CDC per channel into staged batches and keeps "
+    "at most one process_cdc_batch run going over every pending batch. Stream mode: keeps one "
+    "cdc_stream run alive. Cursor = replay ids.",
 )
 def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
     settings = pipeline.settings()
@@ -211,26 +207,24 @@ def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) 
         ),
         is_invalid_replay=_is_invalid_replay,
     )
-    run_requests = _run_requests(outcome, settings.cdc_run_max_runtime_seconds)
-    run_requests += _stalled_batch_requests(
+    _mirror_cursor_to_replay_store(pipeline.ledger(), outcome.cursor)
+    request = _processing_request(
         context.instance,
         pipeline.ledger(),
-        {b.batch_id for b in outcome.batches},
-        timedelta(minutes=settings.cdc_stalled_batch_minutes),
-        settings.cdc_stalled_batch_max_attempts,
-        settings.cdc_run_max_runtime_seconds,
+        max_attempts=settings.cdc_stalled_batch_max_attempts,
+        max_events=settings.cdc_max_events_per_run,
+        max_runtime_seconds=settings.cdc_run_max_runtime_seconds,
     )
-    _mirror_cursor_to_replay_store(pipeline.ledger(), outcome.cursor)
     new_cursor = outcome.cursor.to_json()
-    if not run_requests:
+    if isinstance(request, str):
         summary = json.dumps({r.channel: r.replay_id_hex for r in outcome.reports})
         return dg.SensorResult(
-            skip_reason=f"no new change events (replay ids: {summary})",
+            skip_reason=f"{request} (replay ids: {summary})",
             cursor=new_cursor,
             asset_events=_observations(outcome),
         )
     return dg.SensorResult(
-        run_requests=run_requests, cursor=new_cursor, asset_events=_observations(outcome)
+        run_requests=[request], cursor=new_cursor, asset_events=_observations(outcome)
     )
 
 

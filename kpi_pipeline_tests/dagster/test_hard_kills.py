@@ -45,14 +45,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # every kill lands on work in progress.
 LEADS, DAYS, SEED = 30, 1.0, 23
 WAVE_LEADS = 10
-# Shared by both deployments. Batches of up to 100 events keep the runs few (each run is a
-# process start, the bulk of the test's time on 2 cores); a 30 s max_runtime (the setting's minimum) and short stalled-batch, lease and idle-drain times
-# let Dagster and the write-back notice the dead within CI's time: the production values
-# only change how long recovery takes, not what it must end with.
+# Shared by both deployments. Batches of up to 100 events and runs of up to 200 keep several
+# runs going one after another (each run is a process start, the bulk of the test's time on
+# 2 cores), so kills land in different runs; a 30 s max_runtime (the setting's minimum) and
+# short lease and idle-drain times let Dagster and the write-back notice the dead within CI's
+# time: the production values only change how long recovery takes, not what it must end with.
 COMMON_ENV = {
     "KPI_CDC_MAX_EVENTS_PER_TICK": "100",
+    "KPI_CDC_MAX_EVENTS_PER_RUN": "200",
     "KPI_CDC_RUN_MAX_RUNTIME_SECONDS": "30",
-    "KPI_CDC_STALLED_BATCH_MINUTES": "0.5",
     "KPI_WRITEBACK_LEASE_SECONDS": "10",
     "KPI_WRITEBACK_IDLE_DRAIN_SECONDS": "5",
 }
@@ -172,9 +173,12 @@ def _stage(instance, pipeline, cursor):
     result = cdc_sensor(
         dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": pipeline})
     )
-    return [r.run_config["ops"]["load_batch"]["config"]["batch_id"] for r in result.run_requests], (
-        result.cursor
-    )
+    batch_ids = [
+        batch_id
+        for request in result.run_requests
+        for batch_id in request.run_config["ops"]["load_batch"]["config"]["batch_ids"]
+    ]
+    return batch_ids, result.cursor
 
 
 def _decide(pipeline, batch_id: str) -> dict:
