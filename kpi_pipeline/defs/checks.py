@@ -123,14 +123,27 @@ LEDGER_CHECKS = [ttfr_non_negative, first_response_complete, decisions_carry_pol
     # are right; what is late is the newest work.
     blocking=False,
     description="The live path keeps up: no staged batch waits longer than "
-    "KPI_CDC_PROCESSING_ALERT_SECONDS, and in stream mode a cdc_stream run holds every channel.",
+    "KPI_CDC_PROCESSING_ALERT_SECONDS, and in stream mode a live cdc_stream run holds every "
+    "channel (a holder whose run failed or was canceled counts as none).",
 )
-def live_path_health(pipeline: PipelineResource) -> dg.AssetCheckResult:
+def live_path_health(
+    context: dg.AssetCheckExecutionContext, pipeline: PipelineResource
+) -> dg.AssetCheckResult:
     from kpi_pipeline.live_health import processing_health
 
     settings = pipeline.settings()
+    instance = context.instance
+
+    def run_ended_badly(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and run.status in _ENDED_BADLY
+
     health = processing_health(
-        pipeline.ledger(), settings.cdc_channels, mode=settings.cdc_mode, now=datetime.now(UTC)
+        pipeline.ledger(),
+        settings.cdc_channels,
+        mode=settings.cdc_mode,
+        now=datetime.now(UTC),
+        run_ended_badly=run_ended_badly,
     )
     problems = health.problems(stuck_after_s=settings.cdc_processing_alert_seconds)
     return dg.AssetCheckResult(
@@ -143,6 +156,10 @@ def live_path_health(pipeline: PipelineResource) -> dg.AssetCheckResult:
             "alert_after_seconds": settings.cdc_processing_alert_seconds,
         },
     )
+
+
+# A lease holder whose run ended so is dead, whatever its lease says.
+_ENDED_BADLY = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 WRITEBACK_CHECKS = [outbox_backlog, live_path_health]

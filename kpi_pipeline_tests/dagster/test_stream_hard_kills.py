@@ -14,8 +14,11 @@ Short generations make a clean generation handover happen within the test as wel
 Then the two are compared with the ``harness.check_*`` functions, plus: every org change is
 staged exactly once (the inbox is keyed by (channel, replay id), so its count equal to the
 org's change log means nothing lost and nothing twice), every killed run ended FAILURE, and
-each takeover came after the dead holder's lease expired. Every check is reported; the test
-fails listing all that did not hold.
+each takeover came after the dead holder's lease expired. The ``live_path_health`` check,
+evaluated against the killed deployment's instance and ledger every half second, must fail
+after each kill (once run monitoring has failed the dead run, before the takeover) and pass
+again once the deployment has caught up. Every check is reported; the test fails listing
+all that did not hold.
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ import signal
 import time
 from datetime import UTC, datetime
 
+import dagster as dg
 import pytest
 
+from kpi_pipeline import wiring
+from kpi_pipeline.defs.checks import live_path_health
+from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline_tests.dagster import harness
 from kpi_pipeline_tests.dagster.harness import Deployment
@@ -57,6 +64,7 @@ KILL_DELAY_S = (0.0, 6.0)  # after a wave is written, the kill lands this long l
 FIND_TIMEOUT = 120.0
 CATCH_UP_TIMEOUT = 150.0
 OUTBOX_TIMEOUT = 60.0
+HEALTHY_AGAIN_TIMEOUT = 60.0
 
 
 @pytest.fixture
@@ -65,6 +73,25 @@ def deployments(tmp_path):
         tmp_path, COMMON_ENV, KILLED_ENV, leads=LEADS, days=DAYS, seed=SEED
     ) as pair:
         yield pair
+
+
+@pytest.fixture
+def health_of(monkeypatch):
+    """Evaluates live_path_health as the deployment's own check would: its Dagster instance
+    (read from its DAGSTER_HOME) and its ledger, in stream mode."""
+    monkeypatch.setenv("KPI_CDC_MODE", "stream")
+    opened: list[dg.DagsterInstance] = []
+
+    def evaluate(dep: Deployment) -> dg.AssetCheckResult:
+        if not opened:
+            opened.append(dg.DagsterInstance.from_config(str(dep.home)))
+        context = dg.build_asset_check_context(instance=opened[0])
+        return live_path_health(context, pipeline=PipelineResource(data_dir=str(dep.data_dir)))
+
+    yield evaluate
+    for instance in opened:
+        instance.dispose()
+    wiring.reset_cache()
 
 
 def _holder(dep: Deployment) -> tuple[str | None, datetime | None]:
@@ -111,7 +138,7 @@ def _describe(progress: harness.Progress) -> str:
 
 
 @pytest.mark.timeout(420)
-def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
+def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments, health_of):
     clean, killed = deployments
     seed = int(os.environ.get("KPI_TEST_KILL_SEED", random.randrange(1_000_000)))
     rng = random.Random(seed)
@@ -146,13 +173,19 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
         )
         left = killed.progress()
         # Recovery: another run holds every channel, then everything staged and written back.
+        # Meanwhile the health check must notice that nothing consumes the channels.
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
         takeover = None
+        unhealthy = None
         while time.monotonic() < deadline:
             holder, _ = _holder(killed)
             if holder is not None and holder != run_id:
                 takeover = (holder, time.time())
                 break
+            if unhealthy is None:
+                check = health_of(killed)
+                if not check.passed:
+                    unhealthy = (time.time() - killed_at, check.description)
             time.sleep(0.5)
         assert takeover is not None, (
             f"kill {number}: no run took the channels over from {run_id} within "
@@ -160,6 +193,13 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
         )
         acquired = {h: acq for _, h, acq, _ in harness.channel_leases(killed.data_dir)}
         caught_up_at = killed.wait(lambda p: p.caught_up, CATCH_UP_TIMEOUT, "caught up")
+        healthy_after = None
+        healthy_deadline = time.monotonic() + HEALTHY_AGAIN_TIMEOUT
+        while healthy_after is None and time.monotonic() < healthy_deadline:
+            if health_of(killed).passed:
+                healthy_after = time.time() - killed_at
+            else:
+                time.sleep(0.5)
         kills.append(
             {
                 "number": number,
@@ -173,6 +213,8 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
                 "new_acquired": acquired.get(takeover[0]),
                 "takeover_s": takeover[1] - killed_at,
                 "caught_up_s": caught_up_at - killed_at,
+                "unhealthy": unhealthy,
+                "healthy_after_s": healthy_after,
             }
         )
 
@@ -212,6 +254,16 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
             or k["new_acquired"] is None
             or k["new_acquired"] < k["dead_lease_expires"]
         ],
+        "live_path_health failed after each kill, before the takeover": [
+            f"kill {k['number']}: the check kept passing until {k['new_holder'][:8]} took over"
+            for k in kills
+            if k["unhealthy"] is None
+        ],
+        "live_path_health passed again after each recovery": [
+            f"kill {k['number']}: still failing {HEALTHY_AGAIN_TIMEOUT:.0f} s after catching up"
+            for k in kills
+            if k["healthy_after_s"] is None
+        ],
         **harness.clean_vs_killed_checks(a, b, policy),
         **problems,
     }
@@ -228,7 +280,10 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments):
             f"{dead.get('tags', {}).get('kpi/generation')}) holding the channels; it left "
             f"{_describe(k['left'])}; run FAILURE after {failed_after}, "
             f"channels taken over by {k['new_holder'][:8]} after {k['takeover_s']:.1f} s, "
-            f"caught up after {k['caught_up_s']:.1f} s"
+            f"caught up after {k['caught_up_s']:.1f} s; live_path_health failed after "
+            + (f"{k['unhealthy'][0]:.1f} s ({k['unhealthy'][1]})" if k["unhealthy"] else "never")
+            + " and passed again after "
+            + (f"{k['healthy_after_s']:.1f} s" if k["healthy_after_s"] else "never")
         )
     run_lines = [
         f"{name}: "
