@@ -184,10 +184,18 @@ PROCESSING_LAG = Histogram(
     ["channel"],
     buckets=PROCESSING_LAG_BUCKETS,
 )
+# A decision applied in the ledger (its outbox row marked dirty) -> Salesforce confirmed the
+# write. Commit -> written back is cdc_processing_lag_seconds followed by this.
+WRITEBACK_LAG = Histogram(
+    "writeback_lag_seconds",
+    "Outbox row marked dirty (decision applied) to Salesforce confirming the write",
+    buckets=PROCESSING_LAG_BUCKETS,
+)
 
 ALL_METRICS = (
     CDC_EVENTS,
     PROCESSING_LAG,
+    WRITEBACK_LAG,
     CDC_LAG,
     DECISIONS,
     FIRST_RESPONSE_LATENCY,
@@ -243,6 +251,10 @@ def observe_first_response(seconds: float) -> None:
 
 def observe_processing_lag(channel: str, seconds: float) -> None:
     PROCESSING_LAG.labels(channel=channel).observe(max(0.0, seconds))
+
+
+def observe_writeback_lag(seconds: float) -> None:
+    WRITEBACK_LAG.observe(max(0.0, seconds))
 
 
 def observe_assignment(seconds: float) -> None:

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from kpi_pipeline import metrics
@@ -126,6 +126,11 @@ class LedgerOutbox:
         for token, sent in by_token.items():
             self.ledger.confirm_sent(token, sent)
         metrics.record_writeback("sent", len(ids))
+        confirmed_at = datetime.now(UTC)
+        for item_id in ids:
+            dirtied_at = self._claims[item_id].dirtied_at
+            if dirtied_at is not None:
+                metrics.observe_writeback_lag((confirmed_at - dirtied_at).total_seconds())
 
     def mark_failed(self, id: int, error: str, *, retryable: bool) -> None:
         claim = self._claims[id]

@@ -66,8 +66,14 @@ def _as_of(config: AsOfConfig) -> datetime:
 def lead_ledger(
     context: dg.AssetExecutionContext, pipeline: PipelineResource
 ) -> dg.MaterializeResult:
+    from kpi_pipeline.live_health import processing_health
+
     ledger = pipeline.ledger()
     facts = ledger.lead_facts_frame()
+    settings = pipeline.settings()
+    live = processing_health(
+        ledger, settings.cdc_channels, mode=settings.cdc_mode, now=datetime.now(UTC)
+    )
     return dg.MaterializeResult(
         metadata={
             "leads": len(facts),
@@ -81,7 +87,15 @@ def lead_ledger(
                 sorted(facts["Routing_Policy_Version__c"].dropna().unique())
             )
             or "(none)",
-            "ledger_url": _redacted(pipeline.settings().resolved_ledger_url),
+            "ledger_url": _redacted(settings.resolved_ledger_url),
+            # Per channel: pending batches and the oldest one's wait, the stream lease holder
+            # (the live_path_health check judges them; the lag histograms are in /metrics).
+            "cdc_mode": settings.cdc_mode,
+            "live_path": dg.MetadataValue.json(live.to_metadata()),
+            "live_path_problems": "; ".join(
+                live.problems(stuck_after_s=settings.cdc_processing_alert_seconds)
+            )
+            or "(none)",
         }
     )
 

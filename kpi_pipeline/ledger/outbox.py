@@ -67,6 +67,7 @@ class Claim:
     generation: int
     token: str
     confirmed: dict[str, Any]
+    dirtied_at: datetime | None = None  # since when its oldest unsent change has waited
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,7 @@ class OutboxMixin:
                 row.generation,
                 token,
                 dict(row.confirmed or {}),
+                row.dirtied_at,
             )
             for row in rows
         ]

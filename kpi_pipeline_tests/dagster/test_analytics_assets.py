@@ -81,6 +81,11 @@ def test_ledger_snapshot_and_its_blocking_checks_pass(pipeline):
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     assert metadata["leads"].value == 140
     assert metadata["routed"].value > 0
+    # The live path as the check sees it: every channel, nothing pending in this ledger.
+    live = metadata["live_path"].value
+    assert set(live) == set(pipeline.settings().cdc_channels)
+    assert all(channel["pending_batches"] == 0 for channel in live.values())
+    assert metadata["live_path_problems"].value == "(none)"
 
 
 def test_kpis_and_flywheel_for_one_day_with_checks(pipeline, week_of_activity):

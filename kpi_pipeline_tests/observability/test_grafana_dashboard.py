@@ -27,6 +27,11 @@ METRICS = (
     "writeback_oldest_pending_age_seconds",
     "writeback_oldest_claimed_age_seconds",
     "writeback_expired_claims",
+    "writeback_lag_seconds",
+    "cdc_processing_lag_seconds",
+    "cdc_pending_batches",
+    "cdc_oldest_pending_batch_age_seconds",
+    "cdc_stream_alive",
 )
 
 

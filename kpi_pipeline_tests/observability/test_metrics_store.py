@@ -37,6 +37,7 @@ ALL_NAMES = {
     "writeback_oldest_claimed_age_seconds",
     "writeback_expired_claims",
     "cdc_processing_lag_seconds",
+    "writeback_lag_seconds",
     # The live path, read from the same ledger (sensor mode: no cdc_stream_alive samples).
     "cdc_pending_batches",
     "cdc_oldest_pending_batch_age_seconds",

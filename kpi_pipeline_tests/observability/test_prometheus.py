@@ -35,6 +35,8 @@ m.record_error("writeback")
 m.set_cdc_lag("{LEAD}", 12.5)
 m.record_auth("hit")
 m.record_auth("success", 0.3)
+m.observe_processing_lag("{LEAD}", 0.2)
+m.observe_writeback_lag(0.4)
 """
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "observability" / "grafana" / "kpi_pipeline.json"
@@ -115,7 +117,12 @@ def wait_for_scrapes(prometheus: Prometheus, at_least: float, timeout: float = 2
 
 
 @pytest.fixture
-def served(metrics_dir: Path) -> Iterator[dict[str, MetricsServer]]:
+def served(
+    metrics_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, MetricsServer]]:
+    # Stream mode, so the scrape-time cdc_stream_alive series exist (0: nobody holds a
+    # channel of this fresh ledger) for the dashboard's live-path panel.
+    monkeypatch.setenv("KPI_CDC_MODE", "stream")
     holder = {"server": start_metrics_server(metrics_dir)}
     yield holder
     holder["server"].stop()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kpi_pipeline import metrics
 from kpi_pipeline.cdc.events import format_sf_datetime
 from kpi_pipeline.ledger import Ledger
 from kpi_pipeline.salesforce.rest import RecordUpdate
@@ -84,6 +85,28 @@ def test_a_stale_row_is_superseded_by_the_newer_value(
     assert org_value(org, lead, "First_Response_Source__c") == "Task"
     assert [r.status for r in ledger.outbox()] == ["sent"]
     assert drain_writeback(ledger, org.rest(), RULES).report.claimed == 0
+
+
+def _writeback_lag_count_and_sum() -> tuple[float, float]:
+    (family,) = metrics.WRITEBACK_LAG.collect()
+    found = {s.name: s.value for s in family.samples if s.name.endswith(("_count", "_sum"))}
+    return found["writeback_lag_seconds_count"], found["writeback_lag_seconds_sum"]
+
+
+def test_each_confirmed_row_observes_how_long_its_change_waited(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, clock = clocked_ledger
+    (lead,) = org.create_leads(1)
+    clock.now -= timedelta(seconds=90)  # the decision was applied 90 s ago
+    improve(ledger, lead, 30)
+    count, total = _writeback_lag_count_and_sum()
+
+    assert len(drain_writeback(ledger, org.rest(), RULES).report.sent) == 1
+
+    after_count, after_total = _writeback_lag_count_and_sum()
+    assert after_count == count + 1
+    assert 90 <= after_total - total < 90 + 60
 
 
 def test_a_resend_after_a_lost_response_sends_the_current_value(
