@@ -20,12 +20,16 @@ $(VENV)/.installed: pyproject.toml
 dev: install
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-# External tools used by integration tests: Prometheus (Debian) and the Salesforce CLI (npm).
+# External tools used by integration tests: Prometheus (Debian), the Salesforce CLI (npm) and
+# the npm Pub/Sub client the conformance tests drive (pinned with underscore beside it: its
+# avro-js requires underscore without declaring it).
 tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 	@[ -x sf/node_modules/.bin/sf ] || (cd sf && npm ci --no-audit --no-fund --loglevel=error)
+	@[ -d kpi_pipeline_tests/conformance/node/node_modules/underscore ] || \
+	  (cd kpi_pipeline_tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
 
 lint: install
 	$(VENV)/bin/ruff check kpi_pipeline kpi_pipeline_tests bench
