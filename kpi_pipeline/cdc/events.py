@@ -7,9 +7,11 @@ two places and meet here:
 * the Pub/Sub API (Avro payloads, decoded by ``kpi_pipeline.cdc.decode``), and
 * recorded JSON Lines in the shape of CONTRACTS.md §2 (fixtures, ``kpi-pipeline replay``).
 
-Replay ids are opaque bytes on the wire. The recorded format writes them as integers
-(Salesforce's JSON delivery does), which is the 8-byte big-endian reading of the same
-bytes; ``replay_id_from_int``/``replay_id_to_int`` convert between the two.
+Replay ids are opaque bytes of any length on the wire, and stay so everywhere here (cursor,
+ledger, run keys, display). The recorded format writes an 8-byte id as an integer (what
+Salesforce's JSON delivery does: the big-endian reading of the same bytes) and an id of any
+other length as a base64 string, so nothing is lost or padded; ``replay_id_from_int`` /
+``replay_id_to_int`` convert between 8-byte ids and integers.
 """
 
 from __future__ import annotations
@@ -45,16 +47,33 @@ class EventFormatError(ValueError):
 # --- replay ids ----------------------------------------------------------------------
 
 
-def replay_id_from_int(value: int) -> bytes:
-    """The 8-byte big-endian form Salesforce uses on the wire (opaque to everyone else)."""
+REPLAY_ID_INT_BYTES = 8  # the only length whose recorded form is an integer
+
+
+def replay_id_from_int(value: int, length: int = REPLAY_ID_INT_BYTES) -> bytes:
+    """The big-endian form of ``value`` in ``length`` bytes (8: what the recorded integer
+    form and the sandbox's default ids mean)."""
     if value < 0:
         raise EventFormatError(f"replay id {value} is negative; replay ids are unsigned")
-    return value.to_bytes(8, "big")
+    try:
+        return value.to_bytes(length, "big")
+    except OverflowError:
+        raise EventFormatError(
+            f"replay id {value} does not fit in {length} bytes; write a longer id as base64"
+        ) from None
 
 
 def replay_id_to_int(replay_id: bytes) -> int:
-    """Integer reading of an 8-byte replay id, for display and ordering in the sandbox only."""
+    """Big-endian integer reading of a replay id (any length), for display and the sandbox's
+    own ordering only: real replay ids are opaque."""
     return int.from_bytes(replay_id, "big")
+
+
+def replay_id_to_recorded(replay_id: bytes) -> int | str:
+    """The recorded-JSON form: an integer for an 8-byte id, base64 text for any other."""
+    if len(replay_id) == REPLAY_ID_INT_BYTES:
+        return replay_id_to_int(replay_id)
+    return replay_id_to_b64(replay_id)
 
 
 def replay_id_to_b64(replay_id: bytes) -> str:
@@ -256,7 +275,7 @@ class ChangeEvent:
             "channel": self.channel,
             "data": {
                 "schema": self.schema_id,
-                "event": {"replayId": replay_id_to_int(self.replay_id)},
+                "event": {"replayId": replay_id_to_recorded(self.replay_id)},
                 "payload": payload,
             },
         }
@@ -275,13 +294,19 @@ class ChangeEvent:
                 f"'event': {{'replayId': N}}, 'payload': {{'ChangeEventHeader': ...}}}}; missing {exc}"
             ) from exc
         if isinstance(replay, str):
+            # Digits are an integer in text form; anything else is base64 (an id whose length
+            # is not 8, written by replay_id_to_recorded).
             replay_bytes = (
                 replay_id_from_int(int(replay)) if replay.isdigit() else replay_id_from_b64(replay)
             )
-        elif isinstance(replay, int):
+        elif isinstance(replay, int) and not isinstance(replay, bool):
             replay_bytes = replay_id_from_int(replay)
         else:
-            raise EventFormatError(f"replayId {replay!r} must be an integer")
+            raise EventFormatError(
+                f"replayId {replay!r} must be an integer (8-byte id) or base64 text (any length)"
+            )
+        if not replay_bytes:
+            raise EventFormatError("replayId is empty; a delivered event always has one")
         parsed_header = ChangeEventHeader.from_recorded(header)
         fields = {k: v for k, v in payload.items() if v is not None}
         for nulled in parsed_header.nulled_fields:

@@ -81,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where the CA and server certificate live (default: the store's directory)",
     )
     serve.add_argument(
+        "--replay-id-bytes",
+        type=int,
+        default=8,
+        help="length of the replay ids the Pub/Sub server issues (default 8; real ids are "
+        "opaque and some orgs issue longer ones, e.g. 10)",
+    )
+    serve.add_argument(
         "--seed-leads-per-day",
         type=int,
         default=0,
@@ -218,6 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_token=args.access_token,
         tenant_id=args.tenant_id,
         tls_dir=(args.tls_dir or args.store.resolve().parent) if args.tls else None,
+        replay_id_bytes=args.replay_id_bytes,
     )
 
     def prepare() -> None:
@@ -277,6 +285,8 @@ def _serve_input_error(args: argparse.Namespace) -> str | None:
         return "error: --idle-exit-seconds must be >= 0 (0 never exits on idle)"
     if args.tls_dir is not None and not args.tls:
         return "error: --tls-dir only applies with --tls"
+    if not 8 <= args.replay_id_bytes <= 32:
+        return "error: --replay-id-bytes must be between 8 and 32"
     if args.seed_leads_per_day == 0:
         return _existing_store(args.store)
     return None

@@ -1,6 +1,7 @@
 """The sandbox's Pub/Sub API server: ``eventbus.v1.PubSub`` over a ``ChangeLogSource``.
 
-It speaks the real wire protocol (same proto, Avro payloads, 8-byte replay ids) and
+It speaks the real wire protocol (same proto, Avro payloads, opaque replay ids: 8 bytes by
+default, any length with ``replay_id_bytes`` as some orgs issue longer ones) and
 reproduces the behaviour a client has to cope with (reference §3 and §7): the three
 metadata keys on every call, preset/replay read only from the first FetchRequest,
 flow control summed and capped at 100 outstanding, empty keepalives carrying
@@ -184,7 +185,11 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
         idle_timeout_s: float = 60.0,
         retention_ms: int = RETENTION_MS,
         faults: Faults | None = None,
+        replay_id_bytes: int = 8,
     ) -> None:
+        if not 8 <= replay_id_bytes <= 32:
+            raise ValueError(f"replay_id_bytes must be between 8 and 32, got {replay_id_bytes}")
+        self.replay_id_bytes = replay_id_bytes
         self.source = source
         self.token_validator = token_validator
         self.tenant_id = tenant_id
@@ -327,7 +332,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             self._abort_replay(context, rpc_id, REPLAY_VALIDATION_FAILED)
         if not first.replay_id:
             self._abort_replay(context, rpc_id, REPLAY_VALIDATION_FAILED)
-        if len(first.replay_id) != 8:
+        if len(first.replay_id) != self.replay_id_bytes:  # not an id this bus issued
             self._abort_replay(context, rpc_id, REPLAY_CORRUPTED)
         replay = int.from_bytes(first.replay_id, "big")
         if not self._replay_retained(replay):
@@ -461,7 +466,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
                 payload=payload,
             )
             events.append(
-                pb2.ConsumerEvent(event=producer, replay_id=replay_id_from_int(change.replay))
+                pb2.ConsumerEvent(event=producer, replay_id=self._replay_id(change.replay))
             )
         with flow.cond:
             flow.pending -= len(changes)
@@ -469,10 +474,13 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             pending = flow.pending
         return pb2.FetchResponse(
             events=events,
-            latest_replay_id=replay_id_from_int(changes[-1].replay),
+            latest_replay_id=self._replay_id(changes[-1].replay),
             rpc_id=rpc_id,
             pending_num_requested=pending,
         )
+
+    def _replay_id(self, replay: int) -> bytes:
+        return replay_id_from_int(replay, self.replay_id_bytes)
 
     def _keepalive(self, flow: _FlowState, rpc_id: str, *, scanned: int) -> pb2.FetchResponse:
         """Empty response carrying the position up to which this topic has been scanned.
@@ -485,7 +493,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             flow.last_activity = flow.last_response = time.monotonic()
             pending = flow.pending
         return pb2.FetchResponse(
-            latest_replay_id=replay_id_from_int(scanned) if scanned else b"",
+            latest_replay_id=self._replay_id(scanned) if scanned else b"",
             rpc_id=rpc_id,
             pending_num_requested=pending,
         )
@@ -525,6 +533,7 @@ def start_pubsub_server(
     retention_ms: int = RETENTION_MS,
     max_workers: int = 16,
     tls: TlsFiles | None = None,
+    replay_id_bytes: int = 8,
 ) -> RunningPubSubServer:
     """Start a threaded gRPC server (TLS with ``tls``, else plaintext); ``port=0`` picks a
     free ephemeral port."""
@@ -537,6 +546,7 @@ def start_pubsub_server(
         idle_timeout_s=idle_timeout_s,
         retention_ms=retention_ms,
         faults=faults,
+        replay_id_bytes=replay_id_bytes,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pubsub"),

@@ -135,9 +135,11 @@ class SandboxRuntime:
         tenant_id: str,
         connected_app: ConnectedApp | None = None,
         tls_dir: str | os.PathLike[str] | None = None,
+        replay_id_bytes: int = 8,
     ) -> None:
         """``tls_dir``: serve gRPC and REST over TLS with the CA and certificate kept there
-        (generated when missing, ``kpi_pipeline.sandbox.tls``); None serves plaintext."""
+        (generated when missing, ``kpi_pipeline.sandbox.tls``); None serves plaintext.
+        ``replay_id_bytes``: length of the (opaque) replay ids the Pub/Sub server issues."""
         if not access_token:
             raise ValueError(
                 "SandboxRuntime needs a non-empty access_token (the static token it accepts)"
@@ -145,6 +147,7 @@ class SandboxRuntime:
         self.store_path = Path(store_path)
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.tls: TlsFiles | None = None
+        self.replay_id_bytes = replay_id_bytes
         self.pubsub_port = pubsub_port
         self.rest_port = rest_port
         self.access_token = access_token
@@ -176,6 +179,7 @@ class SandboxRuntime:
                 token_validator=self.tokens.is_valid,
                 tenant_id=self.tenant_id,
                 tls=self.tls,
+                replay_id_bytes=self.replay_id_bytes,
             )
             self._rest = start_rest_server(
                 self.store,

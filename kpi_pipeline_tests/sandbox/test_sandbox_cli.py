@@ -215,3 +215,25 @@ def test_serve_tls_dir_needs_tls(tmp_path: Path, capsys: pytest.CaptureFixture[s
     args = ["sandbox", "serve", "--store", str(tmp_path / "s.db"), "--tls-dir", str(tmp_path)]
     assert main(args) == 2
     assert "--tls-dir only applies with --tls" in capsys.readouterr().err
+
+
+def test_serve_issues_replay_ids_of_the_length_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
+    from kpi_pipeline_tests.sandbox.serve_process import serve
+
+    store_path = tmp_path / "s.db"
+    # A window ending now, so its events are inside the bus's retention.
+    assert main(["sandbox", "simulate", "--store", str(store_path), "--leads", "3"]) == 0
+    args = ["sandbox", "serve", "--store", str(store_path), "--replay-id-bytes", "4"]
+    assert main(args) == 2
+    assert "--replay-id-bytes must be between 8 and 32" in capsys.readouterr().err
+    with serve(store_path, args=["--tls", "--replay-id-bytes", "10"]) as org:
+        auth = StaticAuth(org.access_token, org.rest_url, org.tenant_id)
+        with PubSubClient(org.pubsub_target, auth, tls=True, ca_file=org.ca_file) as client:
+            fetched = client.fetch(
+                "/data/ChangeEvents", replay_id=None, preset="EARLIEST", max_events=3,
+                max_seconds=10,
+            )  # fmt: skip
+    assert [len(e.replay_id) for e in fetched.events] == [10, 10, 10]
