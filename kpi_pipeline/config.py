@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         "sandbox-token", description="Static token the sandbox accepts beside JWT-issued ones."
     )
     sandbox_tenant_id: str = Field("00D000000000001AAA", description="Org id the sandbox reports.")
+    sandbox_keepalive_seconds: float = Field(
+        270.0,
+        gt=0,
+        description="The sandbox's Pub/Sub server sends a quiet Subscribe stream an empty "
+        "keepalive response this often; 270 s as a real org (keep KPI_CDC_STALL_TIMEOUT_SECONDS "
+        "above it).",
+    )
     sandbox_idle_exit_seconds: float = Field(
         900.0,
         ge=0,

@@ -81,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where the CA and server certificate live (default: the store's directory)",
     )
     serve.add_argument(
+        "--keepalive-seconds",
+        type=float,
+        default=270.0,
+        help="a quiet Subscribe stream gets an empty keepalive response this often (default "
+        "270, as a real org)",
+    )
+    serve.add_argument(
         "--replay-id-bytes",
         type=int,
         default=8,
@@ -226,6 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
         tenant_id=args.tenant_id,
         tls_dir=(args.tls_dir or args.store.resolve().parent) if args.tls else None,
         replay_id_bytes=args.replay_id_bytes,
+        keepalive_interval_s=args.keepalive_seconds,
     )
 
     def prepare() -> None:
@@ -287,6 +295,8 @@ def _serve_input_error(args: argparse.Namespace) -> str | None:
         return "error: --tls-dir only applies with --tls"
     if not 8 <= args.replay_id_bytes <= 32:
         return "error: --replay-id-bytes must be between 8 and 32"
+    if args.keepalive_seconds <= 0:
+        return "error: --keepalive-seconds must be > 0"
     if args.seed_leads_per_day == 0:
         return _existing_store(args.store)
     return None

@@ -55,6 +55,12 @@ SERVER_OPTIONS = (
     ("grpc.http2.max_ping_strikes", 0),
 )
 RETENTION_MS = 72 * 3600 * 1000
+# A real org sends a keepalive on a quiet stream within 270 s; the sandbox does the same by
+# default (``keepalive_interval_s``; tests of the protocol use shorter ones).
+KEEPALIVE_INTERVAL_S = 270.0
+# Longest a delivery thread waits before re-checking that its stream is still open, so a
+# stream the client closed frees its worker thread soon, whatever the keepalive interval.
+_POLL_S = 0.5
 REQUIRED_METADATA = ("accesstoken", "instanceurl", "tenantid")
 REPLAY_INVALID_TEXT = (
     "The Replay ID validation failed. Ensure that the replay_id is valid and refers to an "
@@ -181,7 +187,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
         *,
         token_validator: Callable[[str], bool],
         tenant_id: str,
-        keepalive_interval_s: float = 1.0,
+        keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
         idle_timeout_s: float = 60.0,
         retention_ms: int = RETENTION_MS,
         faults: Faults | None = None,
@@ -189,6 +195,8 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
     ) -> None:
         if not 8 <= replay_id_bytes <= 32:
             raise ValueError(f"replay_id_bytes must be between 8 and 32, got {replay_id_bytes}")
+        if keepalive_interval_s <= 0:
+            raise ValueError(f"keepalive_interval_s must be > 0, got {keepalive_interval_s}")
         self.replay_id_bytes = replay_id_bytes
         self.source = source
         self.token_validator = token_validator
@@ -438,7 +446,8 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
                 if quiet_for is None or quiet_for >= self.keepalive_interval_s:
                     yield self._keepalive(flow, rpc_id, scanned=cursor)
                 else:
-                    self.source.wait_for_changes(cursor, self.keepalive_interval_s - quiet_for)
+                    wait = min(self.keepalive_interval_s - quiet_for, _POLL_S)
+                    self.source.wait_for_changes(cursor, wait)
                 continue
             allowed, action = self.faults.allow(len(changes))
             changes = changes[:allowed]
@@ -528,7 +537,7 @@ def start_pubsub_server(
     port: int = 0,
     token_validator: Callable[[str], bool],
     tenant_id: str,
-    keepalive_interval_s: float = 1.0,
+    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
     idle_timeout_s: float = 60.0,
     retention_ms: int = RETENTION_MS,
     max_workers: int = 16,

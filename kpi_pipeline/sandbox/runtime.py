@@ -48,7 +48,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.metrics import record_error
 from kpi_pipeline.sandbox.cli import ACCESS_TOKEN_ENV
-from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub_server
+from kpi_pipeline.sandbox.pubsub_server import (
+    KEEPALIVE_INTERVAL_S,
+    RunningPubSubServer,
+    start_pubsub_server,
+)
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server
 from kpi_pipeline.sandbox.simulator import LiveSimulator, simulate
 from kpi_pipeline.sandbox.store import INTEGRATION_USER, SandboxStore
@@ -136,10 +140,13 @@ class SandboxRuntime:
         connected_app: ConnectedApp | None = None,
         tls_dir: str | os.PathLike[str] | None = None,
         replay_id_bytes: int = 8,
+        keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
     ) -> None:
         """``tls_dir``: serve gRPC and REST over TLS with the CA and certificate kept there
         (generated when missing, ``kpi_pipeline.sandbox.tls``); None serves plaintext.
-        ``replay_id_bytes``: length of the (opaque) replay ids the Pub/Sub server issues."""
+        ``replay_id_bytes``: length of the (opaque) replay ids the Pub/Sub server issues.
+        ``keepalive_interval_s``: how often a quiet stream gets a keepalive (270 s, as a
+        real org)."""
         if not access_token:
             raise ValueError(
                 "SandboxRuntime needs a non-empty access_token (the static token it accepts)"
@@ -148,6 +155,7 @@ class SandboxRuntime:
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.tls: TlsFiles | None = None
         self.replay_id_bytes = replay_id_bytes
+        self.keepalive_interval_s = keepalive_interval_s
         self.pubsub_port = pubsub_port
         self.rest_port = rest_port
         self.access_token = access_token
@@ -180,6 +188,7 @@ class SandboxRuntime:
                 tenant_id=self.tenant_id,
                 tls=self.tls,
                 replay_id_bytes=self.replay_id_bytes,
+                keepalive_interval_s=self.keepalive_interval_s,
             )
             self._rest = start_rest_server(
                 self.store,
@@ -464,6 +473,7 @@ def _serve_command(directory: Path, settings: Settings, *, live: bool) -> list[s
         "--speedup", repr(settings.sandbox_speedup),
         "--parent-pid", str(os.getpid()),
         "--idle-exit-seconds", repr(settings.sandbox_idle_exit_seconds),
+        "--keepalive-seconds", repr(settings.sandbox_keepalive_seconds),
         # TLS like a real org, so the pipeline's TLS path is the one exercised.
         "--tls",
     ]  # fmt: skip
