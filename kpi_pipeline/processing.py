@@ -47,7 +47,8 @@ from kpi_pipeline.flywheel.records import compute_record_id
 from kpi_pipeline.ledger.sql import dumps
 from kpi_pipeline.ledger.state import DecisionRow
 from kpi_pipeline.ledger.store import Ledger, LoadedBatch
-from kpi_pipeline.policies.load import Condition, RoutingPolicy
+from kpi_pipeline.policies.load import Condition, RoutingPolicy, Rule
+from kpi_pipeline.workloads.business_hours import ALWAYS_OPEN, BusinessClock, policy_clocks
 from kpi_pipeline.workloads.first_touch import (
     FirstResponse,
     email_candidate,
@@ -137,6 +138,7 @@ class BatchProcessor:
         self.client_id = client_id
         self.clock = clock
         self.owner_rules: OwnerRules = owner_rules(policy, client_id, integration_user_id)
+        self.clocks = policy_clocks(policy.calendars)
         fields: set[str] = {"OwnerId"}
         for rule in policy.rules:
             _policy_fields(rule.when, fields)
@@ -489,7 +491,8 @@ class BatchProcessor:
         )
         dirty: set[str] = set()
         if decision is not None:
-            self.ledger.set_routing_facts(conn, decision)
+            calendar = self.policy.calendar_name(decision.rule_id)
+            self.ledger.set_routing_facts(conn, decision, calendar=calendar)
             if new_decision:
                 dirty |= set(ROUTING_FIELDS) - ({"OwnerId"} if person else set())
             # The decision counts as an assignment even when a person's change supersedes
@@ -507,7 +510,13 @@ class BatchProcessor:
                 item = Superseded(lead_id, decision.owner_id, person, "ledger")
                 self._record_superseded(conn, item, at)
         else:
-            self.ledger.set_sla_if_unrouted(conn, lead_id, self.sla_minutes(state))
+            rule = self._sla_rule(state)
+            calendar = self.policy.calendar_name(rule.id if rule is not None else None)
+            self.ledger.set_sla_if_unrouted(
+                conn, lead_id, self.sla_minutes(state), calendar=calendar
+            )
+        if self._refresh_clocks(conn, lead_id):
+            dirty |= set(FIRST_RESPONSE_GROUP)
         # The first user owner may come from a person (at creation or by a later change)
         # rather than from our decision; the earliest of them is the assignment.
         assigned = assignment_from_owner_change(
@@ -571,14 +580,42 @@ class BatchProcessor:
             metrics.observe_assignment(max(0.0, (assigned_at - created).total_seconds()))
         return changed
 
+    def _sla_rule(self, state: RecordState) -> Rule | None:
+        return next((r for r in self.policy.rules if matches(r.when, state.fields)), None)
+
     def sla_minutes(self, state: RecordState) -> float:
-        """§4.3: the first matching rule's SLA, else the policy default."""
-        for rule in self.policy.rules:
-            if matches(rule.when, state.fields):
-                if rule.sla_minutes is not None:
-                    return float(rule.sla_minutes)
-                break
+        """CONTRACTS.md §4: the first matching rule's SLA, else the policy default."""
+        rule = self._sla_rule(state)
+        if rule is not None and rule.sla_minutes is not None:
+            return float(rule.sla_minutes)
         return float(self.policy.default_sla_minutes)
+
+    def _clock(self, calendar: str | None) -> BusinessClock:
+        """A stored calendar name the policy no longer defines falls back to its default."""
+        if calendar in self.clocks:
+            return self.clocks[calendar]
+        return self.clocks.get(self.policy.default_calendar, ALWAYS_OPEN)
+
+    def _refresh_clocks(self, conn: sa.Connection, lead_id: str) -> bool:
+        """The lead's SLA due time and business-minute TTFR, recomputed from its stored
+        facts in its calendar. Called whenever the SLA or the first response may have
+        changed, so the values do not depend on which of the two was processed first.
+        True when the business minutes changed (they travel with the first response)."""
+        row = self.ledger.clock_inputs(conn, lead_id)
+        if row is None or row.CreatedDate is None:
+            return False
+        clock = self._clock(row.SLA_Calendar)
+        due = None
+        if row.SLA_Minutes is not None:
+            due = clock.add_open_minutes(row.CreatedDate, row.SLA_Minutes)
+        business = None
+        if row.First_Response_At__c is not None:
+            business = clock.open_minutes(row.CreatedDate, row.First_Response_At__c)
+        stored = row.Time_to_First_Response_Business_Minutes__c
+        if (due, business) == (row.SLA_Due_At, stored):
+            return False
+        self.ledger.set_clocks(conn, lead_id, due_at=due, business_minutes=business)
+        return business != stored
 
     # --- first touch --------------------------------------------------------------------
 
@@ -676,6 +713,7 @@ class BatchProcessor:
             return "unanswered"
         if not self.ledger.improve_first_response(conn, lead_id, fr):
             return "unchanged"
+        self._refresh_clocks(conn, lead_id)  # business minutes of the new first response
         self.ledger.mark_dirty(conn, LEAD, lead_id, FIRST_RESPONSE_GROUP)
         self._record_first_touch(conn, lead_id, created, candidates, fr, replay_ids)
         metrics.observe_first_response(max(0.0, (fr.at - created).total_seconds()))

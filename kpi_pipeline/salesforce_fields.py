@@ -31,6 +31,8 @@ WRITTEN_LEAD_FIELDS: tuple[LeadField, ...] = (
     LeadField("Template_Applied__c", "Text", length=255),
     LeadField("Routing_Policy_Version__c", "Text", length=64),
     LeadField("Routing_Rule__c", "Text", length=255),
+    # Last, so adding it kept every earlier field's position in the CDC schema.
+    LeadField("Time_to_First_Response_Business_Minutes__c", "Number", precision=18, scale=2),
 )
 WRITTEN_FIELD_NAMES: tuple[str, ...] = tuple(f.api_name for f in WRITTEN_LEAD_FIELDS)
 # Standard field also written by routing.

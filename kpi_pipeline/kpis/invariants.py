@@ -12,6 +12,7 @@ FIRST_RESPONSE_FIELDS = (
     "First_Response_User__c",
     "First_Response_Source__c",
     "Time_to_First_Response__c",
+    "Time_to_First_Response_Business_Minutes__c",
 )
 
 
@@ -25,7 +26,7 @@ def negative_or_early_first_response(frame: pd.DataFrame) -> list[str]:
 
 
 def incomplete_first_response(frame: pd.DataFrame) -> list[str]:
-    """The four first-response fields are set together or not at all (no response without a source)."""
+    """The first-response fields are set together or not at all (no response without a source)."""
     present = frame[list(FIRST_RESPONSE_FIELDS)].notna()
     partial = present.any(axis=1) & ~present.all(axis=1)
     return sorted(frame.loc[partial, "Id"].astype(str))

@@ -19,8 +19,15 @@ Decisions where CONTRACTS.md §4 is silent (documented here because the CSVs car
 * **Percentiles** are over responded (resp. assigned) leads only, with linear
   interpolation (numpy's default); NaN when a group has none. Coverage shows how many
   leads the percentiles leave out (unanswered leads are right-censored).
-* **SLA** minutes come per lead from ``SLA_Minutes``, 60 when NaN. A response exactly at
-  the due instant is ``met``. ``breach_pct`` is a percentage (0-100):
+* **Business hours.** The SLA is due at ``SLA_Due_At``: created + SLA minutes of open
+  time in the lead's calendar (``SLA_Calendar``), as the processor stored it. A lead
+  without it (measured before calendars existed, or a frame built by hand) is due at
+  created + ``SLA_Minutes`` on the wall clock, 60 when NaN; that is what 24x7 means.
+  Business-minute TTFR is ``Time_to_First_Response_Business_Minutes__c``; missing on a
+  responded lead without a calendar it is its wall-clock TTFR (24x7), with a calendar it
+  stays unknown (NaN) rather than guessed. ``compute_all(..., clocks=...)`` recomputes
+  both from the calendars instead (a what-if on past leads).
+* **SLA** states: a response exactly at the due instant is ``met``. ``breach_pct`` is a percentage (0-100):
   100 * breached ÷ (met + breached). Unanswered leads past due count as breached (open
   breaches), so they are in the denominator; pending leads are not, as they can still be
   met. NaN when met + breached is 0 (every lead of the day still pending).
@@ -42,19 +49,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
+from kpi_pipeline.workloads.business_hours import ALWAYS_OPEN, NS_PER_MINUTE, BusinessClock
+
+Clocks = Mapping[str | None, BusinessClock]
+
 DEFAULT_SLA_MINUTES = 60.0
 
-DATETIME_COLUMNS = ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c")
+BUSINESS_TTFR = "Time_to_First_Response_Business_Minutes__c"
+DATETIME_COLUMNS = ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c", "SLA_Due_At")
 NUMBER_COLUMNS = (
     "Assignment_Latency_Minutes__c",
     "Time_to_First_Response__c",
     "SLA_Minutes",
+    BUSINESS_TTFR,
 )
 STRING_COLUMNS = (
     "Id",
@@ -65,6 +79,7 @@ STRING_COLUMNS = (
     "Template_Applied__c",
     "Routing_Policy_Version__c",
     "Routing_Rule__c",
+    "SLA_Calendar",
 )
 _LEAD_FACTS_COLUMNS = (
     "Id",
@@ -81,6 +96,9 @@ _LEAD_FACTS_COLUMNS = (
     "Routing_Policy_Version__c",
     "Routing_Rule__c",
     "SLA_Minutes",
+    BUSINESS_TTFR,
+    "SLA_Calendar",
+    "SLA_Due_At",
 )
 
 # Output schemas: column -> dtype. The order here is the column order of the output.
@@ -96,6 +114,9 @@ ROLLUP_SCHEMAS: dict[str, dict[str, str]] = {
         "ttfr_p50": _REAL,
         "ttfr_p90": _REAL,
         "ttfr_p95": _REAL,
+        "ttfr_business_p50": _REAL,
+        "ttfr_business_p90": _REAL,
+        "ttfr_business_p95": _REAL,
     },
     "ttfr_by_owner": {
         "day": _TEXT,
@@ -106,6 +127,9 @@ ROLLUP_SCHEMAS: dict[str, dict[str, str]] = {
         "ttfr_p50": _REAL,
         "ttfr_p90": _REAL,
         "ttfr_p95": _REAL,
+        "ttfr_business_p50": _REAL,
+        "ttfr_business_p90": _REAL,
+        "ttfr_business_p95": _REAL,
     },
     "sla": {
         "day": _TEXT,
@@ -295,20 +319,84 @@ def _key_text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), "").astype(str)
 
 
-def _base(frame: pd.DataFrame, tz: str) -> pd.DataFrame:
-    """The columns every rollup needs, derived once."""
+def _base(frame: pd.DataFrame, tz: str, clocks: Clocks | None = None) -> pd.DataFrame:
+    """The columns every rollup needs, derived once (``due``: the SLA due instant)."""
     validate_lead_facts(frame)
     _check_timezone(tz)
     created = frame["CreatedDate"]
     responded_at = frame["First_Response_At__c"]
+    ttfr = _minutes_or_derived(frame["Time_to_First_Response__c"], created, responded_at)
+    if clocks is None:
+        due, business = _stored_clocks(frame, ttfr)
+    else:
+        due, business = business_clocks(frame, clocks)
     return pd.DataFrame(
         {
             "day": _local_day(created, tz),
             "responded": responded_at.notna(),
-            "ttfr": _minutes_or_derived(frame["Time_to_First_Response__c"], created, responded_at),
+            "ttfr": ttfr,
+            "ttfr_business": business,
+            "due": due,
         },
         index=frame.index,
     )
+
+
+def _wall_clock_due(frame: pd.DataFrame) -> pd.Series:
+    sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES)
+    return frame["CreatedDate"] + pd.to_timedelta(sla_minutes, unit="min")
+
+
+def _stored_clocks(frame: pd.DataFrame, ttfr: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Due time and business minutes as the ledger stored them. A lead without them was
+    measured on 24x7 time when it has no calendar (due = created + SLA, business minutes =
+    wall-clock minutes); with a calendar but no stored minutes they are unknown (NaN)."""
+    no_calendar = frame["SLA_Calendar"].isna() | (frame["SLA_Calendar"] == "")
+    due = frame["SLA_Due_At"].where(frame["SLA_Due_At"].notna(), _wall_clock_due(frame))
+    stored = frame[BUSINESS_TTFR].astype("float64")
+    business = stored.where(stored.notna(), ttfr.where(no_calendar))
+    return due, business.where(frame["First_Response_At__c"].notna())
+
+
+def _as_ns(values: pd.Series) -> np.ndarray:
+    """Instants as int64 nanoseconds since the epoch (NaT -> 0; callers mask those)."""
+    naive = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return naive.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).astype("int64")
+
+
+def business_clocks(frame: pd.DataFrame, clocks: Clocks) -> tuple[pd.Series, pd.Series]:
+    """(SLA due instant, TTFR business minutes) per lead, recomputed from each lead's
+    ``SLA_Calendar`` with ``clocks`` (name -> ``BusinessClock``; empty or None -> 24x7),
+    ignoring stored values: what a calendar change would have made of past leads.
+
+    Vectorised per calendar: two binary searches per lead (see ``BusinessClock``)."""
+    names = frame["SLA_Calendar"].astype(object).where(frame["SLA_Calendar"].notna(), "")
+    names = names.replace("", None) if len(names) else names
+    unknown = sorted({str(n) for n in names.dropna().unique()} - {str(k) for k in clocks if k})
+    if unknown:
+        raise LeadFactsError(
+            f"lead facts name calendars {unknown} that the given clocks lack "
+            f"({sorted(str(k) for k in clocks if k)}); pass the clocks of the policy that "
+            "defines them (kpi_pipeline.workloads.business_hours.policy_clocks)"
+        )
+    created = _as_ns(frame["CreatedDate"])
+    responded = frame["First_Response_At__c"].notna().to_numpy()
+    responded_at = _as_ns(frame["First_Response_At__c"])
+    sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES).to_numpy()
+    due = np.zeros(len(frame), dtype="int64")
+    open_ns = np.zeros(len(frame), dtype="int64")
+    codes, uniques = pd.factorize(names, use_na_sentinel=True)
+    for code, name in [(-1, None), *enumerate(uniques)]:
+        rows = np.flatnonzero(codes == code)
+        if rows.size == 0:
+            continue
+        clock = clocks.get(name, ALWAYS_OPEN) if name is None else clocks[name]
+        due[rows] = clock.add_open_ns_array(created[rows], sla_minutes[rows])
+        answered = rows[responded[rows]]
+        open_ns[answered] = clock.open_ns_array(created[answered], responded_at[answered])
+    business = pd.Series(np.round(open_ns / NS_PER_MINUTE, 2), index=frame.index)
+    due_at = pd.Series(pd.to_datetime(due, unit="ns", utc=True), index=frame.index)
+    return due_at, business.where(responded)
 
 
 def _finish(name: str, result: pd.DataFrame) -> pd.DataFrame:
@@ -339,27 +427,41 @@ def _group_stats(
     values: pd.Series,
     names: tuple[str, str],
     qs: Mapping[str, float],
+    more: Mapping[str, tuple[pd.Series, Mapping[str, float]]] | None = None,
 ) -> pd.DataFrame:
     """Per group of ``by``: row count, count of ``flag``, and linear-interpolated percentiles
-    of ``values`` (NaN skipped, so only flagged rows count), one column per name in ``qs``.
+    of ``values`` (NaN skipped, so only flagged rows count), one column per name in ``qs``;
+    likewise for each further (values, qs) in ``more``.
 
     One GroupBy serves all of them, so the (costly) group keys are factorized once.
     """
-    grouped = pd.DataFrame({"flag": flag, "value": values}).groupby(by, sort=False)
+    series = {"flag": flag, "value": values}
+    series |= {name: column for name, (column, _) in (more or {}).items()}
+    grouped = pd.DataFrame(series).groupby(by, sort=False)
     table = grouped["flag"].agg(["size", "sum"])
     table.columns = list(names)
-    percentiles = grouped["value"].quantile(list(qs.values())).unstack()
-    percentiles.columns = list(qs)
-    return table.join(percentiles).reset_index()
+    for column, wanted in [("value", qs), *((n, q) for n, (_, q) in (more or {}).items())]:
+        percentiles = grouped[column].quantile(list(wanted.values())).unstack()
+        percentiles.columns = list(wanted)
+        table = table.join(percentiles)
+    return table.reset_index()
 
 
 _TTFR_QS = {"ttfr_p50": 0.50, "ttfr_p90": 0.90, "ttfr_p95": 0.95}
+_BUSINESS_QS = {"ttfr_business_p50": 0.50, "ttfr_business_p90": 0.90, "ttfr_business_p95": 0.95}
 _LATENCY_QS = {"latency_p50": 0.50, "latency_p95": 0.95}
 
 
 def _ttfr_table(base: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     by = [base[key] for key in keys]
-    table = _group_stats(by, base["responded"], base["ttfr"], ("leads", "responded"), _TTFR_QS)
+    table = _group_stats(
+        by,
+        base["responded"],
+        base["ttfr"],
+        ("leads", "responded"),
+        _TTFR_QS,
+        more={"business": (base["ttfr_business"], _BUSINESS_QS)},
+    )
     table["coverage"] = table["responded"] / table["leads"]
     return table
 
@@ -368,7 +470,8 @@ def _ttfr_table(base: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def ttfr_overall(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
-    """Per creation day: leads, responded, coverage and TTFR p50/p90/p95 (minutes)."""
+    """Per creation day: leads, responded, coverage and TTFR p50/p90/p95 (minutes), in
+    wall-clock minutes and in business minutes."""
     return _ttfr_overall(frame, _base(frame, tz))
 
 
@@ -406,11 +509,14 @@ def template_usage(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
 
 
 def compute_all(
-    frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC"
+    frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC", clocks: Clocks | None = None
 ) -> dict[str, pd.DataFrame]:
-    """Every rollup, keyed by the names in ``ROLLUP_NAMES`` (input validated and derived once)."""
+    """Every rollup, keyed by the names in ``ROLLUP_NAMES`` (input validated and derived once).
+
+    ``clocks`` (calendar name -> ``BusinessClock``): recompute every lead's SLA due time
+    and business minutes from its ``SLA_Calendar`` instead of reading the stored ones."""
     as_of_utc = _check_as_of(as_of)
-    base = _base(frame, tz)
+    base = _base(frame, tz, clocks)
     states = _sla_states(frame, base, as_of_utc)  # shared by the three SLA rollups
     return {
         "ttfr_overall": _ttfr_overall(frame, base),
@@ -445,8 +551,7 @@ def _sla(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp) -> pd
 
 def _sla_states(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp) -> pd.DataFrame:
     """Per lead: its day and whether it is met, breached or pending as of ``as_of_utc``."""
-    sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES)
-    due = frame["CreatedDate"] + pd.to_timedelta(sla_minutes, unit="min")
+    due = base["due"]
     responded_at = frame["First_Response_At__c"]
     responded = base["responded"]
     # NaT compares False, so "responded_at <= due" only holds for responded leads.
@@ -519,6 +624,52 @@ def _template_usage(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     )
     table["acceptance"] = table["applied"] / table["recommended"]
     return _finish("template_usage", table.reset_index())
+
+
+@dataclass(frozen=True, slots=True)
+class SlaCounts:
+    met: int
+    breached: int
+    pending: int
+
+    @property
+    def breach_pct(self) -> float | None:
+        """100 * breached / (met + breached); None while nothing is settled."""
+        settled = self.met + self.breached
+        return 100.0 * self.breached / settled if settled else None
+
+
+def sla_in_both_clocks(
+    frame: pd.DataFrame, *, as_of: datetime, clocks: Clocks | None = None
+) -> dict[str, SlaCounts]:
+    """SLA met / breached / pending as of ``as_of`` over all leads of ``frame``, with the
+    due time on the wall clock (created + SLA minutes) and in business hours (created + SLA
+    minutes of open time in each lead's ``SLA_Calendar``): ``{"wall_clock": ...,
+    "business_hours": ...}``.
+
+    ``frame`` needs ``CreatedDate``, ``First_Response_At__c``, ``SLA_Minutes`` and
+    ``SLA_Calendar``; with ``clocks`` the business due times are computed from the
+    calendars (a what-if), without them ``SLA_Due_At`` as stored is used."""
+    as_of_utc = _check_as_of(as_of)
+    wall = _wall_clock_due(frame)
+    if clocks is not None:
+        business, _ = business_clocks(frame, clocks)
+    else:
+        business = frame["SLA_Due_At"].where(frame["SLA_Due_At"].notna(), wall)
+    responded_at = frame["First_Response_At__c"]
+    return {
+        "wall_clock": _counts(responded_at, wall, as_of_utc),
+        "business_hours": _counts(responded_at, business, as_of_utc),
+    }
+
+
+def _counts(responded_at: pd.Series, due: pd.Series, as_of_utc: pd.Timestamp) -> SlaCounts:
+    responded = responded_at.notna()
+    return SlaCounts(
+        met=int((responded & (responded_at <= due)).sum()),
+        breached=int(((responded & (responded_at > due)) | (~responded & (due < as_of_utc))).sum()),
+        pending=int((~responded & (due >= as_of_utc)).sum()),
+    )
 
 
 def sla_over_days(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -157,6 +157,11 @@ lead_facts = sa.Table(
     sa.Column("template_applied_at", UTCDateTime),
     sa.Column("template_applied_record_id", sa.String(32)),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # 0008: business-hours clocks. The calendar the SLA counts (NULL: 24x7), the due time
+    # in it, and TTFR in its open minutes.
+    sa.Column("Time_to_First_Response_Business_Minutes__c", sa.Float),
+    sa.Column("SLA_Calendar", sa.String(64)),
+    sa.Column("SLA_Due_At", UTCDateTime),
     sa.Index("ix_lead_facts_created", "CreatedDate"),
 )
 

@@ -169,7 +169,11 @@ class WorkloadStateMixin:
             {"Id": lead_id, "CreatedDate": created, "OwnerId": owner_id, "updated_at": self._now()},
         )
 
-    def set_routing_facts(self, conn: sa.Connection, decision: RoutingDecision) -> None:
+    def set_routing_facts(
+        self, conn: sa.Connection, decision: RoutingDecision, *, calendar: str | None = None
+    ) -> None:
+        """Version, rule and SLA of the decision; ``calendar``: the SLA's business-hours
+        calendar (None: 24x7)."""
         conn.execute(
             _SET_ROUTING_FACTS,
             {
@@ -177,15 +181,61 @@ class WorkloadStateMixin:
                 "p_Routing_Policy_Version__c": decision.policy_version,
                 "p_Routing_Rule__c": decision.rule_id,
                 "p_SLA_Minutes": decision.sla_minutes,
+                "p_SLA_Calendar": calendar,
                 "p_updated_at": self._now(),
             },
         )
 
-    def set_sla_if_unrouted(self, conn: sa.Connection, lead_id: str, sla_minutes: float) -> None:
-        """SLA of a lead the pipeline did not route (a routing decision's SLA wins)."""
+    def set_sla_if_unrouted(
+        self,
+        conn: sa.Connection,
+        lead_id: str,
+        sla_minutes: float,
+        *,
+        calendar: str | None = None,
+    ) -> None:
+        """SLA (and its calendar) of a lead the pipeline did not route (a routing
+        decision's SLA wins)."""
         conn.execute(
             _SET_SLA_IF_UNROUTED,
-            {"lead_id": lead_id, "p_SLA_Minutes": sla_minutes, "p_updated_at": self._now()},
+            {
+                "lead_id": lead_id,
+                "p_SLA_Minutes": sla_minutes,
+                "p_SLA_Calendar": calendar,
+                "p_updated_at": self._now(),
+            },
+        )
+
+    def clock_inputs(self, conn: sa.Connection, lead_id: str) -> sa.Row[Any] | None:
+        """What the lead's business-hours clocks are computed from, and their stored values."""
+        c = t.lead_facts.c
+        return conn.execute(
+            sa.select(
+                c.CreatedDate,
+                c.SLA_Minutes,
+                c.SLA_Calendar,
+                c.First_Response_At__c,
+                c.SLA_Due_At,
+                c.Time_to_First_Response_Business_Minutes__c,
+            ).where(c.Id == lead_id)
+        ).first()
+
+    def set_clocks(
+        self,
+        conn: sa.Connection,
+        lead_id: str,
+        *,
+        due_at: datetime | None,
+        business_minutes: float | None,
+    ) -> None:
+        conn.execute(
+            _SET_CLOCKS,
+            {
+                "lead_id": lead_id,
+                "p_SLA_Due_At": due_at,
+                "p_Time_to_First_Response_Business_Minutes__c": business_minutes,
+                "p_updated_at": self._now(),
+            },
         )
 
     def set_assignment(
@@ -630,8 +680,13 @@ def _update_lead(*columns: str, where: Any = None) -> Any:
 
 
 _c = t.lead_facts.c
-_SET_ROUTING_FACTS = _update_lead("Routing_Policy_Version__c", "Routing_Rule__c", "SLA_Minutes")
-_SET_SLA_IF_UNROUTED = _update_lead("SLA_Minutes", where=_c.Routing_Rule__c.is_(None))
+_SET_ROUTING_FACTS = _update_lead(
+    "Routing_Policy_Version__c", "Routing_Rule__c", "SLA_Minutes", "SLA_Calendar"
+)
+_SET_SLA_IF_UNROUTED = _update_lead(
+    "SLA_Minutes", "SLA_Calendar", where=_c.Routing_Rule__c.is_(None)
+)
+_SET_CLOCKS = _update_lead("SLA_Due_At", "Time_to_First_Response_Business_Minutes__c")
 _SET_ASSIGNMENT = _update_lead(
     "Owner_Assigned_At__c",
     "Assignment_Latency_Minutes__c",

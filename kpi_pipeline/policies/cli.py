@@ -3,7 +3,9 @@
 ``validate`` prints every fault with its JSON path and exits 1 when there is any.
 ``simulate`` routes every lead of a recorded CDC stream (CONTRACTS.md §2) with a policy, and
 with a baseline policy (default: the packaged one), in creation order on the event clock,
-and prints how owners and rules would change.
+and prints how owners and rules would change, and the SLA breach % each policy gives those
+leads on the wall clock and in business hours (each lead's calendar under that policy), so
+a what-if on a calendar shows its effect on past leads.
 """
 
 from __future__ import annotations
@@ -11,9 +13,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
-from kpi_pipeline.cdc.events import EventFormatError, read_recorded_lines
+import pandas as pd
+
+from kpi_pipeline.cdc.events import (
+    ChangeEvent,
+    EventFormatError,
+    format_sf_datetime,
+    parse_sf_datetime,
+    read_recorded_lines,
+)
+from kpi_pipeline.kpis.rollups import SlaCounts, sla_in_both_clocks
 from kpi_pipeline.policies.load import (
     PolicyError,
     RoutingPolicy,
@@ -22,9 +35,17 @@ from kpi_pipeline.policies.load import (
     policy_fingerprint,
     validate_policy_file,
 )
+from kpi_pipeline.workloads.business_hours import policy_clocks
+from kpi_pipeline.workloads.first_touch import (
+    ResponseCandidate,
+    email_candidate,
+    first_response,
+    task_candidate,
+)
 from kpi_pipeline.workloads.lead_route import (
     RoutingDecision,
     lead_created_at,
+    matches,
     needs_routing,
     route_in_order,
 )
@@ -62,7 +83,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="policy to compare with (default: the packaged policy)",
     )
+    simulate.add_argument(
+        "--as-of",
+        type=_parse_as_of,
+        default=None,
+        metavar="ISO",
+        help="SLA as of this time (default: the last commit in --events; now for --ledger-url)",
+    )
     simulate.set_defaults(func=_simulate)
+
+
+def _parse_as_of(text: str) -> datetime:
+    try:
+        parsed = parse_sf_datetime(text)
+    except EventFormatError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--as-of {text!r} is not an ISO-8601 time; use e.g. 2026-11-20T00:00:00Z"
+        ) from exc
+    if parsed is None:
+        raise argparse.ArgumentTypeError("--as-of needs a value, e.g. 2026-11-20T00:00:00Z")
+    return parsed
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -82,13 +122,91 @@ def _validate(args: argparse.Namespace) -> int:
 
 def leads_at_creation(lines: list[str], source: str) -> list[RecordState]:
     """Each lead's state right after its CREATE event(s): what routing sees on arrival."""
+    return _leads_at_creation(list(read_recorded_lines(lines, source=source)))
+
+
+def _leads_at_creation(events: Iterable[ChangeEvent]) -> list[RecordState]:
     states: dict[str, RecordState] = {}
-    for event in read_recorded_lines(lines, source=source):
+    for event in events:
         if event.entity != "Lead" or event.change_type != "CREATE":
             continue
         for record_id in event.record_ids:
             states[record_id] = merge_event(states.get(record_id), event, record_id)
     return list(states.values())
+
+
+def response_candidates(events: Iterable[ChangeEvent]) -> dict[str, list[ResponseCandidate]]:
+    """Per lead, every completed Task and outbound email of the stream (CONTRACTS.md §4),
+    from the records as the whole stream leaves them."""
+    states: dict[tuple[str, str], RecordState] = {}
+    for event in events:
+        if event.entity not in ("Task", "EmailMessage") or event.is_gap:
+            continue
+        for record_id in event.record_ids:
+            key = (event.entity, record_id)
+            states[key] = merge_event(states.get(key), event, record_id)
+
+    def task(task_id: str) -> RecordState | None:
+        return states.get(("Task", task_id))
+
+    found: dict[str, list[ResponseCandidate]] = {}
+    for (entity, _), state in sorted(states.items()):
+        candidate = task_candidate(state) if entity == "Task" else email_candidate(state, task)
+        if candidate is not None:
+            found.setdefault(candidate.lead_id, []).append(candidate)
+    return found
+
+
+def sla_frame(
+    leads: list[RecordState],
+    decisions: Mapping[str, RoutingDecision],
+    candidates: Mapping[str, list[ResponseCandidate]],
+    policy: RoutingPolicy,
+) -> pd.DataFrame:
+    """One row per lead as ``policy`` would measure its SLA: creation, first response (its
+    automation users do not count), SLA minutes and calendar of the routing decision's
+    rule, or for a lead it does not route, of the first rule it matches."""
+    rows = []
+    for lead in leads:
+        created = lead_created_at(lead)
+        decision = decisions.get(lead.record_id)
+        if decision is not None:
+            rule_id, minutes = decision.rule_id, decision.sla_minutes
+        else:
+            rule = next((r for r in policy.rules if matches(r.when, lead.fields)), None)
+            rule_id = rule.id if rule is not None else None
+            minutes = rule.sla_minutes if rule is not None and rule.sla_minutes else None
+            minutes = float(minutes or policy.default_sla_minutes)
+        response = first_response(
+            candidates.get(lead.record_id, []),
+            lead_created=created,
+            automation_users=frozenset(policy.automation_users),
+        )
+        rows.append(
+            {
+                "CreatedDate": created,
+                "First_Response_At__c": response.at if response is not None else None,
+                "SLA_Minutes": minutes,
+                "SLA_Calendar": policy.calendar_name(rule_id),
+            }
+        )
+    return _typed(pd.DataFrame(rows, columns=list(_SLA_COLUMNS)))
+
+
+_SLA_COLUMNS = ("CreatedDate", "First_Response_At__c", "SLA_Minutes", "SLA_Calendar")
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in ("CreatedDate", "First_Response_At__c"):
+        frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[ns, UTC]")
+    frame["SLA_Minutes"] = frame["SLA_Minutes"].astype("float64")
+    frame["SLA_Calendar"] = frame["SLA_Calendar"].astype(object)
+    return frame
+
+
+def policy_sla(frame: pd.DataFrame, policy: RoutingPolicy, as_of: datetime) -> dict[str, SlaCounts]:
+    """SLA counts of ``frame`` in both clocks, due times from ``policy``'s calendars."""
+    return sla_in_both_clocks(frame, as_of=as_of, clocks=policy_clocks(policy.calendars))
 
 
 def _load_or_report(path: Path) -> RoutingPolicy | None:
@@ -106,23 +224,56 @@ def _simulate_ledger(args: argparse.Namespace, candidate: RoutingPolicy) -> int:
     ledger = Ledger.from_url(args.ledger_url)
     try:
         routed = ledger.routed_leads()
+        facts = ledger.lead_facts_frame()
     finally:
         ledger.dispose()
     # route_in_order walks leads by creation; keep the stored decisions in the same order so
     # the comparison pairs each lead with itself.
     routed.sort(key=lambda pair: (lead_created_at(pair[0]), pair[0].record_id))
     leads = [state for state, _ in routed]
+    as_of = args.as_of or datetime.now(UTC)
+    facts = facts.set_index("Id", drop=False)
     new, _ = route_in_order(leads, candidate)
+    new_sla = policy_sla(_ledger_sla_frame(leads, new, facts, candidate), candidate, as_of)
     if args.baseline:
         baseline = _load_or_report(args.baseline)
         if baseline is None:
             return 1
         old, _ = route_in_order(leads, baseline)
+        old_sla = policy_sla(_ledger_sla_frame(leads, old, facts, baseline), baseline, as_of)
     else:
         old = [decision for _, decision in routed]
         baseline = candidate.model_copy(update={"version": "decisions in the ledger"})
-    print(format_comparison(new, old, candidate, baseline, total_leads=len(leads)))
+        # As measured: the SLA, calendar and due time the ledger stored for each lead.
+        stored = facts.reindex([lead.record_id for lead in leads]).reset_index(drop=True)
+        old_sla = sla_in_both_clocks(stored.dropna(subset=["CreatedDate"]), as_of=as_of)
+    print(
+        format_comparison(
+            new, old, candidate, baseline, total_leads=len(leads), sla=(new_sla, old_sla, as_of)
+        )
+    )
     return 0
+
+
+def _ledger_sla_frame(
+    leads: list[RecordState],
+    decisions: list[RoutingDecision],
+    facts: pd.DataFrame,
+    policy: RoutingPolicy,
+) -> pd.DataFrame:
+    """The ledger's leads with their stored first response, SLA by ``policy``'s decisions."""
+    rows = []
+    for lead, decision in zip(leads, decisions, strict=True):
+        responded = facts["First_Response_At__c"].get(lead.record_id, pd.NaT)
+        rows.append(
+            {
+                "CreatedDate": lead_created_at(lead),
+                "First_Response_At__c": None if pd.isna(responded) else responded,
+                "SLA_Minutes": decision.sla_minutes,
+                "SLA_Calendar": policy.calendar_name(decision.rule_id),
+            }
+        )
+    return _typed(pd.DataFrame(rows, columns=list(_SLA_COLUMNS)))
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -134,17 +285,27 @@ def _simulate(args: argparse.Namespace) -> int:
         return 1
     try:
         lines = args.events.read_text(encoding="utf-8").splitlines()
-        leads = leads_at_creation(lines, str(args.events))
+        events = list(read_recorded_lines(lines, source=str(args.events)))
     except FileNotFoundError:
         print(f"events file not found: {args.events}", file=sys.stderr)
         return 1
     except (EventFormatError, ValueError) as exc:
         print(f"cannot read events: {exc}", file=sys.stderr)
         return 1
+    leads = _leads_at_creation(events)
     routable = [lead for lead in leads if needs_routing(lead, candidate)]
     new, _ = route_in_order(routable, candidate)
     old, _ = route_in_order(routable, baseline)
-    print(format_comparison(new, old, candidate, baseline, total_leads=len(leads)))
+    sla = None
+    if leads:
+        as_of = args.as_of or max(e.commit_time for e in events)
+        candidates = response_candidates(events)
+        by_lead = {d.lead_id: d for d in new}
+        new_sla = policy_sla(sla_frame(leads, by_lead, candidates, candidate), candidate, as_of)
+        by_lead = {d.lead_id: d for d in old}
+        old_sla = policy_sla(sla_frame(leads, by_lead, candidates, baseline), baseline, as_of)
+        sla = (new_sla, old_sla, as_of)
+    print(format_comparison(new, old, candidate, baseline, total_leads=len(leads), sla=sla))
     return 0
 
 
@@ -155,8 +316,10 @@ def format_comparison(
     baseline: RoutingPolicy,
     *,
     total_leads: int,
+    sla: tuple[dict[str, SlaCounts], dict[str, SlaCounts], datetime] | None = None,
 ) -> str:
-    """The what-if report: owner and rule distributions side by side, plus leads that move."""
+    """The what-if report: owner and rule distributions side by side, plus leads that move,
+    and the SLA breach % of each side in both clocks."""
     moved = sum(1 for a, b in zip(new, old, strict=True) if a.owner_id != b.owner_id)
     lines = [
         f"leads in stream: {total_leads}; routed: {len(new)}; owner changes vs baseline: {moved}",
@@ -166,7 +329,35 @@ def format_comparison(
     lines += _table("owner", Counter(d.owner_id for d in new), Counter(d.owner_id for d in old))
     lines.append("")
     lines += _table("rule", Counter(d.rule_id for d in new), Counter(d.rule_id for d in old))
+    if sla is not None:
+        lines.append("")
+        lines += _sla_table(*sla)
     return "\n".join(lines)
+
+
+_CLOCK_LABELS = {"wall_clock": "wall clock", "business_hours": "business hours"}
+
+
+def _sla_table(new: dict[str, SlaCounts], old: dict[str, SlaCounts], as_of: datetime) -> list[str]:
+    """Breach % = breached / (met + breached), with met/breached/pending behind it."""
+    rows = [
+        f"SLA as of {format_sf_datetime(as_of)}: breach % (met/breached/pending)",
+        f"{'clock':<14}  {'policy':>22}  {'baseline':>22}  {'delta':>7}",
+    ]
+    for key, label in _CLOCK_LABELS.items():
+        a, b = new[key], old[key]
+        delta = (
+            f"{a.breach_pct - b.breach_pct:+.1f}"
+            if a.breach_pct is not None and b.breach_pct is not None
+            else "n/a"
+        )
+        rows.append(f"{label:<14}  {_cell(a):>22}  {_cell(b):>22}  {delta:>7}")
+    return rows
+
+
+def _cell(counts: SlaCounts) -> str:
+    pct = "n/a" if counts.breach_pct is None else f"{counts.breach_pct:.1f}%"
+    return f"{pct} ({counts.met}/{counts.breached}/{counts.pending})"
 
 
 def _table(label: str, new: Counter[str], old: Counter[str]) -> list[str]:

@@ -6,7 +6,9 @@ offending value (``$.rules[2].target.pool``) so an operator can fix a file in on
 1. the JSON Schema (``policy.schema.json``, Draft 2020-12): shapes and types;
 2. semantic checks the schema cannot express: unique rule ids, referenced pools exist,
    weighted pools have weights > 0, no member twice in a pool, valid timezone, range
-   bounds of one kind with min <= max.
+   bounds of one kind with min <= max, and business-hours calendars (known timezone,
+   intervals that close after they open and do not overlap, real holiday dates, every
+   calendar a rule or the default names defined: ``kpi_pipeline.policies.calendars``).
 
 Reading the file is the only I/O here; everything downstream gets a ``RoutingPolicy``.
 """
@@ -28,6 +30,11 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime
+from kpi_pipeline.policies.calendars import (
+    Calendar,
+    calendar_faults,
+    calendar_reference_faults,
+)
 
 POLICY_DIR = Path(__file__).resolve().parent
 SCHEMA_PATH = POLICY_DIR / "policy.schema.json"
@@ -144,6 +151,7 @@ class Rule(BaseModel):
     target: Target
     when: Condition | None = None
     sla_minutes: float | None = None
+    calendar: str | None = None
     description: str | None = None
 
 
@@ -158,6 +166,8 @@ class RoutingPolicy(BaseModel):
     rules: tuple[Rule, ...]
     automation_users: frozenset[str] = frozenset()
     integration_users: frozenset[str] = frozenset()
+    calendars: dict[str, Calendar] = Field(default_factory=dict)
+    default_calendar: str | None = None
     description: str | None = None
 
     @property
@@ -167,9 +177,21 @@ class RoutingPolicy(BaseModel):
     def rule(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
 
+    def calendar_name(self, rule_id: str | None) -> str | None:
+        """The calendar whose open time a lead of ``rule_id`` is measured in: the rule's,
+        else the default; None means 24x7. An unknown rule id (the fallback, or a rule a
+        later version removed) gets the default."""
+        rule = self.rule(rule_id) if rule_id is not None else None
+        if rule is not None and rule.calendar is not None:
+            return rule.calendar
+        return self.default_calendar
+
     def to_raw(self) -> dict[str, Any]:
         """Canonical JSON form (what the fingerprint hashes)."""
-        raw = self.model_dump(mode="json", exclude_none=True, exclude={"rules"})
+        # No calendars is left out, so a policy without them keeps the fingerprint it had
+        # before calendars existed.
+        exclude = {"rules"} | ({"calendars"} if not self.calendars else set())
+        raw = self.model_dump(mode="json", exclude_none=True, exclude=exclude)
         raw["automation_users"] = sorted(self.automation_users)
         raw["integration_users"] = sorted(self.integration_users)
         raw["rules"] = []
@@ -264,6 +286,9 @@ def semantic_faults(raw: Mapping[str, Any]) -> list[PolicyFault]:
             )
         if "when" in rule:
             faults.extend(_condition_faults(f"{path}.when", rule["when"]))
+    for name, calendar in (raw.get("calendars") or {}).items():
+        faults += [PolicyFault(p, m) for p, m in calendar_faults(f"$.calendars.{name}", calendar)]
+    faults += [PolicyFault(p, m) for p, m in calendar_reference_faults(raw)]
     return faults
 
 

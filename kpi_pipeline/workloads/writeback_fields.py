@@ -6,7 +6,8 @@ outcome therefore sends today's truth, and an older change is superseded by a ne
 
 Two rules on top of that:
 
-* **Groups go together.** The four first-response fields describe one response, and the
+* **Groups go together.** The first-response fields (time, user, source, minutes and
+  business minutes) describe one response, and the
   assignment time and its latency one assignment: dirtying one dirties its group, so the
   org never shows a time from one response and a source from another.
 * **Order rules.** ``First_Response_At__c`` and ``Owner_Assigned_At__c`` only ever move
@@ -29,6 +30,7 @@ FIRST_RESPONSE_GROUP = (
     "First_Response_User__c",
     "First_Response_Source__c",
     "Time_to_First_Response__c",
+    "Time_to_First_Response_Business_Minutes__c",
 )
 ASSIGNMENT_GROUP = ("Owner_Assigned_At__c", "Assignment_Latency_Minutes__c")
 ROUTING_FIELDS = ("OwnerId", "Routing_Policy_Version__c", "Routing_Rule__c")

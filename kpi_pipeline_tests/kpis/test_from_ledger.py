@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline.kpis import compute_all, day_bounds, lead_facts_columns
+from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS
 from kpi_pipeline.ledger.schema import lead_facts
 from kpi_pipeline.ledger.store import Ledger
 from kpi_pipeline_tests.kpis.test_rollups import AS_OF, hand_built_ledger
@@ -23,7 +24,7 @@ def ledger_rows(frame: pd.DataFrame) -> list[dict[str, object]]:
     rows = []
     for record in frame.astype(object).to_dict("records"):
         row = {key: (None if pd.isna(value) else value) for key, value in record.items()}
-        for column in ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c"):
+        for column in DATETIME_COLUMNS:
             if row[column] is not None:
                 row[column] = row[column].to_pydatetime()
         rows.append({**row, "updated_at": LOADED_AT})

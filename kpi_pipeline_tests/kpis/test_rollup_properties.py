@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpi_pipeline.kpis import compute_all, lead_facts_columns, reconcile
+from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 MAYBE_MINUTES = st.one_of(st.none(), st.floats(0, 5000, allow_nan=False).map(lambda m: round(m, 2)))
@@ -42,9 +43,9 @@ def leads(draw: st.DrawFn) -> dict[str, object]:
 def as_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[c for c in lead_facts_columns() if c != "Id"])
     frame.insert(0, "Id", [f"00Q{i:05d}" for i in range(len(rows))])
-    for column in ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c"):
+    for column in DATETIME_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
-    for column in ("Assignment_Latency_Minutes__c", "Time_to_First_Response__c", "SLA_Minutes"):
+    for column in NUMBER_COLUMNS:
         frame[column] = frame[column].astype("float64")
     return frame[list(lead_facts_columns())]
 

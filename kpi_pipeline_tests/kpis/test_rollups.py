@@ -47,6 +47,7 @@ from kpi_pipeline.kpis import (
     ttfr_by_owner,
     ttfr_overall,
 )
+from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS
 
 AS_OF = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 NAN = float("nan")
@@ -93,8 +94,10 @@ def lead(
 
 def facts(rows: list[dict[str, object]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(lead_facts_columns()))
-    for column in ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c"):
+    for column in DATETIME_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
+    for column in NUMBER_COLUMNS:
+        frame[column] = frame[column].astype("float64")
     return frame
 
 
@@ -150,6 +153,11 @@ def expected(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def twice_the_percentiles(rows: list[tuple]) -> list[tuple]:
+    """TTFR rows of leads on 24x7 time: business-minute p50/p90/p95 equal the wall-clock ones."""
+    return [(*row, *row[-3:]) for row in rows]
+
+
 def assert_table(actual: pd.DataFrame, rows: list[tuple]) -> None:
     want = expected(rows, list(actual.columns))
     want = want.astype(actual.dtypes.to_dict())
@@ -166,12 +174,15 @@ def test_ttfr_overall_by_hand(ledger: pd.DataFrame) -> None:
     #   p95: rank 0.95*3 = 2.85 -> 45 + 0.85*(60-45) = 57.75
     # Day 2 responded TTFRs sorted: 15, 20, 30.33 (L11 derived 30 min 20 s = 30.333 -> 30.33).
     #   p50 = 20; p90: rank 1.8 -> 20 + 0.8*10.33 = 28.264; p95: rank 1.9 -> 20 + 0.9*10.33 = 29.297
+    # No lead has a calendar (24x7), so the business-minute percentiles repeat them.
     assert_table(
         ttfr_overall(ledger),
-        [
-            (D1, 5, 4, 4 / 5, 42.5, 55.5, 57.75),
-            (D2, 6, 3, 3 / 6, 20.0, 28.264, 29.297),
-        ],
+        twice_the_percentiles(
+            [
+                (D1, 5, 4, 4 / 5, 42.5, 55.5, 57.75),
+                (D2, 6, 3, 3 / 6, 20.0, 28.264, 29.297),
+            ]
+        ),
     )
 
 
@@ -183,13 +194,15 @@ def test_ttfr_by_owner_by_hand(ledger: pd.DataFrame) -> None:
     # D2 00GQ1: L10 unanswered -> no percentiles
     assert_table(
         ttfr_by_owner(ledger),
-        [
-            (D1, U1, 3, 3, 1.0, 40.0, 56.0, 58.0),
-            (D1, U2, 2, 1, 0.5, 45.0, 45.0, 45.0),
-            (D2, U1, 2, 2, 1.0, 25.165, 29.297, 29.8135),
-            (D2, U2, 3, 1, 1 / 3, 15.0, 15.0, 15.0),
-            (D2, Q1, 1, 0, 0.0, NAN, NAN, NAN),
-        ],
+        twice_the_percentiles(
+            [
+                (D1, U1, 3, 3, 1.0, 40.0, 56.0, 58.0),
+                (D1, U2, 2, 1, 0.5, 45.0, 45.0, 45.0),
+                (D2, U1, 2, 2, 1.0, 25.165, 29.297, 29.8135),
+                (D2, U2, 3, 1, 1 / 3, 15.0, 15.0, 15.0),
+                (D2, Q1, 1, 0, 0.0, NAN, NAN, NAN),
+            ]
+        ),
     )
 
 
@@ -475,14 +488,15 @@ def test_markdown_table_shows_the_first_rows_and_says_how_many_are_left(
     text = markdown_table(ttfr_by_owner(ledger), max_rows=2)
     lines = text.splitlines()
     assert lines[0] == (
-        "| day | owner_id | leads | responded | coverage | ttfr_p50 | ttfr_p90 | ttfr_p95 |"
+        "| day | owner_id | leads | responded | coverage | ttfr_p50 | ttfr_p90 | ttfr_p95 "
+        "| ttfr_business_p50 | ttfr_business_p90 | ttfr_business_p95 |"
     )
-    assert lines[1] == "| --- | --- | --- | --- | --- | --- | --- | --- |"
-    assert lines[2] == "| 2026-03-02 | 005U1 | 3 | 3 | 1 | 40 | 56 | 58 |"
-    assert lines[3] == "| 2026-03-02 | 005U2 | 2 | 1 | 0.5 | 45 | 45 | 45 |"
+    assert lines[1] == "| " + " | ".join(["---"] * 11) + " |"
+    assert lines[2] == "| 2026-03-02 | 005U1 | 3 | 3 | 1 | 40 | 56 | 58 | 40 | 56 | 58 |"
+    assert lines[3] == "| 2026-03-02 | 005U2 | 2 | 1 | 0.5 | 45 | 45 | 45 | 45 | 45 | 45 |"
     assert lines[-1] == "… 3 more rows (5 in all)"
     full = markdown_table(ttfr_by_owner(ledger), max_rows=10).splitlines()
-    assert full[-1] == "| 2026-03-03 | 00GQ1 | 1 | 0 | 0 |  |  |  |"
+    assert full[-1] == "| 2026-03-03 | 00GQ1 | 1 | 0 | 0 |  |  |  |  |  |  |"
 
 
 # --- day bounds ----------------------------------------------------------------------------

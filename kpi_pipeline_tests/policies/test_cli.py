@@ -9,7 +9,7 @@ from kpi_pipeline_tests.workloads.builders import event, lead_create
 
 def test_validate_accepts_the_packaged_policy(capsys):
     assert main(["policy", "validate", str(default_policy_path())]) == 0
-    assert "valid (version 2026.11-1" in capsys.readouterr().out
+    assert "valid (version 2026.12-1" in capsys.readouterr().out
 
 
 def test_validate_rejects_a_broken_policy_naming_each_json_path(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_simulate_compares_owner_and_rule_distribution_with_the_baseline(tmp_pat
     owner_rows = [line.split() for line in out.splitlines() if line.startswith(("005", "00G"))]
     assert ["00G5g0000000002EAA", "0", "4", "-4"] in owner_rows
     assert sum(int(row[1]) for row in owner_rows) == sum(int(row[2]) for row in owner_rows) == 12
-    assert "policy 2026.11-2 vs baseline 2026.11-1" in out
+    assert "policy 2026.11-2 vs baseline 2026.12-1" in out
     rule_rows = {
         line.split()[0]: line.split()[1:]
         for line in out.splitlines()
