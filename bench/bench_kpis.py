@@ -4,8 +4,14 @@ Measures ``compute_all`` on one day and on all 90 days of a seeded synthetic led
 when the ledger's ``lead_facts_frame`` exists, load + rollup from a SQLite ledger and a
 PostgreSQL ledger holding the same leads (load and rollup timed separately).
 
+``--business-hours`` also times the rollup with business-hours clocks on: every lead gets
+one of the packaged policy's calendars (NA, EMEA, APAC) and ``compute_all(...,
+clocks=...)`` recomputes all 1,000,000 SLA due times and business-minute TTFRs from the
+calendars, beside the calendar-only (24x7) rollup of the same frame (target: under 2x).
+
     source .venv/bin/activate
     python bench/bench_kpis.py                      # frame only
+    python bench/bench_kpis.py --business-hours     # plus business-hours clocks
     python bench/bench_kpis.py --ledger sqlite --ledger postgres
 
 Not part of the test suite. Results are recorded in bench/RESULTS.md (## KPI rollups).
@@ -27,6 +33,9 @@ import numpy as np
 import pandas as pd
 
 from kpi_pipeline.kpis import compute_all, lead_facts_columns, reconcile
+from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS, business_clocks
+from kpi_pipeline.policies import load_policy
+from kpi_pipeline.workloads.business_hours import policy_clocks
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -81,6 +90,11 @@ def synthetic_lead_facts(leads: int, days: int, seed: int = 42) -> pd.DataFrame:
             ),
             "Routing_Rule__c": np.where(assigned, rules[rng.integers(0, len(rules), leads)], None),
             "SLA_Minutes": rng.choice(np.array([15.0, 60.0, 240.0, np.nan]), leads),
+            # Calendar-only (24x7), as migration 0008 leaves older leads: business minutes
+            # are the wall-clock minutes, the due time is created + SLA.
+            "Time_to_First_Response_Business_Minutes__c": np.where(responded, ttfr, np.nan),
+            "SLA_Calendar": None,
+            "SLA_Due_At": pd.Series(pd.NaT, index=range(leads), dtype="datetime64[ns, UTC]"),
         }
     )[list(lead_facts_columns())]
 
@@ -100,6 +114,56 @@ def report(label: str, seconds: list[float]) -> None:
         f"{label:<56} median {statistics.median(seconds):7.3f} s  "
         f"min {min(seconds):7.3f} s  (n={len(seconds)})",
         flush=True,
+    )
+
+
+def bench_business_hours(frame: pd.DataFrame, days: int, repeats: int, seed: int) -> None:
+    """The rollup with business-hours clocks on against the calendar-only rollup."""
+    as_of = START + timedelta(days=days + 1)
+    policy = load_policy()
+    names = np.array(sorted(policy.calendars), dtype=object)  # apac, emea, na
+    rng = np.random.default_rng(seed + 1)
+    with_calendars = frame.assign(
+        SLA_Calendar=names[rng.choice(len(names), len(frame), p=[0.2, 0.3, 0.5])]
+    )
+
+    def clocks_on() -> dict[str, pd.DataFrame]:
+        # Fresh clocks each time: building the calendars' interval tables is part of the cost.
+        return compute_all(with_calendars, as_of=as_of, clocks=policy_clocks(policy.calendars))
+
+    # Alternate the two so that load from other processes falls on both alike.
+    calendar_only: list[float] = []
+    business_on: list[float] = []
+    rollups: dict[str, pd.DataFrame] = {}
+    for _ in range(repeats):
+        calendar_only += timed(lambda: compute_all(frame, as_of=as_of), 1)[0]
+        seconds, rollups = timed(clocks_on, 1)  # type: ignore[assignment]
+        business_on += seconds
+    report(f"calendar-only (24x7) compute_all, {days} days", calendar_only)
+    report(f"business-hours clocks on ({len(names)} calendars), {days} days", business_on)
+    ratio = statistics.median(business_on) / statistics.median(calendar_only)
+    print(f"ratio business-hours / calendar-only (medians): {ratio:.2f}x")
+    seconds, (due, business) = timed(
+        lambda: business_clocks(with_calendars, policy_clocks(policy.calendars)), repeats
+    )
+    report(f"of which due times + business minutes, {len(frame):,} leads", seconds)
+    stored = with_calendars.assign(
+        SLA_Due_At=due, Time_to_First_Response_Business_Minutes__c=business
+    )
+    seconds, from_stored = timed(lambda: compute_all(stored, as_of=as_of), repeats)
+    report(f"compute_all on stored business clocks (what the assets do), {days} days", seconds)
+    for name, table in rollups.items():
+        pd.testing.assert_frame_equal(from_stored[name], table, check_exact=False, rtol=1e-9)
+    wall = frame["Time_to_First_Response__c"]
+    if (business > wall + 1e-9).any():
+        sys.exit("business minutes exceed wall-clock minutes on some lead")
+    overall = rollups["sla"][["met", "breached"]].sum()
+    calendar_only = compute_all(frame, as_of=as_of)["sla"][["met", "breached"]].sum()
+    print(
+        "SLA breach %: calendar-only "
+        f"{100 * calendar_only['breached'] / calendar_only.sum():.1f}, business hours "
+        f"{100 * overall['breached'] / overall.sum():.1f}; TTFR p50 over all days: wall "
+        f"{wall.median():.1f} min, business {business.median():.1f} min"
     )
 
 
@@ -128,7 +192,7 @@ BULK_STAMP = "2026-06-01 00:00:00.000000"  # updated_at of the bulk-loaded rows
 def _ledger_rows(frame: pd.DataFrame, timestamp_format: str) -> pd.DataFrame:
     """The facts as text/number columns of the ledger's ``lead_facts`` table."""
     rows = frame.copy()
-    for column in ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c"):
+    for column in DATETIME_COLUMNS:
         rows[column] = rows[column].dt.strftime(timestamp_format).astype(object)
         rows.loc[frame[column].isna(), column] = None
     rows["updated_at"] = BULK_STAMP
@@ -262,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure load + rollup from this ledger backend (repeatable)",
     )
     parser.add_argument("--workdir", default="/tmp/bench_kpis", help="where the SQLite file goes")
+    parser.add_argument(
+        "--business-hours",
+        action="store_true",
+        help="also time the rollup with business-hours clocks on (packaged calendars)",
+    )
     args = parser.parse_args(argv)
 
     print(
@@ -274,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         f"generated {len(frame):,} leads over {args.days} days in {time.perf_counter() - began:.2f} s"
     )
     bench_frame(frame, args.days, args.repeats)
+    if args.business_hours:
+        bench_business_hours(frame, args.days, args.repeats, args.seed)
     for backend in args.ledger:
         bench_ledger(backend, frame, args.days, args.workdir)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

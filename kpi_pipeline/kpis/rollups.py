@@ -359,9 +359,9 @@ def _stored_clocks(frame: pd.DataFrame, ttfr: pd.Series) -> tuple[pd.Series, pd.
 
 
 def _as_ns(values: pd.Series) -> np.ndarray:
-    """Instants as int64 nanoseconds since the epoch (NaT -> 0; callers mask those)."""
-    naive = values.dt.tz_convert("UTC").dt.tz_localize(None)
-    return naive.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).astype("int64")
+    """Instants as int64 nanoseconds since the epoch (NaT comes out as the minimum int64;
+    callers mask those). Aware datetimes are stored as UTC ns already: no conversion."""
+    return np.asarray(values.dt.as_unit("ns").array.asi8, dtype="int64")
 
 
 def business_clocks(frame: pd.DataFrame, clocks: Clocks) -> tuple[pd.Series, pd.Series]:
