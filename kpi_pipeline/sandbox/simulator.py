@@ -8,8 +8,11 @@ What it writes (through ``SandboxStore``, so every action is also a change event
   leads land in a queue, 25% are owned by the integration user (web-to-lead through the
   API): both need routing; 20% are created by a rep who owns them.
 * **Responses**: the owner at response time answers after a lognormal delay (median ~25
-  minutes, long tail), moved into the responder's working hours (nights and weekends wait
-  for the next morning, which makes the tail days long). ~20% of leads are never answered.
+  minutes, long tail) of *working time* in the responder's region: the calendars of the
+  packaged routing policy (NA New York, EMEA Berlin, APAC Sydney: weekly hours, holidays,
+  DST). Nights, weekends and holidays therefore stretch the wall-clock TTFR (the tail is
+  days long) while the business-minute TTFR stays near the delay, which is the difference
+  the business-hours KPIs show. ~20% of leads are never answered.
   A lead still in a queue or with the integration user is first accepted by a rep of the
   lead's region (an OwnerId UPDATE). A response is one of:
   an **email send** (one transaction at one instant: a completed Task ``TaskSubtype=Email``
@@ -42,6 +45,7 @@ Each lead draws from its own RNG (seed, lead number), so what the pipeline write
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 import math
@@ -52,6 +56,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline.sandbox.store import (
     AUTOMATION_USER,
     INBOUND_QUEUE,
@@ -62,6 +67,7 @@ from kpi_pipeline.sandbox.store import (
     SandboxUser,
     sf_id,
 )
+from kpi_pipeline.workloads.business_hours import BusinessClock
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -188,8 +194,9 @@ LEAD_STATUS_OPEN = "Open - Not Contacted"
 LEAD_STATUS_WORKING = "Working - Contacted"
 LEAD_STATUS_QUALIFIED = "Closed - Converted"
 LEAD_STATUS_CLOSED = "Closed - Not Converted"
-# Working hours per region as (UTC offset hours, first hour, last hour) in local time.
-WORKING_HOURS = {"NA": (-5, 8, 18), "EMEA": (1, 8, 18), "APAC": (10, 8, 18)}
+# Each region's reps work the hours of its calendar in the packaged routing policy.
+REGION_CALENDARS = {"NA": "na", "EMEA": "emea", "APAC": "apac"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 RESPONSE_KINDS = (("email", 50), ("call", 30), ("logged_task", 20))
 
 
@@ -238,17 +245,29 @@ def sample_arrivals(rng: random.Random, count: int, start_ms: int, end_ms: int) 
     return sorted(arrivals)
 
 
+@functools.cache
+def _region_clocks() -> dict[str, BusinessClock]:
+    calendars = load_policy().calendars
+    return {
+        region: BusinessClock.from_calendar(calendars[name], name)
+        for region, name in REGION_CALENDARS.items()
+    }
+
+
+def _ms(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
 def next_working_time(at_ms: int, region: str) -> int:
     """``at_ms`` if it is inside the region's working hours, else the next start of them."""
-    offset, first, last = WORKING_HOURS[region]
-    local = datetime.fromtimestamp(at_ms / 1000, tz=UTC) + timedelta(hours=offset)
-    if local.weekday() < 5 and first <= local.hour < last:
-        return at_ms
-    day = local.date() if local.hour < first else local.date() + timedelta(days=1)
-    while day.weekday() >= 5:
-        day += timedelta(days=1)
-    start_local = datetime(day.year, day.month, day.day, first, tzinfo=UTC)
-    return int((start_local - timedelta(hours=offset)).timestamp() * 1000)
+    at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    return _ms(_region_clocks()[region].next_open(at))
+
+
+def after_working_minutes(at_ms: int, minutes: float, region: str) -> int:
+    """The instant ``minutes`` of the region's working time after ``at_ms``."""
+    at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    return _ms(_region_clocks()[region].add_open_minutes(at, minutes))
 
 
 # --- lead plans ------------------------------------------------------------------------------
@@ -434,11 +453,10 @@ class _Engine:
     def _response_time(self, plan: LeadPlan, now: int) -> int:
         if not self.working_hours:
             return now + max(1, int(plan.response_delay_ms / self.speedup))
-        due = now + plan.response_delay_ms
-        opened = next_working_time(due, plan.fallback_rep.region)
-        if opened != due:  # the rep starts the day with a backlog
-            due = opened + _lognormal_ms(plan.rng, 40, 0.8)
-        return due
+        # The delay is the rep's working time: a lead at 18:55 on a Friday is answered on
+        # Monday morning, and a holiday waits for the next working day.
+        minutes = plan.response_delay_ms / MINUTE_MS
+        return after_working_minutes(now, minutes, plan.fallback_rep.region)
 
     def _lead(self, plan: LeadPlan) -> dict[str, Any] | None:
         return self.store.get_record("Lead", plan.lead_id)

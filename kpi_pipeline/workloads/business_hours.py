@@ -108,6 +108,12 @@ class BusinessClock:
         due = self.add_open_ns_array(np.array([to_ns(start)]), np.array([float(minutes)]))
         return from_ns(int(due[0]))
 
+    def next_open(self, at: datetime) -> datetime:
+        """``at`` when the calendar is open then, else the instant it next opens."""
+        # One nanosecond of open time later, less that nanosecond: exact in integers.
+        after = self.add_open_ns_array(np.array([to_ns(at)]), np.array([1 / NS_PER_MINUTE]))
+        return from_ns(int(after[0]) - 1)
+
     # --- arrays (int64 nanoseconds since the epoch) -----------------------------------
 
     def open_ns_array(self, start_ns: np.ndarray, end_ns: np.ndarray) -> np.ndarray:
