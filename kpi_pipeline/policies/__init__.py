@@ -1,5 +1,6 @@
 """Routing policy as data: the packaged default policy, its JSON Schema, loading and the CLI."""
 
+from kpi_pipeline.policies.calendars import Calendar
 from kpi_pipeline.policies.load import (
     PolicyError,
     PolicyFault,
@@ -11,6 +12,7 @@ from kpi_pipeline.policies.load import (
 )
 
 __all__ = [
+    "Calendar",
     "PolicyError",
     "PolicyFault",
     "RoutingPolicy",
