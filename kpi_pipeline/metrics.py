@@ -11,10 +11,12 @@ in one directory (``Settings.resolved_metrics_dir``: ``KPI_METRICS_DIR``, defaul
 ``DATA_DIR/metrics``), and ``kpi-pipeline metrics serve`` merges the files on each scrape.
 Values therefore survive the recording process, and a restart of the server.
 
-prometheus_client picks its value storage from ``PROMETHEUS_MULTIPROC_DIR`` when it is
-*imported*; other libraries may import it before us, so this module does not rely on import
-order: it sets the variable (children such as Dagster run workers inherit it) and installs
-the multiprocess value class explicitly before creating any metric.
+Nothing happens at import. ``configure(settings)`` (called by the CLI entry points, and
+otherwise by the first recording call, from the ``KPI_*`` environment) resolves the
+directory, creates it, exports ``PROMETHEUS_MULTIPROC_DIR`` (children such as Dagster run
+workers inherit it, and prometheus_client's multiprocess values open their files there),
+installs the multiprocess value class and only then creates the metric objects. So neither
+import order nor an earlier import of prometheus_client by another library matters.
 
 Process identity and compaction
 -------------------------------
@@ -38,20 +40,30 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from kpi_pipeline.config import DEFAULT_CHANNELS, get_settings
+from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from kpi_pipeline.config import DEFAULT_CHANNELS, Settings, get_settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _configure_metrics_dir() -> Path:
-    """Resolve the metrics directory, export it for prometheus_client and children, create it."""
-    settings = get_settings()
+def _resolve_metrics_dir(settings: Settings) -> Path:
+    """The metrics directory from settings (or an inherited PROMETHEUS_MULTIPROC_DIR), created."""
     inherited = os.environ.get(MULTIPROC_ENV)
     configured = settings.resolved_metrics_dir.expanduser().resolve()
     if inherited:
@@ -69,23 +81,8 @@ def _configure_metrics_dir() -> Path:
             f"Cannot create the metrics directory {configured} ({exc}); set KPI_METRICS_DIR "
             "(or KPI_DATA_DIR) to a writable local directory."
         ) from exc
-    # Absolute, so Dagster run workers started in another working directory agree.
-    os.environ[MULTIPROC_ENV] = str(configured)
     return configured
 
-
-METRICS_DIR = _configure_metrics_dir()
-
-# prometheus_client must only be imported after the environment variable is set.
-from prometheus_client import Counter, Gauge, Histogram, values  # noqa: E402
-from prometheus_client.core import (  # noqa: E402
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
-from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 ALIVE_SUFFIX = ".alive"
 ARCHIVE_PREFIX = "archive-"
@@ -115,15 +112,13 @@ def _process_identifier() -> str:
         _identity.lock_file.close()
     name = f"{pid}-{secrets.token_hex(4)}"
     # Lock first, then rename into view: compaction never sees an unlocked .alive file.
-    pending = METRICS_DIR / f"{name}{ALIVE_SUFFIX}.pending"
+    directory = metrics_dir()
+    pending = directory / f"{name}{ALIVE_SUFFIX}.pending"
     lock_file = open(pending, "ab")  # noqa: SIM115 - held for the life of the process
     fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.rename(pending, METRICS_DIR / f"{name}{ALIVE_SUFFIX}")
+    os.rename(pending, directory / f"{name}{ALIVE_SUFFIX}")
     _identity.pid, _identity.name, _identity.lock_file = pid, name, lock_file
     return name
-
-
-values.ValueClass = values.MultiProcessValue(process_identifier=_process_identifier)
 
 
 # --- the metrics ----------------------------------------------------------------------------
@@ -149,62 +144,152 @@ TTFR_BUCKETS = (
 ASSIGNMENT_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 AUTH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-CDC_EVENTS = Counter("cdc_events", "CDC events received", ["channel", "change_type"])
-# mostrecent: lag is a state, and the newest measurement (from whichever run took it) is the
-# truth. `max` would pin the worst lag ever seen, since dead runs' files keep their values;
-# `livemostrecent` would drop the value whenever no run is alive, i.e. between sensor ticks.
-CDC_LAG = Gauge(
-    "cdc_lag_seconds",
-    "Seconds between now and the newest commit seen",
-    ["channel"],
-    multiprocess_mode="mostrecent",
-)
-DECISIONS = Counter("decisions", "Workload decisions", ["workload", "outcome", "policy_version"])
-FIRST_RESPONSE_LATENCY = Histogram(
-    "first_response_latency_seconds", "Lead creation to first response", buckets=TTFR_BUCKETS
-)
-ASSIGNMENT_LATENCY = Histogram(
-    "assignment_latency_seconds", "Lead creation to first user owner", buckets=ASSIGNMENT_BUCKETS
-)
-ERRORS = Counter("errors", "Errors by area", ["area"])
-AUTH_REQUESTS = Counter("auth_requests", "Salesforce auth requests", ["result"])
-AUTH_LATENCY = Histogram(
-    "auth_latency_seconds", "Salesforce token request latency", buckets=AUTH_BUCKETS
-)
-WRITEBACK_SENDS = Counter(
-    "writeback_sends", "Outbox rows by the outcome of their send to Salesforce", ["outcome"]
-)
-
 # Commit in the org -> the batch holding that change processed (decisions applied in the
 # ledger): sub-second in stream mode, tens of seconds with a run per batch.
 PROCESSING_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
-PROCESSING_LAG = Histogram(
-    "cdc_processing_lag_seconds",
-    "Commit in the org to its batch processed",
-    ["channel"],
-    buckets=PROCESSING_LAG_BUCKETS,
-)
-# A decision applied in the ledger (its outbox row marked dirty) -> Salesforce confirmed the
-# write. Commit -> written back is cdc_processing_lag_seconds followed by this.
-WRITEBACK_LAG = Histogram(
-    "writeback_lag_seconds",
-    "Outbox row marked dirty (decision applied) to Salesforce confirming the write",
-    buckets=PROCESSING_LAG_BUCKETS,
-)
 
-ALL_METRICS = (
-    CDC_EVENTS,
-    PROCESSING_LAG,
-    WRITEBACK_LAG,
-    CDC_LAG,
-    DECISIONS,
-    FIRST_RESPONSE_LATENCY,
-    ASSIGNMENT_LATENCY,
-    ERRORS,
-    AUTH_REQUESTS,
-    AUTH_LATENCY,
-    WRITEBACK_SENDS,
-)
+
+class Metrics:
+    """The metric objects of one process, created by ``configure`` once the directory is
+    known (none is registered in prometheus_client's global registry: ``metrics serve``
+    merges the directory's files instead)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.cdc_events = Counter(
+            "cdc_events", "CDC events received", ["channel", "change_type"], registry=None
+        )
+        # mostrecent: lag is a state, and the newest measurement (from whichever run took it)
+        # is the truth. `max` would pin the worst lag ever seen, since dead runs' files keep
+        # their values; `livemostrecent` would drop the value whenever no run is alive, i.e.
+        # between sensor ticks.
+        self.cdc_lag = Gauge(
+            "cdc_lag_seconds",
+            "Seconds between now and the newest commit seen",
+            ["channel"],
+            multiprocess_mode="mostrecent",
+            registry=None,
+        )
+        self.decisions = Counter(
+            "decisions",
+            "Workload decisions",
+            ["workload", "outcome", "policy_version"],
+            registry=None,
+        )
+        self.first_response_latency = Histogram(
+            "first_response_latency_seconds",
+            "Lead creation to first response",
+            buckets=TTFR_BUCKETS,
+            registry=None,
+        )
+        self.assignment_latency = Histogram(
+            "assignment_latency_seconds",
+            "Lead creation to first user owner",
+            buckets=ASSIGNMENT_BUCKETS,
+            registry=None,
+        )
+        self.errors = Counter("errors", "Errors by area", ["area"], registry=None)
+        self.auth_requests = Counter(
+            "auth_requests", "Salesforce auth requests", ["result"], registry=None
+        )
+        self.auth_latency = Histogram(
+            "auth_latency_seconds",
+            "Salesforce token request latency",
+            buckets=AUTH_BUCKETS,
+            registry=None,
+        )
+        self.writeback_sends = Counter(
+            "writeback_sends",
+            "Outbox rows by the outcome of their send to Salesforce",
+            ["outcome"],
+            registry=None,
+        )
+        self.processing_lag = Histogram(
+            "cdc_processing_lag_seconds",
+            "Commit in the org to its batch processed",
+            ["channel"],
+            buckets=PROCESSING_LAG_BUCKETS,
+            registry=None,
+        )
+        # A decision applied in the ledger (its outbox row marked dirty) -> Salesforce
+        # confirmed the write. Commit -> written back is processing lag followed by this.
+        self.writeback_lag = Histogram(
+            "writeback_lag_seconds",
+            "Outbox row marked dirty (decision applied) to Salesforce confirming the write",
+            buckets=PROCESSING_LAG_BUCKETS,
+            registry=None,
+        )
+
+    def all(self) -> tuple[Counter | Gauge | Histogram, ...]:
+        return (
+            self.cdc_events,
+            self.processing_lag,
+            self.writeback_lag,
+            self.cdc_lag,
+            self.decisions,
+            self.first_response_latency,
+            self.assignment_latency,
+            self.errors,
+            self.auth_requests,
+            self.auth_latency,
+            self.writeback_sends,
+        )
+
+
+_current: Metrics | None = None
+_directory: list[Path] = []  # set by configure before any value file is opened
+_configure_lock = threading.Lock()
+
+
+def configure(settings: Settings | None = None) -> Path:
+    """Start recording into the metrics directory of ``settings`` (default: the ``KPI_*``
+    environment); returns it. Idempotent; a second call naming another directory is an
+    error, since this process's values already live in the first one."""
+    global _current
+    settings = settings or get_settings()
+    with _configure_lock:
+        if _current is not None:
+            wanted = settings.metrics_dir
+            if wanted is not None and wanted.expanduser().resolve() != _current.directory:
+                raise ValueError(
+                    f"metrics already record into {_current.directory}; cannot switch this "
+                    f"process to {wanted} (set KPI_METRICS_DIR once, before the first record)"
+                )
+            return _current.directory
+        directory = _resolve_metrics_dir(settings)
+        # Absolute, so Dagster run workers started in another working directory agree.
+        os.environ[MULTIPROC_ENV] = str(directory)
+        _directory[:] = [directory]
+        values.ValueClass = values.MultiProcessValue(process_identifier=_process_identifier)
+        _current = Metrics(directory)
+        return directory
+
+
+def current() -> Metrics:
+    """This process's metric objects, configuring from the environment on first use."""
+    if _current is None:
+        configure()
+    assert _current is not None
+    return _current
+
+
+def sample_value(name: str, labels: Mapping[str, str] | None = None) -> float:
+    """This process's own value of one sample (0.0 if never recorded), e.g.
+    ``sample_value("errors_total", {"area": "cdc"})``: for tests and diagnostics. A scrape
+    merges every process's values instead."""
+    wanted = dict(labels or {})
+    for metric in current().all():
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == wanted:
+                    return float(sample.value)
+    return 0.0
+
+
+def metrics_dir() -> Path:
+    """The directory this process records into (configuring it on first use)."""
+    return _directory[0] if _directory else current().directory
+
 
 CHANGE_TYPES = ("CREATE", "UPDATE", "DELETE", "UNDELETE")
 AUTH_RESULTS = ("hit", "success", "failure")
@@ -234,49 +319,52 @@ KNOWN_ERROR_AREAS = (
 
 
 def record_cdc_event(channel: str, change_type: str, count: int = 1) -> None:
-    CDC_EVENTS.labels(channel=channel, change_type=change_type).inc(count)
+    current().cdc_events.labels(channel=channel, change_type=change_type).inc(count)
 
 
 def set_cdc_lag(channel: str, seconds: float) -> None:
-    CDC_LAG.labels(channel=channel).set(seconds)
+    current().cdc_lag.labels(channel=channel).set(seconds)
 
 
 def record_decision(workload: str, outcome: str, policy_version: str) -> None:
-    DECISIONS.labels(workload=workload, outcome=outcome, policy_version=policy_version).inc()
+    current().decisions.labels(
+        workload=workload, outcome=outcome, policy_version=policy_version
+    ).inc()
 
 
 def observe_first_response(seconds: float) -> None:
-    FIRST_RESPONSE_LATENCY.observe(seconds)
+    current().first_response_latency.observe(seconds)
 
 
 def observe_processing_lag(channel: str, seconds: float) -> None:
-    PROCESSING_LAG.labels(channel=channel).observe(max(0.0, seconds))
+    current().processing_lag.labels(channel=channel).observe(max(0.0, seconds))
 
 
 def observe_writeback_lag(seconds: float) -> None:
-    WRITEBACK_LAG.observe(max(0.0, seconds))
+    current().writeback_lag.observe(max(0.0, seconds))
 
 
 def observe_assignment(seconds: float) -> None:
-    ASSIGNMENT_LATENCY.observe(seconds)
+    current().assignment_latency.observe(seconds)
 
 
 def record_error(area: str) -> None:
-    ERRORS.labels(area=area).inc()
+    current().errors.labels(area=area).inc()
 
 
 def record_auth(result: str, latency_seconds: float | None = None) -> None:
     """result: 'hit' (cached token), 'success' (fetched), 'failure'."""
-    AUTH_REQUESTS.labels(result=result).inc()
+    live = current()
+    live.auth_requests.labels(result=result).inc()
     if latency_seconds is not None:
-        AUTH_LATENCY.observe(latency_seconds)
+        live.auth_latency.observe(latency_seconds)
 
 
 def record_writeback(outcome: str, count: int = 1) -> None:
     """Outbox rows whose send ended in `outcome` (one of WRITEBACK_OUTCOMES). Never raises:
     it is called from the drain between a send and its bookkeeping."""
     if count:
-        WRITEBACK_SENDS.labels(outcome=outcome).inc(count)
+        current().writeback_sends.labels(outcome=outcome).inc(count)
 
 
 def initialise_known_series(channels: Iterable[str] = DEFAULT_CHANNELS) -> None:
@@ -287,16 +375,17 @@ def initialise_known_series(channels: Iterable[str] = DEFAULT_CHANNELS) -> None:
     decisions_total has no known label set (outcomes and policy versions come from the
     policy); the collector still announces its name.
     """
+    live = current()
     for channel in channels:
-        CDC_LAG.labels(channel=channel)._value.set(0.0, timestamp=_EPOCH_PLUS_ONE_SECOND)
+        live.cdc_lag.labels(channel=channel)._value.set(0.0, timestamp=_EPOCH_PLUS_ONE_SECOND)
         for change_type in CHANGE_TYPES:
-            CDC_EVENTS.labels(channel=channel, change_type=change_type)
+            live.cdc_events.labels(channel=channel, change_type=change_type)
     for area in KNOWN_ERROR_AREAS:
-        ERRORS.labels(area=area)
+        live.errors.labels(area=area)
     for result in AUTH_RESULTS:
-        AUTH_REQUESTS.labels(result=result)
+        live.auth_requests.labels(result=result)
     for outcome in WRITEBACK_OUTCOMES:
-        WRITEBACK_SENDS.labels(outcome=outcome)
+        live.writeback_sends.labels(outcome=outcome)
 
 
 # --- the directory: scrape side ---------------------------------------------------------
@@ -369,8 +458,8 @@ def _empty_family(metric: Counter | Gauge | Histogram) -> Metric:
 class MetricsDirCollector:
     """Merges every live and archived metric file of a metrics directory on each scrape."""
 
-    def __init__(self, path: Path = METRICS_DIR) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else metrics_dir()
         if not self.path.is_dir():
             raise ValueError(f"Metrics directory {self.path} does not exist; set KPI_METRICS_DIR.")
 
@@ -381,7 +470,7 @@ class MetricsDirCollector:
         seen = {family.name for family in families}
         yield from families
         # Every name in the exposition from the start, even one with no label set yet.
-        for metric in ALL_METRICS:
+        for metric in current().all():
             if metric._name not in seen:
                 yield _empty_family(metric)
 
@@ -469,13 +558,13 @@ def _remove_leftovers(path: Path, manifest: _Manifest) -> None:
             file.unlink(missing_ok=True)
 
 
-def compact(path: Path = METRICS_DIR) -> CompactionResult:
+def compact(path: Path | None = None) -> CompactionResult:
     """Fold the metric files of dead processes into a new archive generation.
 
     Totals seen by a scrape are the same before and after; idempotent and crash-safe (see the
     module docstring). Live processes' files and this process's own files are left alone.
     """
-    path = Path(path)
+    path = Path(path) if path is not None else metrics_dir()
     with _directory_lock(path, exclusive=True):
         manifest = _read_manifest(path)
         _remove_leftovers(path, manifest)

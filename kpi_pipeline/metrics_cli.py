@@ -212,7 +212,7 @@ def _compact_periodically(
 
 def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
     """Serve until interrupted. Prints the bound address (port 0 picks a free one)."""
-    metrics_dir = metrics.METRICS_DIR
+    metrics_dir = metrics.configure()
     metrics.initialise_known_series(get_settings().cdc_channels)
     metrics.compact(metrics_dir)
     server = make_server(
@@ -256,10 +256,11 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def _compact_command(args: argparse.Namespace) -> int:
-    result = metrics.compact(metrics.METRICS_DIR)
+    directory = metrics.configure()
+    result = metrics.compact(directory)
     print(
         f"absorbed {result.files_absorbed} files of {result.dead_processes} finished processes "
-        f"into archive generation {result.generation} in {metrics.METRICS_DIR}"
+        f"into archive generation {result.generation} in {directory}"
     )
     return 0
 

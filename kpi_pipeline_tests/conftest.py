@@ -20,12 +20,13 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-# Most tests drive the sensor-mode path (a run per batch, ticks evaluated in the test);
+# Most tests drive the sensor-mode path (processing runs evaluated in the test);
 # stream-mode tests set KPI_CDC_MODE=stream themselves. Subprocesses inherit it.
 os.environ.setdefault("KPI_CDC_MODE", "sensor")
 
 # Metric values of test processes go to a throwaway directory, not the repository's .kpi_data
-# (set before anything imports kpi_pipeline.metrics; subprocesses inherit it).
+# (kpi_pipeline.metrics reads it at the first record, whatever was imported before; one
+# directory for the whole session, since a process records into one; subprocesses inherit it).
 os.environ.setdefault("KPI_METRICS_DIR", tempfile.mkdtemp(prefix="kpi-test-metrics-"))
 
 PG_ADMIN_URL = os.environ.get(

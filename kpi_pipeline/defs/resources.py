@@ -18,6 +18,13 @@ class PipelineResource(dg.ConfigurableResource):
     data_dir: str | None = None
     ledger_url: str | None = None
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Runs, ticks and checks record metrics into this deployment's directory (the
+        entry point configures them; nothing does at import)."""
+        from kpi_pipeline import metrics
+
+        metrics.configure(self.settings())
+
     def settings(self) -> Settings:
         overrides: dict[str, Any] = {}
         if self.data_dir:

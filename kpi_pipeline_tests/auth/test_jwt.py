@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client import REGISTRY
 
+from kpi_pipeline import metrics
 from kpi_pipeline.auth.jwt import (
     AuthError,
     JWTTokenProvider,
@@ -46,7 +46,7 @@ def token_requests(org: SandboxOrg) -> int:
 
 
 def auth_count(result: str) -> float:
-    return REGISTRY.get_sample_value("auth_requests_total", {"result": result}) or 0.0
+    return metrics.sample_value("auth_requests_total", {"result": result})
 
 
 # --- the cache ---------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import re
 import avro.io
 import avro.schema
 import pytest
-from prometheus_client import REGISTRY
 
+from kpi_pipeline import metrics
 from kpi_pipeline.cdc.decode import EventDecoder
 from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.cdc.events import EventFormatError, replay_id_from_int
@@ -284,7 +284,7 @@ def rewrite_header(event: RawEvent, **bitmaps: list[str]) -> RawEvent:
 
 
 def bitmap_errors() -> float:
-    return REGISTRY.get_sample_value("errors_total", {"area": "cdc_bitmap"}) or 0.0
+    return metrics.sample_value("errors_total", {"area": "cdc_bitmap"})
 
 
 def test_an_unmappable_element_is_skipped_counted_and_logged_and_the_event_decodes(

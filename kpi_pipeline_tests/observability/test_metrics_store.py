@@ -302,7 +302,7 @@ def test_conflicting_metrics_directories_are_a_clear_error(tmp_path: Path) -> No
     env = metrics_env(tmp_path / "a")
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "b")
     done = subprocess.run(
-        [sys.executable, "-c", "import kpi_pipeline.metrics"],
+        [sys.executable, "-c", "import kpi_pipeline.metrics as m; m.configure()"],
         env=env,
         capture_output=True,
         text=True,
@@ -315,7 +315,7 @@ def test_an_unusable_metrics_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     done = subprocess.run(
-        [sys.executable, "-c", "import kpi_pipeline.metrics"],
+        [sys.executable, "-c", "from kpi_pipeline import metrics as m; m.record_error('cdc')"],
         env=metrics_env(blocker / "metrics"),
         capture_output=True,
         text=True,
@@ -324,8 +324,45 @@ def test_an_unusable_metrics_directory_is_a_clear_error(tmp_path: Path) -> None:
     assert "Cannot create the metrics directory" in done.stderr and "KPI_METRICS_DIR" in done.stderr
 
 
+def test_importing_records_nothing_creates_nothing_and_changes_no_environment(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "not-yet"
+    code = (
+        "import os, kpi_pipeline.metrics, kpi_pipeline.metrics_cli\n"
+        "print('PROMETHEUS_MULTIPROC_DIR' in os.environ)\n"
+    )
+    env = metrics_env(directory)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
+    assert not directory.exists()
+
+
+def test_one_process_records_into_one_directory(tmp_path: Path) -> None:
+    code = (
+        "from kpi_pipeline import metrics as m\n"
+        "from kpi_pipeline.config import Settings\n"
+        f"m.configure(Settings(metrics_dir='{tmp_path / 'a'}'))\n"
+        f"m.configure(Settings(metrics_dir='{tmp_path / 'a'}'))  # the same: fine\n"
+        f"m.configure(Settings(metrics_dir='{tmp_path / 'b'}'))\n"
+    )
+    env = metrics_env(tmp_path / "a")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "metrics already record into" in done.stderr and "KPI_METRICS_DIR" in done.stderr
+
+
 def test_the_directory_is_exported_for_child_processes(metrics_dir: Path) -> None:
-    code = "import os, kpi_pipeline.metrics; print(os.environ['PROMETHEUS_MULTIPROC_DIR'])"
+    code = (
+        "import os\n"
+        "from kpi_pipeline import metrics as m\n"
+        "m.record_error('cdc')\n"
+        "print(os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code],
         env=metrics_env(metrics_dir),

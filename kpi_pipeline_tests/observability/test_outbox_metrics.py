@@ -52,7 +52,7 @@ def test_rows_by_status_ages_and_expired_claims(ledger: Ledger, clock: MovableCl
         opened.append(1)
         return ledger
 
-    app = build_app(metrics.METRICS_DIR, open_ledger)
+    app = build_app(metrics.metrics_dir(), open_ledger)
     assert opened == []  # nothing touches the ledger before the first scrape
 
     empty = scrape(app)
@@ -87,7 +87,7 @@ def test_rows_by_status_ages_and_expired_claims(ledger: Ledger, clock: MovableCl
 def test_scrapes_stay_fast_with_a_backlog(ledger: Ledger) -> None:
     queue(ledger, [f"00Q{n:012d}AAA" for n in range(2000)])
     claim(ledger, 200)
-    app = build_app(metrics.METRICS_DIR, lambda: ledger)
+    app = build_app(metrics.metrics_dir(), lambda: ledger)
     scrape(app)  # the first scrape opens connections
     durations = []
     for _ in range(40):
@@ -108,8 +108,10 @@ def test_an_unreadable_ledger_leaves_its_series_out_and_counts_an_error(tmp_path
         return Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     metrics.initialise_known_series()
-    app = build_app(metrics.METRICS_DIR, broken)
-    errors_before = scrape(build_app(metrics.METRICS_DIR))[("errors_total", (("area", "metrics"),))]
+    app = build_app(metrics.metrics_dir(), broken)
+    errors_before = scrape(build_app(metrics.metrics_dir()))[
+        ("errors_total", (("area", "metrics"),))
+    ]
     samples = scrape(app)
     assert not [key for key in samples if key[0] in GAUGES]
     assert "cdc_events_total" in {key[0] for key in samples}  # the rest of the scrape is there

@@ -88,9 +88,10 @@ def test_a_stale_row_is_superseded_by_the_newer_value(
 
 
 def _writeback_lag_count_and_sum() -> tuple[float, float]:
-    (family,) = metrics.WRITEBACK_LAG.collect()
-    found = {s.name: s.value for s in family.samples if s.name.endswith(("_count", "_sum"))}
-    return found["writeback_lag_seconds_count"], found["writeback_lag_seconds_sum"]
+    return (
+        metrics.sample_value("writeback_lag_seconds_count"),
+        metrics.sample_value("writeback_lag_seconds_sum"),
+    )
 
 
 def test_each_confirmed_row_observes_how_long_its_change_waited(
