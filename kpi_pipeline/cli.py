@@ -16,7 +16,8 @@ COMMAND_MODULES = (
     "kpi_pipeline.sandbox.cli",  # sandbox simulate | serve
     "kpi_pipeline.policies.cli",  # policy validate | simulate
     "kpi_pipeline.replay",  # replay EVENTS.jsonl --out DIR
-    "kpi_pipeline.metrics_cli",  # metrics serve
+    "kpi_pipeline.web",  # web serve | status
+    "kpi_pipeline.metrics_cli",  # metrics compact | serve (the old name of web serve)
     "kpi_pipeline.flywheel.cli",  # flywheel export | training-set
     "kpi_pipeline.ledger.cli",  # ledger upgrade | dead-letters | resync-windows | replay-ids
 )

@@ -253,7 +253,43 @@ class Settings(BaseSettings):
         description="Directory where short-lived runs leave metric values (prometheus_client "
         "multiprocess mode). Default: DATA_DIR/metrics.",
     )
-    metrics_port: int = Field(9464, description="Port of `kpi-pipeline metrics serve`.")
+    metrics_port: int = Field(
+        9464, description="Port of `kpi-pipeline web serve` (/metrics, /healthz, /readyz, /status)."
+    )
+    # /readyz (kpi_pipeline.operator_status): each reason for "not ready" has its threshold.
+    ready_org_probe_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="/readyz asks the org (a token and a one-row SOQL query) at most this often; "
+        "in between it reports the last answer.",
+    )
+    ready_processing_lag_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="/readyz is 503 when the oldest staged batch not yet processed has waited "
+        "longer than this (KPI_CDC_PROCESSING_ALERT_SECONDS marks it stuck).",
+    )
+    ready_progress_stale_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Stream mode: /readyz is 503 when a channel's durable replay id has not moved "
+        "(no event and no keepalive) for this long. A real org sends keepalives within 270 s.",
+    )
+    ready_dead_letter_window_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="/readyz is 503 while dead letters were recorded within this many seconds.",
+    )
+    ready_outbox_backlog_rows: int = Field(
+        1000,
+        ge=1,
+        description="/readyz is 503 when more write-back outbox rows than this wait to be sent.",
+    )
+    ready_outbox_age_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="/readyz is 503 when the oldest write-back outbox row has waited longer.",
+    )
     elasticsearch_url: str | None = Field(
         None, description="Elasticsearch URL for flywheel_index; unset => skipped."
     )

@@ -1,8 +1,10 @@
-"""`kpi-pipeline metrics serve | compact`: the Prometheus endpoint over the metrics directory.
+"""`kpi-pipeline metrics compact` and what ``/metrics`` is made of.
 
-``serve`` answers ``/metrics`` (every value recorded by any process, alive or finished, see
-``kpi_pipeline.metrics``) and ``/healthz``, and compacts dead processes' files in the
-background. The directory comes from ``KPI_METRICS_DIR`` (default ``KPI_DATA_DIR/metrics``).
+``build_registry`` merges every value recorded by any process, alive or finished, into the
+metrics directory (see ``kpi_pipeline.metrics``) with the ledger's gauges below;
+``kpi_pipeline.web`` serves it. ``metrics serve`` is the old name of ``web serve``, kept as
+an alias for one release. The directory comes from ``KPI_METRICS_DIR`` (default
+``KPI_DATA_DIR/metrics``).
 
 ``/metrics`` also carries the write-back outbox's state, read from the ledger on each scrape
 (``OutboxCollector``): it is a state of the ledger, not something a process records, so it
@@ -12,58 +14,35 @@ is right even when no run has touched the outbox for hours.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kpi_pipeline import metrics
 from kpi_pipeline.config import get_settings
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 # Processes with files on disk (alive or finished, ~3 files each) above which a scrape
 # compacts before reading: each file costs every scrape ~0.1 ms of merging.
 CROWDED_PROCESSES = 8
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    """One thread per request, so a slow scraper does not block the others."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 drops connections under concurrent scrapes, and a
-    # dropped SYN costs the client a 1 s retransmit.
-    request_queue_size = 128
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        """Scrapes every few seconds would flood the log; errors still reach stderr."""
-
-
-def _health(metrics_dir: Path) -> tuple[str, dict[str, object]]:
-    """Healthy when the metrics directory can be read and a scrape can be built."""
+def directory_health(metrics_dir: Path) -> tuple[int, dict[str, object]]:
+    """(HTTP status, body): 200 when the metrics directory can be read and merged."""
     try:
         files = len(list(metrics_dir.glob("*.db")))
         list(metrics.MetricsDirCollector(metrics_dir).collect())
     except Exception as exc:
-        return "503 Service Unavailable", {
-            "status": "error",
-            "metrics_dir": str(metrics_dir),
-            "error": str(exc),
-        }
-    return "200 OK", {"status": "ok", "metrics_dir": str(metrics_dir), "metric_files": files}
+        return 503, {"status": "error", "metrics_dir": str(metrics_dir), "error": str(exc)}
+    return 200, {"status": "ok", "metrics_dir": str(metrics_dir), "metric_files": files}
 
 
-def _compact_if_crowded(metrics_dir: Path) -> None:
+def compact_if_crowded(metrics_dir: Path) -> None:
     """A burst of runs (a backfill) can leave hundreds of files before the next periodic
     compaction; every scrape reads them all, so compact first when there are many."""
     if sum(1 for _ in metrics_dir.glob(f"*{metrics.ALIVE_SUFFIX}")) > CROWDED_PROCESSES:
@@ -165,94 +144,26 @@ class OutboxCollector:
         yield alive
 
 
-def _settings_ledger() -> Any:
-    from kpi_pipeline import wiring
-
-    return wiring.ledger(get_settings())
-
-
-def build_app(metrics_dir: Path, open_ledger: Callable[[], Any] | None = None) -> WSGIApp:
-    """WSGI app: /metrics (Prometheus text or OpenMetrics), /healthz (JSON), else 404.
-
-    ``open_ledger`` builds the ledger whose outbox /metrics reports (called on the first
-    scrape); None leaves the outbox series out.
-    """
+def build_registry(
+    metrics_dir: Path, open_ledger: Callable[[], Any] | None = None
+) -> CollectorRegistry:
+    """What /metrics exposes. ``open_ledger`` builds the ledger whose outbox and live path
+    it reports (called on the first scrape); None leaves those series out."""
     registry = CollectorRegistry(auto_describe=False)
     if open_ledger is not None:
         # Collected first, so an error reading the ledger is counted in this same scrape.
         registry.register(OutboxCollector(open_ledger))
     registry.register(metrics.MetricsDirCollector(metrics_dir))
-    metrics_app = make_wsgi_app(registry)
-
-    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "/")
-        if path in ("/metrics", "/metrics/"):
-            _compact_if_crowded(metrics_dir)
-            return metrics_app(environ, start_response)
-        if path == "/healthz":
-            status, body = _health(metrics_dir)
-            start_response(status, [("Content-Type", "application/json")])
-            return [json.dumps(body).encode()]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"Not found: use /metrics or /healthz\n"]
-
-    return app
+    return registry
 
 
-def _compact_periodically(
-    metrics_dir: Path, interval_seconds: float, stop: threading.Event
-) -> None:
+def compact_periodically(metrics_dir: Path, interval_seconds: float, stop: threading.Event) -> None:
     while not stop.wait(interval_seconds):
         try:
             metrics.compact(metrics_dir)
         except Exception as exc:
             metrics.record_error("metrics")
             print(f"metrics compaction failed: {exc}", file=sys.stderr, flush=True)
-
-
-def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
-    """Serve until interrupted. Prints the bound address (port 0 picks a free one)."""
-    metrics_dir = metrics.configure()
-    metrics.initialise_known_series(get_settings().cdc_channels)
-    metrics.compact(metrics_dir)
-    server = make_server(
-        host,
-        port,
-        build_app(metrics_dir, _settings_ledger),
-        _ThreadingWSGIServer,
-        handler_class=_QuietHandler,
-    )
-    stop = threading.Event()
-    compactor = threading.Thread(
-        target=_compact_periodically,
-        args=(metrics_dir, compact_interval_seconds, stop),
-        daemon=True,
-    )
-    compactor.start()
-    bound_host, bound_port = server.server_address[:2]
-    print(
-        f"serving metrics on http://{bound_host}:{bound_port}/metrics from {metrics_dir}",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    finally:
-        stop.set()
-        server.server_close()
-
-
-def _serve_command(args: argparse.Namespace) -> int:
-    try:
-        serve(args.host, args.port, args.compact_interval)
-    except OSError as exc:
-        print(
-            f"cannot serve metrics on {args.host}:{args.port}: {exc}; pick another --port.",
-            file=sys.stderr,
-        )
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 def _compact_command(args: argparse.Namespace) -> int:
@@ -265,7 +176,7 @@ def _compact_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
@@ -276,25 +187,13 @@ def _positive_seconds(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from kpi_pipeline import web
+
     parser = subparsers.add_parser("metrics", help="Prometheus metrics endpoint")
     commands = parser.add_subparsers(dest="metrics_command", required=True, metavar="SUBCOMMAND")
-    serve_parser = commands.add_parser(
-        "serve", help="serve /metrics and /healthz over the metrics directory (KPI_METRICS_DIR)"
+    web.add_serve_arguments(
+        commands.add_parser("serve", help="the old name of `web serve` (kept for one release)")
     )
-    serve_parser.add_argument(
-        "--port", type=int, default=get_settings().metrics_port, help="TCP port (0: any free port)"
-    )
-    serve_parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)"
-    )
-    serve_parser.add_argument(
-        "--compact-interval",
-        type=_positive_seconds,
-        default=10.0,
-        help="seconds between compactions of finished processes' metric files (each scrape reads "
-        "every file, so frequent compaction keeps scrapes fast; an idle compaction costs under 1 ms)",
-    )
-    serve_parser.set_defaults(func=_serve_command)
     compact_parser = commands.add_parser(
         "compact", help="fold finished processes' metric files into the archive"
     )

@@ -173,6 +173,55 @@ def _https_session(conn: OrgConnection):
     return ca_pinned_session(conn.ca_file)
 
 
+def probe_org(settings: Settings, *, timeout_s: float = 5.0):
+    """Ask the org for a token and one row (``operator_status.OrgProbe``), never starting
+    the embedded sandbox: a stopped sandbox is exactly what readiness must report. A fresh
+    token provider each time, so a replaced key file is noticed without a restart."""
+    from datetime import UTC, datetime
+
+    import requests
+
+    from kpi_pipeline.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
+    from kpi_pipeline.operator_status import OrgProbe
+    from kpi_pipeline.salesforce.rest import SalesforceRest, SessionInvalidError
+
+    now = datetime.now(UTC)
+    session = None
+    if settings.uses_real_org:
+        provider: Any = JWTTokenProvider.from_settings(settings)
+    else:
+        from kpi_pipeline.sandbox.runtime import read_endpoints
+        from kpi_pipeline.sandbox.tls import ca_pinned_session
+
+        endpoints = read_endpoints(settings.data_dir)
+        if endpoints is None:
+            detail = f"the embedded sandbox org of {settings.data_dir} is not running (make dev starts it)"
+            return OrgProbe(False, "org_unreachable", detail, now)
+        provider = StaticTokenProvider(
+            endpoints.access_token, endpoints.rest_url, endpoints.tenant_id
+        )
+        session = ca_pinned_session(endpoints.ca_file) if endpoints.ca_file else None
+    rest = SalesforceRest(
+        provider,
+        api_version=settings.salesforce_api_version,
+        client_id=settings.client_id,
+        session=session,
+        max_attempts=1,
+        timeout_s=timeout_s,
+    )
+    try:
+        rest.query("SELECT Id FROM Lead LIMIT 1")
+    except (AuthError, SessionInvalidError) as exc:
+        # A login URL that does not answer is the org being unreachable, not a refused key.
+        code = getattr(exc, "error", None) or getattr(exc, "error_code", None)
+        if code == "unreachable":
+            return OrgProbe(False, "org_unreachable", f"{exc}"[:500], now)
+        return OrgProbe(False, "org_auth_failed", f"authentication failed: {exc}"[:500], now)
+    except (requests.RequestException, OSError, RuntimeError) as exc:
+        return OrgProbe(False, "org_unreachable", f"{type(exc).__name__}: {exc}"[:500], now)
+    return OrgProbe(True, None, "token and a one-row query answered", now)
+
+
 def batch_processor(settings: Settings, *, live_clock: bool = True):
     """The processor the job's ops share. Live runs stamp decisions with the wall clock;
     ``replay`` uses the event clock instead (``live_clock=False``)."""

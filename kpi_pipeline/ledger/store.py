@@ -487,6 +487,19 @@ class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin, ReplayStoreMixin, Leas
             for row in rows
         ]
 
+    def dead_letter_counts(self, *, since: datetime | None = None) -> dict[str, int]:
+        """Dead letters per stage and error type (``"decode: PayloadDecodeError"``), all or
+        those recorded at or after ``since``. Reasons are ``"<ErrorType>: <detail>"``."""
+        query = sa.select(t.dead_letters.c.stage, t.dead_letters.c.reason)
+        if since is not None:
+            query = query.where(t.dead_letters.c.created_at >= since)
+        counts: dict[str, int] = {}
+        with self.read() as conn:
+            for stage, reason in conn.execute(query):
+                key = f"{stage}: {reason.split(':', 1)[0].strip() or 'unknown'}"
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
+
     # --- re-sync windows ----------------------------------------------------------------
 
     def record_resync_window(

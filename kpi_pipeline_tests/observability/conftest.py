@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,20 +80,23 @@ class MetricsServer:
             self.process.wait(timeout=60)
 
 
+WEB_SERVE_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli", "web", "serve")
+
+
 def start_metrics_server(
-    metrics_dir: Path, port: int = 0, compact_interval: float = 60.0, ledger_url: str | None = None
+    metrics_dir: Path,
+    port: int = 0,
+    compact_interval: float = 60.0,
+    ledger_url: str | None = None,
+    *,
+    command: Sequence[str] = (*METRICS_COMMAND, "serve"),
+    extra_env: Mapping[str, str] | None = None,
 ) -> MetricsServer:
-    """Start `kpi-pipeline metrics serve` and wait for the address it prints."""
+    """Start the web server (by default through its old name, `metrics serve`) and wait for
+    the address it prints."""
     process = subprocess.Popen(
-        [
-            *METRICS_COMMAND,
-            "serve",
-            "--port",
-            str(port),
-            "--compact-interval",
-            str(compact_interval),
-        ],
-        env=metrics_env(metrics_dir, ledger_url),
+        [*command, "--port", str(port), "--compact-interval", str(compact_interval)],
+        env={**metrics_env(metrics_dir, ledger_url), **(extra_env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

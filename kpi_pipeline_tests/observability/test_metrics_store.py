@@ -3,6 +3,7 @@ compaction, and are exposed from the start (CONTRACTS.md §6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -138,9 +139,11 @@ def test_healthz_reports_the_directory_and_unknown_paths_are_404(
 ) -> None:
     status, body = http_get(f"{metrics_server.url}/healthz")
     assert status == 200
-    assert '"status": "ok"' in body and str(metrics_dir) in body
+    health = json.loads(body)
+    assert health["status"] == "ok" and health["metrics_dir"] == str(metrics_dir)
+    assert health["ledger"] == "ok"
     status, body = http_get(f"{metrics_server.url}/nope")
-    assert status == 404 and "/metrics" in body
+    assert status == 404 and "/metrics" in body and "/readyz" in body
 
 
 def test_cdc_lag_is_the_most_recent_measurement_of_any_run(metrics_dir: Path) -> None:
@@ -421,7 +424,7 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
             timeout=60,
         )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "serve", "--compact-interval", "0"],
         env=metrics_env(metrics_dir),
@@ -455,4 +458,4 @@ def test_healthz_is_503_when_the_directory_is_gone(metrics_server, metrics_dir: 
     shutil.rmtree(metrics_dir)
     status, body = http_get(f"{metrics_server.url}/healthz")
     assert status == 503
-    assert '"status": "error"' in body and "KPI_METRICS_DIR" in body
+    assert json.loads(body)["status"] == "error" and "KPI_METRICS_DIR" in body

@@ -4,15 +4,15 @@ PostgreSQL) on each scrape; an unreadable ledger costs those series, never the s
 from __future__ import annotations
 
 import time
-import wsgiref.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from kpi_pipeline import metrics
 from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.metrics_cli import build_app
+from kpi_pipeline.metrics_cli import build_registry
 from kpi_pipeline_tests.observability.conftest import parse_exposition, start_metrics_server
 from kpi_pipeline_tests.outbox_rows import MovableClock, claim, fail_for_good, queue
 
@@ -36,13 +36,8 @@ def ledger(ledger_url: str, clock: MovableClock) -> Iterator[Ledger]:
     opened.dispose()
 
 
-def scrape(app: Callable) -> dict:
-    environ: dict = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET"}
-    wsgiref.util.setup_testing_defaults(environ)
-    status: list[str] = []
-    body = b"".join(app(environ, lambda s, headers: status.append(s)))
-    assert status == ["200 OK"]
-    return parse_exposition(body.decode())
+def scrape(registry: CollectorRegistry) -> dict:
+    return parse_exposition(generate_latest(registry).decode())
 
 
 def test_rows_by_status_ages_and_expired_claims(ledger: Ledger, clock: MovableClock) -> None:
@@ -52,7 +47,7 @@ def test_rows_by_status_ages_and_expired_claims(ledger: Ledger, clock: MovableCl
         opened.append(1)
         return ledger
 
-    app = build_app(metrics.metrics_dir(), open_ledger)
+    app = build_registry(metrics.metrics_dir(), open_ledger)
     assert opened == []  # nothing touches the ledger before the first scrape
 
     empty = scrape(app)
@@ -87,7 +82,7 @@ def test_rows_by_status_ages_and_expired_claims(ledger: Ledger, clock: MovableCl
 def test_scrapes_stay_fast_with_a_backlog(ledger: Ledger) -> None:
     queue(ledger, [f"00Q{n:012d}AAA" for n in range(2000)])
     claim(ledger, 200)
-    app = build_app(metrics.metrics_dir(), lambda: ledger)
+    app = build_registry(metrics.metrics_dir(), lambda: ledger)
     scrape(app)  # the first scrape opens connections
     durations = []
     for _ in range(40):
@@ -108,8 +103,8 @@ def test_an_unreadable_ledger_leaves_its_series_out_and_counts_an_error(tmp_path
         return Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     metrics.initialise_known_series()
-    app = build_app(metrics.metrics_dir(), broken)
-    errors_before = scrape(build_app(metrics.metrics_dir()))[
+    app = build_registry(metrics.metrics_dir(), broken)
+    errors_before = scrape(build_registry(metrics.metrics_dir()))[
         ("errors_total", (("area", "metrics"),))
     ]
     samples = scrape(app)
