@@ -2,9 +2,11 @@
 and freshness checks CI can assert on.
 
 Runtime health comes from the ``FreshnessPolicy`` on every asset (evaluated by Dagster's
-freshness daemon). Those are not check results, so the few freshness-critical assets also
-get real freshness *checks* (the superseded-but-working builders), which run with
-``dagster asset materialize`` and in tests with a controlled clock.
+freshness daemon). Those are not check results, so every materialized asset also gets a
+real freshness *check* (the superseded-but-working builders): ``lead_ledger`` by its last
+update, each daily asset by its partition being there by 03:00. ``freshness_checks_sensor``
+(running by default) evaluates them; they also run with ``dagster asset materialize`` and in
+tests with a controlled clock.
 """
 
 import warnings
@@ -97,6 +99,8 @@ def outbox_backlog(pipeline: PipelineResource) -> dg.AssetCheckResult:
     )
 
 
+DAILY_DEADLINE_CRON = "0 3 * * *"
+
 with warnings.catch_warnings():
     # The builders are superseded by FreshnessPolicy, but they are the only freshness form
     # that produces check results (CONTRACTS.md §8.1); silence only their own warning here.
@@ -104,13 +108,19 @@ with warnings.catch_warnings():
     ledger_freshness_checks = dg.build_last_update_freshness_checks(
         assets=[LEDGER_KEY], lower_bound_delta=timedelta(hours=2)
     )
+    # Every daily asset: daily_kpis (01:15) builds yesterday's partition, so it is due by
+    # 03:00; lead_ledger is snapshotted every 30 minutes, so 2 hours without one is stale.
     kpi_freshness_checks = dg.build_time_partition_freshness_checks(
-        assets=[KPI_KEYS["ttfr_overall"], dg.AssetKey("flywheel_logs")], deadline_cron="0 3 * * *"
+        assets=[*KPI_KEYS.values(), dg.AssetKey("flywheel_logs"), dg.AssetKey("flywheel_index")],
+        deadline_cron=DAILY_DEADLINE_CRON,
     )
+    # Running by default: freshness checks stand in for health, so they must be evaluated
+    # without anyone switching the sensor on in the UI.
     freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
         freshness_checks=[*ledger_freshness_checks, *kpi_freshness_checks],
         minimum_interval_seconds=600,
         name="freshness_checks_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
     )
 
 LEDGER_CHECKS = [ttfr_non_negative, first_response_complete, decisions_carry_policy_version]

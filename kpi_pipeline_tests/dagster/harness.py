@@ -137,6 +137,28 @@ def instance_state(env: Mapping[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def check_executions(env: Mapping[str, str], asset: str, check: str) -> list[str]:
+    """Statuses of the executions of one asset check (newest first), read from a separate
+    process: what the UI's check history shows."""
+    script = (
+        "import json, sys\n"
+        "import dagster as dg\n"
+        "inst = dg.DagsterInstance.get()\n"
+        "key = dg.AssetCheckKey(dg.AssetKey(sys.argv[1]), sys.argv[2])\n"
+        "history = inst.event_log_storage.get_asset_check_execution_history(key, limit=20)\n"
+        "print(json.dumps([r.status.value for r in history]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, asset, check],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def job_runs(env: Mapping[str, str], job_name: str) -> list[dict]:
     """Runs of ``job_name`` (newest first), read from a separate process: id, status, tags
     and the pid the run's worker logged ("Started process for run (pid: N)"), found as the

@@ -15,8 +15,14 @@ import pytest
 from dagster._core.test_utils import freeze_time
 
 from kpi_pipeline import wiring
-from kpi_pipeline.defs.analytics import flywheel_index, flywheel_logs, kpi_rollups, lead_ledger
-from kpi_pipeline.defs.checks import LEDGER_CHECKS, ledger_freshness_checks
+from kpi_pipeline.defs.analytics import (
+    KPI_KEYS,
+    flywheel_index,
+    flywheel_logs,
+    kpi_rollups,
+    lead_ledger,
+)
+from kpi_pipeline.defs.checks import LEDGER_CHECKS, kpi_freshness_checks, ledger_freshness_checks
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.kpis.rollups import ROLLUP_NAMES
 from kpi_pipeline.ledger.store import Ledger
@@ -207,3 +213,30 @@ def test_freshness_check_fails_when_stale_and_passes_when_fresh(pipeline):
 
         assert evaluate(t0 + timedelta(minutes=30)) is True
         assert evaluate(t0 + timedelta(hours=3)) is False
+
+
+def test_every_daily_asset_has_a_partition_freshness_check_that_fails_when_stale(pipeline):
+    """Due by 03:00 for yesterday's partition (daily_kpis runs at 01:15). Materializations are
+    reported as events: the check reads only the event log."""
+    daily = [*KPI_KEYS.values(), dg.AssetKey("flywheel_logs"), dg.AssetKey("flywheel_index")]
+    checked = {key for check in kpi_freshness_checks for key in check.check_keys}
+    assert {key.asset_key for key in checked} == set(daily)
+    at = datetime(2026, 11, 3, 4, 0, tzinfo=UTC)  # after the deadline for 2026-11-02
+
+    def evaluate(instance: dg.DagsterInstance) -> dict[dg.AssetKey, bool]:
+        with freeze_time(at):
+            result = dg.materialize(
+                [kpi_rollups, flywheel_logs, flywheel_index, *kpi_freshness_checks],
+                selection=dg.AssetSelection.checks(*kpi_freshness_checks),
+                instance=instance,
+                resources={"pipeline": pipeline},
+            )
+        return {e.asset_key: e.passed for e in result.get_asset_check_evaluations()}
+
+    with dg.instance_for_test() as instance:
+        assert evaluate(instance) == dict.fromkeys(daily, False)  # nothing materialized: stale
+        for key in daily:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key=key, partition="2026-11-02")
+            )
+        assert evaluate(instance) == dict.fromkeys(daily, True)

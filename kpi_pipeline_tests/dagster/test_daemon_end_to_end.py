@@ -10,13 +10,20 @@ launched twice.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline.cdc.cursor import SensorCursor
-from kpi_pipeline_tests.dagster.harness import BIN, instance_state, kill, start_daemon
+from kpi_pipeline_tests.dagster.harness import (
+    BIN,
+    check_executions,
+    instance_state,
+    kill,
+    start_daemon,
+)
 from kpi_pipeline_tests.dagster.harness import wait_for_state as _wait_for
 from kpi_pipeline_tests.dagster.harness import write_instance_yaml as _write_instance_yaml
 
@@ -54,6 +61,15 @@ def _ledger_counts(data_dir: Path) -> tuple[int, int, int, int]:
         leads = conn.execute(sa.text("select count(*) from lead_facts")).scalar_one()
     engine.dispose()
     return inbox, distinct, pending, leads
+
+
+def _wait_for_check(env: dict, asset: str, check: str, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = check_executions(env, asset, check)
+        if any(s in ("SUCCEEDED", "FAILED") for s in statuses) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(2)
 
 
 def _add_leads(data_dir: Path, count: int) -> list[str]:
@@ -121,8 +137,14 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
             240,
             log_path,
         )
+        # freshness_checks_sensor runs by default: its first tick evaluates every freshness
+        # check (the KPI partitions are stale in a fresh deployment, so those fail).
+        freshness = _wait_for_check(env, "kpi_ttfr_overall", "freshness_check", 120)
+        ledger_freshness = check_executions(env, "lead_ledger", "freshness_check")
     finally:
         kill(daemon)
+    assert freshness and freshness[0] in ("SUCCEEDED", "FAILED"), freshness
+    assert ledger_freshness, "lead_ledger's freshness check was never evaluated"
     positions_before = _replay_positions(first["cursor"])
     assert positions_before, first
     leads_before = _ledger_counts(data_dir)[3]
