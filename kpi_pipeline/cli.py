@@ -43,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kpi_pipeline import logs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.configure()  # KPI_LOG_FORMAT: text (default) or json, secrets redacted either way
     return int(args.func(args) or 0)
 
 

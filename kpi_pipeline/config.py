@@ -256,6 +256,15 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, description="Port of `kpi-pipeline web serve` (/metrics, /healthz, /readyz, /status)."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: readable lines for a terminal; json: one JSON object per line (ts, "
+        "level, logger, msg, and channel / replay_id / batch_id / lead_id / run_id / "
+        "policy_version where known), as log collectors want. Secrets are redacted in both.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of kpi_pipeline's own processes' logs."
+    )
     # /readyz (kpi_pipeline.operator_status): each reason for "not ready" has its threshold.
     ready_org_probe_seconds: float = Field(
         30.0,

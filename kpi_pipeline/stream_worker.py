@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from kpi_pipeline import metrics
+from kpi_pipeline import logs, metrics
 from kpi_pipeline.cdc.errors import ReplayIdInvalidError
 from kpi_pipeline.cdc.events import replay_id_hex
 from kpi_pipeline.cdc.stream import LedgerStager, StreamBatch, StreamSubscriber, newest_commit_ms
@@ -210,6 +210,10 @@ class StreamWorker:
         self._on_progress(self.progress)
 
     def _process(self, batch_id: str) -> None:
+        with logs.bind_context(batch_id=batch_id, run_id=self.holder):
+            self._process_batch(batch_id)
+
+    def _process_batch(self, batch_id: str) -> None:
         loaded = self.ledger.load_batch(batch_id)
         decoded = self.processor.decode(loaded, self.decoder)
         summary = self.processor.process(decoded.events)

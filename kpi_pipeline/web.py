@@ -124,9 +124,10 @@ def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
     """Serve until interrupted; prints the bound address first (port 0 picks a free one)."""
     import uvicorn
 
-    from kpi_pipeline import metrics, metrics_cli, wiring
+    from kpi_pipeline import logs, metrics, metrics_cli, wiring
 
     settings = get_settings()
+    logs.configure(settings)
     metrics_dir = metrics.configure(settings)
     metrics.initialise_known_series(settings.cdc_channels)
     metrics.compact(metrics_dir)
@@ -152,7 +153,10 @@ def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
         "(also /healthz, /readyz, /status)",
         flush=True,
     )
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    # log_config None: uvicorn's loggers go through the root handler (kpi_pipeline.logs).
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", log_config=None
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -60,6 +60,11 @@ class AccessToken:
     expires_at: float
     user_id: str | None = None
 
+    def __post_init__(self) -> None:
+        from kpi_pipeline import logs
+
+        logs.register_secret(self.access_token)  # whatever logs it later, never in clear
+
     def pubsub_metadata(self) -> PubSubMetadata:
         """gRPC metadata the Pub/Sub API wants on every call (lower-case keys)."""
         return (

@@ -217,7 +217,10 @@ def _serve(args: argparse.Namespace) -> int:
     if update_delay is None:
         print(f"error: ${UPDATE_DELAY_ENV} must be a number of seconds >= 0", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from kpi_pipeline import logs
+
+    logs.configure()  # the sandbox logs like every other process (KPI_LOG_FORMAT)
+    logs.register_secret(args.access_token)
     parent_pid = args.parent_pid or os.getppid()
     stop = threading.Event()
 
@@ -256,7 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
             return 1
         if update_delay > 0:
             runtime.rest_server.faults.delay_updates(update_delay)
-            print(f"sandbox: record updates answered {update_delay:g} s after applying", flush=True)
+            _say(f"sandbox: record updates answered {update_delay:g} s after applying")
         if args.live_leads_per_hour > 0:
             runtime.start_live(
                 seed=args.seed,
@@ -265,7 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         _print_endpoints(args, runtime)
         _wait_for_stop(stop, runtime, parent_pid, args.idle_exit_seconds)
-        print("sandbox: stopping", flush=True)
+        _say("sandbox: stopping")
     finally:
         runtime.stop()
         if args.endpoints_file:
@@ -344,7 +347,11 @@ def _print_endpoints(args: argparse.Namespace, runtime) -> None:
         f"sandbox org serving {args.store} (Ctrl-C or SIGTERM stops it)",
         f"  pubsub: {runtime.pubsub_target} ({transport}, eventbus.v1.PubSub)",
         f"  rest: {runtime.rest_url} (login and instance URL)",
-        f"  access token: {args.access_token}",
+        # Not into a log file: with an endpoints file (the embedded sandbox, whose output is
+        # DATA_DIR/sandbox.log) clients read the token from there instead.
+        f"  access token: {args.access_token}"
+        if not args.endpoints_file
+        else f"  access token: access_token in {args.endpoints_file}",
         f"  tenant id: {args.tenant_id}",
     ]
     if runtime.tls:
@@ -353,7 +360,21 @@ def _print_endpoints(args: argparse.Namespace, runtime) -> None:
         lines.append(
             f"  JWT: consumer key {SANDBOX_CONSUMER_KEY}, user {INTEGRATION_USER.email}, key {args.jwt_key_out}"
         )
-    print("\n".join(lines), flush=True)
+    _say("\n".join(lines))
+
+
+def _say(text: str) -> None:
+    """What the sandbox tells its operator: plain lines on stdout, or, with
+    KPI_LOG_FORMAT=json, log lines like the rest of its output (the embedded sandbox writes
+    both streams into DATA_DIR/sandbox.log, which then stays one JSON object per line)."""
+    from kpi_pipeline.config import get_settings
+
+    if get_settings().log_format == "json":
+        logger = logging.getLogger("kpi_pipeline.sandbox")
+        for line in text.splitlines():
+            logger.info(line.strip())
+    else:
+        print(text, flush=True)
 
 
 def _export(args: argparse.Namespace) -> int:
