@@ -256,6 +256,12 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, description="Port of `kpi-pipeline web serve` (/metrics, /healthz, /readyz, /status)."
     )
+    pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway (e.g. http://pushgateway:9091): at the end of each "
+        "Dagster run this host's metric totals are pushed there (grouping job=kpi_pipeline, "
+        "instance=<host>), for runs on hosts Prometheus does not scrape. Unset: no push.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="text: readable lines for a terminal; json: one JSON object per line (ts, "

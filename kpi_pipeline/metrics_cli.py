@@ -157,6 +157,24 @@ def build_registry(
     return registry
 
 
+def push_to_gateway(url: str, metrics_dir: Path | None = None) -> None:
+    """Replace this host's group on a Pushgateway with the host's metric totals (every
+    process's values in the metrics directory, as /metrics would show them). Replacing is
+    right because the totals are cumulative: a group per run would grow without end."""
+    import socket
+
+    from prometheus_client import push_to_gateway as push
+
+    directory = metrics_dir if metrics_dir is not None else metrics.metrics_dir()
+    push(
+        url,
+        job="kpi_pipeline",
+        registry=build_registry(directory),
+        grouping_key={"instance": socket.gethostname()},
+        timeout=10,
+    )
+
+
 def compact_periodically(metrics_dir: Path, interval_seconds: float, stop: threading.Event) -> None:
     while not stop.wait(interval_seconds):
         try:

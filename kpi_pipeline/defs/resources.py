@@ -25,6 +25,20 @@ class PipelineResource(dg.ConfigurableResource):
 
         metrics.configure(self.settings())
 
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """At the end of a run, push this host's metric totals to KPI_PUSHGATEWAY_URL (for
+        run workers on hosts Prometheus does not scrape). Never fails the run."""
+        settings = self.settings()
+        if not settings.pushgateway_url or getattr(context, "dagster_run", None) is None:
+            return
+        from kpi_pipeline import metrics, metrics_cli
+
+        try:
+            metrics_cli.push_to_gateway(settings.pushgateway_url)
+        except Exception as exc:
+            metrics.record_error("metrics")
+            context.log.warning(f"push to {settings.pushgateway_url} failed: {exc}")
+
     def settings(self) -> Settings:
         overrides: dict[str, Any] = {}
         if self.data_dir:
