@@ -87,7 +87,9 @@ def _add_contacts(store: SandboxStore) -> None:
 def org(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedOrg]:
     directory = tmp_path_factory.mktemp("conformance")
     store = SandboxStore(directory / "sandbox.db")
-    simulate(store, leads=16, days=1, seed=5)
+    # Two days ending now (inside the 72 h retention): reps answer in working hours, so a
+    # shorter window may hold no Task or EmailMessage yet.
+    simulate(store, leads=16, days=2, seed=5)
     _add_contacts(store)
     store.close()
     with serve(directory / "sandbox.db", args=["--tls"]) as served:
