@@ -266,10 +266,3 @@ def flywheel_index(context: dg.AssetExecutionContext, pipeline: PipelineResource
         end=window.end.astimezone(UTC),
     )
     yield dg.MaterializeResult(metadata=report)
-
-
-def read_kpi_days(data_dir, name: str, days: list[str]) -> pd.DataFrame:
-    frames = [
-        pd.read_csv(kpi_partition_path(data_dir, name, day), dtype={"day": str}) for day in days
-    ]
-    return pd.concat(frames, ignore_index=True) if frames else rollups.empty_rollup(name)

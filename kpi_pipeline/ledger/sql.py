@@ -16,15 +16,6 @@ def insert_ignore(conn: sa.Connection | sa.Engine, table: sa.Table, keys: Sequen
     return dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
-def upsert(conn: sa.Connection, table: sa.Table, keys: Sequence[str], update: Sequence[str]) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET col = excluded.col`` for ``update`` columns."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
-    return stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
-    )
-
-
 def dumps(value: Any) -> str:
     """Canonical JSON (sorted keys, no spaces): equal documents give equal text and hashes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -91,14 +91,6 @@ class ChatClient:
         self._session.close()
 
 
-def message_content(completion: dict[str, Any]) -> str:
-    """Text of the first choice's assistant message ('' when absent)."""
-    try:
-        return completion["choices"][0]["message"].get("content") or ""
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return ""
-
-
 def selector_from_settings(settings: Settings | None = None) -> TemplateSelector:
     """The template selector the settings ask for: ``LLMSelector`` over ``ChatClient`` when
     ``KPI_LLM_BASE_URL`` is set (falling back to the local ranker), else ``LocalRanker``."""
