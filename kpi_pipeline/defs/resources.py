@@ -1,5 +1,6 @@
 """Dagster resources: thin wrappers that hand out the adapters built in ``kpi_pipeline.wiring``."""
 
+import atexit
 from typing import Any
 
 import dagster as dg
@@ -20,24 +21,14 @@ class PipelineResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Runs, ticks and checks record metrics into this deployment's directory (the
-        entry point configures them; nothing does at import)."""
+        entry point configures them; nothing does at import). In a run worker with
+        KPI_PUSHGATEWAY_URL set, the host's totals are pushed when the run's process exits."""
         from kpi_pipeline import metrics
 
-        metrics.configure(self.settings())
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        """At the end of a run, push this host's metric totals to KPI_PUSHGATEWAY_URL (for
-        run workers on hosts Prometheus does not scrape). Never fails the run."""
         settings = self.settings()
-        if not settings.pushgateway_url or getattr(context, "dagster_run", None) is None:
-            return
-        from kpi_pipeline import metrics, metrics_cli
-
-        try:
-            metrics_cli.push_to_gateway(settings.pushgateway_url)
-        except Exception as exc:
-            metrics.record_error("metrics")
-            context.log.warning(f"push to {settings.pushgateway_url} failed: {exc}")
+        metrics.configure(settings)
+        if settings.pushgateway_url and getattr(context, "dagster_run", None) is not None:
+            _push_at_exit(settings.pushgateway_url)
 
     def settings(self) -> Settings:
         overrides: dict[str, Any] = {}
@@ -65,3 +56,28 @@ class PipelineResource(dg.ConfigurableResource):
     def drain_writeback(self):
         """Send the outbox's dirty fields (``kpi_pipeline.writeback.WritebackResult``)."""
         return wiring.drain_writeback(self.settings())
+
+
+_pushes_registered: set[str] = set()
+
+
+def _push_at_exit(url: str) -> None:
+    """Once per process: a run worker is one process per run, so its exit is the run's end.
+    (A teardown hook would make this resource a generator, which every direct sensor
+    invocation would then have to open as a context manager.) Never fails the run."""
+    if url in _pushes_registered:
+        return
+    _pushes_registered.add(url)
+
+    def push() -> None:
+        import logging
+
+        from kpi_pipeline import metrics, metrics_cli
+
+        try:
+            metrics_cli.push_to_gateway(url)
+        except Exception as exc:
+            metrics.record_error("metrics")
+            logging.getLogger(__name__).warning("push to %s failed: %s", url, exc)
+
+    atexit.register(push)

@@ -10,13 +10,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from kpi_pipeline import metrics, wiring
-from kpi_pipeline.definitions import defs
-from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline_tests.observability.conftest import http_get, parse_exposition, require_binary
+from kpi_pipeline import metrics
+from kpi_pipeline_tests.dagster.harness import BIN
+from kpi_pipeline_tests.observability.conftest import (
+    http_get,
+    metrics_env,
+    parse_exposition,
+    require_binary,
+    run_recording,
+)
+
+LEAD = "/data/LeadChangeEvent"
+RUN_LEDGER_SNAPSHOT = ("job", "execute", "-m", "kpi_pipeline.definitions", "-j", "ledger_snapshot")
 
 pytestmark = pytest.mark.integration
 
@@ -50,35 +58,57 @@ def gateway(tmp_path: Path) -> Iterator[str]:
     process.wait(timeout=30)
 
 
-def _snapshot_run(tmp_path: Path) -> dg.ExecuteInProcessResult:
-    wiring.reset_cache()
-    with dg.instance_for_test() as instance:
-        return defs.resolve_job_def("ledger_snapshot").execute_in_process(
-            instance=instance, resources={"pipeline": PipelineResource(data_dir=str(tmp_path))}
-        )
+def _run_in_its_own_process(tmp_path: Path, gateway: str) -> Path:
+    """`dagster job execute` of ledger_snapshot: one process per run, as a run worker is.
+    Returns its metrics directory."""
+    metrics_dir = tmp_path / "metrics"
+    env = {
+        **metrics_env(metrics_dir),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "KPI_PUSHGATEWAY_URL": gateway,
+    }
+    (tmp_path / "dagster_home").mkdir()
+    done = subprocess.run(
+        [str(BIN / "dagster"), *RUN_LEDGER_SNAPSHOT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return metrics_dir
 
 
-def test_a_run_pushes_the_host_totals_to_the_gateway(
-    gateway: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KPI_PUSHGATEWAY_URL", gateway)
-    metrics.record_error("outreach_send")  # something this host recorded before the run
-    assert _snapshot_run(tmp_path).success
+def _recorded(metrics_dir: Path) -> dict:
+    registry = CollectorRegistry()
+    registry.register(metrics.MetricsDirCollector(metrics_dir))
+    return parse_exposition(generate_latest(registry).decode())
+
+
+def test_a_run_pushes_the_host_totals_to_the_gateway(gateway: str, tmp_path: Path) -> None:
+    # Values another process on this host recorded earlier (a sensor tick, another run).
+    run_recording(
+        tmp_path / "metrics",
+        f'm.record_cdc_event("{LEAD}", "CREATE", 3)\nm.record_error("outreach_send")',
+    )
+    _run_in_its_own_process(tmp_path, gateway)
 
     status, body = http_get(f"{gateway}/metrics")
     assert status == 200
     pushed = parse_exposition(body)
-    host = socket.gethostname()
-    key = ("errors_total", (("area", "outreach_send"), ("instance", host), ("job", "kpi_pipeline")))
-    assert pushed[key] >= 1
-    # The push time the gateway records for the group: proof the run's end pushed it.
-    assert any(name == "push_time_seconds" for name, _labels in pushed)
+    group = {("instance", socket.gethostname()), ("job", "kpi_pipeline")}
+
+    def value(name: str, **labels: str) -> float:
+        wanted = set(labels.items()) | group
+        (found,) = [v for (n, ls), v in pushed.items() if n == name and set(ls) == wanted]
+        return found
+
+    assert value("cdc_events_total", channel=LEAD, change_type="CREATE") == 3
+    assert value("errors_total", area="outreach_send") == 1
+    assert value("push_time_seconds") > 0
 
 
-def test_a_gateway_that_is_down_never_fails_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KPI_PUSHGATEWAY_URL", f"http://127.0.0.1:{_free_port()}")
-    before = metrics.sample_value("errors_total", {"area": "metrics"})
-    assert _snapshot_run(tmp_path).success
-    assert metrics.sample_value("errors_total", {"area": "metrics"}) == before + 1
+def test_a_gateway_that_is_down_never_fails_the_run(tmp_path: Path) -> None:
+    metrics_dir = _run_in_its_own_process(tmp_path, f"http://127.0.0.1:{_free_port()}")
+    # Each step process of the run pushes (and here fails) once as it exits.
+    assert _recorded(metrics_dir)[("errors_total", (("area", "metrics"),))] >= 1
