@@ -22,11 +22,14 @@ dev: install
 
 # External tools used by integration tests: Prometheus (Debian), the Salesforce CLI (npm) and
 # the npm Pub/Sub client the conformance tests drive (pinned with underscore beside it: its
-# avro-js requires underscore without declaring it).
+# avro-js requires underscore without declaring it); Chromium (Debian) for the Dagster UI test.
 tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway >/dev/null; }
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@[ -x sf/node_modules/.bin/sf ] || (cd sf && npm ci --no-audit --no-fund --loglevel=error)
 	@[ -d kpi_pipeline_tests/conformance/node/node_modules/underscore ] || \
 	  (cd kpi_pipeline_tests/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
