@@ -230,13 +230,19 @@ def resolve_from_ledger(ledger: Any, claims: Sequence[Claim], rules: OwnerRules)
     superseded: list[Superseded] = []
     held_back: dict[str, dict[str, str]] = {}
     for claim in claims:
+        state = states.get((LEAD, claim.record_id))
+        if state is not None and state.deleted:
+            # Deleted in the org after we decided (a merge, a cleanup): an update could only
+            # fail for good (INVALID_CROSS_REFERENCE_KEY), so there is nothing to send.
+            log.info("write-back of %s dropped: the record is deleted", claim.record_id)
+            values[claim.id] = {}
+            continue
         row = facts.get(claim.record_id)
         current = dict(row._mapping) if row is not None else {}
         decision = decisions.get(claim.record_id)
         current["OwnerId"] = decision.owner_id if decision is not None else None
         dirty = set(claim.dirty)
         if "OwnerId" in dirty:
-            state = states.get((LEAD, claim.record_id))
             person = None
             if state is not None and decision is not None:
                 person = owner_set_by_person(

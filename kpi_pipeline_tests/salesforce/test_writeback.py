@@ -231,3 +231,22 @@ def test_rows_with_nothing_to_send_neither_reach_the_org_nor_end_the_drain(
     assert len(result.report.sent) == 2 and result.report.complete
     assert org_first_responses(org, first) == ["2026-11-18T09:45:00.000Z"]  # no second update
     assert {r.status for r in ledger.outbox()} == {"sent"}
+
+
+def test_a_record_deleted_in_the_org_is_not_written_and_nothing_fails(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    from kpi_pipeline.workloads.records import RecordState
+
+    ledger, _ = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 30)  # decided and queued for write-back...
+    org.store.delete_record("Lead", lead, user_id=REP)  # ...then deleted in the org
+    with ledger.write() as conn:  # and its DELETE event merged into the ledger
+        ledger.save_records(conn, [RecordState("Lead", lead, deleted=True)])
+    before = len(org.data_requests("/composite/sobjects"))
+
+    result = drain_writeback(ledger, org.rest(), RULES)
+
+    assert result.report.failed == {} and len(org.data_requests("/composite/sobjects")) == before
+    assert [r.status for r in ledger.outbox()] == ["sent"]
