@@ -24,6 +24,15 @@ SMALL_ARGS: dict[str, list[list[str]]] = {
     "bench_client_drain.py": [["--events", "5000", "--repeats", "1"]],
     "bench_decode.py": [["--events", "5000", "--repeats", "1"]],
     "bench_kpis.py": [["--leads", "50000", "--days", "10", "--repeats", "1"]],
+    # dagster dev takes 15-40 s to start and catch up; the windows themselves are short.
+    "bench_live.py": [["--seconds", "20", "--warmup", "2", "--drain-seconds", "20"]],
+    "bench_live_scenarios.py": [
+        [
+            "burst",
+            *("--pre-seconds", "5", "--burst-seconds", "5", "--post-seconds", "10"),
+            *("--warmup", "2", "--drain-seconds", "20"),
+        ]
+    ],
     "bench_latency.py": [["inprocess", "--interval", "5", "--seconds", "20"]],
     "bench_metrics.py": [
         ["--runs", "20", "--small-burst", "7", "--threads", "5", "--seconds", "2"]
