@@ -123,7 +123,10 @@ def test_kpis_and_flywheel_for_one_day_with_checks(pipeline, week_of_activity):
     assert {f"kpi_{n}" for n in ROLLUP_NAMES} < materialized
     _assert_sla_breakdowns(result, week_of_activity, day)
     overall = (week_of_activity / "kpis" / "ttfr_overall" / f"{day}.csv").read_text().splitlines()
-    assert overall[0] == "day,leads,responded,coverage,ttfr_p50,ttfr_p90,ttfr_p95"
+    assert overall[0] == (
+        "day,leads,responded,coverage,ttfr_p50,ttfr_p90,ttfr_p95,"
+        "ttfr_business_p50,ttfr_business_p90,ttfr_business_p95"
+    )
     assert overall[1].startswith(day)
 
 
