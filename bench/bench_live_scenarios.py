@@ -114,6 +114,21 @@ def processed_times(c: live.Collected) -> dict[int, float]:
     }
 
 
+def batch_sizes(c: live.Collected, t0: float, t1: float) -> str:
+    """Events per batch for the batches whose first event was staged in [t0, t1]."""
+    sizes: dict[str, int] = {}
+    first: dict[str, float] = {}
+    for r, b in c.ledger["batch"].items():
+        sizes[b] = sizes.get(b, 0) + 1
+        staged = c.ledger["staged"].get(r)
+        if staged is not None:
+            first[b] = min(first.get(b, staged), staged)
+    chosen = [sizes[b] for b, t in first.items() if t0 * 1000 <= t < t1 * 1000]
+    if not chosen:
+        return "-"
+    return f"{sum(chosen) / len(chosen):.1f}, {max(chosen)}, {len(chosen)}"
+
+
 def rate(times_ms: list[float], t0: float, t1: float) -> float:
     n = sum(1 for t in times_ms if t0 * 1000 <= t < t1 * 1000)
     return n / max(t1 - t0, 1e-9)
@@ -232,6 +247,8 @@ def burst(args: argparse.Namespace, workdir: Path) -> int:
     print(f"| worst rolling 10-s p95 / its target, from the burst's start | {worst:.2f} |")
     print(f"| events committed/s during the burst (mean; peak 5 s) | {rate(committed, b0, b1):.1f}; {peak_rate(committed, b0, b1):.1f} |")  # fmt: skip
     print(f"| events processed/s during the burst (mean; peak 5 s) | {rate(processed, b0, b1):.1f}; {peak_rate(processed, b0, b1):.1f} |")  # fmt: skip
+    for label, lo, hi in (("before", t_start, b0), ("during", b0, b1), ("after", b1, t_end)):
+        print(f"| events per staged batch (one FetchResponse), batches staged {label} the burst: mean, max, n | {batch_sizes(c, lo, hi)} |")  # fmt: skip
     print(f"| CPU-seconds, dagster dev tree, during the burst | {fig['cpu']:.1f} s ({fig['cpu'] / fig['window'] * 100:.0f}% of a core) |")  # fmt: skip
     print(f"| CPU-seconds per 1,000 events during the burst | {fig['cpu_per_1000']:.1f} s |")
     print(f"| Dagster runs created during the burst | {sum(fig['runs'].values())} {fig['runs']} |")  # fmt: skip
