@@ -2,7 +2,8 @@
 
 * ``/metrics``: Prometheus text (or OpenMetrics, by ``Accept``) of every value any process
   recorded into the metrics directory, plus the ledger's outbox and live-path gauges read at
-  scrape time (``kpi_pipeline.metrics_cli.build_registry``).
+  scrape time (``kpi_pipeline.metrics_cli.build_registry``). Concurrent requests share the
+  scrape in flight (p95 20–26 ms for 20 scrapers at once, bench/RESULTS.md).
 * ``/healthz`` (liveness): this process is up and can read its stores (the metrics
   directory and the ledger); 503 with the error otherwise.
 * ``/readyz`` (readiness): 200 ``{"ready": true, "reasons": []}``, or 503 with every reason
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,33 @@ class _CachedProbe:
                 self._last = self._probe(self._settings)
                 self._at = time.monotonic()
             return self._last
+
+
+class _SharedScrape:
+    """Concurrent /metrics requests share the scrape in flight instead of each merging every
+    metric file and reading the ledger again: 20 scrapers at once then cost about one
+    scrape, not twenty queued on the CPU. A request never gets a result that was finished
+    before it arrived; at most one that was started a few milliseconds earlier."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, Future] = {}
+
+    def get(self, key: str, produce: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            future = self._in_flight.get(key)
+            leader = future is None
+            if leader:
+                future = self._in_flight[key] = Future()
+        if leader:
+            try:
+                future.set_result(produce())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    del self._in_flight[key]
+        return future.result()
 
 
 def build_app(
@@ -80,11 +109,17 @@ def build_app(
         )
         return status_and_readiness(status, thresholds)
 
+    shared = _SharedScrape()
+
     @app.get("/metrics")
     def scrape(request: Request) -> Response:
-        metrics_cli.compact_if_crowded(metrics_dir)
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(registry), media_type=content_type)
+
+        def produce() -> bytes:
+            metrics_cli.compact_if_crowded(metrics_dir)
+            return encoder(registry)
+
+        return Response(shared.get(content_type, produce), media_type=content_type)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
