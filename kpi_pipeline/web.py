@@ -3,7 +3,7 @@
 * ``/metrics``: Prometheus text (or OpenMetrics, by ``Accept``) of every value any process
   recorded into the metrics directory, plus the ledger's outbox and live-path gauges read at
   scrape time (``kpi_pipeline.metrics_cli.build_registry``). Concurrent requests share the
-  scrape in flight (p95 20–26 ms for 20 scrapers at once, bench/RESULTS.md).
+  scrape in flight (p95 20-26 ms for 20 scrapers at once, bench/RESULTS.md).
 * ``/healthz`` (liveness): this process is up and can read its stores (the metrics
   directory and the ledger); 503 with the error otherwise.
 * ``/readyz`` (readiness): 200 ``{"ready": true, "reasons": []}``, or 503 with every reason
