@@ -36,6 +36,9 @@ from kpi_pipeline.cdc.events import replay_id_hex
 from kpi_pipeline.cdc.stream import LedgerStager, StreamBatch, StreamSubscriber, newest_commit_ms
 
 log = logging.getLogger(__name__)
+# Upper bound of events staged before they are processed together, so a long burst still
+# reaches the ledger's decisions and the org in steps of bounded size.
+COALESCE_EVENTS = 500
 
 
 @dataclass
@@ -99,6 +102,8 @@ class StreamWorker:
         self.holder = holder
         self.limits = limits
         self.progress = StreamProgress()
+        self._staged: list[str] = []  # staged by ``stage``, not processed yet
+        self._staged_events = 0
         self._on_progress = on_progress or (lambda _p: None)
         self._stager = LedgerStager(
             ledger, client.get_schema, commit_ms=newest_commit_ms(decoder.decode)
@@ -191,13 +196,29 @@ class StreamWorker:
                 initial_preset=self.limits.initial_preset,  # type: ignore[arg-type]
             )
             try:
-                subscriber.run(self.handle, stop)
-                return
+                subscriber.run(self.stage, stop, on_idle=self.flush)
             except ReplayIdInvalidError as exc:
+                self.flush()  # what this subscription staged, before resubscribing
                 self._restart_after_refused_replay(exc)
+                continue
+            # Ended (lifetime, cancel or a lost lease): process what was staged only while
+            # every lease is still ours; otherwise the channel's new holder does it.
+            if self.ledger.renew_leases(self.holder, ttl=self.limits.lease_ttl) >= set(
+                self.channels
+            ):
+                self.flush()
+            return
 
     def handle(self, batch: StreamBatch) -> None:
         """One FetchResponse: stage it with the durable replay id, process it, write back."""
+        self.stage(batch)
+        self.flush()
+
+    def stage(self, batch: StreamBatch) -> None:
+        """Stage one FetchResponse with its durable replay id; processing waits for
+        ``flush``, which the subscriber calls once nothing more is queued (or every
+        ``COALESCE_EVENTS`` events), so a burst of small responses is processed together.
+        A kill in between loses nothing: the next generation processes what is staged."""
         staged = self._stager(batch)
         self.progress.batches += 1
         if batch.is_keepalive:
@@ -205,24 +226,38 @@ class StreamWorker:
         else:
             self.progress.events += len(batch.events)
         if staged is not None and staged.batch_id is not None:
-            self._process(staged.batch_id)
-            self._drain()
+            self._staged.append(staged.batch_id)
+            self._staged_events += len(batch.events)
+            if self._staged_events >= COALESCE_EVENTS:
+                self.flush()
         self._on_progress(self.progress)
 
-    def _process(self, batch_id: str) -> None:
-        with logs.bind_context(batch_id=batch_id, run_id=self.holder):
-            self._process_batch(batch_id)
+    def flush(self) -> None:
+        """Process every batch staged since the last flush in one pass, then write back."""
+        if not self._staged:
+            return
+        batch_ids, self._staged, self._staged_events = self._staged, [], 0
+        self._process_together(batch_ids)
+        self._drain()
 
-    def _process_batch(self, batch_id: str) -> None:
-        loaded = self.ledger.load_batch(batch_id)
-        decoded = self.processor.decode(loaded, self.decoder)
-        summary = self.processor.process(decoded.events)
-        summary["dead_lettered_on_decode"] = decoded.dead_lettered
-        if self.ledger.mark_batch_done(batch_id, run_id=self.holder, summary=_brief(summary)):
-            self.progress.processed += 1
-            observe_processing_lag(
-                loaded.channel, [e.header.commit_timestamp for e in decoded.events]
-            )
+    def _process(self, batch_id: str) -> None:
+        self._process_together([batch_id])
+
+    def _process_together(self, batch_ids: Sequence[str]) -> None:
+        with logs.bind_context(batch_id=batch_ids[0], run_id=self.holder):
+            loaded = [self.ledger.load_batch(batch_id) for batch_id in batch_ids]
+            decoded = [self.processor.decode(batch, self.decoder) for batch in loaded]
+            summary = self.processor.process([e for d in decoded for e in d.events])
+            summary["dead_lettered_on_decode"] = sum(d.dead_lettered for d in decoded)
+            summary["batches"] = len(batch_ids)
+            for batch, result in zip(loaded, decoded, strict=True):
+                if self.ledger.mark_batch_done(
+                    batch.batch_id, run_id=self.holder, summary=_brief(summary)
+                ):
+                    self.progress.processed += 1
+                    observe_processing_lag(
+                        batch.channel, [e.header.commit_timestamp for e in result.events]
+                    )
 
     def _drain(self) -> None:
         if self.drain is not None:

@@ -181,6 +181,10 @@ class _Inbox:
             self._cond.notify()
             return False
 
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
     def get(self, timeout: float) -> _Queued | _Failure | None:
         with self._cond:
             if not self._items:
@@ -378,8 +382,18 @@ class StreamSubscriber:
         self._settings = _Settings(initial_preset, window, max_failures, poll_s)
         self.stats: dict[str, ChannelStats] = {c: ChannelStats() for c in self.channels}
 
-    def run(self, handler: Callable[[StreamBatch], Any], stop: threading.Event) -> None:
+    def run(
+        self,
+        handler: Callable[[StreamBatch], Any],
+        stop: threading.Event,
+        on_idle: Callable[[], Any] | None = None,
+    ) -> None:
         """Subscribe and hand every batch to ``handler`` until ``stop`` is set.
+
+        ``on_idle`` is called whenever the handler has taken every batch queued so far (and
+        on each empty poll), so a handler may stage each batch at once and process what it
+        staged together: under a burst the server sends many one-event responses, and
+        processing them one by one would cap the rate.
 
         Returns after the batch in hand when ``stop`` is set (queued batches are dropped:
         they are not durable yet and the next run resubscribes after the durable id).
@@ -401,7 +415,7 @@ class StreamSubscriber:
         for receiver in receivers.values():
             receiver.thread.start()
         try:
-            self._consume(inbox, receivers, handler, stop)
+            self._consume(inbox, receivers, handler, stop, on_idle or (lambda: None))
         finally:
             halt.set()
             for receiver in receivers.values():
@@ -413,10 +427,12 @@ class StreamSubscriber:
         receivers: Mapping[str, _Receiver],
         handler: Callable[[StreamBatch], Any],
         stop: threading.Event,
+        on_idle: Callable[[], Any],
     ) -> None:
         while not stop.is_set():
             item = inbox.get(self._settings.poll_s)
             if item is None:
+                on_idle()
                 continue
             if isinstance(item, _Failure):
                 if isinstance(item.error, PubSubError):
@@ -427,6 +443,8 @@ class StreamSubscriber:
                 handler(item.batch)
             finally:
                 receivers[item.batch.channel].handed_over()
+            if inbox.empty():
+                on_idle()
 
 
 # --- staging ---------------------------------------------------------------------------

@@ -273,3 +273,45 @@ def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sa
         _run_stream(pipeline, instance, 4.0)
         routed = ledger.lead_facts_frame().dropna(subset=["Routing_Rule__c"])["Id"]
         assert lead in set(routed)
+
+
+def test_responses_staged_in_a_row_are_processed_together_and_each_marked_done(sandbox) -> None:
+    """Under a burst the server sends one-event responses; each is staged with its replay id
+    at once, and what is staged is processed in one pass when nothing more is queued."""
+    from kpi_pipeline.cdc.raw import RawEvent
+    from kpi_pipeline.cdc.stream import StreamBatch
+
+    pipeline = sandbox
+    with dg.instance_for_test() as instance:
+        _run_stream(pipeline, instance, 4.0)
+    ledger = pipeline.ledger()
+    channel = "/data/LeadChangeEvent"
+    stored = ledger.replay_id(channel)
+    with ledger.read() as conn:
+        rows = conn.execute(
+            sa.select(t.cdc_inbox.c.schema_id, t.cdc_inbox.c.payload)
+            .where(t.cdc_inbox.c.channel == channel)
+            .limit(3)
+        ).all()
+    worker = wiring.stream_worker(pipeline.settings(), holder="run-burst")
+    previous = stored
+    for n, row in enumerate(rows, start=1):  # the same changes again, under new replay ids
+        replay_id = b"\xfe" * 7 + bytes([n])
+        raw = RawEvent(channel, replay_id, row.schema_id, bytes(row.payload), f"burst-{n}")
+        worker.stage(StreamBatch(channel, (raw,), replay_id, previous, f"rpc-{n}"))
+        previous = replay_id
+    assert len(ledger.pending_batches()) == len(rows) == 3  # durable, not processed yet
+    assert ledger.replay_id(channel) == previous
+
+    worker.flush()
+
+    assert not ledger.pending_batches()
+    with ledger.read() as conn:
+        summaries = (
+            conn.execute(
+                sa.select(t.cdc_batches.c.summary).where(t.cdc_batches.c.run_id == "run-burst")
+            )
+            .scalars()
+            .all()
+        )
+    assert [s["batches"] for s in summaries] == [3, 3, 3]  # one processing pass for all three
