@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     cdc_mode: Literal["stream", "sensor"] = Field(
         "stream",
         description="stream: one long-lived cdc_stream run subscribes to every channel and "
-        "processes each response as it arrives (cdc_sensor keeps that run alive); sensor: "
+        "processes the responses as they arrive (cdc_sensor keeps that run alive); sensor: "
         "cdc_sensor fetches in bounded ticks and keeps at most one process_cdc_batch run going, "
         "which processes every pending batch in replay order.",
     )

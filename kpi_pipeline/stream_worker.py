@@ -9,9 +9,10 @@ here; ``kpi_pipeline.defs.stream`` wraps it):
 2. finish what a previous generation staged but did not process (a kill between staging
    and processing), oldest first;
 3. keep one Subscribe stream per channel open (``kpi_pipeline.cdc.stream``) and, for every
-   FetchResponse: stage it and advance the channel's durable replay id in one transaction,
-   process the staged batch at once (the same ``BatchProcessor`` steps as a batch run),
-   mark it done, and drain the write-back outbox;
+   FetchResponse: stage it and advance the channel's durable replay id in one transaction;
+   once nothing more is queued (or ``COALESCE_EVENTS`` are staged), process every batch
+   staged so far in one pass (the same ``BatchProcessor`` steps as a batch run), mark each
+   done, and drain the write-back outbox once;
 4. end after ``lifetime`` (a generation), releasing the leases so the next generation
    starts at once; batches received but not staged are not durable yet, and the next
    generation resubscribes after the durable replay id, so nothing is lost or doubled.
