@@ -174,7 +174,8 @@ def write_flywheel(decisions: Sequence[Any], folder: Path, *, client_id: str) ->
 # --- command line -----------------------------------------------------------------------
 
 
-def _parse_as_of(text: str) -> datetime:
+def parse_as_of(text: str) -> datetime:
+    """An ``--as-of`` argument (ISO 8601), for argparse: a clear error names the form."""
     try:
         parsed = parse_sf_datetime(text)
     except EventFormatError as exc:
@@ -201,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--as-of",
-        type=_parse_as_of,
+        type=parse_as_of,
         default=None,
         metavar="ISO",
         help="KPI as-of time (default: last commit)",

@@ -23,7 +23,6 @@ from kpi_pipeline.cdc.events import (
     ChangeEvent,
     EventFormatError,
     format_sf_datetime,
-    parse_sf_datetime,
     read_recorded_lines,
 )
 from kpi_pipeline.kpis.rollups import SlaCounts, sla_in_both_clocks
@@ -35,6 +34,7 @@ from kpi_pipeline.policies.load import (
     policy_fingerprint,
     validate_policy_file,
 )
+from kpi_pipeline.replay import parse_as_of
 from kpi_pipeline.workloads.business_hours import policy_clocks
 from kpi_pipeline.workloads.first_touch import (
     ResponseCandidate,
@@ -85,24 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     simulate.add_argument(
         "--as-of",
-        type=_parse_as_of,
+        type=parse_as_of,
         default=None,
         metavar="ISO",
         help="SLA as of this time (default: the last commit in --events; now for --ledger-url)",
     )
     simulate.set_defaults(func=_simulate)
-
-
-def _parse_as_of(text: str) -> datetime:
-    try:
-        parsed = parse_sf_datetime(text)
-    except EventFormatError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--as-of {text!r} is not an ISO-8601 time; use e.g. 2026-11-20T00:00:00Z"
-        ) from exc
-    if parsed is None:
-        raise argparse.ArgumentTypeError("--as-of needs a value, e.g. 2026-11-20T00:00:00Z")
-    return parsed
 
 
 def _validate(args: argparse.Namespace) -> int:
