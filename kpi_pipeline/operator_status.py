@@ -24,6 +24,7 @@ Not ready, with the reason's code:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -138,12 +139,13 @@ def gather_status(
     positions = {p.channel: p for p in ledger.replay_positions()}
     outbox = ledger.outbox_health()
     since = now - timedelta(seconds=settings.ready_dead_letter_window_seconds)
+    dead_letters, dead_letters_recent = ledger.dead_letter_summary(since=since)
     return Status(
         mode=settings.cdc_mode,
         checked_at=now,
         channels=tuple(_channel(ch, positions.get(ch.channel), now) for ch in health.channels),
-        dead_letters_by_reason=ledger.dead_letter_counts(),
-        dead_letters_recent=sum(ledger.dead_letter_counts(since=since).values()),
+        dead_letters_by_reason=dead_letters,
+        dead_letters_recent=dead_letters_recent,
         outbox_by_status=dict(outbox.by_status),
         outbox_backlog=outbox.backlog,
         outbox_oldest_pending_age_s=outbox.oldest_pending_age_s,
@@ -255,12 +257,30 @@ def last_kpi_partition(data_dir: Path) -> str | None:
 
 
 def _policy_version(settings: Settings) -> str | None:
+    """The version of the policy file in force. Loading and validating it costs more than the
+    rest of a status, so it is read again only when the file changes (path, mtime, size)."""
+    from kpi_pipeline.policies.load import default_policy_path
+
+    path = Path(settings.policy_file or default_policy_path())
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return _unreadable(exc)
+    return _policy_version_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _policy_version_of(path: str, _mtime_ns: int, _size: int) -> str:
     from kpi_pipeline.policies.load import load_policy
 
     try:
-        return load_policy(settings.policy_file).version
+        return load_policy(path).version
     except Exception as exc:  # a broken policy file is a status to show, not a crash
-        return f"unreadable: {type(exc).__name__}: {exc}"[:200]
+        return _unreadable(exc)
+
+
+def _unreadable(exc: Exception) -> str:
+    return f"unreadable: {type(exc).__name__}: {exc}"[:200]
 
 
 def _rounded(value: Any) -> Any:

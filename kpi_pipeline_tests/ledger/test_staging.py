@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -140,6 +142,44 @@ def test_dead_letters_are_unique_per_event_and_stage(ledger: Ledger) -> None:
     assert letters[1].payload == b"\x00\x01"
     assert letters[1].replay_id == replay_id_from_int(7)
     assert len(ledger.dead_letters(limit=1)) == 1
+
+
+def test_the_dead_letter_summary_counts_all_and_recent_in_one_query(ledger_url: str) -> None:
+    now = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+    ledger = Ledger.from_url(ledger_url, clock=lambda: now[0])
+    try:
+        for minute, (stage, reason) in enumerate(
+            [
+                ("decode", "PayloadDecodeError: bad avro"),
+                ("decode", "PayloadDecodeError: truncated"),
+                ("apply_records", "KeyError: Id"),
+                ("decode", "SchemaError: unknown schema"),
+            ]
+        ):
+            now[0] = datetime(2026, 12, 1, 12, minute * 10, tzinfo=UTC)
+            ledger.dead_letter(
+                channel=LEAD,
+                replay_id=replay_id_from_int(minute + 1),
+                batch_id="b",
+                stage=stage,
+                reason=reason,
+                payload=None,
+            )
+        since = datetime(2026, 12, 1, 12, 15, tzinfo=UTC)  # the last two are recent
+        counts, recent = ledger.dead_letter_summary(since=since)
+        assert (
+            counts
+            == ledger.dead_letter_counts()
+            == {
+                "apply_records: KeyError": 1,
+                "decode: PayloadDecodeError": 2,
+                "decode: SchemaError": 1,
+            }
+        )
+        assert recent == sum(ledger.dead_letter_counts(since=since).values()) == 2
+        assert ledger.dead_letter_summary(since=now[0] + timedelta(seconds=1)) == (counts, 0)
+    finally:
+        ledger.dispose()
 
 
 def test_resync_windows_are_idempotent_and_close_once(ledger: Ledger) -> None:
