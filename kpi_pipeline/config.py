@@ -264,9 +264,11 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         "text",
-        description="text: readable lines for a terminal; json: one JSON object per line (ts, "
-        "level, logger, msg, and channel / replay_id / batch_id / lead_id / run_id / "
-        "policy_version where known), as log collectors want. Secrets are redacted in both.",
+        description="text: readable lines for a terminal (local development); json: one JSON "
+        "object per line (ts, level, logger, msg, and channel / replay_id / batch_id / lead_id "
+        "/ run_id / policy_version where known), as log collectors want, in every process "
+        "including Dagster's code server and run workers (production). Secrets are redacted "
+        "in both.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of kpi_pipeline's own processes' logs."

@@ -1,7 +1,9 @@
 """One log format for every kpi_pipeline process, and no secret in any line.
 
-``configure(settings)`` (called by the CLI, the web server, the sandbox and the Dagster
-resource, so code server and run workers too) puts one handler on the root logger:
+``configure(settings)`` puts one handler on the root logger. The CLI, ``web serve`` and the
+sandbox call it at start; in Dagster's processes the pipeline resource calls it (and
+``keep_logger_names``) when ``KPI_LOG_FORMAT=json``, so sensor ticks in the code server and
+run workers log through it too:
 
 * ``KPI_LOG_FORMAT=text`` (the default, for a terminal): ``ts LEVEL logger msg``;
 * ``KPI_LOG_FORMAT=json`` (what DEPLOYMENT.md recommends): one JSON object per line with
@@ -9,7 +11,13 @@ resource, so code server and run workers too) puts one handler on the root logge
   ``channel``, ``replay_id``, ``batch_id``, ``lead_id``, ``run_id``, ``policy_version``
   (passed as ``extra=`` or bound with ``bind_context``), plus ``exception`` with the
   traceback. Rendered by structlog's ``ProcessorFormatter``, so stdlib loggers (ours,
-  uvicorn's, grpc's) all come out the same.
+  uvicorn's, grpc's) all come out the same. A record Dagster re-logs inside a run (it
+  carries ``dagster_meta``) keeps its original message and logger name and adds the run's
+  ``run_id``, ``job_name``, ``step_key`` and ``dagster_event`` type.
+
+Inside Dagster's processes the root handler skips what Dagster prints itself (records its
+run log manager captured, and its ``dagster`` logger once a service set it up with
+``--log-format``), so no line appears twice.
 
 Both formats pass every finished line through ``redact``: private key blocks, Salesforce
 session ids, bearer tokens and ``token=``/``api_key=``-style values become ``[REDACTED]``,
@@ -44,6 +52,9 @@ _PATTERNS = (
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _HANDLER_MARK = "_kpi_pipeline_handler"
+# Where a kpi_pipeline record's logger name survives Dagster's re-logging (see keep_logger_names).
+ORIGIN_ATTR = "kpi_logger"
+_FACTORY_MARK = "_kpi_pipeline_factory"
 
 
 def register_secret(value: str | None) -> None:
@@ -83,6 +94,25 @@ def _rename(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _from_dagster(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A record Dagster re-logs in a run (``context.log``, its events, captured ``kpi_pipeline``
+    lines) carries ``dagster_meta``: the original message, the run id and the step. The line
+    keeps the original message, not Dagster's ``job - run_id - step - msg`` rewrite."""
+    record = event.get("_record")
+    meta = getattr(record, "dagster_meta", None)
+    if not isinstance(meta, dict):
+        return event
+    event["event"] = meta.get("orig_message") or event.get("event", "")
+    event["logger"] = getattr(record, ORIGIN_ATTR, None) or event.get("logger")
+    for key in ("run_id", "job_name", "step_key"):
+        if meta.get(key) and key not in event:
+            event[key] = meta[key]
+    dagster_event = meta.get("dagster_event")
+    if dagster_event is not None:
+        event["dagster_event"] = getattr(dagster_event, "event_type_value", str(dagster_event))
+    return event
+
+
 def _render(logger: Any, name: str, event: dict[str, Any]) -> str:
     return redact(structlog.processors.JSONRenderer(sort_keys=False)(logger, name, event))
 
@@ -95,10 +125,47 @@ def json_formatter() -> logging.Formatter:
             structlog.stdlib.add_logger_name,
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.ExtraAdder(allow=CONTEXT_KEYS),
+            _from_dagster,
             structlog.processors.format_exc_info,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _rename, _render],
     )
+
+
+class _NotPrintedElsewhere(logging.Filter):
+    """Inside Dagster's processes, skip what Dagster prints itself: records a run's log manager
+    captured (they carry ``dagster_meta``; the run's console logger prints them) and Dagster's
+    own ``dagster`` logger once a service configured it (``--log-format``). Without this, each
+    such line would appear twice, since those loggers propagate to the root."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if hasattr(record, "dagster_meta"):
+            return False
+        if record.name == "dagster" or record.name.startswith("dagster."):
+            return not logging.getLogger("dagster").handlers
+        return True
+
+
+def keep_logger_names() -> None:
+    """Give every ``kpi_pipeline`` record its logger name as the extra ``kpi_logger``.
+
+    Dagster hands a captured record to a run's loggers as a new record under its own name,
+    copying only the extras, so this is how the JSON line of a run still says
+    ``kpi_pipeline.salesforce.outbox`` rather than ``dagster``. Only our names get it: Dagster
+    builds its new record with the extras and refuses an extra that the factory already set.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, _FACTORY_MARK, False):
+        return
+
+    def factory(name: Any, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(name, *args, **kwargs)
+        if isinstance(name, str) and (name == "kpi_pipeline" or name.startswith("kpi_pipeline.")):
+            setattr(record, ORIGIN_ATTR, name)
+        return record
+
+    setattr(factory, _FACTORY_MARK, True)
+    logging.setLogRecordFactory(factory)
 
 
 def configure(settings: Any = None) -> None:
@@ -117,6 +184,7 @@ def configure(settings: Any = None) -> None:
         handler.setFormatter(
             _RedactingText("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
         )
+    handler.addFilter(_NotPrintedElsewhere())
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)

@@ -4,6 +4,7 @@ import atexit
 from typing import Any
 
 import dagster as dg
+import structlog
 
 from kpi_pipeline import wiring
 from kpi_pipeline.config import Settings
@@ -20,14 +21,26 @@ class PipelineResource(dg.ConfigurableResource):
     ledger_url: str | None = None
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Runs, ticks and checks record metrics into this deployment's directory (the
-        entry point configures them; nothing does at import). In a run worker with
+        """Runs, ticks and checks record metrics into this deployment's directory and, with
+        KPI_LOG_FORMAT=json, log JSON lines (the entry point configures them; nothing does at
+        import). In a run worker with
         KPI_PUSHGATEWAY_URL set, the host's totals are pushed when the run's process exits."""
-        from kpi_pipeline import metrics
+        from kpi_pipeline import logs, metrics
 
         settings = self.settings()
         metrics.configure(settings)
-        if settings.pushgateway_url and getattr(context, "dagster_run", None) is not None:
+        if settings.log_format == "json":
+            # The code server's sensor ticks and a run's lines outside Dagster's capture. In
+            # text mode Dagster's own console handling stays as it is (a root handler would
+            # print captured lines a second time).
+            logs.configure(settings)
+            logs.keep_logger_names()
+            _json_run_console(getattr(context, "log", None))
+        run = getattr(context, "dagster_run", None)
+        if run is not None:
+            # Lines this run's thread logs carry its run id even when Dagster does not capture them.
+            structlog.contextvars.bind_contextvars(run_id=run.run_id)
+        if settings.pushgateway_url and run is not None:
             _push_at_exit(settings.pushgateway_url)
 
     def settings(self) -> Settings:
@@ -56,6 +69,33 @@ class PipelineResource(dg.ConfigurableResource):
     def drain_writeback(self):
         """Send the outbox's dirty fields (``kpi_pipeline.writeback.WritebackResult``)."""
         return wiring.drain_writeback(self.settings())
+
+
+def _json_run_console(log: Any) -> None:
+    """Have this run's console print JSON through ``kpi_pipeline.logs``'s formatter.
+
+    A run prints through the console logger Dagster gives every job without loggers of its
+    own: colored text, and no setting (not ``python_logs``, not ``--log-format``) changes that.
+    A job's own ``@logger`` would only be used when each run's config names it, which sensors,
+    schedules and the UI do not. So the run's log manager is asked for its console loggers
+    and their stream handlers get our formatter: from here on, Dagster's events,
+    ``context.log`` and the captured ``kpi_pipeline`` lines are JSON with ``run_id``,
+    ``job_name`` and ``step_key``. This reads Dagster internals (``_dagster_handler._loggers``,
+    dagster 1.13); if they change it does nothing and the JSON log test fails. The run's first
+    few events (``RUN_START``, the first ``RESOURCE_INIT_STARTED``) come before any resource
+    and stay Dagster's text."""
+    import logging
+
+    from kpi_pipeline import logs
+
+    dagster_handler = getattr(log, "_dagster_handler", None)
+    for console in getattr(dagster_handler, "_loggers", ()):
+        for handler in getattr(console, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and not getattr(
+                handler, "_kpi_json", False
+            ):
+                handler.setFormatter(logs.json_formatter())
+                handler._kpi_json = True  # type: ignore[attr-defined]
 
 
 _pushes_registered: set[str] = set()

@@ -96,10 +96,13 @@ def write_repo_instance_yaml(home: Path) -> dict[str, Any]:
     return config
 
 
-def start_daemon(env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+def start_daemon(
+    env: Mapping[str, str], log_path: Path, extra_args: Iterable[str] = ()
+) -> subprocess.Popen:
+    """dagster-daemon (and so its code server and run workers) writing to ``log_path``."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml", *extra_args],
             cwd=REPO_ROOT,
             env=dict(env),
             stdout=log,
