@@ -231,5 +231,7 @@ def test_a_dagster_run_logs_our_lines_as_json_with_the_run_id(tmp_path: Path) ->
     assert endpoints is not None and len(endpoints.access_token) >= 8
     assert endpoints.access_token not in everything
     assert "PRIVATE KEY" not in everything
-    for body in _key_material(data_dir):
+    key_lines = _key_material(data_dir)  # the connected app's JWT key and the TLS key
+    assert len(key_lines) >= 10, "the sandbox left no private key to look for"
+    for body in key_lines:
         assert body not in everything
