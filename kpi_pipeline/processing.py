@@ -48,7 +48,12 @@ from kpi_pipeline.ledger.sql import dumps
 from kpi_pipeline.ledger.state import DecisionRow
 from kpi_pipeline.ledger.store import Ledger, LoadedBatch
 from kpi_pipeline.policies.load import Condition, RoutingPolicy, Rule
-from kpi_pipeline.workloads.business_hours import ALWAYS_OPEN, BusinessClock, policy_clocks
+from kpi_pipeline.workloads.business_hours import (
+    ALWAYS_OPEN,
+    BusinessClock,
+    lead_clocks,
+    policy_clocks,
+)
 from kpi_pipeline.workloads.first_touch import (
     FirstResponse,
     email_candidate,
@@ -80,6 +85,7 @@ from kpi_pipeline.workloads.writeback_fields import (
     ASSIGNMENT_GROUP,
     FIRST_RESPONSE_GROUP,
     ROUTING_FIELDS,
+    SLA_FIELDS,
 )
 from kpi_pipeline.writeback import OwnerRules, Superseded, owner_rules
 
@@ -515,8 +521,7 @@ class BatchProcessor:
             self.ledger.set_sla_if_unrouted(
                 conn, lead_id, self.sla_minutes(state), calendar=calendar
             )
-        if self._refresh_clocks(conn, lead_id):
-            dirty |= set(FIRST_RESPONSE_GROUP)
+        dirty |= self._refresh_clocks(conn, lead_id)
         # The first user owner may come from a person (at creation or by a later change)
         # rather than from our decision; the earliest of them is the assignment.
         assigned = assignment_from_owner_change(
@@ -596,26 +601,31 @@ class BatchProcessor:
             return self.clocks[calendar]
         return self.clocks.get(self.policy.default_calendar, ALWAYS_OPEN)
 
-    def _refresh_clocks(self, conn: sa.Connection, lead_id: str) -> bool:
+    def _refresh_clocks(self, conn: sa.Connection, lead_id: str) -> set[str]:
         """The lead's SLA due time and business-minute TTFR, recomputed from its stored
         facts in its calendar. Called whenever the SLA or the first response may have
         changed, so the values do not depend on which of the two was processed first.
-        True when the business minutes changed (they travel with the first response)."""
+        Returns the write-back fields to mark dirty: the first-response group when the
+        business minutes changed (they travel with the response), the due time when it did."""
         row = self.ledger.clock_inputs(conn, lead_id)
         if row is None or row.CreatedDate is None:
-            return False
-        clock = self._clock(row.SLA_Calendar)
-        due = None
-        if row.SLA_Minutes is not None:
-            due = clock.add_open_minutes(row.CreatedDate, row.SLA_Minutes)
-        business = None
-        if row.First_Response_At__c is not None:
-            business = clock.open_minutes(row.CreatedDate, row.First_Response_At__c)
+            return set()
+        due, business = lead_clocks(
+            self._clock(row.SLA_Calendar),
+            created=row.CreatedDate,
+            sla_minutes=row.SLA_Minutes,
+            first_response_at=row.First_Response_At__c,
+        )
         stored = row.Time_to_First_Response_Business_Minutes__c
         if (due, business) == (row.SLA_Due_At, stored):
-            return False
+            return set()
         self.ledger.set_clocks(conn, lead_id, due_at=due, business_minutes=business)
-        return business != stored
+        dirty: set[str] = set()
+        if business != stored:
+            dirty |= set(FIRST_RESPONSE_GROUP)
+        if due != row.SLA_Due_At:
+            dirty |= set(SLA_FIELDS)
+        return dirty
 
     # --- first touch --------------------------------------------------------------------
 
@@ -713,8 +723,9 @@ class BatchProcessor:
             return "unanswered"
         if not self.ledger.improve_first_response(conn, lead_id, fr):
             return "unchanged"
-        self._refresh_clocks(conn, lead_id)  # business minutes of the new first response
-        self.ledger.mark_dirty(conn, LEAD, lead_id, FIRST_RESPONSE_GROUP)
+        # Business minutes of the new first response (and a due time not yet computed).
+        dirty = self._refresh_clocks(conn, lead_id) | set(FIRST_RESPONSE_GROUP)
+        self.ledger.mark_dirty(conn, LEAD, lead_id, dirty)
         self._record_first_touch(conn, lead_id, created, candidates, fr, replay_ids)
         metrics.observe_first_response(max(0.0, (fr.at - created).total_seconds()))
         return "improved"
