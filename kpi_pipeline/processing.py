@@ -596,10 +596,7 @@ class BatchProcessor:
         return float(self.policy.default_sla_minutes)
 
     def _clock(self, calendar: str | None) -> BusinessClock:
-        """A stored calendar name the policy no longer defines falls back to its default."""
-        if calendar in self.clocks:
-            return self.clocks[calendar]
-        return self.clocks.get(self.policy.default_calendar, ALWAYS_OPEN)
+        return clock_named(self.clocks, self.policy, calendar)
 
     def _refresh_clocks(self, conn: sa.Connection, lead_id: str) -> set[str]:
         """The lead's SLA due time and business-minute TTFR, recomputed from its stored
@@ -982,6 +979,111 @@ class BatchProcessor:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def clock_named(
+    clocks: Mapping[str | None, BusinessClock], policy: RoutingPolicy, calendar: str | None
+) -> BusinessClock:
+    """A stored calendar name the policy no longer defines falls back to its default."""
+    if calendar in clocks:
+        return clocks[calendar]
+    return clocks.get(policy.default_calendar, ALWAYS_OPEN)
+
+
+# --- recomputing business-hours values after a calendar change ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecomputeReport:
+    """What ``recompute_clocks`` found: leads read, and leads whose values changed."""
+
+    leads: int
+    changed: int  # leads with any stored value changed (calendar, due time, business minutes)
+    due_changed: int
+    business_changed: int
+    calendar_changed: int
+    dry_run: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "leads": self.leads,
+            "changed": self.changed,
+            "due_changed": self.due_changed,
+            "business_minutes_changed": self.business_changed,
+            "calendar_changed": self.calendar_changed,
+            "dry_run": self.dry_run,
+        }
+
+
+def recompute_clocks(
+    ledger: Ledger, policy: RoutingPolicy, *, dry_run: bool = False, page: int = 1000
+) -> RecomputeReport:
+    """Recompute every lead's SLA calendar, due time and business-minute TTFR under
+    ``policy`` (after a calendar change), store what changed and mark it for write-back.
+
+    Only derived values move: creation time, SLA minutes and the first response stay as
+    measured, so a first response never moves later. A routed lead's calendar is the one
+    ``policy`` names for its rule (else the default), an unrouted lead's the one of the
+    first rule it matches now, exactly as processing would choose them; a lead whose
+    record state is unknown keeps its stored calendar. The values are the processor's
+    (``lead_clocks``), so a second run finds nothing to change. One write transaction per
+    ``page`` leads, in Id order; ``dry_run`` only counts."""
+    clocks = policy_clocks(policy.calendars)
+    counts = {"leads": 0, "changed": 0, "due": 0, "business": 0, "calendar": 0}
+    after: str | None = None
+    while True:
+        with ledger.read() if dry_run else ledger.write() as conn:
+            rows = ledger.clock_rows(conn, after_id=after, limit=page)
+            if not rows:
+                break
+            unrouted = [(LEAD, row.Id) for row in rows if row.Routing_Rule__c is None]
+            states = ledger.records(conn, unrouted) if unrouted else {}
+            for row in rows:
+                calendar = _recomputed_calendar(policy, row, states.get((LEAD, row.Id)))
+                due, business = lead_clocks(
+                    clock_named(clocks, policy, calendar),
+                    created=row.CreatedDate,
+                    sla_minutes=row.SLA_Minutes,
+                    first_response_at=row.First_Response_At__c,
+                )
+                dirty: set[str] = set()
+                if business != row.Time_to_First_Response_Business_Minutes__c:
+                    dirty |= set(FIRST_RESPONSE_GROUP)  # the group travels together
+                    counts["business"] += 1
+                if due != row.SLA_Due_At:
+                    dirty |= set(SLA_FIELDS)
+                    counts["due"] += 1
+                moved = calendar != row.SLA_Calendar
+                counts["calendar"] += moved
+                counts["leads"] += 1
+                if not (dirty or moved):
+                    continue
+                counts["changed"] += 1
+                if dry_run:
+                    continue
+                ledger.set_calendar_and_clocks(
+                    conn, row.Id, calendar=calendar, due_at=due, business_minutes=business
+                )
+                if dirty:
+                    ledger.mark_dirty(conn, LEAD, row.Id, dirty)
+            after = rows[-1].Id
+    return RecomputeReport(
+        leads=counts["leads"],
+        changed=counts["changed"],
+        due_changed=counts["due"],
+        business_changed=counts["business"],
+        calendar_changed=counts["calendar"],
+        dry_run=dry_run,
+    )
+
+
+def _recomputed_calendar(policy: RoutingPolicy, row: Any, state: RecordState | None) -> str | None:
+    if row.Routing_Rule__c is not None:
+        return policy.calendar_name(row.Routing_Rule__c)
+    if state is None:
+        return row.SLA_Calendar
+    rule = next((r for r in policy.rules if matches(r.when, state.fields)), None)
+    return policy.calendar_name(rule.id if rule is not None else None)
 
 
 def events_of(events: Iterable[ChangeEvent], record_id: str) -> list[ChangeEvent]:
