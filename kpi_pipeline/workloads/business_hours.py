@@ -25,7 +25,7 @@ wall-clock minutes and the due time is created + SLA, exactly as before calendar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -69,7 +69,7 @@ class BusinessClock:
         *,
         timezone: str,
         weekly: Sequence[Sequence[tuple[int, int]]],
-        holidays: frozenset[date] = frozenset(),
+        holidays: Container[date] = frozenset(),
         name: str | None = None,
     ) -> None:
         if len(weekly) != 7:
@@ -92,7 +92,7 @@ class BusinessClock:
         return cls(
             timezone=calendar.timezone,
             weekly=calendar.weekly_minutes(),
-            holidays=calendar.holiday_dates(),
+            holidays=calendar.closed_days(),
             name=name,
         )
 
