@@ -48,7 +48,12 @@ from kpi_pipeline.ledger.sql import dumps
 from kpi_pipeline.ledger.state import DecisionRow
 from kpi_pipeline.ledger.store import Ledger, LoadedBatch
 from kpi_pipeline.policies.load import Condition, RoutingPolicy, Rule
-from kpi_pipeline.workloads.business_hours import ALWAYS_OPEN, BusinessClock, policy_clocks
+from kpi_pipeline.workloads.business_hours import (
+    ALWAYS_OPEN,
+    BusinessClock,
+    lead_clocks,
+    policy_clocks,
+)
 from kpi_pipeline.workloads.first_touch import (
     FirstResponse,
     email_candidate,
@@ -80,6 +85,7 @@ from kpi_pipeline.workloads.writeback_fields import (
     ASSIGNMENT_GROUP,
     FIRST_RESPONSE_GROUP,
     ROUTING_FIELDS,
+    SLA_FIELDS,
 )
 from kpi_pipeline.writeback import OwnerRules, Superseded, owner_rules
 
@@ -515,8 +521,7 @@ class BatchProcessor:
             self.ledger.set_sla_if_unrouted(
                 conn, lead_id, self.sla_minutes(state), calendar=calendar
             )
-        if self._refresh_clocks(conn, lead_id):
-            dirty |= set(FIRST_RESPONSE_GROUP)
+        dirty |= self._refresh_clocks(conn, lead_id)
         # The first user owner may come from a person (at creation or by a later change)
         # rather than from our decision; the earliest of them is the assignment.
         assigned = assignment_from_owner_change(
@@ -591,31 +596,33 @@ class BatchProcessor:
         return float(self.policy.default_sla_minutes)
 
     def _clock(self, calendar: str | None) -> BusinessClock:
-        """A stored calendar name the policy no longer defines falls back to its default."""
-        if calendar in self.clocks:
-            return self.clocks[calendar]
-        return self.clocks.get(self.policy.default_calendar, ALWAYS_OPEN)
+        return clock_named(self.clocks, self.policy, calendar)
 
-    def _refresh_clocks(self, conn: sa.Connection, lead_id: str) -> bool:
+    def _refresh_clocks(self, conn: sa.Connection, lead_id: str) -> set[str]:
         """The lead's SLA due time and business-minute TTFR, recomputed from its stored
         facts in its calendar. Called whenever the SLA or the first response may have
         changed, so the values do not depend on which of the two was processed first.
-        True when the business minutes changed (they travel with the first response)."""
+        Returns the write-back fields to mark dirty: the first-response group when the
+        business minutes changed (they travel with the response), the due time when it did."""
         row = self.ledger.clock_inputs(conn, lead_id)
         if row is None or row.CreatedDate is None:
-            return False
-        clock = self._clock(row.SLA_Calendar)
-        due = None
-        if row.SLA_Minutes is not None:
-            due = clock.add_open_minutes(row.CreatedDate, row.SLA_Minutes)
-        business = None
-        if row.First_Response_At__c is not None:
-            business = clock.open_minutes(row.CreatedDate, row.First_Response_At__c)
+            return set()
+        due, business = lead_clocks(
+            self._clock(row.SLA_Calendar),
+            created=row.CreatedDate,
+            sla_minutes=row.SLA_Minutes,
+            first_response_at=row.First_Response_At__c,
+        )
         stored = row.Time_to_First_Response_Business_Minutes__c
         if (due, business) == (row.SLA_Due_At, stored):
-            return False
+            return set()
         self.ledger.set_clocks(conn, lead_id, due_at=due, business_minutes=business)
-        return business != stored
+        dirty: set[str] = set()
+        if business != stored:
+            dirty |= set(FIRST_RESPONSE_GROUP)
+        if due != row.SLA_Due_At:
+            dirty |= set(SLA_FIELDS)
+        return dirty
 
     # --- first touch --------------------------------------------------------------------
 
@@ -713,8 +720,9 @@ class BatchProcessor:
             return "unanswered"
         if not self.ledger.improve_first_response(conn, lead_id, fr):
             return "unchanged"
-        self._refresh_clocks(conn, lead_id)  # business minutes of the new first response
-        self.ledger.mark_dirty(conn, LEAD, lead_id, FIRST_RESPONSE_GROUP)
+        # Business minutes of the new first response (and a due time not yet computed).
+        dirty = self._refresh_clocks(conn, lead_id) | set(FIRST_RESPONSE_GROUP)
+        self.ledger.mark_dirty(conn, LEAD, lead_id, dirty)
         self._record_first_touch(conn, lead_id, created, candidates, fr, replay_ids)
         metrics.observe_first_response(max(0.0, (fr.at - created).total_seconds()))
         return "improved"
@@ -971,6 +979,111 @@ class BatchProcessor:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def clock_named(
+    clocks: Mapping[str | None, BusinessClock], policy: RoutingPolicy, calendar: str | None
+) -> BusinessClock:
+    """A stored calendar name the policy no longer defines falls back to its default."""
+    if calendar in clocks:
+        return clocks[calendar]
+    return clocks.get(policy.default_calendar, ALWAYS_OPEN)
+
+
+# --- recomputing business-hours values after a calendar change ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecomputeReport:
+    """What ``recompute_clocks`` found: leads read, and leads whose values changed."""
+
+    leads: int
+    changed: int  # leads with any stored value changed (calendar, due time, business minutes)
+    due_changed: int
+    business_changed: int
+    calendar_changed: int
+    dry_run: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "leads": self.leads,
+            "changed": self.changed,
+            "due_changed": self.due_changed,
+            "business_minutes_changed": self.business_changed,
+            "calendar_changed": self.calendar_changed,
+            "dry_run": self.dry_run,
+        }
+
+
+def recompute_clocks(
+    ledger: Ledger, policy: RoutingPolicy, *, dry_run: bool = False, page: int = 1000
+) -> RecomputeReport:
+    """Recompute every lead's SLA calendar, due time and business-minute TTFR under
+    ``policy`` (after a calendar change), store what changed and mark it for write-back.
+
+    Only derived values move: creation time, SLA minutes and the first response stay as
+    measured, so a first response never moves later. A routed lead's calendar is the one
+    ``policy`` names for its rule (else the default), an unrouted lead's the one of the
+    first rule it matches now, exactly as processing would choose them; a lead whose
+    record state is unknown keeps its stored calendar. The values are the processor's
+    (``lead_clocks``), so a second run finds nothing to change. One write transaction per
+    ``page`` leads, in Id order; ``dry_run`` only counts."""
+    clocks = policy_clocks(policy.calendars)
+    counts = {"leads": 0, "changed": 0, "due": 0, "business": 0, "calendar": 0}
+    after: str | None = None
+    while True:
+        with ledger.read() if dry_run else ledger.write() as conn:
+            rows = ledger.clock_rows(conn, after_id=after, limit=page)
+            if not rows:
+                break
+            unrouted = [(LEAD, row.Id) for row in rows if row.Routing_Rule__c is None]
+            states = ledger.records(conn, unrouted) if unrouted else {}
+            for row in rows:
+                calendar = _recomputed_calendar(policy, row, states.get((LEAD, row.Id)))
+                due, business = lead_clocks(
+                    clock_named(clocks, policy, calendar),
+                    created=row.CreatedDate,
+                    sla_minutes=row.SLA_Minutes,
+                    first_response_at=row.First_Response_At__c,
+                )
+                dirty: set[str] = set()
+                if business != row.Time_to_First_Response_Business_Minutes__c:
+                    dirty |= set(FIRST_RESPONSE_GROUP)  # the group travels together
+                    counts["business"] += 1
+                if due != row.SLA_Due_At:
+                    dirty |= set(SLA_FIELDS)
+                    counts["due"] += 1
+                moved = calendar != row.SLA_Calendar
+                counts["calendar"] += moved
+                counts["leads"] += 1
+                if not (dirty or moved):
+                    continue
+                counts["changed"] += 1
+                if dry_run:
+                    continue
+                ledger.set_calendar_and_clocks(
+                    conn, row.Id, calendar=calendar, due_at=due, business_minutes=business
+                )
+                if dirty:
+                    ledger.mark_dirty(conn, LEAD, row.Id, dirty)
+            after = rows[-1].Id
+    return RecomputeReport(
+        leads=counts["leads"],
+        changed=counts["changed"],
+        due_changed=counts["due"],
+        business_changed=counts["business"],
+        calendar_changed=counts["calendar"],
+        dry_run=dry_run,
+    )
+
+
+def _recomputed_calendar(policy: RoutingPolicy, row: Any, state: RecordState | None) -> str | None:
+    if row.Routing_Rule__c is not None:
+        return policy.calendar_name(row.Routing_Rule__c)
+    if state is None:
+        return row.SLA_Calendar
+    rule = next((r for r in policy.rules if matches(r.when, state.fields)), None)
+    return policy.calendar_name(rule.id if rule is not None else None)
 
 
 def events_of(events: Iterable[ChangeEvent], record_id: str) -> list[ChangeEvent]:

@@ -50,6 +50,8 @@ from kpi_pipeline.salesforce_fields import OWNER_FIELD, WRITTEN_FIELD_NAMES
 from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 
 LEAD_FACTS_CSV_COLUMNS: tuple[str, ...] = ("Id", "CreatedDate", OWNER_FIELD, *WRITTEN_FIELD_NAMES)
+# Written fields the ledger keeps under another column name.
+_FRAME_COLUMN = {"SLA_Due_At__c": "SLA_Due_At"}
 DEFAULT_BATCH_SIZE = 500  # the sensor's default events per channel and tick
 
 
@@ -139,7 +141,10 @@ def _cell(value: Any, column: str) -> str:
 def write_lead_facts(frame: pd.DataFrame, path: Path) -> Path:
     rows = frame.sort_values("Id", kind="stable")
     out = pd.DataFrame(
-        {column: [_cell(v, column) for v in rows[column]] for column in LEAD_FACTS_CSV_COLUMNS},
+        {
+            column: [_cell(v, column) for v in rows[_FRAME_COLUMN.get(column, column)]]
+            for column in LEAD_FACTS_CSV_COLUMNS
+        },
         columns=list(LEAD_FACTS_CSV_COLUMNS),
     )
     out.to_csv(path, index=False, lineterminator="\n")

@@ -33,6 +33,9 @@ WRITTEN_LEAD_FIELDS: tuple[LeadField, ...] = (
     LeadField("Routing_Rule__c", "Text", length=255),
     # Last, so adding it kept every earlier field's position in the CDC schema.
     LeadField("Time_to_First_Response_Business_Minutes__c", "Number", precision=18, scale=2),
+    # The SLA due time in the lead's clock (business hours when its rule or the policy names
+    # a calendar): SLA_Breached__c compares against it, so the org and the rollups agree.
+    LeadField("SLA_Due_At__c", "DateTime"),
 )
 WRITTEN_FIELD_NAMES: tuple[str, ...] = tuple(f.api_name for f in WRITTEN_LEAD_FIELDS)
 # Standard field also written by routing.

@@ -239,6 +239,7 @@ def resolve_from_ledger(ledger: Any, claims: Sequence[Claim], rules: OwnerRules)
             continue
         row = facts.get(claim.record_id)
         current = dict(row._mapping) if row is not None else {}
+        current["SLA_Due_At__c"] = current.get("SLA_Due_At")  # the ledger's column name
         decision = decisions.get(claim.record_id)
         current["OwnerId"] = decision.owner_id if decision is not None else None
         dirty = set(claim.dirty)

@@ -238,6 +238,48 @@ class WorkloadStateMixin:
             },
         )
 
+    def clock_rows(
+        self, conn: sa.Connection, *, after_id: str | None = None, limit: int = 1000
+    ) -> list[sa.Row[Any]]:
+        """Up to ``limit`` leads with a creation time, by Id after ``after_id``: what their
+        clocks are computed from (``clock_inputs`` plus the routing rule) and the stored
+        values, for recomputing them all in Id order (keyset pages)."""
+        c = t.lead_facts.c
+        query = sa.select(
+            c.Id,
+            c.CreatedDate,
+            c.SLA_Minutes,
+            c.SLA_Calendar,
+            c.Routing_Rule__c,
+            c.First_Response_At__c,
+            c.SLA_Due_At,
+            c.Time_to_First_Response_Business_Minutes__c,
+        ).where(c.CreatedDate.is_not(None))
+        if after_id is not None:
+            query = query.where(c.Id > after_id)
+        return list(conn.execute(query.order_by(c.Id).limit(limit)))
+
+    def set_calendar_and_clocks(
+        self,
+        conn: sa.Connection,
+        lead_id: str,
+        *,
+        calendar: str | None,
+        due_at: datetime | None,
+        business_minutes: float | None,
+    ) -> None:
+        """The lead's SLA calendar and the values derived from it, together."""
+        conn.execute(
+            _SET_CALENDAR_AND_CLOCKS,
+            {
+                "lead_id": lead_id,
+                "p_SLA_Calendar": calendar,
+                "p_SLA_Due_At": due_at,
+                "p_Time_to_First_Response_Business_Minutes__c": business_minutes,
+                "p_updated_at": self._now(),
+            },
+        )
+
     def set_assignment(
         self, conn: sa.Connection, lead_id: str, assigned_at: datetime, latency_minutes: float
     ) -> bool:
@@ -687,6 +729,9 @@ _SET_SLA_IF_UNROUTED = _update_lead(
     "SLA_Minutes", "SLA_Calendar", where=_c.Routing_Rule__c.is_(None)
 )
 _SET_CLOCKS = _update_lead("SLA_Due_At", "Time_to_First_Response_Business_Minutes__c")
+_SET_CALENDAR_AND_CLOCKS = _update_lead(
+    "SLA_Calendar", "SLA_Due_At", "Time_to_First_Response_Business_Minutes__c"
+)
 _SET_ASSIGNMENT = _update_lead(
     "Owner_Assigned_At__c",
     "Assignment_Latency_Minutes__c",

@@ -6,14 +6,18 @@ policy may name a ``default_calendar``, and a rule with neither runs on 24x7 (wa
 time as before calendars existed. The arithmetic on open time is
 ``kpi_pipeline.workloads.business_hours``.
 
-Holidays come in two forms, both plain data so a policy file states exactly which days
-are closed (and its fingerprint changes when they do): a list of ISO dates
-``["2026-12-25", ...]``, or a list per year ``{"2026": ["12-25", ...]}``.
+Holidays come in three forms: a list of ISO dates ``["2026-12-25", ...]``, a list per
+year ``{"2026": ["12-25", ...]}``, or a country's public holidays (optionally of one
+subdivision) from the ``holidays`` library, with explicit extra dates beside them:
+``{"country": "US", "subdivision": "NY", "dates": ["2026-11-27"]}``. The first two state
+exactly which days are closed and end where the list ends; a country set covers every
+year (the library computes movable feasts and observed days), and is exactly as stable as
+the pinned ``holidays`` version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,12 +33,33 @@ def wall_minutes(text: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+class CountryHolidays(BaseModel):
+    """A country's (or one subdivision's) public holidays, plus explicit extra dates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    country: str
+    subdivision: str | None = None
+    dates: tuple[str, ...] = ()
+
+
+class ClosedDays(Container[date]):
+    """Explicit dates, and a country's holidays for whatever year is asked about."""
+
+    def __init__(self, dates: frozenset[date], country: Any = None) -> None:
+        self.dates = dates
+        self.country = country  # a holidays.HolidayBase; it fills in years on first use
+
+    def __contains__(self, day: object) -> bool:
+        return day in self.dates or (self.country is not None and day in self.country)
+
+
 class Calendar(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     timezone: str
     hours: dict[str, tuple[tuple[str, str], ...]]
-    holidays: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
+    holidays: CountryHolidays | tuple[str, ...] | dict[str, tuple[str, ...]] = ()
     description: str | None = None
 
     def weekly_minutes(self) -> tuple[tuple[tuple[int, int], ...], ...]:
@@ -44,7 +69,17 @@ class Calendar(BaseModel):
             for day in WEEKDAYS
         )
 
+    def closed_days(self) -> Container[date]:
+        """Every closed day: the explicit dates and, for a country set, its holidays."""
+        if isinstance(self.holidays, CountryHolidays):
+            country = country_holidays(self.holidays.country, self.holidays.subdivision)
+            return ClosedDays(self.holiday_dates(), country)
+        return self.holiday_dates()
+
     def holiday_dates(self) -> frozenset[date]:
+        """The explicitly listed dates (a country set's own holidays are not listed)."""
+        if isinstance(self.holidays, CountryHolidays):
+            return frozenset(date.fromisoformat(text) for text in self.holidays.dates)
         if isinstance(self.holidays, Mapping):
             return frozenset(
                 date.fromisoformat(f"{year}-{month_day}")
@@ -120,8 +155,55 @@ def _day_faults(path: str, intervals: list[list[str]]) -> list[tuple[str, str]]:
     return faults
 
 
+def country_holidays(country: str, subdivision: str | None = None) -> Any:
+    """The ``holidays`` library's set for a country (ISO 3166-1 alpha-2) and subdivision;
+    years are computed on first use. Observed days (a Saturday holiday moved to Friday)
+    are included, as the library defines them per country."""
+    import holidays as holiday_sets  # only policies with a country set pay for the import
+
+    return holiday_sets.country_holidays(country, subdiv=subdivision)
+
+
+def _country_faults(path: str, holidays: Mapping[str, Any]) -> list[tuple[str, str]]:
+    import holidays as holiday_sets
+
+    faults: list[tuple[str, str]] = []
+    unknown = set(holidays) - {"country", "subdivision", "dates"}
+    for key in sorted(unknown):
+        faults.append(
+            (f"{path}.{key}", "unknown key; a country set has country, subdivision and dates")
+        )
+    supported: dict[str, list[str]] = holiday_sets.list_supported_countries()
+    country = holidays["country"]
+    if not isinstance(country, str) or country not in supported:
+        faults.append(
+            (
+                f"{path}.country",
+                f"{country!r} is not a country the holidays library "
+                f"{holiday_sets.__version__} knows; use an ISO 3166-1 alpha-2 code such as "
+                "'US', 'DE' or 'AU' (python -c 'import holidays; "
+                "print(sorted(holidays.list_supported_countries()))')",
+            )
+        )
+    subdivision = holidays.get("subdivision")
+    if country in supported and subdivision is not None and subdivision not in supported[country]:
+        known = ", ".join(supported[country]) or "none"
+        faults.append(
+            (
+                f"{path}.subdivision",
+                f"{subdivision!r} is not a subdivision of {country} ({known})",
+            )
+        )
+    dates = holidays.get("dates", [])
+    if not isinstance(dates, list):
+        return [*faults, (f"{path}.dates", 'must be a list of dates, e.g. ["2026-11-27"]')]
+    return faults + _holiday_faults(f"{path}.dates", dates)
+
+
 def _holiday_faults(path: str, holidays: Any) -> list[tuple[str, str]]:
     faults = []
+    if isinstance(holidays, Mapping) and "country" in holidays:
+        return _country_faults(path, holidays)
     if isinstance(holidays, list):
         seen: dict[str, int] = {}
         for index, text in enumerate(holidays):

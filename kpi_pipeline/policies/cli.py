@@ -1,4 +1,5 @@
-"""`kpi-pipeline policy validate FILE` and `kpi-pipeline policy simulate ...` (what-if).
+"""`kpi-pipeline policy validate FILE`, `kpi-pipeline policy simulate ...` (what-if) and
+`kpi-pipeline policy recompute` (business-hours values of past leads after a calendar change).
 
 ``validate`` prints every fault with its JSON path and exits 1 when there is any.
 ``simulate`` routes every lead of a recorded CDC stream (CONTRACTS.md §2) with a policy, and
@@ -11,6 +12,7 @@ a what-if on a calendar shows its effect on past leads.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -91,6 +93,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="SLA as of this time (default: the last commit in --events; now for --ledger-url)",
     )
     simulate.set_defaults(func=_simulate)
+
+    recompute = commands.add_parser(
+        "recompute",
+        help="after a calendar change: recompute every lead's SLA due time and business-minute "
+        "TTFR in the ledger under the policy, and queue what changed for write-back",
+        description="Recompute each lead's SLA calendar, SLA due time (SLA_Due_At__c) and "
+        "Time_to_First_Response_Business_Minutes__c from the ledger under the policy, store "
+        "the changed values and mark them for the write-back outbox. Creation times, SLA "
+        "minutes and first responses are never changed. Idempotent: a second run changes "
+        "nothing. Prints one JSON line of counts.",
+    )
+    recompute.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="policy whose calendars to use (default: KPI_POLICY_FILE, else the packaged one)",
+    )
+    recompute.add_argument(
+        "--ledger-url", default=None, help="SQLAlchemy URL of the ledger (default: KPI_LEDGER_URL)"
+    )
+    recompute.add_argument(
+        "--dry-run", action="store_true", help="count what would change; write nothing"
+    )
+    recompute.set_defaults(func=_recompute)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -262,6 +288,26 @@ def _ledger_sla_frame(
             }
         )
     return _typed(pd.DataFrame(rows, columns=list(_SLA_COLUMNS)))
+
+
+def _recompute(args: argparse.Namespace) -> int:
+    from kpi_pipeline.config import get_settings
+    from kpi_pipeline.ledger.store import Ledger
+    from kpi_pipeline.processing import recompute_clocks
+
+    settings = get_settings() if args.policy is None or args.ledger_url is None else None
+    path = args.policy or (settings.policy_file if settings else None) or default_policy_path()
+    policy = _load_or_report(path)
+    if policy is None:
+        return 1
+    url = args.ledger_url or (settings.resolved_ledger_url if settings else "")
+    ledger = Ledger.from_url(url)
+    try:
+        report = recompute_clocks(ledger, policy, dry_run=args.dry_run)
+    finally:
+        ledger.dispose()
+    print(json.dumps({"policy_version": policy.version, **report.summary()}, sort_keys=True))
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:

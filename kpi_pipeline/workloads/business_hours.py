@@ -25,7 +25,7 @@ wall-clock minutes and the due time is created + SLA, exactly as before calendar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -69,7 +69,7 @@ class BusinessClock:
         *,
         timezone: str,
         weekly: Sequence[Sequence[tuple[int, int]]],
-        holidays: frozenset[date] = frozenset(),
+        holidays: Container[date] = frozenset(),
         name: str | None = None,
     ) -> None:
         if len(weekly) != 7:
@@ -92,7 +92,7 @@ class BusinessClock:
         return cls(
             timezone=calendar.timezone,
             weekly=calendar.weekly_minutes(),
-            holidays=calendar.holiday_dates(),
+            holidays=calendar.closed_days(),
             name=name,
         )
 
@@ -244,3 +244,19 @@ def policy_clocks(calendars: dict[str, Calendar]) -> dict[str | None, BusinessCl
     }
     clocks[None] = ALWAYS_OPEN
     return clocks
+
+
+def lead_clocks(
+    clock: BusinessClock,
+    *,
+    created: datetime,
+    sla_minutes: float | None,
+    first_response_at: datetime | None,
+) -> tuple[datetime | None, float | None]:
+    """One lead's SLA due time (None without an SLA) and business-minute TTFR (None while
+    unanswered) on ``clock``: what the ledger stores and the write-back sends."""
+    due = clock.add_open_minutes(created, sla_minutes) if sla_minutes is not None else None
+    business = None
+    if first_response_at is not None:
+        business = clock.open_minutes(created, first_response_at)
+    return due, business

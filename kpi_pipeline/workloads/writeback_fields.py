@@ -33,15 +33,18 @@ FIRST_RESPONSE_GROUP = (
     "Time_to_First_Response_Business_Minutes__c",
 )
 ASSIGNMENT_GROUP = ("Owner_Assigned_At__c", "Assignment_Latency_Minutes__c")
+# Derived from creation time, SLA minutes and calendar only: no order rule, it may move
+# either way when the policy's calendar changes (``policy recompute``).
+SLA_FIELDS = ("SLA_Due_At__c",)
 ROUTING_FIELDS = ("OwnerId", "Routing_Policy_Version__c", "Routing_Rule__c")
 TEMPLATE_FIELDS = ("Template_Recommended__c", "Template_Applied__c")
 GROUPS: tuple[tuple[str, ...], ...] = (FIRST_RESPONSE_GROUP, ASSIGNMENT_GROUP)
 # The group's leading field carries the order rule: later values are never sent.
 ORDERED_GROUPS = {group[0]: group for group in GROUPS}
 LEAD_FIELDS = frozenset(
-    (*FIRST_RESPONSE_GROUP, *ASSIGNMENT_GROUP, *ROUTING_FIELDS, *TEMPLATE_FIELDS)
+    (*FIRST_RESPONSE_GROUP, *ASSIGNMENT_GROUP, *SLA_FIELDS, *ROUTING_FIELDS, *TEMPLATE_FIELDS)
 )
-_DATETIME_FIELDS = frozenset({"First_Response_At__c", "Owner_Assigned_At__c"})
+_DATETIME_FIELDS = frozenset({"First_Response_At__c", "Owner_Assigned_At__c", "SLA_Due_At__c"})
 
 
 class UnknownWritebackField(ValueError):

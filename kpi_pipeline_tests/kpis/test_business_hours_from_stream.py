@@ -121,6 +121,18 @@ def test_lead_facts_carry_business_minutes_beside_wall_clock_minutes(replayed):
     assert facts["B4"]["Routing_Rule__c"] == "emea"
 
 
+def test_lead_facts_carry_the_business_hours_due_time_written_back(replayed):
+    """SLA_Due_At__c, what SLA_Breached__c compares against in the org (docstring's dues;
+    B4: 60 minutes Friday in Berlin, 60 from Monday 09:00 CET = 10:00 CET)."""
+    facts = {r["Id"][-5:-3]: r["SLA_Due_At__c"] for r in _rows(replayed / "lead_facts.csv")}
+    assert facts == {
+        "B1": "2026-11-23T14:30:00.000Z",
+        "B2": "2026-11-18T14:30:00.000Z",
+        "B3": "2026-11-27T15:00:00.000Z",
+        "B4": "2026-10-26T09:00:00.000Z",
+    }
+
+
 def test_sla_counts_business_hours(replayed):
     by_day = {r["day"]: r for r in _rows(replayed / "kpis" / "sla.csv")}
     counts = {d: (int(r["met"]), int(r["breached"]), int(r["pending"])) for d, r in by_day.items()}

@@ -32,6 +32,7 @@ PLAN_COMPONENTS = {
     "Assignment Latency",
     "SLA Breach %",
     "SLA Breach % by Owner",
+    "TTFR by Owner (Business Minutes)",
 }
 
 
@@ -173,6 +174,19 @@ def test_reports_and_dashboard_reference_what_exists() -> None:
         assert column in defined, (
             f"dashboard charts {column}, which {report_name} does not aggregate"
         )
+    charted = {text(c.find(f"{NS}chartSummary"), "column") for c in components}
+    # The business clock is on the dashboard, not only the wall clock.
+    assert "Lead.Time_to_First_Response_Business_Minutes__c" in charted
+
+
+def test_sla_breached_compares_against_the_written_due_time() -> None:
+    """The formula judges leads on SLA_Due_At__c (the rollups' business-hours due time),
+    which the pipeline writes; its evaluation on org values is in
+    kpi_pipeline_tests/salesforce/test_sla_due_writeback.py."""
+    formula = text(field_files()["SLA_Breached__c"], "formula") or ""
+    assert "First_Response_At__c > SLA_Due_At__c" in formula
+    assert "NOW() > SLA_Due_At__c" in formula
+    assert "SLA_Due_At__c" in {f.api_name for f in WRITTEN_LEAD_FIELDS}
 
 
 # --- checks with the real Salesforce CLI and its Metadata API schemas ---------------------------

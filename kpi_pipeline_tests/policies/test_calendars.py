@@ -114,3 +114,67 @@ def test_validate_cli_prints_the_calendar_faults(tmp_path, capsys):
     assert "2 fault(s)" in out
     assert "$.calendars.emea.timezone: unknown IANA timezone 'Europe/Berlim'" in out
     assert "$.rules[3].calendar: calendar 'asia' is not defined" in out
+
+
+# --- country holiday sets (the holidays library) -----------------------------------------
+def _ny_calendar(holidays: object) -> dict:
+    week = {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}
+    return {"timezone": "America/New_York", "hours": week, "holidays": holidays}
+
+
+def _due(holidays: object, created: str, minutes: float = 60) -> str:
+    from datetime import datetime
+
+    from kpi_pipeline.policies.calendars import Calendar
+    from kpi_pipeline.workloads.business_hours import BusinessClock
+
+    clock = BusinessClock.from_calendar(Calendar.model_validate(_ny_calendar(holidays)))
+    start = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return clock.add_open_minutes(start, minutes).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def test_a_country_set_closes_its_holidays_in_any_year_beside_explicit_dates():
+    # Wed 2028-11-22 16:30 EST (21:30Z), 60 minutes: 30 on Wednesday; Thanksgiving
+    # (Thu 11-23, in no explicit list) closed; 30 on Friday -> 09:30 EST = 14:30Z.
+    assert _due({"country": "US"}, "2028-11-22T21:30:00Z") == "2028-11-24T14:30Z"
+    # An explicit extra date (the day after Thanksgiving) closes Friday too: Monday 09:30.
+    extra = {"country": "US", "dates": ["2028-11-24"]}
+    assert _due(extra, "2028-11-22T21:30:00Z") == "2028-11-27T14:30Z"
+    # Observed days: 2026-07-04 is a Saturday, so Friday 07-03 is closed. Thu 07-02 16:30
+    # EDT (20:30Z): 30 on Thursday, 30 on Monday 07-06 -> 09:30 EDT = 13:30Z.
+    assert _due({"country": "US"}, "2026-07-02T20:30:00Z") == "2026-07-06T13:30Z"
+    # The same lead without holidays: Friday 09:30 EDT.
+    assert _due([], "2026-07-02T20:30:00Z") == "2026-07-03T13:30Z"
+
+
+def test_a_subdivision_set_adds_its_own_holidays():
+    # Berlin (DE-BE) has International Women's Day, Sun 2026-03-08, and in 2027 Mon 03-08;
+    # Bavaria does not. 2027-03-05 Fri 16:30 EST (21:30Z) on the NY hours for simplicity.
+    assert _due({"country": "DE", "subdivision": "BE"}, "2027-03-05T21:30:00Z") == (
+        "2027-03-09T14:30Z"
+    )
+    assert _due({"country": "DE", "subdivision": "BY"}, "2027-03-05T21:30:00Z") == (
+        "2027-03-08T14:30Z"
+    )
+
+
+def test_unknown_countries_and_subdivisions_are_refused_with_their_json_path():
+    raw = default_raw()
+    raw["calendars"]["na"]["holidays"] = {"country": "XX", "dates": ["2026-02-30"]}
+    raw["calendars"]["emea"]["holidays"] = {"country": "DE", "subdivision": "ZZ"}
+    raw["calendars"]["apac"]["holidays"] = {"country": "AU", "subdivison": "NSW"}
+    faults = faults_of(raw)
+    assert "'XX' is not a country" in faults["$.calendars.na.holidays.country"]
+    assert "write it YYYY-MM-DD" in faults["$.calendars.na.holidays.dates[0]"]
+    assert "'ZZ' is not a subdivision of DE" in faults["$.calendars.emea.holidays.subdivision"]
+    assert "BE" in faults["$.calendars.emea.holidays.subdivision"]
+    assert "unknown key" in faults["$.calendars.apac.holidays.subdivison"]
+
+
+def test_policy_validate_accepts_a_country_set(tmp_path, capsys):
+    raw = default_raw()
+    raw["calendars"]["na"]["holidays"] = {"country": "US", "dates": ["2026-11-27"]}
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(raw))
+    assert main(["policy", "validate", str(path)]) == 0
+    assert "valid (version" in capsys.readouterr().out
