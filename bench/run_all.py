@@ -23,6 +23,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 SMALL_ARGS: dict[str, list[list[str]]] = {
     "bench_client_drain.py": [["--events", "5000", "--repeats", "1"]],
     "bench_decode.py": [["--events", "5000", "--repeats", "1"]],
+    "bench_killed_worker.py": [["--kill", "worker"]],
     "bench_kpis.py": [["--leads", "50000", "--days", "10", "--repeats", "1"]],
     # dagster dev takes 15-40 s to start and catch up; the windows themselves are short.
     "bench_live.py": [["--seconds", "20", "--warmup", "2", "--drain-seconds", "20"]],
@@ -37,6 +38,7 @@ SMALL_ARGS: dict[str, list[list[str]]] = {
     "bench_metrics.py": [
         ["--runs", "20", "--small-burst", "7", "--threads", "5", "--seconds", "2"]
     ],
+    "bench_recovery.py": [["--leads", "20", "--wave-leads", "10", "--days", "0.5"]],
     "bench_replay.py": [["--events", "5000"]],
     "bench_sensor_drain.py": [["--leads", "1000", "--bound", "500"]],
     "bench_token_cache.py": [["--calls", "2000", "--uncached", "20"]],
