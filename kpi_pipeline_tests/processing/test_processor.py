@@ -12,12 +12,13 @@ from kpi_pipeline.cdc.decode import EventDecoder
 from kpi_pipeline.cdc.events import ChangeEvent, read_recorded_lines
 from kpi_pipeline.cdc.fixtures import RECORDED_STREAM
 from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cdc.schemas import encode_change, schema_json
+from kpi_pipeline.cdc.schemas import schema_json
 from kpi_pipeline.ledger import Ledger
 from kpi_pipeline.ledger.outbox import Claim
 from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline.processing import BatchProcessor
 from kpi_pipeline.sandbox.changelog import StoredChange
+from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline.writeback import resolve_from_ledger
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, make_processor

@@ -216,7 +216,7 @@ def test_query_shapes_limit_order_and_unknown_types(org: SandboxOrg) -> None:
     assert [r["Id"] for r in body["records"]] == [ids[2], ids[1]]
     assert set(body["records"][0]) == {"attributes", "Id", "Company"}
     response = org.http.get(
-        data_url(org, "query"), params={"q": "SELECT Id FROM Account"}, headers=AUTH, timeout=5
+        data_url(org, "query"), params={"q": "SELECT Id FROM Opportunity"}, headers=AUTH, timeout=5
     )
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "INVALID_TYPE"
 
