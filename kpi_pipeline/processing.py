@@ -97,7 +97,7 @@ _ROUTING_TRIGGERS = frozenset({"CREATE", "UNDELETE"})
 
 
 class Decoder(Protocol):
-    def decode(self, raw: Any) -> ChangeEvent: ...
+    def decode(self, raw: Any, schema_json: str | None = None) -> ChangeEvent: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +202,20 @@ class BatchProcessor:
     # --- decode and merge ---------------------------------------------------------------
 
     def decode(self, batch: LoadedBatch, decoder: Decoder) -> DecodedBatch:
-        """Decode a staged batch; an undecodable event is dead-lettered and the rest proceeds."""
+        """Decode a staged batch with the schemas staged with it (never fetched again: the
+        ledger holds the writer schema of every staged event); an undecodable event is
+        dead-lettered and the rest proceeds."""
         events: list[ChangeEvent] = []
         dead = 0
         for raw in batch.events:
             try:
-                events.append(decoder.decode(raw))
+                schema = batch.schemas.get(raw.schema_id)
+                if schema is None:  # stage_batch refuses such batches; an edited ledger only
+                    raise UnknownSchemaError(
+                        f"schema id {raw.schema_id!r} was not staged with batch "
+                        f"{batch.batch_id!r}; its events cannot be decoded from the ledger"
+                    )
+                events.append(decoder.decode(raw, schema))
             except (PayloadDecodeError, UnknownSchemaError, EventFormatError) as exc:
                 dead += 1
                 metrics.record_error("cdc_decode")

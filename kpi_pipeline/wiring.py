@@ -140,6 +140,22 @@ def event_decoder(settings: Settings):
     return _cached(("decoder", str(id(client))), lambda: EventDecoder(client.get_schema))
 
 
+def staged_batch_decoder():
+    """Decoder for staged batches: they carry the schemas staged with them, so it never
+    fetches one (no Pub/Sub connection per processing run); one per process, so parsed
+    schemas are reused across runs."""
+    from kpi_pipeline.cdc.decode import EventDecoder
+    from kpi_pipeline.cdc.errors import UnknownSchemaError
+
+    def _not_staged(schema_id: str) -> str:
+        raise UnknownSchemaError(
+            f"schema id {schema_id!r} must come with its batch (LoadedBatch.schemas); "
+            "staged batches are decoded from the ledger, never from the Pub/Sub API"
+        )
+
+    return _cached(("staged_decoder",), lambda: EventDecoder(_not_staged))
+
+
 def ledger(settings: Settings):
     from kpi_pipeline.ledger.store import Ledger
 
