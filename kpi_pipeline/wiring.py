@@ -258,8 +258,21 @@ def batch_processor(settings: Settings, *, live_clock: bool = True):
             client_id=settings.client_id,
             clock=(lambda: datetime.now(UTC)) if live_clock else None,
             integration_user_id=settings.salesforce_integration_user_id,
+            # Live runs re-read diffed fields a workload needs; replay stays offline.
+            field_reader=_LazyRest(settings) if live_clock else None,
         ),
     )
+
+
+class _LazyRest:
+    """The org's REST API for the processor, built on first use: most batches carry no
+    diffed field a workload reads, so a processing run needs no REST session."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def get_record(self, sobject: str, record_id: str, fields):
+        return salesforce_rest(self._settings).get_record(sobject, record_id, fields)
 
 
 def drain_writeback(settings: Settings):
