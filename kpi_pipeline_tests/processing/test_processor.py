@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 from collections.abc import Callable
 
+import fastavro
 import pandas as pd
 import pytest
 
+from kpi_pipeline import metrics
 from kpi_pipeline.cdc.decode import EventDecoder
 from kpi_pipeline.cdc.events import ChangeEvent, read_recorded_lines
 from kpi_pipeline.cdc.fixtures import RECORDED_STREAM
@@ -276,6 +280,39 @@ def test_each_batch_is_decoded_with_the_schemas_staged_with_it(new_ledger: NewLe
     assert "Territory__c" not in one.events[0].fields
     assert two.events[0].fields["Territory__c"] == "EMEA"
     assert "Territory__c" in two.events[0].header.changed_fields
+
+
+def test_an_unmappable_bitmap_element_is_skipped_and_the_event_is_processed(
+    new_ledger: NewLedger,
+) -> None:
+    """A changedFields element the schema cannot map ("2-0x01": Company is no compound) is
+    skipped and counted; the event is staged, decoded, merged, not dead-lettered."""
+    ledger = new_ledger()
+    lead_id = "00Q000000000001AAA"
+    created = lead_created(lead_id, T0)
+    update = event("Lead", lead_id, "UPDATE", T0 + MINUTE, Title="CTO")
+    channel = "/data/LeadChangeEvent"
+    raws = []
+    for replay, change in enumerate((created, update), start=1):
+        stored = StoredChange(replay, "Lead", change.header.to_recorded(), dict(change.fields), T0)
+        schema_id, payload = encode_change(stored)
+        if change is update:
+            parsed = fastavro.parse_schema(json.loads(schema_json(schema_id)))
+            record = fastavro.schemaless_reader(io.BytesIO(payload), parsed, None)
+            record["ChangeEventHeader"]["changedFields"].append("2-0x01")
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, parsed, record)
+            payload = out.getvalue()
+        raws.append(RawEvent(channel, replay.to_bytes(8, "big"), schema_id, payload))
+    staged = ledger.stage_batch(channel, raws, {schema_id: schema_json(schema_id)})
+    before = metrics.sample_value("errors_total", {"area": "cdc_bitmap"})
+    processor = make_processor(ledger)
+    decoded = processor.decode(ledger.load_batch(staged.batch_id), EventDecoder(schema_json))
+    assert decoded.dead_lettered == 0 and ledger.dead_letters() == []
+    assert metrics.sample_value("errors_total", {"area": "cdc_bitmap"}) == before + 1
+    assert "Title" in decoded.events[1].header.changed_fields
+    processor.process(decoded.events)
+    assert ledger.record("Lead", lead_id).fields["Title"] == "CTO"
 
 
 def test_a_batch_whose_schema_is_not_staged_is_dead_lettered_not_fetched(
