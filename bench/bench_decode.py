@@ -27,8 +27,9 @@ from kpi_pipeline.cdc.bitmaps import FieldLayout, decode_bitmap
 from kpi_pipeline.cdc.decode import EventDecoder, _body_fields
 from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
 from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cdc.schemas import encode_change, schema_json
+from kpi_pipeline.cdc.schemas import schema_json
 from kpi_pipeline.sandbox.changelog import StoredChange
+from kpi_pipeline.sandbox.encoding import encode_change
 
 CHANNEL = "/data/SalesKpis__chn"
 

@@ -304,6 +304,7 @@ KNOWN_ERROR_AREAS = (
     "cdc_stream",
     "cdc_decode",
     "cdc_bitmap",
+    "cdc_diff_reread",
     "cdc_gap",
     "cdc_replay_invalid",
     "processing_apply_records",

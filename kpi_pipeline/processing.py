@@ -74,6 +74,7 @@ from kpi_pipeline.workloads.lead_route import (
     route,
 )
 from kpi_pipeline.workloads.outreach_templates import (
+    PROFILE_FIELDS,
     TemplateCatalog,
     TemplateSelection,
     TemplateSelector,
@@ -103,13 +104,37 @@ _ROUTING_TRIGGERS = frozenset({"CREATE", "UNDELETE"})
 
 
 class Decoder(Protocol):
-    def decode(self, raw: Any) -> ChangeEvent: ...
+    def decode(self, raw: Any, schema_json: str | None = None) -> ChangeEvent: ...
 
 
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
     events: list[ChangeEvent]
     dead_lettered: int
+
+
+class FieldReader(Protocol):
+    """What re-reading a diffed field needs of ``kpi_pipeline.salesforce.rest.SalesforceRest``."""
+
+    def get_record(
+        self, sobject: str, record_id: str, fields: Sequence[str]
+    ) -> dict[str, Any] | None: ...
+
+
+# Fields the workloads read besides the routing policy's conditions (first touch, template
+# attribution, outreach personalisation). A field among them that arrives in diffFields
+# (a large text field: the event carries a diff, not the value) is re-read over REST.
+WORKLOAD_FIELDS: Mapping[str, frozenset[str]] = {
+    LEAD: frozenset(
+        {"Name", "OwnerId", "IsConverted", "CreatedDate", "CreatedById", "Address.Country"}
+        | set(PROFILE_FIELDS)
+    ),
+    TASK: frozenset({"Status", "IsClosed", "WhoId", "CompletedDateTime", "CreatedById"}),
+    EMAIL: frozenset(
+        {"Subject", "EmailTemplateId", "RelatedToId", "ActivityId", "Incoming", "Status"}
+        | {"MessageDate"}
+    ),
+}
 
 
 def _is_wildcard(record_id: str) -> bool:
@@ -136,8 +161,13 @@ class BatchProcessor:
         client_id: str,
         clock: Callable[[], datetime] | None = None,
         integration_user_id: str | None = None,
+        field_reader: FieldReader | None = None,
     ) -> None:
+        """``field_reader``: the org's REST API, to re-read a field a workload needs when
+        an event lists it in diffFields (no value delivered); None leaves such a field with
+        the value the ledger already has (``replay`` works offline)."""
         self.ledger = ledger
+        self.field_reader = field_reader
         self.policy = policy
         self.selector = selector
         self.catalog = catalog
@@ -149,6 +179,10 @@ class BatchProcessor:
         for rule in policy.rules:
             _policy_fields(rule.when, fields)
         self._routing_inputs = tuple(sorted(fields))
+        self.needed_fields: dict[str, frozenset[str]] = {
+            **WORKLOAD_FIELDS,
+            LEAD: WORKLOAD_FIELDS[LEAD] | fields,
+        }
 
     # --- selection ----------------------------------------------------------------------
 
@@ -208,12 +242,20 @@ class BatchProcessor:
     # --- decode and merge ---------------------------------------------------------------
 
     def decode(self, batch: LoadedBatch, decoder: Decoder) -> DecodedBatch:
-        """Decode a staged batch; an undecodable event is dead-lettered and the rest proceeds."""
+        """Decode a staged batch with the schemas staged with it (never fetched again: the
+        ledger holds the writer schema of every staged event); an undecodable event is
+        dead-lettered and the rest proceeds."""
         events: list[ChangeEvent] = []
         dead = 0
         for raw in batch.events:
             try:
-                events.append(decoder.decode(raw))
+                schema = batch.schemas.get(raw.schema_id)
+                if schema is None:  # stage_batch refuses such batches; an edited ledger only
+                    raise UnknownSchemaError(
+                        f"schema id {raw.schema_id!r} was not staged with batch "
+                        f"{batch.batch_id!r}; its events cannot be decoded from the ledger"
+                    )
+                events.append(decoder.decode(raw, schema))
             except (PayloadDecodeError, UnknownSchemaError, EventFormatError) as exc:
                 dead += 1
                 metrics.record_error("cdc_decode")
@@ -227,11 +269,48 @@ class BatchProcessor:
                 )
         return DecodedBatch(events, dead)
 
+    def _with_diffed_values(self, event: ChangeEvent) -> ChangeEvent:
+        """The event with the current values of its diffFields that a workload reads,
+        re-read over REST (the event only says they changed). Without a field reader, or
+        when the read fails or the record is gone, the event goes on without them and the
+        ledger keeps the value it had."""
+        wanted = self.needed_fields.get(event.entity, frozenset())
+        diffed = [n for n in event.header.diff_fields if n in wanted]
+        if not diffed or self.field_reader is None or len(event.record_ids) != 1:
+            return event
+        record_id = event.record_ids[0]
+        rest_names = [n.partition(".")[2] or n for n in diffed]  # Address.Country -> Country
+        try:
+            row = self.field_reader.get_record(event.entity, record_id, rest_names)
+        except Exception as exc:  # the org is unreachable: keep processing, value stays stale
+            metrics.record_error("cdc_diff_reread")
+            log.warning(
+                "could not re-read diffed fields %s of %s %s over REST: %s",
+                diffed, event.entity, record_id, exc,
+            )  # fmt: skip
+            return event
+        if row is None:
+            return event
+        fields = dict(event.fields)
+        for name, rest_name in zip(diffed, rest_names, strict=True):
+            if rest_name not in row:
+                continue
+            parent, dot, child = name.partition(".")
+            if dot:
+                compound = fields.get(parent)
+                fields[parent] = {
+                    **(compound if isinstance(compound, dict) else {}),
+                    child: row[rest_name],
+                }
+            else:
+                fields[name] = row[rest_name]
+        return replace(event, fields=fields)
+
     def apply_records(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
         """Merge events into record states and refresh lead facts; gap events open re-sync
         windows instead, and an event the workload code cannot merge is dead-lettered."""
         gaps = [e for e in events if e.is_gap]
-        changes = [e for e in events if not e.is_gap]
+        changes = [self._with_diffed_values(e) for e in events if not e.is_gap]
         keys = {(e.entity, rid) for e in changes for rid in e.record_ids if not _is_wildcard(rid)}
         failed: list[tuple[ChangeEvent, str]] = []
         with self.ledger.write() as conn:

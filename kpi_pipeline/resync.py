@@ -11,6 +11,12 @@ refused replay ids). This adapter (no Dagster) closes them:
 * ``gap_overflow`` and ``replay_id_invalid`` windows re-read every record of the window's
   entities modified since the window started.
 
+What to re-read comes from the org itself (``OrgDescription``), never from the sandbox's
+schemas: an entity's SELECT list is every field of the newest GetSchema answer for it staged
+in the ledger with the events (``Ledger.staged_schemas``), else of its sObject describe over
+REST; a channel's entities are ``/data/<Entity>ChangeEvent``'s one, or those whose events
+were staged on it (before any was: the entities the workloads read).
+
 Every re-read record becomes a ``ChangeEvent`` that ``BatchProcessor.process`` applies
 through the same workloads as CDC. Its version is the record's ``LastModifiedDate`` with
 commit and sequence number 0, so under the per-field last-writer-wins merge
@@ -36,7 +42,6 @@ import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -48,11 +53,10 @@ from kpi_pipeline.cdc.events import (
     parse_sf_datetime,
     to_epoch_ms,
 )
-from kpi_pipeline.cdc.schemas import SCHEMAS_BY_ENTITY, sf_type_of
+from kpi_pipeline.cdc.schemas import sf_type_of
 from kpi_pipeline.ledger import schema as ledger_tables
 from kpi_pipeline.ledger.sql import dumps
 from kpi_pipeline.ledger.store import WINDOW_OPEN, Ledger, ResyncWindow
-from kpi_pipeline.sandbox.changelog import entities_for_channel as sandbox_channel_entities
 from kpi_pipeline.workloads.records import RecordState
 
 log = logging.getLogger(__name__)
@@ -109,62 +113,175 @@ class ResyncReport:
         return asdict(self)
 
 
-# --- entity fields --------------------------------------------------------------------
+# --- the org's description: entities and their fields --------------------------------
+
+# Fields REST has and change events do not (describe lists them; CDC schemas never do).
+_REST_ONLY_FIELDS = frozenset(
+    {"Id", "IsDeleted", "SystemModstamp", "LastViewedDate", "LastReferencedDate"}
+)
+# The entities the workloads read, in the order a re-read applies them (Leads before the
+# activities that answer them); the other entities a channel carries come after.
+WORKLOAD_ENTITIES = ("Lead", "Task", "EmailMessage")
+
+
+def _rest_prefix(parent: str) -> str:
+    """REST flattens a compound's children under a prefix: BillingAddress -> BillingCity;
+    Lead's Address and the person Name have none (City, FirstName)."""
+    return parent.removesuffix("Address") if parent.endswith("Address") else ""
 
 
 @dataclass(frozen=True)
 class EntityFields:
-    """An entity's CDC body fields as REST names them (compound children flattened)."""
+    """An entity's CDC body fields, and how REST names them (compound children flattened)."""
 
     plain: tuple[str, ...]
-    compounds: Mapping[str, tuple[str, ...]]
+    compounds: Mapping[str, tuple[str, ...]]  # parent -> its children as CDC names them
     datetimes: frozenset[str]
+
+    @staticmethod
+    def rest_name(parent: str, child: str) -> str:
+        return _rest_prefix(parent) + child
 
     @property
     def select(self) -> tuple[str, ...]:
-        children = [c for parts in self.compounds.values() for c in parts]
+        children = [self.rest_name(p, c) for p, parts in self.compounds.items() for c in parts]
         # LastModifiedById names the last writer (commitUser); not every schema carries it.
         return tuple(dict.fromkeys([*self.plain, *children, "LastModifiedById"]))
 
+    @classmethod
+    def from_schema(cls, schema: Mapping[str, Any]) -> EntityFields:
+        """From a change-event schema as GetSchema serves it (field 0 is the header; a
+        repeated compound type is a reference by name to the record defined first)."""
+        plain: list[str] = []
+        compounds: dict[str, tuple[str, ...]] = {}
+        datetimes: set[str] = set()
+        named: dict[str, Mapping[str, Any]] = {}
+        for spec in schema["fields"][1:]:
+            branches = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+            record = None
+            for branch in branches:
+                if isinstance(branch, Mapping) and branch.get("type") == "record":
+                    record = branch
+                    named[str(branch["name"]).rsplit(".", 1)[-1]] = branch
+                elif isinstance(branch, str) and branch.rsplit(".", 1)[-1] in named:
+                    record = named[branch.rsplit(".", 1)[-1]]
+            if record is not None:
+                # Address's Xyz is in CDC schemas only; REST (and so SOQL) does not know it.
+                children = [c["name"] for c in record["fields"] if c["name"] != "Xyz"]
+                compounds[spec["name"]] = tuple(children)
+                continue
+            plain.append(spec["name"])
+            if sf_type_of(spec) in ("DateTime", "Date"):
+                datetimes.add(spec["name"])
+        return cls(tuple(plain), compounds, frozenset(datetimes))
 
-@cache
-def entity_fields(entity: str) -> EntityFields:
-    """The fields to re-read for ``entity``: every field of its change-event schema."""
-    schema = SCHEMAS_BY_ENTITY.get(entity)
-    if schema is None:
-        raise ResyncError(
-            f"entity {entity!r} has no change-event schema, so the re-sync does not know its "
-            f"fields; known entities: {sorted(SCHEMAS_BY_ENTITY)}"
-        )
-    plain: list[str] = []
-    compounds: dict[str, tuple[str, ...]] = {}
-    datetimes: set[str] = set()
-    for spec in schema["fields"][1:]:  # [0] is the ChangeEventHeader
-        branches = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
-        record = next(
-            (b for b in branches if isinstance(b, dict) and b.get("type") == "record"), None
-        )
-        if record is not None:
-            # Address's Xyz is in CDC schemas only; REST (and so SOQL) does not know it.
-            children = [c["name"] for c in record["fields"] if c["name"] != "Xyz"]
-            compounds[spec["name"]] = tuple(children)
-            continue
-        plain.append(spec["name"])
-        if sf_type_of(spec) in ("DateTime", "Date"):
-            datetimes.add(spec["name"])
-    return EntityFields(tuple(plain), compounds, frozenset(datetimes))
+    @classmethod
+    def from_describe(cls, describe: Mapping[str, Any]) -> EntityFields:
+        """From ``sobjects/<Type>/describe``: compound children carry ``compoundFieldName``;
+        formula fields and the fields CDC never carries are left out."""
+        fields = [f for f in describe.get("fields") or () if isinstance(f, Mapping)]
+        parents = {f.get("compoundFieldName") for f in fields} - {None}
+        plain: list[str] = []
+        compounds: dict[str, list[str]] = {}
+        datetimes: set[str] = set()
+        for spec in fields:
+            name = str(spec.get("name") or "")
+            if not name or name in _REST_ONLY_FIELDS or spec.get("calculated"):
+                continue
+            parent = spec.get("compoundFieldName")
+            if parent:
+                prefix = _rest_prefix(parent)
+                child = name[len(prefix) :] if name.startswith(prefix) else name
+                compounds.setdefault(parent, []).append(child)
+            elif name not in parents and spec.get("type") not in ("address", "location"):
+                plain.append(name)
+                if spec.get("type") in ("datetime", "date"):
+                    datetimes.add(name)
+        return cls(tuple(plain), {p: tuple(c) for p, c in compounds.items()}, frozenset(datetimes))
 
 
-def default_channel_entities(channel: str) -> tuple[str, ...]:
-    """Entities a channel carries: ``/data/<Entity>ChangeEvent``, or all three on
-    ``/data/ChangeEvents`` and custom ``__chn`` channels."""
-    entities = sandbox_channel_entities(channel)
-    if not entities:
-        raise ResyncError(
-            f"cannot tell which entities channel {channel!r} carries; use /data/<Entity>ChangeEvent, "
-            "/data/ChangeEvents or a custom /data/<Name>__chn, or pass entities_for_channel="
+def entity_of_schema(schema: Mapping[str, Any]) -> str | None:
+    """``LeadChangeEvent`` -> Lead, ``Foo__ChangeEvent`` -> Foo__c; None for other records."""
+    name = str(schema.get("name") or "").rsplit(".", 1)[-1]
+    if not name.endswith("ChangeEvent") or name == "ChangeEvent":
+        return None
+    entity = name[: -len("ChangeEvent")]
+    return entity + "c" if entity.endswith("__") else entity
+
+
+def entity_of_channel(channel: str) -> str | None:
+    """The one entity of a standard channel ``/data/<Entity>ChangeEvent``, else None."""
+    if not channel.startswith("/data/") or not channel.endswith("ChangeEvent"):
+        return None
+    return entity_of_schema({"name": channel[len("/data/") :]})
+
+
+class OrgDescription:
+    """What the re-sync knows of the org, from the org itself: the GetSchema answers staged
+    in the ledger with the events (the most recent per entity), else sObject describe over
+    REST; and which entities a channel carries, from the events staged on it.
+
+    One per re-sync pass: the staged schemas are read once."""
+
+    def __init__(self, ledger: Ledger, rest: Any = None) -> None:
+        self._ledger = ledger
+        self._describe = getattr(rest, "describe", None)
+        self._staged: list[tuple[str, dict[str, Any]]] | None = None
+        self._fields: dict[str, EntityFields] = {}
+
+    def _schemas(self, channel: str | None = None) -> list[dict[str, Any]]:
+        if channel is not None:
+            return [json.loads(text) for _, text in self._ledger.staged_schemas(channel)]
+        if self._staged is None:
+            self._staged = [
+                (schema_id, json.loads(text)) for schema_id, text in self._ledger.staged_schemas()
+            ]
+        return [schema for _, schema in self._staged]
+
+    def fields(self, entity: str) -> EntityFields:
+        cached = self._fields.get(entity)
+        if cached is not None:
+            return cached
+        schema = next((s for s in self._schemas() if entity_of_schema(s) == entity), None)
+        if schema is not None:
+            found = EntityFields.from_schema(schema)
+        elif self._describe is not None:
+            found = EntityFields.from_describe(self._describe(entity))
+        else:
+            raise ResyncError(
+                f"the ledger holds no {entity}ChangeEvent schema (no {entity} event was staged "
+                "yet) and the REST reader cannot describe sObjects, so the re-sync does not "
+                f"know {entity}'s fields; pass a reader with describe() (SalesforceRest)"
+            )
+        self._fields[entity] = found
+        return found
+
+    def entities_for_channel(self, channel: str) -> tuple[str, ...]:
+        """``/data/<Entity>ChangeEvent``: that entity. Other channels (``/data/ChangeEvents``,
+        custom ``__chn`` ones): the entities of the events staged on it, or, before any
+        was staged, the entities the workloads read."""
+        single = entity_of_channel(channel)
+        if single is not None:
+            return (single,)
+        multi = channel == "/data/ChangeEvents" or (
+            channel.startswith("/data/") and channel.endswith("__chn")
         )
-    return tuple(entities)
+        if not multi:
+            raise ResyncError(
+                f"cannot tell which entities channel {channel!r} carries; use "
+                "/data/<Entity>ChangeEvent, /data/ChangeEvents or a custom /data/<Name>__chn, "
+                "or pass entities_for_channel="
+            )
+        carried = {entity_of_schema(s) for s in self._schemas(channel)} - {None}
+        if not carried:
+            log.info(
+                "no event of %s is staged yet; re-reading the entities the workloads read %s",
+                channel,
+                WORKLOAD_ENTITIES,
+            )
+            return WORKLOAD_ENTITIES
+        first = [e for e in WORKLOAD_ENTITIES if e in carried]
+        return (*first, *sorted(e for e in carried if e not in WORKLOAD_ENTITIES))
 
 
 # --- REST record -> change event ------------------------------------------------------
@@ -178,10 +295,9 @@ def _epoch_ms(value: Any, *, what: str) -> int | None:
     return None if parsed is None else to_epoch_ms(parsed)
 
 
-def rest_body(entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
+def rest_body(entity: str, row: Mapping[str, Any], spec: EntityFields) -> dict[str, Any]:
     """A REST record in the shape the CDC decoder produces: compounds nested, DateTime and
     Date values as epoch ms, null values kept (the org says those fields are empty)."""
-    spec = entity_fields(entity)
     body: dict[str, Any] = {}
     for name in spec.plain:
         if name not in row:
@@ -191,7 +307,8 @@ def rest_body(entity: str, row: Mapping[str, Any]) -> dict[str, Any]:
             value = _epoch_ms(value, what=f"{entity} {row.get('Id')} {name}")
         body[name] = value
     for parent, children in spec.compounds.items():
-        parts = {child: row[child] for child in children if child in row}
+        names = {child: spec.rest_name(parent, child) for child in children}
+        parts = {child: row[rest] for child, rest in names.items() if rest in row}
         if parts:
             body[parent] = parts
     return body
@@ -245,7 +362,11 @@ class ResyncSource:
 
 
 def events_for_record(
-    source: ResyncSource, entity: str, row: Mapping[str, Any], state: RecordState | None
+    source: ResyncSource,
+    entity: str,
+    row: Mapping[str, Any],
+    state: RecordState | None,
+    spec: EntityFields,
 ) -> list[ChangeEvent]:
     """The events that bring the ledger's state of one record up to the re-read.
 
@@ -267,7 +388,7 @@ def events_for_record(
             f"REST returned a {entity} row without Id or LastModifiedDate ({dict(row)!r:.200}); "
             "both are selected by the re-sync, so the query result is malformed"
         )
-    body = rest_body(entity, row)
+    body = rest_body(entity, row, spec)
     writer = str(row.get("LastModifiedById") or row.get("CreatedById") or "")
     if state is not None:
         change_type = "UNDELETE" if state.deleted else "UPDATE"
@@ -343,17 +464,15 @@ def _time_plan(entities: list[str], window: ResyncWindow, now: datetime) -> _Pla
     return _Plan(entities=entities, since=since, until=_up_to_second(now))
 
 
-def _read(rest: RecordReader, plan: _Plan) -> dict[str, list[dict[str, Any]]]:
+def _read(rest: RecordReader, plan: _Plan, org: OrgDescription) -> dict[str, list[dict[str, Any]]]:
     if plan.ids:
         return {
-            entity: rest.query_by_ids(entity, entity_fields(entity).select, ids)
+            entity: rest.query_by_ids(entity, org.fields(entity).select, ids)
             for entity, ids in plan.ids.items()
         }
     assert plan.since is not None
     return {
-        entity: rest.query_modified_since(
-            entity, entity_fields(entity).select, plan.since, plan.until
-        )
+        entity: rest.query_modified_since(entity, org.fields(entity).select, plan.since, plan.until)
         for entity in plan.entities
     }
 
@@ -369,6 +488,7 @@ def window_events(
     rows: Mapping[str, list[dict[str, Any]]],
     states: Mapping[tuple[str, str], RecordState],
     now: datetime,
+    org: OrgDescription,
 ) -> tuple[list[ChangeEvent], int, int]:
     """(events, deletions, missing): the re-read as change events, entity by entity in
     the plan's order (Leads before the activities that answer them)."""
@@ -380,7 +500,7 @@ def window_events(
         for row in entity_rows:
             found.add(row.get("Id"))
             events += events_for_record(
-                source, entity, row, states.get((entity, str(row.get("Id"))))
+                source, entity, row, states.get((entity, str(row.get("Id")))), org.fields(entity)
             )
         for record_id in plan.ids.get(entity, ()):
             if record_id in found:
@@ -404,23 +524,28 @@ def resync_window(
     window: ResyncWindow,
     *,
     now: datetime,
-    entities_for_channel: Callable[[str], Sequence[str]] = default_channel_entities,
+    entities_for_channel: Callable[[str], Sequence[str]] | None = None,
+    org: OrgDescription | None = None,
 ) -> ResyncReport:
-    """Re-read and apply one window, then close it; on failure leave it open with the error."""
+    """Re-read and apply one window, then close it; on failure leave it open with the error.
+
+    ``org``: where fields and channel entities come from (default: the staged GetSchema
+    answers, else describe over ``rest``); ``entities_for_channel`` overrides the latter."""
     report = ResyncReport(window.id, window.channel, window.reason, "skipped")
     if window.status != WINDOW_OPEN:
         return report
+    org = org or OrgDescription(ledger, rest)
     try:
-        plan = plan_window(window, now, entities_for_channel)
+        plan = plan_window(window, now, entities_for_channel or org.entities_for_channel)
         report.entities = sorted(plan.ids) or list(plan.entities)
         report.since = format_sf_datetime(plan.since) or None
         report.until = format_sf_datetime(plan.until) or None
-        rows = _read(rest, plan)
+        rows = _read(rest, plan, org)
         report.records_read = sum(len(r) for r in rows.values())
         keys = {(e, str(r.get("Id"))) for e, rs in rows.items() for r in rs}
         keys |= {(e, rid) for e, ids in plan.ids.items() for rid in ids}
         events, report.deleted, report.missing = window_events(
-            window, plan, rows, _states(ledger, keys), now
+            window, plan, rows, _states(ledger, keys), now, org
         )
         _apply(processor, events, report)
     except Exception as exc:  # any failure: the window stays open and says why
@@ -488,20 +613,28 @@ def resync_open_windows(
     processor: Processor,
     *,
     now: datetime,
-    entities_for_channel: Callable[[str], Sequence[str]] = default_channel_entities,
+    entities_for_channel: Callable[[str], Sequence[str]] | None = None,
     window_ids: Collection[int] | None = None,
 ) -> list[ResyncReport]:
     """Re-sync every open window (or those of ``window_ids`` still open), oldest first.
 
-    One failing window does not stop the others; each report says what happened.
+    One failing window does not stop the others; each report says what happened. What to
+    re-read comes from the org (``OrgDescription``): never from the sandbox's schemas.
     """
+    org = OrgDescription(ledger, rest)
     windows = ledger.open_resync_windows()
     if window_ids is not None:
         wanted = set(window_ids)
         windows = [w for w in windows if w.id in wanted]
     return [
         resync_window(
-            ledger, rest, processor, window, now=now, entities_for_channel=entities_for_channel
+            ledger,
+            rest,
+            processor,
+            window,
+            now=now,
+            entities_for_channel=entities_for_channel,
+            org=org,
         )
         for window in windows
     ]

@@ -140,6 +140,22 @@ def event_decoder(settings: Settings):
     return _cached(("decoder", str(id(client))), lambda: EventDecoder(client.get_schema))
 
 
+def staged_batch_decoder():
+    """Decoder for staged batches: they carry the schemas staged with them, so it never
+    fetches one (no Pub/Sub connection per processing run); one per process, so parsed
+    schemas are reused across runs."""
+    from kpi_pipeline.cdc.decode import EventDecoder
+    from kpi_pipeline.cdc.errors import UnknownSchemaError
+
+    def _not_staged(schema_id: str) -> str:
+        raise UnknownSchemaError(
+            f"schema id {schema_id!r} must come with its batch (LoadedBatch.schemas); "
+            "staged batches are decoded from the ledger, never from the Pub/Sub API"
+        )
+
+    return _cached(("staged_decoder",), lambda: EventDecoder(_not_staged))
+
+
 def ledger(settings: Settings):
     from kpi_pipeline.ledger.store import Ledger
 
@@ -242,8 +258,21 @@ def batch_processor(settings: Settings, *, live_clock: bool = True):
             client_id=settings.client_id,
             clock=(lambda: datetime.now(UTC)) if live_clock else None,
             integration_user_id=settings.salesforce_integration_user_id,
+            # Live runs re-read diffed fields a workload needs; replay stays offline.
+            field_reader=_LazyRest(settings) if live_clock else None,
         ),
     )
+
+
+class _LazyRest:
+    """The org's REST API for the processor, built on first use: most batches carry no
+    diffed field a workload reads, so a processing run needs no REST session."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def get_record(self, sobject: str, record_id: str, fields):
+        return salesforce_rest(self._settings).get_record(sobject, record_id, fields)
 
 
 def drain_writeback(settings: Settings):

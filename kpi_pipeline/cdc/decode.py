@@ -1,7 +1,10 @@
 """Avro payload -> ``ChangeEvent``: writer schema by schema id, header bitmaps -> field names.
 
 Schemas are cached **per schema id**, never per topic: a topic's schema changes when a
-field is added, and events written with the old schema keep their old id.
+field is added, and events written with the old schema keep their old id. A caller that
+holds the schema text itself (a staged batch carries the schemas staged with it) passes it
+to ``decode``: that text is what the event is read with, nothing is fetched, and whatever
+the fetch cache holds for the id does not matter.
 
 Header bitmaps are decoded leniently, like the reference decoders: an element that maps to
 nothing in the writer schema is skipped, counted (``errors_total{area="cdc_bitmap"}``) and
@@ -77,8 +80,16 @@ class EventDecoder:
     def __init__(self, fetch_schema: Callable[[str], str]) -> None:
         self._fetch_schema = fetch_schema
         self._schemas: dict[str, _DecodedSchema] = {}
+        # (schema id, schema text) -> parsed: schemas handed in with the events (staged ones)
+        self._given: dict[tuple[str, str], _DecodedSchema] = {}
 
-    def _schema(self, schema_id: str) -> _DecodedSchema:
+    def _schema(self, schema_id: str, text: str | None = None) -> _DecodedSchema:
+        if text is not None:
+            given = self._given.get((schema_id, text))
+            if given is None:
+                given = self._parse(schema_id, text)
+                self._given[(schema_id, text)] = given
+            return given
         cached = self._schemas.get(schema_id)
         if cached is not None:
             return cached
@@ -86,6 +97,12 @@ class EventDecoder:
             text = self._fetch_schema(schema_id)
         except KeyError as exc:  # a dict-backed fetcher (tests, recorded schemas)
             raise UnknownSchemaError(f"schema id {schema_id!r} is unknown: {exc}") from exc
+        decoded = self._parse(schema_id, text)
+        self._schemas[schema_id] = decoded
+        return decoded
+
+    @staticmethod
+    def _parse(schema_id: str, text: str) -> _DecodedSchema:
         try:
             schema = json.loads(text)
             parsed = fastavro.parse_schema(schema)
@@ -95,13 +112,13 @@ class EventDecoder:
                 f"schema {schema_id!r} from the server is not a usable Avro record schema: {exc}"
             ) from exc
         compounds = frozenset(layout.names[i] for i in layout.compounds)
-        decoded = _DecodedSchema(schema_id, parsed, layout, compounds, {})
-        self._schemas[schema_id] = decoded
-        return decoded
+        return _DecodedSchema(schema_id, parsed, layout, compounds, {})
 
-    def decode(self, raw: RawEvent) -> ChangeEvent:
-        """One event; ``UnknownSchemaError`` / ``PayloadDecodeError`` name what failed."""
-        schema = self._schema(raw.schema_id)
+    def decode(self, raw: RawEvent, schema_json: str | None = None) -> ChangeEvent:
+        """One event, read with ``schema_json`` when given (its writer schema, e.g. the one
+        staged with its batch), else with the schema fetched (once) for its id.
+        ``UnknownSchemaError`` / ``PayloadDecodeError`` name what failed."""
+        schema = self._schema(raw.schema_id, schema_json)
         try:
             buffer = io.BytesIO(raw.payload)
             record = fastavro.schemaless_reader(buffer, schema.parsed, None)

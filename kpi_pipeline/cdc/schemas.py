@@ -1,4 +1,7 @@
-"""Avro schemas of the sandbox's change events, and the encoder the sandbox server uses.
+"""Avro schemas of the sandbox's change events (its default schema set).
+
+The encoder that turns the sandbox store's changes into payloads with them lives in the
+sandbox (``kpi_pipeline.sandbox.encoding``), which also adds an org's custom fields.
 
 The schemas follow what Salesforce serves from GetSchema (reference §4): a top-level
 record ``<Object>ChangeEvent`` in namespace ``com.sforce.eventbus`` whose field 0 is the
@@ -12,20 +15,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 from collections.abc import Mapping
-from functools import cache
 from typing import Any
 
-import fastavro
-
-from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, encode_bitmap
 from kpi_pipeline.cdc.errors import UnknownSchemaError
 from kpi_pipeline.cdc.events import CHANGE_TYPE_SYMBOLS as EVENT_CHANGE_TYPE_SYMBOLS
-from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
 from kpi_pipeline.salesforce_fields import WRITTEN_LEAD_FIELDS
-from kpi_pipeline.sandbox.changelog import StoredChange
 
 NAMESPACE = "com.sforce.eventbus"
 CHANGE_TYPE_SYMBOLS = list(EVENT_CHANGE_TYPE_SYMBOLS)
@@ -136,6 +132,16 @@ def sf_type_of(field: Mapping[str, Any]) -> str | None:
     read from its Salesforce-style doc; None when the doc names no known type."""
     parts = str(field.get("doc") or "").split(":")
     return _SF_TO_SANDBOX.get(parts[1]) if len(parts) >= 2 else None
+
+
+def custom_field(name: str, sandbox_type: str) -> dict[str, Any]:
+    """A custom field as a real schema lists it: nullable, doc ``Data:<Type>:<field id>``."""
+    if not name.endswith("__c") or sandbox_type not in _TYPES:
+        raise ValueError(
+            f"custom field {name!r} of type {sandbox_type!r}: the name must end in __c and the "
+            f"type be one of {sorted(_TYPES)}"
+        )
+    return _fields((name, sandbox_type))[0]
 
 
 def _fields(*specs: tuple[str, str]) -> list[dict[str, Any]]:
@@ -308,11 +314,36 @@ CONTACT_SCHEMA = _change_event(
         ),
     ],
 )
+_account_types = _NamedTypes()
+# BillingAddress defines Address; ShippingAddress refers to it by name (reference §4's
+# bitmap example: "5-0x06" on it is ShippingAddress.City and ShippingAddress.State).
+ACCOUNT_SCHEMA = _change_event(
+    "Account",
+    [
+        *_fields(("Name", "Text"), ("Type", "Picklist"), ("ParentId", "Lookup")),
+        _address(_account_types, "BillingAddress"),
+        _address(_account_types, "ShippingAddress"),
+        *_fields(
+            ("Phone", "Phone"),
+            ("Website", "Url"),
+            ("Industry", "Picklist"),
+            ("AnnualRevenue", "Currency"),
+            ("NumberOfEmployees", "Int"),
+            ("Description", "TextArea"),
+            ("OwnerId", "Lookup"),
+            ("CreatedDate", "DateTime"),
+            ("CreatedById", "Lookup"),
+            ("LastModifiedDate", "DateTime"),
+            ("LastModifiedById", "Lookup"),
+        ),
+    ],
+)
 SCHEMAS_BY_ENTITY: dict[str, dict[str, Any]] = {
     "Lead": LEAD_SCHEMA,
     "Task": TASK_SCHEMA,
     "EmailMessage": EMAIL_MESSAGE_SCHEMA,
     "Contact": CONTACT_SCHEMA,
+    "Account": ACCOUNT_SCHEMA,
 }
 
 
@@ -340,108 +371,3 @@ def schema_json(schema_id: str) -> str:
             f"schema id {schema_id!r} is unknown; known ids: {sorted(_SCHEMAS_BY_ID)}"
         )
     return canonical_json(schema)
-
-
-# --- encoding (sandbox server side) -----------------------------------------------------
-
-
-class _EntityCodec:
-    """Everything needed to encode one entity's changes, built once per entity."""
-
-    def __init__(self, entity: str, schema: dict[str, Any]) -> None:
-        self.entity = entity
-        self.schema_id = SCHEMA_IDS_BY_ENTITY[entity]
-        self.parsed = fastavro.parse_schema(schema)
-        self.layout = FieldLayout.from_schema(schema)
-        self.body_names = set(self.layout.names[1:])
-        self.datetime_names = {
-            f["name"] for f in schema["fields"][1:] if sf_type_of(f) in ("DateTime", "Date")
-        }
-        # bare child name (REST style: FirstName, City) -> compound parent name, for the
-        # children of exactly one compound (Contact's City could be either address: callers
-        # name it MailingAddress.City)
-        parents: dict[str, list[str]] = {}
-        for index, children in self.layout.compounds.items():
-            for child in children:
-                parents.setdefault(child, []).append(self.layout.names[index])
-        self.child_parent = {c: ps[0] for c, ps in parents.items() if len(ps) == 1}
-
-    def qualify(self, name: str) -> str:
-        """Header field names: ``FirstName`` -> ``Name.FirstName`` (compound children)."""
-        parent = self.child_parent.get(name)
-        return f"{parent}.{name}" if parent and name not in self.body_names else name
-
-    def body(self, change: StoredChange) -> dict[str, Any]:
-        record: dict[str, Any] = {}
-        for name, value in change.fields.items():
-            if name in NOT_IN_CDC:
-                continue
-            parent, _, child = self.qualify(name).partition(".")
-            if parent not in self.body_names:
-                raise EventFormatError(
-                    f"{self.entity} change at replay {change.replay}: field {name!r} is not in "
-                    f"the {self.entity}ChangeEvent schema; add it to kpi_pipeline/cdc/schemas.py "
-                    "or stop writing it"
-                )
-            if child:
-                record.setdefault(parent, {})[child] = value
-            elif isinstance(value, Mapping):
-                record.setdefault(parent, {}).update(value)
-            else:
-                record[parent] = self._coerce(name, value)
-        return record
-
-    def _coerce(self, name: str, value: Any) -> Any:
-        if name in self.datetime_names and isinstance(value, str):
-            parsed = parse_sf_datetime(value)
-            return to_epoch_ms(parsed) if parsed else None
-        return value
-
-    def header(self, change: StoredChange) -> dict[str, Any]:
-        h = change.header
-        header = {
-            "entityName": h.get("entityName") or self.entity,
-            "recordIds": list(h.get("recordIds") or ()),
-            "changeType": h.get("changeType"),
-            "changeOrigin": h.get("changeOrigin") or "",
-            "transactionKey": h.get("transactionKey") or "",
-            "sequenceNumber": int(h.get("sequenceNumber") or 0),
-            "commitTimestamp": int(h.get("commitTimestamp") or change.commit_timestamp),
-            "commitNumber": int(h.get("commitNumber") or 0),
-            "commitUser": h.get("commitUser") or "",
-        }
-        for key in BITMAP_HEADER_FIELDS:
-            names = [self.qualify(n) for n in h.get(key) or ()]
-            try:
-                header[key] = encode_bitmap(names, self.layout)
-            except BitmapError as exc:
-                raise EventFormatError(
-                    f"{self.entity} change at replay {change.replay}: header {key}: {exc}"
-                ) from exc
-        return header
-
-
-@cache
-def _codec(entity: str) -> _EntityCodec:
-    schema = SCHEMAS_BY_ENTITY.get(entity)
-    if schema is None:
-        raise EventFormatError(
-            f"entity {entity!r} has no change-event schema; known: {sorted(SCHEMAS_BY_ENTITY)}"
-        )
-    return _EntityCodec(entity, schema)
-
-
-def encode_change(stored_change: StoredChange) -> tuple[str, bytes]:
-    """(schema id, schemaless Avro payload) of a stored change, as the bus would deliver it."""
-    codec = _codec(stored_change.entity)
-    record = codec.body(stored_change)
-    record["ChangeEventHeader"] = codec.header(stored_change)
-    buffer = io.BytesIO()
-    try:
-        fastavro.schemaless_writer(buffer, codec.parsed, record)
-    except (ValueError, TypeError) as exc:
-        raise EventFormatError(
-            f"{stored_change.entity} change at replay {stored_change.replay} does not fit "
-            f"{stored_change.entity}ChangeEvent: {exc}"
-        ) from exc
-    return codec.schema_id, buffer.getvalue()

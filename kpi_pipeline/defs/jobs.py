@@ -32,7 +32,7 @@ class BatchConfig(dg.Config):
 def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: PipelineResource):
     ledger = pipeline.ledger()
     processor = pipeline.processor()
-    decoder = pipeline.decoder()
+    decoder = pipeline.batch_decoder()  # each batch is read with the schemas staged with it
     batches: dict[str, dict] = {}
     events: list = []
     dead_lettered = 0

@@ -60,6 +60,10 @@ class PipelineResource(dg.ConfigurableResource):
     def decoder(self):
         return wiring.event_decoder(self.settings())
 
+    def batch_decoder(self):
+        """Decodes staged batches from their staged schemas (no Pub/Sub client needed)."""
+        return wiring.staged_batch_decoder()
+
     def processor(self, *, live_clock: bool = True):
         return wiring.batch_processor(self.settings(), live_clock=live_clock)
 

@@ -408,6 +408,28 @@ class Ledger(WorkloadStateMixin, OutboxMixin, SendsMixin, ReplayStoreMixin, Leas
         ]
         return LoadedBatch(batch_id, info.channel, events, schemas, info.status)
 
+    def staged_schemas(self, channel: str | None = None) -> list[tuple[str, str]]:
+        """(schema id, schema JSON) of the schemas staged events were written with, on
+        ``channel`` (None: any), most recently staged first: the org's own GetSchema
+        answers, as the re-sync reads them to learn the org's fields and channels."""
+        inbox = t.cdc_inbox
+        newest = sa.func.max(inbox.c.staged_at).label("newest")
+        query = sa.select(inbox.c.schema_id, newest).group_by(inbox.c.schema_id)
+        if channel is not None:
+            query = query.where(inbox.c.channel == channel)
+        with self.read() as conn:
+            used = conn.execute(query).all()
+            ids = [r.schema_id for r in sorted(used, key=lambda r: (r.newest, r.schema_id))]
+            ids.reverse()
+            texts = dict(
+                conn.execute(
+                    sa.select(t.cdc_schemas.c.schema_id, t.cdc_schemas.c.schema_json).where(
+                        t.cdc_schemas.c.schema_id.in_(ids)
+                    )
+                ).all()
+            )
+        return [(schema_id, texts[schema_id]) for schema_id in ids if schema_id in texts]
+
     def mark_batch_done(self, batch_id: str, *, run_id: str, summary: Mapping[str, Any]) -> bool:
         """Mark a batch processed. The first completion wins (a retried run returns False)."""
         with self.write() as conn:

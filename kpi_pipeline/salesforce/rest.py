@@ -290,6 +290,11 @@ class SalesforceRest:
             raise
         return _strip_attributes(record or {})
 
+    def describe(self, sobject: str) -> dict[str, Any]:
+        """``sobjects/<Type>/describe``: the sObject's fields (name, type, compoundFieldName)."""
+        _check_name(sobject, "sObject type")
+        return self._call("GET", f"sobjects/{sobject}/describe")
+
     def query(self, soql: str) -> list[dict[str, Any]]:
         """Every row of a SOQL query (``nextRecordsUrl`` followed), without ``attributes``."""
         page = self._call("GET", "query/", params={"q": soql})

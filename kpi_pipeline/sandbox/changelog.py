@@ -17,29 +17,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Channel -> entity names it carries. Custom channels (``/data/<Name>__chn``) and the
-# standard ``/data/ChangeEvents`` carry the pipeline's entities.
+# Channel -> entity names it carries. Custom channels (``/data/<Name>__chn``) carry the
+# pipeline's entities; the standard ``/data/ChangeEvents`` carries every object with change
+# events, as on a real org: Contact and Account too (each has two compound fields of one
+# type, the second a reference to the named Address type).
 SANDBOX_ENTITIES = ("Lead", "Task", "EmailMessage")
-# Contact (two compound fields of one type: MailingAddress and OtherAddress) has change
-# events on its own channels only, so the pipeline's channels and re-sync never meet it.
+# Contact also has a custom channel of its own.
 CONTACT_CHANNEL = "/data/Contacts__chn"
-EXTRA_ENTITIES = ("Contact",)
+EXTRA_ENTITIES = ("Contact", "Account")
 ALL_ENTITIES = SANDBOX_ENTITIES + EXTRA_ENTITIES
 
 
 def entities_for_channel(channel: str) -> tuple[str, ...] | None:
     """Entities a channel carries, or None when the sandbox has no such topic."""
-    if channel in (CONTACT_CHANNEL, "/data/ContactChangeEvent"):
-        return EXTRA_ENTITIES
-    if channel == "/data/ChangeEvents" or (
-        channel.startswith("/data/") and channel.endswith("__chn")
-    ):
+    if channel == CONTACT_CHANNEL:
+        return ("Contact",)
+    if channel == "/data/ChangeEvents":
+        return ALL_ENTITIES
+    if channel.startswith("/data/") and channel.endswith("__chn"):
         return SANDBOX_ENTITIES
     if channel.startswith("/data/") and channel.endswith("ChangeEvent"):
         entity = channel[len("/data/") : -len("ChangeEvent")]
         if entity.endswith("__"):
             entity = entity + "c"
-        return (entity,) if entity in SANDBOX_ENTITIES else None
+        return (entity,) if entity in ALL_ENTITIES else None
     return None
 
 
@@ -61,6 +62,9 @@ class StoredChange:
 
 
 class ChangeLogSource(Protocol):
+    """A source may also have ``schemas`` (``kpi_pipeline.sandbox.encoding.SchemaSet``, the
+    org's schemas with its custom fields); without it the default set is served."""
+
     def read_changes(
         self, entities: Sequence[str], after_replay: int | None, limit: int
     ) -> list[StoredChange]:

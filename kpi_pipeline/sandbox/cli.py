@@ -235,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_token=args.access_token,
         tenant_id=args.tenant_id,
         tls_dir=(args.tls_dir or args.store.resolve().parent) if args.tls else None,
+        plaintext=not args.tls,
         replay_id_bytes=args.replay_id_bytes,
         keepalive_interval_s=args.keepalive_seconds,
     )

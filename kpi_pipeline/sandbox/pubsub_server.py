@@ -37,13 +37,13 @@ from kpi_pipeline.cdc.errors import (
 from kpi_pipeline.cdc.events import replay_id_from_int
 from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
-from kpi_pipeline.cdc.schemas import SCHEMA_IDS_BY_ENTITY, encode_change, schema_json
 from kpi_pipeline.sandbox.changelog import (
     ALL_ENTITIES,
     ChangeLogSource,
     StoredChange,
     entities_for_channel,
 )
+from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet, encode_change
 from kpi_pipeline.sandbox.tls import TlsFiles
 
 MAX_OUTSTANDING = 100
@@ -206,6 +206,11 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
         self.retention_ms = retention_ms
         self.faults = faults or Faults()
 
+    @property
+    def schemas(self) -> SchemaSet:
+        """The org's schemas, read on every use: an admin may add a custom field meanwhile."""
+        return getattr(self.source, "schemas", DEFAULT_SCHEMAS)
+
     # -- shared checks ------------------------------------------------------------------
     def _check_call(self, context: grpc.ServicerContext, rpc_id: str, rpc_type: str) -> None:
         metadata = dict(context.invocation_metadata())
@@ -268,7 +273,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
             can_publish=False,
             can_subscribe=True,
             # Multi-entity channels carry several schemas; report the first entity's.
-            schema_id=SCHEMA_IDS_BY_ENTITY[entities[0]],
+            schema_id=self.schemas.schema_id(entities[0]),
             rpc_id=rpc_id,
         )
 
@@ -278,7 +283,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
         rpc_id = str(uuid.uuid4())
         self._check_call(context, rpc_id, "GetSchema")
         try:
-            text = schema_json(request.schema_id)
+            text = self.schemas.schema_json(request.schema_id)
         except UnknownSchemaError:
             _abort(
                 context,
@@ -468,7 +473,7 @@ class PubSubServicer(pb2_grpc.PubSubServicer):
     ) -> pb2.FetchResponse:
         events = []
         for change in changes:
-            schema_id, payload = encode_change(change)
+            schema_id, payload = encode_change(change, self.schemas)
             producer = pb2.ProducerEvent(
                 id=str(uuid.uuid5(uuid.NAMESPACE_OID, str(change.replay))),
                 schema_id=schema_id,

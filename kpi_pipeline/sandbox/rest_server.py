@@ -10,6 +10,8 @@ in ``kpi_pipeline.auth.jwt``) is the code under test:
   and ``GET|PATCH|DELETE /services/data/vNN.N/sobjects/<Type>/<Id>`` (PATCH and DELETE: 204)
   for Lead, Task and EmailMessage; a DELETE moves the record to the recycle bin
 * ``PATCH /services/data/vNN.N/composite/sobjects`` (sObject Collections update, <= 200)
+* ``GET /services/data/vNN.N/sobjects/<Type>/describe``: the sObject's fields (name, type,
+  ``compoundFieldName``) as Salesforce describes them, custom fields included
 * ``GET /services/data/vNN.N/query?q=`` for the SOQL subset the pipeline issues, with
   ``nextRecordsUrl`` paging (``GET .../query/<cursor>``)
 * ``POST /services/data/vNN.N/actions/standard/emailSimple``
@@ -62,7 +64,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime
+from kpi_pipeline.cdc.schemas import sf_type_of
 from kpi_pipeline.sandbox.changelog import SANDBOX_ENTITIES, RecordStore
+from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet
 from kpi_pipeline.sandbox.store import (
     FieldValueError,
     RecordNotFoundError,
@@ -444,6 +448,11 @@ class RestApp:
 
     # --- dispatch -----------------------------------------------------------------------
 
+    @property
+    def _schemas(self) -> SchemaSet:
+        """The org's schemas (custom fields included), read per request: they may change."""
+        return getattr(self.store, "schemas", DEFAULT_SCHEMAS)
+
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Response:
         url = urlsplit(target)
         path = unquote(url.path)
@@ -515,6 +524,9 @@ class RestApp:
         token: str,
     ) -> Response:
         parts = rest.split("/")
+        if parts[0] == "sobjects" and len(parts) == 3 and parts[2] == "describe":
+            _allow(method, ("GET",))
+            return Response(200, describe_sobject(parts[1], self._schemas))
         if parts[0] == "sobjects" and len(parts) == 2:
             _allow(method, ("POST",))
             return self.create_record(parts[1], payload, self._origin(version, client), token)
@@ -653,7 +665,7 @@ class RestApp:
         _writable(sobject)
         values = _record_body(payload)
         values.pop("attributes", None)  # clients may send the type there; the URL decides
-        _check_values(sobject, values)
+        _check_values(sobject, values, self._schemas)
         read_only = sorted(set(values) & READ_ONLY_FIELDS)
         if read_only:
             raise ApiError(400, **_read_only_error(read_only))
@@ -811,7 +823,7 @@ class RestApp:
         self, sobject: str, record_id: str, values: Mapping[str, Any], origin: str, token: str
     ) -> dict[str, Any] | None:
         try:
-            _check_values(sobject, values)
+            _check_values(sobject, values, self._schemas)
         except ApiError as exc:
             return _save_error(exc.code, exc.message, exc.fields or [])
         try:
@@ -945,6 +957,80 @@ def _rolled_back(
     ]
 
 
+# The sandbox's field types as sObject describe names them.
+_DESCRIBE_TYPES = {
+    "Text": "string",
+    "Id": "id",
+    "Picklist": "picklist",
+    "Email": "email",
+    "Phone": "phone",
+    "Url": "url",
+    "TextArea": "textarea",
+    "Lookup": "reference",
+    "Boolean": "boolean",
+    "Int": "int",
+    "Number": "double",
+    "Currency": "currency",
+    "DateTime": "datetime",
+    "Date": "date",
+}
+
+
+def _describe_field(name: str, sf_type: str, compound: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": sf_type,
+        "compoundFieldName": compound,
+        "custom": name.endswith("__c"),
+        "calculated": False,
+    }
+
+
+def describe_sobject(sobject: str, schemas: SchemaSet) -> dict[str, Any]:
+    """``sobjects/<Type>/describe`` from the org's change-event schema: every field with
+    its describe type, compound children under their REST names (``BillingCity``) with
+    ``compoundFieldName``, plus the fields REST has and CDC does not (Id, IsDeleted,
+    SystemModstamp). Address's ``Xyz`` is a CDC-only child and is left out."""
+    schema = schemas.schemas.get(sobject)
+    if schema is None:
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+    fields = [
+        _describe_field("Id", "id"),
+        _describe_field("IsDeleted", "boolean"),
+        _describe_field("SystemModstamp", "datetime"),
+    ]
+    for spec in schema["fields"][1:]:
+        branches = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+        record = next((b for b in branches if isinstance(b, dict)), None)
+        named = next((b for b in branches if isinstance(b, str) and b != "null"), None)
+        if record is None and named in ("Address", "Switchable_PersonName"):
+            record = _named_record(schema, named)  # a reference to a type defined earlier
+        if record is None:
+            fields.append(
+                _describe_field(spec["name"], _DESCRIBE_TYPES[sf_type_of(spec) or "Text"])
+            )
+            continue
+        parent = spec["name"]
+        fields.append(
+            _describe_field(parent, "address" if record["name"] == "Address" else "string")
+        )
+        prefix = parent.removesuffix("Address") if parent.endswith("Address") else ""
+        for child in record["fields"]:
+            if child["name"] == "Xyz":
+                continue
+            child_type = _DESCRIBE_TYPES[sf_type_of(child) or "Text"]
+            fields.append(_describe_field(prefix + child["name"], child_type, parent))
+    return {"name": sobject, "custom": False, "fields": fields}
+
+
+def _named_record(schema: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    for spec in schema["fields"][1:]:
+        for branch in spec["type"] if isinstance(spec["type"], list) else [spec["type"]]:
+            if isinstance(branch, dict) and branch.get("name") == name:
+                return branch
+    return None
+
+
 def _writable(sobject: str) -> None:
     # A real org answers NOT_FOUND for an sObject it does not have; the sandbox writes only the
     # objects it publishes change events for.
@@ -967,11 +1053,15 @@ def _read_only_error(names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _check_values(sobject: str, values: Mapping[str, Any]) -> None:
+def _check_values(sobject: str, values: Mapping[str, Any], schemas: SchemaSet) -> None:
     """Unknown fields and wrong-typed values, found by the store's own normalization; read-only
     fields are left to the caller (they get their own error)."""
     try:
-        normalize_values(sobject, {k: v for k, v in values.items() if k not in READ_ONLY_FIELDS})
+        normalize_values(
+            sobject,
+            {k: v for k, v in values.items() if k not in READ_ONLY_FIELDS},
+            schemas=schemas,
+        )
     except SandboxStoreError as exc:
         raise _value_error(sobject, exc) from None
     for name, value in values.items():
@@ -979,7 +1069,7 @@ def _check_values(sobject: str, values: Mapping[str, Any]) -> None:
         # placeholders); an org refuses one that is not shaped like an id.
         if (
             isinstance(value, str)
-            and field_type(sobject, name) == "Lookup"
+            and field_type(sobject, name, schemas) == "Lookup"
             and not _ID.match(value)
         ):
             raise ApiError(

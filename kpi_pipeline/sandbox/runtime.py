@@ -139,11 +139,16 @@ class SandboxRuntime:
         tenant_id: str,
         connected_app: ConnectedApp | None = None,
         tls_dir: str | os.PathLike[str] | None = None,
+        plaintext: bool = False,
         replay_id_bytes: int = 8,
         keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
     ) -> None:
-        """``tls_dir``: serve gRPC and REST over TLS with the CA and certificate kept there
-        (generated when missing, ``kpi_pipeline.sandbox.tls``); None serves plaintext.
+        """TLS by default, as a real org (and ``sandbox serve --tls``): gRPC and REST are
+        served with the CA and certificate kept in ``tls_dir`` (default: the store's
+        directory; generated when missing, ``kpi_pipeline.sandbox.tls``), so whatever talks
+        to the runtime goes through the production TLS code path. ``plaintext=True`` serves
+        without TLS; only for callers that need a plaintext server (``sandbox serve``
+        without ``--tls``, a benchmark comparable with earlier plaintext figures).
         ``replay_id_bytes``: length of the (opaque) replay ids the Pub/Sub server issues.
         ``keepalive_interval_s``: how often a quiet stream gets a keepalive (270 s, as a
         real org)."""
@@ -152,7 +157,11 @@ class SandboxRuntime:
                 "SandboxRuntime needs a non-empty access_token (the static token it accepts)"
             )
         self.store_path = Path(store_path)
-        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        if plaintext and tls_dir is not None:
+            raise ValueError("SandboxRuntime: tls_dir only applies without plaintext=True")
+        self.tls_dir: Path | None = None
+        if not plaintext:
+            self.tls_dir = Path(tls_dir) if tls_dir is not None else self.store_path.parent
         self.tls: TlsFiles | None = None
         self.replay_id_bytes = replay_id_bytes
         self.keepalive_interval_s = keepalive_interval_s

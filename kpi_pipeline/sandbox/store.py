@@ -55,8 +55,9 @@ from kpi_pipeline.cdc.events import (
     parse_sf_datetime,
     to_epoch_ms,
 )
-from kpi_pipeline.cdc.schemas import SCHEMA_IDS_BY_ENTITY, SCHEMAS_BY_ENTITY, sf_type_of
+from kpi_pipeline.cdc.schemas import sf_type_of
 from kpi_pipeline.sandbox.changelog import ALL_ENTITIES, StoredChange
+from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet
 
 DEFAULT_RETENTION_MS = 72 * 3600 * 1000
 KEY_PREFIXES = {
@@ -64,6 +65,7 @@ KEY_PREFIXES = {
     "Task": "00T",
     "EmailMessage": "02s",
     "Contact": "003",
+    "Account": "001",
     "User": "005",
     "Group": "00G",
     "EmailTemplate": "00X",
@@ -253,8 +255,8 @@ class _EntitySpec:
 
 
 @cache
-def _spec(entity: str) -> _EntitySpec:
-    layout = FieldLayout.from_schema(SCHEMAS_BY_ENTITY[entity])
+def _spec(entity: str, schemas: SchemaSet = DEFAULT_SCHEMAS) -> _EntitySpec:
+    layout = FieldLayout.from_schema(schemas.schemas[entity])
     compounds = {layout.names[i]: children for i, children in layout.compounds.items()}
     parents: dict[str, list[str]] = {}
     for parent, children in compounds.items():
@@ -269,7 +271,7 @@ def _spec(entity: str) -> _EntitySpec:
         compounds,
         child_parent,
         {name: i for i, name in enumerate(layout.names)},
-        _sf_types(SCHEMAS_BY_ENTITY[entity]["fields"][1:]),
+        _sf_types(schemas.schemas[entity]["fields"][1:]),
     )
 
 
@@ -289,11 +291,11 @@ def _sf_types(fields: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 _TEXT_TYPES = frozenset({"Text", "Id", "Picklist", "Email", "Phone", "Url", "TextArea", "Lookup"})
 
 
-def field_type(sobject: str, name: str) -> str | None:
+def field_type(sobject: str, name: str, schemas: SchemaSet = DEFAULT_SCHEMAS) -> str | None:
     """The Salesforce type ("Int", "Lookup", ...) of a field or compound child, or None."""
     if sobject not in ALL_ENTITIES:
         return None
-    return _spec(sobject).types.get(name)
+    return _spec(sobject, schemas).types.get(name)
 
 
 def _check_type(sobject: str, name: str, value: Any, spec: _EntitySpec) -> None:
@@ -354,13 +356,17 @@ def _coerce(name: str, value: Any, sobject: str = "") -> Any:
 
 
 def normalize_values(
-    sobject: str, values: Mapping[str, Any], *, allow_system: bool = False
+    sobject: str,
+    values: Mapping[str, Any],
+    *,
+    allow_system: bool = False,
+    schemas: SchemaSet = DEFAULT_SCHEMAS,
 ) -> dict[str, Any]:
     """Writer values in the stored shape (compounds nested, DateTimes in ms), validated."""
     _check_sobject(sobject)
     if sobject in DIRECTORY_SOBJECTS:
         return {k: _coerce(k, v) for k, v in values.items() if k not in ("Id", "attributes")}
-    spec = _spec(sobject)
+    spec = _spec(sobject, schemas)
     out: dict[str, Any] = {}
     for name, value in values.items():
         if name in ("Id", "attributes"):
@@ -380,7 +386,8 @@ def normalize_values(
         else:
             raise UnknownFieldError(
                 f"{sobject} has no field {name!r} in the {sobject}ChangeEvent schema; add it to "
-                "kpi_pipeline/cdc/schemas.py or stop writing it",
+                "kpi_pipeline/cdc/schemas.py (or as a custom field: "
+                "SandboxStore.add_custom_field) or stop writing it",
                 sobject=sobject,
                 field_name=name,
             )
@@ -453,6 +460,13 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_by_commit ON changes (commit_ts);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS custom_fields (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    entity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sf_type TEXT NOT NULL,
+    UNIQUE (entity, name)
+);
 """
 
 
@@ -499,6 +513,7 @@ class SandboxStore:
         self._changed = threading.Condition()
         self._tx_local = threading.local()
         self._init_schema()
+        self.schemas = self._load_custom_fields()
 
     # -- connections ---------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -535,6 +550,33 @@ class SandboxStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _load_custom_fields(self) -> SchemaSet:
+        schemas = DEFAULT_SCHEMAS
+        rows = (
+            self._conn()
+            .execute("SELECT entity, name, sf_type FROM custom_fields ORDER BY position")
+            .fetchall()
+        )
+        for entity, name, sf_type in rows:
+            schemas = schemas.with_custom_field(entity, name, sf_type)
+        return schemas
+
+    def add_custom_field(self, entity: str, name: str, sf_type: str) -> SchemaSet:
+        """Add a custom field to an entity, as an admin does in Setup: the entity's change
+        events and GetSchema answers carry it from now on (under a new schema id), and REST
+        reads and writes it. Kept in the store file; a process that opened the store before
+        sees it once it reopens the store. Returns the org's new schema set."""
+        try:
+            schemas = self.schemas.with_custom_field(entity, name, sf_type)
+        except ValueError as exc:
+            raise SandboxStoreError(str(exc)) from None
+        self._conn().execute(
+            "INSERT INTO custom_fields (entity, name, sf_type) VALUES (?, ?, ?)",
+            (entity, name, sf_type),
+        )
+        self.schemas = schemas
+        return schemas
 
     def _seed_directory(self, conn: sqlite3.Connection) -> None:
         rows = [("User", u.id, _user_fields(u)) for u in SEED_USERS]
@@ -666,7 +708,7 @@ class SandboxStore:
     ) -> str:
         """Insert a record and publish its CREATE event; returns the new 18-char id."""
         _check_entity(sobject)
-        normalized = normalize_values(sobject, values)
+        normalized = normalize_values(sobject, values, schemas=self.schemas)
         with self._write(transaction, at_ms) as tx:
             number = self._next_counter(tx.conn, f"id:{KEY_PREFIXES[sobject]}")
             record_id = sf_id(KEY_PREFIXES[sobject], number)
@@ -700,7 +742,7 @@ class SandboxStore:
     ) -> None:
         """Apply values and publish the UPDATE event (changed values only, see module doc)."""
         _check_entity(sobject)
-        normalized = normalize_values(sobject, values)
+        normalized = normalize_values(sobject, values, schemas=self.schemas)
         with self._write(transaction, at_ms) as tx:
             current = self._load_live(tx.conn, sobject, record_id)
             self._claim(tx, record_id)
@@ -810,7 +852,7 @@ class SandboxStore:
         _check_entity(entity)
         if values and change_type != "GAP_UPDATE":
             raise SandboxStoreError("values= only applies to GAP_UPDATE")
-        normalized = normalize_values(entity, values or {})
+        normalized = normalize_values(entity, values or {}, schemas=self.schemas)
         with self.transaction(at_ms=at_ms) as tx:
             for record_id in record_ids:
                 self._apply_gap(tx, entity, record_id, change_type, normalized, user_id)
@@ -856,7 +898,7 @@ class SandboxStore:
         values = dict(zip(names, (at_ms, user_id, at_ms, user_id), strict=True))
         if not created:
             values = {k: v for k, v in values.items() if k.startswith("LastModified")}
-        fields = _spec(sobject).fields
+        fields = _spec(sobject, self.schemas).fields
         return {k: v for k, v in values.items() if k in fields}
 
     def _load_live(self, conn: sqlite3.Connection, sobject: str, record_id: str) -> dict[str, Any]:
@@ -1027,7 +1069,10 @@ class SandboxStore:
                 handle.write(
                     json.dumps(
                         recorded_message(
-                            change, channel_of(change.entity), iso_datetimes=iso_datetimes
+                            change,
+                            channel_of(change.entity),
+                            iso_datetimes=iso_datetimes,
+                            schemas=self.schemas,
                         )
                     )
                 )
@@ -1038,7 +1083,11 @@ class SandboxStore:
 
 
 def recorded_message(
-    change: StoredChange, channel: str, *, iso_datetimes: bool = False
+    change: StoredChange,
+    channel: str,
+    *,
+    iso_datetimes: bool = False,
+    schemas: SchemaSet = DEFAULT_SCHEMAS,
 ) -> dict[str, Any]:
     """One stored change in the recorded-JSON shape of CONTRACTS.md §2."""
     payload: dict[str, Any] = {"ChangeEventHeader": dict(change.header)}
@@ -1049,7 +1098,7 @@ def recorded_message(
     return {
         "channel": channel,
         "data": {
-            "schema": SCHEMA_IDS_BY_ENTITY.get(change.entity, ""),
+            "schema": schemas.ids.get(change.entity, ""),
             "event": {"replayId": change.replay},
             "payload": payload,
         },

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from kpi_pipeline import metrics
 from kpi_pipeline.auth.jwt import (
@@ -190,7 +189,7 @@ def test_sandbox_refuses_bad_assertions_with_salesforce_errors(
 
 
 def test_refusal_body_is_exactly_salesforces_shape(org: SandboxOrg) -> None:
-    response = requests.post(
+    response = org.http.post(
         org.url + "/services/oauth2/token",
         data={
             "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
@@ -200,7 +199,7 @@ def test_refusal_body_is_exactly_salesforces_shape(org: SandboxOrg) -> None:
     )
     assert response.status_code == 400
     assert response.json() == {"error": "invalid_grant", "error_description": "invalid assertion"}
-    response = requests.post(
+    response = org.http.post(
         org.url + "/services/oauth2/token", data={"grant_type": "password"}, timeout=5
     )
     assert response.status_code == 400
@@ -209,7 +208,7 @@ def test_refusal_body_is_exactly_salesforces_shape(org: SandboxOrg) -> None:
 
 def test_success_body_has_salesforces_fields(org: SandboxOrg) -> None:
     assertion = org.jwt_provider()._assertion(time.time())
-    response = requests.post(
+    response = org.http.post(
         org.url + "/services/oauth2/token",
         data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion},
         timeout=5,
@@ -247,7 +246,7 @@ def test_private_key_and_assertion_never_leak(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sent_bodies: list[str] = []
-    http = requests.Session()
+    http = org.http
     http.hooks["response"].append(lambda r, *a, **k: sent_bodies.append(str(r.request.body)))
     provider = org.jwt_provider(http=http)
     token = provider.token()

@@ -115,13 +115,17 @@ def test_get_topic_and_unknown_topic(change_log, start_server, make_client) -> N
     assert info.can_subscribe and info.tenant_guid == TENANT_ID
     assert info.schema_id == SCHEMA_IDS_BY_ENTITY["Lead"] and info.rpc_id
     with pytest.raises(
-        TopicNotFoundError, match="/data/AccountChangeEvent not found"
+        TopicNotFoundError, match="/data/OpportunityChangeEvent not found"
     ) as info_error:
-        client.get_topic("/data/AccountChangeEvent")
+        client.get_topic("/data/OpportunityChangeEvent")
     assert info_error.value.grpc_code == grpc.StatusCode.NOT_FOUND and info_error.value.rpc_id
     with pytest.raises(TopicNotFoundError):
         client.fetch(
-            "/data/AccountChangeEvent", replay_id=None, preset="LATEST", max_events=1, max_seconds=2
+            "/data/OpportunityChangeEvent",
+            replay_id=None,
+            preset="LATEST",
+            max_events=1,
+            max_seconds=2,
         )
 
 

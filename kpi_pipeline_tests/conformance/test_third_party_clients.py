@@ -7,8 +7,9 @@
   ``aiosfpubsub_subscribe.py``: its own gRPC channel, GetSchema and Avro (Apache ``avro``).
 
 Each one subscribes from EARLIEST and resumes after a replay id from the middle of the
-stream, on ``/data/ChangeEvents`` (every pipeline object) and on ``/data/Contacts__chn``
-(Contact: two Address fields, the second a reference to the first's named type). What
+stream, on ``/data/ChangeEvents`` (every object with change events: the pipeline's, and
+Contact and Account, each with two Address fields, the second a reference to the first's
+named type) and on ``/data/Contacts__chn`` (Contact only). What
 each decoded must equal, event for event, what our own client decoded from the same store.
 """
 
@@ -83,6 +84,28 @@ def _add_contacts(store: SandboxStore) -> None:
         )
 
 
+def _add_accounts(store: SandboxStore) -> None:
+    """Accounts: BillingAddress defines Address, ShippingAddress refers to it by name; the
+    update below is reference §4's bitmap example (``5-0x06``: ShippingAddress City, State)."""
+    for n in range(2):
+        account = store.create_record(
+            "Account",
+            {
+                "Name": f"Acme {n}",
+                "BillingAddress": {"Street": f"{n} Rue Haute", "City": "Lille", "Xyz": "b"},
+                "ShippingAddress": {"City": "Lens", "PostalCode": "62300"},
+                "AnnualRevenue": 1.5e6,
+            },
+            user_id=INTEGRATION_USER_ID,
+        )
+        store.update_record(
+            "Account",
+            account,
+            {"ShippingAddress": {"City": "Arras", "State": "Pas-de-Calais"}},
+            user_id=INTEGRATION_USER_ID,
+        )
+
+
 @pytest.fixture(scope="module")
 def org(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedOrg]:
     directory = tmp_path_factory.mktemp("conformance")
@@ -91,6 +114,7 @@ def org(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedOrg]:
     # shorter window may hold no Task or EmailMessage yet.
     simulate(store, leads=16, days=2, seed=5)
     _add_contacts(store)
+    _add_accounts(store)
     store.close()
     with serve(directory / "sandbox.db", args=["--tls"]) as served:
         assert served.ca_file and served.rest_url.startswith("https://")
@@ -112,10 +136,19 @@ def ours(org: ServedOrg) -> dict[str, list[ChangeEvent]]:
             out[channel] = [decoder.decode(raw) for raw in fetched.events]
             for raw in fetched.events:
                 RAW_BITMAPS[raw.replay_id] = _raw_bitmaps(raw, client.get_schema(raw.schema_id))
-    assert len(out["/data/ChangeEvents"]) > 15
-    assert {e.header.entity_name for e in out["/data/ChangeEvents"]} == {
-        "Lead", "Task", "EmailMessage"
+    everything = out["/data/ChangeEvents"]
+    assert len(everything) > 15
+    assert {e.header.entity_name for e in everything} == {
+        "Lead", "Task", "EmailMessage", "Contact", "Account"
     }  # fmt: skip
+    accounts = [e for e in everything if e.entity == "Account"]
+    assert len(accounts) == 4
+    # The documented example: the second Address (a named-type reference) decodes by name.
+    assert RAW_BITMAPS[accounts[1].replay_id]["changedFields"][-1] == "5-0x06"
+    assert {"ShippingAddress.City", "ShippingAddress.State"} <= set(
+        accounts[1].header.changed_fields
+    )
+    assert accounts[1].fields["ShippingAddress"] == {"City": "Arras", "State": "Pas-de-Calais"}
     contacts = out["/data/Contacts__chn"]
     assert len(contacts) == 9
     # The second address's children arrive through the named-type reference.

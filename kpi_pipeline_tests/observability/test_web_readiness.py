@@ -66,6 +66,8 @@ def server(
         "KPI_SALESFORCE_CLIENT_ID": CONSUMER_KEY,
         "KPI_SALESFORCE_USERNAME": USERNAME,
         "KPI_SALESFORCE_PRIVATE_KEY_FILE": str(key_file),
+        # The org answers over HTTPS; a real-org deployment trusts its CA the same way.
+        "REQUESTS_CA_BUNDLE": org.ca_file,
     }
     (tmp_path / "metrics").mkdir()
     running = start_metrics_server(

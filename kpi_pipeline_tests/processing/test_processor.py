@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 from collections.abc import Callable
 
+import fastavro
 import pandas as pd
 import pytest
 
+from kpi_pipeline import metrics
 from kpi_pipeline.cdc.decode import EventDecoder
 from kpi_pipeline.cdc.events import ChangeEvent, read_recorded_lines
 from kpi_pipeline.cdc.fixtures import RECORDED_STREAM
 from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cdc.schemas import encode_change, schema_json
+from kpi_pipeline.cdc.schemas import schema_json
 from kpi_pipeline.ledger import Ledger
 from kpi_pipeline.ledger.outbox import Claim
 from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline.processing import BatchProcessor
 from kpi_pipeline.sandbox.changelog import StoredChange
+from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, encode_change
 from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline.writeback import resolve_from_ledger
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, make_processor
@@ -226,6 +231,108 @@ def test_undecodable_events_are_dead_lettered_and_the_rest_proceeds(new_ledger: 
         bad.payload,
     )
     assert "PayloadDecodeError" in letter.reason
+
+
+def test_each_batch_is_decoded_with_the_schemas_staged_with_it(new_ledger: NewLedger) -> None:
+    """An admin adds a custom field between two batches: the Lead schema gets a new id. Each
+    batch decodes with the schema staged with it; nothing is fetched, and a decoder whose
+    cache holds another text for an id reads the staged one."""
+    ledger = new_ledger()
+    channel = "/data/LeadChangeEvent"
+    before = DEFAULT_SCHEMAS
+    after = before.with_custom_field("Lead", "Territory__c", "Text")
+    lead_id = "00Q000000000001AAA"
+    created = lead_created(lead_id, T0)
+    first_id, first_payload = encode_change(
+        StoredChange(1, "Lead", created.header.to_recorded(), dict(created.fields), T0), before
+    )
+    update = event("Lead", lead_id, "UPDATE", T0 + MINUTE, Territory__c="EMEA")
+    second_id, second_payload = encode_change(
+        StoredChange(2, "Lead", update.header.to_recorded(), dict(update.fields), T0 + MINUTE),
+        after,
+    )
+    assert first_id != second_id
+    first = ledger.stage_batch(
+        channel,
+        [RawEvent(channel, (1).to_bytes(10, "big"), first_id, first_payload)],
+        {first_id: before.schema_json(first_id)},
+    )
+    second = ledger.stage_batch(
+        channel,
+        [RawEvent(channel, (2).to_bytes(10, "big"), second_id, second_payload)],
+        {second_id: after.schema_json(second_id)},
+    )
+    fetched: list[str] = []
+
+    def fetch(schema_id: str) -> str:
+        fetched.append(schema_id)
+        return before.schema_json(first_id)  # a stale answer for any id
+
+    decoder = EventDecoder(fetch)
+    decoder.decode(RawEvent(channel, (9).to_bytes(10, "big"), first_id, first_payload))
+    decoder._schemas[second_id] = decoder._schemas[first_id]  # the cache holds a wrong text
+    fetched.clear()
+    processor = make_processor(ledger)
+    one = processor.decode(ledger.load_batch(first.batch_id), decoder)
+    two = processor.decode(ledger.load_batch(second.batch_id), decoder)
+    assert fetched == [] and one.dead_lettered == two.dead_lettered == 0
+    assert [e.schema_id for e in one.events + two.events] == [first_id, second_id]
+    assert "Territory__c" not in one.events[0].fields
+    assert two.events[0].fields["Territory__c"] == "EMEA"
+    assert "Territory__c" in two.events[0].header.changed_fields
+
+
+def test_an_unmappable_bitmap_element_is_skipped_and_the_event_is_processed(
+    new_ledger: NewLedger,
+) -> None:
+    """A changedFields element the schema cannot map ("2-0x01": Company is no compound) is
+    skipped and counted; the event is staged, decoded, merged, not dead-lettered."""
+    ledger = new_ledger()
+    lead_id = "00Q000000000001AAA"
+    created = lead_created(lead_id, T0)
+    update = event("Lead", lead_id, "UPDATE", T0 + MINUTE, Title="CTO")
+    channel = "/data/LeadChangeEvent"
+    raws = []
+    for replay, change in enumerate((created, update), start=1):
+        stored = StoredChange(replay, "Lead", change.header.to_recorded(), dict(change.fields), T0)
+        schema_id, payload = encode_change(stored)
+        if change is update:
+            parsed = fastavro.parse_schema(json.loads(schema_json(schema_id)))
+            record = fastavro.schemaless_reader(io.BytesIO(payload), parsed, None)
+            record["ChangeEventHeader"]["changedFields"].append("2-0x01")
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, parsed, record)
+            payload = out.getvalue()
+        raws.append(RawEvent(channel, replay.to_bytes(8, "big"), schema_id, payload))
+    staged = ledger.stage_batch(channel, raws, {schema_id: schema_json(schema_id)})
+    before = metrics.sample_value("errors_total", {"area": "cdc_bitmap"})
+    processor = make_processor(ledger)
+    decoded = processor.decode(ledger.load_batch(staged.batch_id), EventDecoder(schema_json))
+    assert decoded.dead_lettered == 0 and ledger.dead_letters() == []
+    assert metrics.sample_value("errors_total", {"area": "cdc_bitmap"}) == before + 1
+    assert "Title" in decoded.events[1].header.changed_fields
+    processor.process(decoded.events)
+    assert ledger.record("Lead", lead_id).fields["Title"] == "CTO"
+
+
+def test_a_batch_whose_schema_is_not_staged_is_dead_lettered_not_fetched(
+    new_ledger: NewLedger,
+) -> None:
+    ledger = new_ledger()
+    lead = lead_created("00Q000000000001AAA", T0)
+    schema_id, payload = encode_change(
+        StoredChange(1, "Lead", lead.header.to_recorded(), dict(lead.fields), T0)
+    )
+    channel = "/data/LeadChangeEvent"
+    staged = ledger.stage_batch(
+        channel, [RawEvent(channel, (1).to_bytes(8, "big"), schema_id, payload)], {schema_id: "x"}
+    )
+    batch = ledger.load_batch(staged.batch_id)
+    batch.schemas.clear()  # as if the ledger lost the row
+    decoded = make_processor(ledger).decode(batch, EventDecoder(schema_json))
+    assert decoded.dead_lettered == 1 and decoded.events == []
+    (letter,) = ledger.dead_letters()
+    assert "was not staged with batch" in letter.reason
 
 
 def test_template_applied_comes_from_the_first_outbound_email(new_ledger: NewLedger) -> None:

@@ -12,6 +12,7 @@ import pytest
 from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
 from kpi_pipeline.resync import (
     RESYNC_ORIGIN,
+    EntityFields,
     ResyncError,
     ResyncSource,
     events_for_record,
@@ -328,7 +329,8 @@ def test_re_read_events_lose_exact_ties_and_are_not_echoes(pipeline: Pipeline) -
     row = pipeline.org.rest().query_by_ids(
         "Lead", ["Status", "LastModifiedDate", "CreatedDate"], [lead]
     )[0]
-    [reread] = events_for_record(ResyncSource(window), "Lead", row, None)
+    spec = EntityFields.from_describe(pipeline.org.rest().describe("Lead"))
+    [reread] = events_for_record(ResyncSource(window), "Lead", row, None, spec)
     assert reread.header.change_origin == f"{RESYNC_ORIGIN};window={window_id}"
     assert not pipeline.processor.is_echo(reread)
     same_ms = ChangeEvent(

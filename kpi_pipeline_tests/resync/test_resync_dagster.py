@@ -1,7 +1,7 @@
 """The Dagster shell of the re-sync: resync_sensor requests, cdc_resync runs (in process).
 
 The pipeline resource talks to the sandbox REST server as it would to a real org: JWT
-bearer flow against its token endpoint, then REST over HTTP on loopback.
+bearer flow against its token endpoint, then REST over HTTPS on loopback.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def org_and_pipeline(
     key_file.write_bytes(key_and_certificate()[0])
     with sandbox_org(tmp_path / "org") as org:
         monkeypatch.setenv("KPI_SALESFORCE_LOGIN_URL", org.url)
+        # Configured as for a real org over HTTPS: requests trusts the bundle it is given.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", org.ca_file)
         monkeypatch.setenv("KPI_SALESFORCE_CLIENT_ID", CONSUMER_KEY)
         monkeypatch.setenv("KPI_SALESFORCE_USERNAME", USERNAME)
         monkeypatch.setenv("KPI_SALESFORCE_PRIVATE_KEY_FILE", str(key_file))

@@ -1,5 +1,10 @@
 """A sandbox org for auth and REST tests: SQLite store, token registry, REST server on loopback,
-and a connected app whose certificate is a freshly generated self-signed RSA certificate."""
+and a connected app whose certificate is a freshly generated self-signed RSA certificate.
+
+The REST server speaks HTTPS by default, as a real org does: clients trust the sandbox's CA
+(``SandboxOrg.http``, a CA-pinned session; ``REQUESTS_CA_BUNDLE=org.ca_file`` for a process
+configured as for a real org), so the production TLS path is what these tests exercise.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -20,6 +26,7 @@ from kpi_pipeline.auth.jwt import JWTTokenProvider, StaticTokenProvider
 from kpi_pipeline.salesforce.rest import SalesforceRest
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID, SandboxStore
+from kpi_pipeline.sandbox.tls import ca_pinned_session, ensure_tls_files
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
 CONSUMER_KEY = "3MVG9sandbox.consumer.key"
@@ -67,13 +74,20 @@ class SandboxOrg:
     server: RunningRestServer
     registry: TokenRegistry
     private_key_pem: bytes = field(repr=False)
+    ca_file: str  # the CA that signed the server's certificate
 
     @property
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def http(self) -> requests.Session:
+        """A session that trusts exactly the org's CA."""
+        return ca_pinned_session(self.ca_file)
+
     def jwt_provider(self, **kwargs: Any) -> JWTTokenProvider:
         kwargs.setdefault("private_key_pem", self.private_key_pem)
+        kwargs.setdefault("http", self.http)
         return JWTTokenProvider(
             self.url,
             kwargs.pop("client_id", CONSUMER_KEY),
@@ -86,6 +100,7 @@ class SandboxOrg:
 
     def rest(self, provider: Any = None, **kwargs: Any) -> SalesforceRest:
         kwargs.setdefault("sleep", lambda _s: None)
+        kwargs.setdefault("session", self.http)
         return SalesforceRest(provider or self.static_provider(), **kwargs)
 
     def create_leads(self, count: int) -> list[str]:
@@ -112,7 +127,9 @@ class SandboxOrg:
 
 @contextmanager
 def sandbox_org(tmp_path: Path, **server_kwargs: Any) -> Iterator[SandboxOrg]:
+    """The org over HTTPS only: no test here needs a plaintext server."""
     private_pem, cert_pem = key_and_certificate()
+    tls_files = ensure_tls_files(tmp_path / "tls")
     store = SandboxStore(tmp_path / "sandbox.db")
     registry = server_kwargs.pop("token_registry", None) or TokenRegistry(
         [STATIC_TOKEN], tenant_id=TENANT_ID
@@ -126,10 +143,11 @@ def sandbox_org(tmp_path: Path, **server_kwargs: Any) -> Iterator[SandboxOrg]:
         connected_app=app,
         tenant_id=TENANT_ID,
         integration_user_id=INTEGRATION_USER_ID,
+        tls=tls_files,
         **server_kwargs,
     )
     try:
-        yield SandboxOrg(store, server, registry, private_pem)
+        yield SandboxOrg(store, server, registry, private_pem, str(tls_files.ca_file))
     finally:
         server.stop()
         store.close()

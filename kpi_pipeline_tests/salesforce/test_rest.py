@@ -41,7 +41,11 @@ def rest_with_sleeps(
 ) -> tuple[SalesforceRest, list[float]]:
     sleeps: list[float] = []
     rest = SalesforceRest(
-        provider or org.static_provider(), sleep=sleeps.append, rng=random.Random(7), **kwargs
+        provider or org.static_provider(),
+        sleep=sleeps.append,
+        rng=random.Random(7),
+        session=org.http,
+        **kwargs,
     )
     return rest, sleeps
 

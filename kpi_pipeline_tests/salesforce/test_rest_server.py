@@ -25,7 +25,7 @@ def data_url(org: SandboxOrg, path: str, version: str = "64.0") -> str:
 def patch_collection(
     org: SandboxOrg, records: list[dict], all_or_none: bool = False, **headers: str
 ):
-    return requests.patch(
+    return org.http.patch(
         data_url(org, "composite/sobjects"),
         json={"allOrNone": all_or_none, "records": records},
         headers={**AUTH, **headers},
@@ -44,7 +44,7 @@ def lead(record_id: str, **fields) -> dict:
     "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": STATIC_TOKEN}]
 )
 def test_data_endpoints_want_a_valid_bearer_token(org: SandboxOrg, headers: dict) -> None:
-    response = requests.get(
+    response = org.http.get(
         data_url(org, "query"), params={"q": "SELECT Id FROM Lead"}, headers=headers, timeout=5
     )
     assert response.status_code == 401
@@ -57,17 +57,17 @@ def test_expired_sessions_are_refused_but_static_token_still_works(org: SandboxO
     token = org.jwt_provider().token().access_token
     url = data_url(org, "query")
     params = {"q": "SELECT Id FROM Lead"}
-    assert requests.get(
+    assert org.http.get(
         url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5
     ).ok
     assert org.server.faults.expire_sessions() == 1
     assert (
-        requests.get(
+        org.http.get(
             url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=5
         ).status_code
         == 401
     )
-    assert requests.get(url, params=params, headers=AUTH, timeout=5).ok
+    assert org.http.get(url, params=params, headers=AUTH, timeout=5).ok
 
 
 # --- sObject Collections -------------------------------------------------------------------------
@@ -125,11 +125,11 @@ def test_more_than_200_records_is_a_400(org: SandboxOrg) -> None:
 
 def test_malformed_body_is_a_400(org: SandboxOrg) -> None:
     url = data_url(org, "composite/sobjects")
-    unauthenticated = requests.patch(url, data=b"{not json", timeout=5)
+    unauthenticated = org.http.patch(url, data=b"{not json", timeout=5)
     assert unauthenticated.status_code == 401  # authentication is checked first
-    response = requests.patch(url, data=b"{not json", headers=AUTH, timeout=5)
+    response = org.http.patch(url, data=b"{not json", headers=AUTH, timeout=5)
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "JSON_PARSER_ERROR"
-    response = requests.patch(url, json={"records": "x"}, headers=AUTH, timeout=5)
+    response = org.http.patch(url, json={"records": "x"}, headers=AUTH, timeout=5)
     assert response.status_code == 400
 
 
@@ -140,7 +140,7 @@ def test_change_origin_names_the_calling_client_and_version(org: SandboxOrg) -> 
         [lead(a, Routing_Rule__c="x")],
         **{"Sforce-Call-Options": "client=router, defaultNamespace=ns"},
     )
-    requests.patch(
+    org.http.patch(
         data_url(org, f"sobjects/Lead/{b}", "63.0"),
         json={"Routing_Rule__c": "y"},
         headers=AUTH,
@@ -163,11 +163,11 @@ def test_change_origin_names_the_calling_client_and_version(org: SandboxOrg) -> 
 def test_single_record_get_and_patch(org: SandboxOrg) -> None:
     (a,) = org.create_leads(1)
     url = data_url(org, f"sobjects/Lead/{a}")
-    response = requests.patch(
+    response = org.http.patch(
         url, json={"First_Response_At__c": "2024-05-01T10:00:00.000+0000"}, headers=AUTH, timeout=5
     )
     assert response.status_code == 204 and response.content == b""
-    body = requests.get(
+    body = org.http.get(
         url, params={"fields": "Id,First_Response_At__c,FirstName"}, headers=AUTH, timeout=5
     ).json()
     assert body == {
@@ -176,11 +176,11 @@ def test_single_record_get_and_patch(org: SandboxOrg) -> None:
         "First_Response_At__c": "2024-05-01T10:00:00.000Z",
         "FirstName": "Lead",
     }
-    missing = requests.get(
+    missing = org.http.get(
         data_url(org, "sobjects/Lead/00Q5g0000009999AAA"), headers=AUTH, timeout=5
     )
     assert missing.status_code == 404 and missing.json()[0]["errorCode"] == "NOT_FOUND"
-    bad = requests.patch(
+    bad = org.http.patch(
         data_url(org, "sobjects/Lead/00Q5g0000009999AAA"),
         json={"Status": "x"},
         headers=AUTH,
@@ -194,11 +194,11 @@ def test_single_record_get_and_patch(org: SandboxOrg) -> None:
 
 
 def test_unknown_paths_methods_and_limit_header(org: SandboxOrg) -> None:
-    response = requests.get(data_url(org, "sobjects/Lead/describe/extra"), headers=AUTH, timeout=5)
+    response = org.http.get(data_url(org, "sobjects/Lead/describe/extra"), headers=AUTH, timeout=5)
     assert response.status_code == 404
-    response = requests.delete(data_url(org, "composite/sobjects"), headers=AUTH, timeout=5)
+    response = org.http.delete(data_url(org, "composite/sobjects"), headers=AUTH, timeout=5)
     assert response.status_code == 405 and response.json()[0]["errorCode"] == "METHOD_NOT_ALLOWED"
-    response = requests.get(
+    response = org.http.get(
         data_url(org, "query"), params={"q": "SELECT Id FROM Lead"}, headers=AUTH, timeout=5
     )
     assert response.headers["Sforce-Limit-Info"].startswith("api-usage=")
@@ -210,13 +210,13 @@ def test_unknown_paths_methods_and_limit_header(org: SandboxOrg) -> None:
 def test_query_shapes_limit_order_and_unknown_types(org: SandboxOrg) -> None:
     ids = org.create_leads(3)
     q = "select id, company from Lead where LastModifiedDate >= 2020-01-01T00:00:00Z order by LastModifiedDate desc limit 2"
-    body = requests.get(data_url(org, "query"), params={"q": q}, headers=AUTH, timeout=5).json()
+    body = org.http.get(data_url(org, "query"), params={"q": q}, headers=AUTH, timeout=5).json()
     assert body["totalSize"] == 2 and body["done"] is True
     # One transaction: equal LastModifiedDate, so the tie breaks on Id (descending here).
     assert [r["Id"] for r in body["records"]] == [ids[2], ids[1]]
     assert set(body["records"][0]) == {"attributes", "Id", "Company"}
-    response = requests.get(
-        data_url(org, "query"), params={"q": "SELECT Id FROM Account"}, headers=AUTH, timeout=5
+    response = org.http.get(
+        data_url(org, "query"), params={"q": "SELECT Id FROM Opportunity"}, headers=AUTH, timeout=5
     )
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "INVALID_TYPE"
 
@@ -224,17 +224,17 @@ def test_query_shapes_limit_order_and_unknown_types(org: SandboxOrg) -> None:
 def test_query_locators_page_and_close_after_the_last_page(tmp_path) -> None:
     with sandbox_org(tmp_path, query_batch_size=2) as org:
         org.create_leads(5)
-        first = requests.get(
+        first = org.http.get(
             data_url(org, "query"), params={"q": "SELECT Id FROM Lead"}, headers=AUTH, timeout=5
         ).json()
         assert (first["totalSize"], len(first["records"]), first["done"]) == (5, 2, False)
         pages = [first]
         while not pages[-1]["done"]:
             url = org.url + pages[-1]["nextRecordsUrl"]
-            pages.append(requests.get(url, headers=AUTH, timeout=5).json())
+            pages.append(org.http.get(url, headers=AUTH, timeout=5).json())
         assert [len(p["records"]) for p in pages] == [2, 2, 1]
         assert "nextRecordsUrl" not in pages[-1]
-        reused = requests.get(org.url + first["nextRecordsUrl"], headers=AUTH, timeout=5)
+        reused = org.http.get(org.url + first["nextRecordsUrl"], headers=AUTH, timeout=5)
         assert (
             reused.status_code == 400 and reused.json()[0]["errorCode"] == "INVALID_QUERY_LOCATOR"
         )
@@ -243,7 +243,7 @@ def test_query_locators_page_and_close_after_the_last_page(tmp_path) -> None:
 def test_request_log_is_bounded(tmp_path) -> None:
     with sandbox_org(tmp_path, keep_requests=3) as org:
         for _ in range(5):
-            requests.get(
+            org.http.get(
                 data_url(org, "query"), params={"q": "SELECT Id FROM Lead"}, headers=AUTH, timeout=5
             )
         assert len(org.server.received) == 3
@@ -262,7 +262,7 @@ def test_request_log_is_bounded(tmp_path) -> None:
     ],
 )
 def test_unsupported_soql_names_the_part(org: SandboxOrg, soql: str, named: str) -> None:
-    response = requests.get(data_url(org, "query"), params={"q": soql}, headers=AUTH, timeout=5)
+    response = org.http.get(data_url(org, "query"), params={"q": soql}, headers=AUTH, timeout=5)
     assert response.status_code == 400
     (error,) = response.json()
     assert error["errorCode"] == "MALFORMED_QUERY" and named in error["message"]
@@ -289,13 +289,13 @@ def test_fail_next_requests_after_some_pass(org: SandboxOrg) -> None:
     url = data_url(org, "query")
     params = {"q": "SELECT Id FROM Lead"}
     org.server.faults.fail_next_requests(1, after=1)
-    assert requests.get(url, params=params, headers=AUTH, timeout=5).status_code == 200
-    failed = requests.get(url, params=params, headers=AUTH, timeout=5)
+    assert org.http.get(url, params=params, headers=AUTH, timeout=5).status_code == 200
+    failed = org.http.get(url, params=params, headers=AUTH, timeout=5)
     assert failed.status_code == 500 and failed.json()[0]["errorCode"] == "UNKNOWN_EXCEPTION"
     org.server.faults.fail_next_requests(1, drop_connection=True)
     with pytest.raises(requests.ConnectionError):
-        requests.get(url, params=params, headers=AUTH, timeout=5)
-    assert requests.get(url, params=params, headers=AUTH, timeout=5).status_code == 200
+        org.http.get(url, params=params, headers=AUTH, timeout=5)
+    assert org.http.get(url, params=params, headers=AUTH, timeout=5).status_code == 200
 
 
 def test_connected_app_keys() -> None:

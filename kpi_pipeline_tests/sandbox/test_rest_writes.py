@@ -16,8 +16,8 @@ from simple_salesforce.api import SFType
 from simple_salesforce.exceptions import SalesforceMalformedRequest, SalesforceResourceNotFound
 
 from kpi_pipeline.auth.jwt import JWTTokenProvider
-from kpi_pipeline.cdc.schemas import encode_change
 from kpi_pipeline.sandbox.changelog import StoredChange
+from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID, REPS, SandboxStore
 from kpi_pipeline.sandbox.tokens import TokenRegistry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -49,9 +50,10 @@ def runtime(tmp_path: Path):
     rt.stop()
 
 
-def fetch_events(target: str, token: str, rest_url: str, topic: str, wanted: int) -> list:
-    """Subscribe from EARLIEST over plaintext gRPC and collect ``wanted`` events."""
-    metadata = (("accesstoken", token), ("instanceurl", rest_url), ("tenantid", TENANT))
+def fetch_events(rt: SandboxRuntime, token: str, topic: str, wanted: int) -> list:
+    """Subscribe from EARLIEST over gRPC with TLS (trusting the runtime's CA, the runtime's
+    default) and collect ``wanted`` events."""
+    metadata = (("accesstoken", token), ("instanceurl", rt.rest_url), ("tenantid", TENANT))
     done = threading.Event()
 
     def requests():
@@ -60,7 +62,9 @@ def fetch_events(target: str, token: str, rest_url: str, topic: str, wanted: int
         )
         done.wait(20)
 
-    with grpc.insecure_channel(target) as channel:
+    assert rt.tls is not None, "SandboxRuntime serves TLS by default"
+    credentials = grpc.ssl_channel_credentials(rt.tls.ca_file.read_bytes())
+    with grpc.secure_channel(rt.pubsub_target, credentials) as channel:
         call = pb2_grpc.PubSubStub(channel).Subscribe(requests(), metadata=metadata, timeout=20)
         events = []
         try:
@@ -74,27 +78,31 @@ def fetch_events(target: str, token: str, rest_url: str, topic: str, wanted: int
         return events
 
 
-def rest_get(url: str, token: str):
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+def _https(rt: SandboxRuntime) -> ssl.SSLContext:
+    assert rt.tls is not None, "SandboxRuntime serves TLS by default"
+    return ssl.create_default_context(cafile=str(rt.tls.ca_file))
+
+
+def rest_get(rt: SandboxRuntime, path: str, token: str):
+    request = urllib.request.Request(
+        f"{rt.rest_url}{path}", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10, context=_https(rt)) as response:
         return response.status, json.loads(response.read())
 
 
 def test_runtime_serves_the_store_over_pubsub_and_rest(runtime: SandboxRuntime) -> None:
-    events = fetch_events(
-        runtime.pubsub_target, "static-tok", runtime.rest_url, "/data/LeadChangeEvent", 3
-    )
+    assert runtime.rest_url.startswith("https://")
+    events = fetch_events(runtime, "static-tok", "/data/LeadChangeEvent", 3)
     assert len(events) == 3 and all(e.event.payload for e in events)
     lead_id = runtime.store.query_records("Lead")[0]["Id"]
-    status, body = rest_get(
-        f"{runtime.rest_url}/services/data/v64.0/sobjects/Lead/{lead_id}", "static-tok"
-    )
+    status, body = rest_get(runtime, f"/services/data/v64.0/sobjects/Lead/{lead_id}", "static-tok")
     assert status == 200 and body["Id"] == lead_id
     with pytest.raises(urllib.error.HTTPError) as denied:
-        rest_get(f"{runtime.rest_url}/services/data/v64.0/sobjects/Lead/{lead_id}", "wrong")
+        rest_get(runtime, f"/services/data/v64.0/sobjects/Lead/{lead_id}", "wrong")
     assert denied.value.code == 401
     with pytest.raises(grpc.RpcError) as refused:
-        fetch_events(runtime.pubsub_target, "wrong", runtime.rest_url, "/data/LeadChangeEvent", 1)
+        fetch_events(runtime, "wrong", "/data/LeadChangeEvent", 1)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -108,16 +116,11 @@ def test_jwt_issued_tokens_work_beside_the_static_one(runtime: SandboxRuntime) -
         {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
     ).encode()
     with urllib.request.urlopen(
-        f"{runtime.rest_url}/services/oauth2/token", data=form, timeout=10
+        f"{runtime.rest_url}/services/oauth2/token", data=form, timeout=10, context=_https(runtime)
     ) as response:
         token = json.loads(response.read())["access_token"]
     # the token the REST server issued is accepted by the Pub/Sub server too (one registry)
-    assert (
-        len(
-            fetch_events(runtime.pubsub_target, token, runtime.rest_url, "/data/TaskChangeEvent", 1)
-        )
-        == 1
-    )
+    assert len(fetch_events(runtime, token, "/data/TaskChangeEvent", 1)) == 1
 
 
 def test_runtime_endpoints_need_start(tmp_path: Path) -> None:
@@ -126,6 +129,21 @@ def test_runtime_endpoints_need_start(tmp_path: Path) -> None:
         rt.pubsub_target  # noqa: B018
     with pytest.raises(ValueError, match="access_token"):
         SandboxRuntime(tmp_path / "s.db", access_token="", tenant_id=TENANT)
+    with pytest.raises(ValueError, match="tls_dir"):
+        SandboxRuntime(
+            tmp_path / "s.db", access_token="t", tenant_id=TENANT, tls_dir=tmp_path, plaintext=True
+        )
+
+
+def test_runtime_is_plaintext_only_when_asked(tmp_path: Path) -> None:
+    """TLS by default (the CA beside the store); plaintext=True is the explicit way out."""
+    with SandboxRuntime(tmp_path / "tls.db", access_token="t", tenant_id=TENANT) as rt:
+        assert rt.endpoints.ca_file == str((tmp_path / "sandbox_ca.pem").resolve())
+        assert rt.rest_url.startswith("https://")
+    with SandboxRuntime(
+        tmp_path / "plain.db", access_token="t", tenant_id=TENANT, plaintext=True
+    ) as rt:
+        assert rt.endpoints.ca_file is None and rt.rest_url.startswith("http://")
 
 
 def test_live_thread_keeps_adding_activity(runtime: SandboxRuntime) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.schemas import encode_change
+from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.sandbox.simulator import TEMPLATE_CATALOG, LiveSimulator, simulate
 from kpi_pipeline.sandbox.store import (
     AUTOMATION_USER_ID,

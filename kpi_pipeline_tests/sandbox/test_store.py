@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.cdc.events import read_recorded_lines
-from kpi_pipeline.cdc.schemas import encode_change
+from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.sandbox.store import (
     AUTOMATION_USER_ID,
     INTEGRATION_USER_ID,
@@ -231,8 +231,8 @@ def test_bad_writes_name_the_problem(store: SandboxStore) -> None:
         store.create_record("Lead", {"Colour": "red"}, user_id=REP)
     with pytest.raises(SandboxStoreError, match="audit field"):
         store.create_record("Lead", {"CreatedDate": T0}, user_id=REP)
-    with pytest.raises(SandboxStoreError, match="no sObject 'Account'"):
-        store.get_record("Account", "001")
+    with pytest.raises(SandboxStoreError, match="no sObject 'Opportunity'"):
+        store.get_record("Opportunity", "006")
     with pytest.raises(SandboxStoreError, match="no change events"):
         store.create_record("User", {"Name": "x"}, user_id=REP)
     with pytest.raises(SandboxStoreError, match="neither ISO-8601"):
