@@ -43,7 +43,7 @@ test: install tools lint
 	$(PY) -m pytest
 
 proto: install
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. kpi_pipeline/cdc/proto/pubsub_api.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. kpi_pipeline/adapters/pubsub/proto/pubsub_api.proto
 
 bench: install
 	$(PY) bench/run_all.py

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_decode import synthetic_changes
 
-from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
-from kpi_pipeline.cdc.decode import EventDecoder
+from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
 from kpi_pipeline.sandbox.pubsub_server import start_pubsub_server
 

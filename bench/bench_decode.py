@@ -23,11 +23,11 @@ import avro.io
 import avro.schema
 import fastavro
 
-from kpi_pipeline.cdc.bitmaps import FieldLayout, decode_bitmap
-from kpi_pipeline.cdc.decode import EventDecoder, _body_fields
-from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cdc.schemas import schema_json
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder, _body_fields
+from kpi_pipeline.adapters.pubsub.schemas import schema_json
+from kpi_pipeline.core.bitmaps import FieldLayout, decode_bitmap
+from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
+from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.sandbox.changelog import StoredChange
 from kpi_pipeline.sandbox.encoding import encode_change
 

@@ -1,4 +1,4 @@
-"""Benchmark: KPI rollups (kpi_pipeline.kpis) on a synthetic 1,000,000-lead facts frame.
+"""Benchmark: KPI rollups (kpi_pipeline.core.kpis) on a synthetic 1,000,000-lead facts frame.
 
 Measures ``compute_all`` on one day and on all 90 days of a seeded synthetic ledger, and,
 when the ledger's ``lead_facts_frame`` exists, load + rollup from a SQLite ledger and a
@@ -32,10 +32,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from kpi_pipeline.kpis import compute_all, lead_facts_columns, reconcile
-from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS, business_clocks
-from kpi_pipeline.policies import load_policy
-from kpi_pipeline.workloads.business_hours import policy_clocks
+from kpi_pipeline.core.kpis import compute_all, lead_facts_columns, reconcile
+from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS, business_clocks
+from kpi_pipeline.core.policy import load_policy
+from kpi_pipeline.core.workloads.business_hours import policy_clocks
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -257,7 +257,7 @@ def bench_ledger(backend: str, frame: pd.DataFrame, days: int, workdir: str) -> 
 
     import sqlalchemy as sa
 
-    from kpi_pipeline.ledger.store import Ledger
+    from kpi_pipeline.adapters.ledger.store import Ledger
 
     if not hasattr(Ledger, "lead_facts_frame"):
         print(f"{backend}: skipped, Ledger.lead_facts_frame does not exist yet")

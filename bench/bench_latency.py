@@ -58,7 +58,7 @@ os.environ.setdefault("KPI_CDC_MODE", "sensor")  # it measures the run-per-batch
 
 import sqlalchemy as sa  # noqa: E402
 
-from kpi_pipeline.cdc.events import replay_id_to_int  # noqa: E402
+from kpi_pipeline.core.events import replay_id_to_int  # noqa: E402
 from kpi_pipeline.sandbox.simulator import API_ORIGIN, UI_ORIGIN  # noqa: E402
 from kpi_pipeline.sandbox.store import (  # noqa: E402
     INBOUND_QUEUE,
@@ -364,8 +364,8 @@ def run_inprocess(args: argparse.Namespace) -> int:
 
     from kpi_pipeline import wiring
     from kpi_pipeline.definitions import defs
+    from kpi_pipeline.defs.cdc.sensors import cdc_sensor
     from kpi_pipeline.defs.resources import PipelineResource
-    from kpi_pipeline.defs.sensors import cdc_sensor
     from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 
     os.environ["KPI_SANDBOX_LIVE_LEADS_PER_HOUR"] = "0"  # only our commits: clean timestamps
@@ -489,9 +489,9 @@ class QuickReturnFetcher:
 
 def drain_tick_with_idle_return(pipeline: Any, cursor: str | None, idle_return_s: float) -> Any:
     """The body of cdc_sensor (same settings, client, decoder, ledger) with a shorter idle return."""
-    from kpi_pipeline.cdc.cursor import SensorCursor
-    from kpi_pipeline.cdc.errors import ReplayIdInvalidError
-    from kpi_pipeline.ingest import DrainLimits, drain_tick
+    from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError
+    from kpi_pipeline.app.ingest import DrainLimits, drain_tick
+    from kpi_pipeline.core.cursor import SensorCursor
 
     settings = pipeline.settings()
     return drain_tick(

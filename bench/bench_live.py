@@ -66,7 +66,7 @@ import bench_latency as common  # pct, _dt, _caught_up (its import makes an empt
 import requests
 import sqlalchemy as sa
 
-from kpi_pipeline.cdc.events import parse_sf_datetime, replay_id_to_int
+from kpi_pipeline.core.events import parse_sf_datetime, replay_id_to_int
 from kpi_pipeline.sandbox.runtime import read_endpoints, shutdown_sandbox
 from kpi_pipeline.sandbox.store import QUEUE_IDS, REP_USER_IDS, SandboxStore
 

@@ -43,7 +43,7 @@ AREAS = (
 def one_run(seed: int) -> None:
     """What a sensor tick plus its processing run record: every label combination appears
     across runs (3x4 + 45 + 8 + 3 series, 4 histograms)."""
-    from kpi_pipeline import metrics as m
+    from kpi_pipeline.telemetry import metrics as m
 
     for i, channel in enumerate(CHANNELS):
         for change_type in CHANGE_TYPES:
@@ -74,7 +74,7 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, int]:
         [
             sys.executable,
             "-m",
-            "kpi_pipeline.cli",
+            "kpi_pipeline.cli.main",
             "metrics",
             "serve",
             "--port",
@@ -192,7 +192,7 @@ def main() -> int:
                 metrics_dir,
             )
             subprocess.run(
-                [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "compact"],
+                [sys.executable, "-m", "kpi_pipeline.cli.main", "metrics", "compact"],
                 env=env,
                 check=True,
             )

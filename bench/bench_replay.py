@@ -3,7 +3,7 @@
 The sandbox simulator (``kpi_pipeline.sandbox.simulator.simulate``) writes realistic
 activity into a scratch sandbox store, ``SandboxStore.export_recorded`` turns it into
 recorded JSON Lines (CONTRACTS.md §2), and the first ``--events`` lines are replayed with
-``kpi_pipeline.replay.replay``: parse, temporary SQLite ledger, the batch processor with
+``kpi_pipeline.app.replay.replay``: parse, temporary SQLite ledger, the batch processor with
 the event clock, lead facts CSV, KPI CSVs and flywheel JSONL. Timed phases:
 
 * simulate + export (not part of the replay, reported for context);
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kpi_pipeline.replay import read_events, replay
+from kpi_pipeline.app.replay import read_events, replay
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
 

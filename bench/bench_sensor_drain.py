@@ -3,7 +3,7 @@
 A ``SandboxStore`` filled by the simulator (≈ 4.5 change events per lead over 2 days, on the
 three default channels) is served by ``SandboxRuntime`` (real gRPC on loopback, in this
 process, as the embedded sandbox runs inside the Dagster code server). Ticks run
-``kpi_pipeline.ingest.drain_tick`` exactly as ``cdc_sensor`` does (real ``PubSubClient``,
+``kpi_pipeline.app.ingest.drain_tick`` exactly as ``cdc_sensor`` does (real ``PubSubClient``,
 real ``EventDecoder``, ledger staging) and are repeated, carrying the cursor, until every
 channel reports caught up. Ledgers: a fresh SQLite file and a fresh PostgreSQL database
 (created on 127.0.0.1:5432 as user postgres, dropped afterwards).
@@ -41,13 +41,13 @@ os.environ.setdefault("KPI_DATA_DIR", str(WORKDIR / "kpi"))
 
 import sqlalchemy as sa  # noqa: E402
 
-from kpi_pipeline.cdc.client import PubSubClient, StaticAuth  # noqa: E402
-from kpi_pipeline.cdc.cursor import SensorCursor  # noqa: E402
-from kpi_pipeline.cdc.decode import EventDecoder  # noqa: E402
-from kpi_pipeline.cdc.errors import ReplayIdInvalidError  # noqa: E402
+from kpi_pipeline.adapters.ledger.store import Ledger  # noqa: E402
+from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth  # noqa: E402
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder  # noqa: E402
+from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError  # noqa: E402
+from kpi_pipeline.app.ingest import DrainLimits, drain_tick  # noqa: E402
 from kpi_pipeline.config import DEFAULT_CHANNELS  # noqa: E402
-from kpi_pipeline.ingest import DrainLimits, drain_tick  # noqa: E402
-from kpi_pipeline.ledger.store import Ledger  # noqa: E402
+from kpi_pipeline.core.cursor import SensorCursor  # noqa: E402
 from kpi_pipeline.sandbox.runtime import SandboxRuntime  # noqa: E402
 from kpi_pipeline.sandbox.simulator import simulate  # noqa: E402
 from kpi_pipeline.sandbox.store import SandboxStore  # noqa: E402

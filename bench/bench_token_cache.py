@@ -1,4 +1,4 @@
-"""Benchmark: the JWT token cache (kpi_pipeline.auth.jwt) against the sandbox REST server.
+"""Benchmark: the JWT token cache (kpi_pipeline.adapters.auth.jwt) against the sandbox REST server.
 
 ``--calls`` ``token()`` calls are spread evenly over ``--span-hours`` of simulated time (the
 sensor, runs and write-back all ask for a token), with the org's session lifetime
@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from kpi_pipeline.auth.jwt import JWTTokenProvider
+from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
 from kpi_pipeline.sandbox.rest_server import start_rest_server
 from kpi_pipeline.sandbox.runtime import generate_connected_app
 from kpi_pipeline.sandbox.store import SandboxStore

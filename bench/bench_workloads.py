@@ -15,18 +15,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int, to_epoch_ms
-from kpi_pipeline.policies.load import load_policy
-from kpi_pipeline.workloads.first_touch import (
+from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader, replay_id_from_int, to_epoch_ms
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.workloads.first_touch import (
     email_candidate,
     improves,
     qualifies,
     task_candidate,
     to_first_response,
 )
-from kpi_pipeline.workloads.lead_route import PoolState, route
-from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
-from kpi_pipeline.workloads.records import RecordState, merge_event
+from kpi_pipeline.core.workloads.lead_route import PoolState, route
+from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
+from kpi_pipeline.core.workloads.records import RecordState, merge_event
 
 START = datetime(2026, 11, 2, 13, 0, tzinfo=UTC)
 SOURCES = ["Web", "Web", "Phone Inquiry", "Partner Referral", "Trade Show", "Webinar", "Other"]

@@ -273,7 +273,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of kpi_pipeline's own processes' logs."
     )
-    # /readyz (kpi_pipeline.operator_status): each reason for "not ready" has its threshold.
+    # /readyz (kpi_pipeline.app.operator_status): each reason for "not ready" has its threshold.
     ready_org_probe_seconds: float = Field(
         30.0,
         gt=0,

@@ -39,7 +39,7 @@ class OrgConnection:
 
     pubsub_target: str
     pubsub_tls: bool
-    token_provider: Any  # kpi_pipeline.auth.jwt.JWTTokenProvider | StaticTokenProvider
+    token_provider: Any  # kpi_pipeline.adapters.auth.jwt.JWTTokenProvider | StaticTokenProvider
     is_sandbox: bool
     sandbox_endpoints: Any = None  # kpi_pipeline.sandbox.runtime.SandboxEndpoints it was built for
     ca_file: str | None = None  # PEM CA trusted for TLS (None: the system's)
@@ -61,7 +61,7 @@ def org_connection(settings: Settings) -> OrgConnection:
 
 
 def _real_org(settings: Settings) -> OrgConnection:
-    from kpi_pipeline.auth.jwt import JWTTokenProvider
+    from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
 
     provider = JWTTokenProvider.from_settings(settings)
     ca_file = str(settings.pubsub_ca_file) if settings.pubsub_ca_file else None
@@ -71,7 +71,7 @@ def _real_org(settings: Settings) -> OrgConnection:
 
 
 def _sandbox_org(settings: Settings) -> OrgConnection:
-    from kpi_pipeline.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
     from kpi_pipeline.sandbox.runtime import ensure_sandbox
 
     endpoints = ensure_sandbox(settings.data_dir, settings=settings)
@@ -117,7 +117,7 @@ def _forget_sandbox(key: tuple[str, ...], conn: OrgConnection) -> None:
 
 
 def pubsub_client(settings: Settings):
-    from kpi_pipeline.cdc.client import PubSubClient
+    from kpi_pipeline.adapters.pubsub.client import PubSubClient
 
     conn = org_connection(settings)
     return _cached(
@@ -134,7 +134,7 @@ def pubsub_client(settings: Settings):
 
 def event_decoder(settings: Settings):
     """Decoder for the sensor's summaries, fetching unknown schemas from the Pub/Sub API."""
-    from kpi_pipeline.cdc.decode import EventDecoder
+    from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 
     client = pubsub_client(settings)
     return _cached(("decoder", str(id(client))), lambda: EventDecoder(client.get_schema))
@@ -144,8 +144,8 @@ def staged_batch_decoder():
     """Decoder for staged batches: they carry the schemas staged with them, so it never
     fetches one (no Pub/Sub connection per processing run); one per process, so parsed
     schemas are reused across runs."""
-    from kpi_pipeline.cdc.decode import EventDecoder
-    from kpi_pipeline.cdc.errors import UnknownSchemaError
+    from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+    from kpi_pipeline.adapters.pubsub.errors import UnknownSchemaError
 
     def _not_staged(schema_id: str) -> str:
         raise UnknownSchemaError(
@@ -157,7 +157,7 @@ def staged_batch_decoder():
 
 
 def ledger(settings: Settings):
-    from kpi_pipeline.ledger.store import Ledger
+    from kpi_pipeline.adapters.ledger.store import Ledger
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_ledger_url
@@ -165,7 +165,7 @@ def ledger(settings: Settings):
 
 
 def salesforce_rest(settings: Settings):
-    from kpi_pipeline.salesforce.rest import SalesforceRest
+    from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
 
     conn = org_connection(settings)
     return _cached(
@@ -197,9 +197,9 @@ def probe_org(settings: Settings, *, timeout_s: float = 5.0):
 
     import requests
 
-    from kpi_pipeline.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
-    from kpi_pipeline.operator_status import OrgProbe
-    from kpi_pipeline.salesforce.rest import SalesforceRest, SessionInvalidError
+    from kpi_pipeline.adapters.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
+    from kpi_pipeline.adapters.salesforce.rest import SalesforceRest, SessionInvalidError
+    from kpi_pipeline.app.operator_status import OrgProbe
 
     now = datetime.now(UTC)
     session = None
@@ -243,10 +243,10 @@ def batch_processor(settings: Settings, *, live_clock: bool = True):
     ``replay`` uses the event clock instead (``live_clock=False``)."""
     from datetime import UTC, datetime
 
-    from kpi_pipeline.llm.client import selector_from_settings
-    from kpi_pipeline.policies.load import load_policy
-    from kpi_pipeline.processing import BatchProcessor
-    from kpi_pipeline.workloads.outreach_templates import load_catalog
+    from kpi_pipeline.adapters.llm.client import selector_from_settings
+    from kpi_pipeline.app.processing import BatchProcessor
+    from kpi_pipeline.core.policy.load import load_policy
+    from kpi_pipeline.core.workloads.outreach_templates import load_catalog
 
     return _cached(
         ("processor", settings.resolved_ledger_url, str(settings.policy_file), str(live_clock)),
@@ -278,7 +278,7 @@ class _LazyRest:
 def drain_writeback(settings: Settings):
     """One write-back drain with this process's ledger, org and processor (which records
     decisions a person's owner change superseded)."""
-    from kpi_pipeline.writeback import drain_writeback as drain
+    from kpi_pipeline.app.writeback import drain_writeback as drain
 
     processor = batch_processor(settings)
     return drain(
@@ -298,10 +298,10 @@ def reset_cache() -> None:
 
 
 def stream_worker(settings: Settings, *, holder: str, on_progress=None):
-    """One generation of the stream-mode live path (``kpi_pipeline.stream_worker``)."""
+    """One generation of the stream-mode live path (``kpi_pipeline.app.stream_worker``)."""
     from datetime import timedelta
 
-    from kpi_pipeline.stream_worker import StreamLimits, StreamWorker
+    from kpi_pipeline.app.stream_worker import StreamLimits, StreamWorker
 
     return StreamWorker(
         ledger=ledger(settings),

@@ -25,7 +25,7 @@ if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
 os.environ.setdefault("KPI_CDC_MODE", "sensor")
 
 # Metric values of test processes go to a throwaway directory, not the repository's .kpi_data
-# (kpi_pipeline.metrics reads it at the first record, whatever was imported before; one
+# (kpi_pipeline.telemetry.metrics reads it at the first record, whatever was imported before; one
 # directory for the whole session, since a process records into one; subprocesses inherit it).
 os.environ.setdefault("KPI_METRICS_DIR", tempfile.mkdtemp(prefix="kpi-test-metrics-"))
 

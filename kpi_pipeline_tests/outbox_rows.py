@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.adapters.ledger import Ledger
 
 
 class MovableClock:

@@ -13,10 +13,10 @@ def test_every_setting_is_in_the_readme_and_env_example():
     missing_readme = [env for env, _, _ in describe_settings() if f"`{env}`" not in readme]
     missing_example = [env for env, _, _ in describe_settings() if f"{env}=" not in env_example]
     assert not missing_readme, (
-        f"README.md lacks {missing_readme}: run `python -m kpi_pipeline.docgen`"
+        f"README.md lacks {missing_readme}: run `python -m kpi_pipeline.cli.docgen`"
     )
     assert not missing_example, (
-        f".env.example lacks {missing_example}: run `python -m kpi_pipeline.docgen`"
+        f".env.example lacks {missing_example}: run `python -m kpi_pipeline.cli.docgen`"
     )
 
 

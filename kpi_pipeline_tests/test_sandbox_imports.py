@@ -2,7 +2,7 @@
 
 Production code must work against a real org, so nothing under ``kpi_pipeline/`` imports
 ``kpi_pipeline.sandbox`` except ``kpi_pipeline/wiring.py``, the CLI modules
-(``kpi_pipeline/cli.py`` and every ``*/cli.py``) and the sandbox package itself. Imports are
+(``kpi_pipeline/cli/main.py`` and every ``*/cli.py``) and the sandbox package itself. Imports are
 found with ``ast`` (inside functions too, relative ones resolved, and
 ``importlib.import_module("kpi_pipeline.sandbox...")`` with a constant name), not by text.
 """
@@ -103,7 +103,7 @@ def test_the_check_catches_a_bad_module(tmp_path: Path, relative: str, source: s
     (root / "wiring.py").write_text("from kpi_pipeline.sandbox.runtime import ensure_sandbox\n")
     (root / "ledger").mkdir()
     (root / "ledger" / "cli.py").write_text("from kpi_pipeline.sandbox import runtime\n")
-    (root / "processing.py").write_text("from kpi_pipeline.cdc.events import ChangeEvent\n")
+    (root / "processing.py").write_text("from kpi_pipeline.core.events import ChangeEvent\n")
     assert violations(root) == []  # the allowed ones and a clean module pass
     bad = root / relative
     bad.parent.mkdir(parents=True, exist_ok=True)

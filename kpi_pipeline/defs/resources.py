@@ -25,7 +25,7 @@ class PipelineResource(dg.ConfigurableResource):
         KPI_LOG_FORMAT=json, log JSON lines (the entry point configures them; nothing does at
         import). In a run worker with
         KPI_PUSHGATEWAY_URL set, the host's totals are pushed when the run's process exits."""
-        from kpi_pipeline import logs, metrics
+        from kpi_pipeline.telemetry import logs, metrics
 
         settings = self.settings()
         metrics.configure(settings)
@@ -71,12 +71,12 @@ class PipelineResource(dg.ConfigurableResource):
         return wiring.salesforce_rest(self.settings())
 
     def drain_writeback(self):
-        """Send the outbox's dirty fields (``kpi_pipeline.writeback.WritebackResult``)."""
+        """Send the outbox's dirty fields (``kpi_pipeline.app.writeback.WritebackResult``)."""
         return wiring.drain_writeback(self.settings())
 
 
 def _json_run_console(log: Any) -> None:
-    """Have this run's console print JSON through ``kpi_pipeline.logs``'s formatter.
+    """Have this run's console print JSON through ``kpi_pipeline.telemetry.logs``'s formatter.
 
     A run prints through the console logger Dagster gives every job without loggers of its
     own: colored text, and no setting (not ``python_logs``, not ``--log-format``) changes that.
@@ -90,7 +90,7 @@ def _json_run_console(log: Any) -> None:
     and stay Dagster's text."""
     import logging
 
-    from kpi_pipeline import logs
+    from kpi_pipeline.telemetry import logs
 
     dagster_handler = getattr(log, "_dagster_handler", None)
     for console in getattr(dagster_handler, "_loggers", ()):
@@ -116,7 +116,8 @@ def _push_at_exit(url: str) -> None:
     def push() -> None:
         import logging
 
-        from kpi_pipeline import metrics, metrics_cli
+        from kpi_pipeline.telemetry import exposition as metrics_cli
+        from kpi_pipeline.telemetry import metrics
 
         try:
             metrics_cli.push_to_gateway(url)

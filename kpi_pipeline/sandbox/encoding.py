@@ -1,7 +1,7 @@
 """The sandbox org's schema set and the encoder of its stored changes (what GetSchema serves
 and what Subscribe sends).
 
-``SchemaSet`` is the default schemas of ``kpi_pipeline.cdc.schemas`` plus the custom fields
+``SchemaSet`` is the default schemas of ``kpi_pipeline.adapters.pubsub.schemas`` plus the custom fields
 an org added (``SandboxStore.add_custom_field``, as an admin adds one in Setup): a custom
 field goes at the end of its entity's schema, which then has a new schema id, as on a real
 org. Ids of the default schemas stay resolvable, so events fetched before the change still
@@ -19,10 +19,8 @@ from typing import Any
 
 import fastavro
 
-from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, encode_bitmap
-from kpi_pipeline.cdc.errors import UnknownSchemaError
-from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime, to_epoch_ms
-from kpi_pipeline.cdc.schemas import (
+from kpi_pipeline.adapters.pubsub.errors import UnknownSchemaError
+from kpi_pipeline.adapters.pubsub.schemas import (
     BITMAP_HEADER_FIELDS,
     NOT_IN_CDC,
     SCHEMAS_BY_ENTITY,
@@ -31,6 +29,8 @@ from kpi_pipeline.cdc.schemas import (
     schema_id_for,
     sf_type_of,
 )
+from kpi_pipeline.core.bitmaps import BitmapError, FieldLayout, encode_bitmap
+from kpi_pipeline.core.events import EventFormatError, parse_sf_datetime, to_epoch_ms
 from kpi_pipeline.sandbox.changelog import StoredChange
 
 
@@ -123,7 +123,7 @@ class _EntityCodec:
             if parent not in self.body_names:
                 raise EventFormatError(
                     f"{self.entity} change at replay {change.replay}: field {name!r} is not in "
-                    f"the {self.entity}ChangeEvent schema; add it to kpi_pipeline/cdc/schemas.py "
+                    f"the {self.entity}ChangeEvent schema; add it to kpi_pipeline/adapters/pubsub/schemas.py "
                     "(or as a custom field: SandboxStore.add_custom_field) or stop writing it"
                 )
             if child:

@@ -1,8 +1,8 @@
 """The sandbox org's Salesforce REST server: a real HTTP server on loopback.
 
 It speaks the parts of the REST API that the pipeline uses, in Salesforce's shapes, so the
-production client (``kpi_pipeline.salesforce.rest`` over simple-salesforce, and the JWT flow
-in ``kpi_pipeline.auth.jwt``) is the code under test:
+production client (``kpi_pipeline.adapters.salesforce.rest`` over simple-salesforce, and the JWT flow
+in ``kpi_pipeline.adapters.auth.jwt``) is the code under test:
 
 * ``POST /services/oauth2/token``: the JWT bearer flow; verifies the RS256 signature against
   the connected app's certificate and the ``iss``/``sub``/``aud``/``exp`` claims.
@@ -63,8 +63,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kpi_pipeline.cdc.events import EventFormatError, parse_sf_datetime
-from kpi_pipeline.cdc.schemas import sf_type_of
+from kpi_pipeline.adapters.pubsub.schemas import sf_type_of
+from kpi_pipeline.core.events import EventFormatError, parse_sf_datetime
 from kpi_pipeline.sandbox.changelog import SANDBOX_ENTITIES, RecordStore
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet
 from kpi_pipeline.sandbox.store import (

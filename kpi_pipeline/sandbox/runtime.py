@@ -45,9 +45,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kpi_pipeline.cli.sandbox import ACCESS_TOKEN_ENV
 from kpi_pipeline.config import Settings, get_settings
-from kpi_pipeline.metrics import record_error
-from kpi_pipeline.sandbox.cli import ACCESS_TOKEN_ENV
 from kpi_pipeline.sandbox.pubsub_server import (
     KEEPALIVE_INTERVAL_S,
     RunningPubSubServer,
@@ -58,6 +57,7 @@ from kpi_pipeline.sandbox.simulator import LiveSimulator, simulate
 from kpi_pipeline.sandbox.store import INTEGRATION_USER, SandboxStore
 from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
 from kpi_pipeline.sandbox.tokens import TokenRegistry
+from kpi_pipeline.telemetry.metrics import record_error
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +470,7 @@ def shutdown_sandbox(
 def _serve_command(directory: Path, settings: Settings, *, live: bool) -> list[str]:
     live_rate = settings.sandbox_live_leads_per_hour if live else 0.0
     return [
-        sys.executable, "-m", "kpi_pipeline.cli", "sandbox", "serve",
+        sys.executable, "-m", "kpi_pipeline.cli.main", "sandbox", "serve",
         "--store", str(directory / STORE_FILE),
         "--endpoints-file", str(directory / ENDPOINTS_FILE),
         "--jwt-key-out", str(directory / JWT_KEY_FILE),

@@ -56,7 +56,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kpi_pipeline.policies.load import load_policy
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.workloads.business_hours import BusinessClock
 from kpi_pipeline.sandbox.store import (
     AUTOMATION_USER,
     INBOUND_QUEUE,
@@ -67,7 +68,6 @@ from kpi_pipeline.sandbox.store import (
     SandboxUser,
     sf_id,
 )
-from kpi_pipeline.workloads.business_hours import BusinessClock
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

@@ -7,7 +7,7 @@ transaction, so the records and the change log never disagree.
 
 Shapes (the contract with the servers):
 
-* Field names are those of the Avro schemas in ``kpi_pipeline.cdc.schemas``; a write with
+* Field names are those of the Avro schemas in ``kpi_pipeline.adapters.pubsub.schemas``; a write with
   an unknown field fails and names the schema to extend.
 * Compound fields are nested like the Avro record (Lead ``Name`` = {Salutation, FirstName,
   LastName}, ``Address`` = {Street, City, ...}). Writers may also pass the REST-style
@@ -47,15 +47,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kpi_pipeline.cdc.bitmaps import FieldLayout
-from kpi_pipeline.cdc.events import (
+from kpi_pipeline.adapters.pubsub.schemas import sf_type_of
+from kpi_pipeline.core.bitmaps import FieldLayout
+from kpi_pipeline.core.events import (
     OVERFLOW_RECORD_ID,
     EventFormatError,
     format_sf_datetime,
     parse_sf_datetime,
     to_epoch_ms,
 )
-from kpi_pipeline.cdc.schemas import sf_type_of
 from kpi_pipeline.sandbox.changelog import ALL_ENTITIES, StoredChange
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet
 
@@ -386,7 +386,7 @@ def normalize_values(
         else:
             raise UnknownFieldError(
                 f"{sobject} has no field {name!r} in the {sobject}ChangeEvent schema; add it to "
-                "kpi_pipeline/cdc/schemas.py (or as a custom field: "
+                "kpi_pipeline/adapters/pubsub/schemas.py (or as a custom field: "
                 "SandboxStore.add_custom_field) or stop writing it",
                 sobject=sobject,
                 field_name=name,

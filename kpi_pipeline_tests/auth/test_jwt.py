@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline import metrics
-from kpi_pipeline.auth.jwt import (
+from kpi_pipeline.adapters.auth.jwt import (
     AuthError,
     JWTTokenProvider,
     StaticTokenProvider,
@@ -20,6 +19,7 @@ from kpi_pipeline.auth.jwt import (
 )
 from kpi_pipeline.config import Settings
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
+from kpi_pipeline.telemetry import metrics
 from kpi_pipeline_tests.salesforce.sandbox_org import (
     CONSUMER_KEY,
     TENANT_ID,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.client import PubSubClient
+from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub_server
 from kpi_pipeline.sandbox.tls import ensure_tls_files
 from kpi_pipeline_tests.salesforce.sandbox_org import TENANT_ID, SandboxOrg

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
+from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
 from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub_server
 from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kpi_pipeline.cdc.bitmaps import BitmapError, FieldLayout, decode_bitmap, encode_bitmap
-from kpi_pipeline.cdc.schemas import ADDRESS_CHILDREN, CONTACT_SCHEMA, LEAD_SCHEMA
+from kpi_pipeline.adapters.pubsub.schemas import ADDRESS_CHILDREN, CONTACT_SCHEMA, LEAD_SCHEMA
+from kpi_pipeline.core.bitmaps import BitmapError, FieldLayout, decode_bitmap, encode_bitmap
 
 
 def _address(field_name: str, *, defined: bool) -> dict:

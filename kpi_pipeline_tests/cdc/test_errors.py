@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from kpi_pipeline.cdc.errors import (
+from kpi_pipeline.adapters.pubsub.errors import (
     PubSubError,
     ServiceUnavailableError,
     TopicNotFoundError,

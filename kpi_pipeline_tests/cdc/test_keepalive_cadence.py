@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
+from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.config import Settings
-from kpi_pipeline.ledger import Ledger
 from kpi_pipeline.sandbox.pubsub_server import KEEPALIVE_INTERVAL_S
 from kpi_pipeline_tests.cdc.conftest import add_lead
 from kpi_pipeline_tests.cdc.test_stream import Recorder, Running, rid, subscriber

@@ -8,9 +8,9 @@ import time
 import grpc
 import pytest
 
-from kpi_pipeline.cdc.client import DEFAULT_CHANNEL_OPTIONS, FetchResult, PubSubClient
-from kpi_pipeline.cdc.decode import EventDecoder
-from kpi_pipeline.cdc.errors import (
+from kpi_pipeline.adapters.pubsub.client import DEFAULT_CHANNEL_OPTIONS, FetchResult, PubSubClient
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+from kpi_pipeline.adapters.pubsub.errors import (
     AUTH_ERROR,
     REPLAY_CORRUPTED,
     REPLAY_VALIDATION_FAILED,
@@ -24,10 +24,10 @@ from kpi_pipeline.cdc.errors import (
     UnknownSchemaError,
     error_from_rpc,
 )
-from kpi_pipeline.cdc.events import replay_id_from_int, replay_id_to_int
-from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
-from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
-from kpi_pipeline.cdc.schemas import SCHEMA_IDS_BY_ENTITY
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.adapters.pubsub.schemas import SCHEMA_IDS_BY_ENTITY
+from kpi_pipeline.core.events import replay_id_from_int, replay_id_to_int
 from kpi_pipeline_tests.cdc.conftest import (
     AUTH_METADATA,
     INSTANCE_URL,

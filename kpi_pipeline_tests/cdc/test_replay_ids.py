@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.cursor import ChannelCursor, SensorCursor
-from kpi_pipeline.cdc.errors import ReplayIdInvalidError
-from kpi_pipeline.cdc.events import (
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.cursor import ChannelCursor, SensorCursor
+from kpi_pipeline.core.events import (
     ChangeEvent,
     ChangeEventHeader,
     EventFormatError,
     read_recorded_lines,
     replay_id_from_int,
 )
-from kpi_pipeline.cli import main
-from kpi_pipeline.ledger import Ledger
 from kpi_pipeline_tests.cdc.conftest import add_lead
 from kpi_pipeline_tests.cdc.test_stream import Recorder, Running, inbox_replays, subscriber
 

@@ -10,20 +10,20 @@ import avro.io
 import avro.schema
 import pytest
 
-from kpi_pipeline import metrics
-from kpi_pipeline.cdc.decode import EventDecoder
-from kpi_pipeline.cdc.errors import PayloadDecodeError, UnknownSchemaError
-from kpi_pipeline.cdc.events import EventFormatError, replay_id_from_int
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cdc.schemas import (
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+from kpi_pipeline.adapters.pubsub.errors import PayloadDecodeError, UnknownSchemaError
+from kpi_pipeline.adapters.pubsub.schemas import (
     SCHEMA_IDS_BY_ENTITY,
     SCHEMAS_BY_ENTITY,
     schema_id_for,
     schema_json,
 )
-from kpi_pipeline.salesforce_fields import WRITTEN_FIELD_NAMES
+from kpi_pipeline.core.events import EventFormatError, replay_id_from_int
+from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.core.salesforce_fields import WRITTEN_FIELD_NAMES
 from kpi_pipeline.sandbox.changelog import StoredChange
 from kpi_pipeline.sandbox.encoding import encode_change
+from kpi_pipeline.telemetry import metrics
 
 TS = 1_790_000_000_000
 
@@ -298,7 +298,7 @@ def test_an_unmappable_element_is_skipped_counted_and_logged_and_the_event_decod
     )
     before = bitmap_errors()
     decoder = EventDecoder(schema_json)
-    with caplog.at_level("WARNING", logger="kpi_pipeline.cdc.decode"):
+    with caplog.at_level("WARNING", logger="kpi_pipeline.adapters.pubsub.decode"):
         decoded = decoder.decode(event)
         again = decoder.decode(event)  # the same bitmap, served from the cache
     assert decoded.header.changed_fields == again.header.changed_fields == ("Title",)

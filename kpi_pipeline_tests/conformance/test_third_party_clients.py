@@ -28,11 +28,11 @@ from typing import Any
 import fastavro
 import pytest
 
-from kpi_pipeline.cdc.bitmaps import FieldLayout, decode_bitmap
-from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
-from kpi_pipeline.cdc.decode import EventDecoder
-from kpi_pipeline.cdc.events import ChangeEvent
-from kpi_pipeline.cdc.raw import RawEvent
+from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+from kpi_pipeline.core.bitmaps import FieldLayout, decode_bitmap
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID, SandboxStore
 from kpi_pipeline_tests.sandbox.serve_process import ServedOrg, serve

@@ -291,7 +291,7 @@ class Progress:
 
 
 def read_progress(data_dir: Path) -> Progress:
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
     try:
@@ -339,7 +339,7 @@ def _sqlite_ro(path: Path):
 
 
 def claimed_outbox_rows(data_dir: Path) -> int:
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
     try:
@@ -358,7 +358,7 @@ def claimed_outbox_rows(data_dir: Path) -> int:
 def channel_leases(data_dir: Path) -> list[tuple[str, str, datetime, datetime]]:
     """The ledger's stream channel leases, expired included: (channel, holder, acquired_at,
     expires_at)."""
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
     try:
@@ -374,7 +374,7 @@ def channel_leases(data_dir: Path) -> list[tuple[str, str, datetime, datetime]]:
 
 def batches_done_by(data_dir: Path) -> Counter[str]:
     """Batches marked done, by the run (``run_id``) that processed them."""
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
     try:
@@ -427,7 +427,7 @@ class Outcome:
 
 
 def read_outcome(data_dir: Path) -> Outcome:
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
     from kpi_pipeline.sandbox.store import SandboxStore
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
@@ -911,7 +911,7 @@ class Deployment:
 
 
 def batches_done_after(data_dir: Path, since: float) -> int:
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
 
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
     try:

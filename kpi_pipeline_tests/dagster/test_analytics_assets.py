@@ -15,24 +15,28 @@ import pytest
 from dagster._core.test_utils import freeze_time
 
 from kpi_pipeline import wiring
-from kpi_pipeline.defs.analytics import (
+from kpi_pipeline.adapters.ledger.store import Ledger
+from kpi_pipeline.adapters.llm.client import selector_from_settings
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.app.replay import read_events
+from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.workloads.outreach_templates import load_catalog
+from kpi_pipeline.defs.analytics.assets import (
     KPI_KEYS,
     flywheel_index,
     flywheel_logs,
     kpi_rollups,
     lead_ledger,
 )
-from kpi_pipeline.defs.checks import LEDGER_CHECKS, kpi_freshness_checks, ledger_freshness_checks
+from kpi_pipeline.defs.analytics.checks import (
+    LEDGER_CHECKS,
+    kpi_freshness_checks,
+    ledger_freshness_checks,
+)
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.kpis.rollups import ROLLUP_NAMES
-from kpi_pipeline.ledger.store import Ledger
-from kpi_pipeline.llm.client import selector_from_settings
-from kpi_pipeline.policies.load import load_policy
-from kpi_pipeline.processing import BatchProcessor
-from kpi_pipeline.replay import read_events
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
-from kpi_pipeline.workloads.outreach_templates import load_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 10, 1, tzinfo=UTC)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipeline.cdc.cursor import SensorCursor
+from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline_tests.dagster.harness import (
     BIN,
     check_executions,

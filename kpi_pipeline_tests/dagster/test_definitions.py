@@ -2,8 +2,8 @@
 
 import dagster as dg
 
+from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES
 from kpi_pipeline.definitions import defs
-from kpi_pipeline.kpis.rollups import ROLLUP_NAMES
 
 KPI_KEYS = {dg.AssetKey(f"kpi_{name}") for name in ROLLUP_NAMES}
 KPI_ASSETS = {

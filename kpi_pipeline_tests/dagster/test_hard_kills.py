@@ -26,9 +26,9 @@ import dagster as dg
 import pytest
 
 from kpi_pipeline import wiring
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.defs.cdc.sensors import cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.defs.sensors import cdc_sensor
-from kpi_pipeline.policies.load import load_policy
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import (
     AUTOMATION_USER_ID,
@@ -198,7 +198,7 @@ def _drain_and_complete(pipeline, batch_id: str) -> None:
     if hasattr(pipeline, "drain_writeback"):  # the resource's entry point, once it has one
         pipeline.drain_writeback()
     else:
-        from kpi_pipeline.writeback import drain_writeback
+        from kpi_pipeline.app.writeback import drain_writeback
 
         drain_writeback(pipeline.ledger(), pipeline.salesforce_rest())
     pipeline.ledger().mark_batch_done(batch_id, run_id="test", summary={})
@@ -258,7 +258,7 @@ def test_update_delay_answers_after_applying(tmp_path, monkeypatch):
     """The org has the values while the client still waits: the window a kill must hit."""
     import threading
 
-    from kpi_pipeline.sandbox.cli import UPDATE_DELAY_ENV, _update_delay
+    from kpi_pipeline.cli.sandbox import UPDATE_DELAY_ENV, _update_delay
     from kpi_pipeline_tests.salesforce.sandbox_org import sandbox_org
     from kpi_pipeline_tests.salesforce.test_rest_server import lead, patch_collection
 

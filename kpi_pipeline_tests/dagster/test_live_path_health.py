@@ -12,10 +12,10 @@ import dagster as dg
 import pytest
 
 from kpi_pipeline import wiring
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.defs.checks import live_path_health
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.defs.analytics.checks import live_path_health
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.ledger import Ledger
 
 LEAD_CH = "/data/LeadChangeEvent"
 CHANNELS = "/data/LeadChangeEvent,/data/TaskChangeEvent"

@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline import wiring
-from kpi_pipeline.cdc.cursor import SensorCursor
-from kpi_pipeline.cdc.raw import RawEvent
+from kpi_pipeline.core.cursor import SensorCursor
+from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.definitions import defs
+from kpi_pipeline.defs.cdc.sensors import cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.defs.sensors import cdc_sensor
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import SandboxStore
 

@@ -20,10 +20,10 @@ from dagster._core.storage.tags import (
     WILL_RETRY_TAG,
 )
 
-from kpi_pipeline.cdc.events import replay_id_from_int
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.defs.sensors import FIRST_BATCH_TAG, _processing_request
-from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.core.events import replay_id_from_int
+from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.defs.cdc.sensors import FIRST_BATCH_TAG, _processing_request
 
 LEAD = "/data/LeadChangeEvent"
 TASK = "/data/TaskChangeEvent"

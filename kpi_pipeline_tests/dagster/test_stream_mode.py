@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline import wiring
-from kpi_pipeline.cdc.cursor import SensorCursor
+from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline.definitions import defs
+from kpi_pipeline.defs.cdc.sensors import cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.defs.sensors import cdc_sensor
-from kpi_pipeline.ledger import schema as t
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import QUEUE_IDS, SandboxStore
 
@@ -240,8 +240,8 @@ def test_every_run_request_resolves_as_the_daemon_resolves_it(sandbox, monkeypat
 
 
 def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sandbox) -> None:
-    from kpi_pipeline.cdc.raw import RawEvent
-    from kpi_pipeline.cdc.stream import StreamBatch
+    from kpi_pipeline.adapters.pubsub.stream import StreamBatch
+    from kpi_pipeline.core.raw import RawEvent
 
     pipeline = sandbox
     settings = pipeline.settings()
@@ -278,8 +278,8 @@ def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sa
 def test_responses_staged_in_a_row_are_processed_together_and_each_marked_done(sandbox) -> None:
     """Under a burst the server sends one-event responses; each is staged with its replay id
     at once, and what is staged is processed in one pass when nothing more is queued."""
-    from kpi_pipeline.cdc.raw import RawEvent
-    from kpi_pipeline.cdc.stream import StreamBatch
+    from kpi_pipeline.adapters.pubsub.stream import StreamBatch
+    from kpi_pipeline.core.raw import RawEvent
 
     pipeline = sandbox
     with dg.instance_for_test() as instance:

@@ -12,10 +12,10 @@ import dagster as dg
 import pytest
 
 from kpi_pipeline import wiring
-from kpi_pipeline.defs.checks import outbox_backlog
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.defs.analytics.checks import outbox_backlog
+from kpi_pipeline.defs.cdc.writeback import writeback_drain, writeback_sensor
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.defs.writeback import writeback_drain, writeback_sensor
-from kpi_pipeline.ledger import Ledger
 from kpi_pipeline_tests.outbox_rows import claim, fail_for_good, queue
 
 LEADS = ["00Q000000000001AAA", "00Q000000000002AAA"]

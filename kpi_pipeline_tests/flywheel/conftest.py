@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.flywheel.records import build_record
+from kpi_pipeline.core.flywheel.records import build_record
 from kpi_pipeline_tests.flywheel.es_server import ElasticStandIn
 
 DAY = datetime(2026, 3, 2, tzinfo=UTC)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.flywheel.emitter import FlywheelEmitter
-from kpi_pipeline.flywheel.records import canonical_json, record_id
-from kpi_pipeline.flywheel.schema import FlywheelRecordError, validate_record
+from kpi_pipeline.adapters.flywheel.emitter import FlywheelEmitter
+from kpi_pipeline.core.flywheel.records import canonical_json, record_id
+from kpi_pipeline.core.flywheel.schema import FlywheelRecordError, validate_record
 from kpi_pipeline_tests.flywheel.conftest import DAY, MakeRecord, make_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def test_threads_sharing_an_emitter_write_each_record_once(tmp_path: Path) -> No
 
 _PROCESS_SCRIPT = """
 import os, sys, time
-from kpi_pipeline.flywheel.emitter import FlywheelEmitter
+from kpi_pipeline.adapters.flywheel.emitter import FlywheelEmitter
 from kpi_pipeline_tests.flywheel.conftest import make_record
 offset = int(sys.argv[2])
 open(os.path.join(sys.argv[3], f"ready-{offset}"), "w").close()
@@ -228,7 +228,7 @@ def test_partial_line_left_by_a_killed_writer_is_cut_off(
 
 _FULL_DISK_SCRIPT = """
 import os, resource, signal, sys
-from kpi_pipeline.flywheel.emitter import FlywheelEmitter
+from kpi_pipeline.adapters.flywheel.emitter import FlywheelEmitter
 from kpi_pipeline_tests.flywheel.conftest import make_record
 path = os.path.join(sys.argv[1], "lead_route", "2026-03-02.jsonl")
 emitter = FlywheelEmitter(sys.argv[1], batch_size=100)

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.flywheel import cli
-from kpi_pipeline.flywheel.export import (
+from kpi_pipeline.adapters.flywheel.export import (
     load_flywheel_days_to_elastic,
     validate_flywheel_days,
     write_flywheel_days,
 )
-from kpi_pipeline.flywheel.loaders.to_elastic import ElasticLoadError
-from kpi_pipeline.flywheel.loaders.to_jsonl import read_jsonl
-from kpi_pipeline.flywheel.records import canonical_json, compute_record_id, record_id
-from kpi_pipeline.ledger.state import DecisionRow
-from kpi_pipeline.ledger.store import Ledger
+from kpi_pipeline.adapters.flywheel.loaders.to_elastic import ElasticLoadError
+from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import read_jsonl
+from kpi_pipeline.adapters.ledger.state import DecisionRow
+from kpi_pipeline.adapters.ledger.store import Ledger
+from kpi_pipeline.cli import flywheel as cli
+from kpi_pipeline.core.flywheel.records import canonical_json, compute_record_id, record_id
 from kpi_pipeline_tests.flywheel.conftest import DAY, make_record
 from kpi_pipeline_tests.flywheel.es_server import ElasticStandIn
 
@@ -284,7 +284,7 @@ def test_cli_rejects_a_malformed_day(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_console_script_dispatches_to_the_flywheel_commands(logs: Path, tmp_path: Path) -> None:
-    from kpi_pipeline.cli import main
+    from kpi_pipeline.cli.main import main
 
     out = tmp_path / "all.jsonl"
     assert main(["flywheel", "export", "--from", str(logs), "--out", str(out)]) == 0

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.flywheel.records import (
+from kpi_pipeline.core.flywheel.records import (
     build_record,
     join_replay_ids,
     record_from_decision,
     record_id,
 )
-from kpi_pipeline.flywheel.schema import FlywheelRecordError, validate_record
+from kpi_pipeline.core.flywheel.schema import FlywheelRecordError, validate_record
 
 AT = datetime(2026, 3, 2, 9, 30, 15, 750000, tzinfo=UTC)
 MESSAGES = [{"role": "user", "content": '{"Id":"00Q1","Country":"DE"}'}]
@@ -124,7 +124,7 @@ def test_replay_ids_fit_the_metadata_limit() -> None:
 
 @dataclass(frozen=True)
 class _Row:
-    """Same fields as the ledger's DecisionRow (kpi_pipeline.ledger.state)."""
+    """Same fields as the ledger's DecisionRow (kpi_pipeline.adapters.ledger.state)."""
 
     id: str
     workload: str

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.flywheel.schema import (
+from kpi_pipeline.core.flywheel.schema import (
     EXAMPLES,
     TOP_LEVEL_KEYS,
     WORKLOAD_IDS,

@@ -8,8 +8,12 @@ from datetime import timedelta
 import pytest
 from elasticsearch import Elasticsearch
 
-from kpi_pipeline.flywheel.loaders.to_elastic import ElasticLoader, ElasticLoadError, index_template
-from kpi_pipeline.flywheel.records import record_id
+from kpi_pipeline.adapters.flywheel.loaders.to_elastic import (
+    ElasticLoader,
+    ElasticLoadError,
+    index_template,
+)
+from kpi_pipeline.core.flywheel.records import record_id
 from kpi_pipeline_tests.flywheel.conftest import DAY, make_record
 from kpi_pipeline_tests.flywheel.es_server import ElasticStandIn
 

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpi_pipeline.flywheel.emitter import FlywheelEmitter
-from kpi_pipeline.flywheel.loaders.to_jsonl import (
+from kpi_pipeline.adapters.flywheel.emitter import FlywheelEmitter
+from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import (
     export_training_set,
     read_directory,
     read_jsonl,
     write_jsonl,
 )
-from kpi_pipeline.flywheel.records import record_id, sort_key
-from kpi_pipeline.flywheel.schema import FlywheelRecordError
+from kpi_pipeline.core.flywheel.records import record_id, sort_key
+from kpi_pipeline.core.flywheel.schema import FlywheelRecordError
 from kpi_pipeline_tests.flywheel.conftest import DAY, make_record
 
 WORKLOADS = ("lead_route", "first_touch", "outreach_template")

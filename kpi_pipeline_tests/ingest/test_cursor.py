@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from kpi_pipeline.cdc.cursor import ChannelCursor, CursorError, SensorCursor
-from kpi_pipeline.cdc.events import replay_id_from_int
+from kpi_pipeline.core.cursor import ChannelCursor, CursorError, SensorCursor
+from kpi_pipeline.core.events import replay_id_from_int
 
 
 def test_round_trip_keeps_opaque_replay_bytes():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cli import main as cli_main
+from kpi_pipeline.cli.main import main as cli_main
 from kpi_pipeline_tests.processing.events import REP_A, REP_B, email_sent, lead_created
 
 AS_OF = "2026-11-27T12:00:00Z"
@@ -202,11 +202,11 @@ def test_simulate_shows_a_calendar_change_on_past_leads(files, replayed, tmp_pat
 
 
 def test_simulate_over_a_ledger_uses_its_stored_clocks_as_the_baseline(files, tmp_path, capsys):
-    from kpi_pipeline.cdc.events import read_recorded_lines
-    from kpi_pipeline.ledger.store import Ledger
-    from kpi_pipeline.policies.load import load_policy
-    from kpi_pipeline.processing import BatchProcessor
-    from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
+    from kpi_pipeline.adapters.ledger.store import Ledger
+    from kpi_pipeline.app.processing import BatchProcessor
+    from kpi_pipeline.core.events import read_recorded_lines
+    from kpi_pipeline.core.policy.load import load_policy
+    from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger.from_url(url)

@@ -9,7 +9,7 @@ import csv
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kpi_pipeline.cli import main
+from kpi_pipeline.cli.main import main
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cli import main as cli_main
+from kpi_pipeline.cli.main import main as cli_main
 from kpi_pipeline_tests.processing.events import (
     AUTOMATION_USER,
     MINUTE,

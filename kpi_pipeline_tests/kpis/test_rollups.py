@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kpi_pipeline.kpis import (
+from kpi_pipeline.core.kpis import (
     ROLLUP_NAMES,
     LeadFactsError,
     assignment_latency,
@@ -47,7 +47,7 @@ from kpi_pipeline.kpis import (
     ttfr_by_owner,
     ttfr_overall,
 )
-from kpi_pipeline.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS
+from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS
 
 AS_OF = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 NAN = float("nan")

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from kpi_pipeline.cdc.events import ChangeEvent
-from kpi_pipeline.kpis import (
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.kpis import (
     compute_all,
     empty_lead_facts,
     reconcile,
@@ -23,8 +24,7 @@ from kpi_pipeline.kpis import (
     sla_by_rule,
     sla_over_days,
 )
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.policies.load import load_policy
+from kpi_pipeline.core.policy.load import load_policy
 from kpi_pipeline_tests.kpis.test_kpis_from_stream import POLICY, _stream
 from kpi_pipeline_tests.kpis.test_rollups import (
     AS_OF,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.adapters.ledger import Ledger
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.adapters.ledger import Ledger
 
 T = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 TTL = timedelta(seconds=30)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from kpi_pipeline.ledger import Ledger, migrations
-from kpi_pipeline.ledger.store import create_ledger_engine
-from kpi_pipeline.workloads.records import RecordState
+from kpi_pipeline.adapters.ledger import Ledger, migrations
+from kpi_pipeline.adapters.ledger.store import create_ledger_engine
+from kpi_pipeline.core.workloads.records import RecordState
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 

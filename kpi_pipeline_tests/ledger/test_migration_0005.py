@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from kpi_pipeline.ledger import Ledger, migrations
-from kpi_pipeline.ledger.store import create_ledger_engine
+from kpi_pipeline.adapters.ledger import Ledger, migrations
+from kpi_pipeline.adapters.ledger.store import create_ledger_engine
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 LEAD_A, LEAD_B = "00Q000000000001AAA", "00Q000000000002AAA"

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from kpi_pipeline.kpis import compute_all
-from kpi_pipeline.ledger import Ledger, migrations
-from kpi_pipeline.ledger.store import create_ledger_engine
+from kpi_pipeline.adapters.ledger import Ledger, migrations
+from kpi_pipeline.adapters.ledger.store import create_ledger_engine
+from kpi_pipeline.core.kpis import compute_all
 
 CREATED = datetime(2026, 11, 20, 21, 30, tzinfo=UTC)  # a Friday evening in New York
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.events import replay_id_from_int, replay_id_to_b64
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cli import main
-from kpi_pipeline.ledger import Ledger, LedgerError, ReplayPositionMoved
+from kpi_pipeline.adapters.ledger import Ledger, LedgerError, ReplayPositionMoved
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.events import replay_id_from_int, replay_id_to_b64
+from kpi_pipeline.core.raw import RawEvent
 
 LEADS = "/data/LeadChangeEvent"
 TASKS = "/data/TaskChangeEvent"

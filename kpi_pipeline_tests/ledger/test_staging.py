@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from kpi_pipeline.cdc.events import replay_id_from_int
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.ledger import Ledger, LedgerError, migrations
-from kpi_pipeline.ledger.schema import metadata
+from kpi_pipeline.adapters.ledger import Ledger, LedgerError, migrations
+from kpi_pipeline.adapters.ledger.schema import metadata
+from kpi_pipeline.core.events import replay_id_from_int
+from kpi_pipeline.core.raw import RawEvent
 
 LEAD = "/data/LeadChangeEvent"
 SCHEMAS = {"schemaA": '{"type": "record", "name": "LeadChangeEvent", "fields": []}'}

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipeline.kpis import lead_facts_columns, validate_lead_facts
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.ledger.state import DecisionRow
-from kpi_pipeline.workloads.first_touch import FirstResponse, ResponseCandidate
-from kpi_pipeline.workloads.lead_route import PoolState
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.ledger.state import DecisionRow
+from kpi_pipeline.core.kpis import lead_facts_columns, validate_lead_facts
+from kpi_pipeline.core.workloads.first_touch import FirstResponse, ResponseCandidate
+from kpi_pipeline.core.workloads.lead_route import PoolState
 
 T = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 LEAD = "00Q000000000001AAA"
@@ -217,7 +217,7 @@ def test_decisions_are_inserted_once_and_listed_in_time_order(ledger: Ledger) ->
 
 
 def test_pool_state_round_trips_and_routing_decisions_are_memoized(ledger: Ledger) -> None:
-    from kpi_pipeline.workloads.lead_route import RoutingDecision
+    from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 
     decision = RoutingDecision(
         LEAD, "005000000000015AAA", "smb-default", "smb", "v1", 60.0, T, {"why": "test"}

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # `kpi-pipeline metrics` without importing the other areas (5x faster start); the full
 # dispatcher is exercised by test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change.
-METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.metrics_cli")
+METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.telemetry.exposition")
 
 
 def metrics_env(metrics_dir: Path, ledger_url: str | None = None) -> dict[str, str]:
@@ -39,8 +39,8 @@ def metrics_env(metrics_dir: Path, ledger_url: str | None = None) -> dict[str, s
 
 
 def run_recording(metrics_dir: Path, body: str, prefix: tuple[str, ...] = ()) -> None:
-    """Run `body` (Python, with `m` = kpi_pipeline.metrics) in a fresh process that then exits."""
-    code = "from kpi_pipeline import metrics as m\n" + textwrap.dedent(body)
+    """Run `body` (Python, with `m` = kpi_pipeline.telemetry.metrics) in a fresh process that then exits."""
+    code = "from kpi_pipeline.telemetry import metrics as m\n" + textwrap.dedent(body)
     subprocess.run(
         [*prefix, sys.executable, "-c", code], env=metrics_env(metrics_dir), check=True, timeout=60
     )
@@ -80,7 +80,7 @@ class MetricsServer:
             self.process.wait(timeout=60)
 
 
-WEB_SERVE_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli", "web", "serve")
+WEB_SERVE_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli.main", "web", "serve")
 
 
 def start_metrics_server(

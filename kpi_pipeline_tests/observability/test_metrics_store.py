@@ -184,7 +184,7 @@ def test_compaction_keeps_totals_and_removes_finished_runs_files(metrics_dir: Pa
 
 
 def test_compaction_leaves_a_running_process_alone(metrics_dir: Path) -> None:
-    code = f"from kpi_pipeline import metrics as m\nm.record_cdc_event('{LEAD}', 'CREATE', 7)\nprint('ok', flush=True)\ninput()\n"
+    code = f"from kpi_pipeline.telemetry import metrics as m\nm.record_cdc_event('{LEAD}', 'CREATE', 7)\nprint('ok', flush=True)\ninput()\n"
     running = subprocess.Popen(
         [sys.executable, "-c", code],
         env=metrics_env(metrics_dir),
@@ -273,7 +273,7 @@ def test_processes_with_the_same_pid_never_share_files(metrics_dir: Path) -> Non
     # Both record once, wait until both are alive, then record concurrently (with PID-named
     # files, stock multiprocess mode loses about half of these counts).
     code = (
-        "import os, time\nfrom kpi_pipeline import metrics as m\n"
+        "import os, time\nfrom kpi_pipeline.telemetry import metrics as m\n"
         f"m.record_cdc_event('{LEAD}', 'CREATE')\nprint('ready', flush=True)\n"
         f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
         f"for _ in range(5000):\n    m.record_cdc_event('{LEAD}', 'CREATE')\n"
@@ -305,7 +305,7 @@ def test_conflicting_metrics_directories_are_a_clear_error(tmp_path: Path) -> No
     env = metrics_env(tmp_path / "a")
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "b")
     done = subprocess.run(
-        [sys.executable, "-c", "import kpi_pipeline.metrics as m; m.configure()"],
+        [sys.executable, "-c", "import kpi_pipeline.telemetry.metrics as m; m.configure()"],
         env=env,
         capture_output=True,
         text=True,
@@ -318,7 +318,11 @@ def test_an_unusable_metrics_directory_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     done = subprocess.run(
-        [sys.executable, "-c", "from kpi_pipeline import metrics as m; m.record_error('cdc')"],
+        [
+            sys.executable,
+            "-c",
+            "from kpi_pipeline.telemetry import metrics as m; m.record_error('cdc')",
+        ],
         env=metrics_env(blocker / "metrics"),
         capture_output=True,
         text=True,
@@ -332,7 +336,7 @@ def test_importing_records_nothing_creates_nothing_and_changes_no_environment(
 ) -> None:
     directory = tmp_path / "not-yet"
     code = (
-        "import os, kpi_pipeline.metrics, kpi_pipeline.metrics_cli\n"
+        "import os, kpi_pipeline.telemetry.metrics, kpi_pipeline.telemetry.exposition\n"
         "print('PROMETHEUS_MULTIPROC_DIR' in os.environ)\n"
     )
     env = metrics_env(directory)
@@ -346,7 +350,7 @@ def test_importing_records_nothing_creates_nothing_and_changes_no_environment(
 
 def test_one_process_records_into_one_directory(tmp_path: Path) -> None:
     code = (
-        "from kpi_pipeline import metrics as m\n"
+        "from kpi_pipeline.telemetry import metrics as m\n"
         "from kpi_pipeline.config import Settings\n"
         f"m.configure(Settings(metrics_dir='{tmp_path / 'a'}'))\n"
         f"m.configure(Settings(metrics_dir='{tmp_path / 'a'}'))  # the same: fine\n"
@@ -362,7 +366,7 @@ def test_one_process_records_into_one_directory(tmp_path: Path) -> None:
 def test_the_directory_is_exported_for_child_processes(metrics_dir: Path) -> None:
     code = (
         "import os\n"
-        "from kpi_pipeline import metrics as m\n"
+        "from kpi_pipeline.telemetry import metrics as m\n"
         "m.record_error('cdc')\n"
         "print(os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
     )
@@ -395,7 +399,7 @@ def test_every_literal_error_area_at_a_call_site_is_initialised() -> None:
     """Areas missing from KNOWN_ERROR_AREAS have no series until their first error."""
     import re
 
-    from kpi_pipeline.metrics import KNOWN_ERROR_AREAS
+    from kpi_pipeline.telemetry.metrics import KNOWN_ERROR_AREAS
 
     package = Path(__file__).resolve().parents[2] / "kpi_pipeline"
     used = {
@@ -405,7 +409,7 @@ def test_every_literal_error_area_at_a_call_site_is_initialised() -> None:
     }
     missing = sorted((area, where) for area, where in used if area not in KNOWN_ERROR_AREAS)
     assert not missing, (
-        f"add these areas to KNOWN_ERROR_AREAS in kpi_pipeline/metrics.py: {missing}"
+        f"add these areas to KNOWN_ERROR_AREAS in kpi_pipeline/telemetry/metrics.py: {missing}"
     )
 
 
@@ -417,7 +421,15 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "kpi_pipeline.cli.main",
+                "metrics",
+                "serve",
+                "--port",
+                str(port),
+            ],
             env=metrics_env(metrics_dir),
             capture_output=True,
             text=True,
@@ -426,7 +438,15 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"cannot serve on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     done = subprocess.run(
-        [sys.executable, "-m", "kpi_pipeline.cli", "metrics", "serve", "--compact-interval", "0"],
+        [
+            sys.executable,
+            "-m",
+            "kpi_pipeline.cli.main",
+            "metrics",
+            "serve",
+            "--compact-interval",
+            "0",
+        ],
         env=metrics_env(metrics_dir),
         capture_output=True,
         text=True,
@@ -440,7 +460,7 @@ def test_recording_works_when_prometheus_client_was_imported_first(metrics_dir: 
     """Libraries may import prometheus_client before us, before the directory is exported."""
     code = (
         "import prometheus_client\n"
-        "from kpi_pipeline import metrics as m\n"
+        "from kpi_pipeline.telemetry import metrics as m\n"
         f"m.record_cdc_event('{LEAD}', 'DELETE', 4)\n"
     )
     subprocess.run(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline import operator_status
+from kpi_pipeline.app import operator_status
 from kpi_pipeline.config import Settings
-from kpi_pipeline.policies import load
-from kpi_pipeline.policies.load import default_policy_path
+from kpi_pipeline.core.policy import load
+from kpi_pipeline.core.policy.load import default_policy_path
 
 
 def test_the_policy_file_is_parsed_again_only_when_it_changes(

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kpi_pipeline import metrics
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.metrics_cli import build_registry
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.telemetry import metrics
+from kpi_pipeline.telemetry.exposition import build_registry
 from kpi_pipeline_tests.observability.conftest import parse_exposition, start_metrics_server
 from kpi_pipeline_tests.outbox_rows import MovableClock, claim, fail_for_good, queue
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kpi_pipeline import metrics
+from kpi_pipeline.telemetry import metrics
 from kpi_pipeline_tests.dagster.harness import BIN
 from kpi_pipeline_tests.observability.conftest import (
     http_get,

@@ -1,6 +1,6 @@
 """The Salesforce metadata in `sf/`: the real Salesforce CLI converts it, every XML element is
 one the Metadata API allows (the type schemas jsforce ships with the CLI), and the Lead fields
-match `kpi_pipeline.salesforce_fields` exactly, both ways (CONTRACTS.md §3)."""
+match `kpi_pipeline.core.salesforce_fields` exactly, both ways (CONTRACTS.md §3)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.salesforce_fields import WRITTEN_LEAD_FIELDS
+from kpi_pipeline.core.salesforce_fields import WRITTEN_LEAD_FIELDS
 from kpi_pipeline_tests.observability.conftest import require_binary
 
 SF_DIR = Path(__file__).resolve().parents[2] / "sf"

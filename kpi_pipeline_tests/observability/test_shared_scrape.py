@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kpi_pipeline.web import _SharedScrape
+from kpi_pipeline.web.server import _SharedScrape
 
 
 def test_requests_during_a_scrape_share_it_and_later_ones_scrape_again() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.events import replay_id_from_int, replay_id_hex
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.ledger import Ledger
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.core.events import replay_id_from_int, replay_id_hex
+from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline_tests.observability.conftest import (
     WEB_SERVE_COMMAND,
     MetricsServer,
@@ -248,7 +248,7 @@ def test_the_status_command_prints_the_same_snapshot_and_exits_1_when_not_ready(
     from kpi_pipeline_tests.observability.conftest import metrics_env
 
     env = {**metrics_env(tmp_path / "metrics", ledger_url), **THRESHOLDS}
-    command = [sys.executable, "-m", "kpi_pipeline.cli", "status", "--no-org"]
+    command = [sys.executable, "-m", "kpi_pipeline.cli.main", "status", "--no-org"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     snapshot = json.loads(done.stdout)

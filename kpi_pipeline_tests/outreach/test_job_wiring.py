@@ -8,8 +8,8 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.definitions import defs
+from kpi_pipeline.defs.cdc.sensors import cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.defs.sensors import cdc_sensor
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.outreach_send import MAX_ATTEMPTS, send_recommended_emails
 from kpi_pipeline.config import Settings
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.outreach_send import MAX_ATTEMPTS, send_recommended_emails
-from kpi_pipeline.workloads.outreach_templates import fill_template, load_catalog
+from kpi_pipeline.core.workloads.outreach_templates import fill_template, load_catalog
 from kpi_pipeline_tests.processing.conftest import make_processor
 from kpi_pipeline_tests.processing.events import MINUTE, T0, lead_created, task_done
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg, sandbox_org
@@ -235,7 +235,7 @@ def test_operators_list_and_reset_sends_from_the_command_line(
 ) -> None:
     import json
 
-    from kpi_pipeline.cli import main
+    from kpi_pipeline.cli.main import main
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     ledger = Ledger.from_url(url)

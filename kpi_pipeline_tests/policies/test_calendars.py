@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from kpi_pipeline.cli import main
-from kpi_pipeline.policies.load import (
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.policy.load import (
     PolicyError,
     PolicyFault,
     default_policy_path,
@@ -125,8 +125,8 @@ def _ny_calendar(holidays: object) -> dict:
 def _due(holidays: object, created: str, minutes: float = 60) -> str:
     from datetime import datetime
 
-    from kpi_pipeline.policies.calendars import Calendar
-    from kpi_pipeline.workloads.business_hours import BusinessClock
+    from kpi_pipeline.core.policy.calendars import Calendar
+    from kpi_pipeline.core.workloads.business_hours import BusinessClock
 
     clock = BusinessClock.from_calendar(Calendar.model_validate(_ny_calendar(holidays)))
     start = datetime.fromisoformat(created.replace("Z", "+00:00"))

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from kpi_pipeline.cli import main
-from kpi_pipeline.policies.load import default_policy_path
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.policy.load import default_policy_path
 from kpi_pipeline_tests.workloads.builders import event, lead_create
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kpi_pipeline.policies.load import (
+from kpi_pipeline.core.policy.load import (
     PolicyError,
     PolicyFault,
     default_policy_path,

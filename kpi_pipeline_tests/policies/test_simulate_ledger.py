@@ -2,12 +2,12 @@
 
 import json
 
-from kpi_pipeline.cli import main
-from kpi_pipeline.ledger.store import Ledger
-from kpi_pipeline.llm.client import selector_from_settings
-from kpi_pipeline.policies.load import load_policy
-from kpi_pipeline.processing import BatchProcessor
-from kpi_pipeline.workloads.outreach_templates import load_catalog
+from kpi_pipeline.adapters.ledger.store import Ledger
+from kpi_pipeline.adapters.llm.client import selector_from_settings
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.workloads.outreach_templates import load_catalog
 from kpi_pipeline_tests.kpis.test_kpis_from_stream import POLICY
 from kpi_pipeline_tests.processing.events import MINUTE, T0, lead_created
 

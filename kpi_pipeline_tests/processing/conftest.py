@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.policies.load import RoutingPolicy, load_policy
-from kpi_pipeline.processing import BatchProcessor
-from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
+from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline_tests.processing.events import AUTOMATION_USER, INTEGRATION_USER, SMB_POOL
 
 CLIENT_ID = "kpi_pipeline"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kpi_pipeline.cdc.events import ChangeEvent
+from kpi_pipeline.core.events import ChangeEvent
 
 T0 = 1_795_000_000_000  # 2026-11-18T11:06:40Z, epoch ms
 MINUTE = 60_000

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kpi_pipeline.cdc.events import ChangeEvent
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.workloads.outreach_templates import load_catalog
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.workloads.outreach_templates import load_catalog
 from kpi_pipeline_tests.processing.conftest import make_processor
 from kpi_pipeline_tests.processing.events import (
     MINUTE,

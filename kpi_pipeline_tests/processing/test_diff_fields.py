@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.decode import EventDecoder
-from kpi_pipeline.cdc.events import ChangeEvent, replay_id_from_int
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.processing import BatchProcessor
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.core.events import ChangeEvent, replay_id_from_int
+from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline.sandbox.changelog import StoredChange
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, encode_change
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
-from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, TEST_POLICY
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg, sandbox_org
 

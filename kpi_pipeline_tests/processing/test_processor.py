@@ -11,20 +11,20 @@ import fastavro
 import pandas as pd
 import pytest
 
-from kpi_pipeline import metrics
-from kpi_pipeline.cdc.decode import EventDecoder
-from kpi_pipeline.cdc.events import ChangeEvent, read_recorded_lines
-from kpi_pipeline.cdc.fixtures import RECORDED_STREAM
-from kpi_pipeline.cdc.raw import RawEvent
-from kpi_pipeline.cdc.schemas import schema_json
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.ledger.outbox import Claim
-from kpi_pipeline.policies.load import load_policy
-from kpi_pipeline.processing import BatchProcessor
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.ledger.outbox import Claim
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+from kpi_pipeline.adapters.pubsub.schemas import schema_json
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.app.writeback import resolve_from_ledger
+from kpi_pipeline.core.events import ChangeEvent, read_recorded_lines
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
+from kpi_pipeline.fixtures import RECORDED_STREAM
 from kpi_pipeline.sandbox.changelog import StoredChange
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, encode_change
-from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
-from kpi_pipeline.writeback import resolve_from_ledger
+from kpi_pipeline.telemetry import metrics
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, make_processor
 from kpi_pipeline_tests.processing.events import (
     AUTOMATION_USER,
@@ -436,7 +436,7 @@ class _SelectorFailingFor:
 def test_workload_failure_on_one_lead_dead_letters_it_and_the_batch_goes_on(
     new_ledger: NewLedger,
 ) -> None:
-    from kpi_pipeline.processing import BatchProcessor
+    from kpi_pipeline.app.processing import BatchProcessor
     from kpi_pipeline_tests.processing.conftest import TEST_POLICY
 
     ledger = new_ledger()

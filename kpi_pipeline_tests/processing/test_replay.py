@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.fixtures import RECORDED_STREAM, fixture_path
-from kpi_pipeline.cli import main
-from kpi_pipeline.flywheel.schema import validate_record
-from kpi_pipeline.kpis import ROLLUP_NAMES
-from kpi_pipeline.ledger import migrations
-from kpi_pipeline.salesforce_fields import WRITTEN_FIELD_NAMES
+from kpi_pipeline.adapters.ledger import migrations
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.flywheel.schema import validate_record
+from kpi_pipeline.core.kpis import ROLLUP_NAMES
+from kpi_pipeline.core.salesforce_fields import WRITTEN_FIELD_NAMES
+from kpi_pipeline.fixtures import RECORDED_STREAM, fixture_path
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -100,7 +100,7 @@ def test_replay_rejects_a_malformed_as_of(tmp_path: Path, capsys) -> None:
 
 
 def test_single_event_fixtures_parse_and_belong_together() -> None:
-    from kpi_pipeline.cdc.events import ChangeEvent
+    from kpi_pipeline.core.events import ChangeEvent
 
     lead, task, email = (
         ChangeEvent.from_recorded(json.loads(fixture_path(name).read_text()))
@@ -121,7 +121,7 @@ def test_ledger_commands(tmp_path: Path, capsys) -> None:
     assert main(["ledger", "upgrade", "--url", url]) == 0
     assert json.loads(capsys.readouterr().out)["from"] == migrations.head_revision()
 
-    from kpi_pipeline.ledger import Ledger
+    from kpi_pipeline.adapters.ledger import Ledger
 
     ledger = Ledger.from_url(url)
     ledger.dead_letter(
@@ -162,16 +162,16 @@ def test_ledger_commands(tmp_path: Path, capsys) -> None:
 def test_replay_renders_kpis_and_flywheel_as_the_daily_assets_do(tmp_path: Path) -> None:
     """One output path: replay's files are what kpis.files and the flywheel JSONL writer
     produce for the same ledger, not a second rendering of their own."""
+    from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import write_jsonl
+    from kpi_pipeline.adapters.kpi_files import kpi_csv_text
+    from kpi_pipeline.adapters.ledger import Ledger
+    from kpi_pipeline.app.processing import BatchProcessor
+    from kpi_pipeline.app.replay import read_events, replay
     from kpi_pipeline.config import get_settings
-    from kpi_pipeline.flywheel.loaders.to_jsonl import write_jsonl
-    from kpi_pipeline.flywheel.records import record_from_decision
-    from kpi_pipeline.kpis import compute_all
-    from kpi_pipeline.kpis.files import kpi_csv_text
-    from kpi_pipeline.ledger import Ledger
-    from kpi_pipeline.policies.load import load_policy
-    from kpi_pipeline.processing import BatchProcessor
-    from kpi_pipeline.replay import read_events, replay
-    from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
+    from kpi_pipeline.core.flywheel.records import record_from_decision
+    from kpi_pipeline.core.kpis import compute_all
+    from kpi_pipeline.core.policy.load import load_policy
+    from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 
     result = replay(RECORDED_STREAM, tmp_path / "out", batch_size=500)
     settings = get_settings()

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.events import ChangeEvent
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.processing import BatchProcessor
-from kpi_pipeline.resync import ResyncReport, resync_open_windows
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.app.resync import ResyncReport, resync_open_windows
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline.sandbox.store import recorded_message
-from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline_tests.processing.conftest import CLIENT_ID, TEST_POLICY
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg, sandbox_org
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
-from kpi_pipeline.resync import (
+from kpi_pipeline.app.resync import (
     RESYNC_ORIGIN,
     EntityFields,
     ResyncError,
@@ -21,8 +20,9 @@ from kpi_pipeline.resync import (
     run_key_for,
     windows_due,
 )
+from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
+from kpi_pipeline.core.workloads.records import merge_event
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID, REP_USER_IDS
-from kpi_pipeline.workloads.records import merge_event
 from kpi_pipeline_tests.resync.conftest import MINUTE, T0, Pipeline
 
 REP, OTHER_REP = REP_USER_IDS[0], REP_USER_IDS[1]

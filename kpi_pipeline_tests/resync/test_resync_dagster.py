@@ -13,9 +13,9 @@ import dagster as dg
 import pytest
 
 from kpi_pipeline import wiring
-from kpi_pipeline.cdc.events import replay_id_from_int
+from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.defs.resync import cdc_resync, resync_sensor
+from kpi_pipeline.defs.resync.jobs import cdc_resync, resync_sensor
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID
 from kpi_pipeline_tests.resync.conftest import MINUTE, T0
 from kpi_pipeline_tests.salesforce.sandbox_org import (

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.client import PubSubClient
-from kpi_pipeline.cdc.cursor import SensorCursor
-from kpi_pipeline.cdc.decode import EventDecoder
-from kpi_pipeline.cdc.events import replay_id_from_int
-from kpi_pipeline.cdc.schemas import SCHEMAS_BY_ENTITY
-from kpi_pipeline.ingest import DrainLimits, drain_tick
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.resync import EntityFields, OrgDescription, resync_open_windows
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.pubsub.client import PubSubClient
+from kpi_pipeline.adapters.pubsub.decode import EventDecoder
+from kpi_pipeline.adapters.pubsub.schemas import SCHEMAS_BY_ENTITY
+from kpi_pipeline.app.ingest import DrainLimits, drain_tick
+from kpi_pipeline.app.resync import EntityFields, OrgDescription, resync_open_windows
+from kpi_pipeline.core.cursor import SensorCursor
+from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.sandbox.pubsub_server import start_pubsub_server
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID
 from kpi_pipeline.sandbox.tls import ensure_tls_files

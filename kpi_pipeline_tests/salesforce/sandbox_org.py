@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from kpi_pipeline.auth.jwt import JWTTokenProvider, StaticTokenProvider
-from kpi_pipeline.salesforce.rest import SalesforceRest
+from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider, StaticTokenProvider
+from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID, SandboxStore
 from kpi_pipeline.sandbox.tls import ca_pinned_session, ensure_tls_files

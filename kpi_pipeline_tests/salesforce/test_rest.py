@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.salesforce.rest import (
+from kpi_pipeline.adapters.salesforce.rest import (
     RecordUpdate,
     RequestLimitError,
     SalesforceRequestError,

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from kpi_pipeline.cdc.events import ChangeEvent, parse_sf_datetime
-from kpi_pipeline.kpis.rollups import sla_in_both_clocks
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.policies.load import load_policy
-from kpi_pipeline.processing import BatchProcessor
-from kpi_pipeline.workloads.outreach_templates import LocalRanker, load_catalog
-from kpi_pipeline.writeback import drain_writeback
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.app.writeback import drain_writeback
+from kpi_pipeline.core.events import ChangeEvent, parse_sf_datetime
+from kpi_pipeline.core.kpis.rollups import sla_in_both_clocks
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline_tests.processing.events import REP_A, REP_B, email_sent, lead_created
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg
 from kpi_pipeline_tests.salesforce.sf_formula import evaluate

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kpi_pipeline import metrics
-from kpi_pipeline.cdc.events import format_sf_datetime
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.salesforce.rest import RecordUpdate
-from kpi_pipeline.workloads.first_touch import FirstResponse
-from kpi_pipeline.writeback import LedgerOutbox, OwnerRules, Superseded, drain_writeback
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.salesforce.rest import RecordUpdate
+from kpi_pipeline.app.writeback import LedgerOutbox, OwnerRules, Superseded, drain_writeback
+from kpi_pipeline.core.events import format_sf_datetime
+from kpi_pipeline.core.workloads.first_touch import FirstResponse
+from kpi_pipeline.telemetry import metrics
 from kpi_pipeline_tests.salesforce.sandbox_org import INTEGRATION_USER_ID, SandboxOrg
 
 RULES = OwnerRules(frozenset({INTEGRATION_USER_ID}), "kpi_pipeline")
@@ -177,7 +177,7 @@ def test_an_org_failure_leaves_rows_pending_for_the_next_drain(
 def test_an_owner_a_person_gave_in_the_org_is_never_overwritten(
     org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
 ) -> None:
-    from kpi_pipeline.workloads.lead_route import RoutingDecision
+    from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 
     ledger, _ = clocked_ledger
     (lead,) = org.create_leads(1)
@@ -236,7 +236,7 @@ def test_rows_with_nothing_to_send_neither_reach_the_org_nor_end_the_drain(
 def test_a_record_deleted_in_the_org_is_not_written_and_nothing_fails(
     org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
 ) -> None:
-    from kpi_pipeline.workloads.records import RecordState
+    from kpi_pipeline.core.workloads.records import RecordState
 
     ledger, _ = clocked_ledger
     (lead,) = org.create_leads(1)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kpi_pipeline.ledger import Ledger
-from kpi_pipeline.workloads.first_touch import FirstResponse
-from kpi_pipeline.writeback import drain_writeback
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.writeback import drain_writeback
+from kpi_pipeline.core.workloads.first_touch import FirstResponse
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg
 from kpi_pipeline_tests.salesforce.test_writeback import RULES, org_value
 

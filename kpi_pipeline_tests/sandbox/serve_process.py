@@ -31,7 +31,7 @@ def serve(
 ) -> Iterator[ServedOrg]:
     """Run ``sandbox serve --store STORE ARGS...`` until the block ends (SIGTERM, then kill)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kpi_pipeline.cli", "sandbox", "serve", "--store", str(store),
+        [sys.executable, "-m", "kpi_pipeline.cli.main", "sandbox", "serve", "--store", str(store),
          "--access-token", token, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=store.parent,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,

@@ -15,7 +15,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.api import SFType
 from simple_salesforce.exceptions import SalesforceMalformedRequest, SalesforceResourceNotFound
 
-from kpi_pipeline.auth.jwt import JWTTokenProvider
+from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
 from kpi_pipeline.sandbox.changelog import StoredChange
 from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server

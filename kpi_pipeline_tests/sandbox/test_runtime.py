@@ -20,8 +20,8 @@ import jwt
 import pytest
 
 from kpi_pipeline import wiring
-from kpi_pipeline.cdc.proto import pubsub_api_pb2 as pb2
-from kpi_pipeline.cdc.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.config import Settings
 from kpi_pipeline.sandbox import runtime as runtime_module
 from kpi_pipeline.sandbox.runtime import (

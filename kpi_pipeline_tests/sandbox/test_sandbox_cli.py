@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.events import read_recorded_lines
-from kpi_pipeline.cli import main
+from kpi_pipeline.cli.main import main
+from kpi_pipeline.core.events import read_recorded_lines
 from kpi_pipeline.sandbox.store import SandboxStore
 
 
@@ -90,7 +90,7 @@ def test_serve_answers_then_exits_on_sigterm(tmp_path: Path) -> None:
     store_path = tmp_path / "s.db"
     simulate_store(store_path, leads=5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kpi_pipeline.cli", "sandbox", "serve", "--store", str(store_path),
+        [sys.executable, "-m", "kpi_pipeline.cli.main", "sandbox", "serve", "--store", str(store_path),
          "--access-token", "tok-123", "--tenant-id", "00D000000000009AAA"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -144,7 +144,7 @@ def test_registered_serve_seeds_registers_and_refuses_a_second_one(
     args = ["sandbox", "serve", "--store", str(data_dir / "sandbox.db"),
             "--endpoints-file", str(endpoints_file), "--seed-leads-per-day", "10"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kpi_pipeline.cli", *args],
+        [sys.executable, "-m", "kpi_pipeline.cli.main", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "KPI_SANDBOX_ACCESS_TOKEN": "env-token"},
     )  # fmt: skip
@@ -176,8 +176,8 @@ def test_registered_serve_seeds_registers_and_refuses_a_second_one(
 def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path) -> None:
     import requests
 
-    from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
-    from kpi_pipeline.cdc.errors import PubSubTlsError, ServiceUnavailableError
+    from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+    from kpi_pipeline.adapters.pubsub.errors import PubSubTlsError, ServiceUnavailableError
     from kpi_pipeline_tests.sandbox.serve_process import serve
 
     store_path = tmp_path / "s.db"
@@ -220,7 +220,7 @@ def test_serve_tls_dir_needs_tls(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_serve_issues_replay_ids_of_the_length_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kpi_pipeline.cdc.client import PubSubClient, StaticAuth
+    from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
     from kpi_pipeline_tests.sandbox.serve_process import serve
 
     store_path = tmp_path / "s.db"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.cdc.events import read_recorded_lines
+from kpi_pipeline.core.events import read_recorded_lines
 from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.sandbox.store import (
     AUTOMATION_USER_ID,

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipeline.kpis.rollups import ROLLUP_NAMES
+from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES
 from kpi_pipeline_tests.ui.browser import (
     GRAPH_GEOMETRY_JS,
     chromium,
@@ -93,7 +93,7 @@ class UI:
 
 
 def ledger_leads_on(data_dir: Path, day: str) -> int:
-    from kpi_pipeline.ledger import schema as t
+    from kpi_pipeline.adapters.ledger import schema as t
 
     start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")

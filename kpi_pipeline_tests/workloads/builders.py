@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int, to_epoch_ms
+from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader, replay_id_from_int, to_epoch_ms
 
 T0 = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
 REP = "0055g0000000004AAA"  # Liam Carter, sandbox rep

@@ -18,14 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpi_pipeline.policies.calendars import WEEKDAYS, Calendar
-from kpi_pipeline.workloads.business_hours import (
+from kpi_pipeline.core.policy.calendars import WEEKDAYS, Calendar
+from kpi_pipeline.core.workloads.business_hours import (
     ALWAYS_OPEN,
     BusinessClock,
     CalendarError,
     to_ns,
 )
-from kpi_pipeline.workloads.first_touch import ttfr_minutes
+from kpi_pipeline.core.workloads.first_touch import ttfr_minutes
 
 WORKWEEK = ("mon", "tue", "wed", "thu", "fri")
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpi_pipeline.cdc.events import ChangeEvent
-from kpi_pipeline.policies.load import load_policy
-from kpi_pipeline.workloads.first_touch import (
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.workloads.first_touch import (
     FirstResponse,
     ResponseCandidate,
     email_candidate,
@@ -21,8 +21,8 @@ from kpi_pipeline.workloads.first_touch import (
     to_first_response,
     ttfr_minutes,
 )
-from kpi_pipeline.workloads.lead_route import known_created_at, lead_created_at
-from kpi_pipeline.workloads.records import RecordState, fold_events, merge_event
+from kpi_pipeline.core.workloads.lead_route import known_created_at, lead_created_at
+from kpi_pipeline.core.workloads.records import RecordState, fold_events, merge_event
 
 from .builders import BOT, LEAD, REP, REP2, T0, at, email_create, event, lead_create, task_create
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.policies.load import RoutingPolicy, load_policy
-from kpi_pipeline.workloads.lead_route import (
+from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
+from kpi_pipeline.core.workloads.lead_route import (
     FALLBACK_RULE_ID,
     PoolState,
     RoutingDecision,
@@ -21,7 +21,7 @@ from kpi_pipeline.workloads.lead_route import (
     route_in_order,
     sla_status,
 )
-from kpi_pipeline.workloads.records import RecordState, fold_events
+from kpi_pipeline.core.workloads.records import RecordState, fold_events
 
 from .builders import INTEGRATION, LEAD, REP, REP2, T0, at, event, lead_create
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from kpi_pipeline.adapters.llm.client import ChatClient, ChatClientError, selector_from_settings
 from kpi_pipeline.config import Settings
-from kpi_pipeline.llm.client import ChatClient, ChatClientError, selector_from_settings
-from kpi_pipeline.workloads.outreach_templates import (
+from kpi_pipeline.core.workloads.outreach_templates import (
     CatalogError,
     LLMSelector,
     LocalRanker,
@@ -25,7 +25,7 @@ from kpi_pipeline.workloads.outreach_templates import (
     selection_completion,
     selection_messages,
 )
-from kpi_pipeline.workloads.records import RecordState
+from kpi_pipeline.core.workloads.records import RecordState
 
 CATALOG = load_catalog()
 ENTERPRISE_WEB = {

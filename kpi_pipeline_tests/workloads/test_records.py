@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpi_pipeline.cdc.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
-from kpi_pipeline.workloads.records import RecordState, event_version, fold_events, merge_event
+from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
+from kpi_pipeline.core.workloads.records import RecordState, event_version, fold_events, merge_event
 
 from .builders import INTEGRATION, LEAD, REP, event, lead_create
 

@@ -1,0 +1,19 @@
+"""Salesforce authentication: the JWT bearer flow and its token cache."""
+
+from kpi_pipeline.adapters.auth.jwt import (
+    AccessToken,
+    AuthError,
+    JWTTokenProvider,
+    StaticTokenProvider,
+    TokenProvider,
+    TokenStats,
+)
+
+__all__ = [
+    "AccessToken",
+    "AuthError",
+    "JWTTokenProvider",
+    "StaticTokenProvider",
+    "TokenProvider",
+    "TokenStats",
+]

@@ -1,0 +1,249 @@
+"""Current state of one Salesforce record, folded from its change events (pure).
+
+CDC delivery is at-least-once and, across channels and replays, not in commit order. A
+``RecordState`` is therefore built by *per-field last-writer-wins*: every field remembers
+the version ``(commitTimestamp, commitNumber, sequenceNumber)`` of the event that set it,
+and an event only overwrites fields whose stored version is older. Applying any
+permutation of a record's events, with any duplicates, gives the same state.
+
+Besides Salesforce fields the state keeps a little bookkeeping in ``meta`` (never written
+back to Salesforce), each entry merged with an order-independent rule:
+
+* ``created_by``: the ``commitUser`` of the CREATE event (the record's creator when the
+  payload has no ``CreatedById``);
+* ``commit_user``: ``[version, user]`` of the newest event seen (the last writer);
+* ``owner_first_seen``: ``{OwnerId: earliest commit ms at which it was set}``, so the
+  time a lead first got a user owner survives later owner changes;
+* ``owner_set``: ``[version, commitUser, origin client]`` of the newest event that set
+  ``OwnerId``, so routing can tell a person's reassignment from its own write's echo.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kpi_pipeline.core.events import ChangeEvent
+
+Version = tuple[int, int, int]
+DELETED_KEY = "_deleted"  # key in ``versions`` for the DELETE/UNDELETE state
+_NO_VERSION: Version = (-1, -1, -1)
+_FIELD_SETTING_TYPES = frozenset({"CREATE", "UPDATE", "SNAPSHOT", "UNDELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    sobject: str
+    record_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Version] = field(default_factory=dict)
+    created_ms: int | None = None
+    deleted: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def created_by(self) -> str | None:
+        return self.meta.get("created_by")
+
+    @property
+    def last_commit_user(self) -> str | None:
+        entry = self.meta.get("commit_user")
+        return entry[1] if entry else None
+
+    def version_of(self, name: str) -> Version | None:
+        return self.versions.get(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sobject": self.sobject,
+            "record_id": self.record_id,
+            "fields": self.fields,
+            "versions": {name: list(v) for name, v in self.versions.items()},
+            "created_ms": self.created_ms,
+            "deleted": self.deleted,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> RecordState:
+        raw = json.loads(data) if isinstance(data, str) else data
+        try:
+            meta = dict(raw.get("meta") or {})
+            if meta.get("commit_user"):
+                version, user = meta["commit_user"]
+                meta["commit_user"] = [tuple(version), user]
+            return cls(
+                sobject=raw["sobject"],
+                record_id=raw["record_id"],
+                fields=dict(raw.get("fields") or {}),
+                versions={k: _as_version(v) for k, v in (raw.get("versions") or {}).items()},
+                created_ms=raw.get("created_ms"),
+                deleted=bool(raw.get("deleted", False)),
+                meta=meta,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"stored RecordState {str(raw)[:120]!r} is malformed ({exc}); "
+                "it must come from RecordState.to_json()"
+            ) from exc
+
+
+def _as_version(value: Any) -> Version:
+    a, b, c = value
+    return (int(a), int(b), int(c))
+
+
+def event_version(event: ChangeEvent) -> Version:
+    """Total order of changes to one record: commit time, then commit, then sequence."""
+    header = event.header
+    return (header.commit_timestamp, header.commit_number, header.sequence_number)
+
+
+def _wins(
+    new_version: Version, new_value: Any, old_version: Version | None, old_value: Any
+) -> bool:
+    """Last writer wins; an exact version tie is settled by the value so the result is order-free."""
+    if old_version is None or new_version > old_version:
+        return True
+    if new_version < old_version:
+        return False
+    return _canonical(new_value) > _canonical(old_value)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def merge_event(state: RecordState | None, event: ChangeEvent, record_id: str) -> RecordState:
+    """Fold one change event into the state of ``record_id`` (one of the event's record ids).
+
+    GAP_* events carry no field values (the processor re-reads those records over REST and
+    feeds the result back as SNAPSHOT events), so they leave the state unchanged.
+    """
+    if record_id not in event.record_ids:
+        raise ValueError(
+            f"record {record_id!r} is not among the event's recordIds {list(event.record_ids)}; "
+            "pass one of the ids the event names"
+        )
+    if state is None:
+        state = RecordState(sobject=event.entity, record_id=record_id)
+    elif state.sobject != event.entity or state.record_id != record_id:
+        raise ValueError(
+            f"cannot merge a {event.entity} event for {record_id} into the state of "
+            f"{state.sobject} {state.record_id}"
+        )
+    if event.is_gap:
+        return state
+
+    version = event_version(event)
+    change_type = event.change_type
+    fields = dict(state.fields)
+    versions = dict(state.versions)
+    if change_type in _FIELD_SETTING_TYPES:
+        for name, child, value in _assignments(event.fields):
+            _assign(fields, versions, name, child, value, version)
+
+    deleted = state.deleted
+    if change_type in ("DELETE", "UNDELETE"):
+        now_deleted = change_type == "DELETE"
+        if _wins(version, now_deleted, versions.get(DELETED_KEY), deleted):
+            deleted = now_deleted
+            versions[DELETED_KEY] = version
+
+    created_ms = state.created_ms
+    if change_type == "CREATE":
+        commit_ms = event.header.commit_timestamp
+        created_ms = commit_ms if created_ms is None else min(created_ms, commit_ms)
+
+    return replace(
+        state,
+        fields=fields,
+        versions=versions,
+        created_ms=created_ms,
+        deleted=deleted,
+        meta=_merge_meta(state.meta, event, version),
+    )
+
+
+def _assignments(values: Mapping[str, Any]) -> Iterator[tuple[str, str | None, Any]]:
+    """(field, compound child or None, value): compound fields (``Name``, ``Address``) come
+    nested from the decoder and as dotted names (``Address.City``) from nulledFields."""
+    for name, value in values.items():
+        if isinstance(value, Mapping):
+            for child, child_value in value.items():
+                yield name, child, child_value
+        elif "." in name:
+            parent, _, child = name.partition(".")
+            yield parent, child, value
+        else:
+            yield name, None, value
+
+
+def _assign(
+    fields: dict[str, Any],
+    versions: dict[str, Version],
+    name: str,
+    child: str | None,
+    value: Any,
+    version: Version,
+) -> None:
+    """Last-writer-wins for one field or one compound child. A whole compound value and its
+    children compete on versions too, so mixing both stays order-independent."""
+    if child is None:
+        current = fields.get(name)
+        # children exist only under a field already set to a dict (or nulled after one)
+        could_have_children = name in fields and (current is None or isinstance(current, Mapping))
+        prefix = f"{name}."
+        children = (
+            [v for k, v in versions.items() if k.startswith(prefix)] if could_have_children else []
+        )
+        newest = max([v for v in (versions.get(name), *children) if v is not None], default=None)
+        if _wins(version, value, newest, fields.get(name)):
+            fields[name] = value
+            versions[name] = version
+        return
+    key = f"{name}.{child}"
+    current = fields.get(name)
+    compound = dict(current) if isinstance(current, Mapping) else {}
+    whole = versions.get(name)
+    if whole is not None and version <= whole:
+        return
+    if _wins(version, value, versions.get(key), compound.get(child)):
+        compound[child] = value
+        fields[name] = compound
+        versions[key] = version
+
+
+def _merge_meta(meta: dict[str, Any], event: ChangeEvent, version: Version) -> dict[str, Any]:
+    merged = dict(meta)
+    user = event.header.commit_user
+    if user:
+        if event.change_type == "CREATE":
+            previous = merged.get("created_by")
+            merged["created_by"] = user if previous is None else min(previous, user)
+        current = merged.get("commit_user")
+        if current is None or _wins(version, user, tuple(current[0]), current[1]):
+            merged["commit_user"] = [version, user]
+    owner = event.fields.get("OwnerId")
+    if "OwnerId" in event.fields and event.change_type in _FIELD_SETTING_TYPES:
+        entry = [list(version), user or "", event.origin_client() or ""]
+        current = merged.get("owner_set")
+        if current is None or _wins(version, entry[1:], tuple(current[0]), current[1:]):
+            merged["owner_set"] = entry
+    if isinstance(owner, str) and owner and event.change_type in _FIELD_SETTING_TYPES:
+        seen = dict(merged.get("owner_first_seen") or {})
+        commit_ms = event.header.commit_timestamp
+        seen[owner] = min(seen.get(owner, commit_ms), commit_ms)
+        merged["owner_first_seen"] = seen
+    return merged
+
+
+def fold_events(events: list[ChangeEvent], record_id: str) -> RecordState | None:
+    """Convenience: the state of ``record_id`` after all ``events`` (None when there are none)."""
+    state: RecordState | None = None
+    for event in events:
+        if record_id in event.record_ids:
+            state = merge_event(state, event, record_id)
+    return state
