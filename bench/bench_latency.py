@@ -489,9 +489,9 @@ class QuickReturnFetcher:
 
 def drain_tick_with_idle_return(pipeline: Any, cursor: str | None, idle_return_s: float) -> Any:
     """The body of cdc_sensor (same settings, client, decoder, ledger) with a shorter idle return."""
-    from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError
     from kpi_pipeline.app.ingest import DrainLimits, drain_tick
     from kpi_pipeline.core.cursor import SensorCursor
+    from kpi_pipeline.core.errors import ReplayIdInvalidError
 
     settings = pipeline.settings()
     return drain_tick(

@@ -44,10 +44,10 @@ import sqlalchemy as sa  # noqa: E402
 from kpi_pipeline.adapters.ledger.store import Ledger  # noqa: E402
 from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth  # noqa: E402
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder  # noqa: E402
-from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError  # noqa: E402
 from kpi_pipeline.app.ingest import DrainLimits, drain_tick  # noqa: E402
 from kpi_pipeline.config import DEFAULT_CHANNELS  # noqa: E402
 from kpi_pipeline.core.cursor import SensorCursor  # noqa: E402
+from kpi_pipeline.core.errors import ReplayIdInvalidError  # noqa: E402
 from kpi_pipeline.sandbox.runtime import SandboxRuntime  # noqa: E402
 from kpi_pipeline.sandbox.simulator import simulate  # noqa: E402
 from kpi_pipeline.sandbox.store import SandboxStore  # noqa: E402

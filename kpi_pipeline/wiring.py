@@ -145,7 +145,7 @@ def staged_batch_decoder():
     fetches one (no Pub/Sub connection per processing run); one per process, so parsed
     schemas are reused across runs."""
     from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-    from kpi_pipeline.adapters.pubsub.errors import UnknownSchemaError
+    from kpi_pipeline.core.errors import UnknownSchemaError
 
     def _not_staged(schema_id: str) -> str:
         raise UnknownSchemaError(

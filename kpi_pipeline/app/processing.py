@@ -38,8 +38,8 @@ import sqlalchemy as sa
 from kpi_pipeline.adapters.ledger.sql import dumps
 from kpi_pipeline.adapters.ledger.state import DecisionRow
 from kpi_pipeline.adapters.ledger.store import Ledger, LoadedBatch
-from kpi_pipeline.adapters.pubsub.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.app.writeback import OwnerRules, Superseded, owner_rules
+from kpi_pipeline.core.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.events import (
     ChangeEvent,
     EventFormatError,

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError
 from kpi_pipeline.adapters.pubsub.stream import (
     LedgerStager,
     StreamBatch,
     StreamSubscriber,
     newest_commit_ms,
 )
+from kpi_pipeline.core.errors import ReplayIdInvalidError
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.telemetry import logs, metrics
 

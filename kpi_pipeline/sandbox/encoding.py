@@ -19,7 +19,6 @@ from typing import Any
 
 import fastavro
 
-from kpi_pipeline.adapters.pubsub.errors import UnknownSchemaError
 from kpi_pipeline.adapters.pubsub.schemas import (
     BITMAP_HEADER_FIELDS,
     NOT_IN_CDC,
@@ -30,6 +29,7 @@ from kpi_pipeline.adapters.pubsub.schemas import (
     sf_type_of,
 )
 from kpi_pipeline.core.bitmaps import BitmapError, FieldLayout, encode_bitmap
+from kpi_pipeline.core.errors import UnknownSchemaError
 from kpi_pipeline.core.events import EventFormatError, parse_sf_datetime, to_epoch_ms
 from kpi_pipeline.sandbox.changelog import StoredChange
 

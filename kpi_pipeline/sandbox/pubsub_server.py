@@ -25,7 +25,9 @@ from typing import NoReturn
 
 import grpc
 
-from kpi_pipeline.adapters.pubsub.errors import (
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.core.errors import (
     AUTH_ERROR,
     REPLAY_CORRUPTED,
     REPLAY_VALIDATION_FAILED,
@@ -34,8 +36,6 @@ from kpi_pipeline.adapters.pubsub.errors import (
     TOPIC_MISMATCH,
     UnknownSchemaError,
 )
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.sandbox.changelog import (
     ALL_ENTITIES,

@@ -9,12 +9,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from kpi_pipeline.adapters.pubsub.errors import (
-    PubSubError,
-    ServiceUnavailableError,
-    TopicNotFoundError,
-    error_from_rpc,
-)
+from kpi_pipeline.adapters.pubsub.errors import error_from_rpc
+from kpi_pipeline.core.errors import PubSubError, ServiceUnavailableError, TopicNotFoundError
 
 
 class StatusError(grpc.RpcError):

@@ -10,7 +10,11 @@ import pytest
 
 from kpi_pipeline.adapters.pubsub.client import DEFAULT_CHANNEL_OPTIONS, FetchResult, PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-from kpi_pipeline.adapters.pubsub.errors import (
+from kpi_pipeline.adapters.pubsub.errors import error_from_rpc
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.adapters.pubsub.schemas import SCHEMA_IDS_BY_ENTITY
+from kpi_pipeline.core.errors import (
     AUTH_ERROR,
     REPLAY_CORRUPTED,
     REPLAY_VALIDATION_FAILED,
@@ -22,11 +26,7 @@ from kpi_pipeline.adapters.pubsub.errors import (
     StreamStalledError,
     TopicNotFoundError,
     UnknownSchemaError,
-    error_from_rpc,
 )
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
-from kpi_pipeline.adapters.pubsub.schemas import SCHEMA_IDS_BY_ENTITY
 from kpi_pipeline.core.events import replay_id_from_int, replay_id_to_int
 from kpi_pipeline_tests.cdc.conftest import (
     AUTH_METADATA,

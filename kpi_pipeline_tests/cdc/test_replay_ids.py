@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.cursor import ChannelCursor, SensorCursor
+from kpi_pipeline.core.errors import ReplayIdInvalidError
 from kpi_pipeline.core.events import (
     ChangeEvent,
     ChangeEventHeader,

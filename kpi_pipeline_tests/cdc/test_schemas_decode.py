@@ -11,13 +11,13 @@ import avro.schema
 import pytest
 
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-from kpi_pipeline.adapters.pubsub.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.adapters.pubsub.schemas import (
     SCHEMA_IDS_BY_ENTITY,
     SCHEMAS_BY_ENTITY,
     schema_id_for,
     schema_json,
 )
+from kpi_pipeline.core.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.events import EventFormatError, replay_id_from_int
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.core.salesforce_fields import WRITTEN_FIELD_NAMES

@@ -15,13 +15,13 @@ import pytest
 from kpi_pipeline.adapters.ledger import Ledger, ReplayPositionMoved
 from kpi_pipeline.adapters.pubsub.client import StaticAuth
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-from kpi_pipeline.adapters.pubsub.errors import PubSubAuthError, ReplayIdInvalidError
 from kpi_pipeline.adapters.pubsub.stream import (
     LedgerStager,
     StreamBatch,
     StreamSubscriber,
     newest_commit_ms,
 )
+from kpi_pipeline.core.errors import PubSubAuthError, ReplayIdInvalidError
 from kpi_pipeline.core.events import replay_id_from_int, replay_id_to_int
 from kpi_pipeline_tests.cdc.conftest import INSTANCE_URL, TENANT_ID, add_lead, add_task
 

@@ -11,7 +11,7 @@ import requests
 
 from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-from kpi_pipeline.adapters.pubsub.errors import PubSubTlsError
+from kpi_pipeline.core.errors import PubSubTlsError
 from kpi_pipeline.sandbox.runtime import SandboxRuntime
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore

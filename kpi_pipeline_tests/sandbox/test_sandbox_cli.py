@@ -177,7 +177,7 @@ def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path
     import requests
 
     from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
-    from kpi_pipeline.adapters.pubsub.errors import PubSubTlsError, ServiceUnavailableError
+    from kpi_pipeline.core.errors import PubSubTlsError, ServiceUnavailableError
     from kpi_pipeline_tests.sandbox.serve_process import serve
 
     store_path = tmp_path / "s.db"

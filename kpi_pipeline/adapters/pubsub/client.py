@@ -20,18 +20,17 @@ from typing import Literal, Protocol
 import grpc
 from cryptography import x509
 
-from kpi_pipeline.adapters.pubsub.errors import (
+from kpi_pipeline.adapters.pubsub.errors import error_from_rpc, tls_failure
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.core.errors import (
     PubSubAuthError,
     PubSubError,
     ServiceUnavailableError,
     StreamStalledError,
     TopicNotFoundError,
     UnknownSchemaError,
-    error_from_rpc,
-    tls_failure,
 )
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.telemetry.metrics import record_error
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import fastavro
 
-from kpi_pipeline.adapters.pubsub.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.bitmaps import BitmapError, FieldLayout, decode_bitmap
+from kpi_pipeline.core.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.telemetry.metrics import record_error

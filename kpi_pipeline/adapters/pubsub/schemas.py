@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kpi_pipeline.adapters.pubsub.errors import UnknownSchemaError
+from kpi_pipeline.core.errors import UnknownSchemaError
 from kpi_pipeline.core.events import CHANGE_TYPE_SYMBOLS as EVENT_CHANGE_TYPE_SYMBOLS
 from kpi_pipeline.core.salesforce_fields import WRITTEN_LEAD_FIELDS
 

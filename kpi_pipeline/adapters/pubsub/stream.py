@@ -55,13 +55,13 @@ from kpi_pipeline.adapters.pubsub.client import (
     SubscribeStream,
     backoff_delay,
 )
-from kpi_pipeline.adapters.pubsub.errors import (
+from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
+from kpi_pipeline.core.errors import (
     PubSubAuthError,
     PubSubError,
     ServiceUnavailableError,
     StreamStalledError,
 )
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.telemetry.metrics import record_error

@@ -29,7 +29,7 @@ from kpi_pipeline.defs.resources import PipelineResource
 
 
 def _is_invalid_replay(exc: Exception) -> bool:
-    from kpi_pipeline.adapters.pubsub.errors import ReplayIdInvalidError
+    from kpi_pipeline.core.errors import ReplayIdInvalidError
 
     return isinstance(exc, ReplayIdInvalidError)
 
