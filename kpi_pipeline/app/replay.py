@@ -17,10 +17,7 @@ format, so the same input gives byte-identical files.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,15 +34,13 @@ from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.core.events import (
     ChangeEvent,
-    EventFormatError,
     format_sf_datetime,
-    parse_sf_datetime,
     read_recorded_lines,
 )
 from kpi_pipeline.core.flywheel.records import record_from_decision
 from kpi_pipeline.core.flywheel.schema import WORKLOAD_IDS
 from kpi_pipeline.core.kpis import compute_all
-from kpi_pipeline.core.policy.load import PolicyError, load_policy
+from kpi_pipeline.core.policy.load import load_policy
 from kpi_pipeline.core.salesforce_fields import OWNER_FIELD, WRITTEN_FIELD_NAMES
 from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 
@@ -177,73 +172,3 @@ def write_flywheel(decisions: Sequence[Any], folder: Path, *, client_id: str) ->
 
 
 # --- command line -----------------------------------------------------------------------
-
-
-def parse_as_of(text: str) -> datetime:
-    """An ``--as-of`` argument (ISO 8601), for argparse: a clear error names the form."""
-    try:
-        parsed = parse_sf_datetime(text)
-    except EventFormatError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--as-of {text!r} is not an ISO-8601 time; use e.g. 2026-11-20T00:00:00Z"
-        ) from exc
-    if parsed is None:
-        raise argparse.ArgumentTypeError("--as-of needs a value, e.g. 2026-11-20T00:00:00Z")
-    return parsed
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "replay",
-        help="run the processing path offline on recorded events (deterministic)",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument(
-        "events", type=Path, metavar="EVENTS.jsonl", help="recorded change events (CONTRACTS.md §2)"
-    )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument(
-        "--policy", type=Path, default=None, metavar="FILE", help="routing policy JSON"
-    )
-    parser.add_argument(
-        "--as-of",
-        type=parse_as_of,
-        default=None,
-        metavar="ISO",
-        help="KPI as-of time (default: last commit)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        metavar="N",
-        help=f"events per processed batch, as the sensor would stage them (default {DEFAULT_BATCH_SIZE})",
-    )
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        result = replay(
-            args.events,
-            args.out,
-            policy_path=args.policy,
-            as_of=args.as_of,
-            batch_size=args.batch_size,
-        )
-    except (ReplayError, EventFormatError, PolicyError) as exc:
-        print(f"kpi-pipeline replay: {exc}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps(
-            {
-                "events": result.events,
-                "leads": result.leads,
-                "decisions": result.decisions,
-                "as_of": format_sf_datetime(result.as_of),
-                "files": [str(p) for p in result.files],
-            },
-            indent=2,
-        )
-    )
-    return 0

@@ -1,25 +1,26 @@
 """`kpi-pipeline`: the command line for what is not a Dagster UI action (CONTRACTS.md §7).
 
-Each area owns its sub-commands in its own module, which exposes
-``register(subparsers: argparse._SubParsersAction) -> None``; the parsers it adds set
+Every command lives in this package, one module per area; each exposes
+``register(subparsers: argparse._SubParsersAction) -> None``, and the parsers it adds set
 ``func`` (called with the parsed namespace, returning an exit code).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
+from kpi_pipeline.cli import flywheel, ledger, metrics, policy, replay, sandbox, web
+
 COMMAND_MODULES = (
-    "kpi_pipeline.cli.sandbox",  # sandbox simulate | serve
-    "kpi_pipeline.cli.policy",  # policy validate | simulate
-    "kpi_pipeline.app.replay",  # replay EVENTS.jsonl --out DIR
-    "kpi_pipeline.web.server",  # web serve | status
-    "kpi_pipeline.telemetry.exposition",  # metrics compact | serve (the old name of web serve)
-    "kpi_pipeline.cli.flywheel",  # flywheel export | training-set
-    "kpi_pipeline.cli.ledger",  # ledger upgrade | dead-letters | resync-windows | replay-ids
+    sandbox,  # sandbox simulate | serve | export
+    policy,  # policy validate | simulate
+    replay,  # replay EVENTS.jsonl --out DIR
+    web,  # web serve | status
+    metrics,  # metrics compact | serve (the old name of web serve)
+    flywheel,  # flywheel export | training-set
+    ledger,  # ledger upgrade | dead-letters | resync-windows | replay-ids
 )
 
 
@@ -29,15 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Salesforce CDC to sales KPIs: offline and operator commands.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(
-                exc.name
-            ):  # area not built yet; other errors are real
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 

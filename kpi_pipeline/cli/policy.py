@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kpi_pipeline.app.replay import parse_as_of
+from kpi_pipeline.cli.replay import parse_as_of
 from kpi_pipeline.core.events import (
     ChangeEvent,
     EventFormatError,

@@ -13,8 +13,8 @@ from pathlib import Path
 from types import FrameType
 
 from kpi_pipeline.core.events import EventFormatError, parse_sf_datetime, to_epoch_ms
+from kpi_pipeline.sandbox.runtime import ACCESS_TOKEN_ENV
 
-ACCESS_TOKEN_ENV = "KPI_SANDBOX_ACCESS_TOKEN"  # keeps the token off the command line
 # Test-only fault: read from the environment because the pipeline starts the serve process
 # itself (kpi_pipeline.sandbox.runtime), passing its own environment on; a hard-kill test sets
 # it on the dagster processes and the sandbox they start inherits it.

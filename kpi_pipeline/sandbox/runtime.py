@@ -45,7 +45,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kpi_pipeline.cli.sandbox import ACCESS_TOKEN_ENV
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.sandbox.pubsub_server import (
     KEEPALIVE_INTERVAL_S,
@@ -58,6 +57,8 @@ from kpi_pipeline.sandbox.store import INTEGRATION_USER, SandboxStore
 from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 from kpi_pipeline.telemetry.metrics import record_error
+
+ACCESS_TOKEN_ENV = "KPI_SANDBOX_ACCESS_TOKEN"  # keeps the token off the command line
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
-"""`kpi-pipeline metrics compact` and what ``/metrics`` is made of.
+"""What ``/metrics`` is made of, and the upkeep of the metrics directory.
 
 ``build_registry`` merges every value recorded by any process, alive or finished, into the
 metrics directory (see ``kpi_pipeline.telemetry.metrics``) with the ledger's gauges below;
-``kpi_pipeline.web.server`` serves it. ``metrics serve`` is the old name of ``web serve``, kept as
-an alias for one release. The directory comes from ``KPI_METRICS_DIR`` (default
+``kpi_pipeline.web.server`` serves it. The directory comes from ``KPI_METRICS_DIR`` (default
 ``KPI_DATA_DIR/metrics``).
 
 ``/metrics`` also carries the write-back outbox's state, read from the ledger on each scrape
@@ -13,7 +12,6 @@ is right even when no run has touched the outbox for hours.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -182,51 +180,3 @@ def compact_periodically(metrics_dir: Path, interval_seconds: float, stop: threa
         except Exception as exc:
             metrics.record_error("metrics")
             print(f"metrics compaction failed: {exc}", file=sys.stderr, flush=True)
-
-
-def _compact_command(args: argparse.Namespace) -> int:
-    directory = metrics.configure()
-    result = metrics.compact(directory)
-    print(
-        f"absorbed {result.files_absorbed} files of {result.dead_processes} finished processes "
-        f"into archive generation {result.generation} in {directory}"
-    )
-    return 0
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 10")
-    return seconds
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from kpi_pipeline.web import server as web
-
-    parser = subparsers.add_parser("metrics", help="Prometheus metrics endpoint")
-    commands = parser.add_subparsers(dest="metrics_command", required=True, metavar="SUBCOMMAND")
-    web.add_serve_arguments(
-        commands.add_parser("serve", help="the old name of `web serve` (kept for one release)")
-    )
-    compact_parser = commands.add_parser(
-        "compact", help="fold finished processes' metric files into the archive"
-    )
-    compact_parser.set_defaults(func=_compact_command)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m kpi_pipeline.telemetry.exposition serve|compact ...`: the same commands as
-    `kpi-pipeline metrics ...` without importing every other area (0.2 s start instead of 1 s),
-    for process supervisors and tests that start the endpoint often."""
-    parser = argparse.ArgumentParser(prog="python -m kpi_pipeline.telemetry.exposition")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["metrics", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

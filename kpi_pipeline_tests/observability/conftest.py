@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # `kpi-pipeline metrics` without importing the other areas (5x faster start); the full
 # dispatcher is exercised by test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change.
-METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.telemetry.exposition")
+METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli.metrics")
 
 
 def metrics_env(metrics_dir: Path, ledger_url: str | None = None) -> dict[str, str]:
