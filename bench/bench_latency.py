@@ -364,7 +364,7 @@ def run_inprocess(args: argparse.Namespace) -> int:
 
     from kpi_pipeline import wiring
     from kpi_pipeline.definitions import defs
-    from kpi_pipeline.defs.cdc.sensors import cdc_sensor
+    from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
     from kpi_pipeline.defs.resources import PipelineResource
     from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 
@@ -373,7 +373,8 @@ def run_inprocess(args: argparse.Namespace) -> int:
     data_dir = WORKDIR / f"inprocess_{args.interval:g}_{args.idle_return}"
     wiring.reset_cache()
     pipeline = PipelineResource(data_dir=str(data_dir))
-    job = defs.resolve_job_def("process_cdc_batch")
+    job = defs().resolve_job_def("process_cdc_batch")
+    cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
     instance = dg.DagsterInstance.ephemeral()
     ticks: list[tuple[float, float, int]] = []  # (start, end of staging, events staged)
     runs: list[tuple[int, float]] = []  # (events, seconds) per execute_in_process

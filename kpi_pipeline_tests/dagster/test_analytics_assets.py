@@ -22,21 +22,18 @@ from kpi_pipeline.app.replay import read_events
 from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES
 from kpi_pipeline.core.policy.load import load_policy
 from kpi_pipeline.core.workloads.outreach_templates import load_catalog
-from kpi_pipeline.defs.analytics.assets import (
-    KPI_KEYS,
-    flywheel_index,
-    flywheel_logs,
-    kpi_rollups,
-    lead_ledger,
-)
+from kpi_pipeline.defs.analytics.assets import build_daily_assets, daily_partitions, lead_ledger
 from kpi_pipeline.defs.analytics.checks import (
     LEDGER_CHECKS,
     kpi_freshness_checks,
     ledger_freshness_checks,
 )
+from kpi_pipeline.defs.asset_keys import KPI_KEYS
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
+
+kpi_rollups, flywheel_logs, flywheel_index = build_daily_assets(daily_partitions("UTC"))
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 10, 1, tzinfo=UTC)

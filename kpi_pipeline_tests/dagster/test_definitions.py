@@ -18,22 +18,22 @@ KPI_ASSETS = {
 
 
 def test_definitions_load_and_every_job_schedule_and_sensor_resolves():
-    dg.Definitions.validate_loadable(defs)
+    dg.Definitions.validate_loadable(defs())
     for job in ("process_cdc_batch", "daily_kpis", "ledger_snapshot", "cdc_resync"):
-        assert defs.resolve_job_def(job).name == job
+        assert defs().resolve_job_def(job).name == job
     for schedule in (
         "daily_kpi_schedule",
         "weekly_kpi_backfill_schedule",
         "ledger_snapshot_schedule",
     ):
-        assert defs.resolve_schedule_def(schedule).name == schedule
+        assert defs().resolve_schedule_def(schedule).name == schedule
     for sensor in ("cdc_sensor", "resync_sensor", "freshness_checks_sensor"):
-        assert defs.resolve_sensor_def(sensor).name == sensor
-    assert defs.resolve_sensor_def("cdc_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+        assert defs().resolve_sensor_def(sensor).name == sensor
+    assert defs().resolve_sensor_def("cdc_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_lineage_from_the_change_stream_to_kpis_and_flywheel():
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     parents = {key: set(graph.get(key).parent_keys) for key in graph.get_all_asset_keys()}
     assert parents[dg.AssetKey("lead_ledger")] == {dg.AssetKey("cdc_events")}
     assert {key.to_user_string() for key in KPI_KEYS} == KPI_ASSETS
@@ -45,14 +45,14 @@ def test_lineage_from_the_change_stream_to_kpis_and_flywheel():
 
 
 def test_every_asset_has_a_description_a_group_and_a_freshness_policy():
-    for spec in defs.resolve_all_asset_specs():
+    for spec in defs().resolve_all_asset_specs():
         assert spec.description, spec.key
         assert spec.group_name and spec.group_name != "default", spec.key
         assert spec.freshness_policy is not None, spec.key
 
 
 def test_invariant_checks_block_downstream_assets():
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     specs = {key.name: graph.get_check_spec(key) for key in graph.asset_check_keys}
     for name in (
         "ttfr_non_negative",

@@ -27,7 +27,7 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.defs.cdc.sensors import cdc_sensor
+from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import (
@@ -37,6 +37,8 @@ from kpi_pipeline.sandbox.store import (
     SandboxStore,
 )
 from kpi_pipeline_tests.dagster import harness
+
+cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

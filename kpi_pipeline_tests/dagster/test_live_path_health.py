@@ -14,7 +14,7 @@ import pytest
 from kpi_pipeline import wiring
 from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.core.raw import RawEvent
-from kpi_pipeline.defs.analytics.checks import live_path_health
+from kpi_pipeline.defs.cdc.checks import live_path_health
 from kpi_pipeline.defs.resources import PipelineResource
 
 LEAD_CH = "/data/LeadChangeEvent"

@@ -17,10 +17,12 @@ from kpi_pipeline import wiring
 from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.definitions import defs
-from kpi_pipeline.defs.cdc.sensors import cdc_sensor
+from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import SandboxStore
+
+cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def _batch_ids(request: dg.RunRequest) -> list[str]:
 
 
 def _run_all(result, instance, pipeline):
-    job = defs.resolve_job_def("process_cdc_batch")
+    job = defs().resolve_job_def("process_cdc_batch")
     outputs = []
     for request in result.run_requests:
         run = job.execute_in_process(
@@ -172,10 +174,14 @@ def test_poison_event_is_dead_lettered_and_the_rest_of_the_batch_proceeds(small_
         staged = ledger.stage_batch(
             "/data/LeadChangeEvent", [healthy, poison], {}, after_replay="poison-test"
         )
-        run = defs.resolve_job_def("process_cdc_batch").execute_in_process(
-            run_config={"ops": {"load_batch": {"config": {"batch_ids": [staged.batch_id]}}}},
-            instance=instance,
-            resources={"pipeline": pipeline},
+        run = (
+            defs()
+            .resolve_job_def("process_cdc_batch")
+            .execute_in_process(
+                run_config={"ops": {"load_batch": {"config": {"batch_ids": [staged.batch_id]}}}},
+                instance=instance,
+                resources={"pipeline": pipeline},
+            )
         )
         assert run.success
         letters = ledger.dead_letters(channel="/data/LeadChangeEvent")
@@ -217,7 +223,7 @@ def test_one_run_at_a_time_and_a_died_run_is_requested_again_under_a_new_attempt
     small_sandbox,
 ):
     pipeline = small_sandbox
-    job = defs.resolve_job_def("process_cdc_batch")
+    job = defs().resolve_job_def("process_cdc_batch")
     with dg.instance_for_test() as instance:
         first = _tick(instance, pipeline, None)
         (request,) = first.run_requests
@@ -255,7 +261,7 @@ def test_a_batch_that_keeps_failing_is_left_for_an_operator_and_the_rest_go_on(
 ):
     monkeypatch.setenv("KPI_CDC_STALLED_BATCH_MAX_ATTEMPTS", "2")
     pipeline = small_sandbox
-    job = defs.resolve_job_def("process_cdc_batch")
+    job = defs().resolve_job_def("process_cdc_batch")
     with dg.instance_for_test() as instance:
         first = _tick(instance, pipeline, None)
         stuck, *rest = _batch_ids(first.run_requests[0])

@@ -34,7 +34,7 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.defs.analytics.checks import live_path_health
+from kpi_pipeline.defs.cdc.checks import live_path_health
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline_tests.dagster import harness
 from kpi_pipeline_tests.dagster.harness import Deployment

@@ -17,10 +17,12 @@ from kpi_pipeline import wiring
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline.definitions import defs
-from kpi_pipeline.defs.cdc.sensors import cdc_sensor
+from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import QUEUE_IDS, SandboxStore
+
+cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +55,14 @@ def _staged(pipeline: PipelineResource) -> int:
 
 
 def _run_stream(pipeline: PipelineResource, instance, seconds: float) -> dict:
-    result = defs.resolve_job_def("cdc_stream").execute_in_process(
-        run_config={"ops": {"stream_cdc": {"config": {"lifetime_seconds": seconds}}}},
-        instance=instance,
-        resources={"pipeline": pipeline},
+    result = (
+        defs()
+        .resolve_job_def("cdc_stream")
+        .execute_in_process(
+            run_config={"ops": {"stream_cdc": {"config": {"lifetime_seconds": seconds}}}},
+            instance=instance,
+            resources={"pipeline": pipeline},
+        )
     )
     assert result.success
     return result.output_for_node("stream_cdc")
@@ -204,7 +210,8 @@ def test_switching_stream_sensor_stream_loses_and_doubles_nothing(sandbox, monke
             cursor = result.cursor
             for request in result.run_requests:
                 assert (
-                    defs.resolve_job_def("process_cdc_batch")
+                    defs()
+                    .resolve_job_def("process_cdc_batch")
                     .execute_in_process(
                         run_config=request.run_config,
                         instance=instance,

@@ -13,7 +13,7 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.defs.analytics.checks import outbox_backlog
+from kpi_pipeline.defs.cdc.checks import outbox_backlog
 from kpi_pipeline.defs.cdc.writeback import writeback_drain, writeback_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline_tests.outbox_rows import claim, fail_for_good, queue
@@ -139,11 +139,11 @@ def test_sensor_skips_when_write_back_is_disabled(
 def test_definitions_register_the_drain_sensor_and_check() -> None:
     from kpi_pipeline.definitions import defs
 
-    assert defs.resolve_job_def("writeback_drain") is not None
-    sensor = defs.resolve_sensor_def("writeback_sensor")
+    assert defs().resolve_job_def("writeback_drain") is not None
+    sensor = defs().resolve_sensor_def("writeback_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.job_name == "writeback_drain"
-    graph = defs.resolve_asset_graph()
+    graph = defs().resolve_asset_graph()
     check = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey("lead_ledger"), "outbox_backlog"))
     assert not check.blocking
 

@@ -8,11 +8,13 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.definitions import defs
-from kpi_pipeline.defs.cdc.sensors import cdc_sensor
+from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.cdc.writeback import writeback_drain
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import SandboxStore
+
+cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def test_the_idle_drain_sends_what_batch_runs_left_in_the_outbox(small_sandbox, 
         context = dg.build_sensor_context(instance=instance, resources={"pipeline": pipeline})
         tick = cdc_sensor(context)
         assert tick.run_requests, tick.skip_reason
-        job = defs.resolve_job_def("process_cdc_batch")
+        job = defs().resolve_job_def("process_cdc_batch")
         for request in tick.run_requests:
             run = job.execute_in_process(
                 run_config=request.run_config, instance=instance, resources={"pipeline": pipeline}

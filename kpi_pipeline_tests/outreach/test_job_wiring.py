@@ -8,9 +8,11 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.definitions import defs
-from kpi_pipeline.defs.cdc.sensors import cdc_sensor
+from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
+
+cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def _tick_and_run(instance, pipeline, cursor):
         dg.build_sensor_context(instance=instance, cursor=cursor, resources={"pipeline": pipeline})
     )
     assert tick.run_requests, tick.skip_reason
-    job = defs.resolve_job_def("process_cdc_batch")
+    job = defs().resolve_job_def("process_cdc_batch")
     summaries = []
     for request in tick.run_requests:
         run = job.execute_in_process(

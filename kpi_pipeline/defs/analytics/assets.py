@@ -14,17 +14,11 @@ import dagster as dg
 import pandas as pd
 
 from kpi_pipeline.adapters.kpi_files import kpi_partition_path, write_kpi_partition
-from kpi_pipeline.config import get_settings
 from kpi_pipeline.core.kpis import rollups
-from kpi_pipeline.defs.cdc.assets import CDC_EVENTS_KEY
+from kpi_pipeline.defs.asset_keys import CDC_EVENTS_KEY, KPI_KEYS, LEDGER_KEY
 from kpi_pipeline.defs.resources import PipelineResource
 
-# Complete days only (end_offset 0): the newest partition is yesterday, which the nightly
-# schedule builds and the partition freshness checks expect by 03:00.
-DAILY = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone=get_settings().timezone)
 KPI_GROUP = "kpis"
-LEDGER_KEY = dg.AssetKey("lead_ledger")
-KPI_KEYS = {name: dg.AssetKey(f"kpi_{name}") for name in rollups.ROLLUP_NAMES}
 KPI_DESCRIPTIONS = {
     "ttfr_overall": "Leads, responded, coverage and TTFR p50/p90/p95 (minutes) per day of creation.",
     "ttfr_by_owner": "TTFR per owner and day: leads, responded, coverage, p50/p90/p95 minutes.",
@@ -107,31 +101,6 @@ def _redacted(url: str) -> str:
     return url
 
 
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            key,
-            deps=[LEDGER_KEY],
-            group_name=KPI_GROUP,
-            description=KPI_DESCRIPTIONS[name],
-            partitions_def=DAILY,
-            kinds={"pandas", "csv"},
-            freshness_policy=DAILY_FRESHNESS,
-            skippable=False,
-        )
-        for name, key in KPI_KEYS.items()
-    ],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "reconciles_with_ledger",
-            asset=KPI_KEYS["ttfr_overall"],
-            description="Every rollup's counts add up to the ledger's lead, responded, assigned and recommended counts.",
-        )
-    ],
-    partitions_def=DAILY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    can_subset=False,
-)
 def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline: PipelineResource):
     """All KPI rollups of CONTRACTS.md §4 for the selected day(s), computed once from the ledger."""
     settings = pipeline.settings()
@@ -187,27 +156,6 @@ def _sla_breakdown_metadata(name: str, table: pd.DataFrame) -> dict[str, object]
     }
 
 
-@dg.asset(
-    deps=[LEDGER_KEY],
-    group_name="flywheel",
-    partitions_def=DAILY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    kinds={"jsonl"},
-    freshness_policy=DAILY_FRESHNESS,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "records_validate",
-            asset="flywheel_logs",
-            blocking=True,
-            description="Every record in the day's files validates against the flywheel contract; ids are unique.",
-        )
-    ],
-    description=(
-        "Every workload decision of the day as a flywheel record (OpenAI-compatible contract, "
-        "CONTRACTS.md §5), JSONL per workload and day under DATA_DIR/flywheel. Deterministic record ids: "
-        "re-materializing never duplicates."
-    ),
-)
 def flywheel_logs(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     from kpi_pipeline.adapters.flywheel.export import validate_flywheel_days, write_flywheel_days
 
@@ -235,19 +183,6 @@ def flywheel_logs(context: dg.AssetExecutionContext, pipeline: PipelineResource)
     )
 
 
-@dg.asset(
-    deps=[dg.AssetKey("flywheel_logs")],
-    group_name="flywheel",
-    partitions_def=DAILY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    kinds={"elasticsearch"},
-    freshness_policy=DAILY_FRESHNESS,
-    description=(
-        "The day's flywheel records loaded into Elasticsearch (KPI_ELASTICSEARCH_URL, index "
-        "KPI_FLYWHEEL_INDEX) with deterministic _ids. Skipped, with the reason, when no URL is set."
-    ),
-    output_required=False,
-)
 def flywheel_index(context: dg.AssetExecutionContext, pipeline: PipelineResource):
     from kpi_pipeline.adapters.flywheel.export import load_flywheel_days_to_elastic
 
@@ -266,3 +201,86 @@ def flywheel_index(context: dg.AssetExecutionContext, pipeline: PipelineResource
         end=window.end.astimezone(UTC),
     )
     yield dg.MaterializeResult(metadata=report)
+
+
+def daily_partitions(timezone: str) -> dg.DailyPartitionsDefinition:
+    """Days in the KPI timezone (``KPI_TIMEZONE``). Complete days only (end_offset 0): the newest
+    partition is yesterday, which the nightly schedule builds and the partition freshness checks
+    expect by 03:00. Built when the definitions load, never at import."""
+    return dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone=timezone)
+
+
+def build_daily_assets(daily: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The daily-partitioned assets: KPI rollups, the flywheel log and its index."""
+    return [build_kpi_rollups(daily), build_flywheel_logs(daily), build_flywheel_index(daily)]
+
+
+def build_kpi_rollups(daily: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    return dg.multi_asset(
+        name="kpi_rollups",
+        specs=[
+            dg.AssetSpec(
+                key,
+                deps=[LEDGER_KEY],
+                group_name=KPI_GROUP,
+                description=KPI_DESCRIPTIONS[name],
+                partitions_def=daily,
+                kinds={"pandas", "csv"},
+                freshness_policy=DAILY_FRESHNESS,
+                skippable=False,
+            )
+            for name, key in KPI_KEYS.items()
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "reconciles_with_ledger",
+                asset=KPI_KEYS["ttfr_overall"],
+                description="Every rollup's counts add up to the ledger's lead, responded, assigned and recommended counts.",
+            )
+        ],
+        partitions_def=daily,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=False,
+    )(kpi_rollups)
+
+
+def build_flywheel_logs(daily: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    return dg.asset(
+        name="flywheel_logs",
+        deps=[LEDGER_KEY],
+        group_name="flywheel",
+        partitions_def=daily,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"jsonl"},
+        freshness_policy=DAILY_FRESHNESS,
+        check_specs=[
+            dg.AssetCheckSpec(
+                "records_validate",
+                asset="flywheel_logs",
+                blocking=True,
+                description="Every record in the day's files validates against the flywheel contract; ids are unique.",
+            )
+        ],
+        description=(
+            "Every workload decision of the day as a flywheel record (OpenAI-compatible contract, "
+            "CONTRACTS.md §5), JSONL per workload and day under DATA_DIR/flywheel. Deterministic record ids: "
+            "re-materializing never duplicates."
+        ),
+    )(flywheel_logs)
+
+
+def build_flywheel_index(daily: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    return dg.asset(
+        name="flywheel_index",
+        deps=[dg.AssetKey("flywheel_logs")],
+        group_name="flywheel",
+        partitions_def=daily,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"elasticsearch"},
+        freshness_policy=DAILY_FRESHNESS,
+        description=(
+            "The day's flywheel records loaded into Elasticsearch (KPI_ELASTICSEARCH_URL, index "
+            "KPI_FLYWHEEL_INDEX) with deterministic _ids. Skipped, with the reason, when no URL is set."
+        ),
+        output_required=False,
+    )(flywheel_index)

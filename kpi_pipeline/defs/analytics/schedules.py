@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from kpi_pipeline.defs.analytics.assets import DAILY, KPI_KEYS, LEDGER_KEY
+from kpi_pipeline.defs.asset_keys import KPI_KEYS, LEDGER_KEY
 
 DAILY_ASSETS = dg.AssetSelection.assets(*KPI_KEYS.values(), "flywheel_logs", "flywheel_index")
 
@@ -70,7 +70,6 @@ def ledger_snapshot_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReq
 
 
 __all__ = [
-    "DAILY",
     "daily_kpi_schedule",
     "daily_kpis_job",
     "ledger_snapshot_job",

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-CDC_EVENTS_KEY = dg.AssetKey("cdc_events")
+from kpi_pipeline.defs.asset_keys import CDC_EVENTS_KEY
 
 cdc_events = dg.AssetSpec(
     key=CDC_EVENTS_KEY,

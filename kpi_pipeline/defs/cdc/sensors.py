@@ -19,10 +19,9 @@ from dagster._core.storage.tags import (
 
 from kpi_pipeline.adapters.ledger.store import BatchInfo
 from kpi_pipeline.app.ingest import DrainLimits, TickOutcome, drain_tick
-from kpi_pipeline.config import get_settings
 from kpi_pipeline.core.cursor import ChannelCursor, SensorCursor
 from kpi_pipeline.core.events import replay_id_hex
-from kpi_pipeline.defs.cdc.assets import CDC_EVENTS_KEY
+from kpi_pipeline.defs.asset_keys import CDC_EVENTS_KEY
 from kpi_pipeline.defs.cdc.jobs import process_cdc_batch
 from kpi_pipeline.defs.cdc.stream import STREAM_JOB, cdc_stream
 from kpi_pipeline.defs.resources import PipelineResource
@@ -171,16 +170,9 @@ def _observations(outcome: TickOutcome) -> list[dg.AssetObservation]:
     return observations
 
 
-@dg.sensor(
-    name="cdc_sensor",
-    jobs=[process_cdc_batch, cdc_stream],
-    minimum_interval_seconds=get_settings().sensor_interval_seconds,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Sensor mode: drains Salesforce CDC per channel into staged batches and keeps "
-    "at most one process_cdc_batch run going over every pending batch. Stream mode: keeps one "
-    "cdc_stream run alive. Cursor = replay ids.",
-)
-def cdc_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource) -> dg.SensorResult:
+def cdc_sensor_tick(
+    context: dg.SensorEvaluationContext, pipeline: PipelineResource
+) -> dg.SensorResult:
     settings = pipeline.settings()
     if settings.cdc_mode == "stream":
         return _stream_mode_tick(context, pipeline)
@@ -334,3 +326,17 @@ def _replay_store_observations(ledger, channels: list[str]) -> list[dg.AssetObse
             )
         observations.append(dg.AssetObservation(asset_key=CDC_EVENTS_KEY, metadata=metadata))
     return observations
+
+
+def build_cdc_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+    """``cdc_sensor``, ticking every ``KPI_SENSOR_INTERVAL_SECONDS`` (read by the definitions
+    factory when the code location loads, never at import)."""
+    return dg.sensor(
+        name="cdc_sensor",
+        jobs=[process_cdc_batch, cdc_stream],
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Sensor mode: drains Salesforce CDC per channel into staged batches and keeps "
+        "at most one process_cdc_batch run going over every pending batch. Stream mode: keeps one "
+        "cdc_stream run alive. Cursor = replay ids.",
+    )(cdc_sensor_tick)
