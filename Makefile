@@ -37,6 +37,7 @@ tools:
 lint: install
 	$(VENV)/bin/ruff check kpi_pipeline kpi_pipeline_tests bench
 	$(VENV)/bin/ruff format --check kpi_pipeline kpi_pipeline_tests bench
+	PYTHONPATH=. $(VENV)/bin/lint-imports --no-logo --no-cache
 
 test: install tools lint
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml

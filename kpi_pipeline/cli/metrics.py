@@ -24,16 +24,6 @@ def _compact_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 10")
-    return seconds
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from kpi_pipeline.cli import web
 

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from kpi_pipeline.cli.metrics import positive_seconds
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.web.server import serve
 
@@ -85,3 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="leave the org probe (a token and a one-row query) out",
     )
     status.set_defaults(func=_status_command)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 10")
+    return seconds
