@@ -37,9 +37,12 @@ class PipelineResource(dg.ConfigurableResource):
             logs.keep_logger_names()
             _json_run_console(getattr(context, "log", None))
         run = getattr(context, "dagster_run", None)
+        # Lines this thread logs carry its run's id even when Dagster does not capture them; a
+        # sensor tick in the same thread (the code server) must not inherit an earlier run's.
         if run is not None:
-            # Lines this run's thread logs carry its run id even when Dagster does not capture them.
             structlog.contextvars.bind_contextvars(run_id=run.run_id)
+        else:
+            structlog.contextvars.unbind_contextvars("run_id")
         if settings.pushgateway_url and run is not None:
             _push_at_exit(settings.pushgateway_url)
 

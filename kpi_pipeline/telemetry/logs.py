@@ -105,7 +105,7 @@ def _from_dagster(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, 
     event["event"] = meta.get("orig_message") or event.get("event", "")
     event["logger"] = getattr(record, ORIGIN_ATTR, None) or event.get("logger")
     for key in ("run_id", "job_name", "step_key"):
-        if meta.get(key) and key not in event:
+        if meta.get(key):  # the record's own run wins over whatever this thread has bound
             event[key] = meta[key]
     dagster_event = meta.get("dagster_event")
     if dagster_event is not None:
