@@ -47,9 +47,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as ledger_tables
-from kpi_pipeline.adapters.ledger.sql import dumps
 from kpi_pipeline.adapters.ledger.store import WINDOW_OPEN, Ledger, ResyncWindow
 from kpi_pipeline.adapters.pubsub.schemas import sf_type_of
+from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import (
     ChangeEvent,
     ChangeEventHeader,

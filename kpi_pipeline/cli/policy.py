@@ -46,10 +46,11 @@ from kpi_pipeline.core.workloads.first_touch import (
 )
 from kpi_pipeline.core.workloads.lead_route import (
     RoutingDecision,
+    first_matching_rule,
     lead_created_at,
-    matches,
     needs_routing,
     route_in_order,
+    sla_minutes_for,
 )
 from kpi_pipeline.core.workloads.records import RecordState, merge_event
 
@@ -187,10 +188,9 @@ def sla_frame(
         if decision is not None:
             rule_id, minutes = decision.rule_id, decision.sla_minutes
         else:
-            rule = next((r for r in policy.rules if matches(r.when, lead.fields)), None)
+            rule = first_matching_rule(policy, lead.fields)
             rule_id = rule.id if rule is not None else None
-            minutes = rule.sla_minutes if rule is not None and rule.sla_minutes else None
-            minutes = float(minutes or policy.default_sla_minutes)
+            minutes = sla_minutes_for(policy, lead.fields)
         response = first_response(
             candidates.get(lead.record_id, []),
             lead_created=created,

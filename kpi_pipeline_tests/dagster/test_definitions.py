@@ -64,3 +64,20 @@ def test_invariant_checks_block_downstream_assets():
     assert not specs[
         "reconciles_with_ledger"
     ].blocking  # a warning for analysts; nothing downstream
+
+
+def test_process_cdc_batch_runs_the_workload_steps_in_the_declared_order():
+    """The job's graph is the order ``BatchProcessor.process`` (and so ``replay``) runs."""
+    from kpi_pipeline.app.processing.steps import STEPS
+
+    job = defs().resolve_job_def("process_cdc_batch")
+    deps = job.graph.dependency_structure
+    upstream = {
+        node.name: {output.node_name for output in deps.all_upstream_outputs_from_node(node.name)}
+        for node in job.graph.nodes
+    }
+    assert upstream["load_batch"] == set()
+    for step in STEPS:
+        assert upstream[step.name] == {"load_batch", *step.after}
+    assert upstream["complete_batch"] == {"load_batch", *(step.name for step in STEPS)}
+    assert [s.name for s in STEPS] == ["route_leads", "detect_first_touch", "recommend_templates"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,25 @@ def tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
+
+
+# The shipped fixture's replay output, pinned: a refactoring must leave it byte for byte. A
+# deliberate change of a rule or of the packaged policy changes it: update the digest in the
+# same commit and say why.
+PINNED_REPLAY_DIGEST = "d96d5824e7a7b647fc3077054b86198fa75a80e979b3eacd690ee83442c16d92"
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for name, data in tree(root).items():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).hexdigest().encode() + b"\n")
+    return digest.hexdigest()
+
+
+def test_replay_of_the_shipped_fixture_matches_its_pinned_digest(tmp_path: Path, capsys) -> None:
+    assert main(["replay", str(RECORDED_STREAM), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert tree_digest(tmp_path / "out") == PINNED_REPLAY_DIGEST
 
 
 def test_replay_writes_the_three_outputs_byte_identically_twice(tmp_path: Path, capsys) -> None:

@@ -5,8 +5,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pandas as pd
 import pytest
 
+from kpi_pipeline.core.kpis.rollups import sla_flags
 from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
 from kpi_pipeline.core.workloads.lead_route import (
     FALLBACK_RULE_ID,
@@ -19,7 +21,6 @@ from kpi_pipeline.core.workloads.lead_route import (
     pool_cycle,
     route,
     route_in_order,
-    sla_status,
 )
 from kpi_pipeline.core.workloads.records import RecordState, fold_events
 
@@ -380,5 +381,14 @@ def test_assignment_from_owner_change():
     [(60, 61, "met"), (60.01, 61, "breached"), (None, 60, "pending"), (None, 60.01, "breached")],
 )
 def test_sla_status(response_minute, as_of_minute, expected):
+    """The boundaries of the SLA rule, as the rollups apply it (``rollups.sla_flags``)."""
     response = at(response_minute) if response_minute is not None else None
-    assert sla_status(T0, 60, response, at(as_of_minute)) == expected
+    responded_at = pd.Series(
+        [pd.Timestamp(response) if response else pd.NaT], dtype="datetime64[ns, UTC]"
+    )
+    due = pd.Series([pd.Timestamp(T0 + timedelta(minutes=60))])
+    flags = sla_flags(responded_at.notna(), responded_at, due, pd.Timestamp(at(as_of_minute)))
+    states = dict(
+        zip(("met", "breached", "pending"), (bool(f.iloc[0]) for f in flags), strict=True)
+    )
+    assert [state for state, on in states.items() if on] == [expected]

@@ -9,16 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from kpi_pipeline.core.canonical import dumps
+
 
 def insert_ignore(conn: sa.Connection | sa.Engine, table: sa.Table, keys: Sequence[str]) -> Any:
     """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces): equal documents give equal text and hashes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def canonical(value: Any) -> Any:

@@ -29,8 +29,9 @@ from kpi_pipeline.adapters.ledger.leases import LeaseMixin
 from kpi_pipeline.adapters.ledger.outbox import OutboxMixin
 from kpi_pipeline.adapters.ledger.replay_store import ReplayStoreMixin
 from kpi_pipeline.adapters.ledger.sends import SendsMixin
-from kpi_pipeline.adapters.ledger.sql import dumps, insert_ignore
+from kpi_pipeline.adapters.ledger.sql import insert_ignore
 from kpi_pipeline.adapters.ledger.state import WorkloadStateMixin
+from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.core.raw import RawEvent
 

@@ -551,19 +551,25 @@ def _sla(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp) -> pd
 
 def _sla_states(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp) -> pd.DataFrame:
     """Per lead: its day and whether it is met, breached or pending as of ``as_of_utc``."""
-    due = base["due"]
-    responded_at = frame["First_Response_At__c"]
-    responded = base["responded"]
-    # NaT compares False, so "responded_at <= due" only holds for responded leads.
+    met, breached, pending = sla_flags(
+        base["responded"], frame["First_Response_At__c"], base["due"], as_of_utc
+    )
     return pd.DataFrame(
-        {
-            "day": base["day"],
-            "met": responded & (responded_at <= due),
-            "breached": (responded & (responded_at > due)) | (~responded & (due < as_of_utc)),
-            "pending": ~responded & (due >= as_of_utc),
-        },
+        {"day": base["day"], "met": met, "breached": breached, "pending": pending},
         index=frame.index,
     )
+
+
+def sla_flags(
+    responded: pd.Series, responded_at: pd.Series, due: pd.Series, as_of_utc: pd.Timestamp
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Per lead (CONTRACTS.md §4.3): met (responded by its due time), breached (responded late,
+    or unanswered past due as of ``as_of_utc``), else pending. NaT compares False, so
+    "responded_at <= due" only holds for responded leads."""
+    met = responded & (responded_at <= due)
+    breached = (responded & (responded_at > due)) | (~responded & (due < as_of_utc))
+    pending = ~responded & (due >= as_of_utc)
+    return met, breached, pending
 
 
 def _sla_by_owner(frame: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
@@ -664,12 +670,8 @@ def sla_in_both_clocks(
 
 
 def _counts(responded_at: pd.Series, due: pd.Series, as_of_utc: pd.Timestamp) -> SlaCounts:
-    responded = responded_at.notna()
-    return SlaCounts(
-        met=int((responded & (responded_at <= due)).sum()),
-        breached=int(((responded & (responded_at > due)) | (~responded & (due < as_of_utc))).sum()),
-        pending=int((~responded & (due >= as_of_utc)).sum()),
-    )
+    met, breached, pending = sla_flags(responded_at.notna(), responded_at, due, as_of_utc)
+    return SlaCounts(met=int(met.sum()), breached=int(breached.sum()), pending=int(pending.sum()))
 
 
 def sla_over_days(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

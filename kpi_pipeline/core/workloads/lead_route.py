@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from kpi_pipeline.core.events import EventFormatError, format_sf_datetime, parse_sf_datetime
 from kpi_pipeline.core.policy.load import Condition, Pool, RoutingPolicy, Rule, integer_weights
@@ -387,6 +387,20 @@ def _pool_explanation(
 # --- routing ---------------------------------------------------------------------------
 
 
+def first_matching_rule(policy: RoutingPolicy, fields: Mapping[str, Any]) -> Rule | None:
+    """The policy's first rule whose condition the fields meet (the rule that routes the lead,
+    and whose SLA and calendar apply to it)."""
+    return next((rule for rule in policy.rules if matches(rule.when, fields)), None)
+
+
+def sla_minutes_for(policy: RoutingPolicy, fields: Mapping[str, Any]) -> float:
+    """CONTRACTS.md §4: the first matching rule's SLA, else the policy default."""
+    rule = first_matching_rule(policy, fields)
+    if rule is not None and rule.sla_minutes is not None:
+        return float(rule.sla_minutes)
+    return float(policy.default_sla_minutes)
+
+
 def _first_match(lead: RecordState, policy: RoutingPolicy) -> tuple[Rule | None, list[str]]:
     not_matched = []
     for rule in policy.rules:
@@ -521,19 +535,6 @@ def assignment_from_owner_change(
     else:
         assigned_at = max(created_at, datetime.fromtimestamp(first_ms / 1000.0, tz=UTC))
     return assigned_at, latency_minutes(created_at, assigned_at)
-
-
-SlaStatus = Literal["met", "breached", "pending"]
-
-
-def sla_status(
-    created: datetime, sla_minutes: float, first_response_at: datetime | None, as_of: datetime
-) -> SlaStatus:
-    """§4.3: met (responded by due), breached (late, or unanswered past due), else pending."""
-    due = created + timedelta(minutes=sla_minutes)
-    if first_response_at is not None:
-        return "met" if first_response_at <= due else "breached"
-    return "breached" if as_of > due else "pending"
 
 
 def route_in_order(

@@ -1,4 +1,8 @@
-"""process_cdc_batch: the pending staged batches through the three workloads, then write-back.
+"""process_cdc_batch: the pending staged batches through the workload steps, then write-back.
+
+The graph is built from ``kpi_pipeline.app.processing.steps.STEPS``, the order ``replay`` and
+``BatchProcessor.process`` run: one op per step, each taking the summaries of the steps it
+follows.
 
 In sensor mode ``cdc_sensor`` requests at most one of these runs at a time; it lists every
 pending batch (oldest first, up to ``KPI_CDC_MAX_EVENTS_PER_RUN`` events), so the number of
@@ -10,6 +14,7 @@ per-step spawn: see CONTRACTS.md §8.2) and is retried by the run-retry daemon
 
 import dagster as dg
 
+from kpi_pipeline.app.processing.steps import STEPS, WorkloadStep, step_inputs
 from kpi_pipeline.defs.resources import PipelineResource
 
 
@@ -19,15 +24,28 @@ class BatchConfig(dg.Config):
     batch_ids: list[str]
 
 
+# Per workload step (app.processing.steps.STEPS): its description in the UI and its label in
+# the run's log lines and in complete_batch's summary.
+_STEP_UI = {
+    "route_leads": (
+        "routing",
+        "Routes new and re-owned leads by the versioned policy; memoized per lead.",
+    ),
+    "detect_first_touch": (
+        "first_touch",
+        "Detects first responses (Task / EmailMessage); only ever moves a first response earlier.",
+    ),
+    "recommend_templates": (
+        "templates",
+        "Recommends an outreach template for newly routed leads; detects applied templates.",
+    ),
+}
+
+
 @dg.op(
-    out={
-        "batches": dg.Out(dict),
-        "routing_events": dg.Out(list),
-        "first_touch_input": dg.Out(dict),
-        "template_input": dg.Out(dict),
-    },
+    out={"batches": dg.Out(dict), **{f"{step.name}_input": dg.Out() for step in STEPS}},
     description="Loads the staged batches, decodes them (poison events go to dead_letters), "
-    "merges record states.",
+    "merges record states, and selects each workload step's input.",
 )
 def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: PipelineResource):
     ledger = pipeline.ledger()
@@ -47,7 +65,6 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
             "commit_ms": [e.header.commit_timestamp for e in decoded.events],
         }
     processor.apply_records(events)
-    routing = processor.select_routing(events)
     context.add_output_metadata(
         {
             "batches": len(batches),
@@ -58,57 +75,37 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
         output_name="batches",
     )
     yield dg.Output(batches, "batches")
-    yield dg.Output(routing, "routing_events", metadata={"events": len(routing)})
-    yield dg.Output(processor.select_first_touch(events), "first_touch_input")
-    yield dg.Output(processor.select_templates(events), "template_input")
+    for name, selected in step_inputs(events, processor.client_id).items():
+        yield dg.Output(selected, f"{name}_input")
 
 
-@dg.op(description="Routes new and re-owned leads by the versioned policy; memoized per lead.")
-def route_leads(
-    context: dg.OpExecutionContext, pipeline: PipelineResource, routing_events: list
-) -> dict:
-    summary = pipeline.processor().route_leads(routing_events)
-    context.log.info(f"routing: {summary}")
-    return summary
+def _step_op(step: WorkloadStep) -> dg.OpDefinition:
+    """The op of one workload step: its input from load_batch, then the summaries of the
+    steps it follows (``step.after``), as the processor's ``process`` passes them."""
+    label, description = _STEP_UI[step.name]
+    ins = {"step_input": dg.In(), **{f"{name}_summary": dg.In(dict) for name in step.after}}
+
+    @dg.op(name=step.name, ins=ins, description=description)
+    def run_step(
+        context: dg.OpExecutionContext, pipeline: PipelineResource, step_input, **summaries
+    ) -> dict:
+        upstream = [summaries[f"{name}_summary"] for name in step.after]
+        summary = step.run(pipeline.processor(), step_input, *upstream)
+        context.log.info(f"{label.replace('_', ' ')}: {summary}")
+        return summary
+
+    return run_step
 
 
-@dg.op(
-    description="Detects first responses (Task / EmailMessage); only ever moves a first response earlier."
-)
-def detect_first_touch(
-    context: dg.OpExecutionContext, pipeline: PipelineResource, first_touch_input: dict
-) -> dict:
-    summary = pipeline.processor().detect_first_touch(**first_touch_input)
-    context.log.info(f"first touch: {summary}")
-    return summary
-
-
-@dg.op(
-    description="Recommends an outreach template for newly routed leads; detects applied templates."
-)
-def recommend_templates(
-    context: dg.OpExecutionContext,
-    pipeline: PipelineResource,
-    routing_summary: dict,
-    template_input: dict,
-) -> dict:
-    summary = pipeline.processor().recommend_templates(
-        routing_summary=routing_summary, **template_input
-    )
-    context.log.info(f"templates: {summary}")
-    return summary
+STEP_OPS = {step.name: _step_op(step) for step in STEPS}
 
 
 @dg.op(
-    description="Writes the Lead updates to Salesforce (outbox drain) and marks the batches done."
+    ins={"batches": dg.In(dict), **{f"{step.name}_summary": dg.In(dict) for step in STEPS}},
+    description="Writes the Lead updates to Salesforce (outbox drain) and marks the batches done.",
 )
 def complete_batch(
-    context: dg.OpExecutionContext,
-    pipeline: PipelineResource,
-    batches: dict,
-    routing_summary: dict,
-    first_touch_summary: dict,
-    template_summary: dict,
+    context: dg.OpExecutionContext, pipeline: PipelineResource, batches: dict, **summaries
 ) -> dict:
     settings = pipeline.settings()
     write_back = None
@@ -123,9 +120,7 @@ def complete_batch(
                 f"write-back failed for good on outbox items: {dict(list(result.report.failed.items())[:10])}"
             )
     summary = {
-        "routing": routing_summary,
-        "first_touch": first_touch_summary,
-        "templates": template_summary,
+        **{_STEP_UI[step.name][0]: summaries[f"{step.name}_summary"] for step in STEPS},
         "write_back": write_back,
         "email_send": _send_emails(context, pipeline) if settings.send_email else None,
     }
@@ -177,8 +172,11 @@ def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> 
     "write-back.",
 )
 def process_cdc_batch():
-    batches, routing_events, first_touch_input, template_input = load_batch()
-    routing_summary = route_leads(routing_events)
-    first_touch_summary = detect_first_touch(first_touch_input)
-    template_summary = recommend_templates(routing_summary, template_input)
-    complete_batch(batches, routing_summary, first_touch_summary, template_summary)
+    batches, *inputs = load_batch()
+    summaries: dict = {}
+    for step, step_input in zip(STEPS, inputs, strict=True):
+        upstream = {f"{name}_summary": summaries[name] for name in step.after}
+        summaries[step.name] = STEP_OPS[step.name](step_input=step_input, **upstream)
+    complete_batch(
+        batches=batches, **{f"{step.name}_summary": summaries[step.name] for step in STEPS}
+    )

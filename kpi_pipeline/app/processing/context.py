@@ -1,0 +1,185 @@
+"""What every workload step shares: the ledger, the policy and the clock, and the ways a step
+records a decision, isolates one lead's work and dead-letters what fails."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from kpi_pipeline.adapters.ledger.state import DecisionRow
+from kpi_pipeline.adapters.ledger.store import Ledger
+from kpi_pipeline.app.writeback import OwnerRules
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.flywheel.records import compute_record_id
+from kpi_pipeline.core.policy.load import RoutingPolicy
+from kpi_pipeline.core.workloads.business_hours import ALWAYS_OPEN, BusinessClock, lead_clocks
+from kpi_pipeline.core.workloads.lead_route import RoutingDecision, current_owner
+from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline.core.workloads.selection import EMAIL, TASK
+from kpi_pipeline.core.workloads.writeback_fields import FIRST_RESPONSE_GROUP, SLA_FIELDS
+from kpi_pipeline.telemetry import metrics
+
+log = logging.getLogger("kpi_pipeline.app.processing")
+
+MAX_REPLAY_IDS_IN_METADATA = 20  # flywheel metadata values are capped at 512 characters
+
+
+def clock_named(
+    clocks: Mapping[str | None, BusinessClock], policy: RoutingPolicy, calendar: str | None
+) -> BusinessClock:
+    """A stored calendar name the policy no longer defines falls back to its default."""
+    if calendar in clocks:
+        return clocks[calendar]
+    return clocks.get(policy.default_calendar, ALWAYS_OPEN)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """``clock=None`` is the event clock (decisions timestamped from the events behind them,
+    which makes ``replay`` deterministic); the live job passes the wall clock."""
+
+    ledger: Ledger
+    policy: RoutingPolicy
+    client_id: str
+    owner_rules: OwnerRules
+    clocks: Mapping[str | None, BusinessClock]
+    clock: Callable[[], datetime] | None = None
+
+    def decided_at(self, event_time: datetime) -> datetime:
+        return self.clock() if self.clock is not None else event_time
+
+    def business_clock(self, calendar: str | None) -> BusinessClock:
+        return clock_named(self.clocks, self.policy, calendar)
+
+    def current_owner(self, state: RecordState, decision: RoutingDecision | None) -> str | None:
+        return current_owner(
+            state,
+            decision,
+            integration_users=self.owner_rules.integration_users,
+            client_id=self.client_id,
+        )
+
+    def dead_letter(
+        self, event: ChangeEvent, stage: str, reason: str, *, conn: sa.Connection | None = None
+    ) -> None:
+        metrics.record_error(f"processing_{stage}")
+        log.warning(
+            "dead-lettering %s event %s at %s: %s", event.entity, event.replay_int, stage, reason
+        )
+        self.ledger.dead_letter(
+            channel=event.channel,
+            replay_id=event.replay_id,
+            batch_id=None,
+            stage=stage,
+            reason=reason,
+            payload=None,
+            conn=conn,
+        )
+
+    def isolated(
+        self, conn: sa.Connection, stage: str, work: Callable[[], str], events: list[ChangeEvent]
+    ) -> str:
+        """Run one lead's work in a savepoint. If the workload code fails on it, its writes
+        are rolled back, the events behind it are dead-lettered and the batch goes on;
+        database errors still fail the step (the run retries it)."""
+        try:
+            with conn.begin_nested():
+                return work()
+        except sa.exc.SQLAlchemyError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if not events:
+                metrics.record_error(f"processing_{stage}")
+                log.error("%s failed with no event to dead-letter: %s", stage, reason)
+            for event in events:
+                self.dead_letter(event, stage, reason, conn=conn)
+            return "dead_lettered"
+
+    def record_decision(
+        self,
+        conn: sa.Connection,
+        *,
+        workload: str,
+        lead_id: str,
+        decided_at: datetime,
+        rule_id: str | None,
+        model: str,
+        messages: list[dict[str, Any]],
+        response: dict[str, Any],
+        replay_ids: list[str],
+    ) -> bool:
+        """Store a flywheel decision; False when this very decision was stored before."""
+        decision_id = compute_record_id(
+            workload_id=workload,
+            client_id=self.client_id,
+            lead_id=lead_id,
+            model=model,
+            messages=messages,
+        )
+        replays = sorted(set(replay_ids))
+        metadata = {
+            "lead_id": lead_id,
+            "policy_version": self.policy.version,
+            "rule": rule_id or "",
+            "replay_ids": ",".join(replays[:MAX_REPLAY_IDS_IN_METADATA]),
+            "decision_id": decision_id,
+        }
+        return self.ledger.insert_decision(
+            conn,
+            DecisionRow(
+                id=decision_id,
+                workload=workload,
+                lead_id=lead_id,
+                decided_at=decided_at,
+                policy_version=self.policy.version,
+                rule_id=rule_id,
+                model=model,
+                request={"messages": messages, "metadata": metadata},
+                response=response,
+                replay_ids=replays,
+            ),
+        )
+
+    def refresh_clocks(self, conn: sa.Connection, lead_id: str) -> set[str]:
+        """The lead's SLA due time and business-minute TTFR, recomputed from its stored
+        facts in its calendar. Called whenever the SLA or the first response may have
+        changed, so the values do not depend on which of the two was processed first.
+        Returns the write-back fields to mark dirty: the first-response group when the
+        business minutes changed (they travel with the response), the due time when it did."""
+        row = self.ledger.clock_inputs(conn, lead_id)
+        if row is None or row.CreatedDate is None:
+            return set()
+        due, business = lead_clocks(
+            self.business_clock(row.SLA_Calendar),
+            created=row.CreatedDate,
+            sla_minutes=row.SLA_Minutes,
+            first_response_at=row.First_Response_At__c,
+        )
+        stored = row.Time_to_First_Response_Business_Minutes__c
+        if (due, business) == (row.SLA_Due_At, stored):
+            return set()
+        self.ledger.set_clocks(conn, lead_id, due_at=due, business_minutes=business)
+        dirty: set[str] = set()
+        if business != stored:
+            dirty |= set(FIRST_RESPONSE_GROUP)
+        if due != row.SLA_Due_At:
+            dirty |= set(SLA_FIELDS)
+        return dirty
+
+    def task_lookup(
+        self, conn: sa.Connection, states: list[RecordState] | Any
+    ) -> Callable[[str], RecordState | None]:
+        """The Tasks that the emails among ``states`` name as their ActivityId."""
+        activity_ids = {
+            s.fields["ActivityId"]
+            for s in states
+            if s.sobject == EMAIL and isinstance(s.fields.get("ActivityId"), str)
+        }
+        tasks = self.ledger.records(conn, [(TASK, task_id) for task_id in activity_ids])
+        return lambda task_id: tasks.get((TASK, task_id))

@@ -1,0 +1,272 @@
+"""Routing: unrouted leads are routed once (memoized per lead) by the versioned policy, on the
+fields they had when they became unrouted; assignment times and SLAs follow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from kpi_pipeline.app.processing.context import StepContext
+from kpi_pipeline.app.writeback import Superseded
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.workloads.decision_messages import routing_messages, superseded_messages
+from kpi_pipeline.core.workloads.lead_route import (
+    FALLBACK_RULE_ID,
+    RoutingDecision,
+    assignment_from_owner_change,
+    field_value,
+    first_matching_rule,
+    is_user_id,
+    lead_created_at,
+    needs_routing,
+    owner_set_by_person,
+    route,
+    sla_minutes_for,
+)
+from kpi_pipeline.core.workloads.records import RecordState, event_version, merge_event
+from kpi_pipeline.core.workloads.selection import (
+    LEAD,
+    by_creation,
+    created_or_none,
+    events_of,
+    is_echo,
+    replays_by_record,
+)
+from kpi_pipeline.core.workloads.writeback_fields import ASSIGNMENT_GROUP, ROUTING_FIELDS
+from kpi_pipeline.telemetry import metrics
+
+WORKLOAD_ROUTE = "lead_route"
+
+
+class RoutingStep:
+    def __init__(self, ctx: StepContext, *, routing_inputs: Sequence[str]) -> None:
+        self.ctx = ctx
+        self.ledger = ctx.ledger
+        self.policy = ctx.policy
+        self.clock = ctx.clock
+        self._routing_inputs = tuple(routing_inputs)
+
+    def _person_owner(self, state: RecordState, decision: RoutingDecision) -> str | None:
+        return owner_set_by_person(
+            state,
+            decision.basis_ms,
+            integration_users=self.ctx.owner_rules.integration_users,
+            client_id=self.ctx.client_id,
+        )
+
+    def route_leads(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Route unrouted leads (memoized per lead), record first user-owner times otherwise."""
+        triggers = [e for e in events if e.entity == LEAD and not is_echo(e, self.ctx.client_id)]
+        replays = replays_by_record(triggers)
+        summary = {
+            "leads": len(replays),
+            "routed": 0,
+            "memoized": 0,
+            "owned": 0,
+            "unknown": 0,
+            "dead_lettered": 0,
+            "superseded": 0,
+        }
+        superseded: list[str] = []
+        routed: list[str] = []
+        with self.ledger.write() as conn:
+            # Pools first: their lock orders concurrent runs, so the memo read below is current.
+            pools = self.ledger.lock_pools(conn, self.policy.pools)
+            memo = self.ledger.routing_decisions(conn, replays)
+            states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in replays])
+            summary["unknown"] = len(replays) - len(states)
+            for lead_id, state in by_creation(states):
+                if created_or_none(state) is None:
+                    summary["unknown"] += 1  # seen only through updates: re-sync tells its creation
+                    continue
+
+                def work(lead_id: str = lead_id, state: RecordState = state) -> str:
+                    decision = memo.get(lead_id)
+                    outcome = "memoized" if decision is not None else "owned"
+                    new = False
+                    basis = self._routing_basis(state, events_of(triggers, lead_id))
+                    if decision is None and basis is not None:
+                        decision, new = self._route_one(conn, *basis, pools, replays[lead_id])
+                        outcome = "routed" if new else "memoized"
+                    if self._apply_assignment(conn, state, decision, new_decision=new):
+                        superseded.append(lead_id)
+                    return outcome
+
+                outcome = self.ctx.isolated(conn, "route_leads", work, events_of(triggers, lead_id))
+                summary[outcome] += 1
+                if outcome == "routed":
+                    routed.append(lead_id)
+        summary["routed_lead_ids"] = sorted(routed)
+        summary["superseded"] = len(superseded)
+        return summary
+
+    def _route_one(
+        self,
+        conn: sa.Connection,
+        state: RecordState,
+        basis_at: datetime,
+        pools: dict[str, Any],
+        replay_ids: list[str],
+    ) -> tuple[RoutingDecision, bool]:
+        """Route one lead as it was at ``basis_at``; (decision, True), or (the stored
+        decision, False) when another run decided it first (the pool locks make that rare;
+        the memo insert makes it harmless)."""
+        pools_before = {pool_id: pools[pool_id].to_json() for pool_id in sorted(pools)}
+        decided_at = self.clock() if self.clock is not None else basis_at
+        outcome = route(state, self.policy, pools, decided_at=decided_at)
+        decision = replace(outcome.decision, basis_at=basis_at if basis_at != decided_at else None)
+        if not self.ledger.insert_routing_decision(conn, decision):
+            return self.ledger.routing_decisions(conn, [decision.lead_id])[decision.lead_id], False
+        if outcome.pool_state is not None:
+            self.ledger.save_pool_state(conn, outcome.pool_state)
+        lead_input = {name: field_value(state.fields, name) for name in self._routing_inputs}
+        messages = routing_messages(self.policy.version, decision.lead_id, lead_input, pools_before)
+        self.ctx.record_decision(
+            conn,
+            workload=WORKLOAD_ROUTE,
+            lead_id=decision.lead_id,
+            decided_at=decision.decided_at,
+            rule_id=decision.rule_id,
+            model=f"routing-policy:{self.policy.version}",
+            messages=messages,
+            response=decision.to_json(),
+            replay_ids=replay_ids,
+        )
+        outcome_label = (
+            "fallback"
+            if decision.rule_id == FALLBACK_RULE_ID or "fallback" in decision.explanation
+            else "routed"
+        )
+        metrics.record_decision(WORKLOAD_ROUTE, outcome_label, self.policy.version)
+        if outcome.pool_state is not None:  # only once everything for this lead succeeded
+            pools[outcome.pool_state.pool_id] = outcome.pool_state
+        return decision, True
+
+    def _routing_basis(
+        self, state: RecordState, lead_events: Sequence[ChangeEvent]
+    ) -> tuple[RecordState, datetime] | None:
+        """The lead as it was when it became unrouted, and when that was; None when none of
+        its events left it unrouted.
+
+        Judged at event time, never on the current merged state: a retried batch that runs
+        after later owner changes were merged must route exactly the leads an in-order
+        run routes. A CREATE is judged on the fields it was created with, an owner change
+        on the owner it set. A person's later reassignment is honoured afterwards instead
+        (``_apply_assignment``: the decision is superseded and no owner is written)."""
+        for event in sorted(lead_events, key=event_version):
+            if event.change_type == "CREATE":
+                basis = merge_event(None, event, state.record_id)
+                if "OwnerId" not in event.fields:
+                    # A re-read record's CREATE: the owner at creation is unknown (re-sync
+                    # never guesses it), so the owner it has now decides.
+                    basis = replace(
+                        basis, fields={**basis.fields, "OwnerId": state.fields.get("OwnerId")}
+                    )
+            elif event.change_type == "UNDELETE":
+                basis = state
+            elif event.change_type == "UPDATE" and "OwnerId" in event.fields:
+                basis = replace(state, fields={**state.fields, "OwnerId": event.fields["OwnerId"]})
+            else:
+                continue
+            if created_or_none(basis) is None:
+                basis = replace(basis, created_ms=state.created_ms)
+            if needs_routing(basis, self.policy):
+                at = datetime.fromtimestamp(event.header.commit_timestamp / 1000.0, tz=UTC)
+                return basis, max(at, lead_created_at(state))
+        return None
+
+    def _apply_assignment(
+        self,
+        conn: sa.Connection,
+        state: RecordState,
+        decision: RoutingDecision | None,
+        *,
+        new_decision: bool,
+    ) -> bool:
+        """Lead facts of a routed or owned lead, and the fields to write back. Returns True
+        when a person took the lead after it became unrouted: the decision stands in the
+        ledger (the lead was routed, its pool turn is used), but its owner is not written."""
+        lead_id = state.record_id
+        created = lead_created_at(state)
+        person = self._person_owner(state, decision) if decision is not None else None
+        self.ledger.ensure_lead_facts(
+            conn, lead_id, created=created, owner_id=self.ctx.current_owner(state, decision)
+        )
+        dirty: set[str] = set()
+        if decision is not None:
+            calendar = self.policy.calendar_name(decision.rule_id)
+            self.ledger.set_routing_facts(conn, decision, calendar=calendar)
+            if new_decision:
+                dirty |= set(ROUTING_FIELDS) - ({"OwnerId"} if person else set())
+            # The decision counts as an assignment even when a person's change supersedes
+            # its owner: the earlier of the two is the first user owner, whichever order
+            # the events came in (event clock: the decision is at the lead's basis time,
+            # before any later change).
+            assigned_at = decision.decided_at
+            if is_user_id(decision.owner_id) and self._set_assignment(
+                conn, lead_id, created, assigned_at
+            ):
+                dirty |= set(ASSIGNMENT_GROUP)
+            if person is not None and new_decision:
+                taken_ms = state.meta["owner_set"][0][0]
+                at = self.clock() if self.clock else datetime.fromtimestamp(taken_ms / 1e3, tz=UTC)
+                item = Superseded(lead_id, decision.owner_id, person, "ledger")
+                self._record_superseded(conn, item, at)
+        else:
+            rule = first_matching_rule(self.policy, state.fields)
+            calendar = self.policy.calendar_name(rule.id if rule is not None else None)
+            self.ledger.set_sla_if_unrouted(
+                conn, lead_id, sla_minutes_for(self.policy, state.fields), calendar=calendar
+            )
+        dirty |= self.ctx.refresh_clocks(conn, lead_id)
+        # The first user owner may come from a person (at creation or by a later change)
+        # rather than from our decision; the earliest of them is the assignment.
+        assigned = assignment_from_owner_change(
+            state, created, non_assignees=self.ctx.owner_rules.integration_users
+        )
+        if assigned is not None and self._set_assignment(conn, lead_id, created, assigned[0]):
+            dirty |= set(ASSIGNMENT_GROUP)
+        if dirty:
+            self.ledger.mark_dirty(conn, LEAD, lead_id, dirty)
+        return person is not None
+
+    def record_superseded(self, superseded: Sequence[Superseded]) -> None:
+        """Decisions whose owner write the drain dropped because the org showed a person's
+        owner (``kpi_pipeline.app.writeback.SupersedeRecorder``)."""
+        with self.ledger.write() as conn:
+            for item in superseded:
+                self.ledger.ensure_lead_facts(
+                    conn, item.lead_id, created=None, owner_id=item.actual_owner
+                )
+                self._record_superseded(conn, item, datetime.now(UTC))
+
+    def _record_superseded(self, conn: sa.Connection, item: Superseded, at: datetime) -> None:
+        messages = superseded_messages(
+            item.lead_id, item.decided_owner, item.actual_owner, item.seen_in
+        )
+        stored = self.ctx.record_decision(
+            conn,
+            workload=WORKLOAD_ROUTE,
+            lead_id=item.lead_id,
+            decided_at=at,
+            rule_id="superseded",
+            model=f"routing-policy:{self.policy.version}",
+            messages=messages,
+            response={"superseded": True, "owner_id": item.actual_owner},
+            replay_ids=[],
+        )
+        if stored:  # counted once, like every decision, however often it is seen again
+            metrics.record_decision(WORKLOAD_ROUTE, "superseded", self.policy.version)
+
+    def _set_assignment(
+        self, conn: sa.Connection, lead_id: str, created: datetime, assigned_at: datetime
+    ) -> bool:
+        latency = round((assigned_at - created).total_seconds() / 60.0, 2)
+        changed = self.ledger.set_assignment(conn, lead_id, assigned_at, latency)
+        if changed:
+            metrics.observe_assignment(max(0.0, (assigned_at - created).total_seconds()))
+        return changed

@@ -1,0 +1,179 @@
+"""Outreach templates: one recommendation per routed lead (memoized), and the template each
+lead's first outbound email actually used (Template_Applied__c)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from kpi_pipeline.app.processing.context import StepContext
+from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.workloads.first_touch import email_candidate
+from kpi_pipeline.core.workloads.lead_route import RoutingDecision
+from kpi_pipeline.core.workloads.outreach_templates import (
+    TemplateCatalog,
+    TemplateSelection,
+    TemplateSelector,
+    applied_template,
+    selection_messages,
+)
+from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline.core.workloads.selection import EMAIL, LEAD, events_of, is_wildcard
+from kpi_pipeline.telemetry import metrics
+
+WORKLOAD_TEMPLATE = "outreach_template"
+
+
+class TemplateStep:
+    def __init__(
+        self, ctx: StepContext, *, selector: TemplateSelector, catalog: TemplateCatalog
+    ) -> None:
+        self.ctx = ctx
+        self.ledger = ctx.ledger
+        self.policy = ctx.policy
+        self.clock = ctx.clock
+        self.selector = selector
+        self.catalog = catalog
+
+    def recommend_templates(
+        self,
+        lead_ids: Iterable[str] = (),
+        email_events: Sequence[ChangeEvent] = (),
+        lead_events: Sequence[ChangeEvent] = (),
+        task_ids: Iterable[str] = (),
+        *,
+        routing_summary: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Recommend a template once per routed lead; record the template each lead's first
+        outbound email used (Template_Applied__c). ``task_ids``: Tasks that changed in the
+        batch; the emails logged by them are checked again (their lead may be known now)."""
+        wanted = set(lead_ids) | set((routing_summary or {}).get("routed_lead_ids", []))
+        summary = {
+            "recommended": 0,
+            "memoized": 0,
+            "no_template": 0,
+            "not_routed": 0,
+            "applied": 0,
+            "dead_lettered": 0,
+        }
+        failed_leads: list[str] = []
+        with self.ledger.write() as conn:
+            decisions = self.ledger.routing_decisions(conn, wanted)
+            known = self.ledger.template_recommendations(conn, wanted)
+            states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in wanted])
+            for lead_id in sorted(wanted):
+                state, decision = states.get((LEAD, lead_id)), decisions.get(lead_id)
+                if lead_id in known:
+                    summary["memoized"] += 1
+                elif state is None or decision is None:
+                    summary["not_routed"] += 1
+                else:
+                    outcome = self.ctx.isolated(
+                        conn,
+                        "recommend_templates",
+                        lambda state=state, decision=decision: self._recommend_one(
+                            conn, state, decision
+                        ),
+                        events_of([*lead_events, *email_events], lead_id),
+                    )
+                    summary[outcome] += 1
+                    if outcome == "dead_lettered":
+                        failed_leads.append(lead_id)
+            summary["applied"] = self._detect_applied(conn, email_events, wanted, task_ids)
+        summary["failed_lead_ids"] = failed_leads
+        return summary
+
+    def _recommend_one(
+        self, conn: sa.Connection, state: RecordState, decision: RoutingDecision
+    ) -> str:
+        selection: TemplateSelection = self.selector.select(state.fields, self.catalog)
+        decided_at = self.clock() if self.clock else decision.decided_at
+        messages = selection.messages or selection_messages(state.fields, self.catalog)
+        response = {
+            "template_id": selection.template_id,
+            "reason": selection.reason,
+            "candidates": list(selection.candidates),
+            "fallback_reason": selection.fallback_reason,
+        }
+        self.ctx.record_decision(
+            conn,
+            workload=WORKLOAD_TEMPLATE,
+            lead_id=state.record_id,
+            decided_at=decided_at,
+            rule_id=decision.rule_id,
+            model=selection.model,
+            messages=messages,
+            response=response,
+            replay_ids=[],
+        )
+        outcome = (
+            "fallback"
+            if selection.fallback_reason
+            else ("recommended" if selection.template_id else "none")
+        )
+        metrics.record_decision(WORKLOAD_TEMPLATE, outcome, self.policy.version)
+        if selection.template_id is None:
+            return "no_template"
+        self.ledger.insert_template_recommendation(
+            conn,
+            lead_id=state.record_id,
+            template_id=selection.template_id,
+            model=selection.model,
+            decided_at=decided_at,
+            detail=response,
+        )
+        self.ledger.set_template_recommended(conn, state.record_id, selection.template_id)
+        self.ledger.mark_dirty(conn, LEAD, state.record_id, ["Template_Recommended__c"])
+        return "recommended"
+
+    def _detect_applied(
+        self,
+        conn: sa.Connection,
+        email_events: Sequence[ChangeEvent],
+        lead_ids: Iterable[str],
+        task_ids: Iterable[str] = (),
+    ) -> int:
+        """Emails of this batch, the stored outbound emails of ``lead_ids`` (emails that
+        arrived before their lead was known) and the stored emails whose ActivityId is one
+        of ``task_ids`` (emails that arrived before their Task), so the answer does not
+        depend on order."""
+        waiting = {
+            c.record_id
+            for candidates in self.ledger.candidates_for(conn, lead_ids).values()
+            for c in candidates
+            if c.source == EMAIL
+        }
+        waiting |= set(self.ledger.emails_linked_to(conn, task_ids))
+        ids = sorted(
+            waiting
+            | {
+                rid
+                for e in email_events
+                if e.entity == EMAIL
+                for rid in e.record_ids
+                if not is_wildcard(rid)
+            }
+        )
+        states = self.ledger.records(conn, [(EMAIL, rid) for rid in ids])
+        task_lookup = self.ctx.task_lookup(conn, states.values())
+        applied = 0
+        for key in sorted(states):
+            email = states[key]
+            candidate = email_candidate(email, task_lookup)
+            if candidate is None:
+                continue
+            template_id = applied_template(email, self.catalog)
+            before = self.ledger.lead_facts(conn, [candidate.lead_id]).get(candidate.lead_id)
+            if before is None:
+                continue  # the lead is not known yet: re-checked when its CREATE arrives
+            if (
+                self.ledger.set_template_applied(
+                    conn, candidate.lead_id, template_id, at=candidate.at, record_id=email.record_id
+                )
+                and template_id != before.Template_Applied__c
+            ):
+                self.ledger.mark_dirty(conn, LEAD, candidate.lead_id, ["Template_Applied__c"])
+                applied += 1
+        return applied
