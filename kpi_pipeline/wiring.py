@@ -232,7 +232,7 @@ def probe_org(settings: Settings, *, timeout_s: float = 5.0):
         code = getattr(exc, "error", None) or getattr(exc, "error_code", None)
         if code == "unreachable":
             return OrgProbe(False, "org_unreachable", f"{exc}"[:500], now)
-        return OrgProbe(False, "org_auth_failed", f"authentication failed: {exc}"[:500], now)
+        return OrgProbe(False, "org_auth_failed", f"authentication failed: {exc}"[:1000], now)
     except (requests.RequestException, OSError, RuntimeError) as exc:
         return OrgProbe(False, "org_unreachable", f"{type(exc).__name__}: {exc}"[:500], now)
     return OrgProbe(True, None, "token and a one-row query answered", now)

@@ -25,6 +25,19 @@ commit time, and loses an exact tie (CDC commit numbers are positive). Its
 ``changeOrigin`` (``RESYNC_ORIGIN``) carries no ``client=`` part, so the processor does not
 mistake it for an echo of our own write-back.
 
+Owner changes are dated from the org's field history, not from ``LastModifiedDate``: for
+the Leads a window re-reads, ``LeadHistory`` (``Field = 'Owner'``) says when each owner was
+given and by whom. Each user's first appearance becomes an owner-only UPDATE at that
+``CreatedDate`` (commit and sequence 0, like every re-read event), which feeds the
+processor's "first transition to a user owner" (``Owner_Assigned_At__c``, latency) at the
+real hand-over time even when the lead was modified again before the re-read. Of
+the two rows a real org writes for a change involving a queue (ids and names), the one whose
+``NewValue`` is an id is used. The assignment still only moves earlier (the ledger keeps the
+earliest), so re-running a window, or a later run seeing a later-dated change, never moves
+it later. When the org has no history (the query fails with INVALID_TYPE, or answers no row
+for any of the Leads), owners are dated at ``LastModifiedDate`` as before, with a warning
+and ``errors_total{area="resync_owner_history"}``.
+
 Time windows are read up to ``now``, not to the window's end: a record changed inside the
 window and again after it has a ``LastModifiedDate`` past the window, and CDC's later
 UPDATE only carried the fields *it* changed.
@@ -39,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,6 +72,7 @@ from kpi_pipeline.core.events import (
     to_epoch_ms,
 )
 from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +98,15 @@ class RecordReader(Protocol):
 
     def query_modified_since(
         self, sobject: str, fields: Sequence[str], since: datetime, until: datetime | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+class HistoryReader(Protocol):
+    """Field history (``SalesforceRest.field_history``); raises an error with
+    ``error_code == "INVALID_TYPE"`` when the org has no history object."""
+
+    def field_history(
+        self, sobject: str, field: str, ids: Iterable[str]
     ) -> list[dict[str, Any]]: ...
 
 
@@ -228,6 +252,8 @@ class OrgDescription:
         self._describe = getattr(rest, "describe", None)
         self._staged: list[tuple[str, dict[str, Any]]] | None = None
         self._fields: dict[str, EntityFields] = {}
+        self._history = getattr(rest, "field_history", None)
+        self._no_history = "" if self._history else "the REST reader cannot read field history"
 
     def _schemas(self, channel: str | None = None) -> list[dict[str, Any]]:
         if channel is not None:
@@ -282,6 +308,74 @@ class OrgDescription:
             return WORKLOAD_ENTITIES
         first = [e for e in WORKLOAD_ENTITIES if e in carried]
         return (*first, *sorted(e for e in carried if e not in WORKLOAD_ENTITIES))
+
+    def owner_changes(self, lead_ids: Sequence[str]) -> dict[str, list[OwnerChange]] | None:
+        """Each lead's owner changes from ``LeadHistory``, oldest first; None when the org
+        has none to give (tracking off: INVALID_TYPE or no row at all), after saying so."""
+        if not lead_ids:
+            return {}
+        if self._history is None:
+            reason = self._no_history
+        else:
+            try:
+                rows = self._history("Lead", "Owner", lead_ids)
+            except Exception as exc:
+                if getattr(exc, "error_code", None) != "INVALID_TYPE":
+                    raise  # transient or unexpected: the window fails and is retried
+                self._history = None  # not there for this pass's other windows either
+                reason = self._no_history = str(exc)
+            else:
+                changes = owner_changes_from_history(rows)
+                if changes:
+                    return changes
+                reason = (
+                    f"LeadHistory has no Owner row for any of the {len(lead_ids)} re-read "
+                    "lead(s); field history tracking for Lead Owner may be off"
+                )
+        metrics.record_error("resync_owner_history")
+        log.warning(
+            "re-sync: no owner history (%s); re-read owners are dated at LastModifiedDate, "
+            "so an assignment may be dated later than the real hand-over",
+            reason,
+        )
+        return None
+
+
+# --- owner history ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnerChange:
+    """One owner change of a lead, from its id-form LeadHistory row."""
+
+    at_ms: int
+    old_owner: str | None
+    new_owner: str
+    by: str
+
+
+_OWNER_ID = re.compile(r"^(?:005|00G)[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?$")
+
+
+def owner_changes_from_history(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[OwnerChange]]:
+    """Lead id -> its owner changes, oldest first. Only rows whose ``NewValue`` is a user
+    or queue id count: a real org writes a second row with the owners' names for a change
+    involving a queue, which names nobody we could match."""
+    changes: dict[str, list[OwnerChange]] = {}
+    for row in rows:
+        new, old = row.get("NewValue"), row.get("OldValue")
+        lead_id = str(row.get("LeadId") or "")
+        if not lead_id or not isinstance(new, str) or not _OWNER_ID.match(new):
+            continue
+        at_ms = _epoch_ms(row.get("CreatedDate"), what=f"LeadHistory of {lead_id} CreatedDate")
+        if at_ms is None:
+            continue
+        old_id = old if isinstance(old, str) and _OWNER_ID.match(old) else None
+        by = str(row.get("CreatedById") or "")
+        changes.setdefault(lead_id, []).append(OwnerChange(at_ms, old_id, new, by))
+    for found in changes.values():
+        found.sort(key=lambda c: c.at_ms)
+    return changes
 
 
 # --- REST record -> change event ------------------------------------------------------
@@ -367,6 +461,7 @@ def events_for_record(
     row: Mapping[str, Any],
     state: RecordState | None,
     spec: EntityFields,
+    owner_changes: Sequence[OwnerChange] = (),
 ) -> list[ChangeEvent]:
     """The events that bring the ledger's state of one record up to the re-read.
 
@@ -378,6 +473,11 @@ def events_for_record(
     CREATE is stamped at CreatedDate (the creation time stays exact) without OwnerId (the
     owner at creation is unknown: stamping today's owner there would claim it was assigned
     at creation), followed by the UPDATE at LastModifiedDate that carries every field.
+
+    ``owner_changes`` (the lead's owner history): each user's first change becomes an
+    owner-only UPDATE at its own time, before the UPDATE at LastModifiedDate. The CREATE
+    still carries no owner: a lead the pipeline never saw while it sat in a queue is not
+    routed after the fact.
     """
     record_id = str(row.get("Id") or "")
     modified_ms = _epoch_ms(
@@ -390,9 +490,12 @@ def events_for_record(
         )
     body = rest_body(entity, row, spec)
     writer = str(row.get("LastModifiedById") or row.get("CreatedById") or "")
+    handovers = _owner_events(source, entity, record_id, owner_changes, modified_ms)
     if state is not None:
         change_type = "UNDELETE" if state.deleted else "UPDATE"
-        return [source.event(entity, record_id, change_type, modified_ms, body, writer)]
+        if change_type == "UNDELETE":  # an owner UPDATE before it would hit a deleted record
+            return [source.event(entity, record_id, change_type, modified_ms, body, writer)]
+        return [*handovers, source.event(entity, record_id, change_type, modified_ms, body, writer)]
     created_ms = _epoch_ms(row.get("CreatedDate"), what=f"{entity} {record_id} CreatedDate")
     if created_ms is None or created_ms >= modified_ms:
         return [source.event(entity, record_id, "CREATE", modified_ms, body, writer)]
@@ -400,8 +503,30 @@ def events_for_record(
     creator = str(row.get("CreatedById") or writer)
     return [
         source.event(entity, record_id, "CREATE", created_ms, creation, creator),
+        *handovers,
         source.event(entity, record_id, "UPDATE", modified_ms, body, writer),
     ]
+
+
+def _owner_events(
+    source: ResyncSource,
+    entity: str,
+    record_id: str,
+    changes: Sequence[OwnerChange],
+    modified_ms: int,
+) -> list[ChangeEvent]:
+    """An owner-only UPDATE at each user's first hand-over (queues are no assignment). At
+    an older version than the re-read's, they never override a field's newer value; they
+    tell the processor when each user first owned the lead."""
+    events, seen = [], set()
+    for change in changes:
+        owner = change.new_owner
+        if owner in seen or not owner.startswith("005") or change.at_ms > modified_ms:
+            continue
+        seen.add(owner)
+        fields = {"OwnerId": owner}
+        events.append(source.event(entity, record_id, "UPDATE", change.at_ms, fields, change.by))
+    return events
 
 
 # --- windows --------------------------------------------------------------------------
@@ -497,10 +622,19 @@ def window_events(
     deleted = missing = 0
     for entity, entity_rows in rows.items():
         found = set()
+        history: Mapping[str, list[OwnerChange]] = {}
+        if entity == "Lead" and entity_rows:
+            history = org.owner_changes([str(r.get("Id")) for r in entity_rows]) or {}
         for row in entity_rows:
             found.add(row.get("Id"))
+            record_id = str(row.get("Id"))
             events += events_for_record(
-                source, entity, row, states.get((entity, str(row.get("Id")))), org.fields(entity)
+                source,
+                entity,
+                row,
+                states.get((entity, record_id)),
+                org.fields(entity),
+                history.get(record_id, ()),
             )
         for record_id in plan.ids.get(entity, ()):
             if record_id in found:

@@ -114,6 +114,11 @@ class RecordStore(Protocol):
         modified_since_ms: int | None = None,
     ) -> list[dict[str, Any]]: ...
 
+    def field_history(
+        self, sobject: str, record_ids: Sequence[str], *, field: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``<sobject>History`` rows of those records, oldest first (``SandboxStore``)."""
+
 
 @dataclass
 class InMemoryChangeLog:

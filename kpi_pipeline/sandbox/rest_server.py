@@ -13,7 +13,10 @@ in ``kpi_pipeline.adapters.auth.jwt``) is the code under test:
 * ``GET /services/data/vNN.N/sobjects/<Type>/describe``: the sObject's fields (name, type,
   ``compoundFieldName``) as Salesforce describes them, custom fields included
 * ``GET /services/data/vNN.N/query?q=`` for the SOQL subset the pipeline issues, with
-  ``nextRecordsUrl`` paging (``GET .../query/<cursor>``)
+  ``nextRecordsUrl`` paging (``GET .../query/<cursor>``); that includes ``LeadHistory``
+  (``SELECT <fields> FROM LeadHistory WHERE Field = 'Owner' AND LeadId IN (..) ORDER BY
+  CreatedDate``), answered from the owner changes the store recorded (``field_history=False``:
+  an org where the object is not available, INVALID_TYPE)
 * ``POST /services/data/vNN.N/actions/standard/emailSimple``
 
 Writes go through ``RecordStore.create_record``/``update_record``/``delete_record`` with
@@ -64,7 +67,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kpi_pipeline.adapters.pubsub.schemas import sf_type_of
-from kpi_pipeline.core.events import EventFormatError, parse_sf_datetime
+from kpi_pipeline.core.events import EventFormatError, format_sf_datetime, parse_sf_datetime
 from kpi_pipeline.sandbox.changelog import SANDBOX_ENTITIES, RecordStore
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet
 from kpi_pipeline.sandbox.store import (
@@ -321,6 +324,23 @@ _WHERE_MODIFIED = re.compile(
 _ORDER = re.compile(r"^LastModifiedDate(?:\s+(?P<dir>ASC|DESC))?$", re.IGNORECASE)
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _QUOTED_ID = re.compile(r"^'([A-Za-z0-9]+)'$")
+# History objects: LeadHistory's fields as a real org describes them (OldValue/NewValue are
+# anyType: ids and names come back as strings).
+HISTORY_OBJECTS: Mapping[str, tuple[str, str]] = {"LeadHistory": ("Lead", "LeadId")}
+_HISTORY_FIELDS = (
+    "Id",
+    "IsDeleted",
+    "CreatedById",
+    "CreatedDate",
+    "Field",
+    "OldValue",
+    "NewValue",
+    "DataType",
+)
+_HISTORY_CONDITION = re.compile(
+    r"^(?P<name>\w+)\s*(?:=\s*(?P<one>'[^']*')|IN\s*\((?P<many>[^)]*)\))$", re.IGNORECASE
+)
+_QUOTED = re.compile(r"^'([^']*)'$")
 
 
 @dataclass(frozen=True)
@@ -398,6 +418,80 @@ def _soql_datetime_ms(literal: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    """``SELECT <fields> FROM <Object>History WHERE <Parent>Id IN (..) [AND Field = '..']
+    [ORDER BY CreatedDate [ASC|DESC]] [LIMIT n]``."""
+
+    sobject: str  # LeadHistory
+    parent: str  # Lead
+    fields: tuple[str, ...]
+    parent_ids: tuple[str, ...]
+    field_names: tuple[str, ...] | None = None
+    order_desc: bool = False
+    limit: int | None = None
+
+
+def _history_malformed(what: str) -> ApiError:
+    return ApiError(
+        400,
+        "MALFORMED_QUERY",
+        f"{what}. The sandbox supports: SELECT <fields> FROM LeadHistory WHERE LeadId IN ('..') "
+        "[AND Field = '..' | Field IN ('..')] [ORDER BY CreatedDate [ASC|DESC]] [LIMIT n]",
+    )
+
+
+def parse_history_soql(text: str) -> HistoryQuery:
+    """A history-object query; unknown columns are INVALID_FIELD as in a real org."""
+    match = _SOQL.match(text)
+    if not match or match["object"] not in HISTORY_OBJECTS:
+        raise _history_malformed(f"unsupported query {text[:120]!r}")
+    sobject = match["object"]
+    parent, parent_field = HISTORY_OBJECTS[sobject]
+    known = {n.lower(): n for n in (*_HISTORY_FIELDS, parent_field)}
+    fields = []
+    for name in (f.strip() for f in match["fields"].split(",")):
+        if name.lower() not in known:
+            raise ApiError(
+                400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'.", [name]
+            )
+        fields.append(known[name.lower()])
+    ids: tuple[str, ...] | None = None
+    field_names: tuple[str, ...] | None = None
+    where = (match["where"] or "").strip()
+    for condition in re.split(r"\s+AND\s+", where, flags=re.I) if where else ():
+        found = _HISTORY_CONDITION.match(condition.strip())
+        name = found["name"].lower() if found else ""
+        values = _quoted_values(found) if found else ()
+        if name == parent_field.lower():
+            ids = values
+        elif name == "field":
+            field_names = values
+        else:
+            raise _history_malformed(f"unsupported WHERE condition {condition.strip()!r}")
+    if ids is None:
+        raise _history_malformed(f"a {sobject} query must filter on {parent_field}")
+    order_desc = False
+    if match["order"]:
+        order = re.match(r"^CreatedDate(?:\s+(ASC|DESC))?$", match["order"].strip(), re.I)
+        if not order:
+            raise _history_malformed(f"unsupported ORDER BY {match['order'].strip()!r}")
+        order_desc = (order[1] or "ASC").upper() == "DESC"
+    limit = int(match["limit"]) if match["limit"] else None
+    return HistoryQuery(sobject, parent, tuple(fields), ids, field_names, order_desc, limit)
+
+
+def _quoted_values(found: re.Match[str]) -> tuple[str, ...]:
+    items = [found["one"]] if found["one"] is not None else found["many"].split(",")
+    values = []
+    for item in items:
+        quoted = _QUOTED.match(item.strip())
+        if not quoted:
+            raise _history_malformed(f"unsupported value {item.strip()!r} (quoted strings only)")
+        values.append(quoted[1])
+    return tuple(values)
+
+
 def _replace(query: SoqlQuery, **changes: Any) -> SoqlQuery:
     return SoqlQuery(**{**query.__dict__, **changes})
 
@@ -425,8 +519,10 @@ class RestApp:
         api_daily_limit: int,
         clock: Callable[[], float],
         keep_requests: int = 10_000,
+        field_history: bool = True,
     ):
         self.store = store
+        self.field_history = field_history
         self.registry = registry
         self.app = connected_app
         self.public_key = connected_app.public_key()
@@ -858,6 +954,9 @@ class RestApp:
     def query(self, version: str, soql: str) -> Response:
         if not soql.strip():
             raise ApiError(400, "MALFORMED_QUERY", "the query parameter q is missing")
+        target = _SOQL.match(soql)
+        if target and target["object"] in HISTORY_OBJECTS:
+            return self._paged(version, self._history_rows(version, soql, target["object"]))
         parsed = parse_soql(soql)
         try:
             records = self.store.query_records(
@@ -876,6 +975,42 @@ class RestApp:
         if parsed.limit is not None:
             records = records[: parsed.limit]
         rows = [self._project(version, parsed.sobject, r, parsed.fields) for r in records]
+        return self._paged(version, rows)
+
+    def _history_rows(self, version: str, soql: str, sobject: str) -> list[dict[str, Any]]:
+        if not self.field_history:
+            raise ApiError(
+                400,
+                "INVALID_TYPE",
+                f"sObject type '{sobject}' is not supported. If you are attempting to use a "
+                "custom object, be sure to append the '__c' after the entity name. Please "
+                "reference your WSDL or the describe call for the appropriate names.",
+            )
+        parsed = parse_history_soql(soql)
+        _, parent_field = HISTORY_OBJECTS[parsed.sobject]
+        found = self.store.field_history(parsed.parent, parsed.parent_ids)
+        if parsed.field_names is not None:
+            found = [r for r in found if r["Field"] in parsed.field_names]
+        if parsed.order_desc:
+            found.reverse()  # the store answers oldest first
+        if parsed.limit is not None:
+            found = found[: parsed.limit]
+        rows = []
+        for row in found:
+            view = {
+                **{k: v for k, v in row.items() if k != "ParentId"},
+                parent_field: row["ParentId"],
+                "IsDeleted": False,
+                "CreatedDate": format_sf_datetime(parse_sf_datetime(row["CreatedDate"])),
+            }
+            url = f"/services/data/v{version}/sobjects/{parsed.sobject}/{row['Id']}"
+            rows.append(
+                {"attributes": {"type": parsed.sobject, "url": url}}
+                | {name: view.get(name) for name in parsed.fields}
+            )
+        return rows
+
+    def _paged(self, version: str, rows: list[dict[str, Any]]) -> Response:
         key = None
         if len(rows) > self.query_batch_size:
             key = "01g" + uuid.uuid4().hex[:15].upper()
@@ -1240,9 +1375,11 @@ def start_rest_server(
     clock: Callable[[], float] = time.time,
     keep_requests: int = 10_000,
     tls: TlsFiles | None = None,
+    field_history: bool = True,
 ) -> RunningRestServer:
     """Serve ``store`` over the REST API on ``host:port`` (0: an ephemeral port) in a thread,
-    over HTTPS when ``tls`` is given."""
+    over HTTPS when ``tls`` is given; ``field_history=False`` answers history-object queries
+    with INVALID_TYPE (an org where they are not available to the API user)."""
     if query_batch_size < 1:
         raise ValueError(f"query_batch_size must be at least 1, got {query_batch_size}")
     app = RestApp(
@@ -1255,6 +1392,7 @@ def start_rest_server(
         api_daily_limit=api_daily_limit,
         clock=clock,
         keep_requests=keep_requests,
+        field_history=field_history,
     )
     try:
         server = _Server((host, port), _Handler)

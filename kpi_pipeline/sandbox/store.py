@@ -24,6 +24,15 @@ Shapes (the contract with the servers):
   nothing else still publishes an event naming only it); fields set to null are listed in
   ``nulledFields`` and absent from the body.
 
+Field history: with ``track_owner_history`` (the default), every change of a Lead's owner
+also writes ``LeadHistory`` rows in the same transaction, as an org with field history
+tracking on for Lead Owner does: ``Field`` ``Owner``, ``CreatedDate`` the change's commit
+time, ``CreatedById`` who made it. An owner change that involves a queue writes two rows,
+one with the ids (``DataType`` ``EntityId``) and one with the owners' names (``Text``); a
+user-to-user change writes the id row. Gap updates (changes made outside the normal save
+path) are tracked too: history is kept apart from the change log and is not pruned with it.
+``track_owner_history=False`` is an org with tracking off: no rows.
+
 Concurrency: WAL mode, one connection per thread (and per process after a fork), and
 ``BEGIN IMMEDIATE`` for writes, so writers in several threads or processes serialize and
 replay ids follow commit order. ``wait_for_changes`` wakes at once for writes in this
@@ -460,6 +469,19 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_by_commit ON changes (commit_ts);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS field_history (
+    id TEXT NOT NULL PRIMARY KEY,
+    sobject TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    old_value TEXT,
+    new_value TEXT,
+    data_type TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS field_history_by_record ON field_history (sobject, record_id);
 CREATE TABLE IF NOT EXISTS custom_fields (
     position INTEGER PRIMARY KEY AUTOINCREMENT,
     entity TEXT NOT NULL,
@@ -498,8 +520,10 @@ class SandboxStore:
         *,
         clock: Callable[[], int] = _wall_clock_ms,
         retention_ms: int = DEFAULT_RETENTION_MS,
+        track_owner_history: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.track_owner_history = track_owner_history
         if self.path.is_dir():
             raise SandboxStoreError(
                 f"sandbox store path {self.path} is a directory; pass a file path like {self.path / 'sandbox.db'}"
@@ -747,6 +771,7 @@ class SandboxStore:
             current = self._load_live(tx.conn, sobject, record_id)
             self._claim(tx, record_id)
             new, body, changed, nulled = _diff(current, normalized)
+            self._track_owner(tx, sobject, record_id, current, new, user_id)
             audit = self._audit(sobject, user_id, tx.commit_ms, created=False)
             for name, value in audit.items():
                 if current.get(name) != value or name == "LastModifiedDate":
@@ -877,6 +902,7 @@ class SandboxStore:
         deleted = {"GAP_DELETE": 1, "GAP_UNDELETE": 0}.get(change_type, row[1])
         current = json.loads(row[0])
         new, *_ = _diff(current, values)
+        self._track_owner(tx, entity, record_id, current, new, user_id)
         new.update(self._audit(entity, user_id, tx.commit_ms, created=False))
         tx.conn.execute(
             "UPDATE records SET fields = ?, deleted = ?, modified_ms = ? WHERE id = ?",
@@ -892,6 +918,69 @@ class SandboxStore:
             return self._append(
                 tx, entity, [OVERFLOW_RECORD_ID], "GAP_OVERFLOW", {}, user_id=user_id
             )
+
+    def _track_owner(
+        self,
+        tx: Transaction,
+        sobject: str,
+        record_id: str,
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+        user_id: str,
+    ) -> None:
+        """LeadHistory rows for an owner change (see the module docstring)."""
+        old, new = before.get("OwnerId"), after.get("OwnerId")
+        if sobject != "Lead" or not self.track_owner_history or old == new:
+            return
+        rows = [(old, new, "EntityId")]
+        if any(str(v or "").startswith(KEY_PREFIXES["Group"]) for v in (old, new)):
+            rows.append((self._name_of(tx.conn, old), self._name_of(tx.conn, new), "Text"))
+        for old_value, new_value, data_type in rows:
+            number = self._next_counter(tx.conn, "id:017")
+            tx.conn.execute(
+                "INSERT INTO field_history (id, sobject, record_id, field, old_value, new_value, "
+                "data_type, created_ms, created_by, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sf_id("017", number),
+                    sobject,
+                    record_id,
+                    "Owner",
+                    old_value,
+                    new_value,
+                    data_type,
+                    tx.commit_ms,
+                    user_id,
+                    number,
+                ),
+            )
+
+    @staticmethod
+    def _name_of(conn: sqlite3.Connection, record_id: Any) -> str | None:
+        if not record_id:
+            return None
+        row = conn.execute("SELECT fields FROM records WHERE id = ?", (record_id,)).fetchone()
+        return json.loads(row[0]).get("Name") if row else str(record_id)
+
+    def field_history(
+        self, sobject: str, record_ids: Sequence[str], *, field: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``<sobject>History`` rows of those records (optionally one ``Field``), oldest
+        first: Id, ParentId, Field, OldValue, NewValue, DataType, CreatedDate (epoch ms),
+        CreatedById."""
+        _check_sobject(sobject)
+        if not record_ids:
+            return []
+        sql = (
+            "SELECT id, record_id, field, old_value, new_value, data_type, created_ms, created_by "
+            f"FROM field_history WHERE sobject = ? AND record_id IN ({','.join('?' * len(record_ids))})"
+        )
+        params: list[Any] = [sobject, *record_ids]
+        if field is not None:
+            sql += " AND field = ?"
+            params.append(field)
+        rows = self._conn().execute(sql + " ORDER BY created_ms, position", params).fetchall()
+        names = ("Id", "ParentId", "Field", "OldValue", "NewValue", "DataType", "CreatedDate")
+        return [{**dict(zip(names, r[:7], strict=True)), "CreatedById": r[7]} for r in rows]
 
     def _audit(self, sobject: str, user_id: str, at_ms: int, *, created: bool) -> dict[str, Any]:
         names = ("CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById")

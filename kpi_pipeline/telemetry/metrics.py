@@ -316,6 +316,7 @@ KNOWN_ERROR_AREAS = (
     "metrics",
     "outreach_send",
     "cdc_resync",
+    "resync_owner_history",
 )
 
 

@@ -371,3 +371,40 @@ def test_static_provider_gives_metadata_and_cannot_renew() -> None:
     assert "tok" not in repr(provider) and "tok" not in repr(provider.token())
     with pytest.raises(ValueError, match="instance_url"):
         StaticTokenProvider("tok", "acme.my.salesforce.com", "00D")
+
+
+def test_a_key_that_does_not_match_the_apps_certificate_names_the_file_to_fix(
+    org: SandboxOrg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS, configured as for a real org: a signing key whose certificate the connected
+    app does not hold is refused; the error names the key file and the fix, the provider
+    and the org probe behind `kpi-pipeline status --probe-org` report it without crashing,
+    and the matching key passes the same probe."""
+    from kpi_pipeline import wiring
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", org.ca_file)  # trust the org, as for a real one
+    wrong, right = tmp_path / "wrong.key", tmp_path / "right.key"
+    wrong.write_bytes(other_private_key())
+    right.write_bytes(org.private_key_pem)
+
+    def settings(key_file: Path) -> Settings:
+        return Settings(
+            salesforce_login_url=org.url,
+            salesforce_client_id=CONSUMER_KEY,
+            salesforce_username=USERNAME,
+            salesforce_private_key_file=key_file,
+            data_dir=tmp_path / "data",
+        )
+
+    with pytest.raises(AuthError) as refused:
+        JWTTokenProvider.from_settings(settings(wrong)).token()
+    message = str(refused.value)
+    assert refused.value.error == "invalid_grant"
+    assert str(wrong) in message and "KPI_SALESFORCE_PRIVATE_KEY_FILE" in message
+    assert "upload the certificate of that key" in message
+    assert "-----BEGIN" not in message  # never key material
+
+    probe = wiring.probe_org(settings(wrong))
+    assert (probe.ok, probe.problem) == (False, "org_auth_failed")
+    assert str(wrong) in probe.detail and "connected app" in probe.detail
+    assert wiring.probe_org(settings(right)).ok

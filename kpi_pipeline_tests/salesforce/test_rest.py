@@ -19,6 +19,7 @@ from kpi_pipeline.adapters.salesforce.rest import (
     merge_updates,
     soql_datetime,
 )
+from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 from kpi_pipeline_tests.salesforce.sandbox_org import (
@@ -369,3 +370,51 @@ def test_static_token_constant_is_accepted(org: SandboxOrg) -> None:
     # The default provider in these tests is the sandbox's static token (kpi-pipeline sandbox serve --access-token).
     assert org.registry.is_valid(STATIC_TOKEN)
     assert org.rest().query("SELECT Id FROM Lead LIMIT 1") == []
+
+
+# --- field history (LeadHistory) ------------------------------------------------------------
+
+
+def test_owner_history_is_read_in_chunks_of_200_ids_oldest_first(org: SandboxOrg) -> None:
+    from kpi_pipeline.sandbox.store import INBOUND_QUEUE, REP_USER_IDS
+
+    leads = org.create_leads(201)
+    t0 = int(time.time() * 1000) // 1000 * 1000 - 3_600_000
+    org.store.update_record(
+        "Lead", leads[-1], {"OwnerId": REP_USER_IDS[0]}, user_id=INTEGRATION_USER_ID, at_ms=t0
+    )
+    org.store.update_record(
+        "Lead", leads[0], {"OwnerId": INBOUND_QUEUE.id}, user_id=REP_USER_IDS[1], at_ms=t0 + 1000
+    )
+    before = len(org.data_requests("/query/"))
+    rows = org.rest().field_history("Lead", "Owner", leads + leads[:5])  # duplicates: once
+    assert len(org.data_requests("/query/")) - before == 2
+    # User -> user: the id row only; user -> queue: the id row and the names row.
+    assert [(r["LeadId"], r["Field"], r["NewValue"], r["CreatedById"]) for r in rows] == [
+        (leads[-1], "Owner", REP_USER_IDS[0], INTEGRATION_USER_ID),
+        (leads[0], "Owner", INBOUND_QUEUE.id, REP_USER_IDS[1]),
+        (leads[0], "Owner", INBOUND_QUEUE.name, REP_USER_IDS[1]),
+    ]
+    assert {r["OldValue"] for r in rows} == {None}  # create_leads gives the leads no owner
+    stamps = [format_sf_datetime(parse_sf_datetime(ms)) for ms in (t0, t0 + 1000, t0 + 1000)]
+    assert [r["CreatedDate"] for r in rows] == stamps  # the changes' commit times
+
+
+def test_an_org_without_lead_history_gets_a_clear_error(tmp_path: Path) -> None:
+    from kpi_pipeline.adapters.salesforce.rest import HistoryUnavailableError
+
+    with sandbox_org(tmp_path, field_history=False) as org:
+        [lead] = org.create_leads(1)
+        with pytest.raises(HistoryUnavailableError, match="Set History Tracking") as failed:
+            org.rest().field_history("Lead", "Owner", [lead])
+        assert failed.value.error_code == "INVALID_TYPE"
+        with pytest.raises(ValueError, match="not a 15- or 18-character"):
+            org.rest().field_history("Lead", "Owner", ["not-an-id"])
+
+
+def test_lead_history_refuses_columns_a_real_org_does_not_have(org: SandboxOrg) -> None:
+    [lead] = org.create_leads(1)
+    with pytest.raises(SalesforceRequestError, match="No such column 'Foo' on entity"):
+        org.rest().query(f"SELECT LeadId, Foo FROM LeadHistory WHERE LeadId = '{lead}'")
+    with pytest.raises(SalesforceRequestError, match="must filter on LeadId"):
+        org.rest().query("SELECT LeadId FROM LeadHistory")

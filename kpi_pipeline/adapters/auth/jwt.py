@@ -185,8 +185,17 @@ _FIXES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def fix_for(error: str, description: str) -> str:
-    """The operator's fix for a Salesforce token error."""
+def fix_for(error: str, description: str, *, key_file: str | Path | None = None) -> str:
+    """The operator's fix for a Salesforce token error; ``key_file`` (the signing key's
+    path) is named when the org could not verify the signature with the app's certificate."""
+    if key_file is not None and error == "invalid_grant" and "invalid assertion" in description:
+        return (
+            f"the key file {str(key_file)!r} (KPI_SALESFORCE_PRIVATE_KEY_FILE) does not match the "
+            "certificate uploaded to the connected app: upload the certificate of that key to the "
+            "app (App Manager > Edit > Use digital signatures), or point "
+            "KPI_SALESFORCE_PRIVATE_KEY_FILE at the key the uploaded certificate was made from; "
+            "if they match, sync this machine's clock (the assertion expires 180 s after signing)"
+        )
     for code, fragment, fix in _FIXES:
         if error == code and fragment in description.lower():
             return fix
@@ -264,6 +273,7 @@ class JWTTokenProvider:
         self.username = username
         self.audience = audience or default_audience(self.login_url)
         self._key = load_private_key(private_key_pem, private_key_file)
+        self._key_file = private_key_file  # named in the error when the org refuses the key
         self.session_seconds = session_seconds
         self.expiry_buffer_s = expiry_buffer_s
         self.timeout_s = timeout_s
@@ -376,7 +386,7 @@ class JWTTokenProvider:
             ) from None
         body = _json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-            raise _token_error(url, response.status_code, body)
+            raise _token_error(url, response.status_code, body, key_file=self._key_file)
         return self._token_from_body(body, now)
 
     def _token_from_body(self, body: dict[str, Any], now: float) -> AccessToken:
@@ -405,13 +415,15 @@ def _json_or_none(response: requests.Response) -> Any:
         return None
 
 
-def _token_error(url: str, status: int, body: Any) -> AuthError:
+def _token_error(
+    url: str, status: int, body: Any, *, key_file: str | Path | None = None
+) -> AuthError:
     if isinstance(body, dict) and "error" in body:
         error = str(body.get("error"))
         description = str(body.get("error_description") or "")
         return AuthError(
             f"Salesforce refused the JWT bearer token request ({error}: {description}); fix: "
-            f"{fix_for(error, description)}",
+            f"{fix_for(error, description, key_file=key_file)}",
             error=error,
             description=description,
         )

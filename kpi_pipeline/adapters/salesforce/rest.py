@@ -99,6 +99,11 @@ class RequestLimitError(SalesforceError):
         self.daily = daily  # the org's rolling 24 h total, not the concurrency limit
 
 
+class HistoryUnavailableError(SalesforceError):
+    """The org has no history object for the sObject (field history tracking was never
+    turned on for it, or the API user cannot read it): INVALID_TYPE."""
+
+
 class SalesforceUnavailableError(SalesforceError):
     """5xx responses or broken connections after the bounded backoff."""
 
@@ -330,6 +335,43 @@ class SalesforceRest:
             rows.extend(self.query(f"SELECT {select} FROM {sobject} WHERE Id IN ({quoted})"))
         return rows
 
+    def field_history(self, sobject: str, field: str, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The history rows of one tracked field of those records, oldest first, 200 ids
+        per query: ``Id``, the parent id (``LeadId`` for LeadHistory, ``ParentId`` for a
+        custom object's ``Foo__History``), ``Field``, ``OldValue``, ``NewValue``,
+        ``CreatedDate``, ``CreatedById``. Lead owner changes are ``Field = 'Owner'``.
+
+        Raises ``HistoryUnavailableError`` when the org answers INVALID_TYPE."""
+        _check_name(sobject, "sObject type")
+        _check_name(field, "history field name")
+        history, parent = history_object(sobject)
+        unique = list(dict.fromkeys(ids))
+        for record_id in unique:
+            _check_record_id(record_id)
+        select = f"{parent}, Field, OldValue, NewValue, CreatedDate, CreatedById"
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(unique), MAX_COLLECTION_RECORDS):
+            quoted = ",".join(f"'{rid}'" for rid in unique[i : i + MAX_COLLECTION_RECORDS])
+            soql = (
+                f"SELECT {select} FROM {history} WHERE Field = '{field}' "
+                f"AND {parent} IN ({quoted}) ORDER BY CreatedDate"
+            )
+            try:
+                rows.extend(self.query(soql))
+            except SalesforceRequestError as exc:
+                if exc.error_code != "INVALID_TYPE":
+                    raise
+                raise HistoryUnavailableError(
+                    f"the org has no {history} ({exc}); turn on field history tracking for "
+                    f"{sobject} {field} (Setup > Object Manager > {sobject} > Fields & "
+                    f"Relationships > Set History Tracking) and give the integration user read "
+                    f"access to {history}",
+                    error_code=exc.error_code,
+                    status=exc.status,
+                ) from exc
+        # Chunks are each in time order; merge them (stable: same-time rows keep their order).
+        return sorted(rows, key=lambda r: str(r.get("CreatedDate") or ""))
+
     def send_email_simple(
         self,
         addresses: Sequence[str],
@@ -556,6 +598,14 @@ def _classify(exc: Exception, path: str) -> SalesforceError:
 def _is_daily_limit(error: SalesforceError) -> bool:
     # The rolling 24 h allocation won't free up within a backoff; stop and let the outbox wait.
     return isinstance(error, RequestLimitError) and error.daily
+
+
+def history_object(sobject: str) -> tuple[str, str]:
+    """(history object, its parent-id field): Lead -> (LeadHistory, LeadId), Foo__c ->
+    (Foo__History, ParentId)."""
+    if sobject.endswith("__c"):
+        return sobject[: -len("c")] + "History", "ParentId"
+    return f"{sobject}History", f"{sobject}Id"
 
 
 def _strip_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
