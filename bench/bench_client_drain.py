@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_decode import synthetic_changes
 
-from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
 from kpi_pipeline.sandbox.pubsub_server import start_pubsub_server
@@ -49,7 +50,9 @@ def serve(count: int, ports: multiprocessing.Queue, stop: multiprocessing.Event)
 
 def drain(target: str, count: int, decode: bool) -> float:
     """Seconds to fetch (and decode) every event with a fresh client."""
-    with PubSubClient(target, StaticAuth(TOKEN, "https://sandbox", TENANT), tls=False) as client:
+    with PubSubClient(
+        target, StaticTokenProvider(TOKEN, "https://sandbox", TENANT), tls=False
+    ) as client:
         decoder = EventDecoder(client.get_schema)
         started = time.perf_counter()
         result = client.fetch(

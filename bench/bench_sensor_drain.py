@@ -41,8 +41,9 @@ os.environ.setdefault("KPI_DATA_DIR", str(WORKDIR / "kpi"))
 
 import sqlalchemy as sa  # noqa: E402
 
+from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider  # noqa: E402
 from kpi_pipeline.adapters.ledger.store import Ledger  # noqa: E402
-from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth  # noqa: E402
+from kpi_pipeline.adapters.pubsub.client import PubSubClient  # noqa: E402
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder  # noqa: E402
 from kpi_pipeline.app.ingest import DrainLimits, drain_tick  # noqa: E402
 from kpi_pipeline.config import DEFAULT_CHANNELS  # noqa: E402
@@ -151,7 +152,9 @@ def drain_with_ticks(target: str, ledger: Ledger, bound: int, label: str) -> Dra
     """Ticks until caught up, as cdc_sensor runs them (fresh client: schemas not yet cached)."""
     timers = Timers()
     cursor, events, ticks = SensorCursor(), 0, 0
-    with PubSubClient(target, StaticAuth(TOKEN, "http://sandbox", TENANT), tls=False) as client:
+    with PubSubClient(
+        target, StaticTokenProvider(TOKEN, "http://sandbox", TENANT), tls=False
+    ) as client:
         fetcher, staged = TimedFetcher(client, timers), TimedLedger(ledger, timers)
         decode = timed_decode(EventDecoder(client.get_schema).decode, timers)
         limits = DrainLimits(max_events=bound, max_seconds=FETCH_SECONDS)
@@ -182,7 +185,9 @@ def drain_fetch_only(target: str, bound: int) -> DrainResult:
     resume: dict[str, bytes | None] = dict.fromkeys(DEFAULT_CHANNELS)
     events = ticks = 0
     timers = Timers()
-    with PubSubClient(target, StaticAuth(TOKEN, "http://sandbox", TENANT), tls=False) as client:
+    with PubSubClient(
+        target, StaticTokenProvider(TOKEN, "http://sandbox", TENANT), tls=False
+    ) as client:
         started = time.perf_counter()
         while True:
             ticks += 1

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
 from kpi_pipeline.sandbox.pubsub_server import RunningPubSubServer, start_pubsub_server
 from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
@@ -19,7 +20,7 @@ from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
 TENANT_ID = "00D000000000001AAA"
 TOKEN = "00D000000000001!sandbox-session"
 INSTANCE_URL = "https://sandbox.my.salesforce.com"
-AUTH = StaticAuth(TOKEN, INSTANCE_URL, TENANT_ID)
+AUTH = StaticTokenProvider(TOKEN, INSTANCE_URL, TENANT_ID)
 AUTH_METADATA = AUTH.metadata()
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
 from kpi_pipeline.adapters.ledger import Ledger, ReplayPositionMoved
-from kpi_pipeline.adapters.pubsub.client import StaticAuth
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.stream import (
     LedgerStager,
@@ -298,7 +298,7 @@ def test_a_rejected_token_raises_the_auth_error_after_one_refresh(
     change_log, start_server, make_client, stream_ledger: Ledger
 ) -> None:
     server = start_server(change_log)
-    client = make_client(server, auth=StaticAuth("expired", INSTANCE_URL, TENANT_ID))
+    client = make_client(server, auth=StaticTokenProvider("expired", INSTANCE_URL, TENANT_ID))
     with pytest.raises(PubSubAuthError):
         subscriber(client, stream_ledger, [LEADS]).run(
             Recorder(stream_ledger, client), threading.Event()

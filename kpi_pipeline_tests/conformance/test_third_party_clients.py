@@ -28,7 +28,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.core.bitmaps import FieldLayout, decode_bitmap
 from kpi_pipeline.core.events import ChangeEvent
@@ -124,7 +125,7 @@ def org(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedOrg]:
 @pytest.fixture(scope="module")
 def ours(org: ServedOrg) -> dict[str, list[ChangeEvent]]:
     """Our client's decode of every channel (TLS, trusting the sandbox's CA file)."""
-    auth = StaticAuth(org.access_token, org.rest_url, org.tenant_id)
+    auth = StaticTokenProvider(org.access_token, org.rest_url, org.tenant_id)
     out: dict[str, list[ChangeEvent]] = {}
     with PubSubClient(org.pubsub_target, auth, tls=True, ca_file=org.ca_file) as client:
         decoder = EventDecoder(client.get_schema)

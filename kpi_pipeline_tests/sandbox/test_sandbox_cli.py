@@ -176,7 +176,8 @@ def test_registered_serve_seeds_registers_and_refuses_a_second_one(
 def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path) -> None:
     import requests
 
-    from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.pubsub.client import PubSubClient
     from kpi_pipeline.core.errors import PubSubTlsError, ServiceUnavailableError
     from kpi_pipeline_tests.sandbox.serve_process import serve
 
@@ -186,7 +187,7 @@ def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path
         assert "gRPC over TLS" in org.banner
         assert org.ca_file == str(tmp_path / "sandbox_ca.pem")
         assert org.rest_url.startswith("https://")
-        auth = StaticAuth(org.access_token, org.rest_url, org.tenant_id)
+        auth = StaticTokenProvider(org.access_token, org.rest_url, org.tenant_id)
         with PubSubClient(org.pubsub_target, auth, tls=True, ca_file=org.ca_file) as client:
             assert client.get_topic("/data/LeadChangeEvent").can_subscribe
         with (
@@ -220,7 +221,8 @@ def test_serve_tls_dir_needs_tls(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_serve_issues_replay_ids_of_the_length_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kpi_pipeline.adapters.pubsub.client import PubSubClient, StaticAuth
+    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.pubsub.client import PubSubClient
     from kpi_pipeline_tests.sandbox.serve_process import serve
 
     store_path = tmp_path / "s.db"
@@ -230,7 +232,7 @@ def test_serve_issues_replay_ids_of_the_length_asked(
     assert main(args) == 2
     assert "--replay-id-bytes must be between 8 and 32" in capsys.readouterr().err
     with serve(store_path, args=["--tls", "--replay-id-bytes", "10"]) as org:
-        auth = StaticAuth(org.access_token, org.rest_url, org.tenant_id)
+        auth = StaticTokenProvider(org.access_token, org.rest_url, org.tenant_id)
         with PubSubClient(org.pubsub_target, auth, tls=True, ca_file=org.ca_file) as client:
             fetched = client.fetch(
                 "/data/ChangeEvents", replay_id=None, preset="EARLIEST", max_events=3,

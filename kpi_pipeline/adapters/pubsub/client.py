@@ -56,25 +56,6 @@ class AuthProvider(Protocol):
 
 
 @dataclass(frozen=True)
-class StaticAuth:
-    """A fixed token (sandbox, tests, or a token obtained elsewhere)."""
-
-    access_token: str
-    instance_url: str
-    tenant_id: str
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (
-            ("accesstoken", self.access_token),
-            ("instanceurl", self.instance_url),
-            ("tenantid", self.tenant_id),
-        )
-
-    def invalidate(self) -> None:
-        """A static token cannot be refreshed; the retry will fail the same way."""
-
-
-@dataclass(frozen=True)
 class TopicInfo:
     topic_name: str
     tenant_guid: str

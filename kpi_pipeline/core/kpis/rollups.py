@@ -105,56 +105,24 @@ _LEAD_FACTS_COLUMNS = (
 _COUNT = "int64"
 _REAL = "float64"
 _TEXT = "object"
+_TTFR_COLUMNS = {
+    "leads": _COUNT,
+    "responded": _COUNT,
+    "coverage": _REAL,
+    "ttfr_p50": _REAL,
+    "ttfr_p90": _REAL,
+    "ttfr_p95": _REAL,
+    "ttfr_business_p50": _REAL,
+    "ttfr_business_p90": _REAL,
+    "ttfr_business_p95": _REAL,
+}
+_SLA_COLUMNS = {"met": _COUNT, "breached": _COUNT, "pending": _COUNT, "breach_pct": _REAL}
 ROLLUP_SCHEMAS: dict[str, dict[str, str]] = {
-    "ttfr_overall": {
-        "day": _TEXT,
-        "leads": _COUNT,
-        "responded": _COUNT,
-        "coverage": _REAL,
-        "ttfr_p50": _REAL,
-        "ttfr_p90": _REAL,
-        "ttfr_p95": _REAL,
-        "ttfr_business_p50": _REAL,
-        "ttfr_business_p90": _REAL,
-        "ttfr_business_p95": _REAL,
-    },
-    "ttfr_by_owner": {
-        "day": _TEXT,
-        "owner_id": _TEXT,
-        "leads": _COUNT,
-        "responded": _COUNT,
-        "coverage": _REAL,
-        "ttfr_p50": _REAL,
-        "ttfr_p90": _REAL,
-        "ttfr_p95": _REAL,
-        "ttfr_business_p50": _REAL,
-        "ttfr_business_p90": _REAL,
-        "ttfr_business_p95": _REAL,
-    },
-    "sla": {
-        "day": _TEXT,
-        "met": _COUNT,
-        "breached": _COUNT,
-        "pending": _COUNT,
-        "breach_pct": _REAL,
-    },
-    "sla_by_owner": {
-        "day": _TEXT,
-        "owner_id": _TEXT,
-        "met": _COUNT,
-        "breached": _COUNT,
-        "pending": _COUNT,
-        "breach_pct": _REAL,
-    },
-    "sla_by_rule": {
-        "day": _TEXT,
-        "policy_version": _TEXT,
-        "rule": _TEXT,
-        "met": _COUNT,
-        "breached": _COUNT,
-        "pending": _COUNT,
-        "breach_pct": _REAL,
-    },
+    "ttfr_overall": {"day": _TEXT, **_TTFR_COLUMNS},
+    "ttfr_by_owner": {"day": _TEXT, "owner_id": _TEXT, **_TTFR_COLUMNS},
+    "sla": {"day": _TEXT, **_SLA_COLUMNS},
+    "sla_by_owner": {"day": _TEXT, "owner_id": _TEXT, **_SLA_COLUMNS},
+    "sla_by_rule": {"day": _TEXT, "policy_version": _TEXT, "rule": _TEXT, **_SLA_COLUMNS},
     "assignment_latency": {
         "day": _TEXT,
         "policy_version": _TEXT,

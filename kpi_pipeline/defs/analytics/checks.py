@@ -10,9 +10,11 @@ tests with a controlled clock.
 """
 
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 
 import dagster as dg
+import pandas as pd
 
 from kpi_pipeline.core.kpis import invariants
 from kpi_pipeline.defs.asset_keys import KPI_KEYS, LEDGER_KEY
@@ -27,39 +29,37 @@ def _result(broken: list[str], what: str) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=LEDGER_KEY,
-    blocking=True,
-    description="TTFR ≥ 0 and first response ≥ created, for every lead.",
-)
-def ttfr_non_negative(pipeline: PipelineResource) -> dg.AssetCheckResult:
-    frame = pipeline.ledger().lead_facts_frame()
-    return _result(
-        invariants.negative_or_early_first_response(frame),
+# The ledger's data invariants: (check name, description, the invariant, what its violators did).
+_LEDGER_INVARIANTS = (
+    (
+        "ttfr_non_negative",
+        "TTFR ≥ 0 and first response ≥ created, for every lead.",
+        invariants.negative_or_early_first_response,
         "have a negative TTFR or a response before creation",
-    )
-
-
-@dg.asset_check(
-    asset=LEDGER_KEY,
-    blocking=True,
-    description="No lead has a first response without its source, user or minutes.",
+    ),
+    (
+        "first_response_complete",
+        "No lead has a first response without its source, user or minutes.",
+        invariants.incomplete_first_response,
+        "have a partial first response",
+    ),
+    (
+        "decisions_carry_policy_version",
+        "Every routing decision carries its policy version.",
+        invariants.routed_without_policy_version,
+        "were routed without a policy version",
+    ),
 )
-def first_response_complete(pipeline: PipelineResource) -> dg.AssetCheckResult:
-    frame = pipeline.ledger().lead_facts_frame()
-    return _result(invariants.incomplete_first_response(frame), "have a partial first response")
 
 
-@dg.asset_check(
-    asset=LEDGER_KEY,
-    blocking=True,
-    description="Every routing decision carries its policy version.",
-)
-def decisions_carry_policy_version(pipeline: PipelineResource) -> dg.AssetCheckResult:
-    frame = pipeline.ledger().lead_facts_frame()
-    return _result(
-        invariants.routed_without_policy_version(frame), "were routed without a policy version"
-    )
+def _ledger_check(
+    name: str, description: str, violators: Callable[[pd.DataFrame], list[str]], what: str
+) -> dg.AssetChecksDefinition:
+    @dg.asset_check(name=name, asset=LEDGER_KEY, blocking=True, description=description)
+    def check(pipeline: PipelineResource) -> dg.AssetCheckResult:
+        return _result(violators(pipeline.ledger().lead_facts_frame()), what)
+
+    return check
 
 
 DAILY_DEADLINE_CRON = "0 3 * * *"
@@ -86,7 +86,7 @@ with warnings.catch_warnings():
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
 
-LEDGER_CHECKS = [ttfr_non_negative, first_response_complete, decisions_carry_policy_version]
+LEDGER_CHECKS = [_ledger_check(*invariant) for invariant in _LEDGER_INVARIANTS]
 
 
 FRESHNESS_CHECKS = [*ledger_freshness_checks, *kpi_freshness_checks]
