@@ -198,8 +198,9 @@ def probe_org(settings: Settings, *, timeout_s: float = 5.0):
     import requests
 
     from kpi_pipeline.adapters.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
-    from kpi_pipeline.adapters.salesforce.rest import SalesforceRest, SessionInvalidError
+    from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
     from kpi_pipeline.app.operator_status import OrgProbe
+    from kpi_pipeline.core.salesforce_rest import SessionInvalidError
 
     now = datetime.now(UTC)
     session = None

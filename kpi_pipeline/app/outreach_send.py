@@ -22,18 +22,18 @@ committed) *before* the call, and its outcome recorded after:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from kpi_pipeline.adapters.ledger.sends import FAILED, RETRY, SENT, SKIPPED, UNCONFIRMED
-from kpi_pipeline.adapters.ledger.store import Ledger
-from kpi_pipeline.adapters.salesforce.rest import (
+from kpi_pipeline.core.salesforce_rest import (
     RequestLimitError,
     SalesforceRequestError,
     SessionInvalidError,
 )
+from kpi_pipeline.core.sends import FAILED, RETRY, SENT, SKIPPED, UNCONFIRMED
 from kpi_pipeline.core.workloads.outreach_templates import (
     MissingTemplateVariable,
     TemplateCatalog,
@@ -51,6 +51,26 @@ DEFAULT_MAX_AGE = timedelta(hours=24)
 # Variables that come from configuration, not from the lead: missing ones stop the run
 # (nothing is marked failed), because every lead would fail the same way.
 CONFIG_VARIABLES = {"sender_name": "KPI_EMAIL_SENDER_NAME"}
+
+
+class SendLedger(Protocol):
+    """What the send needs of the ledger (``kpi_pipeline.adapters.ledger.Ledger``)."""
+
+    def unsent_recommendations(
+        self, *, limit: int, decided_since: datetime | None = None
+    ) -> Sequence[Any]: ...
+
+    def claim_send(self, lead_id: str, template_id: str, to_address: str | None) -> bool: ...
+
+    def finish_send(self, lead_id: str, status: str, error: str | None = None) -> None: ...
+
+    def read(self) -> AbstractContextManager[Any]: ...
+
+    def records(
+        self, conn: Any, keys: Iterable[tuple[str, str]]
+    ) -> Mapping[tuple[str, str], RecordState]: ...
+
+    def lead_facts(self, conn: Any, lead_ids: Iterable[str]) -> Mapping[str, Any]: ...
 
 
 class EmailSender(Protocol):
@@ -112,7 +132,7 @@ class _ConfigurationMissing(Exception):
 
 
 def send_recommended_emails(
-    ledger: Ledger,
+    ledger: SendLedger,
     rest: EmailSender,
     catalog: TemplateCatalog,
     *,
@@ -159,7 +179,7 @@ def send_recommended_emails(
 
 
 def _claim(
-    ledger: Ledger, report: SendReport, lead_id: str, template_id: str, address: str | None
+    ledger: SendLedger, report: SendReport, lead_id: str, template_id: str, address: str | None
 ) -> bool:
     if ledger.claim_send(lead_id, template_id, address):
         return True
@@ -168,7 +188,7 @@ def _claim(
 
 
 def _compose(
-    ledger: Ledger,
+    ledger: SendLedger,
     catalog: TemplateCatalog,
     lead_id: str,
     template_id: str,

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from kpi_pipeline.adapters.ledger.outbox import Claim
-from kpi_pipeline.adapters.salesforce.outbox import DrainReport, OutboxItem, drain_outbox
+from kpi_pipeline.app.outbox_drain import DrainReport, OutboxItem, drain_outbox
+from kpi_pipeline.core.outbox import Claim
 from kpi_pipeline.core.workloads.lead_route import is_user_id, owner_set_by_person
 from kpi_pipeline.core.workloads.writeback_fields import prepare
 from kpi_pipeline.telemetry import metrics

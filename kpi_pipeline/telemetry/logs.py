@@ -151,7 +151,7 @@ def keep_logger_names() -> None:
 
     Dagster hands a captured record to a run's loggers as a new record under its own name,
     copying only the extras, so this is how the JSON line of a run still says
-    ``kpi_pipeline.adapters.salesforce.outbox`` rather than ``dagster``. Only our names get it: Dagster
+    ``kpi_pipeline.app.outbox_drain`` rather than ``dagster``. Only our names get it: Dagster
     builds its new record with the extras and refuses an extra that the factory already set.
     """
     previous = logging.getLogRecordFactory()

@@ -62,15 +62,15 @@ def test_a_record_dagster_relogged_in_a_run_keeps_its_message_name_and_run() -> 
     """What a run's console gets for a captured kpi_pipeline line: Dagster's rewritten message,
     its metadata, and (through keep_logger_names) the original logger's name as an extra."""
     logs.keep_logger_names()
-    original = logging.getLogger("kpi_pipeline.adapters.salesforce.outbox").makeRecord(
-        "kpi_pipeline.adapters.salesforce.outbox", logging.INFO, __file__, 1, "sent", (), None
+    original = logging.getLogger("kpi_pipeline.app.outbox_drain").makeRecord(
+        "kpi_pipeline.app.outbox_drain", logging.INFO, __file__, 1, "sent", (), None
     )
-    assert getattr(original, logs.ORIGIN_ATTR) == "kpi_pipeline.adapters.salesforce.outbox"
+    assert getattr(original, logs.ORIGIN_ATTR) == "kpi_pipeline.app.outbox_drain"
     meta = {"run_id": "r-1", "job_name": "j", "step_key": "s", "orig_message": "sent"}
     relogged = _record("j - r-1 - s - sent", dagster_meta=meta, kpi_logger=original.name)
     relogged.name = "dagster"
     parsed = json.loads(logs.json_formatter().format(relogged))
-    assert parsed["msg"] == "sent" and parsed["logger"] == "kpi_pipeline.adapters.salesforce.outbox"
+    assert parsed["msg"] == "sent" and parsed["logger"] == "kpi_pipeline.app.outbox_drain"
     assert (parsed["run_id"], parsed["job_name"], parsed["step_key"]) == ("r-1", "j", "s")
     # The root handler leaves such a record to the run's console: no line printed twice.
     root_filter = logs._NotPrintedElsewhere()

@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.adapters.ledger.outbox import Claim
 from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.writeback import resolve_from_ledger
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.outbox import Claim
 from kpi_pipeline.fixtures import RECORDED_STREAM
 from kpi_pipeline_tests.processing.conftest import make_processor
 from kpi_pipeline_tests.processing.events import (

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.adapters.ledger.outbox import Claim
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.schemas import schema_json
 from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.writeback import resolve_from_ledger
 from kpi_pipeline.core.events import ChangeEvent, read_recorded_lines
+from kpi_pipeline.core.outbox import Claim
 from kpi_pipeline.core.policy.load import load_policy
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kpi_pipeline.adapters.salesforce.outbox import OutboxItem, drain_outbox, merge_items
+from kpi_pipeline.app.outbox_drain import OutboxItem, drain_outbox, merge_items
 from kpi_pipeline_tests.salesforce.sandbox_org import SandboxOrg
 
 

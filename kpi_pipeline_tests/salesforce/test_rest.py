@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.adapters.salesforce.rest import (
+from kpi_pipeline.adapters.salesforce.rest import SalesforceRest, merge_updates, soql_datetime
+from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
+from kpi_pipeline.core.salesforce_rest import (
     RecordUpdate,
     RequestLimitError,
     SalesforceRequestError,
-    SalesforceRest,
     SalesforceUnavailableError,
     SessionInvalidError,
-    merge_updates,
-    soql_datetime,
 )
-from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 from kpi_pipeline_tests.salesforce.sandbox_org import (
@@ -401,7 +399,7 @@ def test_owner_history_is_read_in_chunks_of_200_ids_oldest_first(org: SandboxOrg
 
 
 def test_an_org_without_lead_history_gets_a_clear_error(tmp_path: Path) -> None:
-    from kpi_pipeline.adapters.salesforce.rest import HistoryUnavailableError
+    from kpi_pipeline.core.salesforce_rest import HistoryUnavailableError
 
     with sandbox_org(tmp_path, field_history=False) as org:
         [lead] = org.create_leads(1)

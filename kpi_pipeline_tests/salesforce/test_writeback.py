@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.adapters.salesforce.rest import RecordUpdate
 from kpi_pipeline.app.writeback import LedgerOutbox, OwnerRules, Superseded, drain_writeback
 from kpi_pipeline.core.events import format_sf_datetime
+from kpi_pipeline.core.salesforce_rest import RecordUpdate
 from kpi_pipeline.core.workloads.first_touch import FirstResponse
 from kpi_pipeline.telemetry import metrics
 from kpi_pipeline_tests.salesforce.sandbox_org import INTEGRATION_USER_ID, SandboxOrg

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore
+from kpi_pipeline.core.outbox import Claim
 from kpi_pipeline.core.workloads.writeback_fields import dirty_names
 
 PENDING = "pending"
@@ -54,20 +55,6 @@ class OutboxRow:
     dirtied_at: datetime | None
     sent_at: datetime | None
     confirmed: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A claimed row: send the current values of ``dirty`` while holding ``token``."""
-
-    id: int
-    sobject: str
-    record_id: str
-    dirty: tuple[str, ...]
-    generation: int
-    token: str
-    confirmed: dict[str, Any]
-    dirtied_at: datetime | None = None  # since when its oldest unsent change has waited
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,14 +18,14 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.sql import insert_ignore
-
-SENDING = "sending"  # claimed; the call may be in flight (or the process died during it)
-SENT = "sent"  # Salesforce confirmed the send
-RETRY = "retry"  # Salesforce refused before acting (limits, session): safe to try again
-FAILED = "failed"  # will not be sent: missing variable, refused by Salesforce, too many retries
-SKIPPED = "skipped"  # not to be emailed: no address, already answered, deleted
-UNCONFIRMED = "unconfirmed"  # outcome unknown (outage after sending): never resent automatically
-FINAL_STATUSES = frozenset({SENT, FAILED, SKIPPED, UNCONFIRMED})
+from kpi_pipeline.core.sends import (
+    FAILED,
+    FINAL_STATUSES,
+    RETRY,
+    SENDING,
+    SENT,
+    UNCONFIRMED,
+)
 
 
 @dataclass(frozen=True, slots=True)

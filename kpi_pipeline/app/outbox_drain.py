@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kpi_pipeline.adapters.salesforce.rest import RecordUpdate, SalesforceRest, UpdateReport
+from kpi_pipeline.core.salesforce_rest import RecordUpdate, UpdateReport
 from kpi_pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ class OutboxItem:
     sobject: str
     record_id: str
     fields: dict[str, Any]
+
+
+class RecordUpdater(Protocol):
+    """What the drain needs of the org: ``kpi_pipeline.adapters.salesforce.rest.SalesforceRest``."""
+
+    def update_records(self, sobject: str, updates: Sequence[RecordUpdate]) -> UpdateReport:
+        """Update the records (sObject Collections), reporting each one's outcome."""
 
 
 class OutboxPort(Protocol):
@@ -92,7 +99,7 @@ def merge_items(items: Sequence[OutboxItem]) -> list[_MergedRecord]:
     return list(merged.values())
 
 
-def drain_outbox(outbox: OutboxPort, rest: SalesforceRest, *, batch_size: int = 200) -> DrainReport:
+def drain_outbox(outbox: OutboxPort, rest: RecordUpdater, *, batch_size: int = 200) -> DrainReport:
     """Send pending outbox items to Salesforce until none are left or the org pushes back."""
     if batch_size < 1:
         raise ValueError(f"drain_outbox(batch_size={batch_size}): batch_size must be at least 1")
@@ -129,7 +136,7 @@ def drain_outbox(outbox: OutboxPort, rest: SalesforceRest, *, batch_size: int = 
 
 
 def _send_batch(
-    outbox: OutboxPort, rest: SalesforceRest, records: list[_MergedRecord], report: DrainReport
+    outbox: OutboxPort, rest: RecordUpdater, records: list[_MergedRecord], report: DrainReport
 ) -> None:
     by_sobject: dict[str, list[_MergedRecord]] = {}
     for record in records:
