@@ -24,8 +24,9 @@ from kpi_pipeline.core.workloads.first_touch import (
     task_candidate,
     to_first_response,
 )
-from kpi_pipeline.core.workloads.lead_route import PoolState, route
+from kpi_pipeline.core.workloads.lead_route import route
 from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
+from kpi_pipeline.core.workloads.pools import PoolState
 from kpi_pipeline.core.workloads.records import RecordState, merge_event
 
 START = datetime(2026, 11, 2, 13, 0, tzinfo=UTC)

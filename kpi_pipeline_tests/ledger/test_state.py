@@ -14,7 +14,7 @@ from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.adapters.ledger.state import DecisionRow
 from kpi_pipeline.core.kpis import lead_facts_columns, validate_lead_facts
 from kpi_pipeline.core.workloads.first_touch import FirstResponse, ResponseCandidate
-from kpi_pipeline.core.workloads.lead_route import PoolState
+from kpi_pipeline.core.workloads.pools import PoolState
 
 T = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 LEAD = "00Q000000000001AAA"

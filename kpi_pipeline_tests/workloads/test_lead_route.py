@@ -12,16 +12,15 @@ from kpi_pipeline.core.kpis.rollups import sla_flags
 from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
 from kpi_pipeline.core.workloads.lead_route import (
     FALLBACK_RULE_ID,
-    PoolState,
     RoutingDecision,
     assignment_fields,
     assignment_from_owner_change,
     lead_created_at,
     needs_routing,
-    pool_cycle,
     route,
     route_in_order,
 )
+from kpi_pipeline.core.workloads.pools import PoolState, pool_cycle
 from kpi_pipeline.core.workloads.records import RecordState, fold_events
 
 from .builders import INTEGRATION, LEAD, REP, REP2, T0, at, event, lead_create

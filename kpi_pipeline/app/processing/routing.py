@@ -13,12 +13,12 @@ import sqlalchemy as sa
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.app.writeback import Superseded
 from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.policy.conditions import field_value
 from kpi_pipeline.core.workloads.decision_messages import routing_messages, superseded_messages
 from kpi_pipeline.core.workloads.lead_route import (
     FALLBACK_RULE_ID,
     RoutingDecision,
     assignment_from_owner_change,
-    field_value,
     first_matching_rule,
     is_user_id,
     lead_created_at,

@@ -5,24 +5,21 @@ decision time: called twice with the same inputs it returns the same decision. M
 decisions per lead (a lead already decided keeps its stored decision) is the processor's
 job; it stores ``RoutingDecision.to_json()`` and the returned ``PoolState``.
 
-Pools use one algorithm for both strategies: the pool's members are laid out in a fixed
-*cycle* by smooth weighted round robin (nginx's interleaving: with weights 2:1:1 the
-cycle is A B C A, not A A B C); ``round_robin`` is the same with all weights 1. The pool
-pointer is the position in that cycle. Members that are unavailable or at their daily
-cap are skipped by moving to the next slot, which removes their slots from the cycle and
-keeps the remaining members' shares proportional to their weights.
+Pools (``kpi_pipeline.core.workloads.pools``) hand out owners by smooth weighted round robin
+with availability and daily caps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
-from kpi_pipeline.core.events import EventFormatError, format_sf_datetime, parse_sf_datetime
-from kpi_pipeline.core.policy.load import Condition, Pool, RoutingPolicy, Rule, integer_weights
+from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
+from kpi_pipeline.core.policy.conditions import explain, matches
+from kpi_pipeline.core.policy.load import RoutingPolicy, Rule
+from kpi_pipeline.core.workloads.pools import PoolState, pick_from_pool
 from kpi_pipeline.core.workloads.records import RecordState
 
 USER_PREFIX = "005"
@@ -112,31 +109,6 @@ def current_owner(
 
 
 @dataclass(frozen=True, slots=True)
-class PoolState:
-    pool_id: str
-    pointer: int = 0
-    day: str = ""
-    assigned_today: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pool_id": self.pool_id,
-            "pointer": self.pointer,
-            "day": self.day,
-            "assigned_today": dict(self.assigned_today),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PoolState:
-        return cls(
-            pool_id=data["pool_id"],
-            pointer=int(data.get("pointer", 0)),
-            day=data.get("day", ""),
-            assigned_today={k: int(v) for k, v in (data.get("assigned_today") or {}).items()},
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class RoutingDecision:
     lead_id: str
     owner_id: str
@@ -200,188 +172,11 @@ class RoutingOutcome:
 # --- conditions ------------------------------------------------------------------------
 
 
-def _same(actual: Any, expected: Any) -> bool:
-    """Equality as an admin means it: strings case-insensitively, '42' == 42, 'true' == True."""
-    if actual is None or expected is None:
-        return actual is None and expected is None
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return str(actual).lower() == str(expected).lower()
-    if isinstance(expected, int | float) or isinstance(actual, int | float):
-        number = _as_number(actual), _as_number(expected)
-        return None not in number and number[0] == number[1]
-    return str(actual).casefold() == str(expected).casefold()
-
-
-def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        return float(str(value))
-    except ValueError:
-        return None
-
-
-def _as_date(value: Any) -> datetime | None:
-    try:
-        return parse_sf_datetime(value)
-    except EventFormatError:
-        return None
-
-
-def _in_range(actual: Any, bounds: Mapping[str, Any]) -> bool:
-    if actual is None or actual == "":
-        return False
-    dated = any(isinstance(b, str) for b in bounds.values())
-    convert = _as_date if dated else _as_number
-    value = convert(actual)
-    if value is None:
-        return False
-    low, high = bounds.get("min"), bounds.get("max")
-    if low is not None and value < convert(low):
-        return False
-    return not (high is not None and value > convert(high))
-
-
-def field_value(fields: Mapping[str, Any], path: str) -> Any:
-    """A field's value; ``Address.Country`` reads a child of a compound field."""
-    if path in fields or "." not in path:
-        return fields.get(path)
-    parent, _, child = path.partition(".")
-    compound = fields.get(parent)
-    return compound.get(child) if isinstance(compound, Mapping) else None
-
-
-def _leaf(condition: Condition, fields: Mapping[str, Any]) -> bool:
-    actual = field_value(fields, condition.field or "")
-    op, expected = condition.op, condition.value
-    if op == "equals":
-        return _same(actual, expected)
-    if op == "in":
-        return any(_same(actual, option) for option in expected)
-    if op == "range":
-        return _in_range(actual, expected)
-    if op == "exists":
-        return (actual is not None and actual != "") == bool(expected)
-    return isinstance(actual, str) and actual.casefold().startswith(str(expected).casefold())
-
-
-def matches(condition: Condition | None, fields: Mapping[str, Any]) -> bool:
-    """Whether a lead's fields satisfy a rule's ``when`` (None matches everything)."""
-    if condition is None:
-        return True
-    if condition.op == "any":
-        return any(matches(child, fields) for child in condition.children)
-    if condition.op == "all":
-        return all(matches(child, fields) for child in condition.children)
-    if condition.op == "not":
-        return not matches(condition.children[0], fields)
-    return _leaf(condition, fields)
-
-
-def explain(condition: Condition | None, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The evaluated condition tree, each node with its result (for the decision record)."""
-    if condition is None:
-        return {"op": "always", "result": True}
-    if condition.op in ("any", "all", "not"):
-        children = [explain(child, fields) for child in condition.children]
-        return {"op": condition.op, "result": matches(condition, fields), "children": children}
-    return {
-        "field": condition.field,
-        "op": condition.op,
-        "expected": condition.value,
-        "actual": field_value(fields, condition.field or ""),
-        "result": _leaf(condition, fields),
-    }
-
-
 # --- pools -----------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=256)
-def pool_cycle(members: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
-    """Smooth weighted round-robin order of one full cycle; members as (user_id, weight text).
-
-    Each step every member gains its weight and the richest one (first on ties) is picked
-    and pays the total: over a cycle each member gets exactly its weight in slots, spread
-    out as evenly as possible.
-    """
-    weights = integer_weights([float(weight) for _, weight in members])
-    total = sum(weights)
-    credit = [0] * len(weights)
-    order = []
-    for _ in range(total):
-        credit = [c + w for c, w in zip(credit, weights, strict=True)]
-        best = max(range(len(credit)), key=lambda i: (credit[i], -i))
-        credit[best] -= total
-        order.append(members[best][0])
-    return tuple(order)
-
-
-def _cycle_for(pool: Pool) -> tuple[str, ...]:
-    weighted = pool.strategy == "weighted_round_robin"
-    key = tuple((m.user_id, str(m.weight) if weighted else "1") for m in pool.members)
-    return pool_cycle(key)
 
 
 def local_day(at: datetime, policy: RoutingPolicy) -> str:
     return at.astimezone(policy.tz).date().isoformat()
-
-
-def _skip_reason(
-    member_id: str, pool: Pool, counts: Mapping[str, int], member_status: Mapping[str, bool]
-) -> str | None:
-    member = next(m for m in pool.members if m.user_id == member_id)
-    if not member.available:
-        return "unavailable (policy)"
-    if member_status.get(member_id) is False:
-        return "unavailable (status)"
-    if member.daily_cap is not None and counts.get(member_id, 0) >= member.daily_cap:
-        return f"daily cap reached ({counts.get(member_id, 0)}/{member.daily_cap})"
-    return None
-
-
-def pick_from_pool(
-    pool_id: str,
-    pool: Pool,
-    state: PoolState,
-    *,
-    day: str,
-    member_status: Mapping[str, bool],
-) -> tuple[str | None, PoolState, dict[str, Any]]:
-    """Next eligible member from the pointer on; (None, unchanged pointer) if nobody is eligible."""
-    cycle = _cycle_for(pool)
-    # Caps count per local day: a decision on another day (normally the next one) starts
-    # from zero. The pointer survives policy edits; it is read modulo the new cycle.
-    counts = dict(state.assigned_today) if state.day == day else {}
-    start = state.pointer % len(cycle)
-    skipped: list[dict[str, Any]] = []
-    reported: set[str] = set()
-    for offset in range(len(cycle)):
-        slot = (start + offset) % len(cycle)
-        member_id = cycle[slot]
-        reason = _skip_reason(member_id, pool, counts, member_status)
-        if reason is None:
-            counts[member_id] = counts.get(member_id, 0) + 1
-            new_state = PoolState(pool_id, (slot + 1) % len(cycle), day, counts)
-            return member_id, new_state, _pool_explanation(pool, start, new_state.pointer, skipped)
-        if member_id not in reported:
-            reported.add(member_id)
-            skipped.append({"user_id": member_id, "reason": reason})
-    unchanged = PoolState(pool_id, start, day, counts)
-    return None, unchanged, _pool_explanation(pool, start, start, skipped)
-
-
-def _pool_explanation(
-    pool: Pool, before: int, after: int, skipped: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "strategy": pool.strategy,
-        "pointer_before": before,
-        "pointer_after": after,
-        "skipped": skipped,
-    }
 
 
 # --- routing ---------------------------------------------------------------------------
