@@ -28,7 +28,7 @@ from kpi_pipeline.core.events import (
     format_sf_datetime,
     read_recorded_lines,
 )
-from kpi_pipeline.core.kpis.rollups import SlaCounts, sla_in_both_clocks
+from kpi_pipeline.core.kpis.sla_views import SlaCounts, sla_in_both_clocks
 from kpi_pipeline.core.policy.load import (
     PolicyError,
     RoutingPolicy,

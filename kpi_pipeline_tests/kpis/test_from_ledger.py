@@ -13,7 +13,7 @@ import pytest
 from kpi_pipeline.adapters.ledger.schema import lead_facts
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.core.kpis import compute_all, day_bounds, lead_facts_columns
-from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS
+from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS
 from kpi_pipeline_tests.kpis.test_rollups import AS_OF, hand_built_ledger
 
 LOADED_AT = datetime(2026, 3, 4, tzinfo=UTC)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kpi_pipeline.core.kpis import compute_all, lead_facts_columns, reconcile
-from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS
+from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS, NUMBER_COLUMNS
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 MAYBE_MINUTES = st.one_of(st.none(), st.floats(0, 5000, allow_nan=False).map(lambda m: round(m, 2)))

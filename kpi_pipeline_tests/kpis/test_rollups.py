@@ -47,7 +47,7 @@ from kpi_pipeline.core.kpis import (
     ttfr_by_owner,
     ttfr_overall,
 )
-from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS
+from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS, NUMBER_COLUMNS
 
 AS_OF = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
 NAN = float("nan")

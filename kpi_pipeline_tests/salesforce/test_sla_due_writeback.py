@@ -29,7 +29,7 @@ from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.writeback import drain_writeback
 from kpi_pipeline.core.events import ChangeEvent, parse_sf_datetime
-from kpi_pipeline.core.kpis.rollups import sla_in_both_clocks
+from kpi_pipeline.core.kpis.sla_views import sla_in_both_clocks
 from kpi_pipeline.core.policy.load import load_policy
 from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline_tests.processing.events import REP_A, REP_B, email_sent, lead_created

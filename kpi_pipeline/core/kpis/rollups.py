@@ -47,59 +47,25 @@ Decisions where CONTRACTS.md §4 is silent (documented here because the CSVs car
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
 
+from kpi_pipeline.core.kpis.lead_facts import (
+    BUSINESS_TTFR,
+    LeadFactsError,
+    check_as_of,
+    check_timezone,
+    validate_lead_facts,
+)
 from kpi_pipeline.core.workloads.business_hours import ALWAYS_OPEN, NS_PER_MINUTE, BusinessClock
 
 Clocks = Mapping[str | None, BusinessClock]
 
 DEFAULT_SLA_MINUTES = 60.0
 
-BUSINESS_TTFR = "Time_to_First_Response_Business_Minutes__c"
-DATETIME_COLUMNS = ("CreatedDate", "Owner_Assigned_At__c", "First_Response_At__c", "SLA_Due_At")
-NUMBER_COLUMNS = (
-    "Assignment_Latency_Minutes__c",
-    "Time_to_First_Response__c",
-    "SLA_Minutes",
-    BUSINESS_TTFR,
-)
-STRING_COLUMNS = (
-    "Id",
-    "OwnerId",
-    "First_Response_User__c",
-    "First_Response_Source__c",
-    "Template_Recommended__c",
-    "Template_Applied__c",
-    "Routing_Policy_Version__c",
-    "Routing_Rule__c",
-    "SLA_Calendar",
-)
-_LEAD_FACTS_COLUMNS = (
-    "Id",
-    "CreatedDate",
-    "OwnerId",
-    "Owner_Assigned_At__c",
-    "Assignment_Latency_Minutes__c",
-    "First_Response_At__c",
-    "First_Response_User__c",
-    "First_Response_Source__c",
-    "Time_to_First_Response__c",
-    "Template_Recommended__c",
-    "Template_Applied__c",
-    "Routing_Policy_Version__c",
-    "Routing_Rule__c",
-    "SLA_Minutes",
-    BUSINESS_TTFR,
-    "SLA_Calendar",
-    "SLA_Due_At",
-)
 
 # Output schemas: column -> dtype. The order here is the column order of the output.
 _COUNT = "int64"
@@ -143,124 +109,7 @@ ROLLUP_SCHEMAS: dict[str, dict[str, str]] = {
 ROLLUP_NAMES: tuple[str, ...] = tuple(ROLLUP_SCHEMAS)
 
 
-class LeadFactsError(ValueError):
-    """The lead-facts frame (or an argument) cannot be rolled up as given."""
-
-
 # --- the input contract -----------------------------------------------------------------
-
-
-def lead_facts_columns() -> tuple[str, ...]:
-    """The lead-facts columns, in the order ``Ledger.lead_facts_frame`` returns them."""
-    return _LEAD_FACTS_COLUMNS
-
-
-def empty_lead_facts() -> pd.DataFrame:
-    """A lead-facts frame with no rows and the dtypes the rollups expect."""
-    columns: dict[str, pd.Series] = {}
-    for name in _LEAD_FACTS_COLUMNS:
-        if name in DATETIME_COLUMNS:
-            columns[name] = pd.Series([], dtype="datetime64[ns, UTC]")
-        elif name in NUMBER_COLUMNS:
-            columns[name] = pd.Series([], dtype="float64")
-        else:
-            columns[name] = pd.Series([], dtype="object")
-    return pd.DataFrame(columns)
-
-
-def validate_lead_facts(frame: pd.DataFrame) -> None:
-    """Raise ``LeadFactsError`` naming what is wrong with ``frame`` and how to fix it."""
-    if not isinstance(frame, pd.DataFrame):
-        raise LeadFactsError(
-            f"lead facts must be a pandas DataFrame, got {type(frame).__name__}; "
-            "build it with Ledger.lead_facts_frame() or empty_lead_facts()"
-        )
-    missing = [name for name in _LEAD_FACTS_COLUMNS if name not in frame.columns]
-    if missing:
-        raise LeadFactsError(
-            f"lead facts frame lacks columns {missing}; it needs exactly "
-            f"{list(_LEAD_FACTS_COLUMNS)} (see kpi_pipeline.core.kpis.lead_facts_columns())"
-        )
-    for name in DATETIME_COLUMNS:
-        if not isinstance(frame[name].dtype, pd.DatetimeTZDtype):
-            raise LeadFactsError(
-                f"lead facts column {name} has dtype {frame[name].dtype}; it must be tz-aware "
-                "datetimes (convert with pd.to_datetime(values, utc=True))"
-            )
-    for name in NUMBER_COLUMNS:
-        if not pd.api.types.is_numeric_dtype(frame[name].dtype):
-            raise LeadFactsError(
-                f"lead facts column {name} has dtype {frame[name].dtype}; it must be numeric "
-                "(NaN for none; convert with pd.to_numeric(values))"
-            )
-    _reject_bad_rows(frame)
-
-
-def _reject_bad_rows(frame: pd.DataFrame) -> None:
-    problems = {
-        "CreatedDate is empty (every lead needs its creation time)": frame["CreatedDate"].isna(),
-        "SLA_Minutes is negative": frame["SLA_Minutes"] < 0,
-        "Id is empty": frame["Id"].isna(),
-    }
-    for what, bad in problems.items():
-        if bad.any():
-            examples = frame.loc[bad, "Id"].head(3).tolist()
-            raise LeadFactsError(
-                f"{int(bad.sum())} lead(s) where {what}, e.g. Id {examples}; "
-                "fix those rows in the ledger before rolling up"
-            )
-    duplicated = frame["Id"].duplicated()
-    if duplicated.any():
-        examples = frame.loc[duplicated, "Id"].head(3).tolist()
-        raise LeadFactsError(
-            f"{int(duplicated.sum())} duplicate lead Id(s), e.g. {examples}; the frame must "
-            "hold one row per lead"
-        )
-
-
-def _check_timezone(tz: str) -> str:
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise LeadFactsError(
-            f"timezone {tz!r} is not an IANA zone name; use e.g. 'UTC' or 'Europe/Paris' "
-            "(setting KPI_TIMEZONE)"
-        ) from exc
-    return tz
-
-
-def _check_as_of(as_of: datetime) -> pd.Timestamp:
-    stamp = pd.Timestamp(as_of)
-    if stamp.tzinfo is None:
-        raise LeadFactsError(
-            f"as_of {as_of!r} has no timezone; pass an aware datetime, e.g. "
-            "datetime(2026, 1, 2, tzinfo=UTC)"
-        )
-    return stamp.tz_convert("UTC")
-
-
-def day_bounds(day: str, *, tz: str = "UTC") -> tuple[datetime, datetime]:
-    """UTC instants [start, end) of calendar ``day`` (``YYYY-MM-DD``) in ``tz``.
-
-    What to pass to ``Ledger.lead_facts_frame`` for one daily partition: a local day is
-    23 or 25 hours long when daylight saving time starts or ends.
-    """
-    _check_timezone(tz)
-    try:
-        start = pd.Timestamp(day)
-    except ValueError as exc:
-        raise LeadFactsError(f"day {day!r} is not a date; write it YYYY-MM-DD") from exc
-    if start != start.normalize() or start.tzinfo is not None:
-        raise LeadFactsError(f"day {day!r} is not a plain date; write it YYYY-MM-DD")
-    # Where a DST change happens at midnight, the day starts at the first instant that
-    # exists (shift forward) and, when midnight occurs twice, at its earlier occurrence.
-    local = {"nonexistent": "shift_forward", "ambiguous": True}
-    local_start = start.tz_localize(tz, **local)
-    local_end = (start + pd.Timedelta(days=1)).tz_localize(tz, **local)
-    return (
-        local_start.tz_convert("UTC").to_pydatetime(),
-        local_end.tz_convert("UTC").to_pydatetime(),
-    )
 
 
 # --- shared derivations -------------------------------------------------------------------
@@ -287,10 +136,10 @@ def _key_text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), "").astype(str)
 
 
-def _base(frame: pd.DataFrame, tz: str, clocks: Clocks | None = None) -> pd.DataFrame:
+def per_lead_base(frame: pd.DataFrame, tz: str, clocks: Clocks | None = None) -> pd.DataFrame:
     """The columns every rollup needs, derived once (``due``: the SLA due instant)."""
     validate_lead_facts(frame)
-    _check_timezone(tz)
+    check_timezone(tz)
     created = frame["CreatedDate"]
     responded_at = frame["First_Response_At__c"]
     ttfr = _minutes_or_derived(frame["Time_to_First_Response__c"], created, responded_at)
@@ -310,7 +159,7 @@ def _base(frame: pd.DataFrame, tz: str, clocks: Clocks | None = None) -> pd.Data
     )
 
 
-def _wall_clock_due(frame: pd.DataFrame) -> pd.Series:
+def wall_clock_due(frame: pd.DataFrame) -> pd.Series:
     sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES)
     return frame["CreatedDate"] + pd.to_timedelta(sla_minutes, unit="min")
 
@@ -320,7 +169,7 @@ def _stored_clocks(frame: pd.DataFrame, ttfr: pd.Series) -> tuple[pd.Series, pd.
     measured on 24x7 time when it has no calendar (due = created + SLA, business minutes =
     wall-clock minutes); with a calendar but no stored minutes they are unknown (NaN)."""
     no_calendar = frame["SLA_Calendar"].isna() | (frame["SLA_Calendar"] == "")
-    due = frame["SLA_Due_At"].where(frame["SLA_Due_At"].notna(), _wall_clock_due(frame))
+    due = frame["SLA_Due_At"].where(frame["SLA_Due_At"].notna(), wall_clock_due(frame))
     stored = frame[BUSINESS_TTFR].astype("float64")
     business = stored.where(stored.notna(), ttfr.where(no_calendar))
     return due, business.where(frame["First_Response_At__c"].notna())
@@ -440,40 +289,40 @@ def _ttfr_table(base: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def ttfr_overall(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
     """Per creation day: leads, responded, coverage and TTFR p50/p90/p95 (minutes), in
     wall-clock minutes and in business minutes."""
-    return _ttfr_overall(frame, _base(frame, tz))
+    return _ttfr_overall(frame, per_lead_base(frame, tz))
 
 
 def ttfr_by_owner(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
     """Like ``ttfr_overall`` per (day, current ``OwnerId``)."""
-    return _ttfr_by_owner(frame, _base(frame, tz))
+    return _ttfr_by_owner(frame, per_lead_base(frame, tz))
 
 
 def sla(frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC") -> pd.DataFrame:
     """Per creation day: leads met, breached and pending as of ``as_of``, and breach %."""
-    as_of_utc = _check_as_of(as_of)
-    return _sla(frame, _base(frame, tz), as_of_utc)
+    as_of_utc = check_as_of(as_of)
+    return _sla(frame, per_lead_base(frame, tz), as_of_utc)
 
 
 def sla_by_owner(frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC") -> pd.DataFrame:
     """Like ``sla`` per (day, current ``OwnerId``)."""
-    as_of_utc = _check_as_of(as_of)
-    return _sla_by_owner(frame, _sla_states(frame, _base(frame, tz), as_of_utc))
+    as_of_utc = check_as_of(as_of)
+    return _sla_by_owner(frame, _sla_states(frame, per_lead_base(frame, tz), as_of_utc))
 
 
 def sla_by_rule(frame: pd.DataFrame, *, as_of: datetime, tz: str = "UTC") -> pd.DataFrame:
     """Like ``sla`` per (day, routing policy version, rule)."""
-    as_of_utc = _check_as_of(as_of)
-    return _sla_by_rule(frame, _sla_states(frame, _base(frame, tz), as_of_utc))
+    as_of_utc = check_as_of(as_of)
+    return _sla_by_rule(frame, _sla_states(frame, per_lead_base(frame, tz), as_of_utc))
 
 
 def assignment_latency(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
     """Per (day, routing policy version, rule): leads, assigned and latency p50/p95 (minutes)."""
-    return _assignment_latency(frame, _base(frame, tz))
+    return _assignment_latency(frame, per_lead_base(frame, tz))
 
 
 def template_usage(frame: pd.DataFrame, *, tz: str = "UTC") -> pd.DataFrame:
     """Per (day, recommended template): recommended, applied (recommendation taken), acceptance."""
-    return _template_usage(frame, _base(frame, tz))
+    return _template_usage(frame, per_lead_base(frame, tz))
 
 
 def compute_all(
@@ -483,8 +332,8 @@ def compute_all(
 
     ``clocks`` (calendar name -> ``BusinessClock``): recompute every lead's SLA due time
     and business minutes from its ``SLA_Calendar`` instead of reading the stored ones."""
-    as_of_utc = _check_as_of(as_of)
-    base = _base(frame, tz, clocks)
+    as_of_utc = check_as_of(as_of)
+    base = per_lead_base(frame, tz, clocks)
     states = _sla_states(frame, base, as_of_utc)  # shared by the three SLA rollups
     return {
         "ttfr_overall": _ttfr_overall(frame, base),
@@ -497,7 +346,7 @@ def compute_all(
     }
 
 
-# Each ``_rollup(frame, base)`` takes the validated frame and its ``_base``; none mutates them.
+# Each ``_rollup(frame, base)`` takes the validated frame and its ``per_lead_base``; none mutates them.
 
 
 def _ttfr_overall(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
@@ -600,148 +449,7 @@ def _template_usage(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     return _finish("template_usage", table.reset_index())
 
 
-@dataclass(frozen=True, slots=True)
-class SlaCounts:
-    met: int
-    breached: int
-    pending: int
-
-    @property
-    def breach_pct(self) -> float | None:
-        """100 * breached / (met + breached); None while nothing is settled."""
-        settled = self.met + self.breached
-        return 100.0 * self.breached / settled if settled else None
-
-
-def sla_in_both_clocks(
-    frame: pd.DataFrame, *, as_of: datetime, clocks: Clocks | None = None
-) -> dict[str, SlaCounts]:
-    """SLA met / breached / pending as of ``as_of`` over all leads of ``frame``, with the
-    due time on the wall clock (created + SLA minutes) and in business hours (created + SLA
-    minutes of open time in each lead's ``SLA_Calendar``): ``{"wall_clock": ...,
-    "business_hours": ...}``.
-
-    ``frame`` needs ``CreatedDate``, ``First_Response_At__c``, ``SLA_Minutes`` and
-    ``SLA_Calendar``; with ``clocks`` the business due times are computed from the
-    calendars (a what-if), without them ``SLA_Due_At`` as stored is used."""
-    as_of_utc = _check_as_of(as_of)
-    wall = _wall_clock_due(frame)
-    if clocks is not None:
-        business, _ = business_clocks(frame, clocks)
-    else:
-        business = frame["SLA_Due_At"].where(frame["SLA_Due_At"].notna(), wall)
-    responded_at = frame["First_Response_At__c"]
-    return {
-        "wall_clock": _counts(responded_at, wall, as_of_utc),
-        "business_hours": _counts(responded_at, business, as_of_utc),
-    }
-
-
-def _counts(responded_at: pd.Series, due: pd.Series, as_of_utc: pd.Timestamp) -> SlaCounts:
-    met, breached, pending = sla_flags(responded_at.notna(), responded_at, due, as_of_utc)
-    return SlaCounts(met=int(met.sum()), breached=int(breached.sum()), pending=int(pending.sum()))
-
-
-def sla_over_days(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """An SLA table summed over its days per group of ``keys``, with the groups' breach %,
-    most breached first (ties by key): where breaches concentrate in a window."""
-    groups = table.groupby(keys, sort=True)[["met", "breached", "pending"]].sum().reset_index()
-    settled = groups["met"] + groups["breached"]
-    groups["breach_pct"] = (100.0 * groups["breached"] / settled).where(settled > 0)
-    order = groups.sort_values(keys, kind="mergesort")
-    order = order.sort_values("breached", ascending=False, kind="mergesort")
-    return order.reset_index(drop=True)
-
-
 # --- data checks -----------------------------------------------------------------------
 
 
-def reconcile(
-    frame: pd.DataFrame, rollups: Mapping[str, pd.DataFrame], *, tz: str = "UTC"
-) -> list[str]:
-    """Problems where rollup counts do not add up to the ledger's counts; empty when consistent.
-
-    ``tz`` must be the timezone the rollups were computed with.
-    """
-    missing = [name for name in ROLLUP_NAMES if name not in rollups]
-    if missing:
-        return [f"rollups {missing} are missing (expected {list(ROLLUP_NAMES)})"]
-    problems = _schema_problems(rollups)
-    if problems:
-        return problems
-    base = _base(frame, tz)
-    base["day"] = base["day"].dt.strftime("%Y-%m-%d")
-    base["assigned"] = frame["Owner_Assigned_At__c"].notna()
-    base["recommended"] = frame["Template_Recommended__c"].notna()
-    ledger = base.groupby("day")[["responded", "assigned", "recommended"]].sum()
-    ledger.insert(0, "leads", base.groupby("day").size())
-    checks = [
-        ("ttfr_overall", "leads", "leads"),
-        ("ttfr_overall", "responded", "responded"),
-        ("ttfr_by_owner", "leads", "leads"),
-        ("ttfr_by_owner", "responded", "responded"),
-        ("sla", ("met", "breached", "pending"), "leads"),
-        ("sla_by_owner", ("met", "breached", "pending"), "leads"),
-        ("sla_by_rule", ("met", "breached", "pending"), "leads"),
-        ("assignment_latency", "leads", "leads"),
-        ("assignment_latency", "assigned", "assigned"),
-        ("template_usage", "recommended", "recommended"),
-    ]
-    for name, columns, ledger_column in checks:
-        problems += _count_problems(name, rollups[name], columns, ledger[ledger_column])
-    return problems
-
-
-def _schema_problems(rollups: Mapping[str, pd.DataFrame]) -> list[str]:
-    problems = []
-    for name, schema in ROLLUP_SCHEMAS.items():
-        columns = list(rollups[name].columns)
-        if columns != list(schema):
-            problems.append(f"{name} has columns {columns}, expected {list(schema)}")
-    return problems
-
-
-def _count_problems(
-    name: str, table: pd.DataFrame, columns: str | tuple[str, ...], expected: pd.Series
-) -> list[str]:
-    """Compare the per-day sum of ``columns`` in ``table`` with the ledger's per-day count."""
-    wanted = list(columns) if isinstance(columns, tuple) else [columns]
-    got = table.groupby("day")[wanted].sum().sum(axis=1)
-    both = pd.concat({"rollup": got, "ledger": expected}, axis=1).fillna(0).astype("int64")
-    wrong = both[both["rollup"] != both["ledger"]]
-    label = " + ".join(wanted)
-    # Only mismatching days reach this loop: a handful of messages, not one per lead.
-    return [
-        f"{name} day {day}: {label} = {row.rollup}, but the ledger has {row.ledger}"
-        for day, row in wrong.iterrows()
-    ]
-
-
 # --- presentation ----------------------------------------------------------------------
-
-
-def markdown_table(df: pd.DataFrame, max_rows: int = 20) -> str:
-    """A GitHub-flavoured Markdown table of the first ``max_rows`` rows (for Dagster metadata)."""
-    if max_rows < 0:
-        raise ValueError(f"max_rows must be >= 0, got {max_rows}")
-    header = "| " + " | ".join(str(column) for column in df.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    shown = df.head(max_rows)
-    body = [
-        "| " + " | ".join(_cell(value) for value in row) + " |"
-        for row in shown.itertuples(index=False, name=None)
-    ]
-    lines = [header, rule, *body]
-    if len(df) > len(shown):
-        lines.append(f"\n… {len(df) - len(shown)} more rows ({len(df)} in all)")
-    return "\n".join(lines)
-
-
-def _cell(value: object) -> str:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}" if abs(value) < 1e4 else f"{float(value):.0f}"
-    return str(value).replace("|", "\\|")

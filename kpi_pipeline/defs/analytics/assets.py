@@ -15,6 +15,9 @@ import pandas as pd
 
 from kpi_pipeline.adapters.kpi_files import kpi_partition_path, write_kpi_partition
 from kpi_pipeline.core.kpis import rollups
+from kpi_pipeline.core.kpis.invariants import reconcile
+from kpi_pipeline.core.kpis.markdown import markdown_table
+from kpi_pipeline.core.kpis.sla_views import sla_over_days
 from kpi_pipeline.defs.asset_keys import CDC_EVENTS_KEY, KPI_KEYS, LEDGER_KEY
 from kpi_pipeline.defs.resources import PipelineResource
 
@@ -123,12 +126,12 @@ def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline:
                     sorted(frame["Routing_Policy_Version__c"].dropna().unique())
                 )
                 or "(none)",
-                "preview": dg.MetadataValue.md(rollups.markdown_table(table, max_rows=20)),
+                "preview": dg.MetadataValue.md(markdown_table(table, max_rows=20)),
                 "path": str(kpi_partition_path(settings.data_dir, name, days[-1]).parent),
                 **_sla_breakdown_metadata(name, table),
             },
         )
-    problems = rollups.reconcile(frame, computed, tz=settings.timezone)
+    problems = reconcile(frame, computed, tz=settings.timezone)
     yield dg.AssetCheckResult(
         check_name="reconciles_with_ledger",
         asset_key=KPI_KEYS["ttfr_overall"],
@@ -146,13 +149,13 @@ def _sla_breakdown_metadata(name: str, table: pd.DataFrame) -> dict[str, object]
     keys = _SLA_BREAKDOWN_KEYS.get(name)
     if keys is None:
         return {}
-    groups = rollups.sla_over_days(table, keys)
+    groups = sla_over_days(table, keys)
     return {
         "met": int(table["met"].sum()),
         "breached": int(table["breached"].sum()),
         "pending": int(table["pending"].sum()),
         "groups": len(groups),
-        "most_breached": dg.MetadataValue.md(rollups.markdown_table(groups, max_rows=10)),
+        "most_breached": dg.MetadataValue.md(markdown_table(groups, max_rows=10)),
     }
 
 
