@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kpi_pipeline.telemetry import metrics
+from kpi_pipeline.telemetry import metrics, metrics_store
 
 
 def _compact_command(args: argparse.Namespace) -> int:
     directory = metrics.configure()
-    result = metrics.compact(directory)
+    result = metrics_store.compact(directory)
     print(
         f"absorbed {result.files_absorbed} files of {result.dead_processes} finished processes "
         f"into archive generation {result.generation} in {directory}"

@@ -119,11 +119,10 @@ def _push_at_exit(url: str) -> None:
     def push() -> None:
         import logging
 
-        from kpi_pipeline.telemetry import exposition as metrics_cli
-        from kpi_pipeline.telemetry import metrics
+        from kpi_pipeline.telemetry import exposition, metrics
 
         try:
-            metrics_cli.push_to_gateway(url)
+            exposition.push_to_gateway(url)
         except Exception as exc:
             metrics.record_error("metrics")
             logging.getLogger(__name__).warning("push to %s failed: %s", url, exc)

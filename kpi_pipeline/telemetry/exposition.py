@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kpi_pipeline.config import get_settings
-from kpi_pipeline.telemetry import metrics
+from kpi_pipeline.telemetry import metrics, metrics_store
 
 # Processes with files on disk (alive or finished, ~3 files each) above which a scrape
 # compacts before reading: each file costs every scrape ~0.1 ms of merging.
@@ -34,7 +34,7 @@ def directory_health(metrics_dir: Path) -> tuple[int, dict[str, object]]:
     """(HTTP status, body): 200 when the metrics directory can be read and merged."""
     try:
         files = len(list(metrics_dir.glob("*.db")))
-        list(metrics.MetricsDirCollector(metrics_dir).collect())
+        list(metrics_store.MetricsDirCollector(metrics_dir).collect())
     except Exception as exc:
         return 503, {"status": "error", "metrics_dir": str(metrics_dir), "error": str(exc)}
     return 200, {"status": "ok", "metrics_dir": str(metrics_dir), "metric_files": files}
@@ -44,7 +44,7 @@ def compact_if_crowded(metrics_dir: Path) -> None:
     """A burst of runs (a backfill) can leave hundreds of files before the next periodic
     compaction; every scrape reads them all, so compact first when there are many."""
     if sum(1 for _ in metrics_dir.glob(f"*{metrics.ALIVE_SUFFIX}")) > CROWDED_PROCESSES:
-        metrics.compact(metrics_dir)
+        metrics_store.compact(metrics_dir)
 
 
 class OutboxCollector:
@@ -151,7 +151,7 @@ def build_registry(
     if open_ledger is not None:
         # Collected first, so an error reading the ledger is counted in this same scrape.
         registry.register(OutboxCollector(open_ledger))
-    registry.register(metrics.MetricsDirCollector(metrics_dir))
+    registry.register(metrics_store.MetricsDirCollector(metrics_dir))
     return registry
 
 
@@ -176,7 +176,7 @@ def push_to_gateway(url: str, metrics_dir: Path | None = None) -> None:
 def compact_periodically(metrics_dir: Path, interval_seconds: float, stop: threading.Event) -> None:
     while not stop.wait(interval_seconds):
         try:
-            metrics.compact(metrics_dir)
+            metrics_store.compact(metrics_dir)
         except Exception as exc:
             metrics.record_error("metrics")
             print(f"metrics compaction failed: {exc}", file=sys.stderr, flush=True)

@@ -93,10 +93,9 @@ def build_app(
     from prometheus_client.exposition import choose_encoder
 
     from kpi_pipeline.app.operator_status import Thresholds, gather_status, status_and_readiness
-    from kpi_pipeline.telemetry import exposition as metrics_cli
-    from kpi_pipeline.telemetry import metrics
+    from kpi_pipeline.telemetry import exposition, metrics
 
-    registry = metrics_cli.build_registry(metrics_dir, open_ledger)
+    registry = exposition.build_registry(metrics_dir, open_ledger)
     org = _CachedProbe(probe_org, settings, settings.ready_org_probe_seconds) if probe_org else None
     thresholds = Thresholds.from_settings(settings)
     app = FastAPI(title="kpi_pipeline", docs_url=None, redoc_url=None, openapi_url=None)
@@ -114,14 +113,14 @@ def build_app(
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
 
         def produce() -> bytes:
-            metrics_cli.compact_if_crowded(metrics_dir)
+            exposition.compact_if_crowded(metrics_dir)
             return encoder(registry)
 
         return Response(shared.get(content_type, produce), media_type=content_type)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        code, body = metrics_cli.directory_health(metrics_dir)
+        code, body = exposition.directory_health(metrics_dir)
         try:
             open_ledger().replay_positions()
             body["ledger"] = "ok"
@@ -158,14 +157,13 @@ def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
     import uvicorn
 
     from kpi_pipeline import wiring
-    from kpi_pipeline.telemetry import exposition as metrics_cli
-    from kpi_pipeline.telemetry import logs, metrics
+    from kpi_pipeline.telemetry import exposition, logs, metrics, metrics_store
 
     settings = get_settings()
     logs.configure(settings)
     metrics_dir = metrics.configure(settings)
     metrics.initialise_known_series(settings.cdc_channels)
-    metrics.compact(metrics_dir)
+    metrics_store.compact(metrics_dir)
     app = build_app(
         settings,
         metrics_dir=metrics_dir,
@@ -178,7 +176,7 @@ def serve(host: str, port: int, compact_interval_seconds: float = 10.0) -> None:
     sock.listen(128)  # a burst of concurrent scrapes must not see dropped SYNs
     stop = threading.Event()
     threading.Thread(
-        target=metrics_cli.compact_periodically,
+        target=exposition.compact_periodically,
         args=(metrics_dir, compact_interval_seconds, stop),
         daemon=True,
     ).start()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kpi_pipeline.telemetry import metrics
+from kpi_pipeline.telemetry import metrics_store
 from kpi_pipeline_tests.dagster.harness import BIN
 from kpi_pipeline_tests.observability.conftest import (
     http_get,
@@ -81,7 +81,7 @@ def _run_in_its_own_process(tmp_path: Path, gateway: str) -> Path:
 
 def _recorded(metrics_dir: Path) -> dict:
     registry = CollectorRegistry()
-    registry.register(metrics.MetricsDirCollector(metrics_dir))
+    registry.register(metrics_store.MetricsDirCollector(metrics_dir))
     return parse_exposition(generate_latest(registry).decode())
 
 
