@@ -292,7 +292,12 @@ def _execute(cluster: Cluster, job: str, run_config: dict[str, Any]) -> subproce
 
 
 def _finish(cluster: Cluster, proc: subprocess.Popen, timeout: float = 180) -> dg.DagsterRun:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # the run's process, left alone, would keep waiting on the broker
+        out, _ = proc.communicate()
+        pytest.fail(f"the run did not finish in {timeout} s:\n{out[-4000:]}")
     [run] = cluster.instance.get_runs(limit=1)
     assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, out[-4000:] + _logs(
         cluster.tmp, ["w1", "w2"]
@@ -481,7 +486,10 @@ def test_killing_a_worker_mid_step_hands_its_task_to_the_other_and_loses_nothing
                 _killpg(cluster.workers[victim])  # the worker and its pool child, mid-step
                 break
         time.sleep(0.02)
-    assert killed_step, "never saw the victim worker running a day step"
+    if killed_step is None:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("never saw the victim worker running a day step")
 
     run = _finish(cluster, proc)
     assert run.run_id == run_id
