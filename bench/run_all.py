@@ -21,6 +21,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 # Small sizes per script: the same code paths as the full runs, a fraction of the work.
 SMALL_ARGS: dict[str, list[list[str]]] = {
+    # Needs PostgreSQL, RabbitMQ and Redis; starts its own Celery workers.
+    "bench_celery_scale.py": [["--workers", "1", "2", "--days", "5", "--leads-per-day", "200"]],
     "bench_client_drain.py": [["--events", "5000", "--repeats", "1"]],
     "bench_decode.py": [["--events", "5000", "--repeats", "1"]],
     "bench_killed_worker.py": [["--kill", "worker"]],

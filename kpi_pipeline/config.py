@@ -130,6 +130,21 @@ class Settings(BaseSettings):
         "the next tick continues from the cursor. Longer waits only delay the tick.",
     )
 
+    # --- Scale-out (DEPLOYMENT.md §4) -----------------------------------------------------
+    executor: Literal["in_process", "celery"] = Field(
+        "in_process",
+        description="Executor of the jobs that fan out (kpi_backfill: a step per day; cdc_resync: "
+        "a step per window). celery sends each step to `dagster-celery worker start` workers over "
+        "DAGSTER_CELERY_BROKER_URL (results in DAGSTER_CELERY_BACKEND_URL) and needs the celery "
+        "extra; the live path (process_cdc_batch, cdc_stream) stays in process either way.",
+    )
+    celery_queue_prefix: str = Field(
+        "",
+        description="With KPI_EXECUTOR=celery, KPI steps go to queue <prefix>kpi and re-sync steps "
+        "to <prefix>resync (start workers with -q for the ones they serve); a prefix keeps two "
+        "deployments on one broker apart.",
+    )
+
     # --- Salesforce (empty => embedded sandbox) -----------------------------------------
     salesforce_login_url: str = Field(
         "https://login.salesforce.com",

@@ -14,7 +14,7 @@ def defs() -> dg.Definitions:
     settings = get_settings()
     return dg.Definitions.merge(
         cdc.build_defs(settings),
-        resync.build_defs(),
+        resync.build_defs(settings),
         analytics.build_defs(settings),
         dg.Definitions(resources={"pipeline": PipelineResource()}),
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kpi_pipeline.config import describe_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 
 

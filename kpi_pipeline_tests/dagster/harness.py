@@ -426,11 +426,12 @@ class Outcome:
         return self.our_updates / self.leads if self.leads else 0.0
 
 
-def read_outcome(data_dir: Path) -> Outcome:
+def read_outcome(data_dir: Path, ledger_url: str | None = None) -> Outcome:
+    """``ledger_url``: the ledger when it is not DATA_DIR's SQLite file (PostgreSQL)."""
     from kpi_pipeline.adapters.ledger import schema as t
     from kpi_pipeline.sandbox.store import SandboxStore
 
-    engine = sa.create_engine(f"sqlite:///{data_dir / 'ledger.db'}")
+    engine = sa.create_engine(ledger_url or f"sqlite:///{data_dir / 'ledger.db'}")
     try:
         with engine.connect() as conn:
             facts = {

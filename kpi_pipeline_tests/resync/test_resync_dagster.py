@@ -87,7 +87,7 @@ def test_sensor_requests_a_run_per_set_of_open_windows_and_the_job_closes_them(
         assert isinstance(request, dg.RunRequest)
         assert request.run_key == f"resync:{window_id}.0"
         assert request.run_config == {
-            "ops": {"resync_windows": {"config": {"window_ids": [window_id]}}}
+            "ops": {"resync_plan": {"config": {"window_ids": [window_id]}}}
         }
         assert _tick(instance, pipeline).run_key == request.run_key  # re-evaluation: same key
 

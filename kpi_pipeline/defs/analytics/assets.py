@@ -104,18 +104,32 @@ def _redacted(url: str) -> str:
     return url
 
 
-def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline: PipelineResource):
-    """All KPI rollups of CONTRACTS.md §4 for the selected day(s), computed once from the ledger."""
+def write_kpi_window(
+    pipeline: PipelineResource, window: dg.TimeWindow, days: list[str], *, as_of: datetime
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Rollups of the leads created in ``window`` (its ``days``), one CSV per rollup and day.
+
+    Shared by the partitioned assets (one run for a range) and kpi_backfill (a step per day),
+    so both write the same files."""
     settings = pipeline.settings()
-    window = context.partition_time_window
     frame = pipeline.ledger().lead_facts_frame(
         window.start.astimezone(UTC), window.end.astimezone(UTC)
     )
-    computed = rollups.compute_all(frame, as_of=_as_of(config), tz=settings.timezone)
-    days = list(context.partition_keys)
+    computed = rollups.compute_all(frame, as_of=as_of, tz=settings.timezone)
     for name, table in computed.items():
         for day in days:
             write_kpi_partition(settings.data_dir, name, day, table[table["day"] == day])
+    return frame, computed
+
+
+def kpi_rollups(context: dg.AssetExecutionContext, config: AsOfConfig, pipeline: PipelineResource):
+    """All KPI rollups of CONTRACTS.md §4 for the selected day(s), computed once from the ledger."""
+    settings = pipeline.settings()
+    days = list(context.partition_keys)
+    frame, computed = write_kpi_window(
+        pipeline, context.partition_time_window, days, as_of=_as_of(config)
+    )
+    for name, table in computed.items():
         yield dg.MaterializeResult(
             asset_key=KPI_KEYS[name],
             metadata={

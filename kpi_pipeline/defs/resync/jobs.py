@@ -32,17 +32,38 @@ def _metadata(reports: list[ResyncReport]) -> dict:
     return metadata
 
 
-@dg.op(description="Re-reads the records of open re-sync windows over REST and applies them.")
-def resync_windows(
-    context: dg.OpExecutionContext, config: ResyncConfig, pipeline: PipelineResource
-) -> dict:
+@dg.op(
+    out=dg.DynamicOut(int),
+    description="The open re-sync windows to close (config window_ids; empty: every open one).",
+)
+def resync_plan(config: ResyncConfig, pipeline: PipelineResource):
+    wanted = set(config.window_ids)
+    for window in pipeline.ledger().open_resync_windows():
+        if not wanted or window.id in wanted:
+            yield dg.DynamicOutput(window.id, mapping_key=f"w{window.id}")
+
+
+@dg.op(description="Re-reads one window's records over REST and applies them (a step per window).")
+def resync_window(window_id: int, pipeline: PipelineResource) -> dict:
+    # A window another step (or a redelivered task) already closed gives no report: nothing to do.
     reports = resync_open_windows(
         pipeline.ledger(),
         pipeline.salesforce_rest(),
         pipeline.processor(),
         now=datetime.now(UTC),
-        window_ids=config.window_ids or None,
+        window_ids=[window_id],
     )
+    return {"window_id": window_id, "reports": [r.to_json() for r in reports]}
+
+
+@dg.op(
+    description="Drains the write-back the windows produced and reports them; fails if one failed."
+)
+def resync_windows(
+    context: dg.OpExecutionContext, results: list[dict], pipeline: PipelineResource
+) -> dict:
+    reports = [ResyncReport(**r) for result in results for r in result["reports"]]
+    reports.sort(key=lambda r: r.window_id)
     write_back = _drain(context, pipeline) if any(r.status == "closed" for r in reports) else None
     metadata = _metadata(reports)
     failed = [r for r in reports if r.status == "failed"]
@@ -67,17 +88,35 @@ def _drain(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dict |
     return result.summary()
 
 
-@dg.job(
-    executor_def=dg.in_process_executor,
-    description="Closes re-sync windows: REST re-read of the records CDC could not deliver.",
-)
-def cdc_resync():
-    resync_windows()
+def build_cdc_resync(
+    executor: dg.ExecutorDefinition, tags: dict[str, str] | None = None
+) -> dg.JobDefinition:
+    """One step per window (dynamic outputs): with the celery executor the windows of one run
+    are re-read on different workers at once; the ledger's per-lead isolation keeps two windows
+    that touch the same lead safe. ``tags``: step tags (the Celery queue)."""
+    tags = tags or {}
+
+    @dg.job(
+        name="cdc_resync",
+        executor_def=executor,
+        tags={"kpi/workload": "cdc_resync"},
+        description="Closes re-sync windows: REST re-read of the records CDC could not deliver.",
+    )
+    def cdc_resync():
+        windows = resync_plan.tag(tags)()
+        resync_windows.tag(tags)(windows.map(resync_window.tag(tags)).collect())
+
+    return cdc_resync
+
+
+# The single-process job (tests, and KPI_EXECUTOR=in_process); build_defs builds the one the
+# settings ask for.
+cdc_resync = build_cdc_resync(dg.in_process_executor)
 
 
 @dg.sensor(
     name="resync_sensor",
-    job=cdc_resync,
+    job_name="cdc_resync",
     minimum_interval_seconds=RESYNC_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a cdc_resync run while re-sync windows are open (and not backing off).",
@@ -94,6 +133,6 @@ def resync_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResourc
         )
     return dg.RunRequest(
         run_key=run_key_for(due),
-        run_config={"ops": {"resync_windows": {"config": {"window_ids": [w.id for w in due]}}}},
+        run_config={"ops": {"resync_plan": {"config": {"window_ids": [w.id for w in due]}}}},
         tags={"kpi/resync_windows": ",".join(str(w.id) for w in due)[:200]},
     )
