@@ -1,6 +1,6 @@
 """Recovery after hard kills, and org updates per lead with and without kills (issue 7).
 
-Two deployments of the real pipeline (``kpi_pipeline_tests.dagster.harness.Deployment``:
+Two deployments of the real pipeline (``kpi_pipeline_tests.support.harness.Deployment``:
 ``dagster-daemon run -w workspace.yaml`` on a fresh DAGSTER_HOME with the repository's
 dagster.yaml, the detached sandbox org) process copies of one seeded sandbox store, one after
 the other so neither takes CPU from the other:
@@ -45,8 +45,8 @@ WORKDIR = Path(tempfile.mkdtemp(prefix="bench_recovery_"))
 os.environ.setdefault("KPI_METRICS_DIR", str(WORKDIR / "metrics"))
 os.environ.setdefault("KPI_CDC_MODE", "sensor")  # recovery of per-batch runs
 
-from kpi_pipeline_tests.dagster import harness  # noqa: E402
-from kpi_pipeline_tests.dagster.harness import Deployment  # noqa: E402
+from kpi_pipeline_tests.support import harness  # noqa: E402
+from kpi_pipeline_tests.support.harness import Deployment  # noqa: E402
 
 DEFAULT_ENV = {
     "KPI_CDC_MAX_EVENTS_PER_TICK": "100",

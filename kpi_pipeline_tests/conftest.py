@@ -1,16 +1,12 @@
-"""Shared fixtures. PostgreSQL is a real server (127.0.0.1:5432, trust auth); CI starts one."""
+"""Process-wide test setup (signals, environment), and the fixtures every folder shares.
+
+PostgreSQL is a real server (127.0.0.1:5432, trust auth); CI starts one."""
 
 from __future__ import annotations
 
 import os
 import signal
 import tempfile
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-import sqlalchemy as sa
 
 # A suite started from a background shell (as CI harnesses do) inherits SIGINT ignored.
 # Dagster maps SIGTERM to SIGINT's disposition, so SIGTERM would be ignored too, and every
@@ -29,45 +25,12 @@ os.environ.setdefault("KPI_CDC_MODE", "sensor")
 # directory for the whole session, since a process records into one; subprocesses inherit it).
 os.environ.setdefault("KPI_METRICS_DIR", tempfile.mkdtemp(prefix="kpi-test-metrics-"))
 
-PG_ADMIN_URL = os.environ.get(
-    "KPI_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def _admin_engine() -> sa.Engine:
-    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-
-
-@pytest.fixture
-def make_postgres_db() -> Iterator[Callable[[], str]]:
-    """Factory of fresh, empty PostgreSQL databases; returns a SQLAlchemy URL. Dropped after the test."""
-    created: list[str] = []
-    admin = _admin_engine()
-
-    def make() -> str:
-        name = f"kpi_test_{uuid.uuid4().hex[:12]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        created.append(name)
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-    yield make
-    with admin.connect() as conn:
-        for name in created:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture
-def postgres_url(make_postgres_db: Callable[[], str]) -> str:
-    """One fresh PostgreSQL database for this test."""
-    return make_postgres_db()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty ledger URL: a SQLite file, and a database on the real PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    make_postgres_db: Callable[[], str] = request.getfixturevalue("make_postgres_db")
-    return make_postgres_db()
+# Fixtures used across folders, registered once. Their modules live in support/ (no test
+# module imports a conftest or another test module: architecture/test_test_layout.py).
+pytest_plugins = [
+    "kpi_pipeline_tests.support.ledgers",  # ledger_url, ledger, new_ledger, postgres_url, ...
+    "kpi_pipeline_tests.support.sandbox_org",  # org
+    "kpi_pipeline_tests.support.resync_pipeline",  # open_pipeline, pipeline
+    "kpi_pipeline_tests.support.flywheel",  # record, es
+    "kpi_pipeline_tests.support.metrics_server",  # metrics_dir, metrics_server
+]

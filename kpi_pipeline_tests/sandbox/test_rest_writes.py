@@ -21,7 +21,7 @@ from kpi_pipeline.sandbox.encoding import encode_change
 from kpi_pipeline.sandbox.rest_server import ConnectedApp, RunningRestServer, start_rest_server
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID, REPS, SandboxStore
 from kpi_pipeline.sandbox.tokens import TokenRegistry
-from kpi_pipeline_tests.salesforce.sandbox_org import (
+from kpi_pipeline_tests.support.sandbox_org import (
     CONSUMER_KEY,
     STATIC_TOKEN,
     TENANT_ID,

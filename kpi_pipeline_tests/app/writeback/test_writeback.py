@@ -1,0 +1,247 @@
+"""The write-back over the real ledger (SQLite and PostgreSQL) and the sandbox org's REST server:
+values are read when sent, stale rows are superseded, lost responses and dead drainers
+lose nothing, and nothing the org shows ever moves later."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.writeback import LedgerOutbox, Superseded, drain_writeback
+from kpi_pipeline.core.events import format_sf_datetime
+from kpi_pipeline.core.salesforce_rest import RecordUpdate
+from kpi_pipeline.core.workloads.first_touch import FirstResponse
+from kpi_pipeline.telemetry import metrics
+from kpi_pipeline_tests.support.sandbox_org import SandboxOrg
+from kpi_pipeline_tests.support.writeback import RULES, org_value
+
+CREATED = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+REP = "005000000000030AAA"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clocked_ledger(ledger_url: str) -> Iterator[tuple[Ledger, Clock]]:
+    clock = Clock()
+    ledger = Ledger.from_url(ledger_url, clock=clock)
+    yield ledger, clock
+    ledger.dispose()
+
+
+def improve(ledger: Ledger, lead_id: str, minutes: float, source: str = "Task") -> None:
+    """The ledger learns of an (earlier) first response and marks its fields dirty."""
+    at = CREATED + timedelta(minutes=minutes)
+    response = FirstResponse(
+        at=at,
+        source=source,
+        record_id=f"00T00000000{int(minutes * 100):04d}AAA",
+        user_id=REP,
+        minutes=minutes,
+    )
+    with ledger.write() as conn:
+        ledger.ensure_lead_facts(conn, lead_id, created=CREATED, owner_id=None)
+        assert ledger.improve_first_response(conn, lead_id, response)
+        ledger.mark_dirty(conn, "Lead", lead_id, ["First_Response_At__c"])
+
+
+def org_first_responses(org: SandboxOrg, lead_id: str) -> list[str]:
+    """Every First_Response_At__c value our writes set on the lead, in commit order."""
+    return [
+        format_sf_datetime(datetime.fromtimestamp(change.fields["First_Response_At__c"] / 1e3, UTC))
+        for change in org.store.iter_changes()
+        if change.header["recordIds"] == [lead_id]
+        and "client=kpi_pipeline" in change.header["changeOrigin"]
+        and "First_Response_At__c" in change.fields
+    ]
+
+
+def test_a_stale_row_is_superseded_by_the_newer_value(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, _ = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    improve(ledger, lead, 30)  # an earlier response arrives before anything was sent
+
+    result = drain_writeback(ledger, org.rest(), RULES)
+
+    assert len(result.report.sent) == 1  # one row per record, one update
+    assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
+    assert org_value(org, lead, "First_Response_Source__c") == "Task"
+    assert [r.status for r in ledger.outbox()] == ["sent"]
+    assert drain_writeback(ledger, org.rest(), RULES).report.claimed == 0
+
+
+def _writeback_lag_count_and_sum() -> tuple[float, float]:
+    return (
+        metrics.sample_value("writeback_lag_seconds_count"),
+        metrics.sample_value("writeback_lag_seconds_sum"),
+    )
+
+
+def test_each_confirmed_row_observes_how_long_its_change_waited(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, clock = clocked_ledger
+    (lead,) = org.create_leads(1)
+    clock.now -= timedelta(seconds=90)  # the decision was applied 90 s ago
+    improve(ledger, lead, 30)
+    count, total = _writeback_lag_count_and_sum()
+
+    assert len(drain_writeback(ledger, org.rest(), RULES).report.sent) == 1
+
+    after_count, after_total = _writeback_lag_count_and_sum()
+    assert after_count == count + 1
+    assert 90 <= after_total - total < 90 + 60
+
+
+def test_a_resend_after_a_lost_response_sends_the_current_value(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, clock = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    # A drainer claims, the org applies its update, and it dies before confirming (kill -9
+    # between the REST call and the ledger write): the row stays claimed under its lease.
+    dead = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
+    (item,) = dead.claim_pending(10)
+    org.rest().update_records("Lead", [RecordUpdate(item.record_id, item.fields)])
+    improve(ledger, lead, 30)  # meanwhile the ledger learned of an earlier response
+    assert drain_writeback(ledger, org.rest(), RULES).report.claimed == 0  # lease still held
+
+    clock.now += timedelta(seconds=61)  # the lease runs out; no new traffic needed
+    result = drain_writeback(ledger, org.rest(), RULES)
+
+    assert result.report.sent == [item.id]
+    assert org_first_responses(org, lead) == [
+        "2026-11-18T10:30:00.000Z",
+        "2026-11-18T09:30:00.000Z",  # only ever earlier
+    ]
+    (row,) = ledger.outbox()
+    assert (row.status, row.confirmed["First_Response_At__c"]) == (
+        "sent",
+        "2026-11-18T09:30:00.000Z",
+    )
+
+
+def test_a_drainer_that_lost_its_lease_sends_nothing(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, clock = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    slow = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
+    (item,) = slow.claim_pending(10)  # then it stalls past its lease
+    improve(ledger, lead, 30)
+    clock.now += timedelta(seconds=61)
+    drain_writeback(ledger, org.rest(), RULES)  # another drainer retakes and sends 09:30
+
+    assert slow.still_held([item.id]) == set()  # so the stalled one never sends 10:30
+    assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
+
+
+def test_an_org_failure_leaves_rows_pending_for_the_next_drain(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, _ = clocked_ledger
+    leads = org.create_leads(5)
+    for lead in leads:
+        improve(ledger, lead, 45)
+    org.server.faults.fail_next_requests(10, after=1)
+
+    first = drain_writeback(ledger, org.rest(max_attempts=2), RULES, batch_size=3)
+
+    assert len(first.report.sent) == 3 and first.report.error is not None
+    assert sorted(r.record_id for r in ledger.outbox("pending")) == sorted(leads[3:])
+    org.server.faults.fail_next_requests(0)
+    second = drain_writeback(ledger, org.rest(), RULES, batch_size=3)
+    assert second.report.complete and len(second.report.sent) == 2
+    assert all(org_first_responses(org, lead) == ["2026-11-18T09:45:00.000Z"] for lead in leads)
+
+
+def test_an_owner_a_person_gave_in_the_org_is_never_overwritten(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    from kpi_pipeline.core.workloads.lead_route import RoutingDecision
+
+    ledger, _ = clocked_ledger
+    (lead,) = org.create_leads(1)
+    decision = RoutingDecision(
+        lead_id=lead,
+        owner_id="005000000000015AAA",
+        rule_id="smb-default",
+        pool_id="smb",
+        policy_version="test-1",
+        sla_minutes=60.0,
+        decided_at=CREATED,
+        explanation={},
+    )
+    with ledger.write() as conn:
+        ledger.ensure_lead_facts(conn, lead, created=CREATED, owner_id=decision.owner_id)
+        ledger.insert_routing_decision(conn, decision)
+        ledger.set_routing_facts(conn, decision)
+        ledger.mark_dirty(conn, "Lead", lead, ["OwnerId", "Routing_Rule__c"])
+    # A rep takes the lead in the org before our decision reaches it; its change event
+    # has not reached the ledger yet.
+    org.store.update_record("Lead", lead, {"OwnerId": REP}, user_id=REP)
+    recorded: list[Superseded] = []
+
+    class Recorder:
+        def record_superseded(self, superseded: list[Superseded]) -> None:
+            recorded.extend(superseded)
+
+    result = drain_writeback(ledger, org.rest(), RULES, recorder=Recorder())
+
+    assert org_value(org, lead, "OwnerId") == REP
+    assert org_value(org, lead, "Routing_Rule__c") == "smb-default"
+    assert recorded == [Superseded(lead, "005000000000015AAA", REP, "org")]
+    assert result.summary()["superseded"] == 1
+    assert [r.status for r in ledger.outbox()] == ["sent"]
+
+
+def test_rows_with_nothing_to_send_neither_reach_the_org_nor_end_the_drain(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    ledger, _ = clocked_ledger
+    first, *others = org.create_leads(3)
+    improve(ledger, first, 45)
+    drain_writeback(ledger, org.rest(), RULES)
+    with ledger.write() as conn:  # re-marked, but the org already has these values
+        ledger.mark_dirty(conn, "Lead", first, ["First_Response_At__c"])
+    for lead in others:
+        improve(ledger, lead, 20)
+
+    result = drain_writeback(ledger, org.rest(), RULES, batch_size=1)
+
+    assert len(result.report.sent) == 2 and result.report.complete
+    assert org_first_responses(org, first) == ["2026-11-18T09:45:00.000Z"]  # no second update
+    assert {r.status for r in ledger.outbox()} == {"sent"}
+
+
+def test_a_record_deleted_in_the_org_is_not_written_and_nothing_fails(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    from kpi_pipeline.core.workloads.records import RecordState
+
+    ledger, _ = clocked_ledger
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 30)  # decided and queued for write-back...
+    org.store.delete_record("Lead", lead, user_id=REP)  # ...then deleted in the org
+    with ledger.write() as conn:  # and its DELETE event merged into the ledger
+        ledger.save_records(conn, [RecordState("Lead", lead, deleted=True)])
+    before = len(org.data_requests("/composite/sobjects"))
+
+    result = drain_writeback(ledger, org.rest(), RULES)
+
+    assert result.report.failed == {} and len(org.data_requests("/composite/sobjects")) == before
+    assert [r.status for r in ledger.outbox()] == ["sent"]
