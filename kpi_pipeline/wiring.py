@@ -302,13 +302,24 @@ def stream_worker(settings: Settings, *, holder: str, on_progress=None):
     """One generation of the stream-mode live path (``kpi_pipeline.app.stream_worker``)."""
     from datetime import timedelta
 
+    from kpi_pipeline.adapters.pubsub.stream import LedgerStager, StreamSubscriber, newest_commit_ms
     from kpi_pipeline.app.stream_worker import StreamLimits, StreamWorker
 
+    client, decoder, the_ledger = pubsub_client(settings), event_decoder(settings), ledger(settings)
+
+    def subscribe(channels, resume_from, initial_preset) -> StreamSubscriber:
+        return StreamSubscriber(
+            client, channels, resume_from=resume_from, initial_preset=initial_preset
+        )
+
     return StreamWorker(
-        ledger=ledger(settings),
+        ledger=the_ledger,
         processor=batch_processor(settings),
-        client=pubsub_client(settings),
-        decoder=event_decoder(settings),
+        subscribe=subscribe,
+        stager=LedgerStager(
+            the_ledger, client.get_schema, commit_ms=newest_commit_ms(decoder.decode)
+        ),
+        decoder=decoder,
         channels=settings.cdc_channels,
         drain=(lambda: drain_writeback(settings)) if settings.writeback_enabled else None,
         holder=holder,

@@ -29,22 +29,35 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from kpi_pipeline.adapters.pubsub.stream import (
-    LedgerStager,
-    StreamBatch,
-    StreamSubscriber,
-    newest_commit_ms,
-)
 from kpi_pipeline.core.errors import ReplayIdInvalidError
 from kpi_pipeline.core.events import replay_id_hex
+from kpi_pipeline.core.raw import StreamBatch
 from kpi_pipeline.telemetry import logs, metrics
 
 log = logging.getLogger(__name__)
 # Upper bound of events staged before they are processed together, so a long burst still
 # reaches the ledger's decisions and the org in steps of bounded size.
 COALESCE_EVENTS = 500
+
+
+class Subscription(Protocol):
+    """One subscription to the channels (``kpi_pipeline.adapters.pubsub.stream.StreamSubscriber``):
+    hands each FetchResponse to ``handler`` until ``stop`` is set, calling ``on_idle`` when
+    nothing more is queued; raises ``ReplayIdInvalidError`` when the org refuses the replay id."""
+
+    def run(
+        self,
+        handler: Callable[[StreamBatch], None],
+        stop: threading.Event,
+        *,
+        on_idle: Callable[[], None] | None = None,
+    ) -> Any: ...
+
+
+# (channels, the durable replay id per channel, the preset for a channel without one)
+SubscriptionFactory = Callable[[Sequence[str], Callable[[str], bytes | None], str], Subscription]
 
 
 @dataclass
@@ -91,7 +104,8 @@ class StreamWorker:
         *,
         ledger: Any,
         processor: Any,
-        client: Any,
+        subscribe: SubscriptionFactory,
+        stager: Callable[[StreamBatch], Any],
         decoder: Any,
         channels: Sequence[str],
         drain: Callable[[], Any] | None,
@@ -101,7 +115,7 @@ class StreamWorker:
     ) -> None:
         self.ledger = ledger
         self.processor = processor
-        self.client = client
+        self.subscribe = subscribe
         self.decoder = decoder
         self.channels = tuple(channels)
         self.drain = drain
@@ -111,9 +125,7 @@ class StreamWorker:
         self._staged: list[str] = []  # staged by ``stage``, not processed yet
         self._staged_events = 0
         self._on_progress = on_progress or (lambda _p: None)
-        self._stager = LedgerStager(
-            ledger, client.get_schema, commit_ms=newest_commit_ms(decoder.decode)
-        )
+        self._stager = stager
 
     # --- the generation -----------------------------------------------------------------
 
@@ -195,11 +207,8 @@ class StreamWorker:
 
     def _consume(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            subscriber = StreamSubscriber(
-                self.client,
-                self.channels,
-                resume_from=self.ledger.replay_id,
-                initial_preset=self.limits.initial_preset,  # type: ignore[arg-type]
+            subscriber = self.subscribe(
+                self.channels, self.ledger.replay_id, self.limits.initial_preset
             )
             try:
                 subscriber.run(self.stage, stop, on_idle=self.flush)

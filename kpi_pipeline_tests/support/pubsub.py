@@ -13,13 +13,9 @@ from typing import Any
 from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
 from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-from kpi_pipeline.adapters.pubsub.stream import (
-    LedgerStager,
-    StreamBatch,
-    StreamSubscriber,
-    newest_commit_ms,
-)
+from kpi_pipeline.adapters.pubsub.stream import LedgerStager, StreamSubscriber, newest_commit_ms
 from kpi_pipeline.core.events import replay_id_from_int, replay_id_to_int
+from kpi_pipeline.core.raw import StreamBatch
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog
 
 TENANT_ID = "00D000000000001AAA"

@@ -63,25 +63,10 @@ from kpi_pipeline.core.errors import (
     StreamStalledError,
 )
 from kpi_pipeline.core.events import ChangeEvent
-from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.core.raw import RawEvent, StreamBatch
 from kpi_pipeline.telemetry.metrics import record_error
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamBatch:
-    """One FetchResponse of one channel, as handed to the handler."""
-
-    channel: str
-    events: tuple[RawEvent, ...]  # empty for a keepalive
-    latest_replay_id: bytes  # where the channel resumes once this batch is staged
-    previous_replay_id: bytes | None  # the durable id before it (None: the stream used a preset)
-    rpc_id: str
-
-    @property
-    def is_keepalive(self) -> bool:
-        return not self.events
 
 
 @dataclass

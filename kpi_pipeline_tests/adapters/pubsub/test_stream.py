@@ -14,10 +14,8 @@ import pytest
 
 from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
 from kpi_pipeline.adapters.ledger import Ledger, ReplayPositionMoved
-from kpi_pipeline.adapters.pubsub.stream import (
-    StreamBatch,
-)
 from kpi_pipeline.core.errors import PubSubAuthError, ReplayIdInvalidError
+from kpi_pipeline.core.raw import StreamBatch
 from kpi_pipeline_tests.support.pubsub import (
     GUARD_S,
     INSTANCE_URL,

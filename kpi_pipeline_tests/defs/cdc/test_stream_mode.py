@@ -247,8 +247,7 @@ def test_every_run_request_resolves_as_the_daemon_resolves_it(sandbox, monkeypat
 
 
 def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sandbox) -> None:
-    from kpi_pipeline.adapters.pubsub.stream import StreamBatch
-    from kpi_pipeline.core.raw import RawEvent
+    from kpi_pipeline.core.raw import RawEvent, StreamBatch
 
     pipeline = sandbox
     settings = pipeline.settings()
@@ -285,8 +284,7 @@ def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sa
 def test_responses_staged_in_a_row_are_processed_together_and_each_marked_done(sandbox) -> None:
     """Under a burst the server sends one-event responses; each is staged with its replay id
     at once, and what is staged is processed in one pass when nothing more is queued."""
-    from kpi_pipeline.adapters.pubsub.stream import StreamBatch
-    from kpi_pipeline.core.raw import RawEvent
+    from kpi_pipeline.core.raw import RawEvent, StreamBatch
 
     pipeline = sandbox
     with dg.instance_for_test() as instance:
