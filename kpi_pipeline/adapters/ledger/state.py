@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.batch import BatchWork
 from kpi_pipeline.adapters.ledger.schema import UTCDateTime
 from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore, text_insert
 from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS, lead_facts_columns
@@ -70,6 +71,10 @@ class WorkloadStateMixin:
                 ),
                 {"keys": ordered},
             )
+
+    def batch_work(self, conn: sa.Connection) -> BatchWork:
+        """Set-based writes of one batch step in ``conn``'s transaction (``batch.py``)."""
+        return BatchWork(conn, self._now(), _INSERT_DECISION)
 
     # --- records ------------------------------------------------------------------------
 
@@ -401,6 +406,33 @@ class WorkloadStateMixin:
             },
         )
 
+    def put_candidates(self, conn: sa.Connection, candidates: Sequence[ResponseCandidate]) -> None:
+        """``put_candidate`` for many, in one ``executemany``."""
+        if candidates:
+            conn.execute(
+                _PUT_CANDIDATE,
+                [
+                    {
+                        "record_id": c.record_id,
+                        "lead_id": c.lead_id,
+                        "at": c.at,
+                        "source": c.source,
+                        "rank": SOURCE_RANK[c.source],
+                        "user_id": c.user_id,
+                    }
+                    for c in candidates
+                ],
+            )
+
+    def drop_candidates(self, conn: sa.Connection, record_ids: Sequence[str]) -> None:
+        """``drop_candidate`` for many, 500 ids a statement."""
+        ids = sorted(set(record_ids))
+        c = t.response_candidates.c
+        for start in range(0, len(ids), 500):
+            conn.execute(
+                t.response_candidates.delete().where(c.record_id.in_(ids[start : start + 500]))
+            )
+
     def drop_candidate(self, conn: sa.Connection, record_id: str) -> None:
         """A record that no longer qualifies (un-completed, deleted); settled answers stay."""
         conn.execute(
@@ -571,21 +603,7 @@ class WorkloadStateMixin:
 
     def insert_decision(self, conn: sa.Connection, decision: DecisionRow) -> bool:
         """Insert once per deterministic id (re-delivery adds nothing)."""
-        result = conn.execute(
-            _INSERT_DECISION,
-            {
-                "id": decision.id,
-                "workload": decision.workload,
-                "lead_id": decision.lead_id,
-                "decided_at": decision.decided_at,
-                "policy_version": decision.policy_version,
-                "rule_id": decision.rule_id,
-                "model": decision.model,
-                "request": decision.request,
-                "response": decision.response,
-                "replay_ids": list(decision.replay_ids),
-            },
-        )
+        result = conn.execute(_INSERT_DECISION, decision_params(decision))
         return result.rowcount == 1
 
     def decisions_between(
@@ -621,6 +639,22 @@ class WorkloadStateMixin:
             )
             for row in rows
         ]
+
+
+def decision_params(decision: DecisionRow) -> dict[str, Any]:
+    """The bind parameters of a decision's insert."""
+    return {
+        "id": decision.id,
+        "workload": decision.workload,
+        "lead_id": decision.lead_id,
+        "decided_at": decision.decided_at,
+        "policy_version": decision.policy_version,
+        "rule_id": decision.rule_id,
+        "model": decision.model,
+        "request": decision.request,
+        "response": decision.response,
+        "replay_ids": list(decision.replay_ids),
+    }
 
 
 def _improve_first_response() -> Any:
