@@ -31,7 +31,7 @@ from kpi_pipeline.core.workloads.selection import (
     LEAD,
     by_creation,
     created_or_none,
-    events_of,
+    events_by_record,
     is_echo,
     replays_by_record,
 )
@@ -61,6 +61,7 @@ class RoutingStep:
         """Route unrouted leads (memoized per lead), record first user-owner times otherwise."""
         triggers = [e for e in events if e.entity == LEAD and not is_echo(e, self.ctx.client_id)]
         replays = replays_by_record(triggers)
+        by_lead = events_by_record(triggers)
         summary = {
             "leads": len(replays),
             "routed": 0,
@@ -89,7 +90,7 @@ class RoutingStep:
                     decision = memo.get(lead_id)
                     outcome = "memoized" if decision is not None else "owned"
                     new = False
-                    basis = self._routing_basis(state, events_of(triggers, lead_id))
+                    basis = self._routing_basis(state, by_lead.get(lead_id, []))
                     if decision is None and basis is not None:
                         decision, new = self._route_one(batch, *basis, pools, replays[lead_id])
                         outcome = "routed" if new else "memoized"
@@ -97,9 +98,7 @@ class RoutingStep:
                         superseded.append(lead_id)
                     return outcome
 
-                outcome = self.ctx.isolated(
-                    batch, "route_leads", work, events_of(triggers, lead_id)
-                )
+                outcome = self.ctx.isolated(batch, "route_leads", work, by_lead.get(lead_id, []))
                 summary[outcome] += 1
                 if outcome == "routed":
                     routed.append(lead_id)

@@ -21,7 +21,7 @@ from kpi_pipeline.core.workloads.outreach_templates import (
     selection_messages,
 )
 from kpi_pipeline.core.workloads.records import RecordState
-from kpi_pipeline.core.workloads.selection import EMAIL, LEAD, events_of, is_wildcard
+from kpi_pipeline.core.workloads.selection import EMAIL, LEAD, events_by_record, is_wildcard
 from kpi_pipeline.telemetry import metrics
 
 WORKLOAD_TEMPLATE = "outreach_template"
@@ -60,6 +60,7 @@ class TemplateStep:
             "dead_lettered": 0,
         }
         failed_leads: list[str] = []
+        by_lead = events_by_record([*lead_events, *email_events])
         with self.ledger.write() as conn:
             decisions = self.ledger.routing_decisions(conn, wanted)
             known = self.ledger.template_recommendations(conn, wanted)
@@ -81,7 +82,7 @@ class TemplateStep:
                         lambda state=state, decision=decision: self._recommend_one(
                             batch, state, decision
                         ),
-                        events_of([*lead_events, *email_events], lead_id),
+                        by_lead.get(lead_id, []),
                     )
                     summary[outcome] += 1
                     if outcome == "dead_lettered":
