@@ -4,7 +4,9 @@ pool state, template recommendations and decisions (mixed into ``Ledger``).
 Methods taking ``conn`` run inside the caller's transaction (``Ledger.write()``), so one
 batch step is one transaction. The guards that keep effects idempotent and monotone live
 in the SQL itself (see ``improve_first_response``), so they also hold between two
-concurrent runs, not just within one process.
+concurrent runs, not just within one process. The processing steps write through
+``batch_work`` instead (``batch.py``): the same guards applied in memory to rows locked
+for the transaction, then one bulk statement per table.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from kpi_pipeline.adapters.ledger import facts_frame
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.batch import BatchWork
 from kpi_pipeline.adapters.ledger.schema import UTCDateTime
 from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore, text_insert
-from kpi_pipeline.core.kpis.rollups import DATETIME_COLUMNS, NUMBER_COLUMNS, lead_facts_columns
+from kpi_pipeline.core.kpis.rollups import lead_facts_columns
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse, ResponseCandidate
 from kpi_pipeline.core.workloads.lead_route import PoolState, RoutingDecision
 from kpi_pipeline.core.workloads.records import RecordState
@@ -370,26 +373,18 @@ class WorkloadStateMixin:
     ) -> pd.DataFrame:
         """Lead facts for the KPI rollups: one row per lead with a known creation time,
         created in [created_from, created_to), sorted by Id. Datetimes are tz-aware UTC
-        (NaT for none), numbers float (NaN for none), text None for none."""
-        c = t.lead_facts.c
-        query = sa.select(*(c[name] for name in LEAD_FACTS_COLUMNS)).where(
-            c.CreatedDate.is_not(None)
-        )
-        if created_from is not None:
-            query = query.where(c.CreatedDate >= created_from)
-        if created_to is not None:
-            query = query.where(c.CreatedDate < created_to)
+        (NaT for none), numbers float (NaN for none), text None for none.
+
+        Columnar, not row by row through SQLAlchemy's result processing: PostgreSQL sends
+        the rows with ``COPY ... TO STDOUT`` (times as epoch microseconds) into
+        ``pandas.read_csv``; SQLite's rows come from the driver cursor in chunks and each
+        column is converted at once (``facts_frame.py``)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(c.Id)).all()
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(LEAD_FACTS_COLUMNS))
-        for name in DATETIME_COLUMNS:
-            frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[ns, UTC]")
-        for name in NUMBER_COLUMNS:
-            frame[name] = pd.to_numeric(frame[name]).astype("float64")
-        for name in LEAD_FACTS_COLUMNS:
-            if name not in DATETIME_COLUMNS and name not in NUMBER_COLUMNS:
-                frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
-        return frame
+            if conn.dialect.name == "postgresql":
+                frame = facts_frame.postgres_frame(conn, created_from, created_to)
+            else:
+                frame = facts_frame.sqlite_frame(conn, created_from, created_to)
+        return facts_frame.typed(frame)
 
     # --- response candidates ------------------------------------------------------------
 
