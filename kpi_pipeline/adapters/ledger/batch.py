@@ -10,9 +10,9 @@ the same comparisons.
 That is safe under concurrency because the rows are locked for the transaction before they
 are read: SQLite write transactions are exclusive (BEGIN IMMEDIATE); on PostgreSQL every
 processing step takes the advisory locks of its leads (sorted, so two runs cannot
-deadlock) and ``SELECT ... FOR UPDATE`` on their rows. No other writer changes
-``lead_facts`` but the processing steps and ``record_superseded`` (a plain upsert that waits
-on the row lock).
+deadlock) and ``SELECT ... FOR UPDATE`` on their rows. The only other writer of
+``lead_facts``, ``kpi-pipeline policy recompute``, updates rows with plain UPDATEs, which
+wait on those row locks (and a batch's FOR UPDATE waits on theirs).
 
 Lead isolation without a savepoint per lead: ``checkpoint`` / ``rollback`` undo one lead's
 in-memory changes when its workload code fails, so the batch's writes hold only the leads
@@ -28,12 +28,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
 from kpi_pipeline.adapters.ledger.sql import canonical, text_insert
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import PoolState, RoutingDecision
 from kpi_pipeline.core.workloads.writeback_fields import dirty_names
 
-PENDING, CLAIMED = "pending", "claimed"
 _FACT_COLUMNS: tuple[str, ...] = tuple(c.name for c in t.lead_facts.columns)
 _CHUNK = 500
 _MISSING = object()
@@ -155,11 +155,6 @@ class BatchWork:
         if lead_id not in self.facts:
             self.preload([lead_id])
         return self.facts[lead_id]
-
-    def lead_facts(self, lead_ids: Iterable[str]) -> dict[str, FactsRow]:
-        wanted = list(lead_ids)
-        self.preload(wanted)
-        return {i: row for i in wanted if (row := self.facts[i]) is not None}
 
     def clock_inputs(self, lead_id: str) -> FactsRow | None:
         return self.row(lead_id)
