@@ -13,6 +13,7 @@ calendars, beside the calendar-only (24x7) rollup of the same frame (target: und
     python bench/bench_kpis.py                      # frame only
     python bench/bench_kpis.py --business-hours     # plus business-hours clocks
     python bench/bench_kpis.py --ledger sqlite --ledger postgres
+    python bench/bench_kpis.py --ledger sqlite --ledger postgres --ledger-only --compare
 
 Not part of the test suite. Results are recorded in bench/RESULTS.md (## KPI rollups).
 """
@@ -251,7 +252,14 @@ def _bulk_load_postgres(engine: object, frame: pd.DataFrame) -> None:
         raw.close()
 
 
-def bench_ledger(backend: str, frame: pd.DataFrame, days: int, workdir: str) -> None:
+def bench_ledger(
+    backend: str,
+    frame: pd.DataFrame,
+    days: int,
+    workdir: str,
+    repeats: int = 3,
+    compare: bool = False,
+) -> None:
     """Bulk-load ``frame`` into a fresh ledger, then time lead_facts_frame and compute_all."""
     import uuid
     from pathlib import Path
@@ -283,7 +291,7 @@ def bench_ledger(backend: str, frame: pd.DataFrame, days: int, workdir: str) -> 
         print(
             f"{backend}: bulk insert of {len(frame):,} leads took {time.perf_counter() - began:.1f} s"
         )
-        _time_ledger_rollups(backend, ledger, frame, days)
+        _time_ledger_rollups(backend, ledger, frame, days, repeats, compare)
         ledger.dispose()
     finally:
         if admin is not None:
@@ -292,19 +300,54 @@ def bench_ledger(backend: str, frame: pd.DataFrame, days: int, workdir: str) -> 
             admin.dispose()
 
 
-def _time_ledger_rollups(backend: str, ledger: object, frame: pd.DataFrame, days: int) -> None:
+def _row_by_row_frame(ledger: object, created_from: datetime, created_to: datetime) -> pd.DataFrame:
+    """``lead_facts_frame`` as it read before the columnar path: SQLAlchemy rows, one
+    Python object per cell, then the same dtype conversion."""
+    import sqlalchemy as sa
+
+    from kpi_pipeline.adapters.ledger import facts_frame
+    from kpi_pipeline.adapters.ledger import schema as t
+
+    c = t.lead_facts.c
+    query = (
+        sa.select(*(c[name] for name in facts_frame.COLUMNS))
+        .where(
+            c.CreatedDate.is_not(None), c.CreatedDate >= created_from, c.CreatedDate < created_to
+        )
+        .order_by(c.Id)
+    )
+    with ledger.engine.connect() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(query).all()
+    return facts_frame.typed(
+        pd.DataFrame([tuple(r) for r in rows], columns=list(facts_frame.COLUMNS))
+    )
+
+
+def _time_ledger_rollups(
+    backend: str, ledger: object, frame: pd.DataFrame, days: int, repeats: int, compare: bool
+) -> None:
     as_of = START + timedelta(days=days + 1)
     windows = {
         "1 day": (START, START + timedelta(days=1)),
         f"{days} days": (START, START + timedelta(days=days)),
     }
     for label, (created_from, created_to) in windows.items():
-        began = time.perf_counter()
-        loaded = ledger.lead_facts_frame(created_from, created_to)  # type: ignore[attr-defined]
-        report(
-            f"{backend}: lead_facts_frame, {label} ({len(loaded):,} leads)",
-            [time.perf_counter() - began],
+        seconds, loaded = timed(
+            lambda created_from=created_from, created_to=created_to: ledger.lead_facts_frame(  # type: ignore[attr-defined]
+                created_from, created_to
+            ),
+            repeats,
         )
+        report(f"{backend}: lead_facts_frame, {label} ({len(loaded):,} leads)", seconds)
+        if compare:  # the row-by-row read it replaced, on the same ledger, right after
+            old_seconds, old = timed(
+                lambda created_from=created_from, created_to=created_to: _row_by_row_frame(
+                    ledger, created_from, created_to
+                ),
+                repeats,
+            )
+            pd.testing.assert_frame_equal(loaded, old)  # type: ignore[arg-type]
+            report(f"{backend}: row-by-row read (before), {label}", old_seconds)
         began = time.perf_counter()
         rollups = compute_all(loaded, as_of=as_of)
         report(f"{backend}: compute_all on it, {label}", [time.perf_counter() - began])
@@ -342,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", default="/tmp/bench_kpis", help="where the SQLite file goes")
     parser.add_argument(
+        "--ledger-only", action="store_true", help="skip the in-memory rollup timings"
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time the row-by-row read the columnar lead_facts_frame replaced",
+    )
+    parser.add_argument(
         "--business-hours",
         action="store_true",
         help="also time the rollup with business-hours clocks on (packaged calendars)",
@@ -357,11 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"generated {len(frame):,} leads over {args.days} days in {time.perf_counter() - began:.2f} s"
     )
-    bench_frame(frame, args.days, args.repeats)
+    if not args.ledger_only:
+        bench_frame(frame, args.days, args.repeats)
     if args.business_hours:
         bench_business_hours(frame, args.days, args.repeats, args.seed)
     for backend in args.ledger:
-        bench_ledger(backend, frame, args.days, args.workdir)
+        bench_ledger(backend, frame, args.days, args.workdir, args.repeats, args.compare)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process: {peak_mib:.0f} MiB")
     return 0

@@ -7,20 +7,33 @@ recorded JSON Lines (CONTRACTS.md §2), and the first ``--events`` lines are rep
 the event clock, lead facts CSV, KPI CSVs and flywheel JSONL. Timed phases:
 
 * simulate + export (not part of the replay, reported for context);
-* replay end to end (what the user waits for), and the parse share of it.
+* replay end to end (what the user waits for), and the parse share of it; also the CPU
+  seconds of the replay (``time.process_time``), steadier than wall time on a loaded machine.
+
+``--baseline REV`` replays the same stream with the code of git revision ``REV`` as well
+(``git archive`` into a scratch folder, run in a subprocess) and fails unless every output
+file is byte-identical; both times are reported. ``--stream FILE`` reuses a stream written
+before (``--keep``) instead of simulating one; ``--profile FILE`` runs the replay under
+cProfile and writes its summary (top functions by cumulative and by own time) as text.
 
     python bench/bench_replay.py [--events 100000] [--batch-size 500] [--seed 3] [--keep DIR]
+                                 [--stream FILE] [--baseline REV] [--profile FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import math
 import os
 import platform
+import pstats
 import sqlite3
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -58,27 +71,112 @@ def simulated_stream(path: Path, events: int, seed: int) -> tuple[int, float]:
     return leads, time.perf_counter() - started
 
 
+REPO = Path(__file__).resolve().parent.parent
+_BASELINE_RUN = """
+import json, sys, time
+from pathlib import Path
+import kpi_pipeline
+from kpi_pipeline.app.replay import replay
+assert Path(kpi_pipeline.__file__).resolve().is_relative_to(Path.cwd().resolve()), kpi_pipeline.__file__
+started, cpu = time.perf_counter(), time.process_time()
+replay(Path(sys.argv[1]), Path(sys.argv[2]), batch_size=int(sys.argv[3]))
+print(json.dumps({"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}))
+"""
+
+
+def baseline_replay(rev: str, stream: Path, out: Path, batch_size: int) -> tuple[float, float]:
+    """Replay ``stream`` with the package as it was at git revision ``rev``; (wall, CPU)
+    seconds taken."""
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", rev, "kpi_pipeline"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(scratch, filter="data")
+        done = subprocess.run(
+            [sys.executable, "-c", _BASELINE_RUN, str(stream), str(out), str(batch_size)],
+            cwd=scratch,
+            env={**os.environ, "PYTHONPATH": scratch},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    timing = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(timing["wall_s"]), float(timing["cpu_s"])
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def profile_summary(profile: cProfile.Profile, top: int = 45) -> str:
+    text = io.StringIO()
+    stats = pstats.Stats(profile, stream=text)
+    stats.strip_dirs()
+    for key in ("cumulative", "tottime"):
+        text.write(f"\n==== sorted by {key} (top {top}) ====\n")
+        stats.sort_stats(key).print_stats(top)
+    return text.getvalue()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--keep", type=Path, default=None, help="keep the stream and outputs here")
+    parser.add_argument("--stream", type=Path, default=None, help="replay this stream instead")
+    parser.add_argument("--baseline", default=None, help="git revision to compare outputs with")
+    parser.add_argument("--profile", type=Path, default=None, help="write a cProfile summary here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as scratch:
         root = args.keep or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
-        stream = root / "stream.jsonl"
-        leads, simulate_s = simulated_stream(stream, args.events, args.seed)
+        if args.stream is not None:
+            stream, leads, simulate_s = args.stream, None, 0.0
+        else:
+            stream = root / "stream.jsonl"
+            leads, simulate_s = simulated_stream(stream, args.events, args.seed)
 
         started = time.perf_counter()
         parsed = read_events(stream)
         parse_s = time.perf_counter() - started
 
-        started = time.perf_counter()
+        profile = cProfile.Profile() if args.profile else None
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if profile is not None:
+            profile.enable()
         result = replay(stream, root / "out", batch_size=args.batch_size)
+        if profile is not None:
+            profile.disable()
         replay_s = time.perf_counter() - started
+        replay_cpu_s = time.process_time() - cpu_started
+        if profile is not None:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            args.profile.write_text(profile_summary(profile), encoding="utf-8")
+
+        baseline: dict[str, object] = {}
+        if args.baseline is not None:
+            base_s, base_cpu_s = baseline_replay(
+                args.baseline, stream, root / "baseline", args.batch_size
+            )
+            ours, theirs = output_files(root / "out"), output_files(root / "baseline")
+            differ = sorted(n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n))
+            if differ:
+                raise SystemExit(f"outputs differ from {args.baseline}'s: {differ}")
+            baseline = {
+                "baseline_rev": args.baseline,
+                "baseline_replay_s": round(base_s, 2),
+                "baseline_events_per_s": round(result.events / base_s),
+                "baseline_replay_cpu_s": round(base_cpu_s, 2),
+                "baseline_events_per_cpu_s": round(result.events / base_cpu_s),
+                "outputs_byte_identical": len(ours),
+            }
 
         report = {
             "events": result.events,
@@ -90,8 +188,12 @@ def main() -> int:
             "parse_s": round(parse_s, 2),
             "replay_end_to_end_s": round(replay_s, 2),
             "events_per_s": round(result.events / replay_s),
+            # Under a shared machine's load, CPU seconds of this process are steadier
+            "replay_cpu_s": round(replay_cpu_s, 2),
+            "events_per_cpu_s": round(result.events / replay_cpu_s),
             "stream_mib": round(stream.stat().st_size / 2**20, 1),
             "parsed_events": len(parsed),
+            **baseline,
             "python": platform.python_version(),
             "sqlite": sqlite3.sqlite_version,
             "cpus": os.cpu_count(),

@@ -4,7 +4,9 @@ pool state, template recommendations and decisions (mixed into ``Ledger``).
 Methods taking ``conn`` run inside the caller's transaction (``Ledger.write()``), so one
 batch step is one transaction. The guards that keep effects idempotent and monotone live
 in the SQL itself (see ``improve_first_response``), so they also hold between two
-concurrent runs, not just within one process.
+concurrent runs, not just within one process. The processing steps write through
+``batch_work`` instead (``batch.py``): the same guards applied in memory to rows locked
+for the transaction, then one bulk statement per table.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from kpi_pipeline.adapters.ledger import facts_frame
 from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.batch import BatchWork
 from kpi_pipeline.adapters.ledger.schema import UTCDateTime
 from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore, text_insert
-from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS, NUMBER_COLUMNS, lead_facts_columns
+from kpi_pipeline.core.kpis.lead_facts import lead_facts_columns
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse, ResponseCandidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -71,6 +75,10 @@ class WorkloadStateMixin:
                 ),
                 {"keys": ordered},
             )
+
+    def batch_work(self, conn: sa.Connection) -> BatchWork:
+        """Set-based writes of one batch step in ``conn``'s transaction (``batch.py``)."""
+        return BatchWork(conn, self._now(), _INSERT_DECISION)
 
     # --- records ------------------------------------------------------------------------
 
@@ -366,26 +374,18 @@ class WorkloadStateMixin:
     ) -> pd.DataFrame:
         """Lead facts for the KPI rollups: one row per lead with a known creation time,
         created in [created_from, created_to), sorted by Id. Datetimes are tz-aware UTC
-        (NaT for none), numbers float (NaN for none), text None for none."""
-        c = t.lead_facts.c
-        query = sa.select(*(c[name] for name in LEAD_FACTS_COLUMNS)).where(
-            c.CreatedDate.is_not(None)
-        )
-        if created_from is not None:
-            query = query.where(c.CreatedDate >= created_from)
-        if created_to is not None:
-            query = query.where(c.CreatedDate < created_to)
+        (NaT for none), numbers float (NaN for none), text None for none.
+
+        Columnar, not row by row through SQLAlchemy's result processing: PostgreSQL sends
+        the rows with ``COPY ... TO STDOUT`` (times as epoch microseconds) into
+        ``pandas.read_csv``; SQLite's rows come from the driver cursor in chunks and each
+        column is converted at once (``facts_frame.py``)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(c.Id)).all()
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(LEAD_FACTS_COLUMNS))
-        for name in DATETIME_COLUMNS:
-            frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[ns, UTC]")
-        for name in NUMBER_COLUMNS:
-            frame[name] = pd.to_numeric(frame[name]).astype("float64")
-        for name in LEAD_FACTS_COLUMNS:
-            if name not in DATETIME_COLUMNS and name not in NUMBER_COLUMNS:
-                frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
-        return frame
+            if conn.dialect.name == "postgresql":
+                frame = facts_frame.postgres_frame(conn, created_from, created_to)
+            else:
+                frame = facts_frame.sqlite_frame(conn, created_from, created_to)
+        return facts_frame.typed(frame)
 
     # --- response candidates ------------------------------------------------------------
 
@@ -401,6 +401,33 @@ class WorkloadStateMixin:
                 "user_id": candidate.user_id,
             },
         )
+
+    def put_candidates(self, conn: sa.Connection, candidates: Sequence[ResponseCandidate]) -> None:
+        """``put_candidate`` for many, in one ``executemany``."""
+        if candidates:
+            conn.execute(
+                _PUT_CANDIDATE,
+                [
+                    {
+                        "record_id": c.record_id,
+                        "lead_id": c.lead_id,
+                        "at": c.at,
+                        "source": c.source,
+                        "rank": SOURCE_RANK[c.source],
+                        "user_id": c.user_id,
+                    }
+                    for c in candidates
+                ],
+            )
+
+    def drop_candidates(self, conn: sa.Connection, record_ids: Sequence[str]) -> None:
+        """``drop_candidate`` for many, 500 ids a statement."""
+        ids = sorted(set(record_ids))
+        c = t.response_candidates.c
+        for start in range(0, len(ids), 500):
+            conn.execute(
+                t.response_candidates.delete().where(c.record_id.in_(ids[start : start + 500]))
+            )
 
     def drop_candidate(self, conn: sa.Connection, record_id: str) -> None:
         """A record that no longer qualifies (un-completed, deleted); settled answers stay."""
@@ -572,21 +599,7 @@ class WorkloadStateMixin:
 
     def insert_decision(self, conn: sa.Connection, decision: DecisionRow) -> bool:
         """Insert once per deterministic id (re-delivery adds nothing)."""
-        result = conn.execute(
-            _INSERT_DECISION,
-            {
-                "id": decision.id,
-                "workload": decision.workload,
-                "lead_id": decision.lead_id,
-                "decided_at": decision.decided_at,
-                "policy_version": decision.policy_version,
-                "rule_id": decision.rule_id,
-                "model": decision.model,
-                "request": decision.request,
-                "response": decision.response,
-                "replay_ids": list(decision.replay_ids),
-            },
-        )
+        result = conn.execute(_INSERT_DECISION, decision_params(decision))
         return result.rowcount == 1
 
     def decisions_between(
@@ -622,6 +635,22 @@ class WorkloadStateMixin:
             )
             for row in rows
         ]
+
+
+def decision_params(decision: DecisionRow) -> dict[str, Any]:
+    """The bind parameters of a decision's insert."""
+    return {
+        "id": decision.id,
+        "workload": decision.workload,
+        "lead_id": decision.lead_id,
+        "decided_at": decision.decided_at,
+        "policy_version": decision.policy_version,
+        "rule_id": decision.rule_id,
+        "model": decision.model,
+        "request": decision.request,
+        "response": decision.response,
+        "replay_ids": list(decision.replay_ids),
+    }
 
 
 def _improve_first_response() -> Any:

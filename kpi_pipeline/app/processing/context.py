@@ -11,8 +11,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger.state import DecisionRow
+from kpi_pipeline.adapters.ledger.state import DecisionRow, decision_params
 from kpi_pipeline.adapters.ledger.store import Ledger
+from kpi_pipeline.app.processing.batch_port import BatchWork
 from kpi_pipeline.app.writeback import OwnerRules
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.flywheel.records import compute_record_id
@@ -82,28 +83,32 @@ class StepContext:
         )
 
     def isolated(
-        self, conn: sa.Connection, stage: str, work: Callable[[], str], events: list[ChangeEvent]
+        self, batch: BatchWork, stage: str, work: Callable[[], str], events: list[ChangeEvent]
     ) -> str:
-        """Run one lead's work in a savepoint. If the workload code fails on it, its writes
-        are rolled back, the events behind it are dead-lettered and the batch goes on;
-        database errors still fail the step (the run retries it)."""
+        """Run one lead's work against the batch's in-memory state. If the workload code
+        fails on it, its changes are undone (``BatchWork.rollback``), the events behind it
+        are dead-lettered and the batch goes on; database errors still fail the step (the
+        run retries it)."""
+        batch.checkpoint()
         try:
-            with conn.begin_nested():
-                return work()
+            outcome = work()
         except sa.exc.SQLAlchemyError:
             raise
         except Exception as exc:
+            batch.rollback()
             reason = f"{type(exc).__name__}: {exc}"
             if not events:
                 metrics.record_error(f"processing_{stage}")
                 log.error("%s failed with no event to dead-letter: %s", stage, reason)
             for event in events:
-                self.dead_letter(event, stage, reason, conn=conn)
+                self.dead_letter(event, stage, reason, conn=batch.conn)
             return "dead_lettered"
+        batch.release()
+        return outcome
 
     def record_decision(
         self,
-        conn: sa.Connection,
+        batch: BatchWork,
         *,
         workload: str,
         lead_id: str,
@@ -113,8 +118,10 @@ class StepContext:
         messages: list[dict[str, Any]],
         response: dict[str, Any],
         replay_ids: list[str],
-    ) -> bool:
-        """Store a flywheel decision; False when this very decision was stored before."""
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        """Store a flywheel decision when the batch flushes; ``on_stored`` runs then if this
+        very decision was not stored before."""
         decision_id = compute_record_id(
             workload_id=workload,
             client_id=self.client_id,
@@ -130,29 +137,27 @@ class StepContext:
             "replay_ids": ",".join(replays[:MAX_REPLAY_IDS_IN_METADATA]),
             "decision_id": decision_id,
         }
-        return self.ledger.insert_decision(
-            conn,
-            DecisionRow(
-                id=decision_id,
-                workload=workload,
-                lead_id=lead_id,
-                decided_at=decided_at,
-                policy_version=self.policy.version,
-                rule_id=rule_id,
-                model=model,
-                request={"messages": messages, "metadata": metadata},
-                response=response,
-                replay_ids=replays,
-            ),
+        row = DecisionRow(
+            id=decision_id,
+            workload=workload,
+            lead_id=lead_id,
+            decided_at=decided_at,
+            policy_version=self.policy.version,
+            rule_id=rule_id,
+            model=model,
+            request={"messages": messages, "metadata": metadata},
+            response=response,
+            replay_ids=replays,
         )
+        batch.insert_decision(decision_params(row), on_stored)
 
-    def refresh_clocks(self, conn: sa.Connection, lead_id: str) -> set[str]:
+    def refresh_clocks(self, batch: BatchWork, lead_id: str) -> set[str]:
         """The lead's SLA due time and business-minute TTFR, recomputed from its stored
         facts in its calendar. Called whenever the SLA or the first response may have
         changed, so the values do not depend on which of the two was processed first.
         Returns the write-back fields to mark dirty: the first-response group when the
         business minutes changed (they travel with the response), the due time when it did."""
-        row = self.ledger.clock_inputs(conn, lead_id)
+        row = batch.clock_inputs(lead_id)
         if row is None or row.CreatedDate is None:
             return set()
         due, business = lead_clocks(
@@ -161,14 +166,14 @@ class StepContext:
             sla_minutes=row.SLA_Minutes,
             first_response_at=row.First_Response_At__c,
         )
-        stored = row.Time_to_First_Response_Business_Minutes__c
-        if (due, business) == (row.SLA_Due_At, stored):
+        stored, stored_due = row.Time_to_First_Response_Business_Minutes__c, row.SLA_Due_At
+        if (due, business) == (stored_due, stored):
             return set()
-        self.ledger.set_clocks(conn, lead_id, due_at=due, business_minutes=business)
+        batch.set_clocks(lead_id, due_at=due, business_minutes=business)  # updates ``row``
         dirty: set[str] = set()
         if business != stored:
             dirty |= set(FIRST_RESPONSE_GROUP)
-        if due != row.SLA_Due_At:
+        if due != stored_due:
             dirty |= set(SLA_FIELDS)
         return dirty
 

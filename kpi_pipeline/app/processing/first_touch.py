@@ -9,11 +9,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kpi_pipeline.app.processing.batch_port import BatchWork
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.workloads.decision_messages import first_touch_messages
 from kpi_pipeline.core.workloads.first_touch import (
     FirstResponse,
+    ResponseCandidate,
     email_candidate,
     first_response,
     first_response_to_json,
@@ -64,6 +66,8 @@ class FirstTouchStep:
             states = self.ledger.records(conn, keys)
             task_lookup = self.ctx.task_lookup(conn, states.values())
             lead_replays: dict[str, list[str]] = {}
+            puts: list[ResponseCandidate] = []
+            drops: list[str] = []
             for key in keys:
                 state = states.get(key)
                 if state is None:
@@ -74,22 +78,27 @@ class FirstTouchStep:
                     else email_candidate(state, task_lookup)
                 )
                 if candidate is None:
-                    self.ledger.drop_candidate(conn, state.record_id)
+                    drops.append(state.record_id)
                     continue
                 summary["candidates"] += 1
-                self.ledger.put_candidate(conn, candidate)
+                puts.append(candidate)
                 affected.add(candidate.lead_id)
                 lead_replays.setdefault(candidate.lead_id, []).extend(replays.get(key[1], []))
+            self.ledger.drop_candidates(conn, drops)
+            self.ledger.put_candidates(conn, puts)
             leads = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in affected])
             stored = self.ledger.candidates_for(conn, affected)
+            batch = self.ledger.batch_work(conn)
+            batch.preload(lead_id for (_, lead_id) in leads)
             for lead_id in sorted(affected):
                 outcome = self._settle_first_response(
-                    conn,
+                    batch,
                     leads.get((LEAD, lead_id)),
                     stored.get(lead_id, []),
                     lead_replays.get(lead_id, []),
                 )
                 summary[outcome] = summary.get(outcome, 0) + 1
+            batch.flush()
         return summary
 
     def _emails_of_tasks(
@@ -110,7 +119,7 @@ class FirstTouchStep:
 
     def _settle_first_response(
         self,
-        conn: sa.Connection,
+        batch: BatchWork,
         lead: RecordState | None,
         candidates: list[Any],
         replay_ids: list[str],
@@ -126,18 +135,18 @@ class FirstTouchStep:
         )
         if fr is None:
             return "unanswered"
-        if not self.ledger.improve_first_response(conn, lead_id, fr):
+        if not batch.improve_first_response(lead_id, fr):
             return "unchanged"
         # Business minutes of the new first response (and a due time not yet computed).
-        dirty = self.ctx.refresh_clocks(conn, lead_id) | set(FIRST_RESPONSE_GROUP)
-        self.ledger.mark_dirty(conn, LEAD, lead_id, dirty)
-        self._record_first_touch(conn, lead_id, created, candidates, fr, replay_ids)
+        dirty = self.ctx.refresh_clocks(batch, lead_id) | set(FIRST_RESPONSE_GROUP)
+        batch.mark_dirty(LEAD, lead_id, dirty)
+        self._record_first_touch(batch, lead_id, created, candidates, fr, replay_ids)
         metrics.observe_first_response(max(0.0, (fr.at - created).total_seconds()))
         return "improved"
 
     def _record_first_touch(
         self,
-        conn: sa.Connection,
+        batch: BatchWork,
         lead_id: str,
         created: datetime,
         candidates: list[Any],
@@ -146,7 +155,7 @@ class FirstTouchStep:
     ) -> None:
         messages = first_touch_messages(lead_id, created, candidates)
         self.ctx.record_decision(
-            conn,
+            batch,
             workload=WORKLOAD_FIRST_TOUCH,
             lead_id=lead_id,
             decided_at=self.clock() if self.clock else fr.at,

@@ -182,14 +182,16 @@ class RecordsStep:
 
     def _refresh_lead_facts(self, conn: sa.Connection, leads: Mapping[str, RecordState]) -> None:
         decisions = self.ledger.routing_decisions(conn, leads)
+        batch = self.ledger.batch_work(conn)
+        batch.preload(leads)
         for lead_id in sorted(leads):
             state = leads[lead_id]
-            self.ledger.ensure_lead_facts(
-                conn,
+            batch.ensure_lead_facts(
                 lead_id,
                 created=created_or_none(state),
                 owner_id=self.ctx.current_owner(state, decisions.get(lead_id)),
             )
+        batch.flush()
 
     def _record_gap(self, event: ChangeEvent) -> int:
         metrics.record_error("cdc_gap")

@@ -8,8 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
+from kpi_pipeline.app.processing.batch_port import BatchWork
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.app.writeback import Superseded
 from kpi_pipeline.core.events import ChangeEvent
@@ -32,7 +31,7 @@ from kpi_pipeline.core.workloads.selection import (
     LEAD,
     by_creation,
     created_or_none,
-    events_of,
+    events_by_record,
     is_echo,
     replays_by_record,
 )
@@ -62,6 +61,7 @@ class RoutingStep:
         """Route unrouted leads (memoized per lead), record first user-owner times otherwise."""
         triggers = [e for e in events if e.entity == LEAD and not is_echo(e, self.ctx.client_id)]
         replays = replays_by_record(triggers)
+        by_lead = events_by_record(triggers)
         summary = {
             "leads": len(replays),
             "routed": 0,
@@ -78,6 +78,8 @@ class RoutingStep:
             pools = self.ledger.lock_pools(conn, self.policy.pools)
             memo = self.ledger.routing_decisions(conn, replays)
             states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in replays])
+            batch = self.ledger.batch_work(conn)
+            batch.preload(lead_id for (_, lead_id) in states)
             summary["unknown"] = len(replays) - len(states)
             for lead_id, state in by_creation(states):
                 if created_or_none(state) is None:
@@ -88,45 +90,46 @@ class RoutingStep:
                     decision = memo.get(lead_id)
                     outcome = "memoized" if decision is not None else "owned"
                     new = False
-                    basis = self._routing_basis(state, events_of(triggers, lead_id))
+                    basis = self._routing_basis(state, by_lead.get(lead_id, []))
                     if decision is None and basis is not None:
-                        decision, new = self._route_one(conn, *basis, pools, replays[lead_id])
+                        decision, new = self._route_one(batch, *basis, pools, replays[lead_id])
                         outcome = "routed" if new else "memoized"
-                    if self._apply_assignment(conn, state, decision, new_decision=new):
+                    if self._apply_assignment(batch, state, decision, new_decision=new):
                         superseded.append(lead_id)
                     return outcome
 
-                outcome = self.ctx.isolated(conn, "route_leads", work, events_of(triggers, lead_id))
+                outcome = self.ctx.isolated(batch, "route_leads", work, by_lead.get(lead_id, []))
                 summary[outcome] += 1
                 if outcome == "routed":
                     routed.append(lead_id)
+            batch.flush()
         summary["routed_lead_ids"] = sorted(routed)
         summary["superseded"] = len(superseded)
         return summary
 
     def _route_one(
         self,
-        conn: sa.Connection,
+        batch: BatchWork,
         state: RecordState,
         basis_at: datetime,
         pools: dict[str, Any],
         replay_ids: list[str],
     ) -> tuple[RoutingDecision, bool]:
         """Route one lead as it was at ``basis_at``; (decision, True), or (the stored
-        decision, False) when another run decided it first (the pool locks make that rare;
-        the memo insert makes it harmless)."""
+        decision, False) when this batch decided it already. Another run cannot have
+        decided it meanwhile: the memo was read under the pool locks."""
         pools_before = {pool_id: pools[pool_id].to_json() for pool_id in sorted(pools)}
         decided_at = self.clock() if self.clock is not None else basis_at
         outcome = route(state, self.policy, pools, decided_at=decided_at)
         decision = replace(outcome.decision, basis_at=basis_at if basis_at != decided_at else None)
-        if not self.ledger.insert_routing_decision(conn, decision):
-            return self.ledger.routing_decisions(conn, [decision.lead_id])[decision.lead_id], False
+        if not batch.insert_routing_decision(decision):
+            return decision, False
         if outcome.pool_state is not None:
-            self.ledger.save_pool_state(conn, outcome.pool_state)
+            batch.save_pool_state(outcome.pool_state)
         lead_input = {name: field_value(state.fields, name) for name in self._routing_inputs}
         messages = routing_messages(self.policy.version, decision.lead_id, lead_input, pools_before)
         self.ctx.record_decision(
-            conn,
+            batch,
             workload=WORKLOAD_ROUTE,
             lead_id=decision.lead_id,
             decided_at=decision.decided_at,
@@ -181,7 +184,7 @@ class RoutingStep:
 
     def _apply_assignment(
         self,
-        conn: sa.Connection,
+        batch: BatchWork,
         state: RecordState,
         decision: RoutingDecision | None,
         *,
@@ -193,13 +196,13 @@ class RoutingStep:
         lead_id = state.record_id
         created = lead_created_at(state)
         person = self._person_owner(state, decision) if decision is not None else None
-        self.ledger.ensure_lead_facts(
-            conn, lead_id, created=created, owner_id=self.ctx.current_owner(state, decision)
+        batch.ensure_lead_facts(
+            lead_id, created=created, owner_id=self.ctx.current_owner(state, decision)
         )
         dirty: set[str] = set()
         if decision is not None:
             calendar = self.policy.calendar_name(decision.rule_id)
-            self.ledger.set_routing_facts(conn, decision, calendar=calendar)
+            batch.set_routing_facts(decision, calendar=calendar)
             if new_decision:
                 dirty |= set(ROUTING_FIELDS) - ({"OwnerId"} if person else set())
             # The decision counts as an assignment even when a person's change supersedes
@@ -208,48 +211,49 @@ class RoutingStep:
             # before any later change).
             assigned_at = decision.decided_at
             if is_user_id(decision.owner_id) and self._set_assignment(
-                conn, lead_id, created, assigned_at
+                batch, lead_id, created, assigned_at
             ):
                 dirty |= set(ASSIGNMENT_GROUP)
             if person is not None and new_decision:
                 taken_ms = state.meta["owner_set"][0][0]
                 at = self.clock() if self.clock else datetime.fromtimestamp(taken_ms / 1e3, tz=UTC)
                 item = Superseded(lead_id, decision.owner_id, person, "ledger")
-                self._record_superseded(conn, item, at)
+                self._record_superseded(batch, item, at)
         else:
             rule = first_matching_rule(self.policy, state.fields)
             calendar = self.policy.calendar_name(rule.id if rule is not None else None)
-            self.ledger.set_sla_if_unrouted(
-                conn, lead_id, sla_minutes_for(self.policy, state.fields), calendar=calendar
+            batch.set_sla_if_unrouted(
+                lead_id, sla_minutes_for(self.policy, state.fields), calendar=calendar
             )
-        dirty |= self.ctx.refresh_clocks(conn, lead_id)
+        dirty |= self.ctx.refresh_clocks(batch, lead_id)
         # The first user owner may come from a person (at creation or by a later change)
         # rather than from our decision; the earliest of them is the assignment.
         assigned = assignment_from_owner_change(
             state, created, non_assignees=self.ctx.owner_rules.integration_users
         )
-        if assigned is not None and self._set_assignment(conn, lead_id, created, assigned[0]):
+        if assigned is not None and self._set_assignment(batch, lead_id, created, assigned[0]):
             dirty |= set(ASSIGNMENT_GROUP)
         if dirty:
-            self.ledger.mark_dirty(conn, LEAD, lead_id, dirty)
+            batch.mark_dirty(LEAD, lead_id, dirty)
         return person is not None
 
     def record_superseded(self, superseded: Sequence[Superseded]) -> None:
         """Decisions whose owner write the drain dropped because the org showed a person's
         owner (``kpi_pipeline.app.writeback.SupersedeRecorder``)."""
         with self.ledger.write() as conn:
+            batch = self.ledger.batch_work(conn)
+            batch.preload(item.lead_id for item in superseded)
             for item in superseded:
-                self.ledger.ensure_lead_facts(
-                    conn, item.lead_id, created=None, owner_id=item.actual_owner
-                )
-                self._record_superseded(conn, item, datetime.now(UTC))
+                batch.ensure_lead_facts(item.lead_id, created=None, owner_id=item.actual_owner)
+                self._record_superseded(batch, item, datetime.now(UTC))
+            batch.flush()
 
-    def _record_superseded(self, conn: sa.Connection, item: Superseded, at: datetime) -> None:
+    def _record_superseded(self, batch: BatchWork, item: Superseded, at: datetime) -> None:
         messages = superseded_messages(
             item.lead_id, item.decided_owner, item.actual_owner, item.seen_in
         )
-        stored = self.ctx.record_decision(
-            conn,
+        self.ctx.record_decision(
+            batch,
             workload=WORKLOAD_ROUTE,
             lead_id=item.lead_id,
             decided_at=at,
@@ -258,15 +262,17 @@ class RoutingStep:
             messages=messages,
             response={"superseded": True, "owner_id": item.actual_owner},
             replay_ids=[],
+            # counted once, like every decision, however often it is seen again
+            on_stored=lambda: metrics.record_decision(
+                WORKLOAD_ROUTE, "superseded", self.policy.version
+            ),
         )
-        if stored:  # counted once, like every decision, however often it is seen again
-            metrics.record_decision(WORKLOAD_ROUTE, "superseded", self.policy.version)
 
     def _set_assignment(
-        self, conn: sa.Connection, lead_id: str, created: datetime, assigned_at: datetime
+        self, batch: BatchWork, lead_id: str, created: datetime, assigned_at: datetime
     ) -> bool:
         latency = round((assigned_at - created).total_seconds() / 60.0, 2)
-        changed = self.ledger.set_assignment(conn, lead_id, assigned_at, latency)
+        changed = batch.set_assignment(lead_id, assigned_at, latency)
         if changed:
             metrics.observe_assignment(max(0.0, (assigned_at - created).total_seconds()))
         return changed

@@ -8,9 +8,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kpi_pipeline.app.processing.batch_port import BatchWork
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.events import ChangeEvent
-from kpi_pipeline.core.workloads.first_touch import email_candidate
+from kpi_pipeline.core.workloads.first_touch import ResponseCandidate, email_candidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.outreach_templates import (
     TemplateCatalog,
@@ -20,7 +21,7 @@ from kpi_pipeline.core.workloads.outreach_templates import (
     selection_messages,
 )
 from kpi_pipeline.core.workloads.records import RecordState
-from kpi_pipeline.core.workloads.selection import EMAIL, LEAD, events_of, is_wildcard
+from kpi_pipeline.core.workloads.selection import EMAIL, LEAD, events_by_record, is_wildcard
 from kpi_pipeline.telemetry import metrics
 
 WORKLOAD_TEMPLATE = "outreach_template"
@@ -59,10 +60,15 @@ class TemplateStep:
             "dead_lettered": 0,
         }
         failed_leads: list[str] = []
+        by_lead = events_by_record([*lead_events, *email_events])
         with self.ledger.write() as conn:
             decisions = self.ledger.routing_decisions(conn, wanted)
             known = self.ledger.template_recommendations(conn, wanted)
             states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in wanted])
+            applicable = self._applicable_emails(conn, email_events, wanted, task_ids)
+            batch = self.ledger.batch_work(conn)
+            # Every lead this step may write, locked and read at once (in sorted order).
+            batch.preload(wanted | {candidate.lead_id for _, candidate in applicable})
             for lead_id in sorted(wanted):
                 state, decision = states.get((LEAD, lead_id)), decisions.get(lead_id)
                 if lead_id in known:
@@ -71,22 +77,23 @@ class TemplateStep:
                     summary["not_routed"] += 1
                 else:
                     outcome = self.ctx.isolated(
-                        conn,
+                        batch,
                         "recommend_templates",
                         lambda state=state, decision=decision: self._recommend_one(
-                            conn, state, decision
+                            batch, state, decision
                         ),
-                        events_of([*lead_events, *email_events], lead_id),
+                        by_lead.get(lead_id, []),
                     )
                     summary[outcome] += 1
                     if outcome == "dead_lettered":
                         failed_leads.append(lead_id)
-            summary["applied"] = self._detect_applied(conn, email_events, wanted, task_ids)
+            summary["applied"] = self._apply_templates(batch, applicable)
+            batch.flush()
         summary["failed_lead_ids"] = failed_leads
         return summary
 
     def _recommend_one(
-        self, conn: sa.Connection, state: RecordState, decision: RoutingDecision
+        self, batch: BatchWork, state: RecordState, decision: RoutingDecision
     ) -> str:
         selection: TemplateSelection = self.selector.select(state.fields, self.catalog)
         decided_at = self.clock() if self.clock else decision.decided_at
@@ -98,7 +105,7 @@ class TemplateStep:
             "fallback_reason": selection.fallback_reason,
         }
         self.ctx.record_decision(
-            conn,
+            batch,
             workload=WORKLOAD_TEMPLATE,
             lead_id=state.record_id,
             decided_at=decided_at,
@@ -116,25 +123,24 @@ class TemplateStep:
         metrics.record_decision(WORKLOAD_TEMPLATE, outcome, self.policy.version)
         if selection.template_id is None:
             return "no_template"
-        self.ledger.insert_template_recommendation(
-            conn,
+        batch.insert_template_recommendation(
             lead_id=state.record_id,
             template_id=selection.template_id,
             model=selection.model,
             decided_at=decided_at,
             detail=response,
         )
-        self.ledger.set_template_recommended(conn, state.record_id, selection.template_id)
-        self.ledger.mark_dirty(conn, LEAD, state.record_id, ["Template_Recommended__c"])
+        batch.set_template_recommended(state.record_id, selection.template_id)
+        batch.mark_dirty(LEAD, state.record_id, ["Template_Recommended__c"])
         return "recommended"
 
-    def _detect_applied(
+    def _applicable_emails(
         self,
         conn: sa.Connection,
         email_events: Sequence[ChangeEvent],
         lead_ids: Iterable[str],
         task_ids: Iterable[str] = (),
-    ) -> int:
+    ) -> list[tuple[RecordState, ResponseCandidate]]:
         """Emails of this batch, the stored outbound emails of ``lead_ids`` (emails that
         arrived before their lead was known) and the stored emails whose ActivityId is one
         of ``task_ids`` (emails that arrived before their Task), so the answer does not
@@ -158,22 +164,26 @@ class TemplateStep:
         )
         states = self.ledger.records(conn, [(EMAIL, rid) for rid in ids])
         task_lookup = self.ctx.task_lookup(conn, states.values())
+        found = [(states[key], email_candidate(states[key], task_lookup)) for key in sorted(states)]
+        return [(email, candidate) for email, candidate in found if candidate is not None]
+
+    def _apply_templates(
+        self, batch: BatchWork, applicable: Sequence[tuple[RecordState, ResponseCandidate]]
+    ) -> int:
+        """Template_Applied__c of each email's lead (an earlier outbound email wins)."""
         applied = 0
-        for key in sorted(states):
-            email = states[key]
-            candidate = email_candidate(email, task_lookup)
-            if candidate is None:
-                continue
+        for email, candidate in applicable:
             template_id = applied_template(email, self.catalog)
-            before = self.ledger.lead_facts(conn, [candidate.lead_id]).get(candidate.lead_id)
+            before = batch.row(candidate.lead_id)
             if before is None:
                 continue  # the lead is not known yet: re-checked when its CREATE arrives
+            before_template = before.Template_Applied__c
             if (
-                self.ledger.set_template_applied(
-                    conn, candidate.lead_id, template_id, at=candidate.at, record_id=email.record_id
+                batch.set_template_applied(
+                    candidate.lead_id, template_id, at=candidate.at, record_id=email.record_id
                 )
-                and template_id != before.Template_Applied__c
+                and template_id != before_template
             ):
-                self.ledger.mark_dirty(conn, LEAD, candidate.lead_id, ["Template_Applied__c"])
+                batch.mark_dirty(LEAD, candidate.lead_id, ["Template_Applied__c"])
                 applied += 1
         return applied

@@ -334,3 +334,47 @@ def test_pool_locks_serialise_concurrent_runs(postgres_url: str) -> None:
         assert conn.execute(sa.text("SELECT count(*) FROM pool_state")).scalar_one() == 1
     a.dispose()
     b.dispose()
+
+
+def _row_by_row_frame(ledger: Ledger, created_from: datetime, created_to: datetime) -> pd.DataFrame:
+    """The frame as SQLAlchemy's result processing reads it (the path the columnar read
+    replaced), for comparison."""
+    from kpi_pipeline.adapters.ledger import schema as t
+    from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS, NUMBER_COLUMNS
+
+    c = t.lead_facts.c
+    columns = list(lead_facts_columns())
+    query = (
+        sa.select(*(c[name] for name in columns))
+        .where(c.CreatedDate >= created_from, c.CreatedDate < created_to)
+        .order_by(c.Id)
+    )
+    with ledger.read() as conn:
+        frame = pd.DataFrame([tuple(r) for r in conn.execute(query)], columns=columns)
+    for name in DATETIME_COLUMNS:
+        frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[ns, UTC]")
+    for name in NUMBER_COLUMNS:
+        frame[name] = pd.to_numeric(frame[name]).astype("float64")
+    for name in columns:
+        if name not in DATETIME_COLUMNS and name not in NUMBER_COLUMNS:
+            frame[name] = frame[name].astype("object").where(frame[name].notna(), None)
+    return frame
+
+
+def test_the_columnar_frame_equals_sqlalchemys_row_by_row_read(ledger: Ledger) -> None:
+    """Microseconds, NULLs, empty text, and a window edge equal to a creation time."""
+    with ledger.write() as conn:
+        for n in range(6):
+            lead_id = f"00Q00000000000{n}AAA"
+            created = T + timedelta(minutes=n, microseconds=n * 1001)
+            ledger.ensure_lead_facts(conn, lead_id, created=created, owner_id=None if n % 2 else "")
+            if n % 3 == 0:
+                ledger.improve_first_response(
+                    conn, lead_id, fr(7.25 + n, record_id=f"00T00000000000{n}AAA")
+                )
+            ledger.set_assignment(conn, lead_id, created + timedelta(seconds=n), n / 3)
+    edge_from, edge_to = T + timedelta(minutes=1, microseconds=1001), T + timedelta(minutes=5)
+    frame = ledger.lead_facts_frame(edge_from, edge_to)
+    pd.testing.assert_frame_equal(frame, _row_by_row_frame(ledger, edge_from, edge_to))
+    assert list(frame["Id"]) == [f"00Q00000000000{n}AAA" for n in range(1, 5)]
+    assert frame["OwnerId"].tolist() == [None, "", None, ""]

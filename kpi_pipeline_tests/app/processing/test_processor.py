@@ -463,6 +463,56 @@ def test_workload_failure_on_one_lead_dead_letters_it_and_the_batch_goes_on(
     assert len(ledger.decisions_between(workload="outreach_template")) == 1
 
 
+def test_a_poison_lead_inside_a_bulk_batch_is_dead_lettered_alone(new_ledger: NewLedger) -> None:
+    """Set-based steps write a whole batch at once; one lead whose workload code fails in
+    the middle of it is undone and dead-lettered, and every other lead of the batch is
+    written: facts, decisions, write-back marks."""
+    from kpi_pipeline.app.processing import BatchProcessor
+    from kpi_pipeline_tests.support.processors import TEST_POLICY
+
+    ledger = new_ledger()
+    processor = BatchProcessor(
+        ledger,
+        TEST_POLICY,
+        selector=_SelectorFailingFor("Broken Co"),
+        catalog=load_catalog(),
+        client_id=CLIENT_ID,
+    )
+    ids = [f"00Q000000000{n:03d}AAA" for n in range(1, 61)]
+    poison_id = ids[29]
+    batch: list[ChangeEvent] = []
+    for n, lead_id in enumerate(ids):
+        company = "Broken Co" if lead_id == poison_id else f"Company {n}"
+        batch.append(lead_created(lead_id, T0 + n * MINUTE, Company=company))
+        batch.append(task_done(f"00T000000000{n:03d}AAA", lead_id, T0 + (n + 5) * MINUTE))
+    summary = processor.process(batch)
+
+    assert summary["templates"]["failed_lead_ids"] == [poison_id]
+    assert summary["templates"]["recommended"] == 59
+    (letter,) = ledger.dead_letters()
+    assert (letter.stage, letter.replay_id) == ("recommend_templates", batch[58].replay_id)
+    frame = ledger.lead_facts_frame().set_index("Id")
+    others = [i for i in ids if i != poison_id]
+    assert frame.loc[poison_id, "Template_Recommended__c"] is None  # its writes undone
+    assert frame.loc[others, "Template_Recommended__c"].notna().all()
+    assert frame.loc[ids, "Routing_Rule__c"].notna().all()  # routing ran for all 60
+    assert (frame.loc[ids, "Time_to_First_Response__c"] == 5.0).all()
+    templates = ledger.decisions_between(workload="outreach_template")
+    assert sorted(d.lead_id for d in templates) == others
+    assert len(ledger.decisions_between(workload="first_touch")) == 60
+    marked = {r.record_id: set(r.dirty) for r in ledger.outbox()}
+    assert "Template_Recommended__c" not in marked[poison_id]
+    assert all("Template_Recommended__c" in marked[i] for i in others)
+    assert all({"OwnerId", "First_Response_At__c"} <= marked[i] for i in ids)
+
+    # Re-delivered, the batch adds nothing, and the poison lead fails again on its own.
+    again = processor.process(batch)
+    assert again["templates"]["failed_lead_ids"] == [poison_id]
+    assert again["templates"]["memoized"] == 59
+    assert len(ledger.decisions_between(workload="outreach_template")) == 59
+    assert [d.replay_id for d in ledger.dead_letters()] == [letter.replay_id]  # kept once
+
+
 @pytest.mark.postgres
 def test_concurrent_runs_on_postgresql_route_each_lead_once(postgres_url: str) -> None:
     """Two runs (own engines, own threads) route overlapping batches at the same time: every

@@ -1,0 +1,488 @@
+"""Set-based workload writes: one ``BatchWork`` per batch step and transaction.
+
+A step reads every lead-facts row, outbox row and routing memo it needs in one query per
+table (``preload``), the workload code changes them in memory, and ``flush`` writes them
+back with one ``executemany`` per statement. The guards the per-row statements kept in
+SQL (a first response or an assignment only moves earlier, an earlier outbound email wins,
+a routing decision's SLA beats an unrouted one) are applied to the in-memory row here, with
+the same comparisons.
+
+That is safe under concurrency because the rows are locked for the transaction before they
+are read: SQLite write transactions are exclusive (BEGIN IMMEDIATE); on PostgreSQL every
+processing step takes the advisory locks of its leads (sorted, so two runs cannot
+deadlock) and ``SELECT ... FOR UPDATE`` on their rows. The only other writer of
+``lead_facts``, ``kpi-pipeline policy recompute``, updates rows with plain UPDATEs, which
+wait on those row locks (and a batch's FOR UPDATE waits on theirs).
+
+Lead isolation without a savepoint per lead: ``checkpoint`` / ``rollback`` undo one lead's
+in-memory changes when its workload code fails, so the batch's writes hold only the leads
+that succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
+from kpi_pipeline.adapters.ledger.sql import canonical, text_insert
+from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
+from kpi_pipeline.core.workloads.lead_route import RoutingDecision
+from kpi_pipeline.core.workloads.pools import PoolState
+from kpi_pipeline.core.workloads.writeback_fields import dirty_names
+
+_FACT_COLUMNS: tuple[str, ...] = tuple(c.name for c in t.lead_facts.columns)
+_CHUNK = 500
+_MISSING = object()
+
+
+class FactsRow(dict[str, Any]):
+    """One lead_facts row as a dict, read by attribute like a result row."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def _upsert_facts() -> sa.TextClause:
+    return text_insert(
+        t.lead_facts,
+        list(_FACT_COLUMNS),
+        ["Id"],
+        {c: f'excluded."{c}"' for c in _FACT_COLUMNS if c != "Id"},
+    )
+
+
+_UPSERT_FACTS = _upsert_facts()
+_INSERT_ROUTING = text_insert(
+    t.routing_decisions, ["lead_id", "decision", "decided_at", "policy_version"], ["lead_id"]
+)
+_INSERT_TEMPLATE = text_insert(
+    t.template_recommendations,
+    ["lead_id", "template_id", "model", "decided_at", "detail"],
+    ["lead_id"],
+)
+_INSERT_OUTBOX = text_insert(
+    t.sf_outbox,
+    [
+        "sobject",
+        "record_id",
+        "dirty",
+        "generation",
+        "status",
+        "attempts",
+        "created_at",
+        "dirtied_at",
+        "confirmed",
+    ],
+    ["sobject", "record_id"],
+)
+_UPDATE_OUTBOX = (
+    t.sf_outbox.update()
+    .where(t.sf_outbox.c.id == sa.bindparam("p_id"))
+    .values(
+        dirty=sa.bindparam("p_dirty", type_=sa.JSON),
+        generation=t.sf_outbox.c.generation + 1,
+        status=sa.bindparam("p_status"),
+        dirtied_at=sa.bindparam("p_dirtied_at", type_=t.UTCDateTime),
+    )
+)
+_SAVE_POOL = (
+    t.pool_state.update()
+    .where(t.pool_state.c.pool_id == sa.bindparam("p_pool_id"))
+    .values(
+        pointer=sa.bindparam("p_pointer"),
+        day=sa.bindparam("p_day"),
+        assigned_today=sa.bindparam("p_assigned_today", type_=sa.JSON),
+        state=sa.bindparam("p_state", type_=sa.JSON),
+        updated_at=sa.bindparam("p_updated_at", type_=t.UTCDateTime),
+    )
+)
+
+
+class BatchWork:
+    """The lead facts, outbox marks, memos and decisions of one batch step, in memory
+    until ``flush``. Build with ``Ledger.batch_work(conn)``."""
+
+    def __init__(self, conn: sa.Connection, now: datetime, insert_decision: Any) -> None:
+        self.conn = conn
+        self.now = now
+        self._insert_decision_sql = insert_decision
+        self.facts: dict[str, FactsRow | None] = {}  # None: no row
+        self._changed: set[str] = set()
+        self._marks: dict[tuple[str, str], set[str]] = {}
+        self._routing: dict[str, dict[str, Any]] = {}
+        self._pools: dict[str, PoolState] = {}
+        self._templates: dict[str, dict[str, Any]] = {}
+        self._decisions: dict[str, dict[str, Any]] = {}
+        self._on_stored: dict[str, list[Callable[[], None]]] = {}
+        self._journal: dict[tuple[int, Any], tuple[dict[Any, Any], Any, Any]] | None = None
+        self._changed_before: set[str] = set()
+
+    # --- reading ------------------------------------------------------------------------
+
+    def preload(self, lead_ids: Iterable[str]) -> None:
+        """Lock and read the lead_facts rows of these leads (one query per 500 ids)."""
+        ids = sorted({i for i in lead_ids if i not in self.facts})
+        if not ids:
+            return
+        postgres = self.conn.dialect.name == "postgresql"
+        if postgres:
+            self.conn.execute(
+                sa.text(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+                    "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k"
+                ),
+                {"keys": [f"lead_facts:{i}" for i in ids]},
+            )
+        for i in ids:
+            self.facts[i] = None
+        for start in range(0, len(ids), _CHUNK):
+            query = sa.select(t.lead_facts).where(
+                t.lead_facts.c.Id.in_(ids[start : start + _CHUNK])
+            )
+            if postgres:
+                query = query.with_for_update()
+            for row in self.conn.execute(query):
+                self.facts[row.Id] = FactsRow(row._mapping)
+
+    def row(self, lead_id: str) -> FactsRow | None:
+        if lead_id not in self.facts:
+            self.preload([lead_id])
+        return self.facts[lead_id]
+
+    def clock_inputs(self, lead_id: str) -> FactsRow | None:
+        return self.row(lead_id)
+
+    # --- lead facts (the same rules as the per-row statements in state.py) -------------
+
+    def _touch(self, lead_id: str) -> FactsRow | None:
+        row = self.row(lead_id)
+        if self._journal is not None and (id(self.facts), lead_id) not in self._journal:
+            before = None if row is None else FactsRow(row)
+            self._journal[(id(self.facts), lead_id)] = (self.facts, lead_id, before)
+        return row
+
+    def _set(self, lead_id: str, values: Mapping[str, Any]) -> None:
+        row = self.facts[lead_id]
+        assert row is not None
+        row.update(values)
+        row["updated_at"] = self.now
+        self._changed.add(lead_id)
+
+    def ensure_lead_facts(
+        self, lead_id: str, *, created: datetime | None, owner_id: str | None
+    ) -> None:
+        row = self._touch(lead_id)
+        if row is None:
+            self.facts[lead_id] = FactsRow(dict.fromkeys(_FACT_COLUMNS), Id=lead_id)
+            self._set(lead_id, {"CreatedDate": created, "OwnerId": owner_id})
+            return
+        self._set(
+            lead_id,
+            {
+                "CreatedDate": created if created is not None else row["CreatedDate"],
+                "OwnerId": owner_id if owner_id is not None else row["OwnerId"],
+            },
+        )
+
+    def set_routing_facts(self, decision: RoutingDecision, *, calendar: str | None) -> None:
+        if self._touch(decision.lead_id) is not None:
+            self._set(
+                decision.lead_id,
+                {
+                    "Routing_Policy_Version__c": decision.policy_version,
+                    "Routing_Rule__c": decision.rule_id,
+                    "SLA_Minutes": decision.sla_minutes,
+                    "SLA_Calendar": calendar,
+                },
+            )
+
+    def set_sla_if_unrouted(
+        self, lead_id: str, sla_minutes: float, *, calendar: str | None
+    ) -> None:
+        row = self._touch(lead_id)
+        if row is not None and row["Routing_Rule__c"] is None:
+            self._set(lead_id, {"SLA_Minutes": sla_minutes, "SLA_Calendar": calendar})
+
+    def set_clocks(
+        self, lead_id: str, *, due_at: datetime | None, business_minutes: float | None
+    ) -> None:
+        if self._touch(lead_id) is not None:
+            self._set(
+                lead_id,
+                {
+                    "SLA_Due_At": due_at,
+                    "Time_to_First_Response_Business_Minutes__c": business_minutes,
+                },
+            )
+
+    def set_assignment(self, lead_id: str, assigned_at: datetime, latency_minutes: float) -> bool:
+        """First user-owner time: only ever moves earlier."""
+        row = self._touch(lead_id)
+        if row is None:
+            return False
+        stored = row["Owner_Assigned_At__c"]
+        if stored is not None and not stored > assigned_at:
+            return False
+        self._set(
+            lead_id,
+            {"Owner_Assigned_At__c": assigned_at, "Assignment_Latency_Minutes__c": latency_minutes},
+        )
+        return True
+
+    def improve_first_response(self, lead_id: str, fr: FirstResponse) -> bool:
+        """Only when the stored first response is empty or sorts strictly after ``fr`` by
+        (at, source rank, record id)."""
+        row = self._touch(lead_id)
+        if row is None:
+            return False
+        rank = SOURCE_RANK[fr.source]
+        at = row["First_Response_At__c"]
+        if at is not None and (at, row["first_response_rank"], row["first_response_record_id"]) <= (
+            fr.at,
+            rank,
+            fr.record_id,
+        ):
+            return False
+        self._set(
+            lead_id,
+            {
+                "First_Response_At__c": fr.at,
+                "First_Response_User__c": fr.user_id,
+                "First_Response_Source__c": fr.source,
+                "Time_to_First_Response__c": fr.minutes,
+                "first_response_rank": rank,
+                "first_response_record_id": fr.record_id,
+            },
+        )
+        return True
+
+    def set_template_recommended(self, lead_id: str, template_id: str) -> None:
+        row = self._touch(lead_id)
+        if row is not None and row["Template_Recommended__c"] is None:
+            self._set(lead_id, {"Template_Recommended__c": template_id})
+
+    def set_template_applied(
+        self, lead_id: str, template_id: str | None, *, at: datetime, record_id: str
+    ) -> bool:
+        """Template of the lead's first outbound email; only an earlier email replaces it."""
+        row = self._touch(lead_id)
+        if row is None:
+            return False
+        stored_at = row["template_applied_at"]
+        if stored_at is not None and (stored_at, row["template_applied_record_id"]) <= (
+            at,
+            record_id,
+        ):
+            return False
+        self._set(
+            lead_id,
+            {
+                "Template_Applied__c": template_id,
+                "template_applied_at": at,
+                "template_applied_record_id": record_id,
+            },
+        )
+        return True
+
+    # --- outbox, memos, decisions -------------------------------------------------------
+
+    def mark_dirty(self, sobject: str, record_id: str, names: Iterable[str]) -> None:
+        """Fields to write back, merged per record until ``flush``."""
+        wanted = dirty_names(sobject, names)
+        if wanted:
+            key = (sobject, record_id)
+            self._remember(self._marks, key)
+            self._marks[key] = self._marks.get(key, set()) | set(wanted)
+
+    def insert_routing_decision(self, decision: RoutingDecision) -> bool:
+        """Memoize a decision; False when this batch memoized one for the lead already (the
+        caller read the stored memo under the pool locks; ``flush`` still keeps a stored
+        one: ON CONFLICT DO NOTHING)."""
+        if decision.lead_id in self._routing:
+            return False
+        self._remember(self._routing, decision.lead_id)
+        self._routing[decision.lead_id] = {
+            "lead_id": decision.lead_id,
+            "decision": canonical(decision.to_json()),
+            "decided_at": decision.decided_at,
+            "policy_version": decision.policy_version,
+        }
+        return True
+
+    def save_pool_state(self, state: PoolState) -> None:
+        self._remember(self._pools, state.pool_id)
+        self._pools[state.pool_id] = state
+
+    def insert_template_recommendation(
+        self,
+        *,
+        lead_id: str,
+        template_id: str,
+        model: str,
+        decided_at: datetime,
+        detail: Mapping[str, Any],
+    ) -> None:
+        self._remember(self._templates, lead_id)
+        self._templates.setdefault(
+            lead_id,
+            {
+                "lead_id": lead_id,
+                "template_id": template_id,
+                "model": model,
+                "decided_at": decided_at,
+                "detail": canonical(dict(detail)),
+            },
+        )
+
+    def insert_decision(
+        self, row: Mapping[str, Any], on_stored: Callable[[], None] | None = None
+    ) -> None:
+        """A decision row (``state._INSERT_DECISION`` parameters); ``on_stored`` runs at
+        ``flush`` if the ledger did not hold this decision id before."""
+        self._remember(self._decisions, row["id"])
+        self._decisions.setdefault(row["id"], dict(row))
+        if on_stored is not None:
+            self._remember(self._on_stored, row["id"])
+            self._on_stored[row["id"]] = [*self._on_stored.get(row["id"], []), on_stored]
+
+    # --- one lead's isolation -----------------------------------------------------------
+
+    def _remember(self, table: dict[Any, Any], key: Any) -> None:
+        """Keep the value ``table[key]`` had before the current lead's work changed it."""
+        if self._journal is not None and (id(table), key) not in self._journal:
+            self._journal[(id(table), key)] = (table, key, table.get(key, _MISSING))
+
+    def checkpoint(self) -> None:
+        """Start one lead's work: what it changes can be undone by ``rollback``."""
+        self._journal = {}
+        self._changed_before = set(self._changed)
+
+    def rollback(self) -> None:
+        """Undo everything since ``checkpoint``."""
+        assert self._journal is not None, "rollback without checkpoint"
+        for table, key, before in self._journal.values():
+            if before is _MISSING:
+                table.pop(key, None)
+            else:
+                table[key] = before
+        self._changed = self._changed_before
+        self._journal = None
+
+    def release(self) -> None:
+        self._journal = None
+
+    # --- writing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything in bulk: one ``executemany`` per statement."""
+        conn = self.conn
+        changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
+        if changed:
+            conn.execute(_UPSERT_FACTS, [dict(self.facts[i]) for i in changed])  # type: ignore[arg-type]
+        if self._routing:
+            conn.execute(_INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)])
+        for pool_id in sorted(self._pools):
+            pool = self._pools[pool_id]
+            conn.execute(
+                _SAVE_POOL,
+                {
+                    "p_pool_id": pool.pool_id,
+                    "p_pointer": pool.pointer,
+                    "p_day": pool.day,
+                    "p_assigned_today": canonical(pool.assigned_today),
+                    "p_state": canonical(pool.to_json()),
+                    "p_updated_at": self.now,
+                },
+            )
+        if self._templates:
+            conn.execute(_INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)])
+        self._flush_decisions()
+        self._flush_marks()
+        self._changed.clear()
+        self._marks, self._routing, self._pools = {}, {}, {}
+        self._templates, self._decisions, self._on_stored = {}, {}, {}
+
+    def _flush_decisions(self) -> None:
+        if not self._decisions:
+            return
+        ids = sorted(self._decisions)
+        known: set[str] = set()
+        if self._on_stored:  # only who asks needs to know which ones are new
+            c = t.decisions.c
+            for start in range(0, len(ids), _CHUNK):
+                known.update(
+                    self.conn.execute(
+                        sa.select(c.id).where(c.id.in_(ids[start : start + _CHUNK]))
+                    ).scalars()
+                )
+        self.conn.execute(self._insert_decision_sql, [self._decisions[i] for i in ids])
+        for decision_id, callbacks in sorted(self._on_stored.items()):
+            if decision_id not in known:
+                for callback in callbacks:
+                    callback()
+
+    def _flush_marks(self) -> None:
+        """Insert new outbox rows, widen existing ones (the rules of ``mark_dirty``)."""
+        if not self._marks:
+            return
+        c = t.sf_outbox.c
+        existing: dict[tuple[str, str], Any] = {}
+        by_sobject: dict[str, list[str]] = {}
+        for sobject, record_id in self._marks:
+            by_sobject.setdefault(sobject, []).append(record_id)
+        for sobject, ids in by_sobject.items():
+            ids.sort()
+            for start in range(0, len(ids), _CHUNK):
+                query = sa.select(c.id, c.record_id, c.dirty, c.status, c.dirtied_at).where(
+                    c.sobject == sobject, c.record_id.in_(ids[start : start + _CHUNK])
+                )
+                if self.conn.dialect.name == "postgresql":
+                    query = query.order_by(c.id).with_for_update()
+                for row in self.conn.execute(query):
+                    existing[(sobject, row.record_id)] = row
+        inserts, updates = [], []
+        for key in sorted(self._marks):
+            wanted = sorted(self._marks[key])
+            row = existing.get(key)
+            if row is None:
+                inserts.append(
+                    {
+                        "sobject": key[0],
+                        "record_id": key[1],
+                        "dirty": wanted,
+                        "generation": 1,
+                        "status": PENDING,
+                        "attempts": 0,
+                        "created_at": self.now,
+                        "dirtied_at": self.now,
+                        "confirmed": {},
+                    }
+                )
+                continue
+            dirty = sorted(set(row.dirty) | set(wanted))
+            if row.status == PENDING and dirty == sorted(row.dirty):
+                continue  # already waiting; the drain reads the newest values anyway
+            updates.append(
+                {
+                    "p_id": row.id,
+                    "p_dirty": dirty,
+                    # A claimed row keeps its claim: the moved generation makes its
+                    # confirmation leave it pending, so the value changed meanwhile goes out.
+                    "p_status": CLAIMED if row.status == CLAIMED else PENDING,
+                    "p_dirtied_at": row.dirtied_at
+                    if row.status in (PENDING, CLAIMED)
+                    else self.now,
+                }
+            )
+        if inserts:
+            self.conn.execute(_INSERT_OUTBOX, inserts)
+        if updates:
+            self.conn.execute(_UPDATE_OUTBOX, updates)
