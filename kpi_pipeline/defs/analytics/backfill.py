@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from kpi_pipeline.core.kpis import rollups
+from kpi_pipeline.core.kpis.invariants import reconcile
 from kpi_pipeline.defs.analytics.assets import daily_partitions, write_kpi_window
 from kpi_pipeline.defs.asset_keys import KPI_KEYS
 from kpi_pipeline.defs.resources import PipelineResource
@@ -70,7 +70,7 @@ def kpi_rollup_day(context: dg.OpExecutionContext, item: dict, pipeline: Pipelin
                 metadata={"rows": len(table), "leads_in_window": len(frame)},
             )
         )
-    problems = rollups.reconcile(frame, computed, tz=settings.timezone)
+    problems = reconcile(frame, computed, tz=settings.timezone)
     return {"day": day, "leads": len(frame), "problems": problems[:50]}
 
 
