@@ -430,13 +430,23 @@ class BatchWork:
                     callback()
 
     def _flush_marks(self) -> None:
-        """Insert new outbox rows, widen existing ones (the rules of ``mark_dirty``)."""
-        if not self._marks:
-            return
+        """Insert new outbox rows, widen existing ones (the rules of ``mark_dirty``).
+
+        A row another writer (``policy recompute``, which takes no batch lock) inserts between
+        our read and our insert makes the insert do nothing (ON CONFLICT); the keys we tried to
+        insert are then merged again, now as existing rows, so no mark is lost."""
+        inserted = self._merge_marks(sorted(self._marks))
+        if inserted:
+            self._merge_marks(inserted)
+
+    def _merge_marks(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """One pass over ``keys``: returns the keys it inserted new rows for."""
+        if not keys:
+            return []
         c = t.sf_outbox.c
         existing: dict[tuple[str, str], Any] = {}
         by_sobject: dict[str, list[str]] = {}
-        for sobject, record_id in self._marks:
+        for sobject, record_id in keys:
             by_sobject.setdefault(sobject, []).append(record_id)
         for sobject, ids in by_sobject.items():
             ids.sort()
@@ -449,7 +459,7 @@ class BatchWork:
                 for row in self.conn.execute(query):
                     existing[(sobject, row.record_id)] = row
         inserts, updates = [], []
-        for key in sorted(self._marks):
+        for key in keys:
             wanted = sorted(self._marks[key])
             row = existing.get(key)
             if row is None:
@@ -486,3 +496,4 @@ class BatchWork:
             self.conn.execute(_INSERT_OUTBOX, inserts)
         if updates:
             self.conn.execute(_UPDATE_OUTBOX, updates)
+        return [(row["sobject"], row["record_id"]) for row in inserts]

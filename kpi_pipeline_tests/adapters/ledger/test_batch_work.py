@@ -163,3 +163,36 @@ def test_a_second_run_waits_for_the_rows_and_then_sees_the_first_runs_answer(
     finally:
         a.dispose()
         b.dispose()
+
+
+@pytest.mark.postgres
+def test_a_row_another_writer_inserts_after_the_read_still_gets_the_batchs_marks(
+    postgres_url: str,
+) -> None:
+    """``policy recompute`` takes no batch lock: its outbox row can appear between a batch's
+    read of the outbox and its insert (which then does nothing). The batch's marks must still
+    reach that row."""
+    ledger = Ledger.from_url(postgres_url)
+    try:
+        inserted, done = threading.Event(), threading.Event()
+
+        def other_writer() -> None:
+            with ledger.write() as conn:
+                ledger.mark_dirty(conn, "Lead", LEADS[2], ["SLA_Due_At__c"])
+                inserted.set()
+                time.sleep(1.0)  # uncommitted while the batch reads, then commits
+            done.set()
+
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        assert inserted.wait(10)
+        with ledger.write() as conn:
+            batch = ledger.batch_work(conn)
+            batch.mark_dirty("Lead", LEADS[2], ["Template_Recommended__c"])
+            batch.flush()  # reads no row, then its insert waits for the other commit
+        thread.join(10)
+        assert done.is_set()
+        rows = {r.record_id: sorted(r.dirty) for r in ledger.outbox()}
+        assert rows[LEADS[2]] == ["SLA_Due_At__c", "Template_Recommended__c"]
+    finally:
+        ledger.dispose()
