@@ -173,37 +173,20 @@ def test_cli_training_set(logs: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert [m["role"] for m in example["messages"]] == ["user", "assistant"]
 
 
+def _load_elastic(logs: Path, es: ElasticStandIn) -> int:
+    """`flywheel load-elastic` of ``logs`` into the stand-in's ``fw-test`` index."""
+    return _run(
+        "flywheel", "load-elastic", "--from", str(logs), "--url", es.url, "--index", "fw-test"
+    )
+
+
 def test_cli_load_elastic_twice_adds_nothing(
     logs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with ElasticStandIn() as es:
-        assert (
-            _run(
-                "flywheel",
-                "load-elastic",
-                "--from",
-                str(logs),
-                "--url",
-                es.url,
-                "--index",
-                "fw-test",
-            )
-            == 0
-        )
+        assert _load_elastic(logs, es) == 0
         first = json.loads(capsys.readouterr().out)
-        assert (
-            _run(
-                "flywheel",
-                "load-elastic",
-                "--from",
-                str(logs),
-                "--url",
-                es.url,
-                "--index",
-                "fw-test",
-            )
-            == 0
-        )
+        assert _load_elastic(logs, es) == 0
         second = json.loads(capsys.readouterr().out)
         assert (first["created"], second["created"], second["already_present"]) == (30, 0, 30)
         assert "kpi-pipeline-fw-test" in es.state.templates
@@ -211,19 +194,7 @@ def test_cli_load_elastic_twice_adds_nothing(
             record_id(read_jsonl(logs / "lead_route" / "2026-03-02.jsonl")[0]): [400]
         }
         es.state.indices.clear()
-        assert (
-            _run(
-                "flywheel",
-                "load-elastic",
-                "--from",
-                str(logs),
-                "--url",
-                es.url,
-                "--index",
-                "fw-test",
-            )
-            == 1
-        )
+        assert _load_elastic(logs, es) == 1
         assert len(json.loads(capsys.readouterr().out)["failed"]) == 1
 
 

@@ -60,14 +60,8 @@ from kpi_pipeline_tests.support.kpi_frames import (
     V2,
     assert_table,
     facts,
-    hand_built_ledger,
     lead,
 )
-
-
-@pytest.fixture
-def ledger() -> pd.DataFrame:
-    return hand_built_ledger()
 
 
 def twice_the_percentiles(rows: list[tuple]) -> list[tuple]:

@@ -38,17 +38,10 @@ from kpi_pipeline_tests.support.kpi_frames import (
     V2,
     assert_table,
     facts,
-    hand_built_ledger,
     lead,
 )
 from kpi_pipeline_tests.support.kpi_stream import POLICY, recorded_stream
 from kpi_pipeline_tests.support.processors import make_processor
-
-
-@pytest.fixture
-def ledger() -> pd.DataFrame:
-    return hand_built_ledger()
-
 
 # --- part 1: the hand-built ledger -----------------------------------------------------------
 
