@@ -7,32 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kpi_pipeline_tests.support.metric_names import CONTRACT_METRICS
+
 DASHBOARD = Path(__file__).resolve().parents[2] / "observability" / "grafana" / "kpi_pipeline.json"
 PLAN_QUERIES = {
     "rate(cdc_events_total[5m])",
     "histogram_quantile(0.95, rate(first_response_latency_seconds_bucket[5m]))",
     "sum(rate(errors_total[5m])) by (area)",
 }
-METRICS = (
-    "cdc_events_total",
-    "cdc_lag_seconds",
-    "decisions_total",
-    "first_response_latency_seconds",
-    "assignment_latency_seconds",
-    "errors_total",
-    "auth_requests_total",
-    "auth_latency_seconds",
-    "writeback_sends_total",
-    "writeback_outbox_rows",
-    "writeback_oldest_pending_age_seconds",
-    "writeback_oldest_claimed_age_seconds",
-    "writeback_expired_claims",
-    "writeback_lag_seconds",
-    "cdc_processing_lag_seconds",
-    "cdc_pending_batches",
-    "cdc_oldest_pending_batch_age_seconds",
-    "cdc_stream_alive",
-)
 
 
 def expressions() -> list[str]:
@@ -45,7 +27,7 @@ def test_the_plans_queries_are_panels_verbatim() -> None:
 
 
 def test_every_metric_has_a_panel() -> None:
-    for metric in METRICS:
+    for metric in CONTRACT_METRICS:
         assert any(metric in expr for expr in expressions()), f"no panel shows {metric}"
     assert "sum(rate(decisions_total[5m])) by (workload, outcome)" in expressions()
     assert "sum(rate(auth_requests_total[5m])) by (result)" in expressions()

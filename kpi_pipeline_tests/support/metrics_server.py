@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 # `kpi-pipeline metrics` without importing the other areas (5x faster start); the full
 # dispatcher is exercised by test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change.
 METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli.metrics")
+# The full dispatcher, `kpi-pipeline ...`.
+MAIN_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli.main")
 
 
 def metrics_env(metrics_dir: Path, ledger_url: str | None = None) -> dict[str, str]:
@@ -43,6 +45,21 @@ def run_recording(metrics_dir: Path, body: str, prefix: tuple[str, ...] = ()) ->
     code = "from kpi_pipeline.telemetry import metrics as m\n" + textwrap.dedent(body)
     subprocess.run(
         [*prefix, sys.executable, "-c", code], env=metrics_env(metrics_dir), check=True, timeout=60
+    )
+
+
+def run_command(
+    metrics_dir: Path, *argv: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to its end in the environment of ``metrics_dir`` (see metrics_env), its
+    output captured as text."""
+    return subprocess.run(
+        list(argv),
+        env=metrics_env(metrics_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
     )
 
 
@@ -108,6 +125,18 @@ def start_metrics_server(
         raise AssertionError(f"metrics serve did not start: {line!r} {stderr}")
     url = line.split("serving metrics on ", 1)[1].split("/metrics", 1)[0]
     return MetricsServer(process, url)
+
+
+def scrape_once(
+    metrics_dir: Path, **server_options: float
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Start a server over ``metrics_dir`` (start_metrics_server's options), parse one scrape
+    of /metrics and stop the server."""
+    server = start_metrics_server(metrics_dir, **server_options)
+    try:
+        return parse_exposition(server.scrape())
+    finally:
+        server.stop()
 
 
 @pytest.fixture

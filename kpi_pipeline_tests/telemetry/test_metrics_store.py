@@ -12,38 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from kpi_pipeline_tests.support.metric_names import CONTRACT_METRICS
 from kpi_pipeline_tests.support.metrics_server import (
+    MAIN_COMMAND,
     METRICS_COMMAND,
     http_get,
     metrics_env,
     parse_exposition,
+    run_command,
     run_recording,
+    scrape_once,
     start_metrics_server,
 )
 
 LEAD = "/data/LeadChangeEvent"
-ALL_NAMES = {
-    "cdc_events_total",
-    "cdc_lag_seconds",
-    "decisions_total",
-    "first_response_latency_seconds",
-    "assignment_latency_seconds",
-    "errors_total",
-    "auth_requests_total",
-    "auth_latency_seconds",
-    "writeback_sends_total",
-    # Read from the ledger at scrape time (a fresh, empty one here).
-    "writeback_outbox_rows",
-    "writeback_oldest_pending_age_seconds",
-    "writeback_oldest_claimed_age_seconds",
-    "writeback_expired_claims",
-    "cdc_processing_lag_seconds",
-    "writeback_lag_seconds",
-    # The live path, read from the same ledger (sensor mode: no cdc_stream_alive samples).
-    "cdc_pending_batches",
-    "cdc_oldest_pending_batch_age_seconds",
-    "cdc_stream_alive",
-}
+ALL_NAMES = set(CONTRACT_METRICS)
 ONE_RUN = f"""
 m.record_cdc_event("{LEAD}", "CREATE", 5)
 m.record_decision("lead_route", "routed", "v3")
@@ -59,15 +42,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def compact(metrics_dir: Path) -> str:
-    done = subprocess.run(
-        [*METRICS_COMMAND, "compact"],
-        env=metrics_env(metrics_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout
+    return run_command(metrics_dir, *METRICS_COMMAND, "compact", check=True).stdout
 
 
 def owners_of_files(metrics_dir: Path) -> set[str]:
@@ -77,11 +52,7 @@ def owners_of_files(metrics_dir: Path) -> set[str]:
 def test_values_survive_the_recording_processes_and_a_server_restart(metrics_dir: Path) -> None:
     for _ in range(3):
         run_recording(metrics_dir, ONE_RUN)
-    server = start_metrics_server(metrics_dir)
-    try:
-        before = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    before = scrape_once(metrics_dir)
     assert value(before, "cdc_events_total", channel=LEAD, change_type="CREATE") == 15
     assert (
         value(
@@ -150,11 +121,7 @@ def test_cdc_lag_is_the_most_recent_measurement_of_any_run(metrics_dir: Path) ->
     run_recording(metrics_dir, f'm.set_cdc_lag("{LEAD}", 500)')
     run_recording(metrics_dir, f'm.set_cdc_lag("{LEAD}", 20)')
     # A server (re)start initialises the channel at 0 with timestamp 0: it must not win.
-    server = start_metrics_server(metrics_dir)
-    try:
-        samples = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    samples = scrape_once(metrics_dir)
     assert value(samples, "cdc_lag_seconds", channel=LEAD) == 20
 
 
@@ -163,22 +130,14 @@ def test_compaction_keeps_totals_and_removes_finished_runs_files(metrics_dir: Pa
         run_recording(metrics_dir, ONE_RUN + f'm.set_cdc_lag("{LEAD}", 42)')
     run_owners = owners_of_files(metrics_dir)
     assert len(run_owners) == 5
-    server = start_metrics_server(metrics_dir, compact_interval=3600)
-    try:
-        # The server compacted the five finished runs when it started.
-        compacted = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    # The server compacted the five finished runs when it started.
+    compacted = scrape_once(metrics_dir, compact_interval=3600)
     assert not (owners_of_files(metrics_dir) & run_owners)
     assert value(compacted, "cdc_events_total", channel=LEAD, change_type="CREATE") == 25
     assert value(compacted, "first_response_latency_seconds_bucket", le="+Inf") == 5
     assert value(compacted, "cdc_lag_seconds", channel=LEAD) == 42
     assert "absorbed" in compact(metrics_dir)  # the stopped server's files, idempotently
-    server = start_metrics_server(metrics_dir)
-    try:
-        assert parse_exposition(server.scrape()) == compacted
-    finally:
-        server.stop()
+    assert scrape_once(metrics_dir) == compacted
     # Only the last server's liveness file is left: every other process was compacted away.
     assert len(list(metrics_dir.glob("*.alive"))) == 1
 
@@ -202,11 +161,7 @@ def test_compaction_leaves_a_running_process_alone(metrics_dir: Path) -> None:
         running.communicate("\n", timeout=60)
     compact(metrics_dir)
     assert live_owner not in owners_of_files(metrics_dir)
-    server = start_metrics_server(metrics_dir)
-    try:
-        samples = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    samples = scrape_once(metrics_dir)
     assert value(samples, "cdc_events_total", channel=LEAD, change_type="CREATE") == 14
 
 
@@ -235,11 +190,7 @@ def test_an_interrupted_compaction_neither_loses_nor_double_counts(
         metrics_dir / f"counter_archive-{generation + 1}.db",
     )
 
-    server = start_metrics_server(metrics_dir, compact_interval=3600)
-    try:
-        samples = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    samples = scrape_once(metrics_dir, compact_interval=3600)
     assert value(samples, "cdc_events_total", channel=LEAD, change_type="CREATE") == 10
     assert value(samples, "errors_total", area="cdc") == 2
     assert not any((metrics_dir / f.name).exists() for f in saved.iterdir())
@@ -293,11 +244,7 @@ def test_processes_with_the_same_pid_never_share_files(metrics_dir: Path) -> Non
     assert [run.wait(timeout=60) for run in runs] == [0, 0]
     assert {name.split("-")[0] for name in owners_of_files(metrics_dir)} == {"1"}
     assert len(owners_of_files(metrics_dir)) == 2
-    server = start_metrics_server(metrics_dir)
-    try:
-        samples = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    samples = scrape_once(metrics_dir)
     assert value(samples, "cdc_events_total", channel=LEAD, change_type="CREATE") == 10002
 
 
@@ -420,38 +367,10 @@ def test_serve_on_a_busy_port_or_with_a_bad_interval_says_what_to_change(metrics
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kpi_pipeline.cli.main",
-                "metrics",
-                "serve",
-                "--port",
-                str(port),
-            ],
-            env=metrics_env(metrics_dir),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_command(metrics_dir, *MAIN_COMMAND, "metrics", "serve", "--port", str(port))
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"cannot serve on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kpi_pipeline.cli.main",
-            "metrics",
-            "serve",
-            "--compact-interval",
-            "0",
-        ],
-        env=metrics_env(metrics_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_command(metrics_dir, *MAIN_COMMAND, "metrics", "serve", "--compact-interval", "0")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "not a positive number of seconds" in done.stderr
 
@@ -466,11 +385,7 @@ def test_recording_works_when_prometheus_client_was_imported_first(metrics_dir: 
     subprocess.run(
         [sys.executable, "-c", code], env=metrics_env(metrics_dir), check=True, timeout=60
     )
-    server = start_metrics_server(metrics_dir)
-    try:
-        samples = parse_exposition(server.scrape())
-    finally:
-        server.stop()
+    samples = scrape_once(metrics_dir)
     assert value(samples, "cdc_events_total", channel=LEAD, change_type="DELETE") == 4
 
 
