@@ -192,29 +192,34 @@ class EventTrace:
     sent: float | None = None
 
 
+def read_inbox_and_decisions(
+    conn: sa.Connection,
+) -> tuple[dict[int, tuple[Any, Any]], dict[str, Any], dict[str, Any]]:
+    """The ledger's inbox (replay id -> (staged_at, batch_id)) and, per lead, when it was
+    routed and when it was first touched (bench_live reads the same)."""
+    inbox = {
+        replay_id_to_int(row.replay_id): (row.staged_at, row.batch_id)
+        for row in conn.execute(sa.text("select replay_id, staged_at, batch_id from cdc_inbox"))
+    }
+    routed = dict(conn.execute(sa.text("select lead_id, decided_at from routing_decisions")).all())
+    touched = dict(
+        conn.execute(
+            sa.text(
+                "select lead_id, min(decided_at) from decisions "
+                "where workload = 'first_touch' group by lead_id"
+            )
+        ).all()
+    )
+    return inbox, routed, touched
+
+
 def read_traces(ledger_url: str, store_path: Path, log: CommitLog) -> list[EventTrace]:
     """Join our commits with the store's change log and the ledger's timestamps."""
     replay_of = _create_replays(store_path, set(log.leads) | set(log.responses))
     engine = sa.create_engine(ledger_url)
     try:
         with engine.connect() as conn:
-            inbox = {
-                replay_id_to_int(row.replay_id): (row.staged_at, row.batch_id)
-                for row in conn.execute(
-                    sa.text("select replay_id, staged_at, batch_id from cdc_inbox")
-                )
-            }
-            routed = dict(
-                conn.execute(sa.text("select lead_id, decided_at from routing_decisions")).all()
-            )
-            touched = dict(
-                conn.execute(
-                    sa.text(
-                        "select lead_id, min(decided_at) from decisions "
-                        "where workload = 'first_touch' group by lead_id"
-                    )
-                ).all()
-            )
+            inbox, routed, touched = read_inbox_and_decisions(conn)
             # One outbox row per record (dirty fields): created when the lead's first field
             # was marked, which for a routed lead is its routing decision.
             queued_at = dict(
@@ -319,38 +324,21 @@ def latencies(traces: list[EventTrace], kind: str, start: str, end: str) -> list
     return out
 
 
+# (measurement, which events, the trace time it ends at, the plan's target in seconds)
+TARGETS = (
+    ("CDC event: commit -> staged in ledger inbox", "any", "staged", 0.5),
+    ("assignment: lead commit -> owner decided", "lead", "decided", 5.0),
+    ("assignment: lead commit -> queued for write-back", "lead", "queued", 5.0),
+    ("assignment: lead commit -> written back (REST)", "lead", "sent", 5.0),
+    ("TTFR detection: response commit -> first response in ledger", "response", "decided", 1.0),
+)
+
+
 def print_targets(traces: list[EventTrace]) -> None:
     print("| measurement | n | p50 | p95 | max | plan target |")
     print("| --- | --- | --- | --- | --- | --- |")
-    print(
-        row(
-            "CDC event: commit -> staged in ledger inbox",
-            latencies(traces, "any", "commit", "staged"),
-            0.5,
-        )
-    )
-    print(
-        row(
-            "assignment: lead commit -> owner decided",
-            latencies(traces, "lead", "commit", "decided"),
-            5.0,
-        )
-    )
-    print(
-        row(
-            "assignment: lead commit -> queued for write-back",
-            latencies(traces, "lead", "commit", "queued"),
-            5.0,
-        )
-    )
-    print(
-        row(
-            "assignment: lead commit -> written back (REST)",
-            latencies(traces, "lead", "commit", "sent"),
-            5.0,
-        )
-    )
-    print(row("TTFR detection: response commit -> first response in ledger", latencies(traces, "response", "commit", "decided"), 1.0))  # fmt: skip
+    for label, kind, end, target in TARGETS:
+        print(row(label, latencies(traces, kind, "commit", end), target))
     missing = [t for t in traces if t.staged is None or t.decided is None]
     if missing:
         print(f"not reached within the drain time: {len(missing)} of {len(traces)} events")

@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +67,7 @@ import bench_latency as common  # pct, _dt, _caught_up (its import makes an empt
 import requests
 import sqlalchemy as sa
 
-from kpi_pipeline.core.events import parse_sf_datetime, replay_id_to_int
+from kpi_pipeline.core.events import parse_sf_datetime
 from kpi_pipeline.sandbox.runtime import read_endpoints, shutdown_sandbox
 from kpi_pipeline.sandbox.store import QUEUE_IDS, REP_USER_IDS, SandboxStore
 
@@ -595,23 +596,9 @@ def ledger_times(ledger_url: str) -> dict[str, Any]:
     engine = sa.create_engine(ledger_url)
     try:
         with engine.connect() as conn:
-            inbox = {
-                replay_id_to_int(r.replay_id): (r.staged_at, r.batch_id)
-                for r in conn.execute(sa.text("select replay_id, staged_at, batch_id from cdc_inbox"))
-            }  # fmt: skip
+            inbox, routed, touched = common.read_inbox_and_decisions(conn)
             completed = dict(
                 conn.execute(sa.text("select batch_id, completed_at from cdc_batches")).all()
-            )
-            routed = dict(
-                conn.execute(sa.text("select lead_id, decided_at from routing_decisions")).all()
-            )
-            touched = dict(
-                conn.execute(
-                    sa.text(
-                        "select lead_id, min(decided_at) from decisions "
-                        "where workload = 'first_touch' group by lead_id"
-                    )
-                ).all()
             )
     finally:
         engine.dispose()
@@ -981,9 +968,16 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
     exit_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench_live_{args.mode}_"))
+    return run_in_scratch(args, f"bench_live_{args.mode}_", run)
+
+
+def run_in_scratch(
+    args: argparse.Namespace, prefix: str, func: Callable[[argparse.Namespace, Path], int]
+) -> int:
+    """``func(args, workdir)`` in a fresh scratch directory, removed after unless ``--keep``."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        return run(args, workdir)
+        return func(args, workdir)
     finally:
         if args.keep:
             print(f"kept {workdir}")

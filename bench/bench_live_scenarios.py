@@ -31,9 +31,7 @@ differs. Three sub-commands:
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -186,6 +184,19 @@ def header(dep: live.Deployment, loads: live.LoadSampler, t0: float, t1: float, 
     )
 
 
+def start_steady(
+    dep: live.Deployment, args: argparse.Namespace
+) -> tuple[float, live.OrgUser, list[threading.Thread]]:
+    """Start the deployment, warm up, then create 1 lead/s for --pre-seconds: (when the
+    leads began, the user, its threads)."""
+    dep.start(args.ready_timeout)
+    time.sleep(args.warmup)
+    t_start = time.time()
+    user, threads = live.start_user(dep, 1.0, args.poll_ms)
+    time.sleep(args.pre_seconds)
+    return t_start, user, threads
+
+
 # --- burst --------------------------------------------------------------------------------------
 
 
@@ -193,11 +204,7 @@ def burst(args: argparse.Namespace, workdir: Path) -> int:
     dep = live.Deployment(workdir, "stream", code_root=Path(args.code).resolve())
     loads = live.LoadSampler()
     try:
-        dep.start(args.ready_timeout)
-        time.sleep(args.warmup)
-        t_start = time.time()
-        user, threads = live.start_user(dep, 1.0, args.poll_ms)
-        time.sleep(args.pre_seconds)
+        t_start, user, threads = start_steady(dep, args)
         b0 = time.time()
         cost = live.CostWindow(dep).begin()
         user.lead_rate = args.burst_rate
@@ -337,11 +344,7 @@ def backlog(args: argparse.Namespace, workdir: Path) -> int:
     loads = live.LoadSampler()
     outage_rate = args.backlog_minutes * 60.0 / args.outage_seconds
     try:
-        dep.start(args.ready_timeout)
-        time.sleep(args.warmup)
-        t_start = time.time()
-        user, threads = live.start_user(dep, 1.0, args.poll_ms)
-        time.sleep(args.pre_seconds)
+        t_start, user, threads = start_steady(dep, args)
 
         t_stop_cmd = time.time()
         stopped = stop_live_path(dep)
@@ -571,22 +574,23 @@ def main() -> int:
         p.add_argument("--drain-seconds", type=float, default=120.0)
         p.add_argument("--keep", action="store_true", help="keep the scratch directory")
 
-    b = commands.add_parser("burst", help="10x burst in stream mode")
-    common_args(b)
-    b.add_argument("--pre-seconds", type=float, default=60.0)
+    def phased(name: str, help: str, func: Any, post_seconds: float) -> argparse.ArgumentParser:
+        """A scenario with a steady phase before (--pre-seconds) and after (--post-seconds)."""
+        p = commands.add_parser(name, help=help)
+        common_args(p)
+        p.add_argument("--pre-seconds", type=float, default=60.0)
+        p.add_argument("--post-seconds", type=float, default=post_seconds)
+        p.set_defaults(func=func)
+        return p
+
+    b = phased("burst", "10x burst in stream mode", burst, post_seconds=180.0)
     b.add_argument("--burst-rate", type=float, default=10.0)
     b.add_argument("--burst-seconds", type=float, default=60.0)
-    b.add_argument("--post-seconds", type=float, default=180.0)
-    b.set_defaults(func=burst)
 
-    k = commands.add_parser("backlog", help="stop the stream, build a backlog, restart")
-    common_args(k)
-    k.add_argument("--pre-seconds", type=float, default=60.0)
+    k = phased("backlog", "stop the stream, build a backlog, restart", backlog, post_seconds=300.0)
     k.add_argument("--backlog-minutes", type=float, default=30.0)
     k.add_argument("--outage-seconds", type=float, default=180.0)
-    k.add_argument("--post-seconds", type=float, default=300.0)
     k.add_argument("--sim-seed", type=int, default=8)
-    k.set_defaults(func=backlog)
 
     c = commands.add_parser("cost", help="CPU and runs side by side")
     common_args(c)
@@ -602,14 +606,7 @@ def main() -> int:
 
     args = parser.parse_args()
     live.exit_on_sigterm()
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench_live_{args.command}_"))
-    try:
-        return args.func(args, workdir)
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return live.run_in_scratch(args, f"bench_live_{args.command}_", args.func)
 
 
 if __name__ == "__main__":
