@@ -47,31 +47,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # every kill lands on work in progress.
 LEADS, DAYS, SEED = 30, 1.0, 23
 WAVE_LEADS = 10
-# Shared by both deployments. Batches of up to 100 events and runs of up to 200 keep several
-# runs going one after another (each run is a process start, the bulk of the test's time on
-# 2 cores), so kills land in different runs; a 30 s max_runtime (the setting's minimum) and
-# short lease and idle-drain times let Dagster and the write-back notice the dead within CI's
-# time: the production values only change how long recovery takes, not what it must end with.
-COMMON_ENV = {
-    "KPI_CDC_MAX_EVENTS_PER_TICK": "100",
-    "KPI_CDC_MAX_EVENTS_PER_RUN": "200",
-    "KPI_CDC_RUN_MAX_RUNTIME_SECONDS": "30",
-    "KPI_WRITEBACK_LEASE_SECONDS": "10",
-    "KPI_WRITEBACK_IDLE_DRAIN_SECONDS": "5",
-}
-# The killed deployment's sandbox answers each update 3 s after applying it, so a drain holds
-# its claims long enough to be killed in the middle (the org has the values, the drain does
-# not know it).
-KILLED_ENV = {**COMMON_ENV, "KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS": "3"}
-CATCH_UP_TIMEOUT = 150.0
-OUTBOX_TIMEOUT = 60.0
+# Shared by both deployments (on top of harness.RECOVERY_ENV; the killed one's org answers
+# updates slowly: harness.SLOW_UPDATES_ENV). Batches of up to 100 events and runs of up to 200
+# keep several runs going one after another (each run is a process start, the bulk of the
+# test's time on 2 cores), so kills land in different runs.
+ENV = {"KPI_CDC_MAX_EVENTS_PER_TICK": "100", "KPI_CDC_MAX_EVENTS_PER_RUN": "200"}
 
 
 @pytest.fixture
 def deployments(tmp_path):
-    with harness.paired_deployments(
-        tmp_path, COMMON_ENV, KILLED_ENV, leads=LEADS, days=DAYS, seed=SEED
-    ) as pair:
+    with harness.paired_deployments(tmp_path, ENV, leads=LEADS, days=DAYS, seed=SEED) as pair:
         yield pair
 
 
@@ -83,15 +68,7 @@ def test_hard_kills_match_a_clean_run(deployments):
 
     def wave(number: int):
         def add() -> None:
-            now_ms = int(time.time() * 1000)  # the same reassignment time in both orgs
-            for dep in (clean, killed):
-                harness.add_wave(
-                    dep.data_dir,
-                    number,
-                    leads=WAVE_LEADS,
-                    base_ms=base_ms + number * 3_600_000,
-                    reassign_at_ms=now_ms,
-                )
+            harness.add_wave_to_each((clean, killed), number, leads=WAVE_LEADS, base_ms=base_ms)
 
         return add
 
@@ -102,7 +79,7 @@ def test_hard_kills_match_a_clean_run(deployments):
             killed,
             mode,
             claim_timeout=60.0,
-            recover_timeout=CATCH_UP_TIMEOUT,
+            recover_timeout=harness.CATCH_UP_TIMEOUT,
             settle=False,
             before=wave(number),
         )
@@ -110,7 +87,7 @@ def test_hard_kills_match_a_clean_run(deployments):
     ]
     problems: dict[str, list[str]] = {}
     for dep in (clean, killed):
-        harness.finish(dep, problems, catch_up_s=CATCH_UP_TIMEOUT, outbox_s=OUTBOX_TIMEOUT)
+        harness.finish(dep, problems)
     clean.stop()
     killed.stop()
     elapsed = time.monotonic() - started

@@ -23,6 +23,7 @@ from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_ite
 
 from kpi_pipeline.defs.run_launcher import LocalProcessRunLauncher
 from kpi_pipeline_tests.support import napping_job as napping_job_module
+from kpi_pipeline_tests.support.waiting import poll
 
 pytestmark = [
     pytest.mark.integration,
@@ -34,12 +35,9 @@ LAUNCHER = {"module": "kpi_pipeline.defs.run_launcher", "class": "LocalProcessRu
 
 
 def _wait(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
+    value = poll(predicate, timeout, 0.25)
+    if value:
+        return value
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

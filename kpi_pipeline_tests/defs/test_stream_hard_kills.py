@@ -45,33 +45,25 @@ LEADS, DAYS, SEED = 30, 1.0, 29
 WAVE_LEADS = 8
 KILLS = 3
 STREAM_JOB = "cdc_stream"
-# Shared by both deployments: stream mode, 5 s leases (a killed run's channels are free 5 s
-# after its last renewal), 40 s generations (so a clean handover happens too), and the
-# short write-back lease / idle drain of test_hard_kills. Production values only change how
-# long recovery takes, not what it must end with.
-COMMON_ENV = {
+# Shared by both deployments, on top of harness.RECOVERY_ENV (short write-back lease and idle
+# drain): stream mode, 5 s leases (a killed run's channels are free 5 s after its last
+# renewal), 40 s generations (so a clean handover happens too). The killed deployment's org
+# answers each update 3 s after applying it (harness.SLOW_UPDATES_ENV), so a drain is in
+# flight (claims held, the org already has the values) for a good share of each wave.
+# Production values only change how long recovery takes, not what it must end with.
+ENV = {
     "KPI_CDC_MODE": "stream",
     "KPI_CDC_STREAM_LEASE_SECONDS": "5",
     "KPI_CDC_STREAM_GENERATION_SECONDS": "40",
-    "KPI_CDC_RUN_MAX_RUNTIME_SECONDS": "30",
-    "KPI_WRITEBACK_LEASE_SECONDS": "10",
-    "KPI_WRITEBACK_IDLE_DRAIN_SECONDS": "5",
 }
-# The killed deployment's org answers each update 3 s after applying it, so a drain is in
-# flight (claims held, the org already has the values) for a good share of each wave.
-KILLED_ENV = {**COMMON_ENV, "KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS": "3"}
 KILL_DELAY_S = (0.0, 6.0)  # after a wave is written, the kill lands this long later
 FIND_TIMEOUT = 120.0
-CATCH_UP_TIMEOUT = 150.0
-OUTBOX_TIMEOUT = 60.0
 HEALTHY_AGAIN_TIMEOUT = 60.0
 
 
 @pytest.fixture
 def deployments(tmp_path):
-    with harness.paired_deployments(
-        tmp_path, COMMON_ENV, KILLED_ENV, leads=LEADS, days=DAYS, seed=SEED
-    ) as pair:
+    with harness.paired_deployments(tmp_path, ENV, leads=LEADS, days=DAYS, seed=SEED) as pair:
         yield pair
 
 
@@ -146,15 +138,7 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments, health
     base_ms = int(time.time() * 1000) - 6 * 3600 * 1000
 
     def add_wave(number: int) -> None:
-        now_ms = int(time.time() * 1000)  # the same reassignment time in both orgs
-        for dep in (clean, killed):
-            harness.add_wave(
-                dep.data_dir,
-                number,
-                leads=WAVE_LEADS,
-                base_ms=base_ms + number * 3_600_000,
-                reassign_at_ms=now_ms,
-            )
+        harness.add_wave_to_each((clean, killed), number, leads=WAVE_LEADS, base_ms=base_ms)
 
     clean.start()
     killed.start()
@@ -174,7 +158,7 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments, health
         left = killed.progress()
         # Recovery: another run holds every channel, then everything staged and written back.
         # Meanwhile the health check must notice that nothing consumes the channels.
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT
+        deadline = time.monotonic() + harness.CATCH_UP_TIMEOUT
         takeover = None
         unhealthy = None
         while time.monotonic() < deadline:
@@ -189,10 +173,10 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments, health
             time.sleep(0.5)
         assert takeover is not None, (
             f"kill {number}: no run took the channels over from {run_id} within "
-            f"{CATCH_UP_TIMEOUT:.0f} s\n{killed.log_path.read_text()[-3000:]}"
+            f"{harness.CATCH_UP_TIMEOUT:.0f} s\n{killed.log_path.read_text()[-3000:]}"
         )
         acquired = {h: acq for _, h, acq, _ in harness.channel_leases(killed.data_dir)}
-        caught_up_at = killed.wait(lambda p: p.caught_up, CATCH_UP_TIMEOUT, "caught up")
+        caught_up_at = killed.wait(lambda p: p.caught_up, harness.CATCH_UP_TIMEOUT, "caught up")
         healthy_after = None
         healthy_deadline = time.monotonic() + HEALTHY_AGAIN_TIMEOUT
         while healthy_after is None and time.monotonic() < healthy_deadline:
@@ -220,7 +204,7 @@ def test_stream_mode_survives_kill_9_and_matches_a_clean_run(deployments, health
 
     problems: dict[str, list[str]] = {}
     for dep in (clean, killed):
-        harness.finish(dep, problems, catch_up_s=CATCH_UP_TIMEOUT, outbox_s=OUTBOX_TIMEOUT)
+        harness.finish(dep, problems)
     runs = {dep.root.name: harness.job_runs(dep.env, STREAM_JOB) for dep in (clean, killed)}
     done_by = harness.batches_done_by(killed.data_dir)
     progress = {dep.root.name: dep.progress() for dep in (clean, killed)}

@@ -35,32 +35,28 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 import yaml
 
+from kpi_pipeline.core.kpis.lead_facts import lead_facts_columns
+from kpi_pipeline.core.salesforce_fields import (
+    OWNER_FIELD,
+    WRITTEN_FIELD_NAMES,
+    WRITTEN_LEAD_FIELDS,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CDC_ENTITIES = ("Lead", "Task", "EmailMessage")  # the default channels' entities
 CLIENT_ID = "kpi_pipeline"
-# The Lead fields the write-back owns; the org must hold the ledger's value for each.
-WRITTEN_FIELDS = (
-    "OwnerId",
-    "Owner_Assigned_At__c",
-    "Assignment_Latency_Minutes__c",
-    "Routing_Rule__c",
-    "Routing_Policy_Version__c",
-    "First_Response_At__c",
-    "First_Response_User__c",
-    "First_Response_Source__c",
-    "Time_to_First_Response__c",
-    "Template_Recommended__c",
-    "Template_Applied__c",
-)
+# The Lead fields the write-back owns that the ledger's lead facts hold under the same name:
+# the org must hold the ledger's value for each.
+WRITTEN_FIELDS = (OWNER_FIELD, *(n for n in WRITTEN_FIELD_NAMES if n in lead_facts_columns()))
 TTFR_FIELDS = (
     "First_Response_At__c",
     "First_Response_User__c",
     "First_Response_Source__c",
     "Time_to_First_Response__c",
 )
-DATETIME_FIELDS = frozenset({"Owner_Assigned_At__c", "First_Response_At__c"})
-FLOAT_FIELDS = frozenset({"Assignment_Latency_Minutes__c", "Time_to_First_Response__c"})
+DATETIME_FIELDS = frozenset(f.api_name for f in WRITTEN_LEAD_FIELDS if f.sf_type == "DateTime")
+FLOAT_FIELDS = frozenset(f.api_name for f in WRITTEN_LEAD_FIELDS if f.sf_type == "Number")
 
 
 # --- instance and daemon -----------------------------------------------------------------------
@@ -100,9 +96,16 @@ def start_daemon(
     env: Mapping[str, str], log_path: Path, extra_args: Iterable[str] = ()
 ) -> subprocess.Popen:
     """dagster-daemon (and so its code server and run workers) writing to ``log_path``."""
+    argv = [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml", *extra_args]
+    return start_logged(argv, env, log_path)
+
+
+def start_logged(argv: Iterable[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    """``argv`` from the repository root in a session of its own (``kill`` ends its whole
+    process group), its output appended to ``log_path``."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml", *extra_args],
+            list(argv),
             cwd=REPO_ROOT,
             env=dict(env),
             stdout=log,
@@ -133,8 +136,18 @@ def instance_state(env: Mapping[str, str]) -> dict:
         "  'runs': [{'id': r.run_id, 'key': r.tags.get('dagster/run_key'), 'job': r.job_name,\n"
         "            'status': r.status.value} for r in runs]}))\n"
     )
+    return _json_from_process(env, script)
+
+
+def _json_from_process(env: Mapping[str, str], script: str, *argv: str) -> Any:
+    """Run ``script`` with ``argv`` in a separate Python process with ``env``: the JSON it
+    printed last."""
     out = subprocess.run(
-        [sys.executable, "-c", script], env=dict(env), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *argv],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -151,15 +164,7 @@ def check_executions(env: Mapping[str, str], asset: str, check: str) -> list[str
         "history = inst.event_log_storage.get_asset_check_execution_history(key, limit=20)\n"
         "print(json.dumps([r.status.value for r in history]))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, asset, check],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _json_from_process(env, script, asset, check)
 
 
 def job_runs(env: Mapping[str, str], job_name: str) -> list[dict]:
@@ -182,15 +187,7 @@ def job_runs(env: Mapping[str, str], job_name: str) -> list[dict]:
         "                'start_time': rec.start_time, 'end_time': rec.end_time})\n"
         "print(json.dumps(out))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script, job_name],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _json_from_process(env, script, job_name)
 
 
 def wait_for_state(
@@ -747,6 +744,22 @@ def add_wave(
     return created_ids
 
 
+def add_wave_to_each(
+    deployments: Iterable[Deployment], wave: int, *, leads: int, base_ms: int
+) -> None:
+    """``add_wave`` into each deployment's org, alike: the wave's leads arrive an hour apart
+    per wave from ``base_ms``, and the previous wave's leads are reassigned at one time, now."""
+    now_ms = int(time.time() * 1000)
+    for dep in deployments:
+        add_wave(
+            dep.data_dir,
+            wave,
+            leads=leads,
+            base_ms=base_ms + wave * 3_600_000,
+            reassign_at_ms=now_ms,
+        )
+
+
 def _call(store, lead, rep, at_ms, origin, *, logged_at=None):
     day = at_ms - at_ms % 86_400_000
     store.create_record(
@@ -1048,21 +1061,35 @@ def check_report(checks: dict[str, list[str]]) -> str:
     )
 
 
+# Both deployments of a kill suite: a 30 s max_runtime (the setting's minimum) and short
+# write-back lease and idle-drain times let Dagster and the write-back notice the dead within
+# CI's time. The production values only change how long recovery takes, not what it must
+# end with.
+RECOVERY_ENV = {
+    "KPI_CDC_RUN_MAX_RUNTIME_SECONDS": "30",
+    "KPI_WRITEBACK_LEASE_SECONDS": "10",
+    "KPI_WRITEBACK_IDLE_DRAIN_SECONDS": "5",
+}
+# The killed deployment's org answers each update 3 s after applying it, so a drain holds its
+# claims long enough to be killed in the middle (the org has the values, the drain does not
+# know it).
+SLOW_UPDATES_ENV = {"KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS": "3"}
+# How long a kill suite's deployment may take to catch up with its org after the last kill,
+# then to empty its outbox (finish).
+CATCH_UP_TIMEOUT = 150.0
+OUTBOX_TIMEOUT = 60.0
+
+
 @contextlib.contextmanager
 def paired_deployments(
-    root: Path,
-    clean_env: dict[str, str],
-    killed_env: dict[str, str],
-    *,
-    leads: int,
-    days: float,
-    seed: int,
+    root: Path, env: dict[str, str], *, leads: int, days: float, seed: int
 ) -> Iterator[tuple[Deployment, Deployment]]:
-    """A clean and a to-be-killed deployment on copies of one seeded store; stopped after."""
+    """A clean and a to-be-killed deployment on copies of one seeded store, both with ``env``
+    on top of RECOVERY_ENV, the killed one's org with SLOW_UPDATES_ENV too; stopped after."""
     template = root / "template.db"
     seed_store(template, leads=leads, days=days, seed=seed)
-    clean = Deployment(root / "clean", clean_env)
-    killed = Deployment(root / "killed", killed_env)
+    clean = Deployment(root / "clean", {**RECOVERY_ENV, **env})
+    killed = Deployment(root / "killed", {**RECOVERY_ENV, **env, **SLOW_UPDATES_ENV})
     for dep in (clean, killed):
         dep.prepare(template)
     try:
@@ -1073,7 +1100,11 @@ def paired_deployments(
 
 
 def finish(
-    dep: Deployment, problems: dict[str, list[str]], *, catch_up_s: float, outbox_s: float
+    dep: Deployment,
+    problems: dict[str, list[str]],
+    *,
+    catch_up_s: float = CATCH_UP_TIMEOUT,
+    outbox_s: float = OUTBOX_TIMEOUT,
 ) -> None:
     """Wait until the ledger has every org change and no staged batch, then until the outbox
     is empty; a deployment that does not get there is a finding, not the end of the test."""

@@ -22,7 +22,7 @@ from kpi_pipeline.app.resync import (
     ResyncReport,
     resync_open_windows,
 )
-from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.events import ChangeEvent, replay_id_from_int
 from kpi_pipeline.sandbox.store import (
     INBOUND_QUEUE,
     INTEGRATION_USER_ID,
@@ -89,6 +89,46 @@ def open_pipeline(tmp_path: Path, new_ledger: NewLedger) -> Iterator[Callable[[s
 @pytest.fixture
 def pipeline(open_pipeline: Callable[[str], Pipeline]) -> Pipeline:
     return open_pipeline("")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def pipeline_on_each_ledger(
+    open_pipeline: Callable[[str], Pipeline], request: pytest.FixtureRequest
+) -> Pipeline:
+    """A pipeline over a SQLite ledger, then (a second test) over a PostgreSQL one."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    return open_pipeline(url)
+
+
+def gap_window(ledger: Ledger, lead_id: str, *, from_replay: int, at_ms: int) -> int:
+    """The re-sync window a gap event for one lead opens on the Lead channel (its id)."""
+    return ledger.record_resync_window(
+        channel="/data/LeadChangeEvent",
+        reason="gap",
+        from_replay=replay_id_from_int(from_replay),
+        from_time_ms=at_ms,
+        to_time_ms=at_ms,
+        detail={"entity": "Lead", "record_ids": [lead_id]},
+    )
+
+
+def refused_window(
+    ledger: Ledger,
+    channel: str,
+    *,
+    from_replay: int,
+    from_time_ms: int | None,
+    detail: dict | None = None,
+) -> int:
+    """The open-ended re-sync window recorded when Pub/Sub refused the stored replay id."""
+    return ledger.record_resync_window(
+        channel=channel,
+        reason="replay_id_invalid",
+        from_replay=replay_id_from_int(from_replay),
+        from_time_ms=from_time_ms,
+        to_time_ms=None,
+        detail=detail,
+    )
 
 
 def create_lead(pipeline: Pipeline, at_ms: int, **values) -> str:

@@ -22,6 +22,7 @@ from kpi_pipeline_tests.support.metrics_server import (
     start_metrics_server,
 )
 from kpi_pipeline_tests.support.outbox_rows import claim, queue
+from kpi_pipeline_tests.support.resync_pipeline import refused_window
 from kpi_pipeline_tests.support.sandbox_org import (
     CONSUMER_KEY,
     USERNAME,
@@ -160,14 +161,7 @@ def test_status_matches_the_ledger(server: MetricsServer, ledger_url: str) -> No
         ledger.set_replay_id(LEAD, replay_id_from_int(42))
         pending = stage(ledger_url, 0.5, 7)
         queue(ledger, ["00Q000000000001AAA"])
-        ledger.record_resync_window(
-            channel=LEAD,
-            reason="replay_id_invalid",
-            from_replay=replay_id_from_int(40),
-            from_time_ms=None,
-            to_time_ms=None,
-            detail={},
-        )
+        refused_window(ledger, LEAD, from_replay=40, from_time_ms=None, detail={})
         status, body = http_get(f"{server.url}/status")
         assert status == 200
         snapshot = json.loads(body)

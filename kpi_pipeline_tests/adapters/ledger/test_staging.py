@@ -183,22 +183,16 @@ def test_the_dead_letter_summary_counts_all_and_recent_in_one_query(ledger_url: 
 
 
 def test_resync_windows_are_idempotent_and_close_once(ledger: Ledger) -> None:
-    first = ledger.record_resync_window(
-        channel=LEAD,
-        reason="gap",
-        from_replay=replay_id_from_int(9),
-        from_time_ms=1000,
-        to_time_ms=2000,
-        detail={"record_ids": ["00Q1"]},
-    )
-    again = ledger.record_resync_window(
-        channel=LEAD,
-        reason="gap",
-        from_replay=replay_id_from_int(9),
-        from_time_ms=1000,
-        to_time_ms=2000,
-        detail={"record_ids": ["00Q1"]},
-    )
+    gap = {
+        "channel": LEAD,
+        "reason": "gap",
+        "from_replay": replay_id_from_int(9),
+        "from_time_ms": 1000,
+        "to_time_ms": 2000,
+        "detail": {"record_ids": ["00Q1"]},
+    }
+    first = ledger.record_resync_window(**gap)
+    again = ledger.record_resync_window(**gap)  # the same window recorded twice
     other = ledger.record_resync_window(
         channel=LEAD,
         reason="replay_id_invalid",

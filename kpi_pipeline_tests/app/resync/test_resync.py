@@ -29,6 +29,7 @@ from kpi_pipeline_tests.support.resync_pipeline import (
     Pipeline,
     create_lead,
     facts,
+    gap_window,
     ledger_snapshot,
 )
 
@@ -287,16 +288,7 @@ def test_a_re_read_never_overrides_a_newer_cdc_value(pipeline: Pipeline) -> None
 
 def test_re_read_events_lose_exact_ties_and_are_not_echoes(pipeline: Pipeline) -> None:
     lead = create_lead(pipeline, T0)
-    [window_id] = [
-        pipeline.ledger.record_resync_window(
-            channel="/data/LeadChangeEvent",
-            reason="gap",
-            from_replay=replay_id_from_int(3),
-            from_time_ms=T0,
-            to_time_ms=T0,
-            detail={"entity": "Lead", "record_ids": [lead]},
-        )
-    ]
+    [window_id] = [gap_window(pipeline.ledger, lead, from_replay=3, at_ms=T0)]
     [window] = pipeline.ledger.open_resync_windows()
     row = pipeline.org.rest().query_by_ids(
         "Lead", ["Status", "LastModifiedDate", "CreatedDate"], [lead]

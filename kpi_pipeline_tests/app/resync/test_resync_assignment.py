@@ -8,7 +8,6 @@ a log line and counts ``errors_total{area="resync_owner_history"}``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -27,7 +26,6 @@ from kpi_pipeline_tests.support.resync_pipeline import (
 )
 
 REP, OTHER_REP = REP_USER_IDS[0], REP_USER_IDS[1]
-LEDGERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 PARTNER_QUEUE = "00G000000000009AAA"  # TEST_POLICY's "partners" rule target
 
 
@@ -58,13 +56,7 @@ def test_resync_recovers_an_owner_change_that_came_as_a_gap(pipeline: Pipeline) 
 
 
 def test_resync_of_a_lead_modified_after_the_owner_change(pipeline: Pipeline) -> None:
-    lead = routed_partner_lead(pipeline)
-    store = pipeline.org.store
-    store.emit_gap("Lead", [lead], "GAP_UPDATE", values={"OwnerId": REP}, at_ms=T0 + 20 * MINUTE)
-    store.emit_gap(
-        "Lead", [lead], "GAP_UPDATE", values={"Status": "Working"}, at_ms=T0 + 30 * MINUTE
-    )
-    pipeline.deliver()
+    lead = handed_over_then_modified(pipeline)
     reports = pipeline.resync()  # one window per gap event
     assert [r.status for r in reports] == ["closed", "closed"], [r.error for r in reports]
     row = facts(pipeline, lead)
@@ -96,12 +88,10 @@ def fallbacks() -> float:
     return metrics.sample_value("errors_total", {"area": "resync_owner_history"})
 
 
-@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_owner_history_dates_the_assignment_on_both_ledgers(
-    open_pipeline: Callable[[str], Pipeline], ledger_kind: str, request: pytest.FixtureRequest
+    pipeline_on_each_ledger: Pipeline,
 ) -> None:
-    url = request.getfixturevalue("postgres_url") if ledger_kind == "postgres" else ""
-    pipeline = open_pipeline(url)
+    pipeline = pipeline_on_each_ledger
     lead = handed_over_then_modified(pipeline)
     before = fallbacks()
     assert all(r.status == "closed" for r in pipeline.resync())
@@ -130,17 +120,13 @@ def _sf(ms: int) -> str:
     return format_sf_datetime(parse_sf_datetime(ms))
 
 
-@pytest.mark.parametrize("ledger_kind", LEDGERS)
 @pytest.mark.parametrize("missing", ["tracking_off", "invalid_type"])
 def test_without_history_the_re_sync_falls_back_and_says_so(
-    open_pipeline: Callable[[str], Pipeline],
-    ledger_kind: str,
+    pipeline_on_each_ledger: Pipeline,
     missing: str,
-    request: pytest.FixtureRequest,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = request.getfixturevalue("postgres_url") if ledger_kind == "postgres" else ""
-    pipeline = open_pipeline(url)
+    pipeline = pipeline_on_each_ledger
     if missing == "tracking_off":
         pipeline.org.store.track_owner_history = False  # the query answers no row
     else:
@@ -158,12 +144,10 @@ def test_without_history_the_re_sync_falls_back_and_says_so(
     assert ("INVALID_TYPE" in message) == (missing == "invalid_type")
 
 
-@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_re_running_the_re_sync_is_idempotent(
-    open_pipeline: Callable[[str], Pipeline], ledger_kind: str, request: pytest.FixtureRequest
+    pipeline_on_each_ledger: Pipeline,
 ) -> None:
-    url = request.getfixturevalue("postgres_url") if ledger_kind == "postgres" else ""
-    pipeline = open_pipeline(url)
+    pipeline = pipeline_on_each_ledger
     lead = handed_over_then_modified(pipeline)
     windows = [w.id for w in pipeline.ledger.open_resync_windows()]
     pipeline.resync()
@@ -186,15 +170,13 @@ def _reopen(pipeline: Pipeline, window_ids: list[int]) -> None:
         conn.execute(table.update().where(table.c.id.in_(window_ids)).values(status="open"))
 
 
-@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_a_later_dated_hand_over_never_moves_the_assignment_later(
-    open_pipeline: Callable[[str], Pipeline], ledger_kind: str, request: pytest.FixtureRequest
+    pipeline_on_each_ledger: Pipeline,
 ) -> None:
     """REP at +20 (gap, re-synced), then OTHER_REP at +40 (another gap): the second re-sync
     reads both history rows and still leaves the assignment at +20; and a history row dated
     before what the ledger holds (+20 learned from CDC as +25 would be) moves it earlier."""
-    url = request.getfixturevalue("postgres_url") if ledger_kind == "postgres" else ""
-    pipeline = open_pipeline(url)
+    pipeline = pipeline_on_each_ledger
     lead = handed_over_then_modified(pipeline)
     pipeline.resync()
     store = pipeline.org.store
@@ -208,14 +190,12 @@ def test_a_later_dated_hand_over_never_moves_the_assignment_later(
     assert row.Assignment_Latency_Minutes__c == 20.0
 
 
-@pytest.mark.parametrize("ledger_kind", LEDGERS)
 def test_an_earlier_dated_hand_over_moves_the_assignment_earlier(
-    open_pipeline: Callable[[str], Pipeline], ledger_kind: str, request: pytest.FixtureRequest
+    pipeline_on_each_ledger: Pipeline,
 ) -> None:
     """The ledger learned of REP's ownership late (a CDC change at +35 by another rep's
     tool); the org's history says REP had it since +20: the re-sync moves it earlier."""
-    url = request.getfixturevalue("postgres_url") if ledger_kind == "postgres" else ""
-    pipeline = open_pipeline(url)
+    pipeline = pipeline_on_each_ledger
     lead = routed_partner_lead(pipeline)
     store = pipeline.org.store
     store.emit_gap("Lead", [lead], "GAP_UPDATE", values={"OwnerId": REP}, at_ms=T0 + 20 * MINUTE)

@@ -21,13 +21,12 @@ from kpi_pipeline.adapters.pubsub.schemas import SCHEMAS_BY_ENTITY
 from kpi_pipeline.app.ingest import DrainLimits, drain_tick
 from kpi_pipeline.app.resync import EntityFields, OrgDescription, resync_open_windows
 from kpi_pipeline.core.cursor import SensorCursor
-from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.sandbox.pubsub_server import start_pubsub_server
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID
 from kpi_pipeline.sandbox.tls import ensure_tls_files
 from kpi_pipeline_tests.support.ledgers import NewLedger
 from kpi_pipeline_tests.support.processors import make_processor, wall_clock
-from kpi_pipeline_tests.support.resync_pipeline import MINUTE, T0
+from kpi_pipeline_tests.support.resync_pipeline import MINUTE, T0, gap_window, refused_window
 from kpi_pipeline_tests.support.sandbox_org import TENANT_ID, SandboxOrg, sandbox_org
 
 CHANNEL = "/data/ChangeEvents"
@@ -106,13 +105,7 @@ def test_resync_re_reads_a_field_known_only_from_the_staged_getschema_answer(
     org.store.update_record(
         "Lead", lead, {FIELD: "APAC"}, user_id=INTEGRATION_USER_ID, at_ms=T0 + 5 * MINUTE
     )
-    ledger.record_resync_window(
-        channel=CHANNEL,
-        reason="replay_id_invalid",
-        from_replay=replay_id_from_int(1),
-        from_time_ms=T0,
-        to_time_ms=None,
-    )
+    refused_window(ledger, CHANNEL, from_replay=1, from_time_ms=T0)
     describes_before = len(org.data_requests("/describe"))
     [report] = resync_open_windows(
         ledger, org.rest(), make_processor(ledger, clock=wall_clock), now=datetime.now(UTC)
@@ -127,14 +120,7 @@ def test_before_anything_is_staged_the_fields_come_from_describe(
     org: SandboxOrg, ledger: Ledger
 ) -> None:
     lead = _new_lead(org, "LATAM")
-    ledger.record_resync_window(
-        channel="/data/LeadChangeEvent",
-        reason="gap",
-        from_replay=replay_id_from_int(1),
-        from_time_ms=T0,
-        to_time_ms=T0,
-        detail={"entity": "Lead", "record_ids": [lead]},
-    )
+    gap_window(ledger, lead, from_replay=1, at_ms=T0)
     [report] = resync_open_windows(
         ledger, org.rest(), make_processor(ledger, clock=wall_clock), now=datetime.now(UTC)
     )

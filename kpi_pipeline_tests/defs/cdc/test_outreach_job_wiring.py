@@ -6,27 +6,15 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from kpi_pipeline import wiring
 from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
-from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
 
-@pytest.fixture
-def small_sandbox(tmp_path, monkeypatch):
-    monkeypatch.setenv("KPI_SANDBOX_LEADS_PER_DAY", "30")
-    monkeypatch.setenv("KPI_SANDBOX_LIVE_LEADS_PER_HOUR", "0")
-    monkeypatch.setenv("KPI_SANDBOX_SEED", "5")
-    monkeypatch.setenv("KPI_CDC_MAX_EVENTS_PER_TICK", "1000")
+@pytest.fixture(autouse=True)
+def _send_email_off_by_default(monkeypatch):
     monkeypatch.delenv("KPI_SEND_EMAIL", raising=False)
-    wiring.reset_cache()
-    data_dir = tmp_path / "kpi"
-    yield PipelineResource(data_dir=str(data_dir))
-    wiring.reset_cache()
-    shutdown_sandbox(data_dir)
 
 
 def _tick_and_run(instance, pipeline, cursor):

@@ -15,9 +15,7 @@ it takes.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,10 +32,10 @@ from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.config import Settings
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline_tests.support import harness
+from kpi_pipeline_tests.support.waiting import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 3.0
 # The standby retries every third of the lease (StreamWorker._wait_for_leases); a loaded
 # 2-core machine adds scheduling delay on top.
@@ -52,7 +50,7 @@ def consumers_env(tmp_path: Path, postgres_url: str) -> Iterator[dict[str, str]]
     Ledger.from_url(postgres_url).dispose()  # migrated once, before two processes race for it
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONPATH": str(harness.REPO_ROOT),
         "KPI_DATA_DIR": str(data_dir),
         "KPI_LEDGER_URL": postgres_url,
         "KPI_CDC_MODE": "stream",
@@ -67,21 +65,8 @@ def consumers_env(tmp_path: Path, postgres_url: str) -> Iterator[dict[str, str]]
 
 
 def _start(env: dict[str, str], holder: str, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kpi_pipeline_tests.support.stream_consumer", holder],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _killpg(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    argv = [sys.executable, "-m", "kpi_pipeline_tests.support.stream_consumer", holder]
+    return harness.start_logged(argv, env, log)
 
 
 def _live_holders(url: str) -> dict[str, str]:
@@ -162,12 +147,9 @@ def _drain_until_empty(env: dict[str, str], logs: list[Path]) -> None:
 
 
 def _wait(predicate, timeout: float, what: str, logs: list[Path]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
+    value = poll(predicate, timeout, 0.1)
+    if value:
+        return value
     tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
     pytest.fail(f"timed out waiting for {what}\n{tails}")
 
@@ -197,7 +179,7 @@ def test_one_holder_per_channel_and_kill_9_hands_over_within_the_lease(
         base_ms = int(time.time() * 1000) - 3 * 3600 * 1000
         harness.add_wave(data_dir, 1, leads=6, base_ms=base_ms)
         before = _leases(url)
-        _killpg(procs.pop("consumer-a"))
+        harness.kill(procs.pop("consumer-a"))
         killed_at = datetime.now(UTC)
         harness.add_wave(data_dir, 2, leads=6, base_ms=base_ms + 3_600_000)
 
@@ -223,7 +205,7 @@ def test_one_holder_per_channel_and_kill_9_hands_over_within_the_lease(
         _wait(lambda: _caught_up(url, data_dir), 90, "the standby to catch up", logs)
     finally:
         for proc in procs.values():
-            _killpg(proc)
+            harness.kill(proc)
 
     # The dead holder's outbox claims: in a deployment writeback_sensor's idle drain takes them
     # once their lease ran out; here the same drain, from this process.

@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline import wiring
+from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import QUEUE_IDS, SandboxStore
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
@@ -28,16 +28,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    monkeypatch.setenv("KPI_SANDBOX_LEADS_PER_DAY", "30")
-    monkeypatch.setenv("KPI_SANDBOX_LIVE_LEADS_PER_HOUR", "0")
-    monkeypatch.setenv("KPI_SANDBOX_SEED", "5")
-    monkeypatch.setenv("KPI_CDC_STREAM_LEASE_SECONDS", "3")
-    wiring.reset_cache()
-    data_dir = tmp_path / "kpi"
-    yield PipelineResource(data_dir=str(data_dir))
-    wiring.reset_cache()
-    shutdown_sandbox(data_dir)
+def sandbox_env() -> dict[str, str]:
+    """Leases of 3 s, so a takeover fits a short test."""
+    return {"KPI_CDC_STREAM_LEASE_SECONDS": "3"}
 
 
 def _org_changes(pipeline: PipelineResource) -> int:
@@ -80,8 +73,8 @@ def _add_queue_lead(pipeline: PipelineResource) -> str:
         store.close()
 
 
-def test_a_stream_generation_stages_processes_and_writes_back(sandbox) -> None:
-    pipeline = sandbox
+def test_a_stream_generation_stages_processes_and_writes_back(small_sandbox) -> None:
+    pipeline = small_sandbox
     with dg.instance_for_test() as instance:
         pipeline.ledger()  # start the sandbox (seeded) before counting its changes
         wiring.org_connection(pipeline.settings())
@@ -109,8 +102,8 @@ def test_a_stream_generation_stages_processes_and_writes_back(sandbox) -> None:
         assert lead in set(ledger.lead_facts_frame().dropna(subset=["Routing_Rule__c"])["Id"])
 
 
-def test_two_stream_workers_never_consume_one_channel_at_once(sandbox) -> None:
-    pipeline = sandbox
+def test_two_stream_workers_never_consume_one_channel_at_once(small_sandbox) -> None:
+    pipeline = small_sandbox
     settings = pipeline.settings()
     wiring.org_connection(settings)
     first = wiring.stream_worker(
@@ -136,8 +129,8 @@ def test_two_stream_workers_never_consume_one_channel_at_once(sandbox) -> None:
     assert first.progress.batches > 0
 
 
-def test_a_killed_holders_channels_are_taken_over_once_its_lease_expires(sandbox) -> None:
-    pipeline = sandbox
+def test_a_killed_holders_channels_are_taken_over_once_its_lease_expires(small_sandbox) -> None:
+    pipeline = small_sandbox
     settings = pipeline.settings()
     wiring.org_connection(settings)
     ledger = pipeline.ledger()
@@ -161,9 +154,9 @@ def _tick(instance, pipeline, cursor):
 
 
 def test_the_sensor_keeps_one_stream_run_alive_and_mirrors_its_replay_ids(
-    sandbox, monkeypatch
+    small_sandbox, monkeypatch
 ) -> None:
-    pipeline = sandbox
+    pipeline = small_sandbox
     monkeypatch.setenv("KPI_CDC_MODE", "stream")
     with dg.instance_for_test() as instance:
         first = _tick(instance, pipeline, None)
@@ -196,8 +189,10 @@ def test_the_sensor_keeps_one_stream_run_alive_and_mirrors_its_replay_ids(
         }
 
 
-def test_switching_stream_sensor_stream_loses_and_doubles_nothing(sandbox, monkeypatch) -> None:
-    pipeline = sandbox
+def test_switching_stream_sensor_stream_loses_and_doubles_nothing(
+    small_sandbox, monkeypatch
+) -> None:
+    pipeline = small_sandbox
     with dg.instance_for_test() as instance:
         monkeypatch.setenv("KPI_CDC_MODE", "stream")
         _run_stream(pipeline, instance, 5.0)
@@ -234,28 +229,40 @@ def test_switching_stream_sensor_stream_loses_and_doubles_nothing(sandbox, monke
 
 
 @pytest.mark.parametrize("mode", ["sensor", "stream"])
-def test_every_run_request_resolves_as_the_daemon_resolves_it(sandbox, monkeypatch, mode) -> None:
+def test_every_run_request_resolves_as_the_daemon_resolves_it(
+    small_sandbox, monkeypatch, mode
+) -> None:
     """The sensor targets two jobs, so each request must name its job: evaluate_tick
     resolves them the way the daemon does (calling the sensor directly does not)."""
     monkeypatch.setenv("KPI_CDC_MODE", mode)
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"pipeline": sandbox})
+        context = dg.build_sensor_context(instance=instance, resources={"pipeline": small_sandbox})
         data = cdc_sensor.evaluate_tick(context)
         assert data.run_requests
         expected = "cdc_stream" if mode == "stream" else "process_cdc_batch"
         assert {r.job_name for r in data.run_requests} == {expected}
 
 
-def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sandbox) -> None:
+LEAD_CHANNEL = "/data/LeadChangeEvent"
+
+
+def _stream_then_lead_replay_id(pipeline: PipelineResource, instance) -> tuple[Ledger, bytes]:
+    """Run a stream generation of 4 s: the ledger, and the Lead channel's replay id after it."""
+    _run_stream(pipeline, instance, 4.0)
+    ledger = pipeline.ledger()
+    return ledger, ledger.replay_id(LEAD_CHANNEL)
+
+
+def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(
+    small_sandbox,
+) -> None:
     from kpi_pipeline.core.raw import RawEvent, StreamBatch
 
-    pipeline = sandbox
+    pipeline = small_sandbox
     settings = pipeline.settings()
     with dg.instance_for_test() as instance:
-        _run_stream(pipeline, instance, 4.0)
-        ledger = pipeline.ledger()
-        channel = "/data/LeadChangeEvent"
-        stored = ledger.replay_id(channel)
+        ledger, stored = _stream_then_lead_replay_id(pipeline, instance)
+        channel = LEAD_CHANNEL
         with ledger.read() as conn:
             schema_id = (
                 conn.execute(
@@ -281,17 +288,17 @@ def test_a_poison_event_in_the_stream_is_dead_lettered_and_the_stream_goes_on(sa
         assert lead in set(routed)
 
 
-def test_responses_staged_in_a_row_are_processed_together_and_each_marked_done(sandbox) -> None:
+def test_responses_staged_in_a_row_are_processed_together_and_each_marked_done(
+    small_sandbox,
+) -> None:
     """Under a burst the server sends one-event responses; each is staged with its replay id
     at once, and what is staged is processed in one pass when nothing more is queued."""
     from kpi_pipeline.core.raw import RawEvent, StreamBatch
 
-    pipeline = sandbox
+    pipeline = small_sandbox
     with dg.instance_for_test() as instance:
-        _run_stream(pipeline, instance, 4.0)
-    ledger = pipeline.ledger()
-    channel = "/data/LeadChangeEvent"
-    stored = ledger.replay_id(channel)
+        ledger, stored = _stream_then_lead_replay_id(pipeline, instance)
+    channel = LEAD_CHANNEL
     with ledger.read() as conn:
         rows = conn.execute(
             sa.select(t.cdc_inbox.c.schema_id, t.cdc_inbox.c.payload)

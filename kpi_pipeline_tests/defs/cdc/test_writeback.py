@@ -35,6 +35,13 @@ def ledger_at(url: str, minutes_ago: float) -> Ledger:
     return Ledger.from_url(url, clock=lambda: then)
 
 
+def queued_long_ago(url: str) -> Ledger:
+    """LEADS queued 20 minutes ago: the ledger that queued them (its clock still then)."""
+    old = ledger_at(url, 20)
+    queue(old, LEADS)
+    return old
+
+
 # --- outbox_backlog ---------------------------------------------------------------------------
 def test_backlog_check_passes_on_an_outbox_that_keeps_up(
     pipeline: PipelineResource, ledger_url: str
@@ -53,8 +60,7 @@ def test_backlog_check_fails_on_old_rows_expired_claims_and_failed_rows(
     pipeline: PipelineResource, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KPI_WRITEBACK_BACKLOG_ALERT_SECONDS", "600")
-    old = ledger_at(ledger_url, 20)
-    queue(old, LEADS)
+    old = queued_long_ago(ledger_url)
     result = outbox_backlog(pipeline=pipeline)
     assert not result.passed
     assert result.severity == dg.AssetCheckSeverity.WARN
@@ -118,8 +124,7 @@ def test_sensor_retakes_expired_claims_without_traffic(
     pipeline: PipelineResource, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KPI_WRITEBACK_IDLE_DRAIN_SECONDS", "3600")
-    old = ledger_at(ledger_url, 20)
-    queue(old, LEADS)
+    old = queued_long_ago(ledger_url)
     claim(old, 2)  # the run worker holding these was killed
     with dg.instance_for_test() as instance:
         (request,) = tick(instance, pipeline).run_requests
@@ -130,7 +135,7 @@ def test_sensor_skips_when_write_back_is_disabled(
     pipeline: PipelineResource, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KPI_WRITEBACK_ENABLED", "false")
-    queue(ledger_at(ledger_url, 20), LEADS)
+    queued_long_ago(ledger_url)
     with dg.instance_for_test() as instance:
         result = tick(instance, pipeline)
     assert not result.run_requests and "disabled" in result.skip_reason.skip_message

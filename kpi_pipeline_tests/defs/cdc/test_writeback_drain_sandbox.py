@@ -4,30 +4,13 @@ write back leaves its rows in the outbox, and the idle drain sends them."""
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
-from kpi_pipeline import wiring
 from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.cdc.writeback import writeback_drain
-from kpi_pipeline.defs.resources import PipelineResource
-from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline.sandbox.store import SandboxStore
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
-
-
-@pytest.fixture
-def small_sandbox(tmp_path, monkeypatch):
-    monkeypatch.setenv("KPI_SANDBOX_LEADS_PER_DAY", "30")
-    monkeypatch.setenv("KPI_SANDBOX_LIVE_LEADS_PER_HOUR", "0")
-    monkeypatch.setenv("KPI_SANDBOX_SEED", "5")
-    monkeypatch.setenv("KPI_CDC_MAX_EVENTS_PER_TICK", "1000")
-    wiring.reset_cache()
-    data_dir = tmp_path / "kpi"
-    yield PipelineResource(data_dir=str(data_dir))
-    wiring.reset_cache()
-    shutdown_sandbox(data_dir)
 
 
 def test_the_idle_drain_sends_what_batch_runs_left_in_the_outbox(small_sandbox, monkeypatch):

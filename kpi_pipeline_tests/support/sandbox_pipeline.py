@@ -1,0 +1,38 @@
+"""The Dagster shell's pipeline resource over a small embedded sandbox org, for the tests
+that drive cdc_sensor, process_cdc_batch, cdc_stream or writeback_drain in one process."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kpi_pipeline import wiring
+from kpi_pipeline.defs.resources import PipelineResource
+from kpi_pipeline.sandbox.runtime import shutdown_sandbox
+
+# 30 seeded leads, no live simulation (only what a test commits changes the org), one seed.
+SMALL_SANDBOX_ENV = {
+    "KPI_SANDBOX_LEADS_PER_DAY": "30",
+    "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
+    "KPI_SANDBOX_SEED": "5",
+}
+
+
+@contextlib.contextmanager
+def small_sandbox_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> Iterator[PipelineResource]:
+    """A PipelineResource whose data directory is under ``tmp_path`` and whose org is a small
+    sandbox, with ``env`` set on top of SMALL_SANDBOX_ENV; the sandbox is shut down after."""
+    for name, value in {**SMALL_SANDBOX_ENV, **env}.items():
+        monkeypatch.setenv(name, value)
+    wiring.reset_cache()  # settings are read again, with this environment
+    data_dir = tmp_path / "kpi"
+    try:
+        yield PipelineResource(data_dir=str(data_dir))
+    finally:
+        wiring.reset_cache()
+        shutdown_sandbox(data_dir)
