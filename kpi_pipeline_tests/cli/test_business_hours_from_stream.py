@@ -29,6 +29,7 @@ import pytest
 
 from kpi_pipeline.cli.main import main as cli_main
 from kpi_pipeline_tests.support.events import REP_A, REP_B, email_sent, lead_created
+from kpi_pipeline_tests.support.processors import make_processor
 
 AS_OF = "2026-11-27T12:00:00Z"
 WEEK = {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}
@@ -203,20 +204,12 @@ def test_simulate_shows_a_calendar_change_on_past_leads(files, replayed, tmp_pat
 
 def test_simulate_over_a_ledger_uses_its_stored_clocks_as_the_baseline(files, tmp_path, capsys):
     from kpi_pipeline.adapters.ledger.store import Ledger
-    from kpi_pipeline.app.processing import BatchProcessor
     from kpi_pipeline.core.events import read_recorded_lines
     from kpi_pipeline.core.policy.load import load_policy
-    from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger.from_url(url)
-    processor = BatchProcessor(
-        ledger,
-        load_policy(POLICY),
-        selector=LocalRanker(),
-        catalog=load_catalog(),
-        client_id="kpi_pipeline",
-    )
+    processor = make_processor(ledger, load_policy(POLICY))
     processor.process(list(read_recorded_lines(files["stream"].read_text().splitlines())))
     ledger.dispose()
     argv = ["policy", "simulate", "--policy", str(files["policy"]), "--ledger-url", url]

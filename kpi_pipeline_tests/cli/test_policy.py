@@ -12,6 +12,7 @@ from kpi_pipeline_tests.support.events import (
     lead_created,
     ms,
 )
+from kpi_pipeline_tests.support.policies import packaged_policy_document, validate_policy_cli
 
 
 def test_validate_accepts_the_packaged_policy(capsys):
@@ -20,12 +21,10 @@ def test_validate_accepts_the_packaged_policy(capsys):
 
 
 def test_validate_rejects_a_broken_policy_naming_each_json_path(tmp_path, capsys):
-    raw = json.loads(default_policy_path().read_text(encoding="utf-8"))
+    raw = packaged_policy_document()
     raw["rules"][2]["target"] = {"pool": "ghost-pool"}
     raw["pools"]["na"]["members"][0]["weight"] = -1
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps(raw), encoding="utf-8")
-    assert main(["policy", "validate", str(path)]) == 1
+    assert validate_policy_cli(raw, tmp_path) == 1
     out = capsys.readouterr().out
     assert "2 fault(s)" in out
     assert "$.rules[2].target.pool: pool 'ghost-pool' is not defined" in out

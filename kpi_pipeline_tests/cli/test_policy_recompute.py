@@ -25,42 +25,20 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.writeback import drain_writeback
 from kpi_pipeline.cli.main import main as cli_main
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
-from kpi_pipeline_tests.support.events import REP_A, REP_B, email_sent, lead_created
+from kpi_pipeline_tests.support.events import email_sent, lead_created
+from kpi_pipeline_tests.support.policies import new_york_policy
+from kpi_pipeline_tests.support.processors import make_processor
 from kpi_pipeline_tests.support.sandbox_org import SandboxOrg
 from kpi_pipeline_tests.support.writeback import RULES
 
 BUSINESS = "Time_to_First_Response_Business_Minutes__c"
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
 
 
 def policy(opens: str, closes: str, holidays: list[str]) -> dict:
-    return {
-        "version": f"recompute-{opens}",
-        "timezone": "America/New_York",
-        "default_sla_minutes": 60,
-        "fallback_owner": "005000000000009AAA",
-        "integration_users": ["005000000000001AAA"],
-        "pools": {
-            "reps": {
-                "strategy": "round_robin",
-                "members": [{"user_id": REP_A}, {"user_id": REP_B}],
-            }
-        },
-        "calendars": {
-            "na": {
-                "timezone": "America/New_York",
-                "hours": {d: [[opens, closes]] for d in WEEKDAYS},
-                "holidays": holidays,
-            }
-        },
-        "default_calendar": "na",
-        "rules": [{"id": "everyone", "target": {"pool": "reps"}}],
-    }
+    return new_york_policy(f"recompute-{opens}", opens, closes, holidays)
 
 
 P1 = policy("09:00", "17:00", ["2026-11-26"])
@@ -104,13 +82,7 @@ def test_recompute_after_a_calendar_change(
     ]
     ledger = Ledger.from_url(ledger_url)
     try:
-        processor = BatchProcessor(
-            ledger,
-            load_policy(P1),
-            selector=LocalRanker(),
-            catalog=load_catalog(),
-            client_id="kpi_pipeline",
-        )
+        processor = make_processor(ledger, load_policy(P1))
         processor.process(events)
         drain_writeback(ledger, org.rest(), RULES)
         assert org_row(org, r1)["SLA_Due_At__c"] == "2026-11-18T14:30:00.000Z"

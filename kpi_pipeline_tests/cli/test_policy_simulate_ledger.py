@@ -4,24 +4,17 @@ import json
 
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.adapters.llm.client import selector_from_settings
-from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.core.workloads.outreach_templates import load_catalog
 from kpi_pipeline_tests.support.events import MINUTE, T0, lead_created
 from kpi_pipeline_tests.support.kpi_stream import POLICY
+from kpi_pipeline_tests.support.processors import make_processor
 
 
 def test_simulate_over_a_ledger_compares_with_the_decisions_made(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger.from_url(url)
-    processor = BatchProcessor(
-        ledger,
-        load_policy(POLICY),
-        selector=selector_from_settings(),
-        catalog=load_catalog(),
-        client_id="kpi_pipeline",
-    )
+    processor = make_processor(ledger, load_policy(POLICY), selector=selector_from_settings())
     leads = [
         lead_created(
             f"00Q00000000010{i}AAA", T0 + i * MINUTE, LeadSource="Partner" if i % 2 else "Web"

@@ -17,6 +17,7 @@ import pytest
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.events import read_recorded_lines
 from kpi_pipeline.sandbox.store import SandboxStore
+from kpi_pipeline_tests.support.serve_process import serve
 
 
 def simulate_store(path: Path, leads: int = 40) -> int:
@@ -89,35 +90,16 @@ def _connects(port: int) -> bool:
 def test_serve_answers_then_exits_on_sigterm(tmp_path: Path) -> None:
     store_path = tmp_path / "s.db"
     simulate_store(store_path, leads=5)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kpi_pipeline.cli.main", "sandbox", "serve", "--store", str(store_path),
-         "--access-token", "tok-123", "--tenant-id", "00D000000000009AAA"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(
-            line.startswith("  tenant id") for line in lines
-        ):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
+    with serve(store_path, args=("--tenant-id", "00D000000000009AAA")) as org:
+        text, proc = org.banner, org.process
         pubsub = re.search(r"pubsub: 127\.0\.0\.1:(\d+)", text)
         rest = re.search(r"rest: http://127\.0\.0\.1:(\d+)", text)
-        assert pubsub and rest, text + proc.stderr.read() if proc.poll() is not None else text
+        assert pubsub and rest, text
         assert "access token: tok-123" in text and "tenant id: 00D000000000009AAA" in text
         assert _connects(int(pubsub.group(1))) and _connects(int(rest.group(1)))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "sandbox: stopping" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_serve_needs_an_existing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,7 +161,6 @@ def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path
     from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
     from kpi_pipeline.adapters.pubsub.client import PubSubClient
     from kpi_pipeline.core.errors import PubSubTlsError, ServiceUnavailableError
-    from kpi_pipeline_tests.support.serve_process import serve
 
     store_path = tmp_path / "s.db"
     simulate_store(store_path, leads=5)
@@ -223,7 +204,6 @@ def test_serve_issues_replay_ids_of_the_length_asked(
 ) -> None:
     from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
     from kpi_pipeline.adapters.pubsub.client import PubSubClient
-    from kpi_pipeline_tests.support.serve_process import serve
 
     store_path = tmp_path / "s.db"
     # A window ending now, so its events are inside the bus's retention.

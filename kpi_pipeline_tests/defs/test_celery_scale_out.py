@@ -41,11 +41,9 @@ import yaml
 from kpi_pipeline import wiring
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.adapters.llm.client import selector_from_settings
-from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.replay import read_events
 from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.core.workloads.outreach_templates import load_catalog
 from kpi_pipeline.defs.analytics.assets import build_daily_assets, daily_partitions
 from kpi_pipeline.defs.asset_keys import KPI_KEYS
 from kpi_pipeline.defs.resources import PipelineResource
@@ -53,6 +51,7 @@ from kpi_pipeline.defs.resync.jobs import cdc_resync
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID, SandboxStore
 from kpi_pipeline_tests.support.ledgers import PG_ADMIN_URL
+from kpi_pipeline_tests.support.processors import make_processor
 from kpi_pipeline_tests.support.sandbox_org import (
     CONSUMER_KEY,
     USERNAME,
@@ -236,13 +235,7 @@ def month_ledger(cluster: Cluster) -> Iterator[str]:
     store.export_recorded(cluster.tmp / "events.jsonl")
     store.close()
     ledger = Ledger.from_url(url)
-    processor = BatchProcessor(
-        ledger,
-        load_policy(),
-        selector=selector_from_settings(),
-        catalog=load_catalog(),
-        client_id="kpi_pipeline",
-    )
+    processor = make_processor(ledger, load_policy(), selector=selector_from_settings())
     events = read_events(cluster.tmp / "events.jsonl")
     for offset in range(0, len(events), 500):
         processor.process(events[offset : offset + 500])

@@ -9,7 +9,6 @@ launched twice.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import sqlalchemy as sa
 
 from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline_tests.support.harness import (
-    BIN,
     check_executions,
+    daemon_env,
     instance_state,
     kill,
     start_daemon,
@@ -120,15 +119,7 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
     home = tmp_path / "dagster_home"
     _write_instance_yaml(home, storage, postgres_url)
     data_dir = tmp_path / "kpi"
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "KPI_DATA_DIR": str(data_dir),
-        "KPI_SANDBOX_SEED": "11",
-        "KPI_SANDBOX_LEADS_PER_DAY": "20",
-        "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = daemon_env(home, data_dir, KPI_SANDBOX_SEED="11", KPI_SANDBOX_LEADS_PER_DAY="20")
     log_path = tmp_path / "daemon.log"
     # Create the instance storage before the daemon starts: two processes initialising the
     # same fresh SQLite storage at once can both stamp its alembic version table.

@@ -4,17 +4,9 @@ import dagster as dg
 
 from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES
 from kpi_pipeline.definitions import defs
+from kpi_pipeline_tests.support.asset_names import KPI_ASSETS
 
 KPI_KEYS = {dg.AssetKey(f"kpi_{name}") for name in ROLLUP_NAMES}
-KPI_ASSETS = {
-    "kpi_ttfr_overall",
-    "kpi_ttfr_by_owner",
-    "kpi_sla",
-    "kpi_sla_by_owner",
-    "kpi_sla_by_rule",
-    "kpi_assignment_latency",
-    "kpi_template_usage",
-}
 
 
 def test_definitions_load_and_every_job_schedule_and_sensor_resolves():

@@ -15,6 +15,16 @@ DAY = datetime(2026, 3, 2, tzinfo=UTC)
 
 MakeRecord = Callable[..., dict[str, Any]]
 
+WORKLOADS = ("lead_route", "first_touch", "outreach_template")
+
+
+def spaced_records(count: int, every: timedelta) -> list[dict]:
+    """``count`` records cycling through WORKLOADS, decided ``every`` apart from DAY on."""
+    return [
+        make_record(n, workload_id=WORKLOADS[n % 3], decided_at=DAY + n * every)
+        for n in range(count)
+    ]
+
 
 def make_record(
     n: int,

@@ -92,6 +92,21 @@ def write_repo_instance_yaml(home: Path) -> dict[str, Any]:
     return config
 
 
+def daemon_env(home: Path, data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a dagster-daemon on DAGSTER_HOME ``home`` and its pipeline on
+    KPI_DATA_DIR ``data_dir``: this one's, with no live org simulation (only the seeded
+    history and what a test writes change the org), the venv's scripts first on PATH, and
+    ``settings`` on top."""
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KPI_DATA_DIR": str(data_dir),
+        "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **settings,
+    }
+
+
 def start_daemon(
     env: Mapping[str, str], log_path: Path, extra_args: Iterable[str] = ()
 ) -> subprocess.Popen:
@@ -823,14 +838,7 @@ class Deployment:
 
     @property
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DAGSTER_HOME": str(self.home),
-            "KPI_DATA_DIR": str(self.data_dir),
-            "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            **self.extra_env,
-        }
+        return daemon_env(self.home, self.data_dir, **self.extra_env)
 
     def prepare(self, template_store: Path) -> None:
         write_repo_instance_yaml(self.home)

@@ -8,8 +8,13 @@ from datetime import UTC, datetime
 
 from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.app.processing.records import FieldReader
 from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
-from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
+from kpi_pipeline.core.workloads.outreach_templates import (
+    LocalRanker,
+    TemplateSelector,
+    load_catalog,
+)
 from kpi_pipeline_tests.support.events import AUTOMATION_USER, INTEGRATION_USER, SMB_POOL
 
 CLIENT_ID = "kpi_pipeline"
@@ -51,15 +56,19 @@ def make_processor(
     policy: RoutingPolicy = TEST_POLICY,
     *,
     clock: Callable[[], datetime] | None = None,
+    selector: TemplateSelector | None = None,
+    field_reader: FieldReader | None = None,
 ) -> BatchProcessor:
-    """A processor over ``ledger`` with the local template ranker. ``clock=None`` is the event
-    clock (decisions are timestamped from the events: replays are reproducible);
-    ``clock=wall_clock`` is how the live job runs it."""
+    """A processor over ``ledger`` with the packaged catalog and, unless ``selector`` is given,
+    the local template ranker. ``clock=None`` is the event clock (decisions are timestamped
+    from the events: replays are reproducible); ``clock=wall_clock`` is how the live job runs
+    it. ``field_reader``: the org's REST API for fields an event only names (None: offline)."""
     return BatchProcessor(
         ledger,
         policy,
-        selector=LocalRanker(),
+        selector=LocalRanker() if selector is None else selector,
         catalog=load_catalog(),
         client_id=CLIENT_ID,
         clock=clock,
+        field_reader=field_reader,
     )

@@ -153,11 +153,10 @@ def test_a_dagster_run_logs_our_lines_as_json_with_the_run_id(tmp_path: Path) ->
     daemon's log. Every line of our code there (``kpi_pipeline.*`` loggers and the ops'
     ``context.log``) is one JSON object with the keys; lines in a run carry its run_id; the
     token and key material appear nowhere."""
-    import os
 
     from kpi_pipeline.sandbox.runtime import read_endpoints, shutdown_sandbox
     from kpi_pipeline_tests.support.harness import (
-        BIN,
+        daemon_env,
         instance_state,
         kill,
         start_daemon,
@@ -168,17 +167,14 @@ def test_a_dagster_run_logs_our_lines_as_json_with_the_run_id(tmp_path: Path) ->
     home = tmp_path / "dagster_home"
     write_repo_instance_yaml(home)  # the repository's: kpi_pipeline lines captured into runs
     data_dir = tmp_path / "kpi"
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "KPI_DATA_DIR": str(data_dir),
-        "KPI_LOG_FORMAT": "json",
-        "KPI_CDC_MODE": "sensor",
-        "KPI_SANDBOX_SEED": "13",
-        "KPI_SANDBOX_LEADS_PER_DAY": "5",
-        "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = daemon_env(
+        home,
+        data_dir,
+        KPI_LOG_FORMAT="json",
+        KPI_CDC_MODE="sensor",
+        KPI_SANDBOX_SEED="13",
+        KPI_SANDBOX_LEADS_PER_DAY="5",
+    )
     log_path = tmp_path / "daemon.log"
     assert instance_state(env)["runs"] == []  # create the storage before the daemon does
 

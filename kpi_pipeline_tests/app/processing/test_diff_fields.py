@@ -11,12 +11,11 @@ from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.core.events import ChangeEvent, replay_id_from_int
 from kpi_pipeline.core.raw import RawEvent
-from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 from kpi_pipeline.sandbox.changelog import StoredChange
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, encode_change
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
 from kpi_pipeline_tests.support.ledgers import NewLedger
-from kpi_pipeline_tests.support.processors import CLIENT_ID, TEST_POLICY
+from kpi_pipeline_tests.support.processors import make_processor
 from kpi_pipeline_tests.support.sandbox_org import SandboxOrg
 
 CHANNEL = "/data/LeadChangeEvent"
@@ -30,14 +29,7 @@ def ledger(new_ledger: NewLedger) -> Ledger:
 
 
 def _processor(ledger: Ledger, reader=None) -> BatchProcessor:
-    return BatchProcessor(
-        ledger,
-        TEST_POLICY,
-        selector=LocalRanker(),
-        catalog=load_catalog(),
-        client_id=CLIENT_ID,
-        field_reader=reader,
-    )
+    return make_processor(ledger, field_reader=reader)
 
 
 def _over_the_wire(change: StoredChange) -> ChangeEvent:

@@ -436,17 +436,9 @@ class _SelectorFailingFor:
 def test_workload_failure_on_one_lead_dead_letters_it_and_the_batch_goes_on(
     new_ledger: NewLedger,
 ) -> None:
-    from kpi_pipeline.app.processing import BatchProcessor
-    from kpi_pipeline_tests.support.processors import TEST_POLICY
 
     ledger = new_ledger()
-    processor = BatchProcessor(
-        ledger,
-        TEST_POLICY,
-        selector=_SelectorFailingFor("Broken Co"),
-        catalog=load_catalog(),
-        client_id=CLIENT_ID,
-    )
+    processor = make_processor(ledger, selector=_SelectorFailingFor("Broken Co"))
     bad = lead_created("00Q000000000001AAA", T0, Company="Broken Co")
     good = lead_created("00Q000000000002AAA", T0 + MINUTE)
     summary = processor.process([bad, good])
@@ -467,17 +459,9 @@ def test_a_poison_lead_inside_a_bulk_batch_is_dead_lettered_alone(new_ledger: Ne
     """Set-based steps write a whole batch at once; one lead whose workload code fails in
     the middle of it is undone and dead-lettered, and every other lead of the batch is
     written: facts, decisions, write-back marks."""
-    from kpi_pipeline.app.processing import BatchProcessor
-    from kpi_pipeline_tests.support.processors import TEST_POLICY
 
     ledger = new_ledger()
-    processor = BatchProcessor(
-        ledger,
-        TEST_POLICY,
-        selector=_SelectorFailingFor("Broken Co"),
-        catalog=load_catalog(),
-        client_id=CLIENT_ID,
-    )
+    processor = make_processor(ledger, selector=_SelectorFailingFor("Broken Co"))
     ids = [f"00Q000000000{n:03d}AAA" for n in range(1, 61)]
     poison_id = ids[29]
     batch: list[ChangeEvent] = []

@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.writeback import drain_writeback
 from kpi_pipeline.core.events import ChangeEvent, parse_sf_datetime
 from kpi_pipeline.core.kpis.sla_views import sla_in_both_clocks
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
-from kpi_pipeline_tests.support.events import REP_A, REP_B, email_sent, lead_created
+from kpi_pipeline_tests.support.events import email_sent, lead_created
 from kpi_pipeline_tests.support.paths import REPO_ROOT
+from kpi_pipeline_tests.support.policies import new_york_policy
+from kpi_pipeline_tests.support.processors import make_processor
 from kpi_pipeline_tests.support.sandbox_org import SandboxOrg
 from kpi_pipeline_tests.support.sf_formula import evaluate
 from kpi_pipeline_tests.support.writeback import RULES
@@ -42,27 +42,7 @@ FORMULA_FILE = (
 )
 NS = "{http://soap.sforce.com/2006/04/metadata}"
 AS_OF = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-WEEK = {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")}
-POLICY = load_policy(
-    {
-        "version": "sla-due-1",
-        "timezone": "America/New_York",
-        "default_sla_minutes": 60,
-        "fallback_owner": "005000000000009AAA",
-        "integration_users": ["005000000000001AAA"],
-        "pools": {
-            "reps": {
-                "strategy": "round_robin",
-                "members": [{"user_id": REP_A}, {"user_id": REP_B}],
-            }
-        },
-        "calendars": {
-            "na": {"timezone": "America/New_York", "hours": WEEK, "holidays": ["2026-11-26"]}
-        },
-        "default_calendar": "na",
-        "rules": [{"id": "everyone", "target": {"pool": "reps"}}],
-    }
-)
+POLICY = load_policy(new_york_policy("sla-due-1", "09:00", "17:00", ["2026-11-26"]))
 EXPECTED = {  # lead -> (SLA_Due_At__c, SLA_Breached__c as of AS_OF, rollup status)
     "L1": ("2026-11-30T14:55:00.000Z", None, "pending"),
     "L2": ("2026-11-18T14:30:00.000Z", 0, "met"),
@@ -118,9 +98,7 @@ def test_sla_breached_uses_the_business_hours_due_time_and_never_flaps(
     ids = dict(zip(EXPECTED, org.create_leads(len(EXPECTED)), strict=True))
     ledger = Ledger.from_url(ledger_url)
     try:
-        processor = BatchProcessor(
-            ledger, POLICY, selector=LocalRanker(), catalog=load_catalog(), client_id="kpi_pipeline"
-        )
+        processor = make_processor(ledger, POLICY)
         events = stream(ids)
         processor.process(events)
         drain_writeback(ledger, org.rest(), RULES)

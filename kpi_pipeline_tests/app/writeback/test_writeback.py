@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.app.outbox_drain import OutboxItem
 from kpi_pipeline.app.writeback import LedgerOutbox, Superseded, drain_writeback
 from kpi_pipeline.core.events import format_sf_datetime
 from kpi_pipeline.core.salesforce_rest import RecordUpdate
@@ -105,16 +106,23 @@ def test_each_confirmed_row_observes_how_long_its_change_waited(
     assert 90 <= after_total - total < 90 + 60
 
 
+def _answered_and_claimed(org: SandboxOrg, ledger: Ledger) -> tuple[str, LedgerOutbox, OutboxItem]:
+    """A new lead answered by an email after 90 minutes, its outbox row claimed by a drainer
+    holding a 60 s lease: (lead, drainer, claimed item)."""
+    (lead,) = org.create_leads(1)
+    improve(ledger, lead, 90, "EmailMessage")
+    drainer = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
+    (item,) = drainer.claim_pending(10)
+    return lead, drainer, item
+
+
 def test_a_resend_after_a_lost_response_sends_the_current_value(
     org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
 ) -> None:
     ledger, clock = clocked_ledger
-    (lead,) = org.create_leads(1)
-    improve(ledger, lead, 90, "EmailMessage")
     # A drainer claims, the org applies its update, and it dies before confirming (kill -9
     # between the REST call and the ledger write): the row stays claimed under its lease.
-    dead = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
-    (item,) = dead.claim_pending(10)
+    lead, _, item = _answered_and_claimed(org, ledger)
     org.rest().update_records("Lead", [RecordUpdate(item.record_id, item.fields)])
     improve(ledger, lead, 30)  # meanwhile the ledger learned of an earlier response
     assert drain_writeback(ledger, org.rest(), RULES).report.claimed == 0  # lease still held
@@ -138,10 +146,7 @@ def test_a_drainer_that_lost_its_lease_sends_nothing(
     org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
 ) -> None:
     ledger, clock = clocked_ledger
-    (lead,) = org.create_leads(1)
-    improve(ledger, lead, 90, "EmailMessage")
-    slow = LedgerOutbox(ledger, org.rest(), RULES, lease=timedelta(seconds=60))
-    (item,) = slow.claim_pending(10)  # then it stalls past its lease
+    lead, slow, item = _answered_and_claimed(org, ledger)  # then it stalls past its lease
     improve(ledger, lead, 30)
     clock.now += timedelta(seconds=61)
     drain_writeback(ledger, org.rest(), RULES)  # another drainer retakes and sends 09:30

@@ -3,29 +3,19 @@ JSON path and the fix), and which calendar a rule's leads are measured in."""
 
 from __future__ import annotations
 
-import json
-
-import pytest
-
-from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.policy.load import (
-    PolicyError,
-    PolicyFault,
-    default_policy_path,
     load_policy,
     policy_fingerprint,
 )
-
-
-def default_raw() -> dict:
-    return json.loads(default_policy_path().read_text(encoding="utf-8"))
+from kpi_pipeline_tests.support.policies import (
+    packaged_policy_document,
+    policy_faults,
+    validate_policy_cli,
+)
 
 
 def faults_of(raw: dict) -> dict[str, str]:
-    with pytest.raises(PolicyError) as caught:
-        load_policy(raw)
-    faults: list[PolicyFault] = caught.value.faults
-    return {fault.path: fault.message for fault in faults}
+    return {fault.path: fault.message for fault in policy_faults(raw)}
 
 
 def test_the_packaged_policy_has_a_calendar_per_region():
@@ -47,7 +37,7 @@ def test_the_packaged_policy_has_a_calendar_per_region():
 
 
 def test_a_policy_without_calendars_is_24x7_and_keeps_its_fingerprint():
-    raw = default_raw()
+    raw = packaged_policy_document()
     for key in ("calendars", "default_calendar"):
         del raw[key]
     for rule in raw["rules"]:
@@ -60,7 +50,7 @@ def test_a_policy_without_calendars_is_24x7_and_keeps_its_fingerprint():
 
 
 def test_every_calendar_fault_is_reported_with_its_path_and_fix():
-    raw = default_raw()
+    raw = packaged_policy_document()
     na = raw["calendars"]["na"]
     na["timezone"] = "America/New_Yrok"
     na["hours"]["mon"] = [["09:00", "13:00"], ["12:00", "17:00"]]  # overlap
@@ -92,24 +82,22 @@ def test_every_calendar_fault_is_reported_with_its_path_and_fix():
 
 
 def test_intervals_that_only_touch_are_fine_and_24_00_closes_the_day():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["calendars"]["na"]["hours"]["sat"] = [["00:00", "12:00"], ["12:00", "24:00"]]
     assert load_policy(raw).calendars["na"].weekly_minutes()[5] == ((0, 720), (720, 1440))
 
 
 def test_schema_refuses_a_malformed_wall_time():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["calendars"]["na"]["hours"]["mon"] = [["9:00", "17:00"]]
     assert "$.calendars.na.hours.mon[0][0]" in faults_of(raw)
 
 
 def test_validate_cli_prints_the_calendar_faults(tmp_path, capsys):
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["calendars"]["emea"]["timezone"] = "Europe/Berlim"
     raw["rules"][3]["calendar"] = "asia"
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps(raw), encoding="utf-8")
-    assert main(["policy", "validate", str(path)]) == 1
+    assert validate_policy_cli(raw, tmp_path) == 1
     out = capsys.readouterr().out
     assert "2 fault(s)" in out
     assert "$.calendars.emea.timezone: unknown IANA timezone 'Europe/Berlim'" in out
@@ -159,7 +147,7 @@ def test_a_subdivision_set_adds_its_own_holidays():
 
 
 def test_unknown_countries_and_subdivisions_are_refused_with_their_json_path():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["calendars"]["na"]["holidays"] = {"country": "XX", "dates": ["2026-02-30"]}
     raw["calendars"]["emea"]["holidays"] = {"country": "DE", "subdivision": "ZZ"}
     raw["calendars"]["apac"]["holidays"] = {"country": "AU", "subdivison": "NSW"}
@@ -172,9 +160,7 @@ def test_unknown_countries_and_subdivisions_are_refused_with_their_json_path():
 
 
 def test_policy_validate_accepts_a_country_set(tmp_path, capsys):
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["calendars"]["na"]["holidays"] = {"country": "US", "dates": ["2026-11-27"]}
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps(raw))
-    assert main(["policy", "validate", str(path)]) == 0
+    assert validate_policy_cli(raw, tmp_path) == 0
     assert "valid (version" in capsys.readouterr().out

@@ -1,28 +1,17 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 
 from kpi_pipeline.core.policy.load import (
     PolicyError,
-    PolicyFault,
     default_policy_path,
     load_policy,
     policy_fingerprint,
     validate_policy_file,
 )
-
-
-def default_raw() -> dict:
-    return json.loads(default_policy_path().read_text(encoding="utf-8"))
-
-
-def faults_of(raw: dict) -> list[PolicyFault]:
-    with pytest.raises(PolicyError) as caught:
-        load_policy(raw)
-    return caught.value.faults
+from kpi_pipeline_tests.support.policies import packaged_policy_document, policy_faults
 
 
 def test_packaged_policy_is_valid_and_has_every_feature():
@@ -39,23 +28,23 @@ def test_packaged_policy_is_valid_and_has_every_feature():
 
 
 def test_schema_faults_name_the_json_path():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["rules"][1]["target"] = {"user": "not-a-user-id"}
     raw["pools"]["apac"]["strategy"] = "random"
     del raw["default_sla_minutes"]
-    paths = {fault.path for fault in faults_of(raw)}
+    paths = {fault.path for fault in policy_faults(raw)}
     assert {"$", "$.rules[1].target.user", "$.pools.apac.strategy"} <= paths
 
 
 def test_every_semantic_fault_is_reported_at_once():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["rules"][2]["target"] = {"pool": "nonexistent"}
     raw["rules"][3]["id"] = raw["rules"][0]["id"]
     raw["pools"]["na"]["members"][1]["weight"] = 0
     raw["pools"]["na"]["members"][2]["user_id"] = raw["pools"]["na"]["members"][0]["user_id"]
     raw["timezone"] = "Mars/Olympus_Mons"
     raw["rules"][0]["when"] = {"field": "AnnualRevenue", "range": {"min": 10, "max": 5}}
-    faults = {fault.path: fault.message for fault in faults_of(raw)}
+    faults = {fault.path: fault.message for fault in policy_faults(raw)}
     assert "not defined in $.pools" in faults["$.rules[2].target.pool"]
     assert "already used by $.rules[0]" in faults["$.rules[3].id"]
     assert "> 0" in faults["$.pools.na.members[1].weight"]
@@ -65,24 +54,24 @@ def test_every_semantic_fault_is_reported_at_once():
 
 
 def test_weighted_pool_needs_weights_and_fallback_owner_is_required():
-    raw = default_raw()
+    raw = packaged_policy_document()
     del raw["pools"]["emea"]["members"][0]["weight"]
-    assert [f.path for f in faults_of(raw)] == ["$.pools.emea.members[0].weight"]
-    raw = default_raw()
+    assert [f.path for f in policy_faults(raw)] == ["$.pools.emea.members[0].weight"]
+    raw = packaged_policy_document()
     del raw["fallback_owner"]
-    assert any("fallback_owner" in f.message for f in faults_of(raw))
+    assert any("fallback_owner" in f.message for f in policy_faults(raw))
 
 
 def test_malformed_condition_gets_a_useful_message():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["rules"][1]["when"] = {"field": "Company", "startswith": "Acme"}
-    (fault,) = faults_of(raw)
+    (fault,) = policy_faults(raw)
     assert fault.path == "$.rules[1].when"
     assert "names no operator; use {'field': NAME, OP: VALUE}" in fault.message
 
 
 def test_error_text_lists_every_fault():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["rules"][2]["target"] = {"pool": "nope"}
     raw["rules"][3]["id"] = raw["rules"][0]["id"]
     with pytest.raises(PolicyError) as caught:
@@ -102,32 +91,32 @@ def test_unreadable_files_are_faults_not_crashes(tmp_path):
 
 def test_fingerprint_is_stable_and_content_sensitive():
     policy = load_policy()
-    assert policy_fingerprint(policy) == policy_fingerprint(load_policy(default_raw()))
-    changed = copy.deepcopy(default_raw())
+    assert policy_fingerprint(policy) == policy_fingerprint(load_policy(packaged_policy_document()))
+    changed = copy.deepcopy(packaged_policy_document())
     changed["pools"]["na"]["members"][0]["weight"] = 4
     assert policy_fingerprint(load_policy(changed)) != policy_fingerprint(policy)
-    reordered = default_raw()
+    reordered = packaged_policy_document()
     reordered["automation_users"] = list(reversed(reordered["automation_users"]))
     assert policy_fingerprint(load_policy(reordered)) == policy_fingerprint(policy)
 
 
 def test_weights_needing_an_absurd_cycle_are_rejected():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["pools"]["na"]["members"][0]["weight"] = 0.001
     raw["pools"]["na"]["members"][1]["weight"] = 99
-    (fault,) = faults_of(raw)
+    (fault,) = policy_faults(raw)
     assert fault.path == "$.pools.na.members" and "simpler ratios" in fault.message
 
 
 def test_faults_in_nested_conditions_point_at_the_innermost_condition():
-    raw = default_raw()
+    raw = packaged_policy_document()
     raw["rules"][1]["when"] = {
         "all": [{"field": "A", "equals": 1}, {"any": [{"field": "Company", "startswith": "Ac"}]}]
     }
     raw["rules"][2]["when"] = {"field": "AnnualRevenue", "range": {"min": 1, "mx": 2}}
     raw["rules"][3]["when"] = {"not": {"field": "Rating", "in": []}}
     raw["rules"][4]["when"] = {"field": "Rating", "in": ["Hot"], "equals": "Hot"}
-    faults = {fault.path: fault.message for fault in faults_of(raw)}
+    faults = {fault.path: fault.message for fault in policy_faults(raw)}
     assert "names no operator" in faults["$.rules[1].when.all[1].any[0]"]
     assert "'mx' was unexpected" in faults["$.rules[2].when.range"]
     assert "should be non-empty" in faults["$.rules[3].when.not.in"]

@@ -20,17 +20,14 @@ from kpi_pipeline_tests.support.events import (
 )
 
 
+def queued_lead(**fields: object) -> ChangeEvent:
+    """LEAD created at 0 by the integration user, owned by the sandbox queue, with ``fields``."""
+    return lead_created(LEAD, ms(0), owner=SANDBOX_QUEUE, user=INTEGRATION, typical=False, **fields)
+
+
 def _lead_history() -> list[ChangeEvent]:
     return [
-        lead_created(
-            LEAD,
-            ms(0),
-            owner=SANDBOX_QUEUE,
-            user=INTEGRATION,
-            typical=False,
-            Company="Acme",
-            Status="Open",
-        ),
+        queued_lead(Company="Acme", Status="Open"),
         event("Lead", LEAD, "UPDATE", ms(5), user=REP, Status="Working"),
         event("Lead", LEAD, "UPDATE", ms(9), user=REP, Status="Nurture", Title="CTO"),
         event("Lead", LEAD, "UPDATE", ms(12), user=REP, nulled=("Title",)),
@@ -61,7 +58,7 @@ def test_older_event_does_not_overwrite_newer_field():
 
 
 def test_delete_and_undelete_follow_the_version_rule():
-    create = lead_created(LEAD, ms(0), owner=SANDBOX_QUEUE, user=INTEGRATION, typical=False)
+    create = queued_lead()
     delete = event("Lead", LEAD, "DELETE", ms(10), user=REP)
     undelete = event("Lead", LEAD, "UNDELETE", ms(20), user=REP)
     assert fold_events([create, undelete, delete], LEAD).deleted is False
@@ -70,11 +67,7 @@ def test_delete_and_undelete_follow_the_version_rule():
 
 def test_gap_events_change_nothing():
     state = fold_events(
-        [
-            lead_created(
-                LEAD, ms(0), owner=SANDBOX_QUEUE, user=INTEGRATION, typical=False, Company="Acme"
-            )
-        ],
+        [queued_lead(Company="Acme")],
         LEAD,
     )
     gap = event("Lead", LEAD, "GAP_UPDATE", ms(30), user=REP, Company="Other")
@@ -101,9 +94,7 @@ def test_merging_an_event_for_another_record_is_refused():
     )
     with pytest.raises(ValueError, match="not among the event's recordIds"):
         merge_event(None, other, LEAD)
-    state = fold_events(
-        [lead_created(LEAD, ms(0), owner=SANDBOX_QUEUE, user=INTEGRATION, typical=False)], LEAD
-    )
+    state = fold_events([queued_lead()], LEAD)
     with pytest.raises(ValueError, match="cannot merge"):
         merge_event(state, event("Task", LEAD, "UPDATE", ms(1), user=REP), LEAD)
 
@@ -142,14 +133,7 @@ def test_property_any_permutation_with_duplicates_is_the_same_state(data):
 
 def _address_history() -> list[ChangeEvent]:
     return [
-        lead_created(
-            LEAD,
-            ms(0),
-            owner=SANDBOX_QUEUE,
-            user=INTEGRATION,
-            typical=False,
-            Address={"City": "Berlin", "Country": "Germany", "Street": "Main 1"},
-        ),
+        queued_lead(Address={"City": "Berlin", "Country": "Germany", "Street": "Main 1"}),
         event(
             "Lead", LEAD, "UPDATE", ms(5), user=REP, Address={"City": "Munich"}
         ),  # decoder: changed child only

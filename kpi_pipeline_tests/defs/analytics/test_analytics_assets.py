@@ -17,11 +17,9 @@ from dagster._core.test_utils import freeze_time
 from kpi_pipeline import wiring
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.adapters.llm.client import selector_from_settings
-from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.replay import read_events
 from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES
 from kpi_pipeline.core.policy.load import load_policy
-from kpi_pipeline.core.workloads.outreach_templates import load_catalog
 from kpi_pipeline.defs.analytics.assets import build_daily_assets, daily_partitions, lead_ledger
 from kpi_pipeline.defs.analytics.checks import (
     LEDGER_CHECKS,
@@ -32,7 +30,9 @@ from kpi_pipeline.defs.asset_keys import KPI_KEYS
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
+from kpi_pipeline_tests.support.asset_names import KPI_ASSETS
 from kpi_pipeline_tests.support.paths import REPO_ROOT
+from kpi_pipeline_tests.support.processors import make_processor
 
 kpi_rollups, flywheel_logs, flywheel_index = build_daily_assets(daily_partitions("UTC"))
 
@@ -51,13 +51,7 @@ def week_of_activity(tmp_path_factory) -> Path:
     store.export_recorded(data_dir / "events.jsonl")
     store.close()
     ledger = Ledger.from_url(f"sqlite:///{data_dir / 'ledger.db'}")
-    processor = BatchProcessor(
-        ledger,
-        load_policy(),
-        selector=selector_from_settings(),
-        catalog=load_catalog(),
-        client_id="kpi_pipeline",
-    )
+    processor = make_processor(ledger, load_policy(), selector=selector_from_settings())
     events = read_events(data_dir / "events.jsonl")
     for offset in range(0, len(events), 500):
         processor.process(events[offset : offset + 500])
@@ -111,16 +105,7 @@ def test_kpis_and_flywheel_for_one_day_with_checks(pipeline, week_of_activity):
     assert evaluations["records_validate"].passed
     assert evaluations["records_validate"].metadata["records_checked"].value > 0
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {
-        "kpi_ttfr_overall",
-        "kpi_ttfr_by_owner",
-        "kpi_sla",
-        "kpi_sla_by_owner",
-        "kpi_sla_by_rule",
-        "kpi_assignment_latency",
-        "kpi_template_usage",
-        "flywheel_logs",
-    }  # index skipped: no URL
+    assert materialized == {*KPI_ASSETS, "flywheel_logs"}  # index skipped: no URL
     assert {f"kpi_{n}" for n in ROLLUP_NAMES} < materialized
     _assert_sla_breakdowns(result, week_of_activity, day)
     overall = (week_of_activity / "kpis" / "ttfr_overall" / f"{day}.csv").read_text().splitlines()

@@ -15,16 +15,11 @@ from kpi_pipeline.adapters.flywheel.loaders.to_elastic import (
 )
 from kpi_pipeline.core.flywheel.records import record_id
 from kpi_pipeline_tests.support.es_server import ElasticStandIn
-from kpi_pipeline_tests.support.flywheel import DAY, make_record
-
-WORKLOADS = ("lead_route", "first_touch", "outreach_template")
+from kpi_pipeline_tests.support.flywheel import make_record, spaced_records
 
 
 def _day_of_records(count: int = 120) -> list[dict]:
-    return [
-        make_record(n, workload_id=WORKLOADS[n % 3], decided_at=DAY + timedelta(seconds=n * 700))
-        for n in range(count)
-    ]
+    return spaced_records(count, timedelta(seconds=700))
 
 
 def _loader(es: ElasticStandIn, **kwargs: object) -> ElasticLoader:

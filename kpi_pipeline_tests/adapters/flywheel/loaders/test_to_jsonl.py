@@ -21,16 +21,15 @@ from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import (
 )
 from kpi_pipeline.core.flywheel.records import record_id, sort_key
 from kpi_pipeline.core.flywheel.schema import FlywheelRecordError
-from kpi_pipeline_tests.support.flywheel import DAY, make_record
-
-WORKLOADS = ("lead_route", "first_touch", "outreach_template")
+from kpi_pipeline_tests.support.flywheel import (
+    WORKLOADS,
+    make_record,
+    spaced_records,
+)
 
 
 def _mixed(count: int = 30) -> list[dict]:
-    return [
-        make_record(n, workload_id=WORKLOADS[n % 3], decided_at=DAY + timedelta(hours=n))
-        for n in range(count)
-    ]
+    return spaced_records(count, timedelta(hours=1))
 
 
 def test_write_jsonl_is_byte_identical_whatever_the_input_order(tmp_path: Path) -> None:
