@@ -46,10 +46,57 @@ def test_extra_top_level_key_is_rejected_naming_record_and_fix() -> None:
     assert "request.metadata" in str(error)
 
 
-def test_missing_top_level_key_is_named() -> None:
+DELETED = object()  # the key is removed from the record
+# (test id, the key's path in the record, the value put there or DELETED, what the error says)
+ONE_WRONG_FIELD = [
+    ("missing_top_level_key_is_named", ("client_id",), DELETED, "client_id: Field required"),
+    (
+        "created_in_milliseconds_is_rejected",
+        ("response", "created"),
+        1767261600000,
+        "response.created: 1767261600000 looks like epoch milliseconds",
+    ),
+    (
+        "usage_total_must_add_up",
+        ("response", "usage"),
+        {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 8},
+        "total_tokens must equal",
+    ),
+    (
+        "metadata_needs_lead_id",
+        ("request", "metadata", "lead_id"),
+        DELETED,
+        "metadata needs 'lead_id'",
+    ),
+    (
+        "metadata_values_must_be_strings",
+        ("request", "metadata", "replay_ids"),
+        [4711],
+        "request.metadata.replay_ids",
+    ),
+    (
+        "unexpected_key_inside_request_is_rejected",
+        ("request", "temprature"),
+        0.2,
+        "request.temprature: unexpected key",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"), [pytest.param(*row[1:], id=row[0]) for row in ONE_WRONG_FIELD]
+)
+def test_one_wrong_field_is_named(path: tuple[str, ...], value: object, message: str) -> None:
     record = _example()
-    del record["client_id"]
-    assert "client_id: Field required" in str(_error(record))
+    *parents, key = path
+    holder = record
+    for name in parents:
+        holder = holder[name]
+    if value is DELETED:
+        del holder[key]
+    else:
+        holder[key] = value
+    assert message in str(_error(record))
 
 
 def test_unknown_workload_is_rejected_listing_the_allowed_ones() -> None:
@@ -72,12 +119,6 @@ def test_timestamp_must_be_integer_epoch_seconds(value: object) -> None:
         assert "epoch milliseconds" in error.problems[0]
 
 
-def test_created_in_milliseconds_is_rejected() -> None:
-    record = _example()
-    record["response"]["created"] = 1767261600000
-    assert "response.created: 1767261600000 looks like epoch milliseconds" in str(_error(record))
-
-
 def test_messages_and_choices_must_not_be_empty() -> None:
     record = _example()
     record["request"]["messages"] = []
@@ -93,24 +134,6 @@ def test_response_must_be_a_chat_completion_with_assistant_message() -> None:
     message = str(_error(record))
     assert "response.object" in message
     assert "response.choices.0.message.role" in message
-
-
-def test_usage_total_must_add_up() -> None:
-    record = _example()
-    record["response"]["usage"] = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 8}
-    assert "total_tokens must equal" in str(_error(record))
-
-
-def test_metadata_needs_lead_id() -> None:
-    record = _example()
-    del record["request"]["metadata"]["lead_id"]
-    assert "metadata needs 'lead_id'" in str(_error(record))
-
-
-def test_metadata_values_must_be_strings() -> None:
-    record = _example()
-    record["request"]["metadata"]["replay_ids"] = [4711]
-    assert "request.metadata.replay_ids" in str(_error(record))
 
 
 def test_metadata_limits_of_stored_completions() -> None:
@@ -132,12 +155,6 @@ def test_metadata_limits_of_stored_completions() -> None:
         **{f"{i:064d}": "v" * 512 for i in range(15)},
     }
     validate_record(at_limits)
-
-
-def test_unexpected_key_inside_request_is_rejected() -> None:
-    record = _example()
-    record["request"]["temprature"] = 0.2
-    assert "request.temprature: unexpected key" in str(_error(record))
 
 
 def test_optional_request_fields_are_kept() -> None:
