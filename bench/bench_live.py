@@ -63,7 +63,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import bench_latency as common  # pct, _dt, _caught_up (its import makes an empty scratch dir)
+import bench_latency as common  # pct, _dt, _caught_up, read_inbox_and_decisions (its import makes an empty scratch dir)
 import requests
 import sqlalchemy as sa
 
