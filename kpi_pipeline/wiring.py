@@ -16,9 +16,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kpi_pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from kpi_pipeline.app.replay import ReplayPorts
 
 _lock = threading.RLock()
 _cache: dict[tuple[str, ...], Any] = {}
@@ -288,6 +291,19 @@ def drain_writeback(settings: Settings):
         processor.owner_rules,
         recorder=processor,
         lease_seconds=settings.writeback_lease_seconds,
+    )
+
+
+def replay_ports() -> ReplayPorts:
+    """What ``kpi-pipeline replay`` writes with: a scratch SQLite ledger, the KPI CSV
+    rendering of the daily assets and the flywheel JSONL writer. No settings needed."""
+    from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import write_jsonl
+    from kpi_pipeline.adapters.kpi_files import kpi_csv_text
+    from kpi_pipeline.adapters.ledger.scratch import scratch_sqlite_ledger
+    from kpi_pipeline.app.replay import ReplayPorts
+
+    return ReplayPorts(
+        scratch_ledger=scratch_sqlite_ledger, kpi_csv_text=kpi_csv_text, write_jsonl=write_jsonl
     )
 
 

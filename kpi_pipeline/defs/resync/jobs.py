@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from kpi_pipeline.adapters.ledger.resync_windows import LedgerResyncWindows
 from kpi_pipeline.app.resync import ResyncReport, resync_open_windows, run_key_for, windows_due
 from kpi_pipeline.defs.resources import PipelineResource
 
@@ -38,7 +39,7 @@ def _metadata(reports: list[ResyncReport]) -> dict:
 )
 def resync_plan(config: ResyncConfig, pipeline: PipelineResource):
     wanted = set(config.window_ids)
-    for window in pipeline.ledger().open_resync_windows():
+    for window in LedgerResyncWindows(pipeline.ledger()).open_resync_windows():
         if not wanted or window.id in wanted:
             yield dg.DynamicOutput(window.id, mapping_key=f"w{window.id}")
 
@@ -47,7 +48,7 @@ def resync_plan(config: ResyncConfig, pipeline: PipelineResource):
 def resync_window(window_id: int, pipeline: PipelineResource) -> dict:
     # A window another step (or a redelivered task) already closed gives no report: nothing to do.
     reports = resync_open_windows(
-        pipeline.ledger(),
+        LedgerResyncWindows(pipeline.ledger()),
         pipeline.salesforce_rest(),
         pipeline.processor(),
         now=datetime.now(UTC),
@@ -122,7 +123,7 @@ cdc_resync = build_cdc_resync(dg.in_process_executor)
     description="Requests a cdc_resync run while re-sync windows are open (and not backing off).",
 )
 def resync_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-    open_windows = pipeline.ledger().open_resync_windows()
+    open_windows = LedgerResyncWindows(pipeline.ledger()).open_resync_windows()
     due = windows_due(open_windows, datetime.now(UTC))
     if not due:
         waiting = len(open_windows)
