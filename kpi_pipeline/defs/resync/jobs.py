@@ -12,6 +12,7 @@ import dagster as dg
 
 from kpi_pipeline.adapters.ledger.resync_windows import LedgerResyncWindows
 from kpi_pipeline.app.resync import ResyncReport, resync_open_windows, run_key_for, windows_due
+from kpi_pipeline.defs.executors import fanout_job
 from kpi_pipeline.defs.resources import PipelineResource
 
 RESYNC_SENSOR_INTERVAL_S = 60
@@ -95,19 +96,15 @@ def build_cdc_resync(
     """One step per window (dynamic outputs): with the celery executor the windows of one run
     are re-read on different workers at once; the ledger's per-lead isolation keeps two windows
     that touch the same lead safe. ``tags``: step tags (the Celery queue)."""
-    tags = tags or {}
-
-    @dg.job(
+    return fanout_job(
         name="cdc_resync",
-        executor_def=executor,
-        tags={"kpi/workload": "cdc_resync"},
         description="Closes re-sync windows: REST re-read of the records CDC could not deliver.",
+        executor=executor,
+        tags=tags,
+        plan=resync_plan,
+        each=resync_window,
+        collect=resync_windows,
     )
-    def cdc_resync():
-        windows = resync_plan.tag(tags)()
-        resync_windows.tag(tags)(windows.map(resync_window.tag(tags)).collect())
-
-    return cdc_resync
 
 
 # The single-process job (tests, and KPI_EXECUTOR=in_process); build_defs builds the one the
