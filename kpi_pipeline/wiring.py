@@ -74,7 +74,7 @@ def _real_org(settings: Settings) -> OrgConnection:
 
 
 def _sandbox_org(settings: Settings) -> OrgConnection:
-    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
     from kpi_pipeline.sandbox.runtime import ensure_sandbox
 
     endpoints = ensure_sandbox(settings.data_dir, settings=settings)
@@ -200,7 +200,8 @@ def probe_org(settings: Settings, *, timeout_s: float = 5.0):
 
     import requests
 
-    from kpi_pipeline.adapters.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
+    from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import AuthError, StaticTokenProvider
     from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
     from kpi_pipeline.app.operator_status import OrgProbe
     from kpi_pipeline.core.salesforce_rest import SessionInvalidError

@@ -50,7 +50,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from kpi_pipeline.adapters.auth.jwt import AuthError, TokenProvider
+from kpi_pipeline.adapters.auth.tokens import AuthError, TokenProvider
 from kpi_pipeline.core.salesforce_rest import (
     HistoryUnavailableError,
     RecordUpdate,
