@@ -319,7 +319,8 @@ def stream_worker(settings: Settings, *, holder: str, on_progress=None):
     """One generation of the stream-mode live path (``kpi_pipeline.app.stream_worker``)."""
     from datetime import timedelta
 
-    from kpi_pipeline.adapters.pubsub.stream import LedgerStager, StreamSubscriber, newest_commit_ms
+    from kpi_pipeline.adapters.pubsub.stager import LedgerStager, newest_commit_ms
+    from kpi_pipeline.adapters.pubsub.stream import StreamSubscriber
     from kpi_pipeline.app.stream_worker import StreamLimits, StreamWorker
 
     client, decoder, the_ledger = pubsub_client(settings), event_decoder(settings), ledger(settings)
