@@ -98,14 +98,8 @@ class SalesforceRest:
             raise ValueError(
                 f"client_id {client_id!r} must be a non-empty name without , ; = or spaces"
             )
-        self.tokens = token_provider
-        self.api_version = api_version
-        self.client_id = client_id
-        self.auto_assign = auto_assign
-        self.max_attempts = max_attempts
-        self.base_backoff_s = base_backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts  # also bounds the record-level retries of a chunk
+        # The settings of the HTTP live on the transport (self._http.api_version, ...).
         self._http = RestTransport(
             token_provider,
             api_version=api_version,
@@ -121,7 +115,8 @@ class SalesforceRest:
         )
 
     def __repr__(self) -> str:
-        return f"SalesforceRest(api_version={self.api_version!r}, client_id={self.client_id!r})"
+        http = self._http
+        return f"SalesforceRest(api_version={http.api_version!r}, client_id={http.client_id!r})"
 
     # --- write-back ------------------------------------------------------------------------
 
