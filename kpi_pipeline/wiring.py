@@ -74,7 +74,7 @@ def _real_org(settings: Settings) -> OrgConnection:
 
 
 def _sandbox_org(settings: Settings) -> OrgConnection:
-    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
     from kpi_pipeline.sandbox.runtime import ensure_sandbox
 
     endpoints = ensure_sandbox(settings.data_dir, settings=settings)
@@ -200,7 +200,8 @@ def probe_org(settings: Settings, *, timeout_s: float = 5.0):
 
     import requests
 
-    from kpi_pipeline.adapters.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
+    from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import AuthError, StaticTokenProvider
     from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
     from kpi_pipeline.app.operator_status import OrgProbe
     from kpi_pipeline.core.salesforce_rest import SessionInvalidError
@@ -318,7 +319,8 @@ def stream_worker(settings: Settings, *, holder: str, on_progress=None):
     """One generation of the stream-mode live path (``kpi_pipeline.app.stream_worker``)."""
     from datetime import timedelta
 
-    from kpi_pipeline.adapters.pubsub.stream import LedgerStager, StreamSubscriber, newest_commit_ms
+    from kpi_pipeline.adapters.pubsub.stager import LedgerStager, newest_commit_ms
+    from kpi_pipeline.adapters.pubsub.stream import StreamSubscriber
     from kpi_pipeline.app.stream_worker import StreamLimits, StreamWorker
 
     client, decoder, the_ledger = pubsub_client(settings), event_decoder(settings), ledger(settings)

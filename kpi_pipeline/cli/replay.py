@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kpi_pipeline.app.replay import DEFAULT_BATCH_SIZE, ReplayError, replay
 from kpi_pipeline.core.events import EventFormatError, format_sf_datetime, parse_sf_datetime
-from kpi_pipeline.core.policy.load import PolicyError
+from kpi_pipeline.core.policy.validation import PolicyError
 from kpi_pipeline.wiring import replay_ports
 
 

@@ -8,13 +8,8 @@ import json
 import pytest
 
 from kpi_pipeline.cli.main import main
-from kpi_pipeline.core.policy.load import (
-    PolicyError,
-    PolicyFault,
-    default_policy_path,
-    load_policy,
-    policy_fingerprint,
-)
+from kpi_pipeline.core.policy.load import default_policy_path, load_policy, policy_fingerprint
+from kpi_pipeline.core.policy.validation import PolicyError, PolicyFault
 
 
 def default_raw() -> dict:

@@ -6,13 +6,12 @@ import json
 import pytest
 
 from kpi_pipeline.core.policy.load import (
-    PolicyError,
-    PolicyFault,
     default_policy_path,
     load_policy,
     policy_fingerprint,
     validate_policy_file,
 )
+from kpi_pipeline.core.policy.validation import PolicyError, PolicyFault
 
 
 def default_raw() -> dict:
