@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_decode import synthetic_changes
 
-from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
 from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog

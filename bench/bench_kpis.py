@@ -35,7 +35,7 @@ import pandas as pd
 
 from kpi_pipeline.core.kpis import compute_all, lead_facts_columns, reconcile
 from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS
-from kpi_pipeline.core.kpis.rollups import business_clocks
+from kpi_pipeline.core.kpis.per_lead import business_clocks
 from kpi_pipeline.core.policy import load_policy
 from kpi_pipeline.core.workloads.business_hours import policy_clocks
 

@@ -41,7 +41,7 @@ os.environ.setdefault("KPI_DATA_DIR", str(WORKDIR / "kpi"))
 
 import sqlalchemy as sa  # noqa: E402
 
-from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider  # noqa: E402
+from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider  # noqa: E402
 from kpi_pipeline.adapters.ledger.store import Ledger  # noqa: E402
 from kpi_pipeline.adapters.pubsub.client import PubSubClient  # noqa: E402
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder  # noqa: E402

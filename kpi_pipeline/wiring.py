@@ -16,9 +16,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kpi_pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from kpi_pipeline.app.replay import ReplayPorts
 
 _lock = threading.RLock()
 _cache: dict[tuple[str, ...], Any] = {}
@@ -71,7 +74,7 @@ def _real_org(settings: Settings) -> OrgConnection:
 
 
 def _sandbox_org(settings: Settings) -> OrgConnection:
-    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
     from kpi_pipeline.sandbox.runtime import ensure_sandbox
 
     endpoints = ensure_sandbox(settings.data_dir, settings=settings)
@@ -197,7 +200,8 @@ def probe_org(settings: Settings, *, timeout_s: float = 5.0):
 
     import requests
 
-    from kpi_pipeline.adapters.auth.jwt import AuthError, JWTTokenProvider, StaticTokenProvider
+    from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import AuthError, StaticTokenProvider
     from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
     from kpi_pipeline.app.operator_status import OrgProbe
     from kpi_pipeline.core.salesforce_rest import SessionInvalidError
@@ -291,6 +295,19 @@ def drain_writeback(settings: Settings):
     )
 
 
+def replay_ports() -> ReplayPorts:
+    """What ``kpi-pipeline replay`` writes with: a scratch SQLite ledger, the KPI CSV
+    rendering of the daily assets and the flywheel JSONL writer. No settings needed."""
+    from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import write_jsonl
+    from kpi_pipeline.adapters.kpi_files import kpi_csv_text
+    from kpi_pipeline.adapters.ledger.scratch import scratch_sqlite_ledger
+    from kpi_pipeline.app.replay import ReplayPorts
+
+    return ReplayPorts(
+        scratch_ledger=scratch_sqlite_ledger, kpi_csv_text=kpi_csv_text, write_jsonl=write_jsonl
+    )
+
+
 def reset_cache() -> None:
     """For tests that change settings within one process."""
     with _lock:
@@ -302,7 +319,8 @@ def stream_worker(settings: Settings, *, holder: str, on_progress=None):
     """One generation of the stream-mode live path (``kpi_pipeline.app.stream_worker``)."""
     from datetime import timedelta
 
-    from kpi_pipeline.adapters.pubsub.stream import LedgerStager, StreamSubscriber, newest_commit_ms
+    from kpi_pipeline.adapters.pubsub.stager import LedgerStager, newest_commit_ms
+    from kpi_pipeline.adapters.pubsub.stream import StreamSubscriber
     from kpi_pipeline.app.stream_worker import StreamLimits, StreamWorker
 
     client, decoder, the_ledger = pubsub_client(settings), event_decoder(settings), ledger(settings)

@@ -182,71 +182,48 @@ def readiness_reasons(status: Status, thresholds: Thresholds) -> Readiness:
     for ch in status.channels:
         reasons += _channel_reasons(ch, status.mode, thresholds)
     if status.dead_letters_recent:
-        reasons.append(
-            Reason(
-                "dead_letters",
-                f"{status.dead_letters_recent} event(s) dead-lettered in the last "
-                f"{thresholds.dead_letter_window_s:.0f} s (kpi-pipeline ledger dead-letters)",
-                thresholds.dead_letter_window_s,
-            )
+        window = thresholds.dead_letter_window_s
+        message = (
+            f"{status.dead_letters_recent} event(s) dead-lettered in the last {window:.0f} s "
+            "(kpi-pipeline ledger dead-letters)"
         )
+        reasons.append(Reason("dead_letters", message, window))
     reasons += _outbox_reasons(status, thresholds)
     return Readiness(tuple(reasons))
 
 
 def _channel_reasons(ch: ChannelStatus, mode: str, limits: Thresholds) -> list[Reason]:
     found = []
+    position_age = ch.position_age_s or 0.0
     if ch.stream_alive is False:
         found.append(Reason("stream_not_alive", f"{ch.channel}: no live cdc_stream run holds it"))
-    elif mode == "stream" and (ch.position_age_s or 0.0) > limits.progress_stale_s:
-        found.append(
-            Reason(
-                "no_progress",
-                f"{ch.channel}: the durable replay id has not moved for "
-                f"{ch.position_age_s:.0f} s (no event, no keepalive)",
-                limits.progress_stale_s,
-            )
+    elif mode == "stream" and position_age > limits.progress_stale_s:
+        message = (
+            f"{ch.channel}: the durable replay id has not moved for {position_age:.0f} s "
+            "(no event, no keepalive)"
         )
+        found.append(Reason("no_progress", message, limits.progress_stale_s))
     waited = ch.oldest_pending_age_s or 0.0
     if waited > limits.stuck_s:
-        found.append(
-            Reason(
-                "stuck_batches",
-                f"{ch.channel}: {ch.pending_batches} batch(es) pending, the oldest for "
-                f"{waited:.0f} s",
-                limits.stuck_s,
-            )
+        message = (
+            f"{ch.channel}: {ch.pending_batches} batch(es) pending, the oldest for {waited:.0f} s"
         )
+        found.append(Reason("stuck_batches", message, limits.stuck_s))
     elif waited > limits.processing_lag_s:
-        found.append(
-            Reason(
-                "processing_lag",
-                f"{ch.channel}: the oldest unprocessed batch has waited {waited:.0f} s",
-                limits.processing_lag_s,
-            )
-        )
+        message = f"{ch.channel}: the oldest unprocessed batch has waited {waited:.0f} s"
+        found.append(Reason("processing_lag", message, limits.processing_lag_s))
     return found
 
 
 def _outbox_reasons(status: Status, limits: Thresholds) -> list[Reason]:
     found = []
     if status.outbox_backlog > limits.outbox_backlog_rows:
-        found.append(
-            Reason(
-                "outbox_backlog",
-                f"{status.outbox_backlog} write-back outbox rows wait to be sent",
-                limits.outbox_backlog_rows,
-            )
-        )
+        message = f"{status.outbox_backlog} write-back outbox rows wait to be sent"
+        found.append(Reason("outbox_backlog", message, limits.outbox_backlog_rows))
     age = status.outbox_oldest_pending_age_s or 0.0
     if age > limits.outbox_age_s:
-        found.append(
-            Reason(
-                "outbox_backlog",
-                f"the oldest write-back outbox row has waited {age:.0f} s",
-                limits.outbox_age_s,
-            )
-        )
+        message = f"the oldest write-back outbox row has waited {age:.0f} s"
+        found.append(Reason("outbox_backlog", message, limits.outbox_age_s))
     return found
 
 

@@ -13,23 +13,24 @@ uses, over a temporary SQLite ledger, with the event clock. Outputs:
 
 Deterministic: nothing reads the wall clock, outputs are sorted and floats have a fixed
 format, so the same input gives byte-identical files.
+
+The ledger, the KPI CSV rendering and the JSONL writer come in as ``ReplayPorts``
+(``kpi_pipeline.wiring.replay_ports`` builds them: a scratch SQLite ledger, ``kpi_files``,
+the flywheel JSONL loader), so this use case imports no adapter.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import write_jsonl
-from kpi_pipeline.adapters.kpi_files import kpi_csv_text
-from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.core.events import (
@@ -48,6 +49,28 @@ LEAD_FACTS_CSV_COLUMNS: tuple[str, ...] = ("Id", "CreatedDate", OWNER_FIELD, *WR
 # Written fields the ledger keeps under another column name.
 _FRAME_COLUMN = {"SLA_Due_At__c": "SLA_Due_At"}
 DEFAULT_BATCH_SIZE = 500  # the sensor's default events per channel and tick
+
+
+class ReplayLedger(Protocol):
+    """What replay reads back from the ledger the processor wrote (``Ledger``); the
+    processor itself needs the rest of a ledger (``kpi_pipeline.app.processing``)."""
+
+    def lead_facts_frame(self) -> pd.DataFrame: ...
+
+    def decisions_between(self) -> Sequence[Any]: ...
+
+
+@dataclass(frozen=True)
+class ReplayPorts:
+    """What replay writes with, injected by the composition root (``wiring.replay_ports``).
+
+    ``scratch_ledger(clock)``: a new, empty ledger with its bookkeeping clock pinned,
+    removed when the context ends; ``kpi_csv_text``: a rollup as CSV text, as the daily KPI
+    assets render it; ``write_jsonl(records, path)``: the flywheel JSONL writer."""
+
+    scratch_ledger: Callable[[Callable[[], datetime]], AbstractContextManager[ReplayLedger]]
+    kpi_csv_text: Callable[[pd.DataFrame], str]
+    write_jsonl: Callable[[Iterable[Mapping[str, Any]], Path], Any]
 
 
 class ReplayError(ValueError):
@@ -79,6 +102,7 @@ def replay(
     events_path: Path,
     out_dir: Path,
     *,
+    ports: ReplayPorts,
     policy_path: Path | None = None,
     as_of: datetime | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -92,29 +116,27 @@ def replay(
     settings = get_settings()
     policy = load_policy(policy_path or settings.policy_file)
     as_of = as_of or max(e.commit_time for e in events)
-    with tempfile.TemporaryDirectory(prefix="kpi-replay-") as scratch:
-        # The ledger's bookkeeping clock is pinned too: nothing in a replay reads the wall clock.
-        ledger = Ledger.from_url(f"sqlite:///{Path(scratch) / 'ledger.db'}", clock=lambda: as_of)
-        try:
-            processor = BatchProcessor(
-                ledger,
-                policy,
-                selector=LocalRanker(),
-                catalog=load_catalog(),
-                client_id=client_id or settings.client_id,
-                clock=None,
-            )
-            for start in range(0, len(events), batch_size):
-                processor.process(events[start : start + batch_size])
-            frame = ledger.lead_facts_frame()
-            decisions = ledger.decisions_between()
-        finally:
-            ledger.dispose()
+    # The ledger's bookkeeping clock is pinned too: nothing in a replay reads the wall clock.
+    with ports.scratch_ledger(lambda: as_of) as ledger:
+        processor = BatchProcessor(
+            ledger,
+            policy,
+            selector=LocalRanker(),
+            catalog=load_catalog(),
+            client_id=client_id or settings.client_id,
+            clock=None,
+        )
+        for start in range(0, len(events), batch_size):
+            processor.process(events[start : start + batch_size])
+        frame = ledger.lead_facts_frame()
+        decisions = ledger.decisions_between()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [write_lead_facts(frame, out_dir / "lead_facts.csv")]
-    files += write_kpis(frame, out_dir / "kpis", as_of=as_of, tz=tz or settings.timezone)
+    files += write_kpis(
+        frame, out_dir / "kpis", as_of=as_of, tz=tz or settings.timezone, ports=ports
+    )
     files += write_flywheel(
-        decisions, out_dir / "flywheel", client_id=client_id or settings.client_id
+        decisions, out_dir / "flywheel", client_id=client_id or settings.client_id, ports=ports
     )
     counts = {w: sum(1 for d in decisions if d.workload == w) for w in WORKLOAD_IDS}
     return ReplayResult(len(events), len(frame), counts, as_of, files)
@@ -146,18 +168,22 @@ def write_lead_facts(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_kpis(frame: pd.DataFrame, folder: Path, *, as_of: datetime, tz: str) -> list[Path]:
+def write_kpis(
+    frame: pd.DataFrame, folder: Path, *, as_of: datetime, tz: str, ports: ReplayPorts
+) -> list[Path]:
     """Every rollup as ``<rollup>.csv``, rendered as the daily KPI assets render them."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in sorted(compute_all(frame, as_of=as_of, tz=tz).items()):
         path = folder / f"{name}.csv"
-        path.write_text(kpi_csv_text(table), encoding="utf-8", newline="\n")
+        path.write_text(ports.kpi_csv_text(table), encoding="utf-8", newline="\n")
         written.append(path)
     return written
 
 
-def write_flywheel(decisions: Sequence[Any], folder: Path, *, client_id: str) -> list[Path]:
+def write_flywheel(
+    decisions: Sequence[Any], folder: Path, *, client_id: str, ports: ReplayPorts
+) -> list[Path]:
     """One ``<workload>.jsonl`` per workload (empty when it decided nothing), built and
     written as the flywheel export does (records from decisions, stable order)."""
     by_workload: dict[str, list[dict[str, Any]]] = {w: [] for w in WORKLOAD_IDS}
@@ -166,7 +192,7 @@ def write_flywheel(decisions: Sequence[Any], folder: Path, *, client_id: str) ->
     written = []
     for workload, records in sorted(by_workload.items()):
         path = folder / f"{workload}.jsonl"
-        write_jsonl(records, path)
+        ports.write_jsonl(records, path)
         written.append(path)
     return written
 

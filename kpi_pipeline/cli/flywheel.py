@@ -53,6 +53,18 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_source_dir(parser: Any, *, required: bool) -> None:
+    """``--from DIR``: a flywheel log directory (``parser`` may be a mutually exclusive group)."""
+    parser.add_argument(
+        "--from",
+        dest="source_dir",
+        metavar="DIR",
+        type=Path,
+        required=required,
+        help="flywheel log directory",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     flywheel = subparsers.add_parser(
         "flywheel", help="export flywheel records, build training sets, load Elasticsearch"
@@ -61,9 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     export = commands.add_parser("export", help="flywheel records as one deterministic JSONL file")
     source = export.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from", dest="source_dir", metavar="DIR", type=Path, help="flywheel log directory"
-    )
+    _add_source_dir(source, required=False)
     source.add_argument("--ledger-url", metavar="URL", help="SQLAlchemy URL of the lead ledger")
     export.add_argument(
         "--out", metavar="FILE", type=Path, required=True, help="JSONL file to write"
@@ -75,27 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export)
 
     training = commands.add_parser("training-set", help="distillation JSONL per workload")
-    training.add_argument(
-        "--from",
-        dest="source_dir",
-        metavar="DIR",
-        type=Path,
-        required=True,
-        help="flywheel log directory",
-    )
+    _add_source_dir(training, required=True)
     training.add_argument("--out", metavar="DIR", type=Path, required=True, help="output directory")
     _add_selection(training)
     training.set_defaults(func=_training_set)
 
     load = commands.add_parser("load-elastic", help="bulk-load flywheel records into Elasticsearch")
-    load.add_argument(
-        "--from",
-        dest="source_dir",
-        metavar="DIR",
-        type=Path,
-        required=True,
-        help="flywheel log directory",
-    )
+    _add_source_dir(load, required=True)
     load.add_argument(
         "--url", metavar="URL", help="Elasticsearch URL (default: KPI_ELASTICSEARCH_URL)"
     )
@@ -113,13 +109,16 @@ def _guarded(command: Any) -> Any:
         try:
             return command(args)
         except (_InputError, ValueError, FileNotFoundError) as exc:
-            print(f"kpi-pipeline flywheel {args.flywheel_command}: error: {exc}", file=sys.stderr)
-            return 2
+            return _fail(args, exc, exit_code=2)
         except ElasticLoadError as exc:
-            print(f"kpi-pipeline flywheel {args.flywheel_command}: error: {exc}", file=sys.stderr)
-            return 1
+            return _fail(args, exc, exit_code=1)
 
     return run
+
+
+def _fail(args: argparse.Namespace, exc: Exception, *, exit_code: int) -> int:
+    print(f"kpi-pipeline flywheel {args.flywheel_command}: error: {exc}", file=sys.stderr)
+    return exit_code
 
 
 def _check_range(args: argparse.Namespace) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,31 +65,51 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dead_letters(args: argparse.Namespace) -> int:
+@contextmanager
+def _opened_ledger(args: argparse.Namespace) -> Iterator[Ledger]:
     ledger = Ledger.from_url(_url(args))
     try:
-        for letter in ledger.dead_letters(args.limit, channel=args.channel):
-            _print(
-                {
-                    "id": letter.id,
-                    "channel": letter.channel,
-                    "replay_id": replay_id_to_int(letter.replay_id),
-                    "replay_hex": replay_id_hex(letter.replay_id),
-                    "batch_id": letter.batch_id,
-                    "stage": letter.stage,
-                    "reason": letter.reason,
-                    "payload_bytes": len(letter.payload) if letter.payload is not None else None,
-                    "created_at": format_sf_datetime(letter.created_at),
-                }
-            )
+        yield ledger
     finally:
         ledger.dispose()
+
+
+def _print_fields(item: Any, *names: str, **computed: Any) -> None:
+    """One JSON line of ``item``'s attributes ``names`` (a name ending in ``_at`` is a time,
+    printed as a Salesforce datetime) and the ``computed`` values."""
+    row = {name: getattr(item, name) for name in names}
+    for name in names:
+        if name.endswith("_at"):
+            row[name] = format_sf_datetime(row[name])
+    _print({**row, **computed})
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    with _opened_ledger(args) as ledger:
+        for letter in ledger.dead_letters(args.limit, channel=args.channel):
+            payload = letter.payload
+            _print_fields(
+                letter,
+                *("id", "channel", "batch_id", "stage", "reason", "created_at"),
+                replay_id=replay_id_to_int(letter.replay_id),
+                replay_hex=replay_id_hex(letter.replay_id),
+                payload_bytes=len(payload) if payload is not None else None,
+            )
     return 0
 
 
+_WINDOW_FIELDS = (
+    *("id", "channel", "reason", "from_replay_hex", "from_time_ms", "to_time_ms", "status"),
+    *("detected_at", "closed_at", "detail"),
+)
+_SEND_FIELDS = (
+    *("lead_id", "template_id", "status", "attempts", "to_address", "error"),
+    *("started_at", "sent_at"),
+)
+
+
 def _resync_windows(args: argparse.Namespace) -> int:
-    ledger = Ledger.from_url(_url(args))
-    try:
+    with _opened_ledger(args) as ledger:
         if args.close is not None:
             closed = ledger.close_resync_window(
                 args.close, detail={"closed_by": "cli", "note": args.note or ""}
@@ -96,52 +118,22 @@ def _resync_windows(args: argparse.Namespace) -> int:
             return 0
         windows = ledger.resync_windows() if args.all else ledger.open_resync_windows()
         for window in windows:
-            _print(
-                {
-                    "id": window.id,
-                    "channel": window.channel,
-                    "reason": window.reason,
-                    "from_replay_hex": window.from_replay_hex,
-                    "from_time_ms": window.from_time_ms,
-                    "to_time_ms": window.to_time_ms,
-                    "status": window.status,
-                    "detected_at": format_sf_datetime(window.detected_at),
-                    "closed_at": format_sf_datetime(window.closed_at),
-                    "detail": window.detail,
-                }
-            )
-    finally:
-        ledger.dispose()
+            _print_fields(window, *_WINDOW_FIELDS)
     return 0
 
 
 def _outreach_sends(args: argparse.Namespace) -> int:
-    ledger = Ledger.from_url(_url(args))
-    try:
+    with _opened_ledger(args) as ledger:
         if args.reset is not None:
             _print({"lead_id": args.reset, "reset": ledger.reset_send(args.reset)})
             return 0
         for row in ledger.outreach_sends(args.status):
-            _print(
-                {
-                    "lead_id": row.lead_id,
-                    "template_id": row.template_id,
-                    "status": row.status,
-                    "attempts": row.attempts,
-                    "to_address": row.to_address,
-                    "error": row.error,
-                    "started_at": format_sf_datetime(row.started_at),
-                    "sent_at": format_sf_datetime(row.sent_at),
-                }
-            )
-    finally:
-        ledger.dispose()
+            _print_fields(row, *_SEND_FIELDS)
     return 0
 
 
 def _replay_ids(args: argparse.Namespace) -> int:
-    ledger = Ledger.from_url(_url(args))
-    try:
+    with _opened_ledger(args) as ledger:
         if args.replay_command == "set":
             ledger.set_replay_id(args.channel, _parse_replay_id(args.replay_id))
         elif args.replay_command == "reset":
@@ -150,8 +142,6 @@ def _replay_ids(args: argparse.Namespace) -> int:
         for position in ledger.replay_positions():
             if args.replay_command == "show" or position.channel == args.channel:
                 _print(_position_row(position))
-    finally:
-        ledger.dispose()
     return 0
 
 

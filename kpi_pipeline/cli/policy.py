@@ -7,6 +7,9 @@ with a baseline policy (default: the packaged one), in creation order on the eve
 and prints how owners and rules would change, and the SLA breach % each policy gives those
 leads on the wall clock and in business hours (each lead's calendar under that policy), so
 a what-if on a calendar shows its effect on past leads.
+
+What a simulation measures is built in ``policy_whatif``, the report it prints in
+``policy_report``.
 """
 
 from __future__ import annotations
@@ -14,45 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
-from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
-
-from kpi_pipeline.cli.replay import parse_as_of
-from kpi_pipeline.core.events import (
-    ChangeEvent,
-    EventFormatError,
-    format_sf_datetime,
-    read_recorded_lines,
+from kpi_pipeline.cli.policy_report import format_comparison
+from kpi_pipeline.cli.policy_whatif import (
+    leads_at_creation,
+    ledger_sla_frame,
+    policy_sla,
+    response_candidates,
+    sla_frame,
 )
-from kpi_pipeline.core.kpis.sla_views import SlaCounts, sla_in_both_clocks
+from kpi_pipeline.cli.replay import parse_as_of
+from kpi_pipeline.core.events import EventFormatError, read_recorded_lines
+from kpi_pipeline.core.kpis.sla_views import sla_in_both_clocks
 from kpi_pipeline.core.policy.load import (
-    PolicyError,
     RoutingPolicy,
     default_policy_path,
     load_policy,
     policy_fingerprint,
     validate_policy_file,
 )
-from kpi_pipeline.core.workloads.business_hours import policy_clocks
-from kpi_pipeline.core.workloads.first_touch import (
-    ResponseCandidate,
-    email_candidate,
-    first_response,
-    task_candidate,
-)
-from kpi_pipeline.core.workloads.lead_route import (
-    RoutingDecision,
-    first_matching_rule,
-    lead_created_at,
-    needs_routing,
-    route_in_order,
-    sla_minutes_for,
-)
-from kpi_pipeline.core.workloads.records import RecordState, merge_event
+from kpi_pipeline.core.policy.validation import PolicyError
+from kpi_pipeline.core.workloads.lead_route import lead_created_at, needs_routing, route_in_order
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -135,94 +122,6 @@ def _validate(args: argparse.Namespace) -> int:
     return 1
 
 
-def leads_at_creation(lines: list[str], source: str) -> list[RecordState]:
-    """Each lead's state right after its CREATE event(s): what routing sees on arrival."""
-    return _leads_at_creation(list(read_recorded_lines(lines, source=source)))
-
-
-def _leads_at_creation(events: Iterable[ChangeEvent]) -> list[RecordState]:
-    states: dict[str, RecordState] = {}
-    for event in events:
-        if event.entity != "Lead" or event.change_type != "CREATE":
-            continue
-        for record_id in event.record_ids:
-            states[record_id] = merge_event(states.get(record_id), event, record_id)
-    return list(states.values())
-
-
-def response_candidates(events: Iterable[ChangeEvent]) -> dict[str, list[ResponseCandidate]]:
-    """Per lead, every completed Task and outbound email of the stream (CONTRACTS.md §4),
-    from the records as the whole stream leaves them."""
-    states: dict[tuple[str, str], RecordState] = {}
-    for event in events:
-        if event.entity not in ("Task", "EmailMessage") or event.is_gap:
-            continue
-        for record_id in event.record_ids:
-            key = (event.entity, record_id)
-            states[key] = merge_event(states.get(key), event, record_id)
-
-    def task(task_id: str) -> RecordState | None:
-        return states.get(("Task", task_id))
-
-    found: dict[str, list[ResponseCandidate]] = {}
-    for (entity, _), state in sorted(states.items()):
-        candidate = task_candidate(state) if entity == "Task" else email_candidate(state, task)
-        if candidate is not None:
-            found.setdefault(candidate.lead_id, []).append(candidate)
-    return found
-
-
-def sla_frame(
-    leads: list[RecordState],
-    decisions: Mapping[str, RoutingDecision],
-    candidates: Mapping[str, list[ResponseCandidate]],
-    policy: RoutingPolicy,
-) -> pd.DataFrame:
-    """One row per lead as ``policy`` would measure its SLA: creation, first response (its
-    automation users do not count), SLA minutes and calendar of the routing decision's
-    rule, or for a lead it does not route, of the first rule it matches."""
-    rows = []
-    for lead in leads:
-        created = lead_created_at(lead)
-        decision = decisions.get(lead.record_id)
-        if decision is not None:
-            rule_id, minutes = decision.rule_id, decision.sla_minutes
-        else:
-            rule = first_matching_rule(policy, lead.fields)
-            rule_id = rule.id if rule is not None else None
-            minutes = sla_minutes_for(policy, lead.fields)
-        response = first_response(
-            candidates.get(lead.record_id, []),
-            lead_created=created,
-            automation_users=frozenset(policy.automation_users),
-        )
-        rows.append(
-            {
-                "CreatedDate": created,
-                "First_Response_At__c": response.at if response is not None else None,
-                "SLA_Minutes": minutes,
-                "SLA_Calendar": policy.calendar_name(rule_id),
-            }
-        )
-    return _typed(pd.DataFrame(rows, columns=list(_SLA_COLUMNS)))
-
-
-_SLA_COLUMNS = ("CreatedDate", "First_Response_At__c", "SLA_Minutes", "SLA_Calendar")
-
-
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    for column in ("CreatedDate", "First_Response_At__c"):
-        frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[ns, UTC]")
-    frame["SLA_Minutes"] = frame["SLA_Minutes"].astype("float64")
-    frame["SLA_Calendar"] = frame["SLA_Calendar"].astype(object)
-    return frame
-
-
-def policy_sla(frame: pd.DataFrame, policy: RoutingPolicy, as_of: datetime) -> dict[str, SlaCounts]:
-    """SLA counts of ``frame`` in both clocks, due times from ``policy``'s calendars."""
-    return sla_in_both_clocks(frame, as_of=as_of, clocks=policy_clocks(policy.calendars))
-
-
 def _load_or_report(path: Path) -> RoutingPolicy | None:
     try:
         return load_policy(path)
@@ -248,13 +147,13 @@ def _simulate_ledger(args: argparse.Namespace, candidate: RoutingPolicy) -> int:
     as_of = args.as_of or datetime.now(UTC)
     facts = facts.set_index("Id", drop=False)
     new, _ = route_in_order(leads, candidate)
-    new_sla = policy_sla(_ledger_sla_frame(leads, new, facts, candidate), candidate, as_of)
+    new_sla = policy_sla(ledger_sla_frame(leads, new, facts, candidate), candidate, as_of)
     if args.baseline:
         baseline = _load_or_report(args.baseline)
         if baseline is None:
             return 1
         old, _ = route_in_order(leads, baseline)
-        old_sla = policy_sla(_ledger_sla_frame(leads, old, facts, baseline), baseline, as_of)
+        old_sla = policy_sla(ledger_sla_frame(leads, old, facts, baseline), baseline, as_of)
     else:
         old = [decision for _, decision in routed]
         baseline = candidate.model_copy(update={"version": "decisions in the ledger"})
@@ -267,27 +166,6 @@ def _simulate_ledger(args: argparse.Namespace, candidate: RoutingPolicy) -> int:
         )
     )
     return 0
-
-
-def _ledger_sla_frame(
-    leads: list[RecordState],
-    decisions: list[RoutingDecision],
-    facts: pd.DataFrame,
-    policy: RoutingPolicy,
-) -> pd.DataFrame:
-    """The ledger's leads with their stored first response, SLA by ``policy``'s decisions."""
-    rows = []
-    for lead, decision in zip(leads, decisions, strict=True):
-        responded = facts["First_Response_At__c"].get(lead.record_id, pd.NaT)
-        rows.append(
-            {
-                "CreatedDate": lead_created_at(lead),
-                "First_Response_At__c": None if pd.isna(responded) else responded,
-                "SLA_Minutes": decision.sla_minutes,
-                "SLA_Calendar": policy.calendar_name(decision.rule_id),
-            }
-        )
-    return _typed(pd.DataFrame(rows, columns=list(_SLA_COLUMNS)))
 
 
 def _recompute(args: argparse.Namespace) -> int:
@@ -326,7 +204,7 @@ def _simulate(args: argparse.Namespace) -> int:
     except (EventFormatError, ValueError) as exc:
         print(f"cannot read events: {exc}", file=sys.stderr)
         return 1
-    leads = _leads_at_creation(events)
+    leads = leads_at_creation(events)
     routable = [lead for lead in leads if needs_routing(lead, candidate)]
     new, _ = route_in_order(routable, candidate)
     old, _ = route_in_order(routable, baseline)
@@ -341,64 +219,3 @@ def _simulate(args: argparse.Namespace) -> int:
         sla = (new_sla, old_sla, as_of)
     print(format_comparison(new, old, candidate, baseline, total_leads=len(leads), sla=sla))
     return 0
-
-
-def format_comparison(
-    new: list[RoutingDecision],
-    old: list[RoutingDecision],
-    candidate: RoutingPolicy,
-    baseline: RoutingPolicy,
-    *,
-    total_leads: int,
-    sla: tuple[dict[str, SlaCounts], dict[str, SlaCounts], datetime] | None = None,
-) -> str:
-    """The what-if report: owner and rule distributions side by side, plus leads that move,
-    and the SLA breach % of each side in both clocks."""
-    moved = sum(1 for a, b in zip(new, old, strict=True) if a.owner_id != b.owner_id)
-    lines = [
-        f"leads in stream: {total_leads}; routed: {len(new)}; owner changes vs baseline: {moved}",
-        f"policy {candidate.version} vs baseline {baseline.version}",
-        "",
-    ]
-    lines += _table("owner", Counter(d.owner_id for d in new), Counter(d.owner_id for d in old))
-    lines.append("")
-    lines += _table("rule", Counter(d.rule_id for d in new), Counter(d.rule_id for d in old))
-    if sla is not None:
-        lines.append("")
-        lines += _sla_table(*sla)
-    return "\n".join(lines)
-
-
-_CLOCK_LABELS = {"wall_clock": "wall clock", "business_hours": "business hours"}
-
-
-def _sla_table(new: dict[str, SlaCounts], old: dict[str, SlaCounts], as_of: datetime) -> list[str]:
-    """Breach % = breached / (met + breached), with met/breached/pending behind it."""
-    rows = [
-        f"SLA as of {format_sf_datetime(as_of)}: breach % (met/breached/pending)",
-        f"{'clock':<14}  {'policy':>22}  {'baseline':>22}  {'delta':>7}",
-    ]
-    for key, label in _CLOCK_LABELS.items():
-        a, b = new[key], old[key]
-        delta = (
-            f"{a.breach_pct - b.breach_pct:+.1f}"
-            if a.breach_pct is not None and b.breach_pct is not None
-            else "n/a"
-        )
-        rows.append(f"{label:<14}  {_cell(a):>22}  {_cell(b):>22}  {delta:>7}")
-    return rows
-
-
-def _cell(counts: SlaCounts) -> str:
-    pct = "n/a" if counts.breach_pct is None else f"{counts.breach_pct:.1f}%"
-    return f"{pct} ({counts.met}/{counts.breached}/{counts.pending})"
-
-
-def _table(label: str, new: Counter[str], old: Counter[str]) -> list[str]:
-    keys = sorted(set(new) | set(old), key=lambda k: (-new.get(k, 0), k))
-    width = max([len(label), *(len(k) for k in keys)])
-    rows = [f"{label:<{width}}  {'policy':>7}  {'baseline':>8}  {'delta':>6}"]
-    for key in keys:
-        delta = new.get(key, 0) - old.get(key, 0)
-        rows.append(f"{key:<{width}}  {new.get(key, 0):>7}  {old.get(key, 0):>8}  {delta:>+6}")
-    return rows

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from kpi_pipeline.app.replay import DEFAULT_BATCH_SIZE, ReplayError, replay
 from kpi_pipeline.core.events import EventFormatError, format_sf_datetime, parse_sf_datetime
-from kpi_pipeline.core.policy.load import PolicyError
+from kpi_pipeline.core.policy.validation import PolicyError
+from kpi_pipeline.wiring import replay_ports
 
 
 def parse_as_of(text: str) -> datetime:
@@ -62,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         result = replay(
             args.events,
             args.out,
+            ports=replay_ports(),
             policy_path=args.policy,
             as_of=args.as_of,
             batch_size=args.batch_size,

@@ -57,3 +57,31 @@ def fanout_executor(settings: Settings) -> dg.ExecutorDefinition:
         },
         name="celery",
     )
+
+
+def fanout_job(
+    *,
+    name: str,
+    description: str,
+    executor: dg.ExecutorDefinition,
+    tags: dict[str, str] | None,
+    plan: dg.OpDefinition,
+    each: dg.OpDefinition,
+    collect: dg.OpDefinition,
+) -> dg.JobDefinition:
+    """The shape of every job that fans out: ``plan`` yields dynamic outputs, ``each`` runs
+    once per output (a step each, so the Celery executor spreads them over workers) and
+    ``collect`` gets all their results. ``tags``: step tags (the Celery queue, ``step_tags``)."""
+    tags = tags or {}
+
+    @dg.job(
+        name=name,
+        executor_def=executor,
+        tags={"kpi/workload": name},
+        description=description,
+    )
+    def fanned_out():
+        items = plan.tag(tags)()
+        collect.tag(tags)(items.map(each.tag(tags)).collect())
+
+    return fanned_out

@@ -192,8 +192,9 @@ def test_replay_renders_kpis_and_flywheel_as_the_daily_assets_do(tmp_path: Path)
     from kpi_pipeline.core.kpis import compute_all
     from kpi_pipeline.core.policy.load import load_policy
     from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
+    from kpi_pipeline.wiring import replay_ports
 
-    result = replay(RECORDED_STREAM, tmp_path / "out", batch_size=500)
+    result = replay(RECORDED_STREAM, tmp_path / "out", ports=replay_ports(), batch_size=500)
     settings = get_settings()
     ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:

@@ -158,7 +158,7 @@ def test_registered_serve_seeds_registers_and_refuses_a_second_one(
 def test_serve_tls_speaks_tls_on_both_ports_with_the_ca_it_prints(tmp_path: Path) -> None:
     import requests
 
-    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
     from kpi_pipeline.adapters.pubsub.client import PubSubClient
     from kpi_pipeline.core.errors import PubSubTlsError, ServiceUnavailableError
 
@@ -202,7 +202,7 @@ def test_serve_tls_dir_needs_tls(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_serve_issues_replay_ids_of_the_length_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+    from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
     from kpi_pipeline.adapters.pubsub.client import PubSubClient
 
     store_path = tmp_path / "s.db"

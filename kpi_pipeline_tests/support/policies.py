@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.cli.main import main
-from kpi_pipeline.core.policy.load import (
-    PolicyError,
-    PolicyFault,
-    default_policy_path,
-    load_policy,
-)
+from kpi_pipeline.core.policy.load import default_policy_path, load_policy
+from kpi_pipeline.core.policy.validation import PolicyError, PolicyFault
 from kpi_pipeline_tests.support.events import REP_A, REP_B
 
 

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
 from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
-from kpi_pipeline.adapters.pubsub.stream import LedgerStager, StreamSubscriber, newest_commit_ms
+from kpi_pipeline.adapters.pubsub.stager import LedgerStager, newest_commit_ms
+from kpi_pipeline.adapters.pubsub.stream import StreamSubscriber
 from kpi_pipeline.core.events import replay_id_from_int, replay_id_to_int
 from kpi_pipeline.core.raw import StreamBatch
 from kpi_pipeline.sandbox.changelog import InMemoryChangeLog

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.ledger.resync_windows import LedgerResyncWindows
 from kpi_pipeline.app.processing import BatchProcessor
 from kpi_pipeline.app.resync import (
     ResyncReport,
@@ -60,9 +61,14 @@ class Pipeline:
         """Changes so far never reach the pipeline (lost in a gap)."""
         self.delivered = self.org.store.latest_replay()
 
+    @property
+    def windows(self) -> LedgerResyncWindows:
+        """The re-sync's port over this pipeline's ledger."""
+        return LedgerResyncWindows(self.ledger)
+
     def resync(self, now: datetime | None = None, **kwargs) -> list[ResyncReport]:
         return resync_open_windows(
-            self.ledger,
+            self.windows,
             self.org.rest(),
             self.processor,
             now=now or datetime.now(UTC),

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider, StaticTokenProvider
+from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
+from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
 from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
 from kpi_pipeline.sandbox.rest_server import (
     ConnectedApp,

@@ -1,9 +1,9 @@
 """Salesforce authentication: the JWT bearer flow and its token cache."""
 
-from kpi_pipeline.adapters.auth.jwt import (
+from kpi_pipeline.adapters.auth.jwt import JWTTokenProvider
+from kpi_pipeline.adapters.auth.tokens import (
     AccessToken,
     AuthError,
-    JWTTokenProvider,
     StaticTokenProvider,
     TokenProvider,
     TokenStats,

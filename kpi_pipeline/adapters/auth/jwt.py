@@ -6,9 +6,10 @@ and caches the access token it gets back. Salesforce sends no ``expires_in`` and
 token, so the cache trusts the configured session lifetime and mints a new assertion when the
 token nears its end or when a caller reports ``INVALID_SESSION_ID`` through ``invalidate()``.
 
-``StaticTokenProvider`` wraps a token obtained elsewhere (the sandbox's static token, or a
-session id an operator pasted in). Both give the REST adapter ``token()`` and the Pub/Sub
-client ``metadata()`` (accesstoken, instanceurl, tenantid) plus ``invalidate()``.
+``StaticTokenProvider`` (``kpi_pipeline.adapters.auth.tokens``) wraps a token obtained
+elsewhere. Both give the REST adapter ``token()`` and the Pub/Sub client ``metadata()``
+(accesstoken, instanceurl, tenantid) plus ``invalidate()``. The fixes named in token errors are
+in ``oauth_errors``, the signing key's loading in ``private_key``.
 
 Secrets: the private key and the signed assertion never appear in logs, reprs or exception
 messages; access tokens are hidden from reprs too.
@@ -20,16 +21,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
 import jwt as pyjwt
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kpi_pipeline.adapters.auth.oauth_errors import token_error
+from kpi_pipeline.adapters.auth.private_key import load_private_key
+from kpi_pipeline.adapters.auth.tokens import AccessToken, AuthError, PubSubMetadata, TokenStats
 from kpi_pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -37,65 +38,6 @@ log = logging.getLogger(__name__)
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 180  # Salesforce wants exp within a few minutes; simple-salesforce uses 3.
 TOKEN_PATH = "/services/oauth2/token"
-
-PubSubMetadata = tuple[tuple[str, str], ...]
-
-
-class AuthError(RuntimeError):
-    """Getting an access token failed. The message names the Salesforce error and the fix."""
-
-    def __init__(self, message: str, *, error: str | None = None, description: str | None = None):
-        super().__init__(message)
-        self.error = error
-        self.description = description
-
-
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """One Salesforce session. ``expires_at`` is epoch seconds (inf when unknown/static)."""
-
-    access_token: str = field(repr=False)
-    instance_url: str
-    tenant_id: str
-    expires_at: float
-    user_id: str | None = None
-
-    def __post_init__(self) -> None:
-        from kpi_pipeline.telemetry import logs
-
-        logs.register_secret(self.access_token)  # whatever logs it later, never in clear
-
-    def pubsub_metadata(self) -> PubSubMetadata:
-        """gRPC metadata the Pub/Sub API wants on every call (lower-case keys)."""
-        return (
-            ("accesstoken", self.access_token),
-            ("instanceurl", self.instance_url),
-            ("tenantid", self.tenant_id),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TokenStats:
-    hits: int
-    fetches: int
-    failures: int
-
-    @property
-    def calls(self) -> int:
-        return self.hits + self.fetches + self.failures
-
-    @property
-    def hit_rate(self) -> float:
-        """Share of ``token()`` calls served from the cache (0.0 before the first call)."""
-        return self.hits / self.calls if self.calls else 0.0
-
-
-class TokenProvider(Protocol):
-    """What the REST adapter needs from an auth source."""
-
-    def token(self) -> AccessToken: ...
-
-    def invalidate(self, stale_token: str | None = None) -> None: ...
 
 
 def default_audience(login_url: str) -> str:
@@ -126,110 +68,6 @@ def tenant_id_from_identity_url(identity_url: str) -> tuple[str, str | None]:
         "<host>/id/<orgId>/<userId>; the login URL may not be a Salesforce OAuth endpoint",
         error="bad_response",
     )
-
-
-# Salesforce's terse token errors, and what to do about each (matched on error + description).
-_FIXES: tuple[tuple[str, str, str], ...] = (
-    (
-        "invalid_grant",
-        "user hasn't approved this consumer",
-        "pre-authorize the user in the connected app: Manage > Edit Policies > Permitted Users = "
-        "'Admin approved users are pre-authorized', then add the user's profile or a permission set",
-    ),
-    (
-        "invalid_app_access",
-        "",
-        "pre-authorize the user in the connected app (Permitted Users = admin approved) and assign "
-        "the user's profile or a permission set to the app",
-    ),
-    (
-        "invalid_grant",
-        "audience",
-        "set the login URL to https://login.salesforce.com (production/My Domain) or "
-        "https://test.salesforce.com (sandboxes): the JWT 'aud' is derived from it",
-    ),
-    (
-        "invalid_grant",
-        "expired authorization code",
-        "sync this machine's clock (NTP): the assertion expires 180 s after signing and Salesforce "
-        "saw it already expired",
-    ),
-    (
-        "invalid_grant",
-        "invalid assertion",
-        "check that KPI_SALESFORCE_PRIVATE_KEY_FILE matches the certificate uploaded to the connected "
-        "app and that this machine's clock is right (the assertion expires 180 s after signing)",
-    ),
-    (
-        "invalid_grant",
-        "user",
-        "check KPI_SALESFORCE_USERNAME: the user must exist in this org (sandbox usernames carry a "
-        "suffix) and be active",
-    ),
-    (
-        "invalid_client_id",
-        "",
-        "set KPI_SALESFORCE_CLIENT_ID to the connected app's consumer key (Setup > App Manager > "
-        "View > Manage Consumer Details); a new app can take minutes to become usable",
-    ),
-    (
-        "invalid_client",
-        "",
-        "set KPI_SALESFORCE_CLIENT_ID to the connected app's consumer key",
-    ),
-    (
-        "unsupported_grant_type",
-        "",
-        "point the login URL at a Salesforce OAuth server (login/test.salesforce.com or My Domain)",
-    ),
-)
-
-
-def fix_for(error: str, description: str, *, key_file: str | Path | None = None) -> str:
-    """The operator's fix for a Salesforce token error; ``key_file`` (the signing key's
-    path) is named when the org could not verify the signature with the app's certificate."""
-    if key_file is not None and error == "invalid_grant" and "invalid assertion" in description:
-        return (
-            f"the key file {str(key_file)!r} (KPI_SALESFORCE_PRIVATE_KEY_FILE) does not match the "
-            "certificate uploaded to the connected app: upload the certificate of that key to the "
-            "app (App Manager > Edit > Use digital signatures), or point "
-            "KPI_SALESFORCE_PRIVATE_KEY_FILE at the key the uploaded certificate was made from; "
-            "if they match, sync this machine's clock (the assertion expires 180 s after signing)"
-        )
-    for code, fragment, fix in _FIXES:
-        if error == code and fragment in description.lower():
-            return fix
-    return "see Salesforce's OAuth error reference; check the connected app, user and key"
-
-
-def load_private_key(
-    private_key_pem: str | bytes | None = None, private_key_file: str | Path | None = None
-) -> rsa.RSAPrivateKey:
-    """An RSA private key from PEM text or a PEM file. Errors never echo key material."""
-    if (private_key_pem is None) == (private_key_file is None):
-        raise ValueError("give exactly one of private_key_pem or private_key_file for the JWT flow")
-    source = "private_key_pem"
-    if private_key_file is not None:
-        source = f"private key file {str(private_key_file)!r}"
-        try:
-            private_key_pem = Path(private_key_file).read_bytes()
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read {source}: {exc.strerror}; set KPI_SALESFORCE_PRIVATE_KEY_FILE to the PEM "
-                "key matching the connected app's certificate"
-            ) from None
-    data = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        # `from None`: the underlying error could quote parts of the input.
-        raise ValueError(
-            f"{source} is not an unencrypted PEM private key; export it with "
-            "`openssl rsa -in key.pem -out key.unencrypted.pem`"
-        ) from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{source} is not an RSA key; Salesforce's JWT flow needs RS256 (RSA)")
-    return key
 
 
 class JWTTokenProvider:
@@ -386,7 +224,7 @@ class JWTTokenProvider:
             ) from None
         body = _json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-            raise _token_error(url, response.status_code, body, key_file=self._key_file)
+            raise token_error(url, response.status_code, body, key_file=self._key_file)
         return self._token_from_body(body, now)
 
     def _token_from_body(self, body: dict[str, Any], now: float) -> AccessToken:
@@ -413,59 +251,3 @@ def _json_or_none(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _token_error(
-    url: str, status: int, body: Any, *, key_file: str | Path | None = None
-) -> AuthError:
-    if isinstance(body, dict) and "error" in body:
-        error = str(body.get("error"))
-        description = str(body.get("error_description") or "")
-        return AuthError(
-            f"Salesforce refused the JWT bearer token request ({error}: {description}); fix: "
-            f"{fix_for(error, description, key_file=key_file)}",
-            error=error,
-            description=description,
-        )
-    return AuthError(
-        f"unexpected token response from {url} (HTTP {status}, no OAuth error body); check "
-        "KPI_SALESFORCE_LOGIN_URL points at a Salesforce login server",
-        error="bad_response",
-    )
-
-
-class StaticTokenProvider:
-    """A token obtained elsewhere. It cannot be renewed: ``invalidate()`` only counts."""
-
-    def __init__(self, access_token: str, instance_url: str, tenant_id: str):
-        if not access_token:
-            raise ValueError("StaticTokenProvider needs a non-empty access token")
-        if not instance_url.startswith(("https://", "http://")):
-            raise ValueError(f"instance_url {instance_url!r} must be an http(s) URL")
-        self._token = AccessToken(access_token, instance_url.rstrip("/"), tenant_id, float("inf"))
-        self._lock = threading.Lock()
-        self._hits = 0
-        self.invalidations = 0
-
-    def __repr__(self) -> str:
-        return f"StaticTokenProvider(instance_url={self._token.instance_url!r}, tenant_id={self._token.tenant_id!r})"
-
-    def token(self) -> AccessToken:
-        with self._lock:
-            self._hits += 1
-        return self._token
-
-    def invalidate(self, stale_token: str | None = None) -> None:
-        # Nothing to refresh; callers retry once and then report the rejected token.
-        with self._lock:
-            self.invalidations += 1
-
-    def metadata(self) -> PubSubMetadata:
-        return self._token.pubsub_metadata()
-
-    pubsub_metadata = metadata
-
-    @property
-    def stats(self) -> TokenStats:
-        with self._lock:
-            return TokenStats(self._hits, 0, 0)

@@ -4,38 +4,48 @@
 it has enough events, its time is up, or the channel is caught up, and survives transient
 stream failures by reopening from the last replay id it received, so nothing is lost or
 duplicated. Replay ids stay opaque bytes throughout.
+
+One open Subscribe call is ``subscribe_stream``, one stream drained by a fetch is ``fetch``,
+and the CA file TLS trusts is read by ``ca_file``.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
-from cryptography import x509
 
+from kpi_pipeline.adapters.pubsub.ca_file import read_ca_file
 from kpi_pipeline.adapters.pubsub.errors import error_from_rpc, tls_failure
+from kpi_pipeline.adapters.pubsub.fetch import (
+    Drain,
+    FetchResult,
+    Preset,
+    drain_stream,
+    start_drain,
+)
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.adapters.pubsub.subscribe_stream import (
+    FetchRequests,
+    StreamClosed,
+    SubscribeStream,
+    backoff_delay,
+)
 from kpi_pipeline.core.errors import (
     PubSubAuthError,
     PubSubError,
     ServiceUnavailableError,
-    StreamStalledError,
     TopicNotFoundError,
     UnknownSchemaError,
 )
-from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.telemetry.metrics import record_error
 
-MAX_OUTSTANDING = 100
-Preset = Literal["EARLIEST", "LATEST", "CUSTOM"]
 # Transport keepalive catches half-open TCP connections long before the stall watchdog.
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 60_000),
@@ -63,108 +73,6 @@ class TopicInfo:
     can_subscribe: bool
     schema_id: str
     rpc_id: str
-
-
-@dataclass
-class FetchResult:
-    events: list[RawEvent] = field(default_factory=list)
-    # Where the next fetch should resume (CUSTOM): the last event's id, or a later keepalive id.
-    latest_replay_id: bytes | None = None
-    keepalives: int = 0
-    reconnects: int = 0
-
-
-class StreamClosed(Exception):
-    """The server ended the stream without an error status (e.g. idle close)."""
-
-
-class _Requests:
-    """The request side of a Subscribe stream, fed from the draining thread."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[pb2.FetchRequest | None] = queue.SimpleQueue()
-
-    def send(self, request: pb2.FetchRequest) -> None:
-        self._queue.put(request)
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[pb2.FetchRequest]:
-        while (request := self._queue.get()) is not None:
-            yield request
-
-
-class SubscribeStream:
-    """One open Subscribe call: FetchRequests go out, responses come in via a reader thread.
-
-    Reading with a timeout (``receive``) is what lets callers run a stall watchdog and
-    notice a stop request while the stream is quiet.
-    """
-
-    def __init__(
-        self,
-        requests: _Requests,
-        call: grpc.Call,
-        translate: Callable[[PubSubError], PubSubError] = lambda error: error,
-    ) -> None:
-        self._requests = requests
-        self._call = call
-        self._translate = translate
-        self._responses: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
-        reader = threading.Thread(target=_pump, args=(call, self._responses), daemon=True)
-        reader.start()
-
-    def send(self, request: pb2.FetchRequest) -> None:
-        self._requests.send(request)
-
-    def receive(self, timeout: float) -> pb2.FetchResponse | None:
-        """The next response; None after ``timeout`` s of silence.
-
-        Raises the typed error the stream failed with, or ``StreamClosed`` at a clean end.
-        """
-        try:
-            kind, item = self._responses.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if kind == "error":
-            raise self._translate(error_from_rpc(item))  # type: ignore[arg-type]
-        if kind == "end":
-            raise StreamClosed()
-        return item  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self._requests.close()
-        self._call.cancel()
-
-
-def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
-    """Exponential backoff before the next reopening (the first retry waits ``initial_s``)."""
-    return min(max_s, initial_s * (2 ** max(failures - 1, 0)))
-
-
-@dataclass
-class _Drain:
-    """State of one fetch across stream reopenings."""
-
-    channel: str
-    max_events: int
-    deadline: float
-    idle_return_s: float
-    result: FetchResult
-    preset: int
-    replay_id: bytes
-    done: bool = False
-
-    @property
-    def remaining(self) -> int:
-        return self.max_events - len(self.result.events)
-
-    def resume_point(self, replay_id: bytes) -> None:
-        """Later reopenings start strictly after this id (CUSTOM)."""
-        self.result.latest_replay_id = replay_id
-        self.preset = pb2.ReplayPreset.CUSTOM
-        self.replay_id = replay_id
 
 
 class PubSubClient:
@@ -287,13 +195,13 @@ class PubSubClient:
         Raises ``ReplayIdInvalidError`` (restart elsewhere), ``PubSubAuthError``,
         ``TopicNotFoundError``, or the last transient error once reconnects are exhausted.
         """
-        drain = self._new_drain(channel, replay_id, preset, max_events, max_seconds, idle_return_s)
+        drain = start_drain(channel, replay_id, preset, max_events, max_seconds, idle_return_s)
         failures = 0
         auth_retried = False
         while not drain.done:
             received_before = len(drain.result.events) + drain.result.keepalives
             try:
-                self._drain_stream(drain)
+                drain_stream(drain, self.open_subscribe, self.stall_timeout_s)
             except (PubSubError, StreamClosed) as exc:
                 error = exc if isinstance(exc, PubSubError) else None
                 if isinstance(error, PubSubAuthError) and not auth_retried:
@@ -315,40 +223,7 @@ class PubSubClient:
                 drain.result.reconnects += 1
         return drain.result
 
-    def _new_drain(
-        self,
-        channel: str,
-        replay_id: bytes | None,
-        preset: Preset,
-        max_events: int,
-        max_seconds: float,
-        idle_return_s: float,
-    ) -> _Drain:
-        if preset not in ("EARLIEST", "LATEST", "CUSTOM"):
-            raise ValueError(f"preset must be EARLIEST, LATEST or CUSTOM, got {preset!r}")
-        if preset == "CUSTOM" and not replay_id:
-            raise ValueError(
-                "preset CUSTOM needs a replay_id (bytes); use EARLIEST or LATEST otherwise"
-            )
-        if replay_id is not None and not isinstance(replay_id, bytes):
-            raise TypeError(f"replay_id must be bytes (opaque), got {type(replay_id).__name__}")
-        if max_events < 1 or max_seconds <= 0 or idle_return_s <= 0:
-            raise ValueError(
-                f"max_events ({max_events}) must be >= 1, max_seconds ({max_seconds}) and "
-                f"idle_return_s ({idle_return_s}) > 0"
-            )
-        return _Drain(
-            channel=channel,
-            max_events=max_events,
-            deadline=time.monotonic() + max_seconds,
-            idle_return_s=idle_return_s,
-            result=FetchResult(),
-            # Enum numbers, never names: a name can silently encode as 0 (LATEST).
-            preset=pb2.ReplayPreset.Value(preset),
-            replay_id=replay_id if preset == "CUSTOM" and replay_id else b"",
-        )
-
-    def _backoff(self, drain: _Drain, failures: int) -> bool:
+    def _backoff(self, drain: Drain, failures: int) -> bool:
         """Sleep before reopening; False when the time budget does not allow another try."""
         delay = backoff_delay(failures, self.backoff_initial_s, self.backoff_max_s)
         if time.monotonic() + delay >= drain.deadline:
@@ -356,109 +231,9 @@ class PubSubClient:
         time.sleep(delay)
         return True
 
-    def _drain_stream(self, drain: _Drain) -> None:
-        """One Subscribe stream; returns when the drain is done, raises when the stream fails."""
-        outstanding = min(MAX_OUTSTANDING, drain.remaining)
-        stream = self.open_subscribe(
-            pb2.FetchRequest(
-                topic_name=drain.channel,
-                replay_preset=drain.preset,
-                replay_id=drain.replay_id,
-                num_requested=outstanding,
-            )
-        )
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= drain.deadline:
-                    drain.done = True
-                    return
-                wait = min(drain.deadline - now, drain.idle_return_s, self.stall_timeout_s)
-                response = stream.receive(wait)
-                if response is None:
-                    if (
-                        time.monotonic() < drain.deadline
-                        and self.stall_timeout_s < drain.idle_return_s
-                    ):
-                        raise StreamStalledError(
-                            f"no response on {drain.channel} for {self.stall_timeout_s:.1f} s "
-                            "(not even a keepalive); the stream is presumed dead"
-                        ) from None
-                    drain.done = True  # out of time, or quiet for idle_return_s: caught up
-                    return
-                outstanding = self._on_response(drain, response, outstanding, stream)
-                if drain.done:
-                    return
-        finally:
-            stream.close()
-
     def open_subscribe(self, first: pb2.FetchRequest) -> SubscribeStream:
         """Open a Subscribe call whose first FetchRequest (topic, preset, replay id) is ``first``."""
-        requests = _Requests()
+        requests = FetchRequests()
         requests.send(first)
         call = self._stub.Subscribe(iter(requests), metadata=self.auth.metadata())
         return SubscribeStream(requests, call, self._translate)
-
-    def _on_response(
-        self, drain: _Drain, response: pb2.FetchResponse, outstanding: int, stream: SubscribeStream
-    ) -> int:
-        result = drain.result
-        if not response.events:
-            result.keepalives += 1
-            if response.latest_replay_id:
-                drain.resume_point(response.latest_replay_id)
-            # An empty response means nothing is available now: the channel is caught up.
-            drain.done = True
-            return outstanding
-        for consumer in response.events:
-            event = consumer.event
-            result.events.append(
-                RawEvent(
-                    channel=drain.channel,
-                    replay_id=consumer.replay_id,
-                    schema_id=event.schema_id,
-                    payload=event.payload,
-                    event_id=event.id,
-                )
-            )
-        drain.resume_point(response.events[-1].replay_id)
-        outstanding -= len(response.events)
-        if drain.remaining <= 0:
-            drain.done = True
-            return outstanding
-        # Top up early (at half the window) so the server never idles at pending=0.
-        want = min(MAX_OUTSTANDING, drain.remaining) - outstanding
-        if want > 0 and outstanding <= MAX_OUTSTANDING // 2:
-            stream.send(pb2.FetchRequest(topic_name=drain.channel, num_requested=want))
-            outstanding += want
-        return outstanding
-
-
-def read_ca_file(path: str | os.PathLike[str]) -> bytes:
-    """The PEM CA certificates in ``path``; a clear error naming the file when it is missing
-    or holds no certificate (gRPC itself would only fail every handshake later)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(
-            f"cannot read the CA file {path} (KPI_PUBSUB_CA_FILE): {exc.strerror}; point it "
-            "at a PEM file of the CA certificates that sign the Pub/Sub server's certificate"
-        ) from exc
-    try:
-        x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise ValueError(
-            f"the CA file {path} (KPI_PUBSUB_CA_FILE) holds no PEM certificate ({exc}); it "
-            "must contain -----BEGIN CERTIFICATE----- blocks"
-        ) from exc
-    return data
-
-
-def _pump(call: Iterator[pb2.FetchResponse], out: queue.SimpleQueue) -> None:
-    """Move responses (and the stream's end or error) from gRPC onto a queue."""
-    try:
-        for response in call:
-            out.put(("response", response))
-        out.put(("end", None))
-    except grpc.RpcError as exc:
-        out.put(("error", exc))

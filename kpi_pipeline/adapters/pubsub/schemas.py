@@ -23,6 +23,9 @@ from kpi_pipeline.core.errors import UnknownSchemaError
 from kpi_pipeline.core.events import CHANGE_TYPE_SYMBOLS as EVENT_CHANGE_TYPE_SYMBOLS
 from kpi_pipeline.core.salesforce_fields import WRITTEN_LEAD_FIELDS
 
+# Re-exported: the sandbox reads field types through this module.
+from kpi_pipeline.core.schema_types import sf_type_of as sf_type_of
+
 NAMESPACE = "com.sforce.eventbus"
 CHANGE_TYPE_SYMBOLS = list(EVENT_CHANGE_TYPE_SYMBOLS)
 BITMAP_HEADER_FIELDS = ("nulledFields", "diffFields", "changedFields")
@@ -94,23 +97,6 @@ _AUDIT_CATEGORIES = {
     "LastModifiedDate": "LastModifiedDate",
     "LastModifiedById": "LastModifiedBy",
 }
-_SF_TO_SANDBOX = {
-    "Text": "Text",
-    "EntityId": "Lookup",
-    "DynamicEnum": "Picklist",
-    "Email": "Email",
-    "Phone": "Phone",
-    "Url": "Url",
-    "MultiLineText": "TextArea",
-    "Boolean": "Boolean",
-    "Int": "Int",
-    "Double": "Number",
-    "Currency": "Currency",
-    "DateTime": "DateTime",
-    "DateOnly": "Date",
-    "Address": "Address",
-    "Switchable_PersonName": "Switchable_PersonName",
-}
 
 
 def _custom_field_id(name: str) -> str:
@@ -125,13 +111,6 @@ def field_doc(name: str, sf_type: str) -> str:
     category = _AUDIT_CATEGORIES.get(name, "Data")
     doc = f"{category}:{_TYPES[sf_type][1] if sf_type in _TYPES else sf_type}"
     return f"{doc}:{_custom_field_id(name)}" if name.endswith("__c") else doc
-
-
-def sf_type_of(field: Mapping[str, Any]) -> str | None:
-    """The sandbox's type name ("DateTime", "Date", "Int", "Picklist", ...) of a schema field,
-    read from its Salesforce-style doc; None when the doc names no known type."""
-    parts = str(field.get("doc") or "").split(":")
-    return _SF_TO_SANDBOX.get(parts[1]) if len(parts) >= 2 else None
 
 
 def custom_field(name: str, sandbox_type: str) -> dict[str, Any]:

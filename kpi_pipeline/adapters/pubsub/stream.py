@@ -2,9 +2,9 @@
 
 ``StreamSubscriber.run(handler, stop)`` keeps one Subscribe stream open per channel, as the
 Pub/Sub API intends, and calls ``handler`` with every FetchResponse in replay order per
-channel (``StreamBatch``: events, latest replay id, rpc id). ``LedgerStager`` is the
-handler that stages each response in the ledger inbox and advances the channel's durable
-replay id in the same transaction.
+channel (``StreamBatch``: events, latest replay id, rpc id). ``LedgerStager``
+(``kpi_pipeline.adapters.pubsub.stager``) is the handler that stages each response in the
+ledger inbox and advances the channel's durable replay id in the same transaction.
 
 Receiving and handling are decoupled. A receiver thread per channel reads its stream and
 puts each response on a queue; ``run`` takes them off in the caller's thread. Flow control
@@ -34,307 +34,24 @@ Each batch carries ``previous_replay_id``: the durable replay id the store holds
 earlier batch of this stream session was staged. The stager uses it as the expected value
 of its compare-and-set, which is how "never move the replay id backwards" is enforced for
 opaque replay ids (see ``kpi_pipeline.adapters.ledger.replay_store``).
+
+The receivers are ``stream_receiver``, the queue and flow control between them and the
+consumer ``stream_inbox``.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
-from kpi_pipeline.adapters.ledger.replay_store import ReplayStoreMixin, StagedResponse
-from kpi_pipeline.adapters.pubsub.client import (
-    MAX_OUTSTANDING,
-    Preset,
-    PubSubClient,
-    StreamClosed,
-    SubscribeStream,
-    backoff_delay,
-)
-from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
-from kpi_pipeline.core.errors import (
-    PubSubAuthError,
-    PubSubError,
-    ServiceUnavailableError,
-    StreamStalledError,
-)
-from kpi_pipeline.core.events import ChangeEvent
-from kpi_pipeline.core.raw import RawEvent, StreamBatch
-from kpi_pipeline.telemetry.metrics import record_error
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class ChannelStats:
-    """Counters of one channel's receiver, for logs and metrics."""
-
-    subscribes: int = 0
-    reconnects: int = 0
-    events: int = 0
-    keepalives: int = 0
-    last_error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    channel: str
-    error: BaseException
-
-
-class _Session:
-    """Flow control of one open stream; ``credit`` is called from the consumer thread."""
-
-    def __init__(self, channel: str, stream: SubscribeStream, window: int, start: bytes | None):
-        self.channel = channel
-        self.previous = start  # latest replay id queued so far in this session
-        self.outstanding = window
-        self.credited_at = time.monotonic()
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def credit(self, events: int) -> None:
-        """The consumer took ``events`` off the queue: request as many again."""
-        with self._lock:
-            if self._closed or events <= 0:
-                return  # a closed stream's credit does not carry over to its successor
-            self.outstanding += events
-            self.credited_at = time.monotonic()
-            self._stream.send(pb2.FetchRequest(topic_name=self.channel, num_requested=events))
-
-    def receive(self, timeout: float) -> pb2.FetchResponse | None:
-        return self._stream.receive(timeout)
-
-    def received(self, events: int) -> None:
-        with self._lock:
-            self.outstanding -= events
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self._stream.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    batch: StreamBatch
-    session: _Session
-
-
-class _Inbox:
-    """The queue between the receivers and the consumer.
-
-    Bounded by flow control: per channel, queued events plus requested ones never exceed
-    the window, and keepalives queued back to back collapse into one entry.
-    """
-
-    def __init__(self) -> None:
-        self._items: deque[_Queued | _Failure] = deque()
-        self._cond = threading.Condition()
-
-    def put(self, item: _Queued | _Failure) -> None:
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify()
-
-    def put_keepalive(self, item: _Queued) -> bool:
-        """Queue a keepalive, or fold it into the one at the tail; True if folded."""
-        with self._cond:
-            tail = self._items[-1] if self._items else None
-            if (
-                isinstance(tail, _Queued)
-                and tail.batch.is_keepalive
-                and tail.batch.channel == item.batch.channel
-            ):
-                # Keep the tail's previous id: that is what the store holds before it.
-                self._items[-1] = replace(
-                    tail,
-                    batch=replace(
-                        tail.batch,
-                        latest_replay_id=item.batch.latest_replay_id,
-                        rpc_id=item.batch.rpc_id,
-                    ),
-                    session=item.session,
-                )
-                return True
-            self._items.append(item)
-            self._cond.notify()
-            return False
-
-    def empty(self) -> bool:
-        with self._cond:
-            return not self._items
-
-    def get(self, timeout: float) -> _Queued | _Failure | None:
-        with self._cond:
-            if not self._items:
-                self._cond.wait(timeout)
-            return self._items.popleft() if self._items else None
-
-
-@dataclass(frozen=True)
-class _Settings:
-    preset: Preset
-    window: int
-    max_failures: int
-    poll_s: float
-
-
-class _Receiver:
-    """Keeps one channel's stream open and moves its responses onto the inbox."""
-
-    def __init__(
-        self,
-        channel: str,
-        client: PubSubClient,
-        inbox: _Inbox,
-        halt: threading.Event,
-        resume_from: Callable[[str], bytes | None],
-        settings: _Settings,
-        stats: ChannelStats,
-    ) -> None:
-        self.channel = channel
-        self._client = client
-        self._inbox = inbox
-        self._halt = halt
-        self._resume_from = resume_from
-        self._settings = settings
-        self.stats = stats
-        self._in_flight = 0  # batches queued or being handled
-        self._drained = threading.Condition()
-        self._progressed = False
-        self.thread = threading.Thread(target=self._run, name=f"cdc-stream {channel}", daemon=True)
-
-    def handed_over(self) -> None:
-        """The consumer finished one batch of this channel."""
-        with self._drained:
-            self._in_flight -= 1
-            self._drained.notify_all()
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # every failure must reach the consumer, which raises it
-            self._inbox.put(_Failure(self.channel, exc))
-
-    def _loop(self) -> None:
-        failures = 0
-        auth_retried = False
-        while not self._halt.is_set():
-            if not self._wait_drained():
-                return
-            self._progressed = False
-            try:
-                self._session(self._resume_from(self.channel))
-                return  # only a halt ends a session without an exception
-            except StreamClosed:
-                error: PubSubError | None = None
-            except PubSubAuthError:
-                if auth_retried:
-                    raise
-                auth_retried = True
-                self._client.auth.invalidate()
-                continue
-            except PubSubError as exc:
-                if not exc.transient:
-                    raise
-                error = exc
-            failures = 0 if self._progressed else failures + 1
-            auth_retried = auth_retried and not self._progressed
-            self._note_reconnect(error, failures)
-            self._halt.wait(
-                backoff_delay(
-                    max(failures, 1), self._client.backoff_initial_s, self._client.backoff_max_s
-                )
-            )
-
-    def _note_reconnect(self, error: PubSubError | None, failures: int) -> None:
-        if failures > self._settings.max_failures:
-            raise error or ServiceUnavailableError(
-                f"Subscribe to {self.channel} kept closing without delivering anything "
-                f"({failures} times); check the server at {self._client.target}"
-            )
-        self.stats.reconnects += 1
-        self.stats.last_error = str(error) if error else "closed by the server"
-        if error is not None:
-            record_error("cdc_stream")
-        log.info("reopening the stream of %s (%s)", self.channel, self.stats.last_error)
-
-    def _wait_drained(self) -> bool:
-        """Wait until the consumer handled everything queued (the store is then the truth)."""
-        with self._drained:
-            while self._in_flight > 0 and not self._halt.is_set():
-                self._drained.wait(self._settings.poll_s)
-        return not self._halt.is_set()
-
-    def _session(self, start: bytes | None) -> None:
-        settings = self._settings
-        first = pb2.FetchRequest(
-            topic_name=self.channel,
-            # Enum numbers, never names: a name can silently encode as 0 (LATEST).
-            replay_preset=pb2.ReplayPreset.Value("CUSTOM" if start else settings.preset),
-            replay_id=start or b"",
-            num_requested=settings.window,
-        )
-        session = _Session(self.channel, self._client.open_subscribe(first), settings.window, start)
-        self.stats.subscribes += 1
-        heard_at = time.monotonic()
-        try:
-            while not self._halt.is_set():
-                response = session.receive(settings.poll_s)
-                if response is not None:
-                    heard_at = time.monotonic()
-                    self._progressed = True
-                    self._enqueue(session, response)
-                else:
-                    self._watch(session, heard_at)
-        finally:
-            session.close()
-
-    def _watch(self, session: _Session, heard_at: float) -> None:
-        """Stall watchdog; a stream with nothing requested is silent by design, so skip it."""
-        if session.outstanding <= 0:
-            return
-        quiet = time.monotonic() - max(heard_at, session.credited_at)
-        if quiet > self._client.stall_timeout_s:
-            raise StreamStalledError(
-                f"no response on {self.channel} for {quiet:.1f} s (not even a keepalive) "
-                f"with {session.outstanding} events requested; the stream is presumed dead"
-            )
-
-    def _enqueue(self, session: _Session, response: pb2.FetchResponse) -> None:
-        events = tuple(
-            RawEvent(
-                channel=self.channel,
-                replay_id=consumer.replay_id,
-                schema_id=consumer.event.schema_id,
-                payload=consumer.event.payload,
-                event_id=consumer.event.id,
-            )
-            for consumer in response.events
-        )
-        latest = response.latest_replay_id or (events[-1].replay_id if events else b"")
-        if events:
-            session.received(len(events))
-            self.stats.events += len(events)
-        else:
-            self.stats.keepalives += 1
-            if not latest or latest == session.previous:
-                return  # nothing new to make durable
-        batch = StreamBatch(self.channel, events, latest, session.previous, response.rpc_id)
-        session.previous = latest
-        with self._drained:
-            self._in_flight += 1
-        item = _Queued(batch, session)
-        if events:
-            self._inbox.put(item)
-        elif self._inbox.put_keepalive(item):
-            self.handed_over()  # folded into the queued keepalive: no new entry
+from kpi_pipeline.adapters.pubsub.client import PubSubClient
+from kpi_pipeline.adapters.pubsub.fetch import Preset
+from kpi_pipeline.adapters.pubsub.stream_inbox import Failure, Inbox
+from kpi_pipeline.adapters.pubsub.stream_receiver import ChannelStats, Receiver, ReceiverSettings
+from kpi_pipeline.adapters.pubsub.subscribe_stream import MAX_OUTSTANDING
+from kpi_pipeline.core.errors import PubSubError
+from kpi_pipeline.core.raw import StreamBatch
 
 
 class StreamSubscriber:
@@ -364,7 +81,7 @@ class StreamSubscriber:
         self.client = client
         self.channels = tuple(channels)
         self._resume_from = resume_from
-        self._settings = _Settings(initial_preset, window, max_failures, poll_s)
+        self._settings = ReceiverSettings(initial_preset, window, max_failures, poll_s)
         self.stats: dict[str, ChannelStats] = {c: ChannelStats() for c in self.channels}
 
     def run(
@@ -384,9 +101,9 @@ class StreamSubscriber:
         they are not durable yet and the next run resubscribes after the durable id).
         Raises the handler's exception, or a receiver's fatal ``PubSubError``.
         """
-        inbox, halt = _Inbox(), threading.Event()
+        inbox, halt = Inbox(), threading.Event()
         receivers = {
-            channel: _Receiver(
+            channel: Receiver(
                 channel,
                 self.client,
                 inbox,
@@ -408,8 +125,8 @@ class StreamSubscriber:
 
     def _consume(
         self,
-        inbox: _Inbox,
-        receivers: Mapping[str, _Receiver],
+        inbox: Inbox,
+        receivers: Mapping[str, Receiver],
         handler: Callable[[StreamBatch], Any],
         stop: threading.Event,
         on_idle: Callable[[], Any],
@@ -419,7 +136,7 @@ class StreamSubscriber:
             if item is None:
                 on_idle()
                 continue
-            if isinstance(item, _Failure):
+            if isinstance(item, Failure):
                 if isinstance(item.error, PubSubError):
                     item.error.channel = item.channel  # so the caller can act on that channel
                 raise item.error
@@ -430,59 +147,3 @@ class StreamSubscriber:
                 receivers[item.batch.channel].handed_over()
             if inbox.empty():
                 on_idle()
-
-
-# --- staging ---------------------------------------------------------------------------
-
-
-def newest_commit_ms(
-    decode: Callable[[RawEvent], ChangeEvent],
-) -> Callable[[Sequence[RawEvent]], int | None]:
-    """Newest commit time of a batch, for the replay store; undecodable events are skipped
-    here (the processor dead-letters them with their reason)."""
-
-    def newest(events: Sequence[RawEvent]) -> int | None:
-        times = []
-        for raw in events:
-            try:
-                times.append(decode(raw).header.commit_timestamp)
-            except Exception:  # decoding problems belong to the processor
-                continue
-        return max(times, default=None)
-
-    return newest
-
-
-class LedgerStager:
-    """Handler that stages a ``StreamBatch`` and advances the durable replay id atomically.
-
-    ``get_schema`` supplies the Avro schema JSON of each schema id (``client.get_schema``);
-    ``commit_ms`` optionally reads the newest commit time (``newest_commit_ms``).
-    Returns the ledger's ``StagedResponse`` (None for a keepalive on an empty bus).
-    """
-
-    def __init__(
-        self,
-        ledger: ReplayStoreMixin,
-        get_schema: Callable[[str], str],
-        *,
-        commit_ms: Callable[[Sequence[RawEvent]], int | None] | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self._get_schema = get_schema
-        self._commit_ms = commit_ms
-
-    def __call__(self, batch: StreamBatch) -> StagedResponse | None:
-        if not batch.latest_replay_id:
-            return None
-        schemas = {
-            sid: self._get_schema(sid) for sid in sorted({e.schema_id for e in batch.events})
-        }
-        return self.ledger.stage_and_advance(
-            batch.channel,
-            batch.events,
-            schemas,
-            replay_id=batch.latest_replay_id,
-            expected=batch.previous_replay_id,
-            commit_ms=self._commit_ms(batch.events) if self._commit_ms and batch.events else None,
-        )

@@ -9,12 +9,11 @@ from kpi_pipeline.core.kpis.lead_facts import (
     validate_lead_facts,
 )
 from kpi_pipeline.core.kpis.markdown import markdown_table
+from kpi_pipeline.core.kpis.per_lead import DEFAULT_SLA_MINUTES, business_clocks
 from kpi_pipeline.core.kpis.rollups import (
-    DEFAULT_SLA_MINUTES,
     ROLLUP_NAMES,
     ROLLUP_SCHEMAS,
     assignment_latency,
-    business_clocks,
     compute_all,
     empty_rollup,
     sla,

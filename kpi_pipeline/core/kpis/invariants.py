@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES, ROLLUP_SCHEMAS, per_lead_base
+from kpi_pipeline.core.kpis.per_lead import per_lead_base
+from kpi_pipeline.core.kpis.rollups import ROLLUP_NAMES, ROLLUP_SCHEMAS
 
 FIRST_RESPONSE_FIELDS = (
     "First_Response_At__c",

@@ -43,6 +43,9 @@ Decisions where CONTRACTS.md §4 is silent (documented here because the CSVs car
   that same template (the recommendation was taken). ``acceptance`` = applied ÷
   recommended, in [0, 1]. An email using a template that was not the recommendation
   is not an acceptance and is not counted. Leads without a recommendation are absent.
+
+The per-lead columns these rules describe (day, TTFR, due instant, SLA state) are derived
+once in ``per_lead``; this module groups them into the tables.
 """
 
 from __future__ import annotations
@@ -50,22 +53,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 
-from kpi_pipeline.core.kpis.lead_facts import (
-    BUSINESS_TTFR,
-    LeadFactsError,
-    check_as_of,
-    check_timezone,
-    validate_lead_facts,
+from kpi_pipeline.core.kpis.lead_facts import LeadFactsError, check_as_of
+from kpi_pipeline.core.kpis.per_lead import (
+    Clocks,
+    key_text,
+    minutes_or_derived,
+    per_lead_base,
+    sla_flags,
 )
-from kpi_pipeline.core.workloads.business_hours import ALWAYS_OPEN, NS_PER_MINUTE, BusinessClock
-
-Clocks = Mapping[str | None, BusinessClock]
-
-DEFAULT_SLA_MINUTES = 60.0
-
 
 # Output schemas: column -> dtype. The order here is the column order of the output.
 _COUNT = "int64"
@@ -107,113 +104,6 @@ ROLLUP_SCHEMAS: dict[str, dict[str, str]] = {
     },
 }
 ROLLUP_NAMES: tuple[str, ...] = tuple(ROLLUP_SCHEMAS)
-
-
-# --- the input contract -----------------------------------------------------------------
-
-
-# --- shared derivations -------------------------------------------------------------------
-
-
-def _local_day(created: pd.Series, tz: str) -> pd.Series:
-    """Local midnight (naive datetime64) of each creation instant in ``tz``.
-
-    Grouping on a datetime64 is much faster than on 1,000,000 date strings; the key is
-    turned into text only on the (few) output rows.
-    """
-    return created.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
-
-
-def _minutes_or_derived(stored: pd.Series, start: pd.Series, end: pd.Series) -> pd.Series:
-    """Stored minutes where present, else (end - start) in minutes rounded to 2 places; NaN without end."""
-    derived = ((end - start).dt.total_seconds() / 60.0).round(2)
-    minutes = stored.astype("float64").where(stored.notna(), derived)
-    return minutes.where(end.notna())
-
-
-def _key_text(values: pd.Series) -> pd.Series:
-    """Group key as text, the empty string standing for 'not set'."""
-    return values.astype(object).where(values.notna(), "").astype(str)
-
-
-def per_lead_base(frame: pd.DataFrame, tz: str, clocks: Clocks | None = None) -> pd.DataFrame:
-    """The columns every rollup needs, derived once (``due``: the SLA due instant)."""
-    validate_lead_facts(frame)
-    check_timezone(tz)
-    created = frame["CreatedDate"]
-    responded_at = frame["First_Response_At__c"]
-    ttfr = _minutes_or_derived(frame["Time_to_First_Response__c"], created, responded_at)
-    if clocks is None:
-        due, business = _stored_clocks(frame, ttfr)
-    else:
-        due, business = business_clocks(frame, clocks)
-    return pd.DataFrame(
-        {
-            "day": _local_day(created, tz),
-            "responded": responded_at.notna(),
-            "ttfr": ttfr,
-            "ttfr_business": business,
-            "due": due,
-        },
-        index=frame.index,
-    )
-
-
-def wall_clock_due(frame: pd.DataFrame) -> pd.Series:
-    sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES)
-    return frame["CreatedDate"] + pd.to_timedelta(sla_minutes, unit="min")
-
-
-def _stored_clocks(frame: pd.DataFrame, ttfr: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Due time and business minutes as the ledger stored them. A lead without them was
-    measured on 24x7 time when it has no calendar (due = created + SLA, business minutes =
-    wall-clock minutes); with a calendar but no stored minutes they are unknown (NaN)."""
-    no_calendar = frame["SLA_Calendar"].isna() | (frame["SLA_Calendar"] == "")
-    due = frame["SLA_Due_At"].where(frame["SLA_Due_At"].notna(), wall_clock_due(frame))
-    stored = frame[BUSINESS_TTFR].astype("float64")
-    business = stored.where(stored.notna(), ttfr.where(no_calendar))
-    return due, business.where(frame["First_Response_At__c"].notna())
-
-
-def _as_ns(values: pd.Series) -> np.ndarray:
-    """Instants as int64 nanoseconds since the epoch (NaT comes out as the minimum int64;
-    callers mask those). Aware datetimes are stored as UTC ns already: no conversion."""
-    return np.asarray(values.dt.as_unit("ns").array.asi8, dtype="int64")
-
-
-def business_clocks(frame: pd.DataFrame, clocks: Clocks) -> tuple[pd.Series, pd.Series]:
-    """(SLA due instant, TTFR business minutes) per lead, recomputed from each lead's
-    ``SLA_Calendar`` with ``clocks`` (name -> ``BusinessClock``; empty or None -> 24x7),
-    ignoring stored values: what a calendar change would have made of past leads.
-
-    Vectorised per calendar: two binary searches per lead (see ``BusinessClock``)."""
-    names = frame["SLA_Calendar"].astype(object).where(frame["SLA_Calendar"].notna(), "")
-    names = names.replace("", None) if len(names) else names
-    unknown = sorted({str(n) for n in names.dropna().unique()} - {str(k) for k in clocks if k})
-    if unknown:
-        raise LeadFactsError(
-            f"lead facts name calendars {unknown} that the given clocks lack "
-            f"({sorted(str(k) for k in clocks if k)}); pass the clocks of the policy that "
-            "defines them (kpi_pipeline.core.workloads.business_hours.policy_clocks)"
-        )
-    created = _as_ns(frame["CreatedDate"])
-    responded = frame["First_Response_At__c"].notna().to_numpy()
-    responded_at = _as_ns(frame["First_Response_At__c"])
-    sla_minutes = frame["SLA_Minutes"].astype("float64").fillna(DEFAULT_SLA_MINUTES).to_numpy()
-    due = np.zeros(len(frame), dtype="int64")
-    open_ns = np.zeros(len(frame), dtype="int64")
-    codes, uniques = pd.factorize(names, use_na_sentinel=True)
-    for code, name in [(-1, None), *enumerate(uniques)]:
-        rows = np.flatnonzero(codes == code)
-        if rows.size == 0:
-            continue
-        clock = clocks.get(name, ALWAYS_OPEN) if name is None else clocks[name]
-        due[rows] = clock.add_open_ns_array(created[rows], sla_minutes[rows])
-        answered = rows[responded[rows]]
-        open_ns[answered] = clock.open_ns_array(created[answered], responded_at[answered])
-    business = pd.Series(np.round(open_ns / NS_PER_MINUTE, 2), index=frame.index)
-    due_at = pd.Series(pd.to_datetime(due, unit="ns", utc=True), index=frame.index)
-    return due_at, business.where(responded)
 
 
 def _finish(name: str, result: pd.DataFrame) -> pd.DataFrame:
@@ -358,7 +248,7 @@ def _ttfr_overall(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 def _ttfr_by_owner(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     if base.empty:
         return _empty("ttfr_by_owner")
-    keyed = base.assign(owner_id=_key_text(frame["OwnerId"]))
+    keyed = base.assign(owner_id=key_text(frame["OwnerId"]))
     return _finish("ttfr_by_owner", _ttfr_table(keyed, ["day", "owner_id"]))
 
 
@@ -377,26 +267,14 @@ def _sla_states(frame: pd.DataFrame, base: pd.DataFrame, as_of_utc: pd.Timestamp
     )
 
 
-def sla_flags(
-    responded: pd.Series, responded_at: pd.Series, due: pd.Series, as_of_utc: pd.Timestamp
-) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Per lead (CONTRACTS.md §4.3): met (responded by its due time), breached (responded late,
-    or unanswered past due as of ``as_of_utc``), else pending. NaT compares False, so
-    "responded_at <= due" only holds for responded leads."""
-    met = responded & (responded_at <= due)
-    breached = (responded & (responded_at > due)) | (~responded & (due < as_of_utc))
-    pending = ~responded & (due >= as_of_utc)
-    return met, breached, pending
-
-
 def _sla_by_owner(frame: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
-    return _sla_table("sla_by_owner", states, [_key_text(frame["OwnerId"]).rename("owner_id")])
+    return _sla_table("sla_by_owner", states, [key_text(frame["OwnerId"]).rename("owner_id")])
 
 
 def _sla_by_rule(frame: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
     keys = [
-        _key_text(frame["Routing_Policy_Version__c"]).rename("policy_version"),
-        _key_text(frame["Routing_Rule__c"]).rename("rule"),
+        key_text(frame["Routing_Policy_Version__c"]).rename("policy_version"),
+        key_text(frame["Routing_Rule__c"]).rename("rule"),
     ]
     return _sla_table("sla_by_rule", states, keys)
 
@@ -417,13 +295,13 @@ def _assignment_latency(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame
     if base.empty:
         return _empty("assignment_latency")
     assigned_at = frame["Owner_Assigned_At__c"]
-    latency = _minutes_or_derived(
+    latency = minutes_or_derived(
         frame["Assignment_Latency_Minutes__c"], frame["CreatedDate"], assigned_at
     )
     by = [
         base["day"],
-        _key_text(frame["Routing_Policy_Version__c"]).rename("policy_version"),
-        _key_text(frame["Routing_Rule__c"]).rename("rule"),
+        key_text(frame["Routing_Policy_Version__c"]).rename("policy_version"),
+        key_text(frame["Routing_Rule__c"]).rename("rule"),
     ]
     table = _group_stats(by, assigned_at.notna(), latency, ("leads", "assigned"), _LATENCY_QS)
     return _finish("assignment_latency", table)
@@ -447,9 +325,3 @@ def _template_usage(frame: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     )
     table["acceptance"] = table["applied"] / table["recommended"]
     return _finish("template_usage", table.reset_index())
-
-
-# --- data checks -----------------------------------------------------------------------
-
-
-# --- presentation ----------------------------------------------------------------------

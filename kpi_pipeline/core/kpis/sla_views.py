@@ -10,7 +10,7 @@ from datetime import datetime
 import pandas as pd
 
 from kpi_pipeline.core.kpis.lead_facts import check_as_of
-from kpi_pipeline.core.kpis.rollups import Clocks, business_clocks, sla_flags, wall_clock_due
+from kpi_pipeline.core.kpis.per_lead import Clocks, business_clocks, sla_flags, wall_clock_due
 
 
 @dataclass(frozen=True, slots=True)

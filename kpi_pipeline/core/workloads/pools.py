@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from kpi_pipeline.core.policy.load import Pool, integer_weights
+from kpi_pipeline.core.policy.load import Pool
+from kpi_pipeline.core.policy.validation import integer_weights
 
 
 @dataclass(frozen=True, slots=True)

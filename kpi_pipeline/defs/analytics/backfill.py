@@ -17,6 +17,7 @@ import dagster as dg
 from kpi_pipeline.core.kpis.invariants import reconcile
 from kpi_pipeline.defs.analytics.assets import daily_partitions, write_kpi_window
 from kpi_pipeline.defs.asset_keys import KPI_KEYS
+from kpi_pipeline.defs.executors import fanout_job
 from kpi_pipeline.defs.resources import PipelineResource
 
 
@@ -99,16 +100,12 @@ def build_kpi_backfill(
     executor: dg.ExecutorDefinition, tags: dict[str, str] | None = None
 ) -> dg.JobDefinition:
     """``tags``: step tags (the Celery queue, ``executors.step_tags``)."""
-    tags = tags or {}
-
-    @dg.job(
+    return fanout_job(
         name="kpi_backfill",
-        executor_def=executor,
-        tags={"kpi/workload": "kpi_backfill"},
         description="KPI rollups of a date range, a step per day (fans out with KPI_EXECUTOR=celery).",
+        executor=executor,
+        tags=tags,
+        plan=kpi_backfill_days,
+        each=kpi_rollup_day,
+        collect=kpi_backfill_summary,
     )
-    def kpi_backfill():
-        days = kpi_backfill_days.tag(tags)()
-        kpi_backfill_summary.tag(tags)(days.map(kpi_rollup_day.tag(tags)).collect())
-
-    return kpi_backfill

@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from kpi_pipeline.adapters.ledger.resync_windows import LedgerResyncWindows
 from kpi_pipeline.app.resync import ResyncReport, resync_open_windows, run_key_for, windows_due
+from kpi_pipeline.defs.executors import fanout_job
 from kpi_pipeline.defs.resources import PipelineResource
 
 RESYNC_SENSOR_INTERVAL_S = 60
@@ -38,7 +40,7 @@ def _metadata(reports: list[ResyncReport]) -> dict:
 )
 def resync_plan(config: ResyncConfig, pipeline: PipelineResource):
     wanted = set(config.window_ids)
-    for window in pipeline.ledger().open_resync_windows():
+    for window in LedgerResyncWindows(pipeline.ledger()).open_resync_windows():
         if not wanted or window.id in wanted:
             yield dg.DynamicOutput(window.id, mapping_key=f"w{window.id}")
 
@@ -47,7 +49,7 @@ def resync_plan(config: ResyncConfig, pipeline: PipelineResource):
 def resync_window(window_id: int, pipeline: PipelineResource) -> dict:
     # A window another step (or a redelivered task) already closed gives no report: nothing to do.
     reports = resync_open_windows(
-        pipeline.ledger(),
+        LedgerResyncWindows(pipeline.ledger()),
         pipeline.salesforce_rest(),
         pipeline.processor(),
         now=datetime.now(UTC),
@@ -94,19 +96,15 @@ def build_cdc_resync(
     """One step per window (dynamic outputs): with the celery executor the windows of one run
     are re-read on different workers at once; the ledger's per-lead isolation keeps two windows
     that touch the same lead safe. ``tags``: step tags (the Celery queue)."""
-    tags = tags or {}
-
-    @dg.job(
+    return fanout_job(
         name="cdc_resync",
-        executor_def=executor,
-        tags={"kpi/workload": "cdc_resync"},
         description="Closes re-sync windows: REST re-read of the records CDC could not deliver.",
+        executor=executor,
+        tags=tags,
+        plan=resync_plan,
+        each=resync_window,
+        collect=resync_windows,
     )
-    def cdc_resync():
-        windows = resync_plan.tag(tags)()
-        resync_windows.tag(tags)(windows.map(resync_window.tag(tags)).collect())
-
-    return cdc_resync
 
 
 # The single-process job (tests, and KPI_EXECUTOR=in_process); build_defs builds the one the
@@ -122,7 +120,7 @@ cdc_resync = build_cdc_resync(dg.in_process_executor)
     description="Requests a cdc_resync run while re-sync windows are open (and not backing off).",
 )
 def resync_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineResource):
-    open_windows = pipeline.ledger().open_resync_windows()
+    open_windows = LedgerResyncWindows(pipeline.ledger()).open_resync_windows()
     due = windows_due(open_windows, datetime.now(UTC))
     if not due:
         waiting = len(open_windows)

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.adapters.auth.jwt import (
-    AuthError,
     JWTTokenProvider,
-    StaticTokenProvider,
     default_audience,
     tenant_id_from_identity_url,
 )
+from kpi_pipeline.adapters.auth.tokens import AuthError, StaticTokenProvider
 from kpi_pipeline.config import Settings
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID
 from kpi_pipeline.telemetry import metrics

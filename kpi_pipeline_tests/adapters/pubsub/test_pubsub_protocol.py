@@ -8,9 +8,10 @@ import time
 import grpc
 import pytest
 
-from kpi_pipeline.adapters.pubsub.client import DEFAULT_CHANNEL_OPTIONS, FetchResult, PubSubClient
+from kpi_pipeline.adapters.pubsub.client import DEFAULT_CHANNEL_OPTIONS, PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.errors import error_from_rpc
+from kpi_pipeline.adapters.pubsub.fetch import FetchResult
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.adapters.pubsub.schemas import SCHEMA_IDS_BY_ENTITY

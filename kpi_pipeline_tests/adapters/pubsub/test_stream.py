@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
 from kpi_pipeline.adapters.ledger import Ledger, ReplayPositionMoved
 from kpi_pipeline.core.errors import PubSubAuthError, ReplayIdInvalidError
 from kpi_pipeline.core.raw import StreamBatch

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kpi_pipeline.adapters.salesforce.rest import SalesforceRest, merge_updates, soql_datetime
+from kpi_pipeline.adapters.salesforce.rest import SalesforceRest, merge_updates
+from kpi_pipeline.adapters.salesforce.soql import soql_datetime
 from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
 from kpi_pipeline.core.salesforce_rest import (
     RecordUpdate,

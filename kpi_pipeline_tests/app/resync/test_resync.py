@@ -79,7 +79,7 @@ def test_gap_update_re_reads_the_lead_and_closes_the_window(
     assert pipeline.resync() == []
     assert (
         resync_window(
-            pipeline.ledger, pipeline.org.rest(), pipeline.processor, closed, now=datetime.now(UTC)
+            pipeline.windows, pipeline.org.rest(), pipeline.processor, closed, now=datetime.now(UTC)
         ).status
         == "skipped"
     )

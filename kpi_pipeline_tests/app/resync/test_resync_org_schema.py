@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.ledger.resync_windows import LedgerResyncWindows
 from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.schemas import SCHEMAS_BY_ENTITY
@@ -108,7 +109,10 @@ def test_resync_re_reads_a_field_known_only_from_the_staged_getschema_answer(
     refused_window(ledger, CHANNEL, from_replay=1, from_time_ms=T0)
     describes_before = len(org.data_requests("/describe"))
     [report] = resync_open_windows(
-        ledger, org.rest(), make_processor(ledger, clock=wall_clock), now=datetime.now(UTC)
+        LedgerResyncWindows(ledger),
+        org.rest(),
+        make_processor(ledger, clock=wall_clock),
+        now=datetime.now(UTC),
     )
     assert report.status == "closed", report.error
     assert report.entities == ["Lead"]  # what the stream carried on the channel
@@ -122,7 +126,10 @@ def test_before_anything_is_staged_the_fields_come_from_describe(
     lead = _new_lead(org, "LATAM")
     gap_window(ledger, lead, from_replay=1, at_ms=T0)
     [report] = resync_open_windows(
-        ledger, org.rest(), make_processor(ledger, clock=wall_clock), now=datetime.now(UTC)
+        LedgerResyncWindows(ledger),
+        org.rest(),
+        make_processor(ledger, clock=wall_clock),
+        now=datetime.now(UTC),
     )
     assert report.status == "closed", report.error
     assert ledger.record("Lead", lead).fields[FIELD] == "LATAM"

@@ -5,12 +5,12 @@ import copy
 import pytest
 
 from kpi_pipeline.core.policy.load import (
-    PolicyError,
     default_policy_path,
     load_policy,
     policy_fingerprint,
     validate_policy_file,
 )
+from kpi_pipeline.core.policy.validation import PolicyError
 from kpi_pipeline_tests.support.policies import packaged_policy_document, policy_faults
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from kpi_pipeline.core.kpis.rollups import sla_flags
+from kpi_pipeline.core.kpis.per_lead import sla_flags
 from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
 from kpi_pipeline.core.workloads.lead_route import (
     FALLBACK_RULE_ID,
@@ -397,7 +397,7 @@ def test_assignment_from_owner_change():
     [(60, 61, "met"), (60.01, 61, "breached"), (None, 60, "pending"), (None, 60.01, "breached")],
 )
 def test_sla_status(response_minute, as_of_minute, expected):
-    """The boundaries of the SLA rule, as the rollups apply it (``rollups.sla_flags``)."""
+    """The boundaries of the SLA rule, as the rollups apply it (``per_lead.sla_flags``)."""
     response = at(response_minute) if response_minute is not None else None
     responded_at = pd.Series(
         [pd.Timestamp(response) if response else pd.NaT], dtype="datetime64[ns, UTC]"

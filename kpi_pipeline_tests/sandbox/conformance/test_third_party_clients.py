@@ -28,7 +28,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from kpi_pipeline.adapters.auth.jwt import StaticTokenProvider
+from kpi_pipeline.adapters.auth.tokens import StaticTokenProvider
 from kpi_pipeline.adapters.pubsub.client import PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.core.bitmaps import FieldLayout, decode_bitmap
