@@ -21,6 +21,7 @@ from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.schemas import SCHEMAS_BY_ENTITY
 from kpi_pipeline.app.ingest import DrainLimits, drain_tick
 from kpi_pipeline.app.resync import EntityFields, OrgDescription, resync_open_windows
+from kpi_pipeline.app.resync.run import ResyncReport
 from kpi_pipeline.core.cursor import SensorCursor
 from kpi_pipeline.sandbox.pubsub_server import start_pubsub_server
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID
@@ -96,6 +97,16 @@ def test_the_sandbox_serves_an_org_specific_field_the_default_schemas_lack(
     ).items()
 
 
+def _resync_now(org: SandboxOrg, ledger: Ledger) -> list[ResyncReport]:
+    """Re-sync the ledger's open windows from the org's REST API, as the live job would."""
+    return resync_open_windows(
+        LedgerResyncWindows(ledger),
+        org.rest(),
+        make_processor(ledger, clock=wall_clock),
+        now=datetime.now(UTC),
+    )
+
+
 def test_resync_re_reads_a_field_known_only_from_the_staged_getschema_answer(
     org: SandboxOrg, ledger: Ledger
 ) -> None:
@@ -108,12 +119,7 @@ def test_resync_re_reads_a_field_known_only_from_the_staged_getschema_answer(
     )
     refused_window(ledger, CHANNEL, from_replay=1, from_time_ms=T0)
     describes_before = len(org.data_requests("/describe"))
-    [report] = resync_open_windows(
-        LedgerResyncWindows(ledger),
-        org.rest(),
-        make_processor(ledger, clock=wall_clock),
-        now=datetime.now(UTC),
-    )
+    [report] = _resync_now(org, ledger)
     assert report.status == "closed", report.error
     assert report.entities == ["Lead"]  # what the stream carried on the channel
     assert ledger.record("Lead", lead).fields[FIELD] == "APAC"
@@ -125,12 +131,7 @@ def test_before_anything_is_staged_the_fields_come_from_describe(
 ) -> None:
     lead = _new_lead(org, "LATAM")
     gap_window(ledger, lead, from_replay=1, at_ms=T0)
-    [report] = resync_open_windows(
-        LedgerResyncWindows(ledger),
-        org.rest(),
-        make_processor(ledger, clock=wall_clock),
-        now=datetime.now(UTC),
-    )
+    [report] = _resync_now(org, ledger)
     assert report.status == "closed", report.error
     assert ledger.record("Lead", lead).fields[FIELD] == "LATAM"
     assert len(org.data_requests("/sobjects/Lead/describe")) == 1
