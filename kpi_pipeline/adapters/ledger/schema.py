@@ -301,3 +301,25 @@ cdc_channel_leases = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
+
+# --- migration 0009: sensor-mode lead partitions (adapters/ledger/partitions.py) -----------
+
+cdc_batch_partitions = sa.Table(
+    "cdc_batch_partitions",
+    metadata,
+    sa.Column("batch_id", sa.String(300), primary_key=True),
+    sa.Column("partitions", sa.Integer, primary_key=True),  # N the run was one of
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.String(128), nullable=False),
+    sa.Column("completed_at", UTCDateTime, nullable=False),
+)
+
+cdc_partition_leases = sa.Table(
+    "cdc_partition_leases",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("partitions", sa.Integer, nullable=False),
+    sa.Column("holder", sa.String(128), nullable=False),  # the root run id of a processing run
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
