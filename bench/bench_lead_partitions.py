@@ -63,7 +63,8 @@ def _worker(url: str, partition: int, partitions: int, path: str, size: int, bar
     for number, batch in enumerate(rounds):
         cpu_start = time.process_time()
         lp.acquire_partition(ledger, partition, partitions, holder=holder, ttl=ttl)
-        resolver = LeadResolver.of(batch, lp.stored_links(ledger, batch))
+        key = lp.round_key([f"round-{number}"], partitions)
+        resolver = LeadResolver.of(batch, lp.round_links(ledger, key, batch))
         mine = events_of_partition(batch, partition, partitions, resolver)
         filter_cpu += time.process_time() - cpu_start
         processor.process(mine)

@@ -18,7 +18,8 @@ that carries the field (``None`` included: a nulled link), then from the record 
 ledger stored before this round (``stored``). Every partition run of a round loads the same
 batches, and a link field no event of the round touches is not written by any run of the
 round, so every run computes the same partition for every record: each record is merged by
-exactly one run per round.
+exactly one run per round. (Link fields are ids, which CDC always delivers by value, never
+only as a ``diffFields`` name to be re-read over REST.)
 
 First touch stays correct across partitions because a response candidate needs its lead:
 an activity is processed in its lead's partition whenever its lead can be known, and an

@@ -10,7 +10,6 @@ barrier for the other workers (the sensor requests a round only after the previo
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,19 +39,21 @@ def process_partition(
     try:
         for number, events in enumerate(read_rounds(Path(path), size)):
             lp.acquire_partition(ledger, partition, partitions, holder=holder, ttl=TTL)
-            resolver = LeadResolver.of(events, lp.stored_links(ledger, events))
+            key = lp.round_key([f"round-{number}"], partitions)
+            resolver = LeadResolver.of(events, lp.round_links(ledger, key, events))
             processor.process(events_of_partition(events, partition, partitions, resolver))
             lp.complete_partition(ledger, [f"round-{number}"], partition, partitions, run_id=holder)
             lp.release_partition(ledger, partition, holder=holder)
             if barrier is not None:
-                barrier.wait(timeout=120)
+                barrier.wait(timeout=300)
     finally:
         ledger.dispose()
 
 
-def contend(url: str, partition: int, holder: str, hold_s: float, barrier: Any, out: Any) -> None:
-    """Try to take ``partition`` of 2 at the same moment as the other contenders; report
-    whether this process got it (holding it ``hold_s``) or was refused."""
+def contend(url: str, partition: int, holder: str, barrier: Any, out: Any) -> None:
+    """Try to take ``partition`` of 2 at the same moment as the other contenders and report
+    whether this process got it or was refused; the holder keeps it until every contender
+    has tried (the second barrier), then checks it still holds it and gives it back."""
     ledger = Ledger.from_url(url)
     try:
         barrier.wait(timeout=60)
@@ -60,9 +61,10 @@ def contend(url: str, partition: int, holder: str, hold_s: float, barrier: Any, 
             lp.acquire_partition(ledger, partition, 2, holder=holder, ttl=TTL)
         except lp.PartitionBusy as exc:
             out.put((holder, "refused", str(exc)))
+            barrier.wait(timeout=60)
             return
         out.put((holder, "holds", ""))
-        time.sleep(hold_s)
+        barrier.wait(timeout=60)
         lp.hold_partition(ledger, partition, 2, holder=holder, ttl=TTL)
         lp.release_partition(ledger, partition, holder=holder)
     finally:

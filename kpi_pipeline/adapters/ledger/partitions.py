@@ -12,8 +12,10 @@ module is what makes that safe beyond Dagster's tag concurrency limits:
   *root* run id, so Dagster's automatic retry of a failed run (same root) carries on with
   the lease its first attempt took. A lease expires after the run's max runtime; the
   sensor releases them all once no processing run is in progress (``release_partitions``).
-* **Link fields** (``stored_links``): the stored WhoId / RelatedToId / ActivityId of the
-  activities a round names, which ``LeadResolver`` reads under the round's own events.
+* **Link fields** (``round_links``): the stored WhoId / RelatedToId / ActivityId of the
+  activities a round names, which ``LeadResolver`` reads under the round's own events; read
+  once per round and kept (``cdc_partition_links``), so every partition run of the round
+  resolves with the same copy.
 * **Completion** (``cdc_batch_partitions``): each partition run records the batches it
   completed; a batch is done when all N partitions of one N have completed it, and the run
   that records the last one marks it done (``complete_partition``). Recording is
@@ -23,6 +25,8 @@ module is what makes that safe beyond Dagster's tag concurrency limits:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -146,9 +150,9 @@ def release_partition(ledger: Ledger, partition: int, *, holder: str) -> None:
 
 
 def release_partitions(ledger: Ledger) -> int:
-    """Expire every live lease: only for a caller that knows no processing run is in
-    progress (cdc_sensor, before it requests a round), so a run that died without its
-    retries does not hold its partition until the lease's time runs out."""
+    """Expire every live lease and forget every round's links: only for a caller that knows
+    no processing run is in progress (cdc_sensor, before it requests a round), so a run that
+    died without its retries does not hold its partition until the lease's time runs out."""
     now = ledger._now()
     c = t.cdc_partition_leases.c
     with ledger.write() as conn:
@@ -156,6 +160,7 @@ def release_partitions(ledger: Ledger) -> int:
         released = conn.execute(
             t.cdc_partition_leases.update().where(c.expires_at > now).values(expires_at=now)
         )
+        conn.execute(t.cdc_partition_links.delete())
     return released.rowcount
 
 
@@ -180,11 +185,52 @@ def _serialise(conn: sa.Connection) -> None:
 # --- link fields --------------------------------------------------------------------------
 
 
-def stored_links(ledger: Ledger, events: Sequence[ChangeEvent]) -> Links:
+def round_key(batch_ids: Sequence[str], partitions: int) -> str:
+    """The key of a round: its batch ids, in order, and its partition count."""
+    text = json.dumps([partitions, list(batch_ids)], separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def round_links(ledger: Ledger, key: str, events: Sequence[ChangeEvent]) -> Links:
+    """The stored link fields the round's partition runs resolve activities with.
+
+    The first run of the round to get here reads them (``stored_links``) and keeps a copy
+    under the round's key; every later run of the round (and its retries) reads that copy.
+    So all partitions of a round agree on every activity's partition even if another writer
+    (a re-sync, an operator's replay) changes a stored link while the round runs: each record
+    is processed by exactly one partition run, never by none.
+    """
+    c = t.cdc_partition_links.c
+    with ledger.write() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key}
+            )
+        rows = conn.execute(
+            sa.select(c.sobject, c.record_id, c.links).where(c.round_key == key)
+        ).all()
+        if rows:
+            return {(r.sobject, r.record_id): dict(r.links) for r in rows if r.sobject}
+        links = stored_links(ledger, events, conn=conn)
+        marker = [{"round_key": key, "sobject": "", "record_id": "", "links": {}}]
+        conn.execute(
+            t.cdc_partition_links.insert(),
+            marker
+            + [
+                {"round_key": key, "sobject": sobject, "record_id": rid, "links": fields}
+                for (sobject, rid), fields in sorted(links.items())
+            ],
+        )
+    return links
+
+
+def stored_links(
+    ledger: Ledger, events: Sequence[ChangeEvent], *, conn: sa.Connection | None = None
+) -> Links:
     """The stored link fields of the round's activities, and of the Tasks their emails name
     (from the round's events or the stored emails), for ``LeadResolver``."""
     keys = activity_keys(events)
-    found = _link_fields(ledger, keys)
+    found = _link_fields(ledger, keys, conn)
     in_batch = batch_links(events)
     emails = [
         {**found.get(key, {}), **in_batch.get(key, {})}
@@ -192,14 +238,19 @@ def stored_links(ledger: Ledger, events: Sequence[ChangeEvent]) -> Links:
         if key[0] == EMAIL
     ]
     tasks = named_tasks(emails) - keys
-    return found | _link_fields(ledger, tasks)
+    return found | _link_fields(ledger, tasks, conn)
 
 
-def _link_fields(ledger: Ledger, keys: Iterable[RecordKey]) -> dict[RecordKey, dict[str, Any]]:
+def _link_fields(
+    ledger: Ledger, keys: Iterable[RecordKey], conn: sa.Connection | None
+) -> dict[RecordKey, dict[str, Any]]:
     wanted = sorted(set(keys))
     if not wanted:
         return {}
-    with ledger.read() as conn:
+    if conn is None:
+        with ledger.read() as own:
+            states = ledger.records(own, wanted)
+    else:
         states = ledger.records(conn, wanted)
     return {
         key: {name: state.fields.get(name) for name in LINK_FIELDS[key[0]]}

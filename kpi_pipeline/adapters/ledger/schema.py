@@ -323,3 +323,12 @@ cdc_partition_leases = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
+
+cdc_partition_links = sa.Table(
+    "cdc_partition_links",
+    metadata,
+    sa.Column("round_key", sa.String(64), primary_key=True),  # of the round's batch ids and N
+    sa.Column("sobject", sa.String(64), primary_key=True),  # '' marks a round without any
+    sa.Column("record_id", sa.String(32), primary_key=True),
+    sa.Column("links", sa.JSON, nullable=False),  # the activity's stored link fields
+)

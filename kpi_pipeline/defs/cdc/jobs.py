@@ -102,7 +102,7 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
             "commit_ms": [e.header.commit_timestamp for e in decoded.events],
         }
     if config.partitions > 1:
-        events = _partition_events(pipeline, events, config.partition, config.partitions)
+        events = _partition_events(pipeline, events, config)
     processor.apply_records(events)
     context.add_output_metadata(
         {
@@ -118,11 +118,12 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
         yield dg.Output(selected, f"{name}_input")
 
 
-def _partition_events(pipeline: PipelineResource, events: list, partition: int, partitions: int):
+def _partition_events(pipeline: PipelineResource, events: list, config: BatchConfig) -> list:
     """The partition's events: every partition run of a round reads the same batches and
-    the same stored links, so each record lands in exactly one of them."""
-    resolver = LeadResolver.of(events, lp.stored_links(pipeline.ledger(), events))
-    return events_of_partition(events, partition, partitions, resolver)
+    the same copy of the stored links, so each record lands in exactly one of them."""
+    key = lp.round_key(config.batch_ids, config.partitions)
+    resolver = LeadResolver.of(events, lp.round_links(pipeline.ledger(), key, events))
+    return events_of_partition(events, config.partition, config.partitions, resolver)
 
 
 def _run_partition(context: dg.OpExecutionContext) -> tuple[int, int]:

@@ -4,6 +4,7 @@ partition of its N has completed it, idempotently; link fields for the resolver.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -103,3 +104,27 @@ def test_stored_links_cover_the_tasks_the_round_s_emails_name(ledger: Ledger) ->
     links = lp.stored_links(ledger, [email_via_task(email, task, ms(7))])
     assert links[("EmailMessage", email)] == {"RelatedToId": None, "ActivityId": task}
     assert links[("Task", task)] == {"WhoId": lead}
+
+
+def test_a_round_resolves_with_one_copy_of_the_stored_links(ledger: Ledger) -> None:
+    first, second = "00Q000000000001AAA", "00Q000000000002AAA"
+    task = "00T000000000001AAA"
+    processor = make_processor(ledger)
+    processor.process([lead_created(first, ms(0)), task_done(task, first, ms(5))])
+    done = task_done(task, first, ms(9))
+    update = dataclasses.replace(done, fields={"Status": "Completed"})  # no WhoId in it
+    key = lp.round_key(["batch-a"], 2)
+    assert lp.round_links(ledger, key, [update]) == {("Task", task): {"WhoId": first}}
+    # Another writer re-links the task while the round runs (a re-sync, say): the round's
+    # other partition runs still resolve with the copy the first one read.
+    processor.process([task_done(task, second, ms(10))])
+    assert lp.stored_links(ledger, [update]) == {("Task", task): {"WhoId": second}}
+    assert lp.round_links(ledger, key, [update]) == {("Task", task): {"WhoId": first}}
+    # Another round (other batches, or another N) reads afresh; so does this one once the
+    # sensor has released the rounds (no processing run in progress).
+    other = lp.round_key(["batch-a"], 3)
+    assert lp.round_links(ledger, other, [update]) == {("Task", task): {"WhoId": second}}
+    # A round without activities is kept too (as empty).
+    assert lp.round_links(ledger, lp.round_key(["batch-b"], 2), []) == {}
+    lp.release_partitions(ledger)
+    assert lp.round_links(ledger, key, [update]) == {("Task", task): {"WhoId": second}}

@@ -162,7 +162,7 @@ def test_two_processes_cannot_both_take_one_partition(postgres_url: str) -> None
     contenders = [
         SPAWN.Process(
             target=partition_worker.contend,
-            args=(postgres_url, 1, f"run-{n}", 2.0, barrier, out),
+            args=(postgres_url, 1, f"run-{n}", barrier, out),
         )
         for n in range(2)
     ]

@@ -4,6 +4,8 @@
 once all N partitions of one N have a row. ``cdc_partition_leases``: one row per partition
 index, naming the run that holds it until it expires (rows, not advisory locks, so the lease
 outlives one connection and works on SQLite, as ``cdc_channel_leases`` does).
+``cdc_partition_links``: the stored link fields a round's partition runs resolve activities
+with, read once per round so every run of the round uses the same copy.
 
 Revision ID: 0009
 Revises: 0008
@@ -40,8 +42,16 @@ def upgrade() -> None:
         sa.Column("acquired_at", UTCDateTime, nullable=False),
         sa.Column("expires_at", UTCDateTime, nullable=False),
     )
+    op.create_table(
+        "cdc_partition_links",
+        sa.Column("round_key", sa.String(64), primary_key=True),
+        sa.Column("sobject", sa.String(64), primary_key=True),
+        sa.Column("record_id", sa.String(32), primary_key=True),
+        sa.Column("links", sa.JSON, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("cdc_partition_links")
     op.drop_table("cdc_partition_leases")
     op.drop_table("cdc_batch_partitions")
