@@ -15,10 +15,12 @@ one run at a time. The rule, per record id of an event:
 
 An activity's link fields are read, in order, from the *last* event of the loaded batches
 that carries the field (``None`` included: a nulled link), then from the record state the
-ledger stored before this round (``stored``). Every partition run of a round loads the same
-batches, and a link field no event of the round touches is not written by any run of the
-round, so every run computes the same partition for every record: each record is merged by
-exactly one run per round. (Link fields are ids, which CDC always delivers by value, never
+ledger stored (``stored``), read once per round by its first run and kept for the others
+(``adapters.ledger.partitions.round_links``). Every partition run of a round loads the same
+batches and resolves with the same stored copy, so every run computes the same partition for
+every record, whatever another writer (a re-sync) changes meanwhile: each record is merged by
+exactly one run per round. And a link field no event of the round touches is not written by
+any run of the round, so the copy is also what the round leaves stored. (Link fields are ids, which CDC always delivers by value, never
 only as a ``diffFields`` name to be re-read over REST.)
 
 First touch stays correct across partitions because a response candidate needs its lead:
