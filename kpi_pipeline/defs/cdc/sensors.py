@@ -407,6 +407,7 @@ def build_cdc_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Sensor mode: drains Salesforce CDC per channel into staged batches and keeps "
-        "at most one process_cdc_batch run going over every pending batch. Stream mode: keeps one "
+        "at most one process_cdc_batch run going over every pending batch (one per lead partition "
+        "with KPI_CDC_LEAD_PARTITIONS > 1). Stream mode: keeps one "
         "cdc_stream run alive. Cursor = replay ids.",
     )(cdc_sensor_tick)
