@@ -84,6 +84,14 @@ class Settings(BaseSettings):
         description="Sensor mode: upper bound of events one process_cdc_batch run takes from the "
         "pending batches (oldest first); the next run takes the rest once it has finished.",
     )
+    cdc_lead_partitions: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Sensor mode: process_cdc_batch runs per round of pending batches, one per "
+        "lead partition (lead-id hash; an activity goes with its lead). 1 is one run for "
+        "everything; N > 1 needs the kpi/lead_partition tag concurrency limit of DEPLOYMENT.md.",
+    )
     sensor_interval_seconds: int = Field(
         1,
         ge=1,

@@ -301,3 +301,34 @@ cdc_channel_leases = sa.Table(
     sa.Column("acquired_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
+
+# --- migration 0009: sensor-mode lead partitions (adapters/ledger/partitions.py) -----------
+
+cdc_batch_partitions = sa.Table(
+    "cdc_batch_partitions",
+    metadata,
+    sa.Column("batch_id", sa.String(300), primary_key=True),
+    sa.Column("partitions", sa.Integer, primary_key=True),  # N the run was one of
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.String(128), nullable=False),
+    sa.Column("completed_at", UTCDateTime, nullable=False),
+)
+
+cdc_partition_leases = sa.Table(
+    "cdc_partition_leases",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("partitions", sa.Integer, nullable=False),
+    sa.Column("holder", sa.String(128), nullable=False),  # the root run id of a processing run
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+cdc_partition_links = sa.Table(
+    "cdc_partition_links",
+    metadata,
+    sa.Column("round_key", sa.String(64), primary_key=True),  # of the round's batch ids and N
+    sa.Column("sobject", sa.String(64), primary_key=True),  # '' marks a round without any
+    sa.Column("record_id", sa.String(32), primary_key=True),
+    sa.Column("links", sa.JSON, nullable=False),  # the activity's stored link fields
+)

@@ -10,18 +10,40 @@ runs follows the work, not ticks x channels. Ops are thin: each calls the Dagste
 ``kpi_pipeline.app.processing.BatchProcessor``. The job runs in-process (one process per run, no
 per-step spawn: see CONTRACTS.md §8.2) and is retried by the run-retry daemon
 (``dagster/max_retries`` tag); every step is idempotent, so a retry re-applies safely.
+
+Lead partitions (``KPI_CDC_LEAD_PARTITIONS`` = N > 1): the sensor requests N runs of the same
+batches, each tagged with its partition (``kpi/lead_partition``). ``load_batch`` takes the
+partition's lease in the ledger and keeps only the partition's events
+(``kpi_pipeline.core.lead_partitions``); every op renews the lease before it works; and
+``complete_batch`` marks a batch done only once all N partitions have completed it
+(``kpi_pipeline.adapters.ledger.partitions``).
 """
 
-import dagster as dg
+from datetime import timedelta
 
+import dagster as dg
+from dagster._core.storage.tags import ROOT_RUN_ID_TAG
+
+from kpi_pipeline.adapters.ledger import partitions as lp
 from kpi_pipeline.app.processing.steps import STEPS, WorkloadStep, step_inputs
+from kpi_pipeline.core.lead_partitions import LeadResolver, check_partition, events_of_partition
 from kpi_pipeline.defs.resources import PipelineResource
+
+# Tags of a partitioned run (cdc_sensor sets them; Dagster copies them onto retries). The
+# queued run coordinator's tag concurrency limit on PARTITION_TAG (one run per value) keeps
+# a partition's runs from being launched together; the ledger lease refuses them anyway.
+PARTITION_TAG = "kpi/lead_partition"
+PARTITIONS_TAG = "kpi/lead_partitions"
 
 
 class BatchConfig(dg.Config):
     # Processed in this order (replay order). A batch already done is processed again, which
     # is how an operator replays one from the inbox (every step is idempotent).
     batch_ids: list[str]
+    # This run's lead partition of ``partitions`` (1: every event, no lease); the run's tags
+    # must say the same (cdc_sensor sets both).
+    partition: int = 0
+    partitions: int = 1
 
 
 # Per workload step (app.processing.steps.STEPS): its description in the UI and its label in
@@ -48,6 +70,21 @@ _STEP_UI = {
     "merges record states, and selects each workload step's input.",
 )
 def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: PipelineResource):
+    check_partition(config.partition, config.partitions)
+    if _run_partition(context) != (config.partition, config.partitions):
+        raise dg.Failure(
+            f"load_batch config says lead partition {config.partition}/{config.partitions} but "
+            f"the run's tags say {_run_partition(context)}: set {PARTITION_TAG} and "
+            f"{PARTITIONS_TAG} to match (cdc_sensor does)"
+        )
+    if config.partitions > 1:
+        lp.acquire_partition(
+            pipeline.ledger(),
+            config.partition,
+            config.partitions,
+            holder=_holder(context),
+            ttl=_lease_ttl(pipeline),
+        )
     ledger = pipeline.ledger()
     processor = pipeline.processor()
     decoder = pipeline.batch_decoder()  # each batch is read with the schemas staged with it
@@ -64,6 +101,8 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
             "channel": batch.channel,
             "commit_ms": [e.header.commit_timestamp for e in decoded.events],
         }
+    if config.partitions > 1:
+        events = _partition_events(pipeline, events, config)
     processor.apply_records(events)
     context.add_output_metadata(
         {
@@ -79,6 +118,45 @@ def load_batch(context: dg.OpExecutionContext, config: BatchConfig, pipeline: Pi
         yield dg.Output(selected, f"{name}_input")
 
 
+def _partition_events(pipeline: PipelineResource, events: list, config: BatchConfig) -> list:
+    """The partition's events: every partition run of a round reads the same batches and
+    the same copy of the stored links, so each record lands in exactly one of them."""
+    key = lp.round_key(config.batch_ids, config.partitions)
+    resolver = LeadResolver.of(events, lp.round_links(pipeline.ledger(), key, events))
+    return events_of_partition(events, config.partition, config.partitions, resolver)
+
+
+def _run_partition(context: dg.OpExecutionContext) -> tuple[int, int]:
+    """(partition, partitions) from the run's tags; (0, 1) for an unpartitioned run."""
+    tags = context.run.tags
+    if PARTITIONS_TAG not in tags:
+        return (0, 1)
+    return (int(tags.get(PARTITION_TAG, "0")), int(tags[PARTITIONS_TAG]))
+
+
+def _holder(context: dg.OpExecutionContext) -> str:
+    """The lease holder: the root run, so Dagster's retries of a failed run keep its lease."""
+    return context.run.tags.get(ROOT_RUN_ID_TAG, context.run_id)
+
+
+def _lease_ttl(pipeline: PipelineResource) -> timedelta:
+    # Run monitoring fails a run still going after its max runtime; its lease ends then too.
+    return timedelta(seconds=pipeline.settings().cdc_run_max_runtime_seconds)
+
+
+def _hold_partition(context: dg.OpExecutionContext, pipeline: PipelineResource) -> None:
+    """A partitioned run's op works only while its run holds the partition's lease."""
+    partition, partitions = _run_partition(context)
+    if partitions > 1:
+        lp.hold_partition(
+            pipeline.ledger(),
+            partition,
+            partitions,
+            holder=_holder(context),
+            ttl=_lease_ttl(pipeline),
+        )
+
+
 def _step_op(step: WorkloadStep) -> dg.OpDefinition:
     """The op of one workload step: its input from load_batch, then the summaries of the
     steps it follows (``step.after``), as the processor's ``process`` passes them."""
@@ -90,6 +168,7 @@ def _step_op(step: WorkloadStep) -> dg.OpDefinition:
         context: dg.OpExecutionContext, pipeline: PipelineResource, step_input, **summaries
     ) -> dict:
         upstream = [summaries[f"{name}_summary"] for name in step.after]
+        _hold_partition(context, pipeline)
         summary = step.run(pipeline.processor(), step_input, *upstream)
         context.log.info(f"{label.replace('_', ' ')}: {summary}")
         return summary
@@ -107,6 +186,7 @@ STEP_OPS = {step.name: _step_op(step) for step in STEPS}
 def complete_batch(
     context: dg.OpExecutionContext, pipeline: PipelineResource, batches: dict, **summaries
 ) -> dict:
+    _hold_partition(context, pipeline)
     settings = pipeline.settings()
     write_back = None
     if settings.writeback_enabled:
@@ -124,22 +204,34 @@ def complete_batch(
         "write_back": write_back,
         "email_send": _send_emails(context, pipeline) if settings.send_email else None,
     }
-    _mark_done(pipeline, context.run_id, batches, summary)
+    _mark_done(context, pipeline, batches, summary)
     context.add_output_metadata(
         {"batches": len(batches), "summary": dg.MetadataValue.json(summary)}
     )
     return summary
 
 
-def _mark_done(pipeline: PipelineResource, run_id: str, batches: dict, summary: dict) -> None:
+def _mark_done(
+    context: dg.OpExecutionContext, pipeline: PipelineResource, batches: dict, summary: dict
+) -> None:
     """Mark each batch done; the run that completes a batch observes its processing lag
-    (commit in the org -> processed), so a retried run never observes it twice."""
+    (commit in the org -> processed), so a retried run never observes it twice. A partition
+    run marks done only the batches every partition has now completed, then gives its
+    partition back."""
     from kpi_pipeline.app.stream_worker import observe_processing_lag
 
     ledger = pipeline.ledger()
-    for batch_id, batch in batches.items():
-        if ledger.mark_batch_done(batch_id, run_id=run_id, summary=summary):
+    done = list(batches)
+    partition, partitions = _run_partition(context)
+    if partitions > 1:
+        done = lp.complete_partition(ledger, done, partition, partitions, run_id=context.run_id)
+        summary = {**summary, "lead_partition": f"{partition}/{partitions}"}
+    for batch_id in done:
+        batch = batches[batch_id]
+        if ledger.mark_batch_done(batch_id, run_id=context.run_id, summary=summary):
             observe_processing_lag(batch["channel"], batch["commit_ms"])
+    if partitions > 1:
+        lp.release_partition(ledger, partition, holder=_holder(context))
 
 
 def _send_emails(context: dg.OpExecutionContext, pipeline: PipelineResource) -> dict:

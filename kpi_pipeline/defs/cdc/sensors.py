@@ -17,12 +17,13 @@ from dagster._core.storage.tags import (
     WILL_RETRY_TAG,
 )
 
+from kpi_pipeline.adapters.ledger.partitions import release_partitions
 from kpi_pipeline.adapters.ledger.store import BatchInfo
 from kpi_pipeline.app.ingest import DrainLimits, TickOutcome, drain_tick
 from kpi_pipeline.core.cursor import ChannelCursor, SensorCursor
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.defs.asset_keys import CDC_EVENTS_KEY
-from kpi_pipeline.defs.cdc.jobs import process_cdc_batch
+from kpi_pipeline.defs.cdc.jobs import PARTITION_TAG, PARTITIONS_TAG, process_cdc_batch
 from kpi_pipeline.defs.cdc.stream import STREAM_JOB, cdc_stream
 from kpi_pipeline.defs.resources import PipelineResource
 
@@ -48,6 +49,41 @@ _MAX_BATCHES_PER_RUN = 1000
 # Batches left for an operator are looked at again on every tick; this bounds that cost.
 _MAX_HEADS_CHECKED = 20
 FIRST_BATCH_TAG = "kpi/first_batch_id"
+
+
+def _drain_requests(
+    pending: list[BatchInfo],
+    attempt: int,
+    max_events: int,
+    max_runtime_seconds: int,
+    partitions: int = 1,
+) -> list[dg.RunRequest]:
+    """One process_cdc_batch run for the oldest pending batches, in replay order, up to
+    ``max_events`` (always at least one batch); with lead partitions, one such run per
+    partition, each over the same batches."""
+    request = _drain_request(pending, attempt, max_events, max_runtime_seconds)
+    if partitions == 1:
+        return [request]
+    config = request.run_config["ops"]["load_batch"]["config"]
+    return [
+        dg.RunRequest(
+            job_name=request.job_name,
+            run_key=f"{request.run_key}/p{partition}of{partitions}",
+            run_config={
+                "ops": {
+                    "load_batch": {
+                        "config": {**config, "partition": partition, "partitions": partitions}
+                    }
+                }
+            },
+            tags={
+                **request.tags,
+                PARTITION_TAG: str(partition),
+                PARTITIONS_TAG: str(partitions),
+            },
+        )
+        for partition in range(partitions)
+    ]
 
 
 def _drain_request(
@@ -90,14 +126,37 @@ def _processing_request(
     max_events: int,
     max_runtime_seconds: int,
 ) -> dg.RunRequest | str:
-    """At most one processing run at a time, for every pending batch: the request, or why
-    there is none.
+    """``_processing_requests`` without lead partitions: the one request, or why none."""
+    requests = _processing_requests(
+        instance,
+        ledger,
+        max_attempts=max_attempts,
+        max_events=max_events,
+        max_runtime_seconds=max_runtime_seconds,
+    )
+    return requests if isinstance(requests, str) else requests[0]
+
+
+def _processing_requests(
+    instance: dg.DagsterInstance,
+    ledger,
+    *,
+    max_attempts: int,
+    max_events: int,
+    max_runtime_seconds: int,
+    partitions: int = 1,
+) -> list[dg.RunRequest] | str:
+    """At most one processing run at a time (one per lead partition: a round), for every
+    pending batch: the requests, or why there are none.
 
     A run that died (killed worker, canceled, max_runtime) leaves its batches pending, and
     the next tick requests them again under a new attempt key. Attempts count the runs this
     sensor requested with that batch at their head, not Dagster's automatic retries of them.
     A head batch that used up ``max_attempts`` is left pending for an operator (it shows in
     the live_path_health check and ``kpi-pipeline ledger``) and the batches after it go on.
+    A round of N partition runs is one attempt (its partition-0 run is counted); a batch
+    stays pending until all N partitions completed it, and the next round requests it for
+    every partition again (idempotent steps).
     """
     pending = ledger.pending_batches()
     if not pending:
@@ -117,13 +176,23 @@ def _processing_request(
         )
         if any(_retry_coming(r, now) for r in records):
             return f"an automatic retry of the run for {head.batch_id} is about to start"
-        attempts = sum(1 for r in records if not _is_automatic_retry(r.dagster_run))
+        attempts = sum(1 for r in records if _is_attempt(r.dagster_run))
         if attempts < max_attempts:
-            return _drain_request(pending[position:], attempts + 1, max_events, max_runtime_seconds)
+            if partitions > 1:
+                # Nothing runs: a lease left by a run that died after its retries is stale.
+                release_partitions(ledger)
+            return _drain_requests(
+                pending[position:], attempts + 1, max_events, max_runtime_seconds, partitions
+            )
     return (
         f"{min(len(pending), _MAX_HEADS_CHECKED)} pending batches used up their "
         f"{max_attempts} runs each; left for an operator (kpi-pipeline ledger)"
     )
+
+
+def _is_attempt(run: dg.DagsterRun) -> bool:
+    """A run the sensor requested (partition 0 of its round, if partitioned)."""
+    return not _is_automatic_retry(run) and run.tags.get(PARTITION_TAG, "0") == "0"
 
 
 def _is_automatic_retry(run: dg.DagsterRun) -> bool:
@@ -200,23 +269,24 @@ def cdc_sensor_tick(
         is_invalid_replay=_is_invalid_replay,
     )
     _mirror_cursor_to_replay_store(pipeline.ledger(), outcome.cursor)
-    request = _processing_request(
+    requests = _processing_requests(
         context.instance,
         pipeline.ledger(),
         max_attempts=settings.cdc_stalled_batch_max_attempts,
         max_events=settings.cdc_max_events_per_run,
         max_runtime_seconds=settings.cdc_run_max_runtime_seconds,
+        partitions=settings.cdc_lead_partitions,
     )
     new_cursor = outcome.cursor.to_json()
-    if isinstance(request, str):
+    if isinstance(requests, str):
         summary = json.dumps({r.channel: r.replay_id_hex for r in outcome.reports})
         return dg.SensorResult(
-            skip_reason=f"{request} (replay ids: {summary})",
+            skip_reason=f"{requests} (replay ids: {summary})",
             cursor=new_cursor,
             asset_events=_observations(outcome),
         )
     return dg.SensorResult(
-        run_requests=[request], cursor=new_cursor, asset_events=_observations(outcome)
+        run_requests=requests, cursor=new_cursor, asset_events=_observations(outcome)
     )
 
 
@@ -337,6 +407,7 @@ def build_cdc_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Sensor mode: drains Salesforce CDC per channel into staged batches and keeps "
-        "at most one process_cdc_batch run going over every pending batch. Stream mode: keeps one "
+        "at most one process_cdc_batch run going over every pending batch (one per lead partition "
+        "with KPI_CDC_LEAD_PARTITIONS > 1). Stream mode: keeps one "
         "cdc_stream run alive. Cursor = replay ids.",
     )(cdc_sensor_tick)
