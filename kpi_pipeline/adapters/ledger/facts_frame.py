@@ -140,6 +140,8 @@ def _from_arrow(table: pa.Table) -> pd.DataFrame:
             columns[name] = _utc_times(column)
         elif name in NUMBER_COLUMNS:
             columns[name] = column.cast(pa.float64()).to_numpy()
+        elif name == "Id":  # the primary key: every value distinct, nothing to share
+            columns[name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
         else:  # an all-NULL column arrives as int64 from SQLite
             columns[name] = pd.Series(_objects(column.cast(pa.string())), dtype=object)
     return pd.DataFrame(columns)
