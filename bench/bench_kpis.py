@@ -332,6 +332,7 @@ def _time_ledger_rollups(
         f"{days} days": (START, START + timedelta(days=days)),
     }
     for label, (created_from, created_to) in windows.items():
+        cpu_began = time.process_time()
         seconds, loaded = timed(
             lambda created_from=created_from, created_to=created_to: ledger.lead_facts_frame(  # type: ignore[attr-defined]
                 created_from, created_to
@@ -339,6 +340,11 @@ def _time_ledger_rollups(
             repeats,
         )
         report(f"{backend}: lead_facts_frame, {label} ({len(loaded):,} leads)", seconds)
+        # This process's CPU only (the PostgreSQL server's is not in it): on a shared
+        # machine it varies far less than the wall time.
+        print(
+            f"  CPU time per load, this process: {(time.process_time() - cpu_began) / repeats:.3f} s"
+        )
         if compare:  # the row-by-row read it replaced, on the same ledger, right after
             old_seconds, old = timed(
                 lambda created_from=created_from, created_to=created_to: _row_by_row_frame(

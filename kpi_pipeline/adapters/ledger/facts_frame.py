@@ -1,42 +1,40 @@
 """``Ledger.lead_facts_frame``'s columnar read: the lead facts of a creation window as a
 DataFrame without a Python object per cell on the way.
 
-PostgreSQL: ``COPY (SELECT ...) TO STDOUT`` as CSV, times as epoch microseconds, parsed by
-``pandas.read_csv`` in C. SQLite: the driver cursor's rows in chunks of 200,000 (so peak
-memory holds one chunk of tuples), each column converted at once (times are stored as
-naive UTC text, ``UTCDateTime``).
+Both backends read through ADBC drivers into Arrow columns (C/C++ end to end, one Python
+object per string cell only at the very end):
+
+- PostgreSQL: ``adbc-driver-postgresql`` runs ``COPY (SELECT ...) TO STDOUT`` in binary, so
+  the server sends timestamps as int64 microseconds and floats as float8 without formatting
+  text, and the client decodes them without parsing any.
+- SQLite: ``adbc-driver-sqlite`` reads the rows into Arrow; times are stored as naive UTC
+  text (``UTCDateTime``) and Arrow casts them to UTC timestamps. The driver infers each
+  column's type per batch (an all-NULL column becomes int64, and a later batch with text
+  would fail), so the window is read as one batch inside one read transaction.
+
+``typed`` then gives the exact dtypes the rollups have always had (datetime64[ns, UTC],
+float64, object with None). An in-memory SQLite database (which another connection cannot
+open) is read through the driver cursor in chunks instead.
 """
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS, NUMBER_COLUMNS, lead_facts_columns
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 COLUMNS: tuple[str, ...] = lead_facts_columns()
 CHUNK_ROWS = 200_000
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's SQLite DateTime stores UTCDateTime
-
-
-def _quoted(name: str) -> str:
-    return f'"{name}"'
-
-
-def _window(created_from: datetime | None, created_to: datetime | None) -> tuple[str, list[Any]]:
-    """The WHERE clause of a creation window (driver placeholders ``?``) and its values."""
-    where, values = ['"CreatedDate" IS NOT NULL'], []
-    if created_from is not None:
-        where.append('"CreatedDate" >= ?')
-        values.append(created_from)
-    if created_to is not None:
-        where.append('"CreatedDate" < ?')
-        values.append(created_to)
-    return " AND ".join(where), values
+_SELECT = ", ".join(f'"{name}"' for name in COLUMNS)
 
 
 def _aware(value: datetime) -> datetime:
@@ -45,15 +43,76 @@ def _aware(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _window(created_from: datetime | None, created_to: datetime | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of a creation window (placeholders ``?``) and its aware UTC bounds."""
+    where, values = ['"CreatedDate" IS NOT NULL'], []
+    if created_from is not None:
+        where.append('"CreatedDate" >= ?')
+        values.append(_aware(created_from))
+    if created_to is not None:
+        where.append('"CreatedDate" < ?')
+        values.append(_aware(created_to))
+    return " AND ".join(where), values
+
+
+def _query(where: str) -> str:
+    return f'SELECT {_SELECT} FROM lead_facts WHERE {where} ORDER BY "Id"'
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+def postgres_frame(
+    conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
+) -> pd.DataFrame:
+    import adbc_driver_postgresql.dbapi as adbc_postgresql
+
+    where, values = _window(created_from, created_to)
+    # The bounds go in as literals: ADBC's PostgreSQL driver uses COPY (binary) only for a
+    # query without bind parameters. They are datetimes formatted here, never caller text.
+    for value in values:
+        where = where.replace("?", f"'{value.isoformat()}'::timestamptz", 1)
+    url = conn.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with adbc_postgresql.connect(url) as arrow_conn, arrow_conn.cursor() as cursor:
+        cursor.execute(_query(where))
+        table = cursor.fetch_arrow_table()
+    return _from_arrow(table)
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+
 def sqlite_frame(
     conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
 ) -> pd.DataFrame:
+    database = conn.engine.url.database or ""
+    if database in ("", ":memory:"):
+        return _sqlite_cursor_frame(conn, created_from, created_to)
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+
     where, values = _window(created_from, created_to)
-    sql = f'SELECT {", ".join(map(_quoted, COLUMNS))} FROM lead_facts WHERE {where} ORDER BY "Id"'
-    params = [_aware(v).strftime(_SQLITE_TIME) for v in values]
+    params = [value.strftime(_SQLITE_TIME) for value in values]
+    # autocommit off: the count and the read share one read transaction (one snapshot),
+    # so the single batch sized from the count holds every row.
+    with adbc_sqlite.connect(database) as arrow_conn, arrow_conn.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM lead_facts WHERE {where}", params)
+        (rows,) = cursor.fetchone()  # type: ignore[misc]
+        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows + 1)})
+        cursor.execute(_query(where), params)
+        table = cursor.fetch_arrow_table()
+        arrow_conn.rollback()
+    return _from_arrow(table)
+
+
+def _sqlite_cursor_frame(
+    conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
+) -> pd.DataFrame:
+    """The driver cursor's rows in chunks of ``CHUNK_ROWS``, each column converted at once."""
+    where, values = _window(created_from, created_to)
+    params = [value.strftime(_SQLITE_TIME) for value in values]
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(sql, params)
+        cursor.execute(_query(where), params)
         chunks = []
         while rows := cursor.fetchmany(CHUNK_ROWS):
             chunk = pd.DataFrame.from_records(rows, columns=list(COLUMNS), coerce_float=False)
@@ -67,42 +126,52 @@ def sqlite_frame(
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
 
 
-def postgres_frame(
-    conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
-) -> pd.DataFrame:
-    select = ", ".join(
-        f"(extract(epoch FROM {_quoted(n)}) * 1000000)::bigint AS {_quoted(n)}"
-        if n in DATETIME_COLUMNS
-        else _quoted(n)
-        for n in COLUMNS
-    )
-    where, values = _window(created_from, created_to)
-    raw = conn.connection.driver_connection  # psycopg2: COPY cannot take bind parameters
-    cursor = raw.cursor()  # type: ignore[union-attr]
-    try:
-        query = cursor.mogrify(
-            f'SELECT {select} FROM lead_facts WHERE {where.replace("?", "%s")} ORDER BY "Id"',
-            [_aware(v) for v in values],
-        ).decode()
-        buffer = io.StringIO()
-        cursor.copy_expert(
-            f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER, NULL '\\N')", buffer
-        )
-    finally:
-        cursor.close()
-    buffer.seek(0)
-    frame = pd.read_csv(
-        buffer,
-        dtype={
-            n: "float64" if n in NUMBER_COLUMNS or n in DATETIME_COLUMNS else object
-            for n in COLUMNS
-        },
-        keep_default_na=False,
-        na_values=["\\N"],
-    )
-    for name in DATETIME_COLUMNS:
-        frame[name] = pd.to_datetime(frame[name], unit="us", utc=True)
-    return frame
+# --- Arrow to pandas ------------------------------------------------------------------------
+
+
+def _from_arrow(table: pa.Table) -> pd.DataFrame:
+    """Columns as ``typed`` takes them: UTC times, floats, strings as objects with None."""
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for name in COLUMNS:
+        column = table.column(name)
+        if name in DATETIME_COLUMNS:
+            columns[name] = _utc_times(column)
+        elif name in NUMBER_COLUMNS:
+            columns[name] = column.cast(pa.float64()).to_numpy()
+        elif name == "Id":  # the primary key: every value distinct, nothing to share
+            columns[name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+        else:  # an all-NULL column arrives as int64 from SQLite
+            columns[name] = pd.Series(_objects(column.cast(pa.string())), dtype=object)
+    return pd.DataFrame(columns)
+
+
+def _objects(column: pa.ChunkedArray) -> np.ndarray:
+    """Strings as an object array with None, one Python str per distinct value: owners,
+    templates, rules and sources repeat, so most cells share an object instead of each
+    building its own (and pandas is not left to infer its Arrow-backed ``str`` dtype)."""
+    import pyarrow as pa
+
+    encoded = column.combine_chunks().dictionary_encode()
+    if isinstance(encoded, pa.ChunkedArray):  # an empty column stays chunked
+        encoded = pa.concat_arrays(encoded.chunks) if encoded.num_chunks else None
+    if encoded is None or len(encoded) == 0:
+        return np.array([], dtype=object)
+    values = np.append(encoded.dictionary.to_numpy(zero_copy_only=False), None)
+    return values[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()]
+
+
+def _utc_times(column: pa.ChunkedArray) -> pd.Series:
+    import pyarrow as pa
+
+    utc = pa.timestamp("ns", tz="UTC")  # what typed() gives, so it converts nothing
+    if pa.types.is_timestamp(column.type) or column.null_count == len(column):
+        return column.cast(utc).to_pandas()
+    try:  # SQLite text, naive UTC ('YYYY-MM-DD HH:MM:SS.ffffff' as UTCDateTime writes it)
+        return column.cast(pa.timestamp("us")).cast(utc).to_pandas()
+    except pa.ArrowInvalid:  # text in another ISO 8601 form, written by hand or older code
+        return pd.to_datetime(column.to_pandas(), format="ISO8601", utc=True)
 
 
 def typed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,144 @@
+"""``facts_frame``'s columnar read (ADBC into Arrow) against a plain SQLAlchemy read of the
+same rows, on SQLite files and PostgreSQL: same values, NULLs, microseconds, order and
+dtypes; empty windows; SQLite's per-batch type inference; times stored in other ISO forms."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline.adapters.ledger import facts_frame
+from kpi_pipeline.adapters.ledger.schema import lead_facts
+from kpi_pipeline.adapters.ledger.store import Ledger
+from kpi_pipeline.core.kpis.lead_facts import empty_lead_facts
+
+T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)  # the night Europe's clocks go forward
+
+
+def row(i: int, **values: object) -> dict[str, object]:
+    """A lead_facts row: every fact NULL unless given."""
+    base: dict[str, object] = {name: None for name in facts_frame.COLUMNS}
+    return {**base, "Id": f"00Q{i:015d}", "updated_at": T0, **values}
+
+
+def mixed_rows() -> list[dict[str, object]]:
+    """All-NULL facts first (the rows that make SQLite's driver guess int64), then filled
+    ones with microseconds, then a lead without a creation time (never returned)."""
+    rows = [row(i, CreatedDate=T0 + timedelta(minutes=i)) for i in range(3)]
+    for i in range(3, 8):
+        at = T0 + timedelta(minutes=i, microseconds=123_457 * i)
+        rows.append(
+            row(
+                i,
+                CreatedDate=at,
+                OwnerId="005A",
+                Owner_Assigned_At__c=at + timedelta(seconds=1.5),
+                Assignment_Latency_Minutes__c=0.025,
+                First_Response_At__c=at + timedelta(hours=2),
+                First_Response_User__c="005B",
+                First_Response_Source__c="Task",
+                Time_to_First_Response__c=120.0,
+                Template_Recommended__c="tmpl_demo",
+                Template_Applied__c="tmpl_demo" if i % 2 else None,
+                Routing_Policy_Version__c="2026.03",
+                Routing_Rule__c="smb",
+                SLA_Minutes=60.0,
+                Time_to_First_Response_Business_Minutes__c=30.5,
+                SLA_Calendar="emea",
+                SLA_Due_At=at + timedelta(hours=1),
+            )
+        )
+    rows.append(row(99, OwnerId="005A"))
+    return rows
+
+
+def reference(ledger: Ledger, created_from: datetime, created_to: datetime) -> pd.DataFrame:
+    """The same window read row by row through SQLAlchemy's result processing."""
+    c = lead_facts.c
+    query = (
+        sa.select(*(c[name] for name in facts_frame.COLUMNS))
+        .where(c.CreatedDate.is_not(None), c.CreatedDate >= created_from)
+        .where(c.CreatedDate < created_to)
+        .order_by(c.Id)
+    )
+    with ledger.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(query)]
+    return facts_frame.typed(pd.DataFrame(rows, columns=list(facts_frame.COLUMNS)))
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Ledger:
+    opened = Ledger.from_url(ledger_url)
+    yield opened
+    opened.dispose()
+
+
+def insert(ledger: Ledger, rows: list[dict[str, object]]) -> None:
+    with ledger.engine.begin() as conn:
+        conn.execute(lead_facts.insert(), rows)
+
+
+def test_the_frame_equals_a_row_by_row_read(ledger: Ledger) -> None:
+    insert(ledger, list(reversed(mixed_rows())))
+    start, end = T0, T0 + timedelta(days=1)
+    frame = ledger.lead_facts_frame(start, end)
+    pd.testing.assert_frame_equal(frame, reference(ledger, start, end))
+    assert frame["Id"].tolist() == [f"00Q{i:015d}" for i in range(8)]
+    assert frame["CreatedDate"].iloc[7] == pd.Timestamp(
+        T0 + timedelta(minutes=7, microseconds=864_199)
+    )
+    assert frame["SLA_Calendar"].iloc[0] is None and frame["SLA_Calendar"].iloc[7] == "emea"
+    assert frame.dtypes.to_dict() == empty_lead_facts().dtypes.to_dict()
+    # No window: every lead with a creation time; a window is [from, to).
+    assert len(ledger.lead_facts_frame()) == 8
+    window = ledger.lead_facts_frame(T0 + timedelta(minutes=1), T0 + timedelta(minutes=3))
+    assert window["Id"].tolist() == [f"00Q{i:015d}" for i in (1, 2)]
+
+
+def test_an_empty_window_has_the_rollups_dtypes(ledger: Ledger) -> None:
+    empty = ledger.lead_facts_frame(T0, T0 + timedelta(days=1))
+    pd.testing.assert_frame_equal(empty, empty_lead_facts(), check_index_type=False)
+    insert(ledger, mixed_rows())
+    before = ledger.lead_facts_frame(T0 - timedelta(days=2), T0 - timedelta(days=1))
+    assert before.empty and before.dtypes.to_dict() == empty_lead_facts().dtypes.to_dict()
+
+
+def test_bounds_must_be_aware(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="naive datetime"):
+        ledger.lead_facts_frame(datetime(2026, 3, 29), None)
+
+
+def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(tmp_path: Path) -> None:
+    # ADBC's SQLite driver infers a column's type from one batch (1,024 rows by default):
+    # NULLs all through it make int64, and text in a later batch would fail the read.
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        rows = [row(i, CreatedDate=T0 + timedelta(seconds=i)) for i in range(3000)]
+        rows[-1] |= {"SLA_Calendar": "apac", "SLA_Due_At": T0, "First_Response_User__c": "005C"}
+        insert(ledger, rows)
+        frame = ledger.lead_facts_frame(T0, T0 + timedelta(days=1))
+        pd.testing.assert_frame_equal(frame, reference(ledger, T0, T0 + timedelta(days=1)))
+        assert frame["SLA_Calendar"].iloc[-1] == "apac"
+        assert frame["SLA_Due_At"].iloc[-1] == pd.Timestamp(T0)
+    finally:
+        ledger.dispose()
+
+
+def test_sqlite_times_written_in_other_iso_forms(tmp_path: Path) -> None:
+    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql(
+                'INSERT INTO lead_facts ("Id", "CreatedDate", "First_Response_At__c", updated_at)'
+                " VALUES ('00Q1', '2026-03-29 01:00:00.000000', '2026-03-29T03:15:00+00:00',"
+                " '2026-03-29 01:00:00')"
+            )
+        frame = ledger.lead_facts_frame(T0, T0 + timedelta(days=1))
+        assert frame["First_Response_At__c"].tolist() == [pd.Timestamp("2026-03-29 03:15Z")]
+        assert frame.dtypes.to_dict() == empty_lead_facts().dtypes.to_dict()
+    finally:
+        ledger.dispose()
