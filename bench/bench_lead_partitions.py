@@ -36,25 +36,18 @@ SPAWN = multiprocessing.get_context("spawn")
 def _worker(url: str, partition: int, partitions: int, path: str, size: int, barrier, out) -> None:
     from kpi_pipeline.adapters.ledger import Ledger
     from kpi_pipeline.adapters.ledger import partitions as lp
-    from kpi_pipeline.app.processing import BatchProcessor
+    from kpi_pipeline.app.replay import replay_processor
     from kpi_pipeline.config import get_settings
     from kpi_pipeline.core.events import read_recorded_lines
     from kpi_pipeline.core.lead_partitions import LeadResolver, events_of_partition
     from kpi_pipeline.core.policy.load import load_policy
-    from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 
     settings = get_settings()
     with open(path, encoding="utf-8") as handle:
         events = list(read_recorded_lines(handle))
     rounds = [events[start : start + size] for start in range(0, len(events), size)]
     ledger = Ledger.from_url(url)
-    processor = BatchProcessor(
-        ledger,
-        load_policy(settings.policy_file),
-        selector=LocalRanker(),
-        catalog=load_catalog(),
-        client_id=settings.client_id,
-    )
+    processor = replay_processor(ledger, load_policy(settings.policy_file), settings.client_id)
     holder, ttl = f"bench-{partition}", timedelta(minutes=30)
     cpu = filter_cpu = 0.0
     kept = 0

@@ -41,7 +41,7 @@ from kpi_pipeline.core.events import (
 from kpi_pipeline.core.flywheel.records import record_from_decision
 from kpi_pipeline.core.flywheel.schema import WORKLOAD_IDS
 from kpi_pipeline.core.kpis import compute_all
-from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.policy.load import RoutingPolicy, load_policy
 from kpi_pipeline.core.salesforce_fields import OWNER_FIELD, WRITTEN_FIELD_NAMES
 from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
 
@@ -98,6 +98,19 @@ def read_events(path: Path) -> list[ChangeEvent]:
     return events
 
 
+def replay_processor(ledger: Any, policy: RoutingPolicy, client_id: str) -> BatchProcessor:
+    """The processor a replay runs: the packaged template catalog, the local ranker (no LLM)
+    and the event clock (decisions are stamped from the events, so a replay is reproducible)."""
+    return BatchProcessor(
+        ledger,
+        policy,
+        selector=LocalRanker(),
+        catalog=load_catalog(),
+        client_id=client_id,
+        clock=None,
+    )
+
+
 def replay(
     events_path: Path,
     out_dir: Path,
@@ -118,14 +131,7 @@ def replay(
     as_of = as_of or max(e.commit_time for e in events)
     # The ledger's bookkeeping clock is pinned too: nothing in a replay reads the wall clock.
     with ports.scratch_ledger(lambda: as_of) as ledger:
-        processor = BatchProcessor(
-            ledger,
-            policy,
-            selector=LocalRanker(),
-            catalog=load_catalog(),
-            client_id=client_id or settings.client_id,
-            clock=None,
-        )
+        processor = replay_processor(ledger, policy, client_id or settings.client_id)
         for start in range(0, len(events), batch_size):
             processor.process(events[start : start + batch_size])
         frame = ledger.lead_facts_frame()

@@ -185,26 +185,18 @@ def test_replay_renders_kpis_and_flywheel_as_the_daily_assets_do(tmp_path: Path)
     from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import write_jsonl
     from kpi_pipeline.adapters.kpi_files import kpi_csv_text
     from kpi_pipeline.adapters.ledger import Ledger
-    from kpi_pipeline.app.processing import BatchProcessor
-    from kpi_pipeline.app.replay import read_events, replay
+    from kpi_pipeline.app.replay import read_events, replay, replay_processor
     from kpi_pipeline.config import get_settings
     from kpi_pipeline.core.flywheel.records import record_from_decision
     from kpi_pipeline.core.kpis import compute_all
     from kpi_pipeline.core.policy.load import load_policy
-    from kpi_pipeline.core.workloads.outreach_templates import LocalRanker, load_catalog
     from kpi_pipeline.wiring import replay_ports
 
     result = replay(RECORDED_STREAM, tmp_path / "out", ports=replay_ports(), batch_size=500)
     settings = get_settings()
     ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
-        processor = BatchProcessor(
-            ledger,
-            load_policy(settings.policy_file),
-            selector=LocalRanker(),
-            catalog=load_catalog(),
-            client_id=settings.client_id,
-        )
+        processor = replay_processor(ledger, load_policy(settings.policy_file), settings.client_id)
         events = read_events(RECORDED_STREAM)
         for start in range(0, len(events), 500):
             processor.process(events[start : start + 500])
