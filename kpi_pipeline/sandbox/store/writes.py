@@ -183,16 +183,13 @@ class RecordWrites(StoreDatabase):
         """Restore a deleted record and publish UNDELETE with all its values (like CREATE)."""
         check_entity(sobject)
         with self._write(transaction, at_ms) as tx:
-            row = tx.conn.execute(
-                "SELECT fields, deleted FROM records WHERE sobject = ? AND id = ?",
-                (sobject, record_id),
-            ).fetchone()
-            if row is None or not row[1]:
+            stored = self._stored(tx.conn, sobject, record_id)
+            if stored is None or not stored[1]:
                 raise RecordNotFoundError(
                     f"{sobject} {record_id} is not in the recycle bin; only deleted records can be undeleted"
                 )
             self._claim(tx, record_id)
-            values = json.loads(row[0])
+            values = stored[0]
             values.update(self._audit(sobject, user_id, tx.commit_ms, created=False))
             tx.conn.execute(
                 "UPDATE records SET deleted = 0, fields = ?, modified_ms = ? WHERE id = ?",
@@ -246,15 +243,13 @@ class RecordWrites(StoreDatabase):
         values: Mapping[str, Any],
         user_id: str,
     ) -> None:
-        row = tx.conn.execute(
-            "SELECT fields, deleted FROM records WHERE sobject = ? AND id = ?", (entity, record_id)
-        ).fetchone()
-        if row is None:
+        stored = self._stored(tx.conn, entity, record_id)
+        if stored is None:
             raise RecordNotFoundError(
                 f"{entity} {record_id} does not exist; gap events name existing records"
             )
-        deleted = {"GAP_DELETE": 1, "GAP_UNDELETE": 0}.get(change_type, row[1])
-        current = json.loads(row[0])
+        current, was_deleted = stored
+        deleted = {"GAP_DELETE": 1, "GAP_UNDELETE": 0}.get(change_type, int(was_deleted))
         new, *_ = _diff(current, values)
         self._track_owner(tx, entity, record_id, current, new, user_id)
         new.update(self._audit(entity, user_id, tx.commit_ms, created=False))
@@ -323,17 +318,25 @@ class RecordWrites(StoreDatabase):
         fields = entity_spec(sobject, self.schemas).fields
         return {k: v for k, v in values.items() if k in fields}
 
-    def _load_live(self, conn: sqlite3.Connection, sobject: str, record_id: str) -> dict[str, Any]:
+    @staticmethod
+    def _stored(
+        conn: sqlite3.Connection, sobject: str, record_id: str
+    ) -> tuple[dict[str, Any], bool] | None:
+        """The record's stored fields and whether it is in the recycle bin (None: no record)."""
         row = conn.execute(
             "SELECT fields, deleted FROM records WHERE sobject = ? AND id = ?", (sobject, record_id)
         ).fetchone()
-        if row is None:
+        return None if row is None else (json.loads(row[0]), bool(row[1]))
+
+    def _load_live(self, conn: sqlite3.Connection, sobject: str, record_id: str) -> dict[str, Any]:
+        stored = self._stored(conn, sobject, record_id)
+        if stored is None:
             raise RecordNotFoundError(f"{sobject} {record_id} does not exist in the sandbox org")
-        if row[1]:
+        if stored[1]:
             raise RecordNotFoundError(
                 f"{sobject} {record_id} is deleted (in the recycle bin); undelete it first"
             )
-        return json.loads(row[0])
+        return stored[0]
 
 
 def _drop_nulls(value: dict[str, Any]) -> dict[str, Any]:
