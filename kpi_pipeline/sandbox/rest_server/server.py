@@ -21,7 +21,8 @@ from kpi_pipeline.sandbox.rest_server.responses import RecordedRequest
 from kpi_pipeline.sandbox.tls import TlsFiles
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
-log = logging.getLogger(__name__)
+# The package's name, as before the split: log lines keep their logger name.
+log = logging.getLogger(__package__)
 
 DEFAULT_INTEGRATION_USER_ID = "005000000000001AAA"
 

@@ -31,7 +31,8 @@ from kpi_pipeline.sandbox.runtime.registration import (
 
 ACCESS_TOKEN_ENV = "KPI_SANDBOX_ACCESS_TOKEN"  # keeps the token off the command line
 
-log = logging.getLogger(__name__)
+# The package's name, as before the split: log lines keep their logger name.
+log = logging.getLogger(__package__)
 
 
 STORE_FILE = "sandbox.db"

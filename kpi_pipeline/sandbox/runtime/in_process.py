@@ -31,7 +31,8 @@ from kpi_pipeline.sandbox.tls import TlsFiles, ensure_tls_files
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 from kpi_pipeline.telemetry.metrics import record_error
 
-log = logging.getLogger(__name__)
+# The package's name, as before the split: log lines keep their logger name.
+log = logging.getLogger(__package__)
 
 
 HOST = "127.0.0.1"

@@ -22,7 +22,8 @@ from kpi_pipeline.sandbox.runtime.probes import accepts, pid_alive
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import SandboxStore
 
-log = logging.getLogger(__name__)
+# The package's name, as before the split: log lines keep their logger name.
+log = logging.getLogger(__package__)
 
 
 SEED_HISTORY_DAYS = 2.0  # inside the 72 h retention, so a new subscriber sees all of it
