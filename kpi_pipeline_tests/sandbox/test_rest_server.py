@@ -6,7 +6,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from kpi_pipeline.sandbox.rest_server import ConnectedApp, derived_user_id, parse_soql
+from kpi_pipeline.sandbox.rest_server import ConnectedApp, derived_user_id
+from kpi_pipeline.sandbox.rest_server.soql import parse_soql
 from kpi_pipeline_tests.support.sandbox_org import (
     AUTH,
     CONSUMER_KEY,

@@ -23,7 +23,6 @@ from kpi_pipeline import wiring
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.config import Settings
-from kpi_pipeline.sandbox import runtime as runtime_module
 from kpi_pipeline.sandbox.runtime import (
     SANDBOX_CONSUMER_KEY,
     SandboxRuntime,
@@ -32,6 +31,7 @@ from kpi_pipeline.sandbox.runtime import (
     read_endpoints,
     shutdown_sandbox,
 )
+from kpi_pipeline.sandbox.runtime.probes import accepts
 from kpi_pipeline.sandbox.simulator import simulate
 from kpi_pipeline.sandbox.store import INTEGRATION_USER, SandboxStore
 
@@ -363,9 +363,9 @@ def test_a_busy_listener_counts_as_alive_and_a_closed_port_does_not() -> None:
             pending.setblocking(False)
             pending.connect_ex(("127.0.0.1", port))
             queued.append(pending)
-        assert runtime_module._accepts(f"http://127.0.0.1:{port}", timeout_s=0.2)
+        assert accepts(f"http://127.0.0.1:{port}", timeout_s=0.2)
     finally:
         for pending in queued:
             pending.close()
         listener.close()
-    assert not runtime_module._accepts(f"127.0.0.1:{port}")  # refused: nothing listens
+    assert not accepts(f"127.0.0.1:{port}")  # refused: nothing listens
