@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from kpi_pipeline import wiring
+from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 
@@ -36,3 +38,25 @@ def small_sandbox_pipeline(
     finally:
         wiring.reset_cache()
         shutdown_sandbox(data_dir)
+
+
+def run_processing(
+    pipeline: PipelineResource,
+    instance: dg.DagsterInstance,
+    run_config: dict,
+    *,
+    tags: dict[str, str] | None = None,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """process_cdc_batch in this process, as the sensor's run request asks (config and tags)."""
+    return (
+        defs()
+        .resolve_job_def("process_cdc_batch")
+        .execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            resources={"pipeline": pipeline},
+            tags=tags,
+            raise_on_error=raise_on_error,
+        )
+    )

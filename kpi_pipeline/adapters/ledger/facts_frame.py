@@ -1,20 +1,17 @@
 """``Ledger.lead_facts_frame``'s columnar read: the lead facts of a creation window as a
-DataFrame without a Python object per cell on the way.
+DataFrame without a Python object per cell on the way where the backend allows it.
 
-Both backends read through ADBC drivers into Arrow columns (C/C++ end to end, one Python
-object per string cell only at the very end):
-
-- PostgreSQL: ``adbc-driver-postgresql`` runs ``COPY (SELECT ...) TO STDOUT`` in binary, so
-  the server sends timestamps as int64 microseconds and floats as float8 without formatting
-  text, and the client decodes them without parsing any.
-- SQLite: ``adbc-driver-sqlite`` reads the rows into Arrow; times are stored as naive UTC
-  text (``UTCDateTime``) and Arrow casts them to UTC timestamps. The driver infers each
-  column's type per batch (an all-NULL column becomes int64, and a later batch with text
-  would fail), so the window is read as one batch inside one read transaction.
+- PostgreSQL: ``adbc-driver-postgresql`` runs ``COPY (SELECT ...) TO STDOUT`` in binary into
+  Arrow columns, so the server sends timestamps as int64 microseconds and floats as float8
+  without formatting text, and the client decodes them without parsing any.
+- SQLite: the ledger's own driver cursor, in chunks, each column converted at once. Not
+  ``adbc-driver-sqlite``: it links its own copy of the SQLite library, and two copies in one
+  process break each other's POSIX file locks on the same database (SQLite's "multiple copies
+  of SQLite linked into the same application" hazard): in the pipeline's process its reads
+  saw a stale snapshot and the stdlib connection then failed with "disk I/O error".
 
 ``typed`` then gives the exact dtypes the rollups have always had (datetime64[ns, UTC],
-float64, object with None). An in-memory SQLite database (which another connection cannot
-open) is read through the driver cursor in chunks instead.
+float64, object with None).
 """
 
 from __future__ import annotations
@@ -83,28 +80,6 @@ def postgres_frame(
 
 
 def sqlite_frame(
-    conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
-) -> pd.DataFrame:
-    database = conn.engine.url.database or ""
-    if database in ("", ":memory:"):
-        return _sqlite_cursor_frame(conn, created_from, created_to)
-    import adbc_driver_sqlite.dbapi as adbc_sqlite
-
-    where, values = _window(created_from, created_to)
-    params = [value.strftime(_SQLITE_TIME) for value in values]
-    # autocommit off: the count and the read share one read transaction (one snapshot),
-    # so the single batch sized from the count holds every row.
-    with adbc_sqlite.connect(database) as arrow_conn, arrow_conn.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM lead_facts WHERE {where}", params)
-        (rows,) = cursor.fetchone()  # type: ignore[misc]
-        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows + 1)})
-        cursor.execute(_query(where), params)
-        table = cursor.fetch_arrow_table()
-        arrow_conn.rollback()
-    return _from_arrow(table)
-
-
-def _sqlite_cursor_frame(
     conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
 ) -> pd.DataFrame:
     """The driver cursor's rows in chunks of ``CHUNK_ROWS``, each column converted at once."""

@@ -1,6 +1,7 @@
-"""``facts_frame``'s columnar read (ADBC into Arrow) against a plain SQLAlchemy read of the
-same rows, on SQLite files and PostgreSQL: same values, NULLs, microseconds, order and
-dtypes; empty windows; SQLite's per-batch type inference; times stored in other ISO forms."""
+"""``facts_frame``'s columnar read (binary COPY into Arrow on PostgreSQL, the driver cursor in
+chunks on SQLite) against a plain SQLAlchemy read of the same rows: same values, NULLs,
+microseconds, order and dtypes; empty windows; text after many NULL rows; times stored in
+other ISO forms; reads between writes in one process."""
 
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def test_bounds_must_be_aware(ledger: Ledger) -> None:
 
 
 def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(tmp_path: Path) -> None:
-    # ADBC's SQLite driver infers a column's type from one batch (1,024 rows by default):
-    # NULLs all through it make int64, and text in a later batch would fail the read.
+    # A reader that infers a column's type from its first rows (as ADBC's SQLite driver does
+    # per 1,024-row batch) would make these int64 and fail on the text at the end.
     ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
         rows = [row(i, CreatedDate=T0 + timedelta(seconds=i)) for i in range(3000)]
@@ -142,3 +143,17 @@ def test_sqlite_times_written_in_other_iso_forms(tmp_path: Path) -> None:
         assert frame.dtypes.to_dict() == empty_lead_facts().dtypes.to_dict()
     finally:
         ledger.dispose()
+
+
+def test_reads_between_writes_in_one_process_see_every_commit(ledger: Ledger) -> None:
+    # The pipeline's process writes and reads the same ledger: a reader with its own copy of
+    # SQLite (ADBC's) saw a stale snapshot here and broke the ledger's file locks.
+    rows = mixed_rows()
+    insert(ledger, rows[:3])
+    assert len(ledger.lead_facts_frame()) == 3
+    insert(ledger, rows[3:6])
+    assert len(ledger.lead_facts_frame()) == 6
+    insert(ledger, rows[6:])
+    assert len(ledger.lead_facts_frame()) == 8
+    with ledger.engine.connect() as conn:  # the ledger's own connections still work
+        assert conn.execute(sa.select(sa.func.count()).select_from(lead_facts)).scalar() == 9

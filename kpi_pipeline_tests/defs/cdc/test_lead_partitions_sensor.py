@@ -18,12 +18,12 @@ from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.adapters.ledger import partitions as lp
 from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.core.raw import RawEvent
-from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.cdc.jobs import PARTITION_TAG, PARTITIONS_TAG
 from kpi_pipeline.defs.cdc.sensors import FIRST_BATCH_TAG, _processing_requests, build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.runtime import shutdown_sandbox
 from kpi_pipeline_tests.support.ledgers import NewLedger
+from kpi_pipeline_tests.support.sandbox_pipeline import run_processing
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 TTL_S = 600
@@ -44,17 +44,7 @@ def partitioned_sandbox(tmp_path, monkeypatch) -> Iterator[PipelineResource]:
 
 
 def _execute(request: dg.RunRequest, instance, pipeline, **kwargs) -> dg.ExecuteInProcessResult:
-    return (
-        defs()
-        .resolve_job_def("process_cdc_batch")
-        .execute_in_process(
-            run_config=request.run_config,
-            instance=instance,
-            resources={"pipeline": pipeline},
-            tags=request.tags,
-            **kwargs,
-        )
-    )
+    return run_processing(pipeline, instance, request.run_config, tags=request.tags, **kwargs)
 
 
 def _config(request: dg.RunRequest) -> dict:

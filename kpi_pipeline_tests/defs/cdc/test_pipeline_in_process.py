@@ -18,6 +18,7 @@ from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.sandbox.store import SandboxStore
+from kpi_pipeline_tests.support.sandbox_pipeline import run_processing
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
@@ -158,15 +159,8 @@ def test_poison_event_is_dead_lettered_and_the_rest_of_the_batch_proceeds(small_
         staged = ledger.stage_batch(
             "/data/LeadChangeEvent", [healthy, poison], {}, after_replay="poison-test"
         )
-        run = (
-            defs()
-            .resolve_job_def("process_cdc_batch")
-            .execute_in_process(
-                run_config={"ops": {"load_batch": {"config": {"batch_ids": [staged.batch_id]}}}},
-                instance=instance,
-                resources={"pipeline": pipeline},
-            )
-        )
+        config = {"ops": {"load_batch": {"config": {"batch_ids": [staged.batch_id]}}}}
+        run = run_processing(pipeline, instance, config)
         assert run.success
         letters = ledger.dead_letters(channel="/data/LeadChangeEvent")
         assert [d.replay_id for d in letters] == [b"\xff" * 8]

@@ -21,6 +21,7 @@ from kpi_pipeline.definitions import defs
 from kpi_pipeline.defs.cdc.sensors import build_cdc_sensor
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.sandbox.store import QUEUE_IDS, SandboxStore
+from kpi_pipeline_tests.support.sandbox_pipeline import run_processing
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
@@ -204,16 +205,7 @@ def test_switching_stream_sensor_stream_loses_and_doubles_nothing(
             result = _tick(instance, pipeline, cursor)
             cursor = result.cursor
             for request in result.run_requests:
-                assert (
-                    defs()
-                    .resolve_job_def("process_cdc_batch")
-                    .execute_in_process(
-                        run_config=request.run_config,
-                        instance=instance,
-                        resources={"pipeline": pipeline},
-                    )
-                    .success
-                )
+                assert run_processing(pipeline, instance, request.run_config).success
         _add_queue_lead(pipeline)
 
         monkeypatch.setenv("KPI_CDC_MODE", "stream")
