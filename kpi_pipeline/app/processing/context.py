@@ -4,8 +4,8 @@ records a decision, isolates one lead's work and dead-letters what fails."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from kpi_pipeline.adapters.ledger.state import DecisionRow, decision_params
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.app.processing.batch_port import BatchWork
+from kpi_pipeline.app.processing.handover import RecordHandOver, RecordKey
 from kpi_pipeline.app.writeback import OwnerRules
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.flywheel.records import compute_record_id
@@ -50,6 +51,14 @@ class StepContext:
     owner_rules: OwnerRules
     clocks: Mapping[str | None, BusinessClock]
     clock: Callable[[], datetime] | None = None
+    handover: RecordHandOver = field(default_factory=RecordHandOver)
+
+    def records(
+        self, conn: sa.Connection, keys: Iterable[RecordKey]
+    ) -> dict[RecordKey, RecordState]:
+        """Record states by key: the ones the merge of this ``process()`` call committed
+        (``handover.py``), else read from the ledger."""
+        return self.handover.records(self.ledger, conn, keys)
 
     def decided_at(self, event_time: datetime) -> datetime:
         return self.clock() if self.clock is not None else event_time
@@ -186,5 +195,5 @@ class StepContext:
             for s in states
             if s.sobject == EMAIL and isinstance(s.fields.get("ActivityId"), str)
         }
-        tasks = self.ledger.records(conn, [(TASK, task_id) for task_id in activity_ids])
+        tasks = self.records(conn, [(TASK, task_id) for task_id in activity_ids])
         return lambda task_id: tasks.get((TASK, task_id))

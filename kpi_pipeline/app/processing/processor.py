@@ -62,6 +62,7 @@ class BatchProcessor:
             clocks=policy_clocks(policy.calendars),
             clock=clock,
         )
+        self._ctx = ctx
         routing_inputs = routing_fields(policy)
         self.records = RecordsStep(ctx, routing_inputs=routing_inputs, field_reader=field_reader)
         self.routing = RoutingStep(ctx, routing_inputs=routing_inputs)
@@ -118,9 +119,11 @@ class BatchProcessor:
         return sla_minutes_for(self.policy, state.fields)
 
     def process(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
-        """The merge, then every workload step in ``steps.STEPS`` order."""
-        records = self.apply_records(events)
-        summaries = steps.run_steps(self, events)
+        """The merge, then every workload step in ``steps.STEPS`` order; the record states
+        the merge committed are handed to the steps instead of read back (``handover.py``)."""
+        with self._ctx.handover.scope():
+            records = self.apply_records(events)
+            summaries = steps.run_steps(self, events)
         return {
             "records": records,
             "routing": summaries["route_leads"],

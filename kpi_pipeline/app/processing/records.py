@@ -170,6 +170,9 @@ class RecordsStep:
             self.ledger.save_records(conn, touched.values())
             leads = {rid: s for (sobject, rid), s in touched.items() if sobject == LEAD}
             self._refresh_lead_facts(conn, leads)
+        # Committed: the workload steps of this process() call may take these states
+        # instead of reading them back (None: known not to exist); see handover.py.
+        self.ctx.handover.keep({key: states.get(key) for key in keys})
         for event, reason in failed:
             self.ctx.dead_letter(event, "apply_records", reason)
         windows = [self._record_gap(e) for e in gaps]
