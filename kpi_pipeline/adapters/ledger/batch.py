@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
 from kpi_pipeline.adapters.ledger.sql import canonical, text_insert
@@ -386,9 +387,11 @@ class BatchWork:
         conn = self.conn
         changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
         if changed:
-            conn.execute(_UPSERT_FACTS, [dict(self.facts[i]) for i in changed])  # type: ignore[arg-type]
+            bulk.executemany(conn, _UPSERT_FACTS, [self.facts[i] for i in changed])  # type: ignore[misc]
         if self._routing:
-            conn.execute(_INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)])
+            bulk.executemany(
+                conn, _INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)]
+            )
         for pool_id in sorted(self._pools):
             pool = self._pools[pool_id]
             conn.execute(
@@ -403,7 +406,9 @@ class BatchWork:
                 },
             )
         if self._templates:
-            conn.execute(_INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)])
+            bulk.executemany(
+                conn, _INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)]
+            )
         self._flush_decisions()
         self._flush_marks()
         self._changed.clear()
@@ -423,7 +428,7 @@ class BatchWork:
                         sa.select(c.id).where(c.id.in_(ids[start : start + _CHUNK]))
                     ).scalars()
                 )
-        self.conn.execute(self._insert_decision_sql, [self._decisions[i] for i in ids])
+        bulk.executemany(self.conn, self._insert_decision_sql, [self._decisions[i] for i in ids])
         for decision_id, callbacks in sorted(self._on_stored.items()):
             if decision_id not in known:
                 for callback in callbacks:
@@ -493,7 +498,7 @@ class BatchWork:
                 }
             )
         if inserts:
-            self.conn.execute(_INSERT_OUTBOX, inserts)
+            bulk.executemany(self.conn, _INSERT_OUTBOX, inserts)
         if updates:
             self.conn.execute(_UPDATE_OUTBOX, updates)
         return [(row["sobject"], row["record_id"]) for row in inserts]

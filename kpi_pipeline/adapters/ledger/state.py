@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import pandas as pd
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger import facts_frame
+from kpi_pipeline.adapters.ledger import bulk, facts_frame
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.batch import BatchWork
 from kpi_pipeline.adapters.ledger.schema import UTCDateTime
@@ -99,13 +100,8 @@ class WorkloadStateMixin:
             by_sobject.setdefault(sobject, []).append(record_id)
         for sobject, ids in by_sobject.items():
             for start in range(0, len(ids), 500):
-                rows = conn.execute(
-                    sa.select(t.records.c.id, t.records.c.state).where(
-                        t.records.c.sobject == sobject, t.records.c.id.in_(ids[start : start + 500])
-                    )
-                )
-                for record_id, state in rows:
-                    found[(sobject, record_id)] = RecordState.from_json(state)
+                for record_id, state in _select_states(conn, sobject, ids[start : start + 500]):
+                    found[(sobject, record_id)] = RecordState.from_json(_json_document(state))
         return found
 
     def save_records(self, conn: sa.Connection, states: Iterable[RecordState]) -> None:
@@ -120,7 +116,7 @@ class WorkloadStateMixin:
             for s in states_list
         ]
         if rows:
-            conn.execute(_SAVE_RECORD, rows)
+            bulk.executemany(conn, _SAVE_RECORD, rows)
             self._save_email_links(conn, (s for s in states_list if s.sobject == EMAIL))
 
     @staticmethod
@@ -134,7 +130,7 @@ class WorkloadStateMixin:
             else:
                 unlinked.append(email.record_id)
         if linked:
-            conn.execute(_SAVE_EMAIL_LINK, linked)
+            bulk.executemany(conn, _SAVE_EMAIL_LINK, linked)
         for start in range(0, len(unlinked), 500):
             c = t.email_activity_links.c
             conn.execute(
@@ -405,7 +401,8 @@ class WorkloadStateMixin:
     def put_candidates(self, conn: sa.Connection, candidates: Sequence[ResponseCandidate]) -> None:
         """``put_candidate`` for many, in one ``executemany``."""
         if candidates:
-            conn.execute(
+            bulk.executemany(
+                conn,
                 _PUT_CANDIDATE,
                 [
                     {
@@ -635,6 +632,36 @@ class WorkloadStateMixin:
             )
             for row in rows
         ]
+
+
+def _select_states(conn: sa.Connection, sobject: str, ids: Sequence[str]) -> list[Any]:
+    """(id, state) of these records, through the driver's cursor in ``conn``'s transaction.
+
+    The hottest read of processing (every record of every batch): SQLAlchemy's statement
+    execution and result-row processing cost more than the query itself (bench/RESULTS.md,
+    Replay), and the JSON document is decoded once, by ``_json_document``."""
+    table = t.records.name
+    cursor = conn.connection.cursor()
+    try:
+        if conn.dialect.name == "postgresql":
+            cursor.execute(
+                f"SELECT id, state FROM {table} WHERE sobject = %s AND id = ANY(%s)",
+                (sobject, list(ids)),
+            )
+        else:
+            marks = ",".join("?" * len(ids))
+            cursor.execute(
+                f"SELECT id, state FROM {table} WHERE sobject = ? AND id IN ({marks})",
+                (sobject, *ids),
+            )
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _json_document(value: Any) -> Any:
+    """A JSON column as the driver returns it: text on SQLite, already parsed by psycopg2."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def decision_params(decision: DecisionRow) -> dict[str, Any]:
