@@ -31,6 +31,7 @@ from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
 from kpi_pipeline.adapters.ledger.sql import canonical, text_insert
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -105,6 +106,22 @@ _SAVE_POOL = (
         updated_at=sa.bindparam("p_updated_at", type_=t.UTCDateTime),
     )
 )
+
+
+def decision_params(decision: DecisionRow) -> dict[str, Any]:
+    """The bind parameters of a decision's insert."""
+    return {
+        "id": decision.id,
+        "workload": decision.workload,
+        "lead_id": decision.lead_id,
+        "decided_at": decision.decided_at,
+        "policy_version": decision.policy_version,
+        "rule_id": decision.rule_id,
+        "model": decision.model,
+        "request": decision.request,
+        "response": decision.response,
+        "replay_ids": list(decision.replay_ids),
+    }
 
 
 class BatchWork:
@@ -344,15 +361,16 @@ class BatchWork:
         )
 
     def insert_decision(
-        self, row: Mapping[str, Any], on_stored: Callable[[], None] | None = None
+        self, decision: DecisionRow, on_stored: Callable[[], None] | None = None
     ) -> None:
-        """A decision row (``state._INSERT_DECISION`` parameters); ``on_stored`` runs at
-        ``flush`` if the ledger did not hold this decision id before."""
-        self._remember(self._decisions, row["id"])
-        self._decisions.setdefault(row["id"], dict(row))
+        """A decision, inserted at ``flush`` once per id; ``on_stored`` runs then if the
+        ledger did not hold this decision id before."""
+        key = decision.id
+        self._remember(self._decisions, key)
+        self._decisions.setdefault(key, decision_params(decision))
         if on_stored is not None:
-            self._remember(self._on_stored, row["id"])
-            self._on_stored[row["id"]] = [*self._on_stored.get(row["id"], []), on_stored]
+            self._remember(self._on_stored, key)
+            self._on_stored[key] = [*self._on_stored.get(key, []), on_stored]
 
     # --- one lead's isolation -----------------------------------------------------------
 

@@ -12,7 +12,6 @@ for the transaction, then one bulk statement per table.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,10 +21,11 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import bulk, facts_frame
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.batch import BatchWork
+from kpi_pipeline.adapters.ledger.batch import BatchWork, decision_params
 from kpi_pipeline.adapters.ledger.schema import UTCDateTime
 from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore, text_insert
 from kpi_pipeline.core.kpis.lead_facts import lead_facts_columns
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse, ResponseCandidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -36,22 +36,6 @@ EMAIL = "EmailMessage"
 
 # The KPI rollups define the lead-facts frame; the ledger produces exactly that.
 LEAD_FACTS_COLUMNS: tuple[str, ...] = lead_facts_columns()
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """One workload decision, the source of its flywheel record."""
-
-    id: str
-    workload: str
-    lead_id: str
-    decided_at: datetime
-    policy_version: str | None
-    rule_id: str | None
-    model: str
-    request: dict[str, Any]  # {"messages": [...], "metadata": {...}}
-    response: dict[str, Any]  # the decision itself
-    replay_ids: list[str]
 
 
 class WorkloadStateMixin:
@@ -662,22 +646,6 @@ def _select_states(conn: sa.Connection, sobject: str, ids: Sequence[str]) -> lis
 def _json_document(value: Any) -> Any:
     """A JSON column as the driver returns it: text on SQLite, already parsed by psycopg2."""
     return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
-def decision_params(decision: DecisionRow) -> dict[str, Any]:
-    """The bind parameters of a decision's insert."""
-    return {
-        "id": decision.id,
-        "workload": decision.workload,
-        "lead_id": decision.lead_id,
-        "decided_at": decision.decided_at,
-        "policy_version": decision.policy_version,
-        "rule_id": decision.rule_id,
-        "model": decision.model,
-        "request": decision.request,
-        "response": decision.response,
-        "replay_ids": list(decision.replay_ids),
-    }
 
 
 def _improve_first_response() -> Any:

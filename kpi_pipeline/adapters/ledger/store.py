@@ -34,6 +34,7 @@ from kpi_pipeline.adapters.ledger.sql import insert_ignore
 from kpi_pipeline.adapters.ledger.state import WorkloadStateMixin
 from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import replay_id_hex
+from kpi_pipeline.core.ledger_rows import LoadedBatch
 from kpi_pipeline.core.raw import RawEvent
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -73,15 +74,6 @@ class BatchInfo:
     run_id: str | None
     summary: dict[str, Any] | None
     after_replay: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedBatch:
-    batch_id: str
-    channel: str
-    events: list[RawEvent]
-    schemas: dict[str, str]
-    status: str
 
 
 @dataclass(frozen=True, slots=True)

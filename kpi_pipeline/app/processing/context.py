@@ -11,13 +11,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger.state import DecisionRow, decision_params
-from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.app.processing.batch_port import BatchWork
 from kpi_pipeline.app.processing.handover import RecordHandOver, RecordKey
+from kpi_pipeline.app.processing.ledger_port import ProcessingLedger
 from kpi_pipeline.app.writeback import OwnerRules
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.flywheel.records import compute_record_id
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.policy.load import RoutingPolicy
 from kpi_pipeline.core.workloads.business_hours import ALWAYS_OPEN, BusinessClock, lead_clocks
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision, current_owner
@@ -45,7 +45,7 @@ class StepContext:
     """``clock=None`` is the event clock (decisions timestamped from the events behind them,
     which makes ``replay`` deterministic); the live job passes the wall clock."""
 
-    ledger: Ledger
+    ledger: ProcessingLedger
     policy: RoutingPolicy
     client_id: str
     owner_rules: OwnerRules
@@ -158,7 +158,7 @@ class StepContext:
             response=response,
             replay_ids=replays,
         )
-        batch.insert_decision(decision_params(row), on_stored)
+        batch.insert_decision(row, on_stored)
 
     def refresh_clocks(self, batch: BatchWork, lead_id: str) -> set[str]:
         """The lead's SLA due time and business-minute TTFR, recomputed from its stored

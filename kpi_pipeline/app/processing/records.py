@@ -10,10 +10,10 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger.store import LoadedBatch
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.events import ChangeEvent, EventFormatError
+from kpi_pipeline.core.ledger_rows import LoadedBatch
 from kpi_pipeline.core.workloads.outreach_templates import PROFILE_FIELDS
 from kpi_pipeline.core.workloads.records import RecordState, merge_event
 from kpi_pipeline.core.workloads.selection import (
