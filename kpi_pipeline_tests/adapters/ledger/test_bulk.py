@@ -14,8 +14,9 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import Ledger, bulk
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.batch import _INSERT_OUTBOX, _INSERT_ROUTING, _UPSERT_FACTS
-from kpi_pipeline.adapters.ledger.state import _INSERT_DECISION, _PUT_CANDIDATE, _SAVE_RECORD
+from kpi_pipeline.adapters.ledger.batch_sql import _INSERT_OUTBOX, _INSERT_ROUTING, _UPSERT_FACTS
+from kpi_pipeline.adapters.ledger.memos import _INSERT_DECISION, _PUT_CANDIDATE
+from kpi_pipeline.adapters.ledger.record_states import _SAVE_RECORD
 
 T0 = datetime(2026, 11, 2, 14, 0, 5, 123456, tzinfo=UTC)
 PLUS_TWO = timezone(timedelta(hours=2))
