@@ -12,12 +12,15 @@ the event clock, lead facts CSV, KPI CSVs and flywheel JSONL. Timed phases:
 
 ``--baseline REV`` replays the same stream with the code of git revision ``REV`` as well
 (``git archive`` into a scratch folder, run in a subprocess) and fails unless every output
-file is byte-identical; both times are reported. ``--stream FILE`` reuses a stream written
+file is byte-identical; both times are reported. ``--rounds N`` replays N times, new and
+baseline alternately, and reports the medians and every pair (a shared machine's load
+moves between runs; pairs taken back to back see about the same). ``--stream FILE`` reuses a stream written
 before (``--keep``) instead of simulating one; ``--profile FILE`` runs the replay under
 cProfile and writes its summary (top functions by cumulative and by own time) as text.
 
     python bench/bench_replay.py [--events 100000] [--batch-size 500] [--seed 3] [--keep DIR]
-                                 [--stream FILE] [--baseline REV] [--profile FILE]
+                                 [--stream FILE] [--baseline REV] [--rounds N]
+                                 [--profile FILE]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 import platform
 import pstats
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -138,6 +142,9 @@ def main() -> int:
     parser.add_argument("--stream", type=Path, default=None, help="replay this stream instead")
     parser.add_argument("--baseline", default=None, help="git revision to compare outputs with")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile summary here")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="replay this many times (alternating with --baseline)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as scratch:
@@ -154,35 +161,46 @@ def main() -> int:
         parse_s = time.perf_counter() - started
 
         profile = cProfile.Profile() if args.profile else None
-        started, cpu_started = time.perf_counter(), time.process_time()
-        if profile is not None:
-            profile.enable()
-        result = replay(stream, root / "out", ports=replay_ports(), batch_size=args.batch_size)
-        if profile is not None:
-            profile.disable()
-        replay_s = time.perf_counter() - started
-        replay_cpu_s = time.process_time() - cpu_started
+        rounds: list[dict[str, float]] = []
+        baseline: dict[str, object] = {}
+        for _ in range(args.rounds):  # new, old, new, old...: paired under the same load
+            started, cpu_started = time.perf_counter(), time.process_time()
+            if profile is not None:
+                profile.enable()
+            result = replay(stream, root / "out", ports=replay_ports(), batch_size=args.batch_size)
+            if profile is not None:
+                profile.disable()
+            pair = {"wall_s": time.perf_counter() - started}
+            pair["cpu_s"] = time.process_time() - cpu_started
+            if args.baseline is not None:
+                pair["baseline_wall_s"], pair["baseline_cpu_s"] = baseline_replay(
+                    args.baseline, stream, root / "baseline", args.batch_size
+                )
+                ours, theirs = output_files(root / "out"), output_files(root / "baseline")
+                differ = sorted(
+                    n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n)
+                )
+                if differ:
+                    raise SystemExit(f"outputs differ from {args.baseline}'s: {differ}")
+                baseline["outputs_byte_identical"] = len(ours)
+            rounds.append(pair)
         if profile is not None:
             args.profile.parent.mkdir(parents=True, exist_ok=True)
             args.profile.write_text(profile_summary(profile), encoding="utf-8")
-
-        baseline: dict[str, object] = {}
+        replay_s = statistics.median(p["wall_s"] for p in rounds)
+        replay_cpu_s = statistics.median(p["cpu_s"] for p in rounds)
         if args.baseline is not None:
-            base_s, base_cpu_s = baseline_replay(
-                args.baseline, stream, root / "baseline", args.batch_size
-            )
-            ours, theirs = output_files(root / "out"), output_files(root / "baseline")
-            differ = sorted(n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n))
-            if differ:
-                raise SystemExit(f"outputs differ from {args.baseline}'s: {differ}")
-            baseline = {
+            base_s = statistics.median(p["baseline_wall_s"] for p in rounds)
+            base_cpu_s = statistics.median(p["baseline_cpu_s"] for p in rounds)
+            baseline |= {
                 "baseline_rev": args.baseline,
                 "baseline_replay_s": round(base_s, 2),
                 "baseline_events_per_s": round(result.events / base_s),
                 "baseline_replay_cpu_s": round(base_cpu_s, 2),
                 "baseline_events_per_cpu_s": round(result.events / base_cpu_s),
-                "outputs_byte_identical": len(ours),
             }
+        if args.rounds > 1:  # every pair, in run order; the figures above are medians
+            baseline["rounds"] = [{k: round(v, 2) for k, v in p.items()} for p in rounds]
 
         report = {
             "events": result.events,

@@ -17,6 +17,8 @@ wait on those row locks (and a batch's FOR UPDATE waits on theirs).
 Lead isolation without a savepoint per lead: ``checkpoint`` / ``rollback`` undo one lead's
 in-memory changes when its workload code fails, so the batch's writes hold only the leads
 that succeeded.
+
+The statements ``flush`` runs, and the outbox merge, are in ``batch_sql.py``.
 """
 
 from __future__ import annotations
@@ -27,83 +29,27 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
-from kpi_pipeline.adapters.ledger.sql import canonical, text_insert
+from kpi_pipeline.adapters.ledger.batch_sql import (
+    _INSERT_ROUTING,
+    _INSERT_TEMPLATE,
+    _SAVE_POOL,
+    _UPSERT_FACTS,
+    CHUNK,
+    FACT_COLUMNS,
+    FactsRow,
+    decision_params,
+    merge_outbox_marks,
+)
+from kpi_pipeline.adapters.ledger.sql import canonical
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
 from kpi_pipeline.core.workloads.writeback_fields import dirty_names
 
-_FACT_COLUMNS: tuple[str, ...] = tuple(c.name for c in t.lead_facts.columns)
-_CHUNK = 500
 _MISSING = object()
-
-
-class FactsRow(dict[str, Any]):
-    """One lead_facts row as a dict, read by attribute like a result row."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-
-def _upsert_facts() -> sa.TextClause:
-    return text_insert(
-        t.lead_facts,
-        list(_FACT_COLUMNS),
-        ["Id"],
-        {c: f'excluded."{c}"' for c in _FACT_COLUMNS if c != "Id"},
-    )
-
-
-_UPSERT_FACTS = _upsert_facts()
-_INSERT_ROUTING = text_insert(
-    t.routing_decisions, ["lead_id", "decision", "decided_at", "policy_version"], ["lead_id"]
-)
-_INSERT_TEMPLATE = text_insert(
-    t.template_recommendations,
-    ["lead_id", "template_id", "model", "decided_at", "detail"],
-    ["lead_id"],
-)
-_INSERT_OUTBOX = text_insert(
-    t.sf_outbox,
-    [
-        "sobject",
-        "record_id",
-        "dirty",
-        "generation",
-        "status",
-        "attempts",
-        "created_at",
-        "dirtied_at",
-        "confirmed",
-    ],
-    ["sobject", "record_id"],
-)
-_UPDATE_OUTBOX = (
-    t.sf_outbox.update()
-    .where(t.sf_outbox.c.id == sa.bindparam("p_id"))
-    .values(
-        dirty=sa.bindparam("p_dirty", type_=sa.JSON),
-        generation=t.sf_outbox.c.generation + 1,
-        status=sa.bindparam("p_status"),
-        dirtied_at=sa.bindparam("p_dirtied_at", type_=t.UTCDateTime),
-    )
-)
-_SAVE_POOL = (
-    t.pool_state.update()
-    .where(t.pool_state.c.pool_id == sa.bindparam("p_pool_id"))
-    .values(
-        pointer=sa.bindparam("p_pointer"),
-        day=sa.bindparam("p_day"),
-        assigned_today=sa.bindparam("p_assigned_today", type_=sa.JSON),
-        state=sa.bindparam("p_state", type_=sa.JSON),
-        updated_at=sa.bindparam("p_updated_at", type_=t.UTCDateTime),
-    )
-)
 
 
 class BatchWork:
@@ -143,10 +89,8 @@ class BatchWork:
             )
         for i in ids:
             self.facts[i] = None
-        for start in range(0, len(ids), _CHUNK):
-            query = sa.select(t.lead_facts).where(
-                t.lead_facts.c.Id.in_(ids[start : start + _CHUNK])
-            )
+        for start in range(0, len(ids), CHUNK):
+            query = sa.select(t.lead_facts).where(t.lead_facts.c.Id.in_(ids[start : start + CHUNK]))
             if postgres:
                 query = query.with_for_update()
             for row in self.conn.execute(query):
@@ -160,7 +104,7 @@ class BatchWork:
     def clock_inputs(self, lead_id: str) -> FactsRow | None:
         return self.row(lead_id)
 
-    # --- lead facts (the same rules as the per-row statements in state.py) -------------
+    # --- lead facts (the same rules as the per-row statements in lead_facts.py) --------
 
     def _touch(self, lead_id: str) -> FactsRow | None:
         row = self.row(lead_id)
@@ -181,7 +125,7 @@ class BatchWork:
     ) -> None:
         row = self._touch(lead_id)
         if row is None:
-            self.facts[lead_id] = FactsRow(dict.fromkeys(_FACT_COLUMNS), Id=lead_id)
+            self.facts[lead_id] = FactsRow(dict.fromkeys(FACT_COLUMNS), Id=lead_id)
             self._set(lead_id, {"CreatedDate": created, "OwnerId": owner_id})
             return
         self._set(
@@ -343,15 +287,16 @@ class BatchWork:
         )
 
     def insert_decision(
-        self, row: Mapping[str, Any], on_stored: Callable[[], None] | None = None
+        self, decision: DecisionRow, on_stored: Callable[[], None] | None = None
     ) -> None:
-        """A decision row (``state._INSERT_DECISION`` parameters); ``on_stored`` runs at
-        ``flush`` if the ledger did not hold this decision id before."""
-        self._remember(self._decisions, row["id"])
-        self._decisions.setdefault(row["id"], dict(row))
+        """A decision, inserted at ``flush`` once per id; ``on_stored`` runs then if the
+        ledger did not hold this decision id before."""
+        key = decision.id
+        self._remember(self._decisions, key)
+        self._decisions.setdefault(key, decision_params(decision))
         if on_stored is not None:
-            self._remember(self._on_stored, row["id"])
-            self._on_stored[row["id"]] = [*self._on_stored.get(row["id"], []), on_stored]
+            self._remember(self._on_stored, key)
+            self._on_stored[key] = [*self._on_stored.get(key, []), on_stored]
 
     # --- one lead's isolation -----------------------------------------------------------
 
@@ -386,9 +331,11 @@ class BatchWork:
         conn = self.conn
         changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
         if changed:
-            conn.execute(_UPSERT_FACTS, [dict(self.facts[i]) for i in changed])  # type: ignore[arg-type]
+            bulk.executemany(conn, _UPSERT_FACTS, [self.facts[i] for i in changed])  # type: ignore[misc]
         if self._routing:
-            conn.execute(_INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)])
+            bulk.executemany(
+                conn, _INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)]
+            )
         for pool_id in sorted(self._pools):
             pool = self._pools[pool_id]
             conn.execute(
@@ -403,7 +350,9 @@ class BatchWork:
                 },
             )
         if self._templates:
-            conn.execute(_INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)])
+            bulk.executemany(
+                conn, _INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)]
+            )
         self._flush_decisions()
         self._flush_marks()
         self._changed.clear()
@@ -417,13 +366,13 @@ class BatchWork:
         known: set[str] = set()
         if self._on_stored:  # only who asks needs to know which ones are new
             c = t.decisions.c
-            for start in range(0, len(ids), _CHUNK):
+            for start in range(0, len(ids), CHUNK):
                 known.update(
                     self.conn.execute(
-                        sa.select(c.id).where(c.id.in_(ids[start : start + _CHUNK]))
+                        sa.select(c.id).where(c.id.in_(ids[start : start + CHUNK]))
                     ).scalars()
                 )
-        self.conn.execute(self._insert_decision_sql, [self._decisions[i] for i in ids])
+        bulk.executemany(self.conn, self._insert_decision_sql, [self._decisions[i] for i in ids])
         for decision_id, callbacks in sorted(self._on_stored.items()):
             if decision_id not in known:
                 for callback in callbacks:
@@ -435,65 +384,6 @@ class BatchWork:
         A row another writer (``policy recompute``, which takes no batch lock) inserts between
         our read and our insert makes the insert do nothing (ON CONFLICT); the keys we tried to
         insert are then merged again, now as existing rows, so no mark is lost."""
-        inserted = self._merge_marks(sorted(self._marks))
+        inserted = merge_outbox_marks(self.conn, self._marks, sorted(self._marks), self.now)
         if inserted:
-            self._merge_marks(inserted)
-
-    def _merge_marks(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """One pass over ``keys``: returns the keys it inserted new rows for."""
-        if not keys:
-            return []
-        c = t.sf_outbox.c
-        existing: dict[tuple[str, str], Any] = {}
-        by_sobject: dict[str, list[str]] = {}
-        for sobject, record_id in keys:
-            by_sobject.setdefault(sobject, []).append(record_id)
-        for sobject, ids in by_sobject.items():
-            ids.sort()
-            for start in range(0, len(ids), _CHUNK):
-                query = sa.select(c.id, c.record_id, c.dirty, c.status, c.dirtied_at).where(
-                    c.sobject == sobject, c.record_id.in_(ids[start : start + _CHUNK])
-                )
-                if self.conn.dialect.name == "postgresql":
-                    query = query.order_by(c.id).with_for_update()
-                for row in self.conn.execute(query):
-                    existing[(sobject, row.record_id)] = row
-        inserts, updates = [], []
-        for key in keys:
-            wanted = sorted(self._marks[key])
-            row = existing.get(key)
-            if row is None:
-                inserts.append(
-                    {
-                        "sobject": key[0],
-                        "record_id": key[1],
-                        "dirty": wanted,
-                        "generation": 1,
-                        "status": PENDING,
-                        "attempts": 0,
-                        "created_at": self.now,
-                        "dirtied_at": self.now,
-                        "confirmed": {},
-                    }
-                )
-                continue
-            dirty = sorted(set(row.dirty) | set(wanted))
-            if row.status == PENDING and dirty == sorted(row.dirty):
-                continue  # already waiting; the drain reads the newest values anyway
-            updates.append(
-                {
-                    "p_id": row.id,
-                    "p_dirty": dirty,
-                    # A claimed row keeps its claim: the moved generation makes its
-                    # confirmation leave it pending, so the value changed meanwhile goes out.
-                    "p_status": CLAIMED if row.status == CLAIMED else PENDING,
-                    "p_dirtied_at": row.dirtied_at
-                    if row.status in (PENDING, CLAIMED)
-                    else self.now,
-                }
-            )
-        if inserts:
-            self.conn.execute(_INSERT_OUTBOX, inserts)
-        if updates:
-            self.conn.execute(_UPDATE_OUTBOX, updates)
-        return [(row["sobject"], row["record_id"]) for row in inserts]
+            merge_outbox_marks(self.conn, self._marks, inserted, self.now)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -57,7 +58,7 @@ class BatchWork(Protocol):
         detail: Mapping[str, Any],
     ) -> None: ...
     def insert_decision(
-        self, row: Mapping[str, Any], on_stored: Callable[[], None] | None = None
+        self, decision: DecisionRow, on_stored: Callable[[], None] | None = None
     ) -> None: ...
     def checkpoint(self) -> None: ...
     def rollback(self) -> None: ...

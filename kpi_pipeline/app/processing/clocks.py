@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.app.processing.context import clock_named
+from kpi_pipeline.app.processing.ledger_port import ClockLedger
 from kpi_pipeline.core.policy.load import RoutingPolicy
 from kpi_pipeline.core.workloads.business_hours import lead_clocks, policy_clocks
 from kpi_pipeline.core.workloads.lead_route import first_matching_rule
@@ -38,7 +38,7 @@ class RecomputeReport:
 
 
 def recompute_clocks(
-    ledger: Ledger, policy: RoutingPolicy, *, dry_run: bool = False, page: int = 1000
+    ledger: ClockLedger, policy: RoutingPolicy, *, dry_run: bool = False, page: int = 1000
 ) -> RecomputeReport:
     """Recompute every lead's SLA calendar, due time and business-minute TTFR under
     ``policy`` (after a calendar change), store what changed and mark it for write-back.

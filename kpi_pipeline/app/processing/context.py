@@ -4,19 +4,20 @@ records a decision, isolates one lead's work and dead-letters what fails."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger.state import DecisionRow, decision_params
-from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.app.processing.batch_port import BatchWork
+from kpi_pipeline.app.processing.handover import RecordHandOver, RecordKey
+from kpi_pipeline.app.processing.ledger_port import ProcessingLedger
 from kpi_pipeline.app.writeback import OwnerRules
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.flywheel.records import compute_record_id
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.policy.load import RoutingPolicy
 from kpi_pipeline.core.workloads.business_hours import ALWAYS_OPEN, BusinessClock, lead_clocks
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision, current_owner
@@ -44,12 +45,20 @@ class StepContext:
     """``clock=None`` is the event clock (decisions timestamped from the events behind them,
     which makes ``replay`` deterministic); the live job passes the wall clock."""
 
-    ledger: Ledger
+    ledger: ProcessingLedger
     policy: RoutingPolicy
     client_id: str
     owner_rules: OwnerRules
     clocks: Mapping[str | None, BusinessClock]
     clock: Callable[[], datetime] | None = None
+    handover: RecordHandOver = field(default_factory=RecordHandOver)
+
+    def records(
+        self, conn: sa.Connection, keys: Iterable[RecordKey]
+    ) -> dict[RecordKey, RecordState]:
+        """Record states by key: the ones the merge of this ``process()`` call committed
+        (``handover.py``), else read from the ledger."""
+        return self.handover.records(self.ledger, conn, keys)
 
     def decided_at(self, event_time: datetime) -> datetime:
         return self.clock() if self.clock is not None else event_time
@@ -149,7 +158,7 @@ class StepContext:
             response=response,
             replay_ids=replays,
         )
-        batch.insert_decision(decision_params(row), on_stored)
+        batch.insert_decision(row, on_stored)
 
     def refresh_clocks(self, batch: BatchWork, lead_id: str) -> set[str]:
         """The lead's SLA due time and business-minute TTFR, recomputed from its stored
@@ -186,5 +195,5 @@ class StepContext:
             for s in states
             if s.sobject == EMAIL and isinstance(s.fields.get("ActivityId"), str)
         }
-        tasks = self.ledger.records(conn, [(TASK, task_id) for task_id in activity_ids])
+        tasks = self.records(conn, [(TASK, task_id) for task_id in activity_ids])
         return lambda task_id: tasks.get((TASK, task_id))

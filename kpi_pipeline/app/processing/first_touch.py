@@ -63,7 +63,7 @@ class FirstTouchStep:
             relinked = self._emails_of_tasks(conn, changed, replays)
             summary["relinked_emails"] = len(relinked)
             keys = sorted(changed | relinked)
-            states = self.ledger.records(conn, keys)
+            states = self.ctx.records(conn, keys)
             task_lookup = self.ctx.task_lookup(conn, states.values())
             lead_replays: dict[str, list[str]] = {}
             puts: list[ResponseCandidate] = []
@@ -86,7 +86,7 @@ class FirstTouchStep:
                 lead_replays.setdefault(candidate.lead_id, []).extend(replays.get(key[1], []))
             self.ledger.drop_candidates(conn, drops)
             self.ledger.put_candidates(conn, puts)
-            leads = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in affected])
+            leads = self.ctx.records(conn, [(LEAD, lead_id) for lead_id in affected])
             stored = self.ledger.candidates_for(conn, affected)
             batch = self.ledger.batch_work(conn)
             batch.preload(lead_id for (_, lead_id) in leads)

@@ -11,15 +11,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from kpi_pipeline.adapters.ledger.store import Ledger, LoadedBatch
 from kpi_pipeline.app.processing import steps
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.app.processing.first_touch import FirstTouchStep
+from kpi_pipeline.app.processing.ledger_port import ProcessingLedger
 from kpi_pipeline.app.processing.records import DecodedBatch, Decoder, FieldReader, RecordsStep
 from kpi_pipeline.app.processing.routing import RoutingStep
 from kpi_pipeline.app.processing.templates import TemplateStep
 from kpi_pipeline.app.writeback import OwnerRules, Superseded, owner_rules
 from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.ledger_rows import LoadedBatch
 from kpi_pipeline.core.policy.load import Condition, RoutingPolicy
 from kpi_pipeline.core.workloads.business_hours import policy_clocks
 from kpi_pipeline.core.workloads.lead_route import sla_minutes_for
@@ -36,7 +37,7 @@ from kpi_pipeline.core.workloads.selection import (
 class BatchProcessor:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: ProcessingLedger,
         policy: RoutingPolicy,
         *,
         selector: TemplateSelector,
@@ -62,6 +63,7 @@ class BatchProcessor:
             clocks=policy_clocks(policy.calendars),
             clock=clock,
         )
+        self._ctx = ctx
         routing_inputs = routing_fields(policy)
         self.records = RecordsStep(ctx, routing_inputs=routing_inputs, field_reader=field_reader)
         self.routing = RoutingStep(ctx, routing_inputs=routing_inputs)
@@ -118,9 +120,11 @@ class BatchProcessor:
         return sla_minutes_for(self.policy, state.fields)
 
     def process(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
-        """The merge, then every workload step in ``steps.STEPS`` order."""
-        records = self.apply_records(events)
-        summaries = steps.run_steps(self, events)
+        """The merge, then every workload step in ``steps.STEPS`` order; the record states
+        the merge committed are handed to the steps instead of read back (``handover.py``)."""
+        with self._ctx.handover.scope():
+            records = self.apply_records(events)
+            summaries = steps.run_steps(self, events)
         return {
             "records": records,
             "routing": summaries["route_leads"],

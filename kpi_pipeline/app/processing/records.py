@@ -10,10 +10,10 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger.store import LoadedBatch
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.events import ChangeEvent, EventFormatError
+from kpi_pipeline.core.ledger_rows import LoadedBatch
 from kpi_pipeline.core.workloads.outreach_templates import PROFILE_FIELDS
 from kpi_pipeline.core.workloads.records import RecordState, merge_event
 from kpi_pipeline.core.workloads.selection import (
@@ -170,6 +170,9 @@ class RecordsStep:
             self.ledger.save_records(conn, touched.values())
             leads = {rid: s for (sobject, rid), s in touched.items() if sobject == LEAD}
             self._refresh_lead_facts(conn, leads)
+        # Committed: the workload steps of this process() call may take these states
+        # instead of reading them back (None: known not to exist); see handover.py.
+        self.ctx.handover.keep({key: states.get(key) for key in keys})
         for event, reason in failed:
             self.ctx.dead_letter(event, "apply_records", reason)
         windows = [self._record_gap(e) for e in gaps]

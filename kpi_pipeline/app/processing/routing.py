@@ -77,7 +77,7 @@ class RoutingStep:
             # Pools first: their lock orders concurrent runs, so the memo read below is current.
             pools = self.ledger.lock_pools(conn, self.policy.pools)
             memo = self.ledger.routing_decisions(conn, replays)
-            states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in replays])
+            states = self.ctx.records(conn, [(LEAD, lead_id) for lead_id in replays])
             batch = self.ledger.batch_work(conn)
             batch.preload(lead_id for (_, lead_id) in states)
             summary["unknown"] = len(replays) - len(states)

@@ -64,7 +64,7 @@ class TemplateStep:
         with self.ledger.write() as conn:
             decisions = self.ledger.routing_decisions(conn, wanted)
             known = self.ledger.template_recommendations(conn, wanted)
-            states = self.ledger.records(conn, [(LEAD, lead_id) for lead_id in wanted])
+            states = self.ctx.records(conn, [(LEAD, lead_id) for lead_id in wanted])
             applicable = self._applicable_emails(conn, email_events, wanted, task_ids)
             batch = self.ledger.batch_work(conn)
             # Every lead this step may write, locked and read at once (in sorted order).
@@ -162,7 +162,7 @@ class TemplateStep:
                 if not is_wildcard(rid)
             }
         )
-        states = self.ledger.records(conn, [(EMAIL, rid) for rid in ids])
+        states = self.ctx.records(conn, [(EMAIL, rid) for rid in ids])
         task_lookup = self.ctx.task_lookup(conn, states.values())
         found = [(states[key], email_candidate(states[key], task_lookup)) for key in sorted(states)]
         return [(email, candidate) for email, candidate in found if candidate is not None]

@@ -455,12 +455,15 @@ def test_workload_failure_on_one_lead_dead_letters_it_and_the_batch_goes_on(
     assert len(ledger.decisions_between(workload="outreach_template")) == 1
 
 
-def test_a_poison_lead_inside_a_bulk_batch_is_dead_lettered_alone(new_ledger: NewLedger) -> None:
+def test_a_poison_lead_inside_a_bulk_batch_is_dead_lettered_alone(
+    new_ledger: NewLedger, ledger_url: str
+) -> None:
     """Set-based steps write a whole batch at once; one lead whose workload code fails in
     the middle of it is undone and dead-lettered, and every other lead of the batch is
-    written: facts, decisions, write-back marks."""
+    written: facts, decisions, write-back marks. On SQLite and PostgreSQL, through
+    ``process()`` (bulk writes, record states handed from the merge to the steps)."""
 
-    ledger = new_ledger()
+    ledger = new_ledger(url=ledger_url)
     processor = make_processor(ledger, selector=_SelectorFailingFor("Broken Co"))
     ids = [f"00Q000000000{n:03d}AAA" for n in range(1, 61)]
     poison_id = ids[29]

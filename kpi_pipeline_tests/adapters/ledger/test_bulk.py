@@ -1,0 +1,123 @@
+"""``bulk.executemany`` (driver cursor on SQLite) stores exactly what ``conn.execute`` of the
+same statement stores: same bytes in every column, for every hot bulk statement."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from kpi_pipeline.adapters.ledger import Ledger, bulk
+from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.batch_sql import _INSERT_OUTBOX, _INSERT_ROUTING, _UPSERT_FACTS
+from kpi_pipeline.adapters.ledger.memos import _INSERT_DECISION, _PUT_CANDIDATE
+from kpi_pipeline.adapters.ledger.record_states import _SAVE_RECORD
+
+T0 = datetime(2026, 11, 2, 14, 0, 5, 123456, tzinfo=UTC)
+PLUS_TWO = timezone(timedelta(hours=2))
+
+
+def _value(column: sa.Column[Any], n: int) -> Any:
+    """A value of the column's type; every third one None where the column allows it."""
+    if column.nullable and not column.primary_key and n % 3 == 2:
+        return None
+    kind = column.type
+    if isinstance(kind, t.UTCDateTime):  # aware, in another zone too: stored as UTC
+        return (T0 + timedelta(minutes=n)).astimezone(PLUS_TWO if n % 2 else UTC)
+    if isinstance(kind, sa.JSON):
+        return {"b": [n, 1.5, None], "a": {"x": "é"}} if n % 2 else ["v", n]
+    if isinstance(kind, sa.Float):
+        return n + 0.25
+    if isinstance(kind, sa.Integer):
+        return n
+    if isinstance(kind, sa.Boolean):
+        return bool(n % 2)
+    return f"{column.name[:10]}-{n:03d}"
+
+
+def _rows(table: sa.Table, columns: list[str], count: int = 7) -> list[dict[str, Any]]:
+    return [{c: _value(table.c[c], n) for c in columns} for n in range(count)]
+
+
+CASES: dict[str, tuple[sa.TextClause, sa.Table, list[str]]] = {
+    "lead_facts": (_UPSERT_FACTS, t.lead_facts, [c.name for c in t.lead_facts.columns]),
+    "routing_decisions": (
+        _INSERT_ROUTING,
+        t.routing_decisions,
+        ["lead_id", "decision", "decided_at", "policy_version"],
+    ),
+    "decisions": (
+        _INSERT_DECISION,
+        t.decisions,
+        [
+            "id",
+            "workload",
+            "lead_id",
+            "decided_at",
+            "policy_version",
+            "rule_id",
+            "model",
+            "request",
+            "response",
+            "replay_ids",
+        ],
+    ),
+    "records": (_SAVE_RECORD, t.records, ["sobject", "id", "state", "updated_at"]),
+    "sf_outbox": (
+        _INSERT_OUTBOX,
+        t.sf_outbox,
+        [
+            "sobject",
+            "record_id",
+            "dirty",
+            "generation",
+            "status",
+            "attempts",
+            "created_at",
+            "dirtied_at",
+            "confirmed",
+        ],
+    ),
+    "response_candidates": (
+        _PUT_CANDIDATE,
+        t.response_candidates,
+        ["record_id", "lead_id", "at", "source", "rank", "user_id"],
+    ),
+}
+
+
+def _stored(path: Path, table: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bulk_rows_are_stored_as_sqlalchemy_stores_them(
+    name: str, new_ledger: Callable[..., Ledger], tmp_path: Path
+) -> None:
+    statement, table, columns = CASES[name]
+    rows = _rows(table, columns)
+    stored = []
+    for how in ("sqlalchemy", "bulk"):
+        ledger = new_ledger(how)
+        with ledger.write() as conn:
+            if how == "bulk":
+                bulk.executemany(conn, statement, rows)
+                bulk.executemany(conn, statement, rows[:3])  # the ON CONFLICT clause too
+            else:
+                conn.execute(statement, rows)
+                conn.execute(statement, rows[:3])
+        stored.append(_stored(tmp_path / f"{how}.db", table.name))
+    assert len(stored[0]) == len(rows)
+    assert stored[0] == stored[1]
+
+
+def test_a_row_missing_a_parameter_fails(new_ledger: Callable[..., Ledger]) -> None:
+    ledger = new_ledger()
+    with pytest.raises(KeyError), ledger.write() as conn:
+        bulk.executemany(conn, _SAVE_RECORD, [{"sobject": "Lead", "id": "00Q1"}])
