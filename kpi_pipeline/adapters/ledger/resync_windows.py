@@ -1,7 +1,6 @@
 """The re-sync's view of the ledger (``kpi_pipeline.app.resync.ports.ResyncLedger``).
 
-A thin wrapper of ``Ledger``: open windows as ``kpi_pipeline.core.resync_windows``
-values, closing one, updating an open window's detail in one transaction (the re-sync
+A thin wrapper of ``Ledger``: open windows (``kpi_pipeline.core.resync_windows`` values), closing one, updating an open window's detail in one transaction (the re-sync
 records a failed attempt there), the record states a re-read is compared with, and the
 staged GetSchema answers it learns the org's fields from.
 """
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,15 +19,6 @@ from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.resync_windows import WINDOW_OPEN, ResyncWindow
 from kpi_pipeline.core.workloads.records import RecordState
 
-_WINDOW_FIELDS = tuple(f.name for f in fields(ResyncWindow))
-
-
-def as_core_window(window: Any) -> ResyncWindow:
-    """A window the ledger returned, as the core value (the same one when it already is)."""
-    if isinstance(window, ResyncWindow):
-        return window
-    return ResyncWindow(**{name: getattr(window, name) for name in _WINDOW_FIELDS})
-
 
 class LedgerResyncWindows:
     """The re-sync's ledger port over a ``Ledger``."""
@@ -38,7 +27,7 @@ class LedgerResyncWindows:
         self.ledger = ledger
 
     def open_resync_windows(self, channel: str | None = None) -> list[ResyncWindow]:
-        return [as_core_window(w) for w in self.ledger.open_resync_windows(channel)]
+        return self.ledger.open_resync_windows(channel)
 
     def close_resync_window(
         self, window_id: int, *, detail: Mapping[str, Any] | None = None

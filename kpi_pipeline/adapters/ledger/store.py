@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +47,7 @@ from kpi_pipeline.adapters.ledger.state import WorkloadStateMixin
 from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.core.ledger_rows import LoadedBatch
+from kpi_pipeline.core.resync_windows import WINDOW_CLOSED, WINDOW_OPEN, ResyncWindow
 
 # Names other modules import from here, where they lived before the split.
 __all__ = [
@@ -67,23 +67,6 @@ __all__ = [
     "batch_id_for",
     "create_ledger_engine",
 ]
-
-WINDOW_OPEN = "open"
-WINDOW_CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncWindow:
-    id: int
-    channel: str
-    reason: str
-    from_replay_hex: str | None
-    from_time_ms: int | None
-    to_time_ms: int | None
-    detail: dict[str, Any]
-    detected_at: datetime
-    status: str
-    closed_at: datetime | None
 
 
 class Ledger(
