@@ -23,6 +23,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 SMALL_ARGS: dict[str, list[list[str]]] = {
     # Needs PostgreSQL, RabbitMQ and Redis; starts its own Celery workers.
     "bench_celery_scale.py": [["--workers", "1", "2", "--days", "5", "--leads-per-day", "200"]],
+    # dagster dev in stream mode, a small backlog, then a short live window (SQLite ledger).
+    "bench_catchup.py": [
+        ["--ledger", "sqlite", "--events", "2000", "--post-seconds", "20", "--warmup", "2"]
+    ],
     "bench_client_drain.py": [["--events", "5000", "--repeats", "1"]],
     "bench_decode.py": [["--events", "5000", "--repeats", "1"]],
     "bench_killed_worker.py": [["--kill", "worker"]],
@@ -36,6 +40,7 @@ SMALL_ARGS: dict[str, list[list[str]]] = {
             *("--warmup", "2", "--drain-seconds", "20"),
         ]
     ],
+    "bench_lead_partitions.py": [["--events", "3000", "--round", "1000", "--workers", "1,2"]],
     "bench_latency.py": [["inprocess", "--interval", "5", "--seconds", "20"]],
     "bench_metrics.py": [
         ["--runs", "20", "--small-burst", "7", "--threads", "5", "--seconds", "2"]
