@@ -11,7 +11,7 @@ import pytest
 from kpi_pipeline.adapters.pubsub.client import DEFAULT_CHANNEL_OPTIONS, PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.errors import error_from_rpc
-from kpi_pipeline.adapters.pubsub.fetch import FetchResult
+from kpi_pipeline.adapters.pubsub.fetch import FetchResult, Preset
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.adapters.pubsub.schemas import SCHEMA_IDS_BY_ENTITY
@@ -229,17 +229,46 @@ def test_keepalive_latest_replay_id_is_returned_and_can_be_ahead(
     assert again.events == [] and again.latest_replay_id == replay_id_from_int(8)
 
 
-def test_quiet_channel_returns_after_idle_return_when_no_keepalive(
-    change_log, start_server, make_client
-) -> None:
-    fill(change_log, 3)
+def _timed_fetch_between_keepalives(
+    change_log,
+    start_server,
+    make_client,
+    events: int,
+    *,
+    preset: Preset,
+    max_events: int,
+    idle_return_s: float,
+) -> tuple[FetchResult, float]:
+    """A fetch with no replay id from a log of ``events`` Lead events, served with keepalives
+    30 s apart (so none comes unless the server sends one at once); also its wall seconds."""
+    fill(change_log, events)
     client = make_client(start_server(change_log, keepalive_interval_s=30))
     started = time.monotonic()
     result = client.fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=100, max_seconds=10, idle_return_s=0.3
+        LEADS,
+        replay_id=None,
+        preset=preset,
+        max_events=max_events,
+        max_seconds=10,
+        idle_return_s=idle_return_s,
+    )
+    return result, time.monotonic() - started
+
+
+def test_quiet_channel_returns_after_idle_return_when_no_keepalive(
+    change_log, start_server, make_client
+) -> None:
+    result, seconds = _timed_fetch_between_keepalives(
+        change_log,
+        start_server,
+        make_client,
+        3,
+        preset="EARLIEST",
+        max_events=100,
+        idle_return_s=0.3,
     )
     assert replays(result) == [1, 2, 3] and result.keepalives == 0
-    assert time.monotonic() - started < 3
+    assert seconds < 3
 
 
 # --- flow control ---------------------------------------------------------------------------
@@ -504,15 +533,12 @@ def test_client_rejects_bad_arguments(change_log, start_server) -> None:
 def test_caught_up_subscriber_gets_the_bus_position_at_once(
     change_log, start_server, make_client
 ) -> None:
-    fill(change_log, 4)
-    client = make_client(start_server(change_log, keepalive_interval_s=30))
-    started = time.monotonic()
-    result = client.fetch(
-        LEADS, replay_id=None, preset="LATEST", max_events=10, max_seconds=10, idle_return_s=5
+    result, seconds = _timed_fetch_between_keepalives(
+        change_log, start_server, make_client, 4, preset="LATEST", max_events=10, idle_return_s=5
     )
     assert result.events == [] and result.keepalives == 1
     assert result.latest_replay_id == replay_id_from_int(4)  # safe CUSTOM start for the next tick
-    assert time.monotonic() - started < 2
+    assert seconds < 2
 
 
 def test_open_stream_delivers_events_published_while_it_waits(change_log, start_server) -> None:
