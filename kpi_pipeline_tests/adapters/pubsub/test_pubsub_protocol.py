@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from operator import methodcaller
 
 import grpc
 import pytest
@@ -337,37 +339,32 @@ def test_server_closes_a_stream_idle_at_pending_zero(change_log, start_server) -
 # --- failures and resumption ------------------------------------------------------------------
 
 
-def test_network_reset_mid_fetch_resumes_without_loss_or_duplicates(
-    change_log, start_server, make_client
+RESUMABLE_FAULTS = [
+    pytest.param(400, methodcaller("reset_stream_after", 150), 20, 1, id="network-reset"),
+    pytest.param(300, methodcaller("close_stream_after", 77), 20, 1, id="server-closed-stream"),
+    pytest.param(5, methodcaller("service_unavailable_next", 2), 10, 2, id="unavailable-retried"),
+]
+
+
+@pytest.mark.parametrize(("events", "inject", "max_seconds", "reconnects"), RESUMABLE_FAULTS)
+def test_a_fetch_resumes_after_a_fault_without_loss_or_duplicates(
+    change_log,
+    start_server,
+    make_client,
+    events: int,
+    inject: Callable[[object], None],
+    max_seconds: float,
+    reconnects: int,
 ) -> None:
-    fill(change_log, 400)
+    """A reset, a server-closed stream, UNAVAILABLE (retried with backoff) mid-fetch."""
+    fill(change_log, events)
     server = start_server(change_log)
-    server.faults.reset_stream_after(150)
+    inject(server.faults)
     result = make_client(server).fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=400, max_seconds=20
+        LEADS, replay_id=None, preset="EARLIEST", max_events=events, max_seconds=max_seconds
     )
-    assert replays(result) == list(range(1, 401))
-    assert result.reconnects == 1 and server.faults.subscribe_calls == 2
-
-
-def test_server_closed_stream_mid_fetch_resumes(change_log, start_server, make_client) -> None:
-    fill(change_log, 300)
-    server = start_server(change_log)
-    server.faults.close_stream_after(77)
-    result = make_client(server).fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=300, max_seconds=20
-    )
-    assert replays(result) == list(range(1, 301)) and result.reconnects == 1
-
-
-def test_service_unavailable_is_retried_with_backoff(change_log, start_server, make_client) -> None:
-    fill(change_log, 5)
-    server = start_server(change_log)
-    server.faults.service_unavailable_next(2)
-    result = make_client(server).fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=5, max_seconds=10
-    )
-    assert replays(result) == [1, 2, 3, 4, 5] and result.reconnects == 2
+    assert replays(result) == list(range(1, events + 1))
+    assert result.reconnects == reconnects and server.faults.subscribe_calls == reconnects + 1
 
 
 def test_service_unavailable_beyond_the_retry_budget_raises(
