@@ -170,9 +170,7 @@ def run_one(backend: str, args: argparse.Namespace, workdir: Path) -> None:
         time.sleep(args.post_seconds)
         t_end = time.time()
         cost.end()
-        live.finish_user(user, threads, args.drain_seconds)
-        c = live.collect(dep, user)
-        fig = cost.figures(c)
+        c, fig = live.drain_and_measure(dep, user, threads, args.drain_seconds, cost)
     finally:
         memory.stop()
         loads.stop()

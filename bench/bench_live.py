@@ -889,6 +889,20 @@ def finish_user(user: OrgUser, threads: list[threading.Thread], drain_seconds: f
     time.sleep(2.0)  # the last batches' completed_at
 
 
+def drain_and_measure(
+    dep: Deployment,
+    user: OrgUser,
+    threads: list[threading.Thread],
+    drain_seconds: float,
+    cost: CostWindow,
+) -> tuple[Collected, dict[str, Any]]:
+    """After the measured window: let the user finish, collect what the run left and the
+    window's cost figures over it."""
+    finish_user(user, threads, drain_seconds)
+    collected = collect(dep, user)
+    return collected, cost.figures(collected)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -913,9 +927,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         cost.end()
         backlog_end = backlog(dep.ledger_url)
         uptime_end = uptime()
-        finish_user(user, threads, args.drain_seconds)
-        collected = collect(dep, user)
-        fig = cost.figures(collected)
+        collected, fig = drain_and_measure(dep, user, threads, args.drain_seconds, cost)
     finally:
         loads.stop()
         dep.stop()

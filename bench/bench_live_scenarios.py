@@ -224,9 +224,7 @@ def burst(args: argparse.Namespace, workdir: Path) -> int:
         time.sleep(args.post_seconds)
         user.stop_creating.set()
         t_end = time.time()
-        live.finish_user(user, threads, args.drain_seconds)
-        c = live.collect(dep, user)
-        fig = cost.figures(c)
+        c, fig = live.drain_and_measure(dep, user, threads, args.drain_seconds, cost)
     finally:
         loads.stop()
         dep.stop()
@@ -392,9 +390,7 @@ def backlog(args: argparse.Namespace, workdir: Path) -> int:
         user.stop_creating.set()
         t_end = time.time()
         cost.end()
-        live.finish_user(user, threads, args.drain_seconds)
-        c = live.collect(dep, user)
-        fig = cost.figures(c)
+        c, fig = live.drain_and_measure(dep, user, threads, args.drain_seconds, cost)
         stream_runs = sorted(
             (r.create_timestamp.timestamp(), r.start_time, r.dagster_run.run_id)
             for r in dep.runs()

@@ -242,6 +242,17 @@ def test_task_and_email_message_creates(org: Org) -> None:
 # --- bad input -------------------------------------------------------------------------------
 
 
+def _parser_error(expected: str, text: str) -> list[dict[str, Any]]:
+    """Salesforce's answer to a JSON string where a field wants another type."""
+    return [
+        {
+            "message": f'Cannot deserialize instance of {expected} from VALUE_STRING value "{text}" '
+            "or request may be missing a required field",
+            "errorCode": "JSON_PARSER_ERROR",
+        }
+    ]
+
+
 BAD_CREATES = [
     pytest.param(
         web_lead(Foo="x"),
@@ -272,35 +283,17 @@ BAD_CREATES = [
     ),
     pytest.param(
         web_lead(NumberOfEmployees="many"),
-        [
-            {
-                "message": 'Cannot deserialize instance of int from VALUE_STRING value "many" '
-                "or request may be missing a required field",
-                "errorCode": "JSON_PARSER_ERROR",
-            }
-        ],
+        _parser_error("int", "many"),
         id="string-for-int",
     ),
     pytest.param(
         web_lead(IsConverted="yes"),
-        [
-            {
-                "message": 'Cannot deserialize instance of boolean from VALUE_STRING value "yes" '
-                "or request may be missing a required field",
-                "errorCode": "JSON_PARSER_ERROR",
-            }
-        ],
+        _parser_error("boolean", "yes"),
         id="string-for-boolean",
     ),
     pytest.param(
         web_lead(Owner_Assigned_At__c="yesterday"),
-        [
-            {
-                "message": "Cannot deserialize instance of datetime from VALUE_STRING value "
-                '"yesterday" or request may be missing a required field',
-                "errorCode": "JSON_PARSER_ERROR",
-            }
-        ],
+        _parser_error("datetime", "yesterday"),
         id="bad-datetime",
     ),
     pytest.param(

@@ -27,6 +27,14 @@ def policy_faults(raw: dict) -> list[PolicyFault]:
     return caught.value.faults
 
 
+def assert_faults_mention(raw: dict, expected: list[tuple[str, str]]) -> None:
+    """Loading ``raw`` is refused with a fault at each ``(path, text)``'s JSON path whose
+    message contains the text; every miss is reported at once."""
+    faults = {fault.path: fault.message for fault in policy_faults(raw)}
+    missing = [(path, text) for path, text in expected if text not in faults.get(path, "")]
+    assert not missing, f"faults {faults} lack {missing}"
+
+
 def validate_policy_cli(raw: dict, tmp_path: Path) -> int:
     """`kpi-pipeline policy validate` of ``raw`` written to a file: its exit code."""
     path = tmp_path / "policy.json"

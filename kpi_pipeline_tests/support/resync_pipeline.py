@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -106,15 +107,23 @@ def pipeline_on_each_ledger(
     return open_pipeline(url)
 
 
-def gap_window(ledger: Ledger, lead_id: str, *, from_replay: int, at_ms: int) -> int:
-    """The re-sync window a gap event for one lead opens on the Lead channel (its id)."""
+def gap_window(
+    ledger: Ledger,
+    lead_id: str | None = None,
+    *,
+    from_replay: int,
+    at_ms: int,
+    detail: dict[str, Any] | None = None,
+) -> int:
+    """The re-sync window a gap event for one lead opens on the Lead channel (its id).
+    ``detail``, when given, stands instead of the one that names the lead."""
     return ledger.record_resync_window(
         channel="/data/LeadChangeEvent",
         reason="gap",
         from_replay=replay_id_from_int(from_replay),
         from_time_ms=at_ms,
         to_time_ms=at_ms,
-        detail={"entity": "Lead", "record_ids": [lead_id]},
+        detail={"entity": "Lead", "record_ids": [lead_id]} if detail is None else detail,
     )
 
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger import Ledger, migrations
-from kpi_pipeline.adapters.ledger.store import create_ledger_engine
+from kpi_pipeline.adapters.ledger import migrations
 from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline_tests.support.old_ledgers import upgraded_from
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 
@@ -18,36 +18,24 @@ def _email(email_id: str, **fields: object) -> RecordState:
 
 
 def test_upgrading_a_0003_ledger_links_the_emails_it_holds(ledger_url: str) -> None:
-    engine = create_ledger_engine(ledger_url)
-    assert migrations.upgrade(engine, "0003") == "0003"
-    records = sa.table(
-        "records",
+    columns = [
         sa.column("sobject"),
         sa.column("id"),
         sa.column("state", sa.JSON),
         sa.column("updated_at", sa.DateTime(timezone=True)),
-    )
+    ]
     stored = [
         _email("02s000000000001AAA", ActivityId="00T000000000001AAA"),
         _email("02s000000000002AAA", RelatedToId="00Q000000000001AAA"),  # no activity
         RecordState(sobject="Task", record_id="00T000000000001AAA", fields={"WhoId": "00Q1"}),
     ]
-    with engine.begin() as conn:
-        conn.execute(
-            records.insert(),
-            [
-                {"sobject": s.sobject, "id": s.record_id, "state": s.to_json(), "updated_at": NOW}
-                for s in stored
-            ],
-        )
-    engine.dispose()
-
-    ledger = Ledger.from_url(ledger_url)  # upgrades to head
-    try:
+    rows = [
+        {"sobject": s.sobject, "id": s.record_id, "state": s.to_json(), "updated_at": NOW}
+        for s in stored
+    ]
+    with upgraded_from(ledger_url, "0003", "records", columns, rows) as ledger:
         assert migrations.current_revision(ledger.engine) == migrations.head_revision()
         with ledger.read() as conn:
             assert ledger.emails_linked_to(conn, ["00T000000000001AAA", "00Q000000000001AAA"]) == {
                 "02s000000000001AAA": "00T000000000001AAA"
             }
-    finally:
-        ledger.dispose()

@@ -8,18 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger import Ledger, migrations
-from kpi_pipeline.adapters.ledger.store import create_ledger_engine
 from kpi_pipeline.core.kpis import compute_all
+from kpi_pipeline_tests.support.old_ledgers import naive_times, upgraded_from
 
 CREATED = datetime(2026, 11, 20, 21, 30, tzinfo=UTC)  # a Friday evening in New York
 
 
 def test_upgrading_0007_lead_facts_keeps_them_on_24x7_time(ledger_url: str) -> None:
-    engine = create_ledger_engine(ledger_url)
-    assert migrations.upgrade(engine, "0007") == "0007"
-    old = sa.table(
-        "lead_facts",
+    columns = [
         sa.column("Id"),
         sa.column("CreatedDate", sa.DateTime(timezone=True)),
         sa.column("First_Response_At__c", sa.DateTime(timezone=True)),
@@ -28,42 +24,35 @@ def test_upgrading_0007_lead_facts_keeps_them_on_24x7_time(ledger_url: str) -> N
         sa.column("Time_to_First_Response__c"),
         sa.column("SLA_Minutes"),
         sa.column("updated_at", sa.DateTime(timezone=True)),
-    )
-    naive = engine.dialect.name == "sqlite"  # UTCDateTime stores naive UTC text there
+    ]
+    naive = naive_times(ledger_url)  # UTCDateTime stores naive UTC text on SQLite
 
     def stamp(at: datetime) -> datetime:
         return at.replace(tzinfo=None) if naive else at
 
-    with engine.begin() as conn:
-        conn.execute(
-            old.insert(),
-            [
-                {
-                    "Id": "00Q000000000001AAA",
-                    "CreatedDate": stamp(CREATED),
-                    "First_Response_At__c": stamp(CREATED + timedelta(minutes=3930)),
-                    "First_Response_User__c": "005000000000030AAA",
-                    "First_Response_Source__c": "Task",
-                    "Time_to_First_Response__c": 3930.0,
-                    "SLA_Minutes": 60.0,
-                    "updated_at": stamp(CREATED),
-                },
-                {
-                    "Id": "00Q000000000002AAA",
-                    "CreatedDate": stamp(CREATED),
-                    "First_Response_At__c": None,
-                    "First_Response_User__c": None,
-                    "First_Response_Source__c": None,
-                    "Time_to_First_Response__c": None,
-                    "SLA_Minutes": 240.0,
-                    "updated_at": stamp(CREATED),
-                },
-            ],
-        )
-    engine.dispose()
-
-    ledger = Ledger.from_url(ledger_url)  # upgrades to head
-    try:
+    rows = [
+        {
+            "Id": "00Q000000000001AAA",
+            "CreatedDate": stamp(CREATED),
+            "First_Response_At__c": stamp(CREATED + timedelta(minutes=3930)),
+            "First_Response_User__c": "005000000000030AAA",
+            "First_Response_Source__c": "Task",
+            "Time_to_First_Response__c": 3930.0,
+            "SLA_Minutes": 60.0,
+            "updated_at": stamp(CREATED),
+        },
+        {
+            "Id": "00Q000000000002AAA",
+            "CreatedDate": stamp(CREATED),
+            "First_Response_At__c": None,
+            "First_Response_User__c": None,
+            "First_Response_Source__c": None,
+            "Time_to_First_Response__c": None,
+            "SLA_Minutes": 240.0,
+            "updated_at": stamp(CREATED),
+        },
+    ]
+    with upgraded_from(ledger_url, "0007", "lead_facts", columns, rows) as ledger:
         frame = ledger.lead_facts_frame().set_index("Id", drop=False)
         answered, open_ = frame.loc["00Q000000000001AAA"], frame.loc["00Q000000000002AAA"]
         assert answered["Time_to_First_Response_Business_Minutes__c"] == 3930.0
@@ -77,5 +66,3 @@ def test_upgrading_0007_lead_facts_keeps_them_on_24x7_time(ledger_url: str) -> N
         rollups = compute_all(frame, as_of=CREATED + timedelta(hours=3))
         assert rollups["sla"][["met", "breached", "pending"]].values.tolist() == [[0, 1, 1]]
         assert rollups["ttfr_overall"]["ttfr_business_p50"].tolist() == [3930.0]
-    finally:
-        ledger.dispose()

@@ -12,19 +12,13 @@ from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline.core.resync_windows import WINDOW_OPEN, ResyncWindow
 from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline_tests.support.resync_pipeline import gap_window
 
 LEAD = "/data/LeadChangeEvent"
 
 
 def _window(ledger: Ledger, start_ms: int, **detail: Any) -> int:
-    return ledger.record_resync_window(
-        channel=LEAD,
-        reason="gap",
-        from_replay=replay_id_from_int(start_ms),
-        from_time_ms=start_ms,
-        to_time_ms=start_ms,
-        detail=detail,
-    )
+    return gap_window(ledger, from_replay=start_ms, at_ms=start_ms, detail=detail)
 
 
 def _bump(detail: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from operator import methodcaller
 
 import grpc
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from kpi_pipeline.adapters.pubsub.client import DEFAULT_CHANNEL_OPTIONS, PubSubClient
 from kpi_pipeline.adapters.pubsub.decode import EventDecoder
 from kpi_pipeline.adapters.pubsub.errors import error_from_rpc
-from kpi_pipeline.adapters.pubsub.fetch import FetchResult
+from kpi_pipeline.adapters.pubsub.fetch import FetchResult, Preset
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2 as pb2
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
 from kpi_pipeline.adapters.pubsub.schemas import SCHEMA_IDS_BY_ENTITY
@@ -229,17 +231,46 @@ def test_keepalive_latest_replay_id_is_returned_and_can_be_ahead(
     assert again.events == [] and again.latest_replay_id == replay_id_from_int(8)
 
 
-def test_quiet_channel_returns_after_idle_return_when_no_keepalive(
-    change_log, start_server, make_client
-) -> None:
-    fill(change_log, 3)
+def _timed_fetch_between_keepalives(
+    change_log,
+    start_server,
+    make_client,
+    events: int,
+    *,
+    preset: Preset,
+    max_events: int,
+    idle_return_s: float,
+) -> tuple[FetchResult, float]:
+    """A fetch with no replay id from a log of ``events`` Lead events, served with keepalives
+    30 s apart (so none comes unless the server sends one at once); also its wall seconds."""
+    fill(change_log, events)
     client = make_client(start_server(change_log, keepalive_interval_s=30))
     started = time.monotonic()
     result = client.fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=100, max_seconds=10, idle_return_s=0.3
+        LEADS,
+        replay_id=None,
+        preset=preset,
+        max_events=max_events,
+        max_seconds=10,
+        idle_return_s=idle_return_s,
+    )
+    return result, time.monotonic() - started
+
+
+def test_quiet_channel_returns_after_idle_return_when_no_keepalive(
+    change_log, start_server, make_client
+) -> None:
+    result, seconds = _timed_fetch_between_keepalives(
+        change_log,
+        start_server,
+        make_client,
+        3,
+        preset="EARLIEST",
+        max_events=100,
+        idle_return_s=0.3,
     )
     assert replays(result) == [1, 2, 3] and result.keepalives == 0
-    assert time.monotonic() - started < 3
+    assert seconds < 3
 
 
 # --- flow control ---------------------------------------------------------------------------
@@ -308,37 +339,32 @@ def test_server_closes_a_stream_idle_at_pending_zero(change_log, start_server) -
 # --- failures and resumption ------------------------------------------------------------------
 
 
-def test_network_reset_mid_fetch_resumes_without_loss_or_duplicates(
-    change_log, start_server, make_client
+RESUMABLE_FAULTS = [
+    pytest.param(400, methodcaller("reset_stream_after", 150), 20, 1, id="network-reset"),
+    pytest.param(300, methodcaller("close_stream_after", 77), 20, 1, id="server-closed-stream"),
+    pytest.param(5, methodcaller("service_unavailable_next", 2), 10, 2, id="unavailable-retried"),
+]
+
+
+@pytest.mark.parametrize(("events", "inject", "max_seconds", "reconnects"), RESUMABLE_FAULTS)
+def test_a_fetch_resumes_after_a_fault_without_loss_or_duplicates(
+    change_log,
+    start_server,
+    make_client,
+    events: int,
+    inject: Callable[[object], None],
+    max_seconds: float,
+    reconnects: int,
 ) -> None:
-    fill(change_log, 400)
+    """A reset, a server-closed stream, UNAVAILABLE (retried with backoff) mid-fetch."""
+    fill(change_log, events)
     server = start_server(change_log)
-    server.faults.reset_stream_after(150)
+    inject(server.faults)
     result = make_client(server).fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=400, max_seconds=20
+        LEADS, replay_id=None, preset="EARLIEST", max_events=events, max_seconds=max_seconds
     )
-    assert replays(result) == list(range(1, 401))
-    assert result.reconnects == 1 and server.faults.subscribe_calls == 2
-
-
-def test_server_closed_stream_mid_fetch_resumes(change_log, start_server, make_client) -> None:
-    fill(change_log, 300)
-    server = start_server(change_log)
-    server.faults.close_stream_after(77)
-    result = make_client(server).fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=300, max_seconds=20
-    )
-    assert replays(result) == list(range(1, 301)) and result.reconnects == 1
-
-
-def test_service_unavailable_is_retried_with_backoff(change_log, start_server, make_client) -> None:
-    fill(change_log, 5)
-    server = start_server(change_log)
-    server.faults.service_unavailable_next(2)
-    result = make_client(server).fetch(
-        LEADS, replay_id=None, preset="EARLIEST", max_events=5, max_seconds=10
-    )
-    assert replays(result) == [1, 2, 3, 4, 5] and result.reconnects == 2
+    assert replays(result) == list(range(1, events + 1))
+    assert result.reconnects == reconnects and server.faults.subscribe_calls == reconnects + 1
 
 
 def test_service_unavailable_beyond_the_retry_budget_raises(
@@ -504,15 +530,12 @@ def test_client_rejects_bad_arguments(change_log, start_server) -> None:
 def test_caught_up_subscriber_gets_the_bus_position_at_once(
     change_log, start_server, make_client
 ) -> None:
-    fill(change_log, 4)
-    client = make_client(start_server(change_log, keepalive_interval_s=30))
-    started = time.monotonic()
-    result = client.fetch(
-        LEADS, replay_id=None, preset="LATEST", max_events=10, max_seconds=10, idle_return_s=5
+    result, seconds = _timed_fetch_between_keepalives(
+        change_log, start_server, make_client, 4, preset="LATEST", max_events=10, idle_return_s=5
     )
     assert result.events == [] and result.keepalives == 1
     assert result.latest_replay_id == replay_id_from_int(4)  # safe CUSTOM start for the next tick
-    assert time.monotonic() - started < 2
+    assert seconds < 2
 
 
 def test_open_stream_delivers_events_published_while_it_waits(change_log, start_server) -> None:

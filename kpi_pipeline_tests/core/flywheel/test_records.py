@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,6 +15,7 @@ from kpi_pipeline.core.flywheel.records import (
     record_id,
 )
 from kpi_pipeline.core.flywheel.schema import FlywheelRecordError, validate_record
+from kpi_pipeline.core.ledger_rows import DecisionRow
 
 AT = datetime(2026, 3, 2, 9, 30, 15, 750000, tzinfo=UTC)
 MESSAGES = [{"role": "user", "content": '{"Id":"00Q1","Country":"DE"}'}]
@@ -122,23 +122,7 @@ def test_replay_ids_fit_the_metadata_limit() -> None:
     assert int(more) == 100 - len(kept.split(","))
 
 
-@dataclass(frozen=True)
-class _Row:
-    """Same fields as the ledger's DecisionRow (kpi_pipeline.adapters.ledger.state)."""
-
-    id: str
-    workload: str
-    lead_id: str
-    decided_at: datetime
-    policy_version: str | None
-    rule_id: str | None
-    model: str
-    request: dict[str, Any]
-    response: dict[str, Any]
-    replay_ids: list[str]
-
-
-def _row(**overrides: Any) -> _Row:
+def _row(**overrides: Any) -> DecisionRow:
     values: dict[str, Any] = {
         "id": "dec-1",
         "workload": "lead_route",
@@ -152,7 +136,7 @@ def _row(**overrides: Any) -> _Row:
         "replay_ids": ["00000000000000a1", "00000000000000a2"],
     }
     values.update(overrides)
-    return _Row(**values)
+    return DecisionRow(**values)
 
 
 def test_decision_row_becomes_the_same_record_as_build_record() -> None:

@@ -8,14 +8,11 @@ from kpi_pipeline.core.policy.load import (
     policy_fingerprint,
 )
 from kpi_pipeline_tests.support.policies import (
+    assert_faults_mention,
     packaged_policy_document,
     policy_faults,
     validate_policy_cli,
 )
-
-
-def faults_of(raw: dict) -> dict[str, str]:
-    return {fault.path: fault.message for fault in policy_faults(raw)}
 
 
 def test_the_packaged_policy_has_a_calendar_per_region():
@@ -61,24 +58,30 @@ def test_every_calendar_fault_is_reported_with_its_path_and_fix():
     raw["calendars"]["apac"]["hours"] = {"sat": []}  # never open
     raw["rules"][2]["calendar"] = "europe"
     raw["default_calendar"] = "north-america"
-    faults = faults_of(raw)
-    assert "unknown IANA timezone 'America/New_Yrok'" in faults["$.calendars.na.timezone"]
-    assert "America/New_York" in faults["$.calendars.na.timezone"]  # names a valid example
-    overlap = faults["$.calendars.na.hours.mon[1]"]
-    assert "12:00-17:00 overlaps 09:00-13:00 ($.calendars.na.hours.mon[0])" in overlap
-    assert "merge them" in overlap
-    assert "split one that crosses midnight" in faults["$.calendars.na.hours.tue[0]"]
-    # Both short intervals inside the long one are caught, each against the long one.
-    assert "overlaps 08:00-18:00" in faults["$.calendars.na.hours.wed[1]"]
-    assert "overlaps 08:00-18:00" in faults["$.calendars.na.hours.wed[2]"]
-    assert "not a day of 2026" in faults["$.calendars.na.holidays.2026[0]"]
-    assert "YYYY-MM-DD" in faults["$.calendars.emea.holidays[1]"]
-    assert "no open interval on any weekday" in faults["$.calendars.apac.hours"]
-    assert (
-        "calendar 'europe' is not defined in $.calendars (apac, emea, na)"
-        in faults["$.rules[2].calendar"]
+    assert_faults_mention(
+        raw,
+        [
+            ("$.calendars.na.timezone", "unknown IANA timezone 'America/New_Yrok'"),
+            ("$.calendars.na.timezone", "America/New_York"),  # names a valid example
+            (
+                "$.calendars.na.hours.mon[1]",
+                "12:00-17:00 overlaps 09:00-13:00 ($.calendars.na.hours.mon[0])",
+            ),
+            ("$.calendars.na.hours.mon[1]", "merge them"),
+            ("$.calendars.na.hours.tue[0]", "split one that crosses midnight"),
+            # Both short intervals inside the long one are caught, each against the long one.
+            ("$.calendars.na.hours.wed[1]", "overlaps 08:00-18:00"),
+            ("$.calendars.na.hours.wed[2]", "overlaps 08:00-18:00"),
+            ("$.calendars.na.holidays.2026[0]", "not a day of 2026"),
+            ("$.calendars.emea.holidays[1]", "YYYY-MM-DD"),
+            ("$.calendars.apac.hours", "no open interval on any weekday"),
+            (
+                "$.rules[2].calendar",
+                "calendar 'europe' is not defined in $.calendars (apac, emea, na)",
+            ),
+            ("$.default_calendar", "calendar 'north-america' is not defined"),
+        ],
     )
-    assert "calendar 'north-america' is not defined" in faults["$.default_calendar"]
 
 
 def test_intervals_that_only_touch_are_fine_and_24_00_closes_the_day():
@@ -90,7 +93,7 @@ def test_intervals_that_only_touch_are_fine_and_24_00_closes_the_day():
 def test_schema_refuses_a_malformed_wall_time():
     raw = packaged_policy_document()
     raw["calendars"]["na"]["hours"]["mon"] = [["9:00", "17:00"]]
-    assert "$.calendars.na.hours.mon[0][0]" in faults_of(raw)
+    assert "$.calendars.na.hours.mon[0][0]" in {fault.path for fault in policy_faults(raw)}
 
 
 def test_validate_cli_prints_the_calendar_faults(tmp_path, capsys):
@@ -151,12 +154,16 @@ def test_unknown_countries_and_subdivisions_are_refused_with_their_json_path():
     raw["calendars"]["na"]["holidays"] = {"country": "XX", "dates": ["2026-02-30"]}
     raw["calendars"]["emea"]["holidays"] = {"country": "DE", "subdivision": "ZZ"}
     raw["calendars"]["apac"]["holidays"] = {"country": "AU", "subdivison": "NSW"}
-    faults = faults_of(raw)
-    assert "'XX' is not a country" in faults["$.calendars.na.holidays.country"]
-    assert "write it YYYY-MM-DD" in faults["$.calendars.na.holidays.dates[0]"]
-    assert "'ZZ' is not a subdivision of DE" in faults["$.calendars.emea.holidays.subdivision"]
-    assert "BE" in faults["$.calendars.emea.holidays.subdivision"]
-    assert "unknown key" in faults["$.calendars.apac.holidays.subdivison"]
+    assert_faults_mention(
+        raw,
+        [
+            ("$.calendars.na.holidays.country", "'XX' is not a country"),
+            ("$.calendars.na.holidays.dates[0]", "write it YYYY-MM-DD"),
+            ("$.calendars.emea.holidays.subdivision", "'ZZ' is not a subdivision of DE"),
+            ("$.calendars.emea.holidays.subdivision", "BE"),
+            ("$.calendars.apac.holidays.subdivison", "unknown key"),
+        ],
+    )
 
 
 def test_policy_validate_accepts_a_country_set(tmp_path, capsys):

@@ -11,7 +11,11 @@ from kpi_pipeline.core.policy.load import (
     validate_policy_file,
 )
 from kpi_pipeline.core.policy.validation import PolicyError
-from kpi_pipeline_tests.support.policies import packaged_policy_document, policy_faults
+from kpi_pipeline_tests.support.policies import (
+    assert_faults_mention,
+    packaged_policy_document,
+    policy_faults,
+)
 
 
 def test_packaged_policy_is_valid_and_has_every_feature():
@@ -44,13 +48,17 @@ def test_every_semantic_fault_is_reported_at_once():
     raw["pools"]["na"]["members"][2]["user_id"] = raw["pools"]["na"]["members"][0]["user_id"]
     raw["timezone"] = "Mars/Olympus_Mons"
     raw["rules"][0]["when"] = {"field": "AnnualRevenue", "range": {"min": 10, "max": 5}}
-    faults = {fault.path: fault.message for fault in policy_faults(raw)}
-    assert "not defined in $.pools" in faults["$.rules[2].target.pool"]
-    assert "already used by $.rules[0]" in faults["$.rules[3].id"]
-    assert "> 0" in faults["$.pools.na.members[1].weight"]
-    assert "listed twice" in faults["$.pools.na.members[2].user_id"]
-    assert "unknown IANA timezone" in faults["$.timezone"]
-    assert "greater than max" in faults["$.rules[0].when.range"]
+    assert_faults_mention(
+        raw,
+        [
+            ("$.rules[2].target.pool", "not defined in $.pools"),
+            ("$.rules[3].id", "already used by $.rules[0]"),
+            ("$.pools.na.members[1].weight", "> 0"),
+            ("$.pools.na.members[2].user_id", "listed twice"),
+            ("$.timezone", "unknown IANA timezone"),
+            ("$.rules[0].when.range", "greater than max"),
+        ],
+    )
 
 
 def test_weighted_pool_needs_weights_and_fallback_owner_is_required():
@@ -116,8 +124,12 @@ def test_faults_in_nested_conditions_point_at_the_innermost_condition():
     raw["rules"][2]["when"] = {"field": "AnnualRevenue", "range": {"min": 1, "mx": 2}}
     raw["rules"][3]["when"] = {"not": {"field": "Rating", "in": []}}
     raw["rules"][4]["when"] = {"field": "Rating", "in": ["Hot"], "equals": "Hot"}
-    faults = {fault.path: fault.message for fault in policy_faults(raw)}
-    assert "names no operator" in faults["$.rules[1].when.all[1].any[0]"]
-    assert "'mx' was unexpected" in faults["$.rules[2].when.range"]
-    assert "should be non-empty" in faults["$.rules[3].when.not.in"]
-    assert "several operators ['equals', 'in']" in faults["$.rules[4].when"]
+    assert_faults_mention(
+        raw,
+        [
+            ("$.rules[1].when.all[1].any[0]", "names no operator"),
+            ("$.rules[2].when.range", "'mx' was unexpected"),
+            ("$.rules[3].when.not.in", "should be non-empty"),
+            ("$.rules[4].when", "several operators ['equals', 'in']"),
+        ],
+    )

@@ -22,18 +22,7 @@ from kpi_pipeline.core.workloads.lead_route import (
 )
 from kpi_pipeline.core.workloads.pools import PoolState, pool_cycle
 from kpi_pipeline.core.workloads.records import RecordState, fold_events
-from kpi_pipeline_tests.support.events import (
-    INTEGRATION,
-    LEAD,
-    MONDAY,
-    REP,
-    REP2,
-    SANDBOX_QUEUE,
-    at,
-    event,
-    lead_created,
-    ms,
-)
+from kpi_pipeline_tests.support import events as ev
 
 NOON = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)  # 12:00 in America/New_York
 A, B, C, D = (f"00500000000002{i}AAA" for i in range(4))
@@ -48,7 +37,7 @@ def policy_with(
         "timezone": "America/New_York",
         "default_sla_minutes": 60,
         "fallback_owner": MANAGER,
-        "integration_users": [INTEGRATION],
+        "integration_users": [ev.INTEGRATION],
         "pools": pools,
         "rules": rules or [{"id": "everyone", "target": {"pool": "p"}}],
         **extra,
@@ -322,25 +311,27 @@ def test_route_in_order_routes_by_creation_time():
 def test_needs_routing():
     policy = load_policy()
     assert needs_routing(lead(1, OwnerId="00G5g0000000001EAA"), policy)
-    assert needs_routing(lead(1, OwnerId=INTEGRATION), policy)
+    assert needs_routing(lead(1, OwnerId=ev.INTEGRATION), policy)
     assert needs_routing(lead(1), policy)
-    assert not needs_routing(lead(1, OwnerId=REP), policy)
+    assert not needs_routing(lead(1, OwnerId=ev.REP), policy)
     assert not needs_routing(lead(1, OwnerId=None, IsConverted=True), policy)
-    deleted = RecordState("Lead", LEAD, {"OwnerId": None}, deleted=True)
+    deleted = RecordState("Lead", ev.LEAD, {"OwnerId": None}, deleted=True)
     assert not needs_routing(deleted, policy)
 
 
 def test_lead_created_at_prefers_created_date_then_create_commit():
     with_date = RecordState(
-        "Lead", LEAD, {"CreatedDate": "2026-11-02T14:00:00.000+0000"}, created_ms=0
+        "Lead", ev.LEAD, {"CreatedDate": "2026-11-02T14:00:00.000+0000"}, created_ms=0
     )
-    assert lead_created_at(with_date) == MONDAY
+    assert lead_created_at(with_date) == ev.MONDAY
     assert (
-        lead_created_at(RecordState("Lead", LEAD, {}, created_ms=int(MONDAY.timestamp() * 1000)))
-        == MONDAY
+        lead_created_at(
+            RecordState("Lead", ev.LEAD, {}, created_ms=int(ev.MONDAY.timestamp() * 1000))
+        )
+        == ev.MONDAY
     )
     with pytest.raises(ValueError, match="neither CreatedDate nor a CREATE"):
-        lead_created_at(RecordState("Lead", LEAD, {}))
+        lead_created_at(RecordState("Lead", ev.LEAD, {}))
 
 
 def test_assignment_fields_for_a_routed_lead():
@@ -365,31 +356,38 @@ def test_routing_to_a_queue_sets_no_assignment_time():
 
 
 def test_assignment_from_owner_change():
-    created_owned = fold_events([event("Lead", LEAD, "CREATE", ms(0), user=REP, OwnerId=REP)], LEAD)
-    assert assignment_from_owner_change(created_owned, MONDAY) == (MONDAY, 0.0)
+    created_owned = fold_events(
+        [ev.event("Lead", ev.LEAD, "CREATE", ev.ms(0), user=ev.REP, OwnerId=ev.REP)], ev.LEAD
+    )
+    assert assignment_from_owner_change(created_owned, ev.MONDAY) == (ev.MONDAY, 0.0)
 
     history = [
-        lead_created(
-            LEAD, ms(0), owner=SANDBOX_QUEUE, user=INTEGRATION, typical=False
+        ev.lead_created(
+            ev.LEAD, ev.ms(0), owner=ev.SANDBOX_QUEUE, user=ev.INTEGRATION, typical=False
         ),  # owned by a queue
-        event("Lead", LEAD, "UPDATE", ms(5), user=REP, OwnerId=INTEGRATION),
-        event("Lead", LEAD, "UPDATE", ms(12.5), user=REP, OwnerId=REP),
-        event(
-            "Lead", LEAD, "UPDATE", ms(30), user=REP, OwnerId=REP2
+        ev.event("Lead", ev.LEAD, "UPDATE", ev.ms(5), user=ev.REP, OwnerId=ev.INTEGRATION),
+        ev.event("Lead", ev.LEAD, "UPDATE", ev.ms(12.5), user=ev.REP, OwnerId=ev.REP),
+        ev.event(
+            "Lead", ev.LEAD, "UPDATE", ev.ms(30), user=ev.REP, OwnerId=ev.REP2
         ),  # a later re-assignment does not move it
     ]
     for order in (history, list(reversed(history))):
-        state = fold_events(order, LEAD)
+        state = fold_events(order, ev.LEAD)
         assert assignment_from_owner_change(
-            state, MONDAY, non_assignees=frozenset({INTEGRATION})
+            state, ev.MONDAY, non_assignees=frozenset({ev.INTEGRATION})
         ) == (
-            at(12.5),
+            ev.at(12.5),
             12.5,
         )
     queue_only = fold_events(
-        [lead_created(LEAD, ms(0), owner=SANDBOX_QUEUE, user=INTEGRATION, typical=False)], LEAD
+        [
+            ev.lead_created(
+                ev.LEAD, ev.ms(0), owner=ev.SANDBOX_QUEUE, user=ev.INTEGRATION, typical=False
+            )
+        ],
+        ev.LEAD,
     )
-    assert assignment_from_owner_change(queue_only, MONDAY) is None
+    assert assignment_from_owner_change(queue_only, ev.MONDAY) is None
 
 
 @pytest.mark.parametrize(
@@ -398,12 +396,12 @@ def test_assignment_from_owner_change():
 )
 def test_sla_status(response_minute, as_of_minute, expected):
     """The boundaries of the SLA rule, as the rollups apply it (``per_lead.sla_flags``)."""
-    response = at(response_minute) if response_minute is not None else None
+    response = ev.at(response_minute) if response_minute is not None else None
     responded_at = pd.Series(
         [pd.Timestamp(response) if response else pd.NaT], dtype="datetime64[ns, UTC]"
     )
-    due = pd.Series([pd.Timestamp(MONDAY + timedelta(minutes=60))])
-    flags = sla_flags(responded_at.notna(), responded_at, due, pd.Timestamp(at(as_of_minute)))
+    due = pd.Series([pd.Timestamp(ev.MONDAY + timedelta(minutes=60))])
+    flags = sla_flags(responded_at.notna(), responded_at, due, pd.Timestamp(ev.at(as_of_minute)))
     states = dict(
         zip(("met", "breached", "pending"), (bool(f.iloc[0]) for f in flags), strict=True)
     )
