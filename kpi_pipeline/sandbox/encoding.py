@@ -26,11 +26,11 @@ from kpi_pipeline.adapters.pubsub.schemas import (
     canonical_json,
     custom_field,
     schema_id_for,
-    sf_type_of,
 )
 from kpi_pipeline.core.bitmaps import BitmapError, FieldLayout, encode_bitmap
 from kpi_pipeline.core.errors import UnknownSchemaError
 from kpi_pipeline.core.events import EventFormatError, parse_sf_datetime, to_epoch_ms
+from kpi_pipeline.core.schema_types import sf_type_of
 from kpi_pipeline.sandbox.changelog import StoredChange
 
 

@@ -23,9 +23,6 @@ from kpi_pipeline.core.errors import UnknownSchemaError
 from kpi_pipeline.core.events import CHANGE_TYPE_SYMBOLS as EVENT_CHANGE_TYPE_SYMBOLS
 from kpi_pipeline.core.salesforce_fields import WRITTEN_LEAD_FIELDS
 
-# Re-exported: the sandbox reads field types through this module.
-from kpi_pipeline.core.schema_types import sf_type_of as sf_type_of
-
 NAMESPACE = "com.sforce.eventbus"
 CHANGE_TYPE_SYMBOLS = list(EVENT_CHANGE_TYPE_SYMBOLS)
 BITMAP_HEADER_FIELDS = ("nulledFields", "diffFields", "changedFields")
@@ -185,6 +182,16 @@ def _person_name(types: _NamedTypes) -> dict[str, Any]:
     }
 
 
+# The audit fields in the order Lead, Contact and Account schemas carry them (Task and
+# EmailMessage order them differently; a field's position is its bit in the bitmaps).
+_AUDIT_FIELDS = (
+    ("CreatedDate", "DateTime"),
+    ("CreatedById", "Lookup"),
+    ("LastModifiedDate", "DateTime"),
+    ("LastModifiedById", "Lookup"),
+)
+
+
 def _custom_lead_fields() -> list[tuple[str, str]]:
     sf_to_spec = {"DateTime": "DateTime", "Number": "Number", "Lookup": "Lookup"}
     return [(f.api_name, sf_to_spec.get(f.sf_type, "Text")) for f in WRITTEN_LEAD_FIELDS]
@@ -225,10 +232,7 @@ LEAD_SCHEMA = _change_event(
             ("ConvertedAccountId", "Lookup"),
             ("ConvertedContactId", "Lookup"),
             ("ConvertedOpportunityId", "Lookup"),
-            ("CreatedDate", "DateTime"),
-            ("CreatedById", "Lookup"),
-            ("LastModifiedDate", "DateTime"),
-            ("LastModifiedById", "Lookup"),
+            *_AUDIT_FIELDS,
             *_custom_lead_fields(),
         ),
     ],
@@ -286,10 +290,7 @@ CONTACT_SCHEMA = _change_event(
             ("Title", "Text"),
             ("Description", "TextArea"),
             ("OwnerId", "Lookup"),
-            ("CreatedDate", "DateTime"),
-            ("CreatedById", "Lookup"),
-            ("LastModifiedDate", "DateTime"),
-            ("LastModifiedById", "Lookup"),
+            *_AUDIT_FIELDS,
         ),
     ],
 )
@@ -310,10 +311,7 @@ ACCOUNT_SCHEMA = _change_event(
             ("NumberOfEmployees", "Int"),
             ("Description", "TextArea"),
             ("OwnerId", "Lookup"),
-            ("CreatedDate", "DateTime"),
-            ("CreatedById", "Lookup"),
-            ("LastModifiedDate", "DateTime"),
-            ("LastModifiedById", "Lookup"),
+            *_AUDIT_FIELDS,
         ),
     ],
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kpi_pipeline.adapters.pubsub.schemas import sf_type_of
+from kpi_pipeline.core.schema_types import sf_type_of
 from kpi_pipeline.sandbox.encoding import SchemaSet
 from kpi_pipeline.sandbox.rest_server.responses import ApiError
 

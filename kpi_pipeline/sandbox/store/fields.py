@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from kpi_pipeline.adapters.pubsub.schemas import sf_type_of
 from kpi_pipeline.core.bitmaps import FieldLayout
 from kpi_pipeline.core.events import (
     EventFormatError,
@@ -22,6 +21,7 @@ from kpi_pipeline.core.events import (
     parse_sf_datetime,
     to_epoch_ms,
 )
+from kpi_pipeline.core.schema_types import sf_type_of
 from kpi_pipeline.sandbox.changelog import ALL_ENTITIES
 from kpi_pipeline.sandbox.encoding import DEFAULT_SCHEMAS, SchemaSet
 from kpi_pipeline.sandbox.store.errors import (
