@@ -76,14 +76,10 @@ class SendLedger(Protocol):
 class EmailSender(Protocol):
     """What the send needs from ``kpi_pipeline.adapters.salesforce.rest.SalesforceRest``."""
 
+    # Every email is logged on its lead and goes out as the org's default sender, so the port
+    # requires the related record and leaves out the adapter's optional sender type.
     def send_email_simple(
-        self,
-        addresses: Sequence[str],
-        subject: str,
-        body: str,
-        *,
-        related_record_id: str | None = None,
-        sender_type: str | None = None,
+        self, addresses: Sequence[str], subject: str, body: str, *, related_record_id: str
     ) -> None: ...
 
 
