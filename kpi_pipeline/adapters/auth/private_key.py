@@ -8,6 +8,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kpi_pipeline.adapters.pem_file import read_pem_file
+
 
 def load_private_key(
     private_key_pem: str | bytes | None = None, private_key_file: str | Path | None = None
@@ -18,13 +20,12 @@ def load_private_key(
     source = "private_key_pem"
     if private_key_file is not None:
         source = f"private key file {str(private_key_file)!r}"
-        try:
-            private_key_pem = Path(private_key_file).read_bytes()
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read {source}: {exc.strerror}; set KPI_SALESFORCE_PRIVATE_KEY_FILE to the PEM "
-                "key matching the connected app's certificate"
-            ) from None
+        private_key_pem = read_pem_file(
+            private_key_file,
+            source,
+            "set KPI_SALESFORCE_PRIVATE_KEY_FILE to the PEM key matching the connected app's "
+            "certificate",
+        )
     data = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
     try:
         key = serialization.load_pem_private_key(data, password=None)
