@@ -197,6 +197,14 @@ def test_transaction_is_all_or_nothing(store: SandboxStore) -> None:
             store.update_record("Task", task_id, {"Subject": "b"}, user_id=REP, transaction=tx)
 
 
+def test_writer_options_are_checked_like_keyword_arguments(store: SandboxStore) -> None:
+    with pytest.raises(TypeError, match="change_orign"):
+        store.create_record("Task", {"Subject": "a"}, user_id=REP, change_orign="x")
+    with pytest.raises(TypeError, match="user_id required"):
+        store.delete_record("Task", "00T000000000001AAA", at_ms=T0)
+    assert all_changes(store) == []
+
+
 def test_ids_are_deterministic_typed_and_case_safe(tmp_path: Path) -> None:
     def ids(name: str) -> list[str]:
         s = SandboxStore(tmp_path / name, clock=lambda: T0)

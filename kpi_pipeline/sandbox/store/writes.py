@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Required, TypedDict, Unpack
 
 from kpi_pipeline.core.events import OVERFLOW_RECORD_ID
 from kpi_pipeline.sandbox.changelog import StoredChange
@@ -21,6 +22,17 @@ from kpi_pipeline.sandbox.store.errors import RecordNotFoundError, SandboxStoreE
 from kpi_pipeline.sandbox.store.fields import check_entity, entity_spec, normalize_values
 
 GAP_TYPES = ("GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE")
+
+
+class WriteOptions(TypedDict, total=False):
+    """The keyword arguments every writer takes: who writes (``user_id``, required), the
+    event's ``change_origin`` header, and when: at ``at_ms`` (default now) or inside an open
+    ``transaction`` (``store.transaction()``, whose commit time ``at_ms`` must then match)."""
+
+    user_id: Required[str]
+    change_origin: str
+    at_ms: int | None
+    transaction: Transaction | None
 
 
 class RecordWrites(StoreDatabase):
@@ -33,9 +45,8 @@ class RecordWrites(StoreDatabase):
         record_ids: Sequence[str],
         change_type: str,
         body: Mapping[str, Any],
+        write: WriteOptions,
         *,
-        user_id: str,
-        change_origin: str = "",
         changed: Sequence[str] = (),
         nulled: Sequence[str] = (),
     ) -> StoredChange:
@@ -44,12 +55,12 @@ class RecordWrites(StoreDatabase):
             "entityName": entity,
             "recordIds": list(record_ids),
             "changeType": change_type,
-            "changeOrigin": change_origin,
+            "changeOrigin": write.get("change_origin", ""),
             "transactionKey": tx.key,
             "sequenceNumber": tx.sequence,
             "commitTimestamp": tx.commit_ms,
             "commitNumber": tx.commit_number,
-            "commitUser": user_id,
+            "commitUser": write["user_id"],
             "nulledFields": list(nulled),
             "diffFields": [],
             "changedFields": list(changed),
@@ -64,6 +75,19 @@ class RecordWrites(StoreDatabase):
         tx.changes.append(change)
         return change
 
+    @contextmanager
+    def _writing(self, write: WriteOptions) -> Iterator[Transaction]:
+        """The transaction a writer writes in, once its options are checked as a signature
+        would check them (a misspelt option must not be ignored)."""
+        # Checked here: TypedDict keyword arguments are not checked at run time.
+        known = list(WriteOptions.__annotations__)
+        if not write.keys() <= set(known) or "user_id" not in write:
+            raise TypeError(
+                f"a writer takes the options {known} (user_id required), got {sorted(write)}"
+            )
+        with self._write(write.get("transaction"), write.get("at_ms")) as tx:
+            yield tx
+
     def _claim(self, tx: Transaction, record_id: str) -> None:
         # Salesforce publishes one event per record per transaction; the sandbox refuses the
         # second change rather than merging (nothing in the pipeline needs merged events).
@@ -75,58 +99,36 @@ class RecordWrites(StoreDatabase):
 
     # -- writers -------------------------------------------------------------------------
     def create_record(
-        self,
-        sobject: str,
-        values: Mapping[str, Any],
-        *,
-        user_id: str,
-        at_ms: int | None = None,
-        transaction: Transaction | None = None,
-        change_origin: str = "",
+        self, sobject: str, values: Mapping[str, Any], **write: Unpack[WriteOptions]
     ) -> str:
         """Insert a record and publish its CREATE event; returns the new 18-char id."""
         check_entity(sobject)
         normalized = normalize_values(sobject, values, schemas=self.schemas)
-        with self._write(transaction, at_ms) as tx:
+        with self._writing(write) as tx:
             number = self._next_counter(tx.conn, f"id:{KEY_PREFIXES[sobject]}")
             record_id = sf_id(KEY_PREFIXES[sobject], number)
             self._claim(tx, record_id)
-            stored = {**normalized, **self._audit(sobject, user_id, tx.commit_ms, created=True)}
+            audit = self._audit(sobject, write["user_id"], tx.commit_ms, created=True)
+            stored = {**normalized, **audit}
             tx.conn.execute(
                 "INSERT INTO records (sobject, id, fields, created_ms, modified_ms) VALUES (?, ?, ?, ?, ?)",
                 (sobject, record_id, json.dumps(stored), tx.commit_ms, tx.commit_ms),
             )
-            self._append(
-                tx,
-                sobject,
-                [record_id],
-                "CREATE",
-                stored,
-                user_id=user_id,
-                change_origin=change_origin,
-            )
+            self._append(tx, sobject, [record_id], "CREATE", stored, write)
         return record_id
 
     def update_record(
-        self,
-        sobject: str,
-        record_id: str,
-        values: Mapping[str, Any],
-        *,
-        user_id: str,
-        change_origin: str = "",
-        at_ms: int | None = None,
-        transaction: Transaction | None = None,
+        self, sobject: str, record_id: str, values: Mapping[str, Any], **write: Unpack[WriteOptions]
     ) -> None:
         """Apply values and publish the UPDATE event (changed values only, see module doc)."""
         check_entity(sobject)
         normalized = normalize_values(sobject, values, schemas=self.schemas)
-        with self._write(transaction, at_ms) as tx:
+        with self._writing(write) as tx:
             current = self._load_live(tx.conn, sobject, record_id)
             self._claim(tx, record_id)
             new, body, changed, nulled = _diff(current, normalized)
-            self._track_owner(tx, sobject, record_id, current, new, user_id)
-            audit = self._audit(sobject, user_id, tx.commit_ms, created=False)
+            self._track_owner(tx, sobject, record_id, current, new, write["user_id"])
+            audit = self._audit(sobject, write["user_id"], tx.commit_ms, created=False)
             for name, value in audit.items():
                 if current.get(name) != value or name == "LastModifiedDate":
                     body[name], new[name] = value, value
@@ -136,53 +138,25 @@ class RecordWrites(StoreDatabase):
                 (json.dumps(new), tx.commit_ms, record_id),
             )
             self._append(
-                tx,
-                sobject,
-                [record_id],
-                "UPDATE",
-                body,
-                user_id=user_id,
-                change_origin=change_origin,
-                changed=changed,
-                nulled=nulled,
+                tx, sobject, [record_id], "UPDATE", body, write, changed=changed, nulled=nulled
             )
 
-    def delete_record(
-        self,
-        sobject: str,
-        record_id: str,
-        *,
-        user_id: str,
-        at_ms: int | None = None,
-        transaction: Transaction | None = None,
-        change_origin: str = "",
-    ) -> None:
+    def delete_record(self, sobject: str, record_id: str, **write: Unpack[WriteOptions]) -> None:
         """Move the record to the recycle bin and publish DELETE (header only)."""
         check_entity(sobject)
-        with self._write(transaction, at_ms) as tx:
+        with self._writing(write) as tx:
             self._load_live(tx.conn, sobject, record_id)
             self._claim(tx, record_id)
             tx.conn.execute(
                 "UPDATE records SET deleted = 1, modified_ms = ? WHERE id = ?",
                 (tx.commit_ms, record_id),
             )
-            self._append(
-                tx, sobject, [record_id], "DELETE", {}, user_id=user_id, change_origin=change_origin
-            )
+            self._append(tx, sobject, [record_id], "DELETE", {}, write)
 
-    def undelete_record(
-        self,
-        sobject: str,
-        record_id: str,
-        *,
-        user_id: str,
-        at_ms: int | None = None,
-        transaction: Transaction | None = None,
-        change_origin: str = "",
-    ) -> None:
+    def undelete_record(self, sobject: str, record_id: str, **write: Unpack[WriteOptions]) -> None:
         """Restore a deleted record and publish UNDELETE with all its values (like CREATE)."""
         check_entity(sobject)
-        with self._write(transaction, at_ms) as tx:
+        with self._writing(write) as tx:
             stored = self._stored(tx.conn, sobject, record_id)
             if stored is None or not stored[1]:
                 raise RecordNotFoundError(
@@ -190,20 +164,12 @@ class RecordWrites(StoreDatabase):
                 )
             self._claim(tx, record_id)
             values = stored[0]
-            values.update(self._audit(sobject, user_id, tx.commit_ms, created=False))
+            values.update(self._audit(sobject, write["user_id"], tx.commit_ms, created=False))
             tx.conn.execute(
                 "UPDATE records SET deleted = 0, fields = ?, modified_ms = ? WHERE id = ?",
                 (json.dumps(values), tx.commit_ms, record_id),
             )
-            self._append(
-                tx,
-                sobject,
-                [record_id],
-                "UNDELETE",
-                values,
-                user_id=user_id,
-                change_origin=change_origin,
-            )
+            self._append(tx, sobject, [record_id], "UNDELETE", values, write)
 
     def emit_gap(
         self,
@@ -232,7 +198,8 @@ class RecordWrites(StoreDatabase):
         with self.transaction(at_ms=at_ms) as tx:
             for record_id in record_ids:
                 self._apply_gap(tx, entity, record_id, change_type, normalized, user_id)
-            return self._append(tx, entity, list(record_ids), change_type, {}, user_id=user_id)
+            author = WriteOptions(user_id=user_id)
+            return self._append(tx, entity, list(record_ids), change_type, {}, author)
 
     def _apply_gap(
         self,
@@ -264,9 +231,8 @@ class RecordWrites(StoreDatabase):
         """Publish GAP_OVERFLOW for an entity (recordIds ["000000000000000AAA"]): re-sync it all."""
         check_entity(entity)
         with self.transaction(at_ms=at_ms) as tx:
-            return self._append(
-                tx, entity, [OVERFLOW_RECORD_ID], "GAP_OVERFLOW", {}, user_id=user_id
-            )
+            author = WriteOptions(user_id=user_id)
+            return self._append(tx, entity, [OVERFLOW_RECORD_ID], "GAP_OVERFLOW", {}, author)
 
     def _track_owner(
         self,
