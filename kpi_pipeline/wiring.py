@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,19 +120,26 @@ def _forget_sandbox(key: tuple[str, ...], conn: OrgConnection) -> None:
     _cache.pop(("rest", conn.pubsub_target), None)
 
 
+def _org_client(settings: Settings, kind: str, build: Callable[[Settings, OrgConnection], Any]):
+    """The one ``kind`` client of the org's current connection, built on first use
+    (``_forget_sandbox`` drops it with a dead sandbox's connection)."""
+    conn = org_connection(settings)
+    return _cached((kind, conn.pubsub_target), lambda: build(settings, conn))
+
+
 def pubsub_client(settings: Settings):
+    return _org_client(settings, "pubsub", _new_pubsub_client)
+
+
+def _new_pubsub_client(settings: Settings, conn: OrgConnection):
     from kpi_pipeline.adapters.pubsub.client import PubSubClient
 
-    conn = org_connection(settings)
-    return _cached(
-        ("pubsub", conn.pubsub_target),
-        lambda: PubSubClient(
-            conn.pubsub_target,
-            conn.token_provider,
-            tls=conn.pubsub_tls,
-            stall_timeout_s=settings.cdc_stall_timeout_seconds,
-            ca_file=conn.ca_file,
-        ),
+    return PubSubClient(
+        conn.pubsub_target,
+        conn.token_provider,
+        tls=conn.pubsub_tls,
+        stall_timeout_s=settings.cdc_stall_timeout_seconds,
+        ca_file=conn.ca_file,
     )
 
 
@@ -168,17 +176,17 @@ def ledger(settings: Settings):
 
 
 def salesforce_rest(settings: Settings):
+    return _org_client(settings, "rest", _new_salesforce_rest)
+
+
+def _new_salesforce_rest(settings: Settings, conn: OrgConnection):
     from kpi_pipeline.adapters.salesforce.rest import SalesforceRest
 
-    conn = org_connection(settings)
-    return _cached(
-        ("rest", conn.pubsub_target),
-        lambda: SalesforceRest(
-            conn.token_provider,
-            api_version=settings.salesforce_api_version,
-            client_id=settings.client_id,
-            session=_https_session(conn),
-        ),
+    return SalesforceRest(
+        conn.token_provider,
+        api_version=settings.salesforce_api_version,
+        client_id=settings.client_id,
+        session=_https_session(conn),
     )
 
 
