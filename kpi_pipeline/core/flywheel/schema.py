@@ -206,6 +206,10 @@ def validate_record(record: object) -> FlywheelRecord:
         raise FlywheelRecordError(record_id, [_format_error(err) for err in exc.errors()]) from None
 
 
+# Every example decides about the same lead under the same routing policy.
+_EXAMPLE_METADATA = {"lead_id": "00Q000000000001AAA", "policy_version": "2026-01"}
+
+
 def _example(
     workload_id: str, record_id: str, system: str, user: str, decision: str, model: str, **meta: str
 ) -> dict[str, Any]:
@@ -216,7 +220,7 @@ def _example(
         "request": {
             "model": model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "metadata": meta,
+            "metadata": {**_EXAMPLE_METADATA, **meta},
         },
         "response": {
             "id": record_id,
@@ -236,40 +240,37 @@ def _example(
 
 
 EXAMPLES: dict[str, dict[str, Any]] = {
-    "lead_route": _example(
-        "lead_route",
-        "fw-" + "1" * 64,
-        "Route the lead to an owner with routing policy 2026-01.",
-        '{"Country":"DE","Id":"00Q000000000001AAA","LeadSource":"Web"}',
-        '{"owner_id":"005000000000001AAA","pool_id":"emea","rule_id":"emea-web"}',
-        "policy:2026-01",
-        lead_id="00Q000000000001AAA",
-        policy_version="2026-01",
-        rule="emea-web",
-        replay_ids="4711",
-    ),
-    "first_touch": _example(
-        "first_touch",
-        "fw-" + "2" * 64,
-        "Decide the lead's first qualifying response (CONTRACTS.md §4).",
-        '{"candidates":[{"at":"2026-01-01T10:05:00Z","record_id":"02s000000000001AAA",'
-        '"source":"EmailMessage"}],"lead_created_at":"2026-01-01T10:00:00Z"}',
-        '{"at":"2026-01-01T10:05:00Z","minutes":5.0,"source":"EmailMessage",'
-        '"user_id":"005000000000001AAA"}',
-        "policy:2026-01",
-        lead_id="00Q000000000001AAA",
-        policy_version="2026-01",
-        replay_ids="4712,4713",
-    ),
-    "outreach_template": _example(
-        "outreach_template",
-        "fw-" + "3" * 64,
-        "Pick the best outreach template id from the catalog for this lead.",
-        '{"catalog":["welcome-de","welcome-en"],"lead":{"Country":"DE","Industry":"Retail"}}',
-        '{"template_id":"welcome-de"}',
-        "gpt-4o-mini",
-        lead_id="00Q000000000001AAA",
-        policy_version="2026-01",
-        candidates="welcome-de,welcome-en",
-    ),
+    example["workload_id"]: example
+    for example in (
+        _example(
+            "lead_route",
+            "fw-" + "1" * 64,
+            "Route the lead to an owner with routing policy 2026-01.",
+            '{"Country":"DE","Id":"00Q000000000001AAA","LeadSource":"Web"}',
+            '{"owner_id":"005000000000001AAA","pool_id":"emea","rule_id":"emea-web"}',
+            "policy:2026-01",
+            rule="emea-web",
+            replay_ids="4711",
+        ),
+        _example(
+            "first_touch",
+            "fw-" + "2" * 64,
+            "Decide the lead's first qualifying response (CONTRACTS.md §4).",
+            '{"candidates":[{"at":"2026-01-01T10:05:00Z","record_id":"02s000000000001AAA",'
+            '"source":"EmailMessage"}],"lead_created_at":"2026-01-01T10:00:00Z"}',
+            '{"at":"2026-01-01T10:05:00Z","minutes":5.0,"source":"EmailMessage",'
+            '"user_id":"005000000000001AAA"}',
+            "policy:2026-01",
+            replay_ids="4712,4713",
+        ),
+        _example(
+            "outreach_template",
+            "fw-" + "3" * 64,
+            "Pick the best outreach template id from the catalog for this lead.",
+            '{"catalog":["welcome-de","welcome-en"],"lead":{"Country":"DE","Industry":"Retail"}}',
+            '{"template_id":"welcome-de"}',
+            "gpt-4o-mini",
+            candidates="welcome-de,welcome-en",
+        ),
+    )
 }
