@@ -1,6 +1,7 @@
 """Jobs and schedules over the analytics assets: the daily rollup and the scheduled backfill."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -24,27 +25,31 @@ def _day(value: datetime) -> str:
     return value.strftime("%Y-%m-%d")
 
 
-@dg.schedule(
-    job=daily_kpis_job,
-    cron_schedule="15 1 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every night: the last complete day's KPIs and flywheel logs.",
+def _running_in_utc(job: Any, cron_schedule: str, description: str):
+    """A schedule of ``job`` (a ``dg.define_asset_job``) in UTC, running as soon as the code
+    location loads."""
+    return dg.schedule(
+        job=job,
+        cron_schedule=cron_schedule,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+
+
+@_running_in_utc(
+    daily_kpis_job, "15 1 * * *", "Every night: the last complete day's KPIs and flywheel logs."
 )
 def daily_kpi_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     day = _day(context.scheduled_execution_time.astimezone(UTC) - timedelta(days=1))
     return dg.RunRequest(run_key=f"daily:{day}", partition_key=day)
 
 
-@dg.schedule(
-    job=daily_kpis_job,
-    cron_schedule="45 2 * * 0",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=(
-        "Every Sunday: re-materialize the last 7 complete days in one run (scheduled backfill), "
-        "so late events, re-syncs and SLA breaches that matured are reflected."
-    ),
+@_running_in_utc(
+    daily_kpis_job,
+    "45 2 * * 0",
+    "Every Sunday: re-materialize the last 7 complete days in one run (scheduled backfill), "
+    "so late events, re-syncs and SLA breaches that matured are reflected.",
 )
 def weekly_kpi_backfill_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     end = context.scheduled_execution_time.astimezone(UTC) - timedelta(days=1)
@@ -58,12 +63,10 @@ def weekly_kpi_backfill_schedule(context: dg.ScheduleEvaluationContext) -> dg.Ru
     )
 
 
-@dg.schedule(
-    job=ledger_snapshot_job,
-    cron_schedule="*/30 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every 30 minutes: ledger snapshot and its blocking data checks (keeps lead_ledger fresh).",
+@_running_in_utc(
+    ledger_snapshot_job,
+    "*/30 * * * *",
+    "Every 30 minutes: ledger snapshot and its blocking data checks (keeps lead_ledger fresh).",
 )
 def ledger_snapshot_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(run_key=f"ledger:{context.scheduled_execution_time.isoformat()}")
