@@ -22,6 +22,19 @@ METRICS_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli.metrics")
 # The full dispatcher, `kpi-pipeline ...`.
 MAIN_COMMAND = (sys.executable, "-m", "kpi_pipeline.cli.main")
 
+LEAD = "/data/LeadChangeEvent"
+# What one short-lived pipeline process records (for run_recording): 5 Lead creates, a
+# routing decision under policy v3, a 400 s first response, a 3 s assignment, a cdc error
+# and a 0.2 s token request.
+ONE_RUN = f"""
+m.record_cdc_event("{LEAD}", "CREATE", 5)
+m.record_decision("lead_route", "routed", "v3")
+m.observe_first_response(400)
+m.observe_assignment(3)
+m.record_error("cdc")
+m.record_auth("success", 0.2)
+"""
+
 
 def metrics_env(metrics_dir: Path, ledger_url: str | None = None) -> dict[str, str]:
     """Environment of a process recording into (or serving) metrics_dir, like a Dagster run.

@@ -14,8 +14,10 @@ import pytest
 
 from kpi_pipeline_tests.support.metric_names import CONTRACT_METRICS
 from kpi_pipeline_tests.support.metrics_server import (
+    LEAD,
     MAIN_COMMAND,
     METRICS_COMMAND,
+    ONE_RUN,
     http_get,
     metrics_env,
     parse_exposition,
@@ -25,16 +27,7 @@ from kpi_pipeline_tests.support.metrics_server import (
     start_metrics_server,
 )
 
-LEAD = "/data/LeadChangeEvent"
 ALL_NAMES = set(CONTRACT_METRICS)
-ONE_RUN = f"""
-m.record_cdc_event("{LEAD}", "CREATE", 5)
-m.record_decision("lead_route", "routed", "v3")
-m.observe_first_response(400)
-m.observe_assignment(3)
-m.record_error("cdc")
-m.record_auth("success", 0.2)
-"""
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

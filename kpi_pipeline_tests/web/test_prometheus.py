@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline_tests.support.metrics_server import (
+    LEAD,
+    ONE_RUN,
     MetricsServer,
     http_get,
     require_binary,
@@ -24,20 +26,18 @@ from kpi_pipeline_tests.support.metrics_server import (
 pytestmark = pytest.mark.integration
 
 INSTALL_HINT = "apt-get install -y prometheus"
-LEAD = "/data/LeadChangeEvent"
-RUN = f"""
-m.record_cdc_event("{LEAD}", "CREATE", 3)
+# One pipeline run, plus what the dashboard's other panels need data for.
+RUN = (
+    ONE_RUN
+    + f"""
 m.record_cdc_event("/data/TaskChangeEvent", "UPDATE", 2)
-m.record_decision("lead_route", "routed", "v1")
-m.observe_first_response(420)
-m.observe_assignment(4)
 m.record_error("writeback")
 m.set_cdc_lag("{LEAD}", 12.5)
 m.record_auth("hit")
-m.record_auth("success", 0.3)
 m.observe_processing_lag("{LEAD}", 0.2)
 m.observe_writeback_lag(0.4)
 """
+)
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "observability" / "grafana" / "kpi_pipeline.json"
 PLAN_QUERIES = (
@@ -158,7 +158,7 @@ def test_prometheus_scrapes_runs_and_answers_the_plans_queries(
         for promql in PLAN_QUERIES:
             assert prometheus.query(promql), f"no result for {promql}"
         p95 = prometheus.query(PLAN_QUERIES[1])[0]["value"][1]
-        assert 300 < float(p95) <= 600  # every observation (420 s) falls in the (300, 600] bucket
+        assert 300 < float(p95) <= 600  # every observation (400 s) falls in the (300, 600] bucket
         errors = {
             r["metric"]["area"]: float(r["value"][1]) for r in prometheus.query(PLAN_QUERIES[2])
         }
@@ -166,7 +166,7 @@ def test_prometheus_scrapes_runs_and_answers_the_plans_queries(
         assert errors["cdc_stream"] == 0  # initialised series: an area without errors answers 0
 
         total = prometheus.query(f'cdc_events_total{{channel="{LEAD}",change_type="CREATE"}}')
-        assert float(total[0]["value"][1]) == 3 * runs
+        assert float(total[0]["value"][1]) == 5 * runs  # ONE_RUN's 5 Lead creates a run
         assert float(prometheus.query("sum(resets(cdc_events_total[5m]))")[0]["value"][1]) == 0
         assert (
             float(prometheus.query(f'cdc_lag_seconds{{channel="{LEAD}"}}')[0]["value"][1]) == 12.5
