@@ -31,6 +31,7 @@ import requests
 from kpi_pipeline.adapters.auth.oauth_errors import token_error
 from kpi_pipeline.adapters.auth.private_key import load_private_key
 from kpi_pipeline.adapters.auth.tokens import AccessToken, AuthError, PubSubMetadata, TokenStats
+from kpi_pipeline.adapters.http_url import http_base_url
 from kpi_pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,9 @@ class JWTTokenProvider:
         clock: Callable[[], float] = time.time,
         http: requests.Session | None = None,
     ):
-        if not login_url.startswith(("https://", "http://")):
-            raise ValueError(
-                f"login_url {login_url!r} must be an http(s) URL such as https://login.salesforce.com"
-            )
+        self.login_url = http_base_url(
+            login_url, "login_url", "such as https://login.salesforce.com"
+        )
         if not client_id or not username:
             raise ValueError(
                 "the JWT flow needs client_id (KPI_SALESFORCE_CLIENT_ID, the consumer key) and "
@@ -106,7 +106,6 @@ class JWTTokenProvider:
                 f"session_seconds ({session_seconds}) must exceed expiry_buffer_s ({expiry_buffer_s}), "
                 "or every call would fetch a new token"
             )
-        self.login_url = login_url.rstrip("/")
         self.client_id = client_id
         self.username = username
         self.audience = audience or default_audience(self.login_url)

@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from kpi_pipeline.adapters.http_url import http_base_url
 from kpi_pipeline.config import Settings, get_settings
 from kpi_pipeline.core.workloads.outreach_templates import (
     LLMSelector,
@@ -37,12 +38,9 @@ class ChatClient:
         timeout: float = 10.0,
         session: requests.Session | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"LLM base URL {base_url!r} must start with http:// or https:// "
-                "(set KPI_LLM_BASE_URL, e.g. http://127.0.0.1:8000/v1)"
-            )
-        self.base_url = base_url.rstrip("/")
+        self.base_url = http_base_url(
+            base_url, "LLM base URL", "(set KPI_LLM_BASE_URL, e.g. http://127.0.0.1:8000/v1)"
+        )
         self.model = model
         self.api_key = api_key
         self.timeout = timeout
