@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from kpi_pipeline.core.cursor import ChannelCursor, SensorCursor
 from kpi_pipeline.core.events import ChangeEvent, replay_id_hex
 from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -296,12 +297,14 @@ def _record_replay_gap(
     )
     metrics.record_error("cdc_replay_invalid")
     return ledger.record_resync_window(
-        channel=channel,
-        reason="replay_id_invalid",
-        from_replay=channel_cursor.replay_id,
-        from_time_ms=channel_cursor.commit_ms,
-        to_time_ms=None,
-        detail={"error": str(exc)[:500], "restart_preset": limits.on_invalid_replay},
+        ResyncGap(
+            channel=channel,
+            reason="replay_id_invalid",
+            from_replay=channel_cursor.replay_id,
+            from_time_ms=channel_cursor.commit_ms,
+            to_time_ms=None,
+            detail={"error": str(exc)[:500], "restart_preset": limits.on_invalid_replay},
+        )
     )
 
 

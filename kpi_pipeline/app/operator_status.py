@@ -91,14 +91,18 @@ class Thresholds:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
-        return cls(
-            processing_lag_s=settings.ready_processing_lag_seconds,
-            stuck_s=settings.cdc_processing_alert_seconds,
-            progress_stale_s=settings.ready_progress_stale_seconds,
-            dead_letter_window_s=settings.ready_dead_letter_window_seconds,
-            outbox_backlog_rows=settings.ready_outbox_backlog_rows,
-            outbox_age_s=settings.ready_outbox_age_seconds,
-        )
+        return cls(**{name: getattr(settings, key) for name, key in THRESHOLD_SETTINGS.items()})
+
+
+# Each readiness threshold and the setting it is read from.
+THRESHOLD_SETTINGS = {
+    "processing_lag_s": "ready_processing_lag_seconds",
+    "stuck_s": "cdc_processing_alert_seconds",
+    "progress_stale_s": "ready_progress_stale_seconds",
+    "dead_letter_window_s": "ready_dead_letter_window_seconds",
+    "outbox_backlog_rows": "ready_outbox_backlog_rows",
+    "outbox_age_s": "ready_outbox_age_seconds",
+}
 
 
 @dataclass(frozen=True, slots=True)

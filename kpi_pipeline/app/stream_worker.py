@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from kpi_pipeline.core.errors import ReplayIdInvalidError
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.core.raw import StreamBatch
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.telemetry import logs, metrics
 
 log = logging.getLogger(__name__)
@@ -293,12 +294,14 @@ class StreamWorker:
         )
         metrics.record_error("cdc_replay_invalid")
         window = self.ledger.record_resync_window(
-            channel=channel,
-            reason="replay_id_invalid",
-            from_replay=position,
-            from_time_ms=_stored_commit_ms(self.ledger, channel),
-            to_time_ms=None,
-            detail={"error": str(exc)[:500], "restart_preset": self.limits.on_invalid_replay},
+            ResyncGap(
+                channel=channel,
+                reason="replay_id_invalid",
+                from_replay=position,
+                from_time_ms=_stored_commit_ms(self.ledger, channel),
+                to_time_ms=None,
+                detail={"error": str(exc)[:500], "restart_preset": self.limits.on_invalid_replay},
+            )
         )
         self.progress.resync_windows.append(window)
         self.progress.restarts += 1

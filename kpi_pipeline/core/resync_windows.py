@@ -7,12 +7,27 @@ through its port (``kpi_pipeline.app.resync.ports``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 WINDOW_OPEN = "open"
 WINDOW_CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncGap:
+    """A span of changes CDC did not deliver, as it is detected: where it starts (a replay
+    id, a commit time or both), where it ends when that is known, and what was seen. The
+    ledger records it as a ``ResyncWindow``."""
+
+    channel: str
+    reason: str
+    from_replay: bytes | None
+    from_time_ms: int | None
+    to_time_ms: int | None
+    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ from kpi_pipeline.adapters.ledger import migrations
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.flywheel.schema import validate_record
 from kpi_pipeline.core.kpis import ROLLUP_NAMES
+from kpi_pipeline.core.ledger_rows import FailedEvent
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.core.salesforce_fields import WRITTEN_FIELD_NAMES
 from kpi_pipeline.fixtures import RECORDED_STREAM, fixture_path
 
@@ -145,20 +147,24 @@ def test_ledger_commands(tmp_path: Path, capsys) -> None:
 
     ledger = Ledger.from_url(url)
     ledger.dead_letter(
-        channel="/data/LeadChangeEvent",
-        replay_id=(7).to_bytes(8, "big"),
-        batch_id="b",
-        stage="decode",
-        reason="bad avro",
-        payload=b"xx",
+        FailedEvent(
+            channel="/data/LeadChangeEvent",
+            replay_id=(7).to_bytes(8, "big"),
+            batch_id="b",
+            stage="decode",
+            reason="bad avro",
+            payload=b"xx",
+        )
     )
     window = ledger.record_resync_window(
-        channel="/data/LeadChangeEvent",
-        reason="gap",
-        from_replay=None,
-        from_time_ms=1,
-        to_time_ms=2,
-        detail={},
+        ResyncGap(
+            channel="/data/LeadChangeEvent",
+            reason="gap",
+            from_replay=None,
+            from_time_ms=1,
+            to_time_ms=2,
+            detail={},
+        )
     )
     ledger.dispose()
     assert main(["ledger", "dead-letters", "--url", url]) == 0

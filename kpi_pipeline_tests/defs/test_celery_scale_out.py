@@ -44,6 +44,7 @@ from kpi_pipeline.adapters.llm.client import selector_from_settings
 from kpi_pipeline.app.replay import read_events
 from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.core.policy.load import load_policy
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.defs.analytics.assets import build_daily_assets, daily_partitions
 from kpi_pipeline.defs.asset_keys import KPI_KEYS
 from kpi_pipeline.defs.resources import PipelineResource
@@ -359,11 +360,13 @@ def test_kpi_backfill_runs_its_days_on_both_workers_and_equals_the_single_proces
 def _record_windows(ledger: Ledger, starts: list[int]) -> list[int]:
     return [
         ledger.record_resync_window(
-            channel="/data/LeadChangeEvent",
-            reason="replay_id_invalid",
-            from_replay=replay_id_from_int(100 + i),
-            from_time_ms=start,
-            to_time_ms=start + 3 * MINUTE,
+            ResyncGap(
+                channel="/data/LeadChangeEvent",
+                reason="replay_id_invalid",
+                from_replay=replay_id_from_int(100 + i),
+                from_time_ms=start,
+                to_time_ms=start + 3 * MINUTE,
+            )
         )
         for i, start in enumerate(starts)
     ]

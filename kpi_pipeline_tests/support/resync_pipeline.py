@@ -25,6 +25,7 @@ from kpi_pipeline.app.resync import (
     resync_open_windows,
 )
 from kpi_pipeline.core.events import ChangeEvent, replay_id_from_int
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.sandbox.store import (
     INBOUND_QUEUE,
     INTEGRATION_USER_ID,
@@ -118,12 +119,14 @@ def gap_window(
     """The re-sync window a gap event for one lead opens on the Lead channel (its id).
     ``detail``, when given, stands instead of the one that names the lead."""
     return ledger.record_resync_window(
-        channel="/data/LeadChangeEvent",
-        reason="gap",
-        from_replay=replay_id_from_int(from_replay),
-        from_time_ms=at_ms,
-        to_time_ms=at_ms,
-        detail={"entity": "Lead", "record_ids": [lead_id]} if detail is None else detail,
+        ResyncGap(
+            channel="/data/LeadChangeEvent",
+            reason="gap",
+            from_replay=replay_id_from_int(from_replay),
+            from_time_ms=at_ms,
+            to_time_ms=at_ms,
+            detail={"entity": "Lead", "record_ids": [lead_id]} if detail is None else detail,
+        )
     )
 
 
@@ -137,12 +140,14 @@ def refused_window(
 ) -> int:
     """The open-ended re-sync window recorded when Pub/Sub refused the stored replay id."""
     return ledger.record_resync_window(
-        channel=channel,
-        reason="replay_id_invalid",
-        from_replay=replay_id_from_int(from_replay),
-        from_time_ms=from_time_ms,
-        to_time_ms=None,
-        detail=detail,
+        ResyncGap(
+            channel=channel,
+            reason="replay_id_invalid",
+            from_replay=replay_id_from_int(from_replay),
+            from_time_ms=from_time_ms,
+            to_time_ms=None,
+            detail=detail or {},
+        )
     )
 
 

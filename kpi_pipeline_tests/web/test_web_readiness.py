@@ -14,6 +14,7 @@ import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.core.events import replay_id_from_int, replay_id_hex
+from kpi_pipeline.core.ledger_rows import FailedEvent
 from kpi_pipeline.core.raw import RawEvent
 from kpi_pipeline_tests.support.metrics_server import (
     WEB_SERVE_COMMAND,
@@ -140,12 +141,14 @@ def test_each_ledger_fault_is_a_reason_and_recovery_makes_it_ready_again(
         assert ready(server)[0] == 200
 
         ledger.dead_letter(
-            channel=LEAD,
-            replay_id=replay_id_from_int(9),
-            batch_id=None,
-            stage="decode",
-            reason="PayloadDecodeError: truncated",
-            payload=b"\x02",
+            FailedEvent(
+                channel=LEAD,
+                replay_id=replay_id_from_int(9),
+                batch_id=None,
+                stage="decode",
+                reason="PayloadDecodeError: truncated",
+                payload=b"\x02",
+            )
         )
         status, body = ready(server)
         assert status == 503 and codes(body) == {"dead_letters"}

@@ -36,14 +36,14 @@ from kpi_pipeline.adapters.ledger.batch_sql import (
     _INSERT_TEMPLATE,
     _SAVE_POOL,
     _UPSERT_FACTS,
-    CHUNK,
     FACT_COLUMNS,
     FactsRow,
     decision_params,
     merge_outbox_marks,
+    template_params,
 )
-from kpi_pipeline.adapters.ledger.sql import canonical
-from kpi_pipeline.core.ledger_rows import DecisionRow
+from kpi_pipeline.adapters.ledger.sql import CHUNK, canonical
+from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -265,26 +265,10 @@ class BatchWork:
         self._remember(self._pools, state.pool_id)
         self._pools[state.pool_id] = state
 
-    def insert_template_recommendation(
-        self,
-        *,
-        lead_id: str,
-        template_id: str,
-        model: str,
-        decided_at: datetime,
-        detail: Mapping[str, Any],
-    ) -> None:
-        self._remember(self._templates, lead_id)
-        self._templates.setdefault(
-            lead_id,
-            {
-                "lead_id": lead_id,
-                "template_id": template_id,
-                "model": model,
-                "decided_at": decided_at,
-                "detail": canonical(dict(detail)),
-            },
-        )
+    def insert_template_recommendation(self, recommendation: TemplateRecommendation) -> None:
+        """Inserted at ``flush``; the first recommendation of a lead wins."""
+        self._remember(self._templates, recommendation.lead_id)
+        self._templates.setdefault(recommendation.lead_id, template_params(recommendation))
 
     def insert_decision(
         self, decision: DecisionRow, on_stored: Callable[[], None] | None = None

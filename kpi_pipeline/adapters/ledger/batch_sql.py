@@ -2,8 +2,9 @@
 
 Typed text upserts (``sql.text_insert``: compiled once, written in bulk through
 ``bulk.executemany``), the lead-facts row as ``BatchWork`` holds it, the bind parameters of
-a decision, and ``merge_outbox_marks``: the rules of ``Ledger.mark_dirty`` for many records
-at once, against the rows as they are in the transaction (locked on PostgreSQL).
+a decision and of a template recommendation, and ``merge_outbox_marks``: the rules of
+``Ledger.mark_dirty`` for many records at once, against the rows as they are in the
+transaction (locked on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import sqlalchemy as sa
 from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
-from kpi_pipeline.adapters.ledger.sql import text_insert
-from kpi_pipeline.core.ledger_rows import DecisionRow
+from kpi_pipeline.adapters.ledger.sql import CHUNK, canonical, field_params, text_insert
+from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 
 FACT_COLUMNS: tuple[str, ...] = tuple(c.name for c in t.lead_facts.columns)
-CHUNK = 500
 
 
 class FactsRow(dict[str, Any]):
@@ -92,18 +92,12 @@ _SAVE_POOL = (
 
 def decision_params(decision: DecisionRow) -> dict[str, Any]:
     """The bind parameters of a decision's insert."""
-    return {
-        "id": decision.id,
-        "workload": decision.workload,
-        "lead_id": decision.lead_id,
-        "decided_at": decision.decided_at,
-        "policy_version": decision.policy_version,
-        "rule_id": decision.rule_id,
-        "model": decision.model,
-        "request": decision.request,
-        "response": decision.response,
-        "replay_ids": list(decision.replay_ids),
-    }
+    return {**field_params(decision), "replay_ids": list(decision.replay_ids)}
+
+
+def template_params(recommendation: TemplateRecommendation) -> dict[str, Any]:
+    """The bind parameters of a template recommendation's insert."""
+    return {**field_params(recommendation), "detail": canonical(dict(recommendation.detail))}
 
 
 def merge_outbox_marks(

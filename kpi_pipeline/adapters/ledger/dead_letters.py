@@ -12,18 +12,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.sql import insert_ignore
+from kpi_pipeline.adapters.ledger.sql import field_params, from_row, insert_ignore
+from kpi_pipeline.core.ledger_rows import FailedEvent
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(FailedEvent):
+    """A parked event as stored."""
+
     id: int
-    channel: str
-    replay_id: bytes
-    batch_id: str | None
-    stage: str
-    reason: str
-    payload: bytes | None
     created_at: datetime
 
 
@@ -36,32 +33,14 @@ class DeadLetterMixin:
 
     def read(self) -> AbstractContextManager[sa.Connection]: ...  # provided by Ledger
 
-    def dead_letter(
-        self,
-        *,
-        channel: str,
-        replay_id: bytes,
-        batch_id: str | None,
-        stage: str,
-        reason: str,
-        payload: bytes | None,
-        conn: sa.Connection | None = None,
-    ) -> bool:
-        """Park one event that failed at ``stage``; True if it was not parked there before.
+    def dead_letter(self, failed: FailedEvent, *, conn: sa.Connection | None = None) -> bool:
+        """Park one event that failed at its stage; True if it was not parked there before.
 
         ``conn``: write inside the caller's transaction (the caller commits)."""
         stmt = insert_ignore(
             self._conn_or_engine(conn), t.dead_letters, ["channel", "replay_id", "stage"]
         )
-        values = {
-            "channel": channel,
-            "replay_id": replay_id,
-            "batch_id": batch_id,
-            "stage": stage,
-            "reason": reason,
-            "payload": payload,
-            "created_at": self._now(),
-        }
+        values = {**field_params(failed), "created_at": self._now()}
         if conn is not None:
             return conn.execute(stmt.values(**values)).rowcount == 1
         with self.write() as own:
@@ -78,15 +57,11 @@ class DeadLetterMixin:
         with self.read() as conn:
             rows = conn.execute(query).all()
         return [
-            DeadLetter(
-                id=row.id,
-                channel=row.channel,
+            from_row(
+                DeadLetter,
+                row,
                 replay_id=bytes(row.replay_id),
-                batch_id=row.batch_id,
-                stage=row.stage,
-                reason=row.reason,
                 payload=bytes(row.payload) if row.payload is not None else None,
-                created_at=row.created_at,
             )
             for row in rows
         ]

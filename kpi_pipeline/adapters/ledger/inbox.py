@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.engine import LedgerError
-from kpi_pipeline.adapters.ledger.sql import insert_ignore
+from kpi_pipeline.adapters.ledger.sql import from_row, insert_ignore, required_row
 from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.core.ledger_rows import LoadedBatch
@@ -26,6 +26,10 @@ from kpi_pipeline.core.raw import RawEvent
 
 BATCH_STAGED = "staged"
 BATCH_DONE = "done"
+_UNKNOWN_BATCH = (
+    "batch {!r} is not in the ledger; stage it first (stage_batch) or list staged batches "
+    "with pending_batches()"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,7 @@ class InboxMixin:
             row = conn.execute(
                 sa.select(t.cdc_batches).where(t.cdc_batches.c.batch_id == batch_id)
             ).one_or_none()
-        return _batch_info(row) if row else None
+        return from_row(BatchInfo, row) if row else None
 
     def pending_batches(self, channel: str | None = None) -> list[BatchInfo]:
         """Batches staged but not yet done, oldest first."""
@@ -237,21 +241,12 @@ class InboxMixin:
             rows = conn.execute(
                 query.order_by(t.cdc_batches.c.staged_at, t.cdc_batches.c.batch_id)
             ).all()
-        return [_batch_info(row) for row in rows]
+        return [from_row(BatchInfo, row) for row in rows]
 
     def load_batch(self, batch_id: str) -> LoadedBatch:
         """The staged events of a batch in delivery order, with the schemas to decode them."""
         with self.read() as conn:
-            info = conn.execute(
-                sa.select(t.cdc_batches.c.channel, t.cdc_batches.c.status).where(
-                    t.cdc_batches.c.batch_id == batch_id
-                )
-            ).one_or_none()
-            if info is None:
-                raise LedgerError(
-                    f"batch {batch_id!r} is not in the ledger; stage it first (stage_batch) or "
-                    "list staged batches with pending_batches()"
-                )
+            info = required_row(conn, t.cdc_batches.c.batch_id, batch_id, _UNKNOWN_BATCH)
             rows = conn.execute(
                 sa.select(t.cdc_inbox)
                 .where(t.cdc_inbox.c.batch_id == batch_id)
@@ -320,19 +315,3 @@ class InboxMixin:
             ):
                 raise LedgerError(f"cannot mark batch {batch_id!r} done: it was never staged")
         return result.rowcount == 1
-
-
-def _batch_info(row: sa.Row[Any]) -> BatchInfo:
-    return BatchInfo(
-        batch_id=row.batch_id,
-        channel=row.channel,
-        first_replay_hex=row.first_replay_hex,
-        last_replay_hex=row.last_replay_hex,
-        event_count=row.event_count,
-        status=row.status,
-        staged_at=row.staged_at,
-        completed_at=row.completed_at,
-        run_id=row.run_id,
-        summary=row.summary,
-        after_replay=row.after_replay,
-    )

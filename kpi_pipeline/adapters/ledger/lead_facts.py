@@ -21,6 +21,7 @@ from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.schema import UTCDateTime
 from kpi_pipeline.adapters.ledger.sql import text_insert
 from kpi_pipeline.core.kpis.lead_facts import lead_facts_columns
+from kpi_pipeline.core.ledger_rows import LeadClocks
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 
@@ -135,22 +136,16 @@ class LeadFactsMixin:
         return list(conn.execute(query.order_by(c.Id).limit(limit)))
 
     def set_calendar_and_clocks(
-        self,
-        conn: sa.Connection,
-        lead_id: str,
-        *,
-        calendar: str | None,
-        due_at: datetime | None,
-        business_minutes: float | None,
+        self, conn: sa.Connection, lead_id: str, clocks: LeadClocks
     ) -> None:
         """The lead's SLA calendar and the values derived from it, together."""
         conn.execute(
             _SET_CALENDAR_AND_CLOCKS,
             {
                 "lead_id": lead_id,
-                "p_SLA_Calendar": calendar,
-                "p_SLA_Due_At": due_at,
-                "p_Time_to_First_Response_Business_Minutes__c": business_minutes,
+                "p_SLA_Calendar": clocks.calendar,
+                "p_SLA_Due_At": clocks.due_at,
+                "p_Time_to_First_Response_Business_Minutes__c": clocks.business_minutes,
                 "p_updated_at": self._now(),
             },
         )

@@ -4,10 +4,9 @@ flywheel records. Every insert is keyed by what it is about, so re-delivery adds
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -15,7 +14,13 @@ from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.batch_sql import decision_params
 from kpi_pipeline.adapters.ledger.record_states import excluded
-from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore, text_insert
+from kpi_pipeline.adapters.ledger.sql import (
+    canonical,
+    from_row,
+    insert_ignore,
+    pairs_where_in,
+    text_insert,
+)
 from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, ResponseCandidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
@@ -115,17 +120,11 @@ class WorkloadMemosMixin:
     def routing_decisions(
         self, conn: sa.Connection, lead_ids: Iterable[str]
     ) -> dict[str, RoutingDecision]:
-        ids = sorted(set(lead_ids))
-        found: dict[str, RoutingDecision] = {}
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                sa.select(t.routing_decisions.c.lead_id, t.routing_decisions.c.decision).where(
-                    t.routing_decisions.c.lead_id.in_(ids[start : start + 500])
-                )
-            )
-            for lead_id, decision in rows:
-                found[lead_id] = RoutingDecision.from_json(decision)
-        return found
+        c = t.routing_decisions.c
+        stored = pairs_where_in(conn, (c.lead_id, c.decision), c.lead_id, lead_ids)
+        return {
+            lead_id: RoutingDecision.from_json(decision) for lead_id, decision in stored.items()
+        }
 
     def lock_pools(self, conn: sa.Connection, pool_ids: Iterable[str]) -> dict[str, PoolState]:
         """Pool states, locked for this transaction (rows created at pointer 0 when new).
@@ -203,39 +202,8 @@ class WorkloadMemosMixin:
     def template_recommendations(
         self, conn: sa.Connection, lead_ids: Iterable[str]
     ) -> dict[str, str]:
-        ids = sorted(set(lead_ids))
-        found: dict[str, str] = {}
         c = t.template_recommendations.c
-        for start in range(0, len(ids), 500):
-            found.update(
-                conn.execute(
-                    sa.select(c.lead_id, c.template_id).where(
-                        c.lead_id.in_(ids[start : start + 500])
-                    )
-                ).all()
-            )
-        return found
-
-    def insert_template_recommendation(
-        self,
-        conn: sa.Connection,
-        *,
-        lead_id: str,
-        template_id: str,
-        model: str,
-        decided_at: datetime,
-        detail: Mapping[str, Any],
-    ) -> bool:
-        result = conn.execute(
-            insert_ignore(conn, t.template_recommendations, ["lead_id"]).values(
-                lead_id=lead_id,
-                template_id=template_id,
-                model=model,
-                decided_at=decided_at,
-                detail=canonical(dict(detail)),
-            )
-        )
-        return result.rowcount == 1
+        return pairs_where_in(conn, (c.lead_id, c.template_id), c.lead_id, lead_ids)
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -262,21 +230,7 @@ class WorkloadMemosMixin:
             query = query.where(c.workload == workload)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(c.decided_at, c.workload, c.id)).all()
-        return [
-            DecisionRow(
-                id=row.id,
-                workload=row.workload,
-                lead_id=row.lead_id,
-                decided_at=row.decided_at,
-                policy_version=row.policy_version,
-                rule_id=row.rule_id,
-                model=row.model,
-                request=row.request,
-                response=row.response,
-                replay_ids=list(row.replay_ids or []),
-            )
-            for row in rows
-        ]
+        return [from_row(DecisionRow, row, replay_ids=list(row.replay_ids or [])) for row in rows]
 
 
 _PUT_CANDIDATE = text_insert(

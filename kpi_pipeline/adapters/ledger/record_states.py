@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.sql import text_insert
+from kpi_pipeline.adapters.ledger.sql import pairs_where_in, text_insert
 from kpi_pipeline.core.workloads.records import RecordState
 
 RecordKey = tuple[str, str]  # (sobject, id)
@@ -103,18 +103,8 @@ class RecordStatesMixin:
 
     def emails_linked_to(self, conn: sa.Connection, activity_ids: Iterable[str]) -> dict[str, str]:
         """{email id: activity id} of the stored emails whose ActivityId is one of these."""
-        ids = sorted(set(activity_ids))
         c = t.email_activity_links.c
-        found: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            found.update(
-                conn.execute(
-                    sa.select(c.email_id, c.activity_id).where(
-                        c.activity_id.in_(ids[start : start + 500])
-                    )
-                ).all()
-            )
-        return found
+        return pairs_where_in(conn, (c.email_id, c.activity_id), c.activity_id, activity_ids)
 
     def record(self, sobject: str, record_id: str) -> RecordState | None:
         with self.engine.connect() as conn:

@@ -2,20 +2,67 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from kpi_pipeline.adapters.ledger.engine import LedgerError
 from kpi_pipeline.core.canonical import dumps
+
+CHUNK = 500  # ids per ``IN (...)`` list: well under every driver's bind-parameter limit
+RowData = TypeVar("RowData")
 
 
 def insert_ignore(conn: sa.Connection | sa.Engine, table: sa.Table, keys: Sequence[str]) -> Any:
     """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for the connection's dialect."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+
+def required_row(conn: sa.Connection, key: sa.Column[Any], value: Any, missing: str) -> Any:
+    """The row of ``key``'s table whose ``key`` is ``value``; a LedgerError saying
+    ``missing`` (with ``value`` formatted into it) when there is none."""
+    row = conn.execute(sa.select(key.table).where(key == value)).one_or_none()
+    if row is None:
+        raise LedgerError(missing.format(value))
+    return row
+
+
+def pairs_where_in(
+    conn: sa.Connection,
+    pair: tuple[sa.Column[Any], sa.Column[Any]],
+    column: sa.Column[Any],
+    ids: Iterable[Any],
+) -> dict[Any, Any]:
+    """``{first: second}`` of ``pair`` over the rows whose ``column`` is one of ``ids``,
+    ``CHUNK`` ids a query."""
+    wanted = sorted(set(ids))
+    found: dict[Any, Any] = {}
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        found.update(conn.execute(sa.select(*pair).where(column.in_(chunk))).all())
+    return found
+
+
+def from_row(cls: type[RowData], row: sa.Row[Any], **converted: Any) -> RowData:
+    """A dataclass read from a row: each field from the column of its name, unless
+    ``converted`` gives its value (a column named otherwise, a value to convert)."""
+    columns = row._mapping
+    return cls(
+        **{
+            field.name: converted[field.name] if field.name in converted else columns[field.name]
+            for field in dataclasses.fields(cls)
+        }
+    )
+
+
+def field_params(row: Any) -> dict[str, Any]:
+    """A dataclass row's fields by name, for an insert whose columns are named like them."""
+    return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
 
 
 def canonical(value: Any) -> Any:

@@ -18,19 +18,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger.batch import BatchWork
-from kpi_pipeline.adapters.ledger.batch_sql import decision_params
-from kpi_pipeline.adapters.ledger.lead_facts import LEAD_FACTS_COLUMNS, LeadFactsMixin
+from kpi_pipeline.adapters.ledger.lead_facts import LeadFactsMixin
 from kpi_pipeline.adapters.ledger.memos import _INSERT_DECISION, WorkloadMemosMixin
-from kpi_pipeline.adapters.ledger.record_states import RecordKey, RecordStatesMixin
-from kpi_pipeline.core.ledger_rows import DecisionRow
+from kpi_pipeline.adapters.ledger.record_states import RecordStatesMixin
 
-__all__ = [
-    "LEAD_FACTS_COLUMNS",
-    "DecisionRow",
-    "RecordKey",
-    "WorkloadStateMixin",
-    "decision_params",
-]
+__all__ = ["WorkloadStateMixin"]
 
 
 class WorkloadStateMixin(RecordStatesMixin, LeadFactsMixin, WorkloadMemosMixin):

@@ -24,49 +24,31 @@ import sqlalchemy as sa
 from kpi_pipeline.adapters.ledger import migrations
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.dead_letters import DeadLetter, DeadLetterMixin
-from kpi_pipeline.adapters.ledger.engine import (
-    JSON_CODEC,
-    SQLITE_BUSY_TIMEOUT_MS,
-    LedgerError,
-    create_ledger_engine,
-)
-from kpi_pipeline.adapters.ledger.inbox import (
-    BATCH_DONE,
-    BATCH_STAGED,
-    BatchInfo,
-    InboxMixin,
-    StagedBatch,
-    batch_id_for,
-)
+from kpi_pipeline.adapters.ledger.engine import LedgerError, create_ledger_engine
+from kpi_pipeline.adapters.ledger.inbox import BatchInfo, InboxMixin, StagedBatch, batch_id_for
 from kpi_pipeline.adapters.ledger.leases import LeaseMixin
 from kpi_pipeline.adapters.ledger.outbox import OutboxMixin
 from kpi_pipeline.adapters.ledger.replay_store import ReplayStoreMixin
 from kpi_pipeline.adapters.ledger.sends import SendsMixin
-from kpi_pipeline.adapters.ledger.sql import insert_ignore
+from kpi_pipeline.adapters.ledger.sql import from_row, insert_ignore, required_row
 from kpi_pipeline.adapters.ledger.state import WorkloadStateMixin
 from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import replay_id_hex
-from kpi_pipeline.core.ledger_rows import LoadedBatch
-from kpi_pipeline.core.resync_windows import WINDOW_CLOSED, WINDOW_OPEN, ResyncWindow
+from kpi_pipeline.core.resync_windows import WINDOW_CLOSED, WINDOW_OPEN, ResyncGap, ResyncWindow
 
 # Names other modules import from here, where they lived before the split.
 __all__ = [
-    "BATCH_DONE",
-    "BATCH_STAGED",
-    "JSON_CODEC",
-    "SQLITE_BUSY_TIMEOUT_MS",
-    "WINDOW_CLOSED",
-    "WINDOW_OPEN",
     "BatchInfo",
     "DeadLetter",
     "Ledger",
     "LedgerError",
-    "LoadedBatch",
     "ResyncWindow",
     "StagedBatch",
     "batch_id_for",
     "create_ledger_engine",
 ]
+
+_UNKNOWN_WINDOW = "no resync window with id {}; list them with `kpi-pipeline ledger resync-windows`"
 
 
 class Ledger(
@@ -112,45 +94,36 @@ class Ledger(
 
     # --- re-sync windows ----------------------------------------------------------------
 
-    def record_resync_window(
-        self,
-        *,
-        channel: str,
-        reason: str,
-        from_replay: bytes | None,
-        from_time_ms: int | None,
-        to_time_ms: int | None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> int:
+    def record_resync_window(self, gap: ResyncGap) -> int:
         """Record a span of changes that CDC did not deliver (gap, overflow, expired replay id).
 
         Idempotent: the same channel, reason and starting point return the existing id.
         """
-        if from_replay is None and from_time_ms is None:
+        if gap.from_replay is None and gap.from_time_ms is None:
             raise LedgerError(
-                f"resync window for {channel!r} ({reason}) needs a starting point: "
+                f"resync window for {gap.channel!r} ({gap.reason}) needs a starting point: "
                 "from_replay, from_time_ms or both"
             )
-        from_hex = replay_id_hex(from_replay) if from_replay is not None else None
-        from_key = f"{from_hex or ''}@{'' if from_time_ms is None else from_time_ms}"
+        from_hex = replay_id_hex(gap.from_replay) if gap.from_replay is not None else None
+        from_key = f"{from_hex or ''}@{'' if gap.from_time_ms is None else gap.from_time_ms}"
         with self.write() as conn:
             conn.execute(
                 insert_ignore(conn, t.resync_windows, ["channel", "reason", "from_key"]).values(
-                    channel=channel,
-                    reason=reason,
+                    channel=gap.channel,
+                    reason=gap.reason,
                     from_replay=from_hex,
-                    from_time=from_time_ms,
-                    to_time=to_time_ms,
+                    from_time=gap.from_time_ms,
+                    to_time=gap.to_time_ms,
                     from_key=from_key,
-                    detail=json.loads(dumps(dict(detail or {}))),
+                    detail=json.loads(dumps(dict(gap.detail))),
                     detected_at=self._now(),
                     status=WINDOW_OPEN,
                 )
             )
             return conn.execute(
                 sa.select(t.resync_windows.c.id).where(
-                    t.resync_windows.c.channel == channel,
-                    t.resync_windows.c.reason == reason,
+                    t.resync_windows.c.channel == gap.channel,
+                    t.resync_windows.c.reason == gap.reason,
                     t.resync_windows.c.from_key == from_key,
                 )
             ).scalar_one()
@@ -177,15 +150,7 @@ class Ledger(
         True if this call closed it, False if it was already closed.
         """
         with self.write() as conn:
-            row = conn.execute(
-                sa.select(t.resync_windows.c.status, t.resync_windows.c.detail).where(
-                    t.resync_windows.c.id == window_id
-                )
-            ).one_or_none()
-            if row is None:
-                raise LedgerError(
-                    f"no resync window with id {window_id}; list them with `kpi-pipeline ledger resync-windows`"
-                )
+            row = required_row(conn, t.resync_windows.c.id, window_id, _UNKNOWN_WINDOW)
             if row.status == WINDOW_CLOSED:
                 return False
             merged = {**(row.detail or {}), **dict(detail or {})}
@@ -200,15 +165,11 @@ class Ledger(
 
 
 def _resync_window(row: sa.Row[Any]) -> ResyncWindow:
-    return ResyncWindow(
-        id=row.id,
-        channel=row.channel,
-        reason=row.reason,
+    return from_row(
+        ResyncWindow,
+        row,
         from_replay_hex=row.from_replay,
         from_time_ms=row.from_time,
         to_time_ms=row.to_time,
         detail=dict(row.detail or {}),
-        detected_at=row.detected_at,
-        status=row.status,
-        closed_at=row.closed_at,
     )

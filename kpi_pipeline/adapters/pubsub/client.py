@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import grpc
@@ -37,6 +37,7 @@ from kpi_pipeline.adapters.pubsub.subscribe_stream import (
     SubscribeStream,
     backoff_delay,
 )
+from kpi_pipeline.core.checks import positive
 from kpi_pipeline.core.errors import (
     PubSubAuthError,
     PubSubError,
@@ -94,11 +95,9 @@ class PubSubClient:
     ) -> None:
         """``tls`` with ``ca_file``: trust only the PEM CA certificates in that file (the
         sandbox's ``sandbox_ca.pem``, a corporate proxy's CA); without it, the system's."""
-        if stall_timeout_s <= 0:
-            raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
         self.target = target
         self.auth = auth
-        self.stall_timeout_s = stall_timeout_s
+        self.stall_timeout_s = positive("stall_timeout_s", stall_timeout_s)
         self.max_reconnects = max_reconnects
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -170,14 +169,8 @@ class PubSubClient:
 
     def get_topic(self, channel: str) -> TopicInfo:
         info = self._unary(self._stub.GetTopic, pb2.TopicRequest(topic_name=channel))
-        return TopicInfo(
-            topic_name=info.topic_name,
-            tenant_guid=info.tenant_guid,
-            can_publish=info.can_publish,
-            can_subscribe=info.can_subscribe,
-            schema_id=info.schema_id,
-            rpc_id=info.rpc_id,
-        )
+        # TopicInfo is the reply's fields, by the same names.
+        return TopicInfo(**{field.name: getattr(info, field.name) for field in fields(TopicInfo)})
 
     # -- fetch --------------------------------------------------------------------------
     def fetch(

@@ -9,13 +9,13 @@ work so a lead whose workload code fails is undone alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from kpi_pipeline.core.ledger_rows import DecisionRow
+from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 from kpi_pipeline.core.workloads.first_touch import FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -48,15 +48,7 @@ class BatchWork(Protocol):
     def mark_dirty(self, sobject: str, record_id: str, names: Iterable[str]) -> None: ...
     def insert_routing_decision(self, decision: RoutingDecision) -> bool: ...
     def save_pool_state(self, state: PoolState) -> None: ...
-    def insert_template_recommendation(
-        self,
-        *,
-        lead_id: str,
-        template_id: str,
-        model: str,
-        decided_at: datetime,
-        detail: Mapping[str, Any],
-    ) -> None: ...
+    def insert_template_recommendation(self, recommendation: TemplateRecommendation) -> None: ...
     def insert_decision(
         self, decision: DecisionRow, on_stored: Callable[[], None] | None = None
     ) -> None: ...

@@ -7,6 +7,7 @@ from typing import Any
 
 from kpi_pipeline.app.processing.context import clock_named
 from kpi_pipeline.app.processing.ledger_port import ClockLedger
+from kpi_pipeline.core.ledger_rows import LeadClocks
 from kpi_pipeline.core.policy.load import RoutingPolicy
 from kpi_pipeline.core.workloads.business_hours import lead_clocks, policy_clocks
 from kpi_pipeline.core.workloads.lead_route import first_matching_rule
@@ -83,9 +84,7 @@ def recompute_clocks(
                 counts["changed"] += 1
                 if dry_run:
                     continue
-                ledger.set_calendar_and_clocks(
-                    conn, row.Id, calendar=calendar, due_at=due, business_minutes=business
-                )
+                ledger.set_calendar_and_clocks(conn, row.Id, LeadClocks(calendar, due, business))
                 if dirty:
                     ledger.mark_dirty(conn, LEAD, row.Id, dirty)
             after = rows[-1].Id

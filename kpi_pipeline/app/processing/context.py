@@ -17,7 +17,7 @@ from kpi_pipeline.app.processing.ledger_port import ProcessingLedger
 from kpi_pipeline.app.writeback import OwnerRules
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.flywheel.records import compute_record_id
-from kpi_pipeline.core.ledger_rows import DecisionRow
+from kpi_pipeline.core.ledger_rows import DecisionRow, FailedEvent
 from kpi_pipeline.core.policy.load import RoutingPolicy
 from kpi_pipeline.core.workloads.business_hours import ALWAYS_OPEN, BusinessClock, lead_clocks
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision, current_owner
@@ -82,12 +82,14 @@ class StepContext:
             "dead-lettering %s event %s at %s: %s", event.entity, event.replay_int, stage, reason
         )
         self.ledger.dead_letter(
-            channel=event.channel,
-            replay_id=event.replay_id,
-            batch_id=None,
-            stage=stage,
-            reason=reason,
-            payload=None,
+            FailedEvent(
+                channel=event.channel,
+                replay_id=event.replay_id,
+                batch_id=None,
+                stage=stage,
+                reason=reason,
+                payload=None,
+            ),
             conn=conn,
         )
 

@@ -9,14 +9,15 @@ The data crossing the port is core data (``core/ledger_rows.py``, ``core/workloa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from kpi_pipeline.app.processing.batch_port import BatchWork
+from kpi_pipeline.core.ledger_rows import FailedEvent, LeadClocks
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.core.workloads.first_touch import ResponseCandidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.pools import PoolState
@@ -42,27 +43,8 @@ class RecordStates(Protocol):
 class ProcessingLedger(LedgerTransactions, RecordStates, Protocol):
     """The ledger as the workload steps use it."""
 
-    def dead_letter(
-        self,
-        *,
-        channel: str,
-        replay_id: bytes,
-        batch_id: str | None,
-        stage: str,
-        reason: str,
-        payload: bytes | None,
-        conn: sa.Connection | None = None,
-    ) -> bool: ...
-    def record_resync_window(
-        self,
-        *,
-        channel: str,
-        reason: str,
-        from_replay: bytes | None,
-        from_time_ms: int | None,
-        to_time_ms: int | None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> int: ...
+    def dead_letter(self, failed: FailedEvent, *, conn: sa.Connection | None = None) -> bool: ...
+    def record_resync_window(self, gap: ResyncGap) -> int: ...
     def batch_work(self, conn: sa.Connection) -> BatchWork: ...
     def load_records_for_update(
         self, conn: sa.Connection, keys: Iterable[RecordKey]
@@ -99,13 +81,7 @@ class ClockLedger(LedgerTransactions, RecordStates, Protocol):
         ...
 
     def set_calendar_and_clocks(
-        self,
-        conn: sa.Connection,
-        lead_id: str,
-        *,
-        calendar: str | None,
-        due_at: datetime | None,
-        business_minutes: float | None,
+        self, conn: sa.Connection, lead_id: str, clocks: LeadClocks
     ) -> None: ...
     def mark_dirty(
         self, conn: sa.Connection, sobject: str, record_id: str, names: Iterable[str]

@@ -7,7 +7,7 @@ It composes the steps (``records``, ``routing``, ``first_touch``, ``templates``)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -69,6 +69,8 @@ class BatchProcessor:
         self.routing = RoutingStep(ctx, routing_inputs=routing_inputs)
         self.first_touch = FirstTouchStep(ctx)
         self.templates = TemplateStep(ctx, selector=selector, catalog=catalog)
+        # The template step's entry point itself, not a wrapper repeating its signature.
+        self.recommend_templates = self.templates.recommend_templates
 
     # --- selection (the events each step looks at) --------------------------------------
 
@@ -102,19 +104,6 @@ class BatchProcessor:
         self, events: Sequence[ChangeEvent], created_lead_ids: Iterable[str] = ()
     ) -> dict[str, Any]:
         return self.first_touch.detect_first_touch(events, created_lead_ids)
-
-    def recommend_templates(
-        self,
-        lead_ids: Iterable[str] = (),
-        email_events: Sequence[ChangeEvent] = (),
-        lead_events: Sequence[ChangeEvent] = (),
-        task_ids: Iterable[str] = (),
-        *,
-        routing_summary: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return self.templates.recommend_templates(
-            lead_ids, email_events, lead_events, task_ids, routing_summary=routing_summary
-        )
 
     def sla_minutes(self, state: RecordState) -> float:
         return sla_minutes_for(self.policy, state.fields)

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.errors import PayloadDecodeError, UnknownSchemaError
 from kpi_pipeline.core.events import ChangeEvent, EventFormatError
-from kpi_pipeline.core.ledger_rows import LoadedBatch
+from kpi_pipeline.core.ledger_rows import FailedEvent, LoadedBatch
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.core.workloads.outreach_templates import PROFILE_FIELDS
 from kpi_pipeline.core.workloads.records import RecordState, merge_event
 from kpi_pipeline.core.workloads.selection import (
@@ -97,12 +98,14 @@ class RecordsStep:
                 dead += 1
                 metrics.record_error("cdc_decode")
                 self.ledger.dead_letter(
-                    channel=raw.channel,
-                    replay_id=raw.replay_id,
-                    batch_id=batch.batch_id,
-                    stage="decode",
-                    reason=f"{type(exc).__name__}: {exc}",
-                    payload=raw.payload,
+                    FailedEvent(
+                        channel=raw.channel,
+                        replay_id=raw.replay_id,
+                        batch_id=batch.batch_id,
+                        stage="decode",
+                        reason=f"{type(exc).__name__}: {exc}",
+                        payload=raw.payload,
+                    )
                 )
         return DecodedBatch(events, dead)
 
@@ -199,14 +202,16 @@ class RecordsStep:
     def _record_gap(self, event: ChangeEvent) -> int:
         metrics.record_error("cdc_gap")
         return self.ledger.record_resync_window(
-            channel=event.channel,
-            reason="gap_overflow" if event.is_overflow else "gap",
-            from_replay=event.replay_id,
-            from_time_ms=event.header.commit_timestamp,
-            to_time_ms=event.header.commit_timestamp,
-            detail={
-                "entity": event.entity,
-                "change_type": event.change_type,
-                "record_ids": sorted(event.record_ids),
-            },
+            ResyncGap(
+                channel=event.channel,
+                reason="gap_overflow" if event.is_overflow else "gap",
+                from_replay=event.replay_id,
+                from_time_ms=event.header.commit_timestamp,
+                to_time_ms=event.header.commit_timestamp,
+                detail={
+                    "entity": event.entity,
+                    "change_type": event.change_type,
+                    "record_ids": sorted(event.record_ids),
+                },
+            )
         )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from kpi_pipeline.app.processing.batch_port import BatchWork
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.ledger_rows import TemplateRecommendation
 from kpi_pipeline.core.workloads.first_touch import ResponseCandidate, email_candidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
 from kpi_pipeline.core.workloads.outreach_templates import (
@@ -124,11 +125,13 @@ class TemplateStep:
         if selection.template_id is None:
             return "no_template"
         batch.insert_template_recommendation(
-            lead_id=state.record_id,
-            template_id=selection.template_id,
-            model=selection.model,
-            decided_at=decided_at,
-            detail=response,
+            TemplateRecommendation(
+                lead_id=state.record_id,
+                template_id=selection.template_id,
+                model=selection.model,
+                decided_at=decided_at,
+                detail=response,
+            )
         )
         batch.set_template_recommended(state.record_id, selection.template_id)
         batch.mark_dirty(LEAD, state.record_id, ["Template_Recommended__c"])

@@ -11,6 +11,7 @@ from typing import NoReturn
 import grpc
 
 from kpi_pipeline.adapters.pubsub.proto import pubsub_api_pb2_grpc as pb2_grpc
+from kpi_pipeline.core.checks import positive
 from kpi_pipeline.core.errors import AUTH_ERROR, SERVICE_UNAVAILABLE
 from kpi_pipeline.core.events import replay_id_from_int
 from kpi_pipeline.sandbox.changelog import ChangeLogSource, entities_for_channel
@@ -65,13 +66,11 @@ class PubSubServicerBase(pb2_grpc.PubSubServicer):
     ) -> None:
         if not 8 <= replay_id_bytes <= 32:
             raise ValueError(f"replay_id_bytes must be between 8 and 32, got {replay_id_bytes}")
-        if keepalive_interval_s <= 0:
-            raise ValueError(f"keepalive_interval_s must be > 0, got {keepalive_interval_s}")
         self.replay_id_bytes = replay_id_bytes
         self.source = source
         self.token_validator = token_validator
         self.tenant_id = tenant_id
-        self.keepalive_interval_s = keepalive_interval_s
+        self.keepalive_interval_s = positive("keepalive_interval_s", keepalive_interval_s)
         self.idle_timeout_s = idle_timeout_s
         self.retention_ms = retention_ms
         self.faults = faults or Faults()

@@ -19,10 +19,10 @@ from kpi_pipeline.adapters.flywheel.export import (
 )
 from kpi_pipeline.adapters.flywheel.loaders.to_elastic import ElasticLoadError
 from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import read_jsonl
-from kpi_pipeline.adapters.ledger.state import DecisionRow
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.cli import flywheel as cli
 from kpi_pipeline.core.flywheel.records import canonical_json, compute_record_id, record_id
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline_tests.support.es_server import ElasticStandIn
 from kpi_pipeline_tests.support.flywheel import DAY, make_record
 from kpi_pipeline_tests.support.ledgers import NewLedger

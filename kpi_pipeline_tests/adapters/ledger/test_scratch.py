@@ -9,6 +9,7 @@ import pytest
 
 from kpi_pipeline.adapters.ledger.scratch import scratch_sqlite_ledger
 from kpi_pipeline.core.events import replay_id_from_int
+from kpi_pipeline.core.resync_windows import ResyncGap
 
 PINNED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -23,11 +24,13 @@ def test_it_is_a_fresh_ledger_on_the_pinned_clock_removed_afterwards() -> None:
         assert database.is_file() and database.parent.name.startswith("kpi-replay-")
         assert ledger.open_resync_windows() == []  # empty, migrated
         ledger.record_resync_window(
-            channel="/data/LeadChangeEvent",
-            reason="gap",
-            from_replay=replay_id_from_int(1),
-            from_time_ms=1000,
-            to_time_ms=1000,
+            ResyncGap(
+                channel="/data/LeadChangeEvent",
+                reason="gap",
+                from_replay=replay_id_from_int(1),
+                from_time_ms=1000,
+                to_time_ms=1000,
+            )
         )
         [window] = ledger.open_resync_windows()
         assert window.detected_at.replace(tzinfo=UTC) == PINNED  # bookkeeping on our clock

@@ -12,7 +12,9 @@ from alembic.runtime.migration import MigrationContext
 from kpi_pipeline.adapters.ledger import Ledger, LedgerError, migrations
 from kpi_pipeline.adapters.ledger.schema import metadata
 from kpi_pipeline.core.events import replay_id_from_int
+from kpi_pipeline.core.ledger_rows import FailedEvent
 from kpi_pipeline.core.raw import RawEvent
+from kpi_pipeline.core.resync_windows import ResyncGap
 
 LEAD = "/data/LeadChangeEvent"
 SCHEMAS = {"schemaA": '{"type": "record", "name": "LeadChangeEvent", "fields": []}'}
@@ -131,9 +133,10 @@ def test_dead_letters_are_unique_per_event_and_stage(ledger: Ledger) -> None:
         "batch_id": "b",
         "payload": b"\x00\x01",
     }
-    assert ledger.dead_letter(stage="decode", reason="bad avro", **kwargs) is True
-    assert ledger.dead_letter(stage="decode", reason="bad avro again", **kwargs) is False
-    assert ledger.dead_letter(stage="apply_records", reason="boom", **kwargs) is True
+    assert ledger.dead_letter(FailedEvent(stage="decode", reason="bad avro", **kwargs)) is True
+    again = FailedEvent(stage="decode", reason="bad avro again", **kwargs)
+    assert ledger.dead_letter(again) is False
+    assert ledger.dead_letter(FailedEvent(stage="apply_records", reason="boom", **kwargs)) is True
     letters = ledger.dead_letters()
     assert [(d.stage, d.reason) for d in letters] == [
         ("apply_records", "boom"),
@@ -158,12 +161,14 @@ def test_the_dead_letter_summary_counts_all_and_recent_in_one_query(ledger_url: 
         ):
             now[0] = datetime(2026, 12, 1, 12, minute * 10, tzinfo=UTC)
             ledger.dead_letter(
-                channel=LEAD,
-                replay_id=replay_id_from_int(minute + 1),
-                batch_id="b",
-                stage=stage,
-                reason=reason,
-                payload=None,
+                FailedEvent(
+                    channel=LEAD,
+                    replay_id=replay_id_from_int(minute + 1),
+                    batch_id="b",
+                    stage=stage,
+                    reason=reason,
+                    payload=None,
+                )
             )
         since = datetime(2026, 12, 1, 12, 15, tzinfo=UTC)  # the last two are recent
         counts, recent = ledger.dead_letter_summary(since=since)
@@ -191,15 +196,17 @@ def test_resync_windows_are_idempotent_and_close_once(ledger: Ledger) -> None:
         "to_time_ms": 2000,
         "detail": {"record_ids": ["00Q1"]},
     }
-    first = ledger.record_resync_window(**gap)
-    again = ledger.record_resync_window(**gap)  # the same window recorded twice
+    first = ledger.record_resync_window(ResyncGap(**gap))
+    again = ledger.record_resync_window(ResyncGap(**gap))  # the same window recorded twice
     other = ledger.record_resync_window(
-        channel=LEAD,
-        reason="replay_id_invalid",
-        from_replay=None,
-        from_time_ms=1000,
-        to_time_ms=None,
-        detail={},
+        ResyncGap(
+            channel=LEAD,
+            reason="replay_id_invalid",
+            from_replay=None,
+            from_time_ms=1000,
+            to_time_ms=None,
+            detail={},
+        )
     )
     assert first == again != other
     windows = ledger.open_resync_windows()
@@ -217,7 +224,9 @@ def test_resync_windows_are_idempotent_and_close_once(ledger: Ledger) -> None:
 def test_resync_window_needs_a_starting_point(ledger: Ledger) -> None:
     with pytest.raises(LedgerError, match="starting point"):
         ledger.record_resync_window(
-            channel=LEAD, reason="gap", from_replay=None, from_time_ms=None, to_time_ms=None
+            ResyncGap(
+                channel=LEAD, reason="gap", from_replay=None, from_time_ms=None, to_time_ms=None
+            )
         )
     with pytest.raises(LedgerError, match="no resync window with id 99"):
         ledger.close_resync_window(99)

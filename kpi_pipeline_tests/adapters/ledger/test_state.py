@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import Ledger
-from kpi_pipeline.adapters.ledger.state import DecisionRow
 from kpi_pipeline.core.kpis import lead_facts_columns, validate_lead_facts
+from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import FirstResponse, ResponseCandidate
 from kpi_pipeline.core.workloads.pools import PoolState
 

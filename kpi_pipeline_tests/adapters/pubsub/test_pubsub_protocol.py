@@ -525,6 +525,8 @@ def test_client_rejects_bad_arguments(change_log, start_server) -> None:
     with pytest.raises(ValueError, match="max_events"):
         client.fetch(LEADS, replay_id=None, preset="LATEST", max_events=0, max_seconds=1)
     client.close()
+    with pytest.raises(ValueError, match="stall_timeout_s must be > 0, got 0"):
+        PubSubClient(client.target, RotatingAuth([TOKEN]), tls=False, stall_timeout_s=0)
 
 
 def test_caught_up_subscriber_gets_the_bus_position_at_once(

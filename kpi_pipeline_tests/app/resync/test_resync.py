@@ -21,6 +21,7 @@ from kpi_pipeline.app.resync import (
     windows_due,
 )
 from kpi_pipeline.core.events import ChangeEvent, ChangeEventHeader, replay_id_from_int
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.core.workloads.records import merge_event
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID, REP_USER_IDS
 from kpi_pipeline_tests.support.resync_pipeline import (
@@ -31,6 +32,7 @@ from kpi_pipeline_tests.support.resync_pipeline import (
     facts,
     gap_window,
     ledger_snapshot,
+    refused_window,
 )
 
 REP, OTHER_REP = REP_USER_IDS[0], REP_USER_IDS[1]
@@ -183,12 +185,11 @@ def test_refused_replay_id_window_re_reads_leads_and_their_responses(pipeline: P
     pipeline.skip_delivery()
     # As ingest records it: from the last commit seen to wherever the stream restarted.
     channel = "/data/SalesKpis__chn"
-    pipeline.ledger.record_resync_window(
-        channel=channel,
-        reason="replay_id_invalid",
-        from_replay=replay_id_from_int(7),
+    refused_window(
+        pipeline.ledger,
+        channel,
+        from_replay=7,
         from_time_ms=start,
-        to_time_ms=None,
         detail={"error": "replay id refused"},
     )
 
@@ -225,13 +226,7 @@ def test_re_applying_a_re_read_changes_nothing(pipeline: Pipeline) -> None:
     )
     pipeline.skip_delivery()
     first_id, second_id = (
-        pipeline.ledger.record_resync_window(
-            channel="/data/ChangeEvents",
-            reason="replay_id_invalid",
-            from_replay=replay_id_from_int(replay),
-            from_time_ms=T0,
-            to_time_ms=None,
-        )
+        refused_window(pipeline.ledger, "/data/ChangeEvents", from_replay=replay, from_time_ms=T0)
         for replay in (1, 2)
     )
     [first] = pipeline.resync(window_ids=[first_id])
@@ -348,11 +343,13 @@ def test_a_rest_failure_leaves_the_window_open_with_the_error(pipeline: Pipeline
 
 def test_a_window_the_resync_cannot_read_says_why(pipeline: Pipeline) -> None:
     pipeline.ledger.record_resync_window(
-        channel="/data/Unknown",
-        reason="replay_id_invalid",
-        from_replay=None,
-        from_time_ms=T0,
-        to_time_ms=None,
+        ResyncGap(
+            channel="/data/Unknown",
+            reason="replay_id_invalid",
+            from_replay=None,
+            from_time_ms=T0,
+            to_time_ms=None,
+        )
     )
     [report] = pipeline.resync()
     assert report.status == "failed"

@@ -14,6 +14,7 @@ import pytest
 
 from kpi_pipeline import wiring
 from kpi_pipeline.core.events import replay_id_from_int
+from kpi_pipeline.core.resync_windows import ResyncGap
 from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline.defs.resync.jobs import cdc_resync, resync_sensor
 from kpi_pipeline.sandbox.store import INBOUND_QUEUE, INTEGRATION_USER_ID
@@ -76,11 +77,13 @@ def test_sensor_requests_a_run_per_set_of_open_windows_and_the_job_closes_them(
     )
     ledger = pipeline.ledger()
     window_id = ledger.record_resync_window(
-        channel="/data/LeadChangeEvent",
-        reason="replay_id_invalid",
-        from_replay=replay_id_from_int(42),
-        from_time_ms=T0,
-        to_time_ms=None,
+        ResyncGap(
+            channel="/data/LeadChangeEvent",
+            reason="replay_id_invalid",
+            from_replay=replay_id_from_int(42),
+            from_time_ms=T0,
+            to_time_ms=None,
+        )
     )
     with dg.instance_for_test() as instance:
         request = _tick(instance, pipeline)

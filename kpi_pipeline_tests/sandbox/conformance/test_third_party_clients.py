@@ -57,6 +57,14 @@ BITMAPS = {
     "nulledFields": "nulled_fields",
     "diffFields": "diff_fields",
 }
+# The environment the clients read, by the served org's attribute behind each ("" for none).
+CLIENT_ENV = {
+    "PUBSUB_ENDPOINT": "pubsub_target",
+    "ACCESS_TOKEN": "access_token",
+    "INSTANCE_URL": "rest_url",
+    "ORGANIZATION_ID": "tenant_id",
+    "CA_FILE": "ca_file",
+}
 
 
 def _add_contacts(store: SandboxStore) -> None:
@@ -224,14 +232,7 @@ def _their_view(replay: int, schema_id: str, event_id: str, payload: dict, bitma
 
 
 def _env(org: ServedOrg) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PUBSUB_ENDPOINT": org.pubsub_target,
-        "ACCESS_TOKEN": org.access_token,
-        "INSTANCE_URL": org.rest_url,
-        "ORGANIZATION_ID": org.tenant_id,
-        "CA_FILE": org.ca_file or "",
-    }
+    return {**os.environ, **{name: getattr(org, attr) or "" for name, attr in CLIENT_ENV.items()}}
 
 
 def _run(command: list[str], org: ServedOrg, cwd: Path) -> list[dict]:
