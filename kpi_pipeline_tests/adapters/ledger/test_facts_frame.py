@@ -100,6 +100,52 @@ def test_the_frame_equals_a_row_by_row_read(ledger: Ledger) -> None:
     assert window["Id"].tolist() == [f"00Q{i:015d}" for i in (1, 2)]
 
 
+def awkward_rows() -> list[dict[str, object]]:
+    """Values that a packed or text encoding could confuse: empty and separator-like strings,
+    non-ASCII, a string that reads NULL, IEEE corner values, times far from now."""
+    texts = [
+        "",
+        "=",
+        "NULL",
+        "a,b;'c'\"d\"",
+        "line\nbreak\r",
+        "\x01\x1f\\x00",
+        "é ü 漢字 🙂",
+        "x" * 32,
+    ]
+    numbers = [0.1 + 0.2, -0.0, 1e-300, 8218654.0134539995, float("inf"), -float("inf"), 0.0]
+    rows = []
+    for i, text in enumerate(texts):
+        at = T0 + timedelta(minutes=i, microseconds=i * 7)
+        rows.append(
+            row(
+                i,
+                CreatedDate=at,
+                OwnerId=text,
+                First_Response_User__c=None if i % 2 else text,
+                Template_Recommended__c=texts[-1 - i],
+                Routing_Rule__c=text[:1] or None,
+                SLA_Calendar=text,
+                Owner_Assigned_At__c=datetime(1901, 12, 14, 20, 45, 52, 1, tzinfo=UTC),
+                First_Response_At__c=datetime(2261, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+                Assignment_Latency_Minutes__c=numbers[i % len(numbers)],
+                Time_to_First_Response__c=None if i % 3 else numbers[-1 - i % len(numbers)],
+                SLA_Minutes=float(i),
+            )
+        )
+    return rows
+
+
+def test_awkward_values_read_exactly(ledger: Ledger) -> None:
+    insert(ledger, awkward_rows())
+    start, end = T0, T0 + timedelta(days=1)
+    frame = ledger.lead_facts_frame(start, end)
+    pd.testing.assert_frame_equal(frame, reference(ledger, start, end))
+    assert frame["OwnerId"].tolist()[:3] == ["", "=", "NULL"]
+    assert frame["First_Response_User__c"].iloc[1] is None
+    assert frame.dtypes.to_dict() == empty_lead_facts().dtypes.to_dict()
+
+
 def test_an_empty_window_has_the_rollups_dtypes(ledger: Ledger) -> None:
     empty = ledger.lead_facts_frame(T0, T0 + timedelta(days=1))
     pd.testing.assert_frame_equal(empty, empty_lead_facts(), check_index_type=False)
