@@ -71,6 +71,41 @@ def reference(ledger: Ledger, created_from: datetime, created_to: datetime) -> p
     return facts_frame.typed(pd.DataFrame(rows, columns=list(facts_frame.COLUMNS)))
 
 
+def read_by_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite windows of any size read by ADBC in child processes, split in two from 2 rows
+    (by default only windows of 50,000 rows and more are)."""
+    monkeypatch.setattr(facts_frame, "CHILD_MIN_ROWS", 0)
+    monkeypatch.setattr(facts_frame, "SPLIT_MIN_ROWS", 2)
+
+
+@pytest.fixture(params=["own cursor", "ADBC children"])
+def sqlite_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A SQLite ledger file, read through the ledger's own cursor, then through the children."""
+    if request.param == "ADBC children":
+        read_by_children(monkeypatch)
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "sqlite, ADBC children",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def ledger_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The shared ``ledger_url`` with SQLite twice: both of its readers."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("make_postgres_db")()
+    if request.param == "sqlite, ADBC children":
+        read_by_children(monkeypatch)
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
 @pytest.fixture
 def ledger(ledger_url: str) -> Ledger:
     opened = Ledger.from_url(ledger_url)
@@ -159,10 +194,10 @@ def test_bounds_must_be_aware(ledger: Ledger) -> None:
         ledger.lead_facts_frame(datetime(2026, 3, 29), None)
 
 
-def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(tmp_path: Path) -> None:
+def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(sqlite_url: str) -> None:
     # A reader that infers a column's type from its first rows (as ADBC's SQLite driver does
     # per 1,024-row batch) would make these int64 and fail on the text at the end.
-    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger.from_url(sqlite_url)
     try:
         rows = [row(i, CreatedDate=T0 + timedelta(seconds=i)) for i in range(3000)]
         rows[-1] |= {"SLA_Calendar": "apac", "SLA_Due_At": T0, "First_Response_User__c": "005C"}
@@ -175,8 +210,8 @@ def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(tmp_path: Path)
         ledger.dispose()
 
 
-def test_sqlite_times_written_in_other_iso_forms(tmp_path: Path) -> None:
-    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+def test_sqlite_times_written_in_other_iso_forms(sqlite_url: str) -> None:
+    ledger = Ledger.from_url(sqlite_url)
     try:
         with ledger.engine.begin() as conn:
             conn.exec_driver_sql(
