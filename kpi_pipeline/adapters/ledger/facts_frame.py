@@ -336,9 +336,21 @@ def _from_arrow(table: pa.Table) -> pd.DataFrame:
             columns[name] = column.cast(pa.float64()).to_numpy()
         elif name == "Id":  # the primary key: every value distinct, nothing to share
             columns[name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+        elif pa.types.is_dictionary(column.type):  # encoded by the child
+            columns[name] = pd.Series(_dictionary_objects(column), dtype=object)
         else:  # an all-NULL column arrives as int64 from SQLite
             columns[name] = pd.Series(_objects(column.cast(pa.string())), dtype=object)
     return pd.DataFrame(columns)
+
+
+def _dictionary_objects(column: pa.ChunkedArray) -> np.ndarray:
+    """A dictionary-encoded string column as an object array with None: one Python str per
+    distinct value of each chunk (each child sends its own dictionary)."""
+    parts = []
+    for chunk in column.chunks:
+        values = np.append(chunk.dictionary.to_numpy(zero_copy_only=False), None)
+        parts.append(values[chunk.indices.fill_null(len(chunk.dictionary)).to_numpy()])
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
 
 
 def _objects(column: pa.ChunkedArray) -> np.ndarray:
