@@ -248,6 +248,12 @@ def _bulk_load_postgres(engine: object, frame: pd.DataFrame) -> None:
             f"COPY lead_facts ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
         )
         raw.commit()
+        # Statistics, as autovacuum gives a live ledger within a minute of such a load. Without
+        # them the planner expects a few hundred rows and sorts all 1M on disk (an external
+        # merge, several seconds) instead of walking the primary key in Id order; which of the
+        # two a run got depended on whether autovacuum had come by yet.
+        cursor.execute("ANALYZE lead_facts")
+        raw.commit()
     finally:
         raw.close()
 
@@ -332,7 +338,8 @@ def _time_ledger_rollups(
         f"{days} days": (START, START + timedelta(days=days)),
     }
     for label, (created_from, created_to) in windows.items():
-        cpu_began = time.process_time()
+        load_average = _load_average()
+        cpu_began, children_began = time.process_time(), _children_cpu()
         seconds, loaded = timed(
             lambda created_from=created_from, created_to=created_to: ledger.lead_facts_frame(  # type: ignore[attr-defined]
                 created_from, created_to
@@ -344,6 +351,9 @@ def _time_ledger_rollups(
         # machine it varies far less than the wall time.
         print(
             f"  CPU time per load, this process: {(time.process_time() - cpu_began) / repeats:.3f} s"
+            f", its child processes (SQLite's ADBC readers): "
+            f"{(_children_cpu() - children_began) / repeats:.3f} s"
+            f"; load average before / after: {load_average} / {_load_average()}"
         )
         if compare:  # the row-by-row read it replaced, on the same ledger, right after
             old_seconds, old = timed(
@@ -363,6 +373,17 @@ def _time_ledger_rollups(
         for name, table in compute_all(within, as_of=as_of).items():
             pd.testing.assert_frame_equal(rollups[name], table, check_exact=False, rtol=1e-9)
     print(f"{backend}: rollups from the ledger equal rollups from the frame")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _load_average() -> str:
+    """The 1-minute load average: on a shared machine it says how much wall times mean."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def _cpu_model() -> str:

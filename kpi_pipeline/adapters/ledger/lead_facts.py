@@ -237,16 +237,10 @@ class LeadFactsMixin:
         created in [created_from, created_to), sorted by Id. Datetimes are tz-aware UTC
         (NaT for none), numbers float (NaN for none), text None for none.
 
-        Columnar, not row by row through SQLAlchemy's result processing: PostgreSQL sends
-        the rows with ``COPY ... TO STDOUT`` (times as epoch microseconds) into
-        ``pandas.read_csv``; SQLite's rows come from the driver cursor in chunks and each
-        column is converted at once (``facts_frame.py``)."""
+        Columnar, not row by row through SQLAlchemy's result processing (``facts_frame.py``
+        says how, per backend)."""
         with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                frame = facts_frame.postgres_frame(conn, created_from, created_to)
-            else:
-                frame = facts_frame.sqlite_frame(conn, created_from, created_to)
-        return facts_frame.typed(frame)
+            return facts_frame.read(conn, created_from, created_to)
 
 
 def _improve_first_response() -> Any:

@@ -71,6 +71,41 @@ def reference(ledger: Ledger, created_from: datetime, created_to: datetime) -> p
     return facts_frame.typed(pd.DataFrame(rows, columns=list(facts_frame.COLUMNS)))
 
 
+def read_by_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite windows of any size read by ADBC in child processes, split in two from 2 rows
+    (by default only windows of 50,000 rows and more are)."""
+    monkeypatch.setattr(facts_frame, "CHILD_MIN_ROWS", 0)
+    monkeypatch.setattr(facts_frame, "SPLIT_MIN_ROWS", 2)
+
+
+@pytest.fixture(params=["own cursor", "ADBC children"])
+def sqlite_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A SQLite ledger file, read through the ledger's own cursor, then through the children."""
+    if request.param == "ADBC children":
+        read_by_children(monkeypatch)
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "sqlite, ADBC children",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+    ]
+)
+def ledger_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The shared ``ledger_url`` with SQLite twice: both of its readers."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("make_postgres_db")()
+    if request.param == "sqlite, ADBC children":
+        read_by_children(monkeypatch)
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
 @pytest.fixture
 def ledger(ledger_url: str) -> Ledger:
     opened = Ledger.from_url(ledger_url)
@@ -100,6 +135,52 @@ def test_the_frame_equals_a_row_by_row_read(ledger: Ledger) -> None:
     assert window["Id"].tolist() == [f"00Q{i:015d}" for i in (1, 2)]
 
 
+def awkward_rows() -> list[dict[str, object]]:
+    """Values that a packed or text encoding could confuse: empty and separator-like strings,
+    non-ASCII, a string that reads NULL, IEEE corner values, times far from now."""
+    texts = [
+        "",
+        "=",
+        "NULL",
+        "a,b;'c'\"d\"",
+        "line\nbreak\r",
+        "\x01\x1f\\x00",
+        "é ü 漢字 🙂",
+        "x" * 32,
+    ]
+    numbers = [0.1 + 0.2, -0.0, 1e-300, 8218654.0134539995, float("inf"), -float("inf"), 0.0]
+    rows = []
+    for i, text in enumerate(texts):
+        at = T0 + timedelta(minutes=i, microseconds=i * 7)
+        rows.append(
+            row(
+                i,
+                CreatedDate=at,
+                OwnerId=text,
+                First_Response_User__c=None if i % 2 else text,
+                Template_Recommended__c=texts[-1 - i],
+                Routing_Rule__c=text[:1] or None,
+                SLA_Calendar=text,
+                Owner_Assigned_At__c=datetime(1901, 12, 14, 20, 45, 52, 1, tzinfo=UTC),
+                First_Response_At__c=datetime(2261, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+                Assignment_Latency_Minutes__c=numbers[i % len(numbers)],
+                Time_to_First_Response__c=None if i % 3 else numbers[-1 - i % len(numbers)],
+                SLA_Minutes=float(i),
+            )
+        )
+    return rows
+
+
+def test_awkward_values_read_exactly(ledger: Ledger) -> None:
+    insert(ledger, awkward_rows())
+    start, end = T0, T0 + timedelta(days=1)
+    frame = ledger.lead_facts_frame(start, end)
+    pd.testing.assert_frame_equal(frame, reference(ledger, start, end))
+    assert frame["OwnerId"].tolist()[:3] == ["", "=", "NULL"]
+    assert frame["First_Response_User__c"].iloc[1] is None
+    assert frame.dtypes.to_dict() == empty_lead_facts().dtypes.to_dict()
+
+
 def test_an_empty_window_has_the_rollups_dtypes(ledger: Ledger) -> None:
     empty = ledger.lead_facts_frame(T0, T0 + timedelta(days=1))
     pd.testing.assert_frame_equal(empty, empty_lead_facts(), check_index_type=False)
@@ -113,10 +194,10 @@ def test_bounds_must_be_aware(ledger: Ledger) -> None:
         ledger.lead_facts_frame(datetime(2026, 3, 29), None)
 
 
-def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(tmp_path: Path) -> None:
+def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(sqlite_url: str) -> None:
     # A reader that infers a column's type from its first rows (as ADBC's SQLite driver does
     # per 1,024-row batch) would make these int64 and fail on the text at the end.
-    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger.from_url(sqlite_url)
     try:
         rows = [row(i, CreatedDate=T0 + timedelta(seconds=i)) for i in range(3000)]
         rows[-1] |= {"SLA_Calendar": "apac", "SLA_Due_At": T0, "First_Response_User__c": "005C"}
@@ -129,8 +210,8 @@ def test_sqlite_text_after_more_null_rows_than_the_drivers_batch(tmp_path: Path)
         ledger.dispose()
 
 
-def test_sqlite_times_written_in_other_iso_forms(tmp_path: Path) -> None:
-    ledger = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+def test_sqlite_times_written_in_other_iso_forms(sqlite_url: str) -> None:
+    ledger = Ledger.from_url(sqlite_url)
     try:
         with ledger.engine.begin() as conn:
             conn.exec_driver_sql(
