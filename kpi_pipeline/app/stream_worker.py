@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -75,16 +75,7 @@ class StreamProgress:
     waited_for_lease_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": self.batches,
-            "events": self.events,
-            "keepalives": self.keepalives,
-            "processed": self.processed,
-            "drained": self.drained,
-            "restarts": self.restarts,
-            "resync_windows": list(self.resync_windows),
-            "waited_for_lease_s": round(self.waited_for_lease_s, 3),
-        }
+        return {**asdict(self), "waited_for_lease_s": round(self.waited_for_lease_s, 3)}
 
 
 @dataclass(frozen=True, slots=True)
