@@ -17,7 +17,6 @@ Nothing here mocks the pipeline: the processes are the ones ``make dev`` / DEPLO
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import dagster as dg
 import sqlalchemy as sa
 import yaml
 
@@ -136,73 +136,66 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def _fresh_instance(env: Mapping[str, str]) -> Iterator[dg.DagsterInstance]:
+    """A new instance over the storage of ``env``'s DAGSTER_HOME, closed afterwards: what an
+    operator's process reads after a restart. Opened in this process, not a new Python: each
+    poll of a separate process paid about 2 s of CPU importing dagster, and the waits poll
+    every few seconds."""
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        yield instance
+
+
 def instance_state(env: Mapping[str, str]) -> dict:
-    """Read the instance from a separate process, as an operator would after a restart."""
-    script = (
-        "import json\n"
-        "from dagster import DagsterInstance\n"
-        "inst = DagsterInstance.get()\n"
-        "cursor = None\n"
-        "for st in inst.all_instigator_state():\n"
-        "    if st.name == 'cdc_sensor':\n"
-        "        cursor = st.instigator_data.cursor if st.instigator_data else None\n"
-        "runs = inst.get_runs()\n"
-        "print(json.dumps({'cursor': cursor,\n"
-        "  'runs': [{'id': r.run_id, 'key': r.tags.get('dagster/run_key'), 'job': r.job_name,\n"
-        "            'status': r.status.value} for r in runs]}))\n"
-    )
-    return _json_from_process(env, script)
-
-
-def _json_from_process(env: Mapping[str, str], script: str, *argv: str) -> Any:
-    """Run ``script`` with ``argv`` in a separate Python process with ``env``: the JSON it
-    printed last."""
-    out = subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """The sensor's stored cursor and every run (id, run key, job, status)."""
+    with _fresh_instance(env) as inst:
+        cursor = None
+        for state in inst.all_instigator_state():
+            if state.name == "cdc_sensor":
+                cursor = state.instigator_data.cursor if state.instigator_data else None
+        runs = [
+            {
+                "id": r.run_id,
+                "key": r.tags.get("dagster/run_key"),
+                "job": r.job_name,
+                "status": r.status.value,
+            }
+            for r in inst.get_runs()
+        ]
+    return {"cursor": cursor, "runs": runs}
 
 
 def check_executions(env: Mapping[str, str], asset: str, check: str) -> list[str]:
-    """Statuses of the executions of one asset check (newest first), read from a separate
-    process: what the UI's check history shows."""
-    script = (
-        "import json, sys\n"
-        "import dagster as dg\n"
-        "inst = dg.DagsterInstance.get()\n"
-        "key = dg.AssetCheckKey(dg.AssetKey(sys.argv[1]), sys.argv[2])\n"
-        "history = inst.event_log_storage.get_asset_check_execution_history(key, limit=20)\n"
-        "print(json.dumps([r.status.value for r in history]))\n"
-    )
-    return _json_from_process(env, script, asset, check)
+    """Statuses of the executions of one asset check (newest first): what the UI's check
+    history shows."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), check)
+    with _fresh_instance(env) as inst:
+        history = inst.event_log_storage.get_asset_check_execution_history(key, limit=20)
+        return [record.status.value for record in history]
 
 
 def job_runs(env: Mapping[str, str], job_name: str) -> list[dict]:
-    """Runs of ``job_name`` (newest first), read from a separate process: id, status, tags
-    and the pid the run's worker logged ("Started process for run (pid: N)"), found as the
-    repository's run launcher finds it for its health check; start and end times (epoch
-    seconds, None until then)."""
-    script = (
-        "import json, sys\n"
-        "import dagster as dg\n"
-        "from dagster import DagsterInstance\n"
-        "from kpi_pipeline.defs.run_launcher import LocalProcessRunLauncher\n"
-        "inst = DagsterInstance.get()\n"
-        "out = []\n"
-        "for rec in inst.get_run_records(filters=dg.RunsFilter(job_name=sys.argv[1])):\n"
-        "    r = rec.dagster_run\n"
-        "    worker = LocalProcessRunLauncher._worker_pid(inst, r.run_id)\n"
-        "    out.append({'id': r.run_id, 'status': r.status.value, 'tags': dict(r.tags),\n"
-        "                'pid': worker[0] if worker else None,\n"
-        "                'start_time': rec.start_time, 'end_time': rec.end_time})\n"
-        "print(json.dumps(out))\n"
-    )
-    return _json_from_process(env, script, job_name)
+    """Runs of ``job_name`` (newest first): id, status, tags and the pid the run's worker
+    logged ("Started process for run (pid: N)"), found as the repository's run launcher finds
+    it for its health check; start and end times (epoch seconds, None until then)."""
+    from kpi_pipeline.defs.run_launcher import LocalProcessRunLauncher
+
+    out = []
+    with _fresh_instance(env) as inst:
+        for record in inst.get_run_records(filters=dg.RunsFilter(job_name=job_name)):
+            run = record.dagster_run
+            worker = LocalProcessRunLauncher._worker_pid(inst, run.run_id)
+            out.append(
+                {
+                    "id": run.run_id,
+                    "status": run.status.value,
+                    "tags": dict(run.tags),
+                    "pid": worker[0] if worker else None,
+                    "start_time": record.start_time,
+                    "end_time": record.end_time,
+                }
+            )
+    return out
 
 
 def wait_for_state(
