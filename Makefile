@@ -30,9 +30,9 @@ tools:
 	@command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
-	@[ -x sf/node_modules/.bin/sf ] || (cd sf && npm ci --no-audit --no-fund --loglevel=error)
+	@[ -x sf/node_modules/.bin/sf ] || (cd sf && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
 	@[ -d kpi_pipeline_tests/sandbox/conformance/node/node_modules/underscore ] || \
-	  (cd kpi_pipeline_tests/sandbox/conformance/node && npm ci --no-audit --no-fund --loglevel=error)
+	  (cd kpi_pipeline_tests/sandbox/conformance/node && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
 
 lint: install
 	$(VENV)/bin/ruff check kpi_pipeline kpi_pipeline_tests bench
