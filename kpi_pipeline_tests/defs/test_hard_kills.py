@@ -60,7 +60,6 @@ def deployments(tmp_path):
         yield pair
 
 
-@pytest.mark.serial
 @pytest.mark.timeout(540)
 def test_hard_kills_match_a_clean_run(deployments):
     clean, killed = deployments

@@ -39,7 +39,7 @@ from kpi_pipeline.defs.resources import PipelineResource
 from kpi_pipeline_tests.support import harness
 from kpi_pipeline_tests.support.harness import Deployment
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LEADS, DAYS, SEED = 30, 1.0, 29
 WAVE_LEADS = 8

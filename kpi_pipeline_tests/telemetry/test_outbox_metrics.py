@@ -16,9 +16,6 @@ from kpi_pipeline.telemetry.exposition import build_registry
 from kpi_pipeline_tests.support.metrics_server import parse_exposition, start_metrics_server
 from kpi_pipeline_tests.support.outbox_rows import MovableClock, claim, fail_for_good, queue
 
-# A p95 scrape bound and a served endpoint polled under a deadline: run alone (`make test`).
-pytestmark = pytest.mark.serial
-
 GAUGES = (
     "writeback_outbox_rows",
     "writeback_oldest_pending_age_seconds",

@@ -22,10 +22,6 @@ from kpi_pipeline_tests.support.sandbox_pipeline import run_processing
 
 cdc_sensor = build_cdc_sensor(minimum_interval_seconds=1)
 
-# A tick's fetch has a time budget: beside another test worker the refused-replay-id restart
-# was seen to stage nothing within it. `make test` runs these alone.
-pytestmark = pytest.mark.serial
-
 
 @contextlib.contextmanager
 def _instance(kind: str, make_postgres_db):
