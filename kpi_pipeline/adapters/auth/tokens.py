@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kpi_pipeline.adapters.http_url import http_base_url
+
 PubSubMetadata = tuple[tuple[str, str], ...]
 
 
@@ -78,9 +80,8 @@ class StaticTokenProvider:
     def __init__(self, access_token: str, instance_url: str, tenant_id: str):
         if not access_token:
             raise ValueError("StaticTokenProvider needs a non-empty access token")
-        if not instance_url.startswith(("https://", "http://")):
-            raise ValueError(f"instance_url {instance_url!r} must be an http(s) URL")
-        self._token = AccessToken(access_token, instance_url.rstrip("/"), tenant_id, float("inf"))
+        base = http_base_url(instance_url, "instance_url", "(the org's My Domain URL)")
+        self._token = AccessToken(access_token, base, tenant_id, float("inf"))
         self._lock = threading.Lock()
         self._hits = 0
         self.invalidations = 0
