@@ -70,6 +70,7 @@ import sqlalchemy as sa
 from kpi_pipeline.core.events import parse_sf_datetime
 from kpi_pipeline.sandbox.runtime import read_endpoints, shutdown_sandbox
 from kpi_pipeline.sandbox.store import QUEUE_IDS, REP_USER_IDS, SandboxStore
+from kpi_pipeline_tests.support.harness import write_instance_yaml
 
 shutil.rmtree(common.WORKDIR, ignore_errors=True)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -340,23 +341,6 @@ def exit_on_sigterm() -> None:
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
-def write_instance_yaml(home: Path, code_root: Path = REPO_ROOT, pg_db: str | None = None) -> None:
-    """The repo's dagster.yaml (launcher, monitoring, retries, sensors, concurrency), with its
-    .dagster_home/ paths moved to the scratch home; with ``pg_db`` its ``storage:`` is
-    dagster-postgres on that database instead of SQLite (the rest unchanged)."""
-    import yaml
-
-    home.mkdir(parents=True, exist_ok=True)
-    text = (code_root / "dagster.yaml").read_text().replace(".dagster_home/", f"{home}/")
-    if pg_db is not None:
-        config = yaml.safe_load(text)
-        config["storage"] = {
-            "postgres": {"postgres_url": f"postgresql://postgres@127.0.0.1:5432/{pg_db}"}
-        }
-        text = yaml.safe_dump(config, sort_keys=False)
-    (home / "dagster.yaml").write_text(text)
-
-
 def pg_admin(statement: str) -> None:
     engine = sa.create_engine(f"{PG_URL}/postgres", isolation_level="AUTOCOMMIT")
     try:
@@ -489,7 +473,7 @@ class Deployment:
             self.ledger_url = f"{PG_URL}/{tag}_ledger"
             self.env["KPI_LEDGER_URL"] = self.ledger_url
             pg_db = f"{tag}_dagster"
-        write_instance_yaml(self.home, self.code_root, pg_db)
+        write_instance_yaml(self.home, f"{PG_URL}/{pg_db}" if pg_db else None, self.code_root)
         command = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
         shown = {k: self.env[k] for k in sorted(self.env) if k.startswith(("KPI_", "DAGSTER_", "PYTHONPATH"))}  # fmt: skip
         print(f"$ (cd {self.code_root}; {' '.join(f'{k}={v}' for k, v in shown.items())} "

@@ -21,6 +21,7 @@ from kpi_pipeline_tests.support.harness import (
     daemon_env,
     instance_state,
     kill,
+    read_progress,
     start_daemon,
 )
 from kpi_pipeline_tests.support.harness import wait_for_state as _wait_for
@@ -117,7 +118,7 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
 ):
     postgres_url = make_postgres_db() if storage == "postgres" else None
     home = tmp_path / "dagster_home"
-    _write_instance_yaml(home, storage, postgres_url)
+    _write_instance_yaml(home, postgres_url)
     data_dir = tmp_path / "kpi"
     env = daemon_env(home, data_dir, KPI_SANDBOX_SEED="11", KPI_SANDBOX_LEADS_PER_DAY="20")
     log_path = tmp_path / "daemon.log"
@@ -125,12 +126,14 @@ def test_daemon_drains_sandbox_and_cursor_survives_restart(
     # same fresh SQLite storage at once can both stamp its alembic version table.
     assert instance_state(env)["runs"] == []
 
-    # Phase 1: the daemon drains the seeded history; stop it hard once everything settled.
+    # Phase 1: the daemon drains the seeded history; stop it hard once everything settled:
+    # every org change staged and processed (not only a pause between two batches, when the
+    # next batch's run may be launching as the kill lands).
     daemon = start_daemon(env, log_path)
     try:
         first = _wait_for(
             env,
-            lambda s: s["cursor"] and _settled(s) and _ledger_counts(data_dir)[2] == 0,
+            lambda s: s["cursor"] and _settled(s) and read_progress(data_dir).caught_up,
             PHASE_TIMEOUT_S,
             log_path,
         )

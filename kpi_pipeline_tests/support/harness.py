@@ -62,29 +62,22 @@ FLOAT_FIELDS = frozenset(f.api_name for f in WRITTEN_LEAD_FIELDS if f.sf_type ==
 # --- instance and daemon -----------------------------------------------------------------------
 
 
-def write_instance_yaml(home: Path, storage: str, postgres_url: str | None) -> None:
-    """A minimal instance: storage, run retries, two run slots (test_daemon_end_to_end)."""
+def write_instance_yaml(
+    home: Path, postgres_url: str | None = None, code_root: Path = REPO_ROOT
+) -> dict[str, Any]:
+    """The repository's dagster.yaml as deployed (run launcher, run monitoring, retries, run
+    slots, sensors), with its storage, artifacts and compute logs moved under ``home``; with
+    ``postgres_url`` the storage is dagster-postgres on that database. Returns the config.
+
+    Run monitoring matters to every test that kills a daemon: a run whose worker died with it
+    (STARTING or STARTED) would otherwise hold one of the two run slots for ever."""
     home.mkdir(parents=True, exist_ok=True)
-    if storage == "postgres":
-        assert postgres_url
+    config = yaml.safe_load((code_root / "dagster.yaml").read_text())
+    if postgres_url:
         pg = postgres_url.replace("postgresql+psycopg2://", "postgresql://")
-        storage_yaml = f"storage:\n  postgres:\n    postgres_url: {pg}\n"
+        config["storage"] = {"postgres": {"postgres_url": pg}}
     else:
-        storage_yaml = f"storage:\n  sqlite:\n    base_dir: {home / 'storage'}\n"
-    (home / "dagster.yaml").write_text(
-        storage_yaml
-        + "run_retries:\n  enabled: true\n  max_retries: 2\n"
-        + "concurrency:\n  runs:\n    max_concurrent_runs: 2\n"
-        + "telemetry:\n  enabled: false\n"
-    )
-
-
-def write_repo_instance_yaml(home: Path) -> dict[str, Any]:
-    """The repository's dagster.yaml (run monitoring, retries, slots as deployed), with its
-    storage, artifacts and compute logs moved under ``home``. Returns the config written."""
-    home.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+        config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
     for key, sub in (("local_artifact_storage", "artifacts"), ("compute_logs", "compute_logs")):
         if isinstance(config.get(key), dict) and "config" in config[key]:
             config[key]["config"]["base_dir"] = str(home / sub)
@@ -834,7 +827,7 @@ class Deployment:
         return daemon_env(self.home, self.data_dir, **self.extra_env)
 
     def prepare(self, template_store: Path) -> None:
-        write_repo_instance_yaml(self.home)
+        write_instance_yaml(self.home)
         copy_store(template_store, self.data_dir)
         # Create the instance storage before the daemon starts: two processes initialising
         # the same fresh SQLite storage at once can both stamp its alembic version table.

@@ -161,11 +161,11 @@ def test_a_dagster_run_logs_our_lines_as_json_with_the_run_id(tmp_path: Path) ->
         kill,
         start_daemon,
         wait_for_state,
-        write_repo_instance_yaml,
+        write_instance_yaml,
     )
 
     home = tmp_path / "dagster_home"
-    write_repo_instance_yaml(home)  # the repository's: kpi_pipeline lines captured into runs
+    write_instance_yaml(home)  # the repository's: kpi_pipeline lines captured into runs
     data_dir = tmp_path / "kpi"
     env = daemon_env(
         home,
