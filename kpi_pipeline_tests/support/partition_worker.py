@@ -24,9 +24,24 @@ TTL = timedelta(minutes=5)
 
 
 def read_rounds(path: Path, size: int) -> list[list[ChangeEvent]]:
+    """The events of ``path`` in rounds of at most ``size``, each within one UTC day (the
+    test policy's time zone). Two partitions route into a shared pool in the order their
+    transactions take its lock, which is arbitrary; within one day every order hands out the
+    same turns, but across midnight the turns of two days interleave differently, so a round
+    spanning midnight would make the pools' per-day state depend on timing alone."""
     with path.open(encoding="utf-8") as handle:
         events = list(read_recorded_lines(handle))
-    return [events[start : start + size] for start in range(0, len(events), size)]
+    rounds: list[list[ChangeEvent]] = []
+    for event in events:
+        last = rounds[-1] if rounds else None
+        if (
+            last is None
+            or len(last) == size
+            or last[-1].commit_time.date() != event.commit_time.date()
+        ):
+            rounds.append([])
+        rounds[-1].append(event)
+    return rounds
 
 
 def process_partition(
