@@ -20,6 +20,10 @@ SMALL_SANDBOX_ENV = {
     "KPI_SANDBOX_LEADS_PER_DAY": "30",
     "KPI_SANDBOX_LIVE_LEADS_PER_HOUR": "0",
     "KPI_SANDBOX_SEED": "5",
+    # A tick's fetch stops once the stream is idle (KPI_CDC_IDLE_RETURN_SECONDS), so this
+    # budget only matters when the machine is slow: a test's first tick also starts and seeds
+    # the sandbox org, which beside another test worker has taken longer than the default 8 s.
+    "KPI_CDC_FETCH_TIMEOUT_SECONDS": "30",
 }
 
 
