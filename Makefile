@@ -41,7 +41,7 @@ lint: install
 
 test: install tools lint
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. kpi_pipeline/adapters/pubsub/proto/pubsub_api.proto

@@ -8,6 +8,8 @@ import os
 import signal
 import tempfile
 
+import pytest
+
 # A suite started from a background shell (as CI harnesses do) inherits SIGINT ignored.
 # Dagster maps SIGTERM to SIGINT's disposition, so SIGTERM would be ignored too, and every
 # server a test starts (inheriting it) could no longer be stopped with terminate().
@@ -23,7 +25,13 @@ os.environ.setdefault("KPI_CDC_MODE", "sensor")
 # Metric values of test processes go to a throwaway directory, not the repository's .kpi_data
 # (kpi_pipeline.telemetry.metrics reads it at the first record, whatever was imported before; one
 # directory for the whole session, since a process records into one; subprocesses inherit it).
-os.environ.setdefault("KPI_METRICS_DIR", tempfile.mkdtemp(prefix="kpi-test-metrics-"))
+# Under pytest-xdist each worker gets its own: tests compare totals before and after a step.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["KPI_METRICS_DIR"] = tempfile.mkdtemp(
+        prefix=f"kpi-test-metrics-{os.environ['PYTEST_XDIST_WORKER']}-"
+    )
+else:
+    os.environ.setdefault("KPI_METRICS_DIR", tempfile.mkdtemp(prefix="kpi-test-metrics-"))
 
 # Fixtures used across folders, registered once. Their modules live in support/ (no test
 # module imports a conftest or another test module: architecture/test_test_layout.py).
@@ -34,3 +42,20 @@ pytest_plugins = [
     "kpi_pipeline_tests.support.flywheel",  # record, es
     "kpi_pipeline_tests.support.metrics_server",  # metrics_dir, metrics_server
 ]
+
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup
+# --no-loadscope-reorder`: the groups in collection order). The tests
+# marked slow start real deployments (daemons, code servers, run workers, sandbox orgs) and
+# spend most of their time waiting on them: they form one group, collected first so one
+# worker starts on it at once while the other works through every other file. Files stay
+# whole (a group each), as their fixtures and servers assume. Measured in README, "Tests".
+SLOW_GROUP = "slow-deployments"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = SLOW_GROUP if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first
