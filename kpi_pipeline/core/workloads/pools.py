@@ -92,8 +92,13 @@ def pick_from_pool(
 ) -> tuple[str | None, PoolState, dict[str, Any]]:
     """Next eligible member from the pointer on; (None, unchanged pointer) if nobody is eligible."""
     cycle = _cycle_for(pool)
-    # Caps count per local day: a decision on another day (normally the next one) starts
-    # from zero. The pointer survives policy edits; it is read modulo the new cycle.
+    # Caps count per local day: a decision on a later day (normally the next one) starts
+    # from zero. One stamped on an earlier day than the pool's (two hosts' clocks a moment
+    # apart at midnight) is judged on that day's counts, which the pool no longer holds, so on
+    # none; and it leaves the pool on its later day, whose counts it must not reset.
+    # The pointer survives policy edits; it is read modulo the new cycle.
+    if state.day > day:
+        return _pick_for_an_earlier_day(pool_id, pool, state, day, member_status)
     counts = dict(state.assigned_today) if state.day == day else {}
     start = state.pointer % len(cycle)
     skipped: list[dict[str, Any]] = []
@@ -111,6 +116,16 @@ def pick_from_pool(
             skipped.append({"user_id": member_id, "reason": reason})
     unchanged = PoolState(pool_id, start, day, counts)
     return None, unchanged, _pool_explanation(pool, start, start, skipped)
+
+
+def _pick_for_an_earlier_day(
+    pool_id: str, pool: Pool, state: PoolState, day: str, member_status: Mapping[str, bool]
+) -> tuple[str | None, PoolState, dict[str, Any]]:
+    member_id, moved, explanation = pick_from_pool(
+        pool_id, pool, PoolState(pool_id, state.pointer), day=day, member_status=member_status
+    )
+    kept = PoolState(pool_id, moved.pointer, state.day, dict(state.assigned_today))
+    return member_id, kept, explanation
 
 
 def _pool_explanation(

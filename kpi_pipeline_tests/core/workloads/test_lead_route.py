@@ -258,6 +258,31 @@ def test_daily_caps_are_respected_and_reset_on_the_policy_timezone_day():
     assert sum(outcome.pool_state.assigned_today.values()) == 1
 
 
+def test_a_decision_stamped_on_an_earlier_day_never_takes_the_pool_back_a_day():
+    members = [{"user_id": A, "daily_cap": 2}, {"user_id": B, "daily_cap": 2}]
+    policy = policy_with(
+        {"p": {"strategy": "round_robin", "members": members, "fallback_owner": MANAGER}}
+    )
+    after_midnight = datetime(2026, 11, 25, 5, 1, tzinfo=UTC)  # 00:01 on the 25th in New York
+    decisions, pools = run(policy, 2, start=after_midnight)
+    assert [d.owner_id for d in decisions] == [A, B]
+    assert (pools["p"].day, pools["p"].assigned_today) == ("2026-11-25", {A: 1, B: 1})
+    # Another host's clock, a moment behind, still says the 24th: it takes the next turn...
+    late = route(lead(98), policy, pools, decided_at=after_midnight - timedelta(minutes=2))
+    assert late.decision.owner_id == A
+    assert late.decision.explanation["pool"]["day"] == "2026-11-24"
+    # ...but leaves the 25th's counts alone, so the caps of the 25th still hold.
+    assert late.pool_state == PoolState("p", 1, "2026-11-25", {A: 1, B: 1})
+    pools = {"p": late.pool_state}
+    owners = []
+    for number in range(3):
+        outcome = route(lead(100 + number), policy, pools, decided_at=after_midnight)
+        pools = {"p": outcome.pool_state}
+        owners.append(outcome.decision.owner_id)
+    assert owners == [B, A, MANAGER]  # each at 2 on the 25th, then nobody is eligible
+    assert pools["p"].assigned_today == {A: 2, B: 2}
+
+
 def test_everyone_ineligible_uses_the_policy_fallback_when_the_pool_has_none():
     policy = policy_with(
         {"p": {"strategy": "round_robin", "members": [{"user_id": A, "available": False}]}}
