@@ -2,11 +2,12 @@
 DataFrame without a Python object per cell on the way, built directly in the dtypes the
 rollups have always had (datetime64[ns, UTC], float64, object with None; ``typed``).
 
-- PostgreSQL: ``adbc-driver-postgresql`` runs ``COPY (SELECT ...) TO STDOUT`` in binary into
-  Arrow. The server packs each row into three fields (the Id; the 8 times and numbers as 64
-  bytes of int64 microseconds and IEEE doubles; the 8 other strings NUL-terminated), because
-  the driver's decoding costs per field: 3 fields a row instead of 17 took the client's CPU
-  for 1M leads from about 3 s to 0.7 s. numpy and Arrow unpack them (``_from_packed``).
+- PostgreSQL (``postgres_facts.py``): binary ``COPY`` into Arrow through
+  ``adbc-driver-postgresql``. The server packs each row into three fields (the Id; the 8
+  times and numbers as 64 bytes of int64 microseconds and IEEE doubles; the 8 other strings
+  NUL-terminated), because the driver's decoding costs per field: 3 fields a row instead of
+  17 took the client's CPU for 1M leads from about 3 s to 0.7 s. A large window's two halves
+  of the Id range are read over two connections in one exported snapshot.
 - SQLite, a window of ``CHILD_MIN_ROWS`` rows or more: ``adbc-driver-sqlite``'s C reader in
   child processes (``sqlite_arrow_child.py``; two at once, one per half of the Id range, from
   ``SPLIT_MIN_ROWS``), each sending an Arrow IPC stream over a pipe. Never in this process:
@@ -70,133 +71,6 @@ def _window(created_from: datetime | None, created_to: datetime | None) -> tuple
 
 def _query(where: str) -> str:
     return f'SELECT {_SELECT} FROM lead_facts WHERE {where} ORDER BY "Id"'
-
-
-def read(
-    conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
-) -> pd.DataFrame:
-    """``Ledger.lead_facts_frame``: the window's lead facts, sorted by Id, in ``typed``'s dtypes
-    (each reader builds them directly: a ``typed`` pass over a right frame costs 0.5 s)."""
-    if conn.dialect.name == "postgresql":
-        return postgres_frame(conn, created_from, created_to)
-    return sqlite_frame(conn, created_from, created_to)
-
-
-# --- PostgreSQL -----------------------------------------------------------------------------
-
-# The server packs each row into three fields: the Id, the eight times and numbers as one
-# 64-byte value, the eight other strings as one value. ADBC's decoder spends most of its time
-# per field (about 0.15 us each), so 3 fields a row instead of 17 cut the client's CPU by more
-# than half; the packing costs the server less than it saves the client. Times go as
-# timestamptz_send's int64 microseconds since 2000-01-01, NULL as INT64_MIN; numbers as
-# float8send's IEEE doubles, NULL as NaN (the frame's "none" anyway); strings as
-# '=' + UTF-8 bytes + NUL, NULL as a bare NUL (PostgreSQL text never holds a NUL byte).
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-_PG_NULL_TIME = np.iinfo(np.int64).min
-_PACKED_TEXT = tuple(
-    name
-    for name in COLUMNS
-    if name != "Id" and name not in DATETIME_COLUMNS and name not in NUMBER_COLUMNS
-)
-_PACKED_NUMBERS_SQL = " || ".join(
-    [
-        f"""coalesce(timestamptz_send("{name}"), '\\x8000000000000000'::bytea)"""
-        for name in DATETIME_COLUMNS
-    ]
-    + [
-        f"""coalesce(float8send("{name}"), '\\x7ff8000000000000'::bytea)"""
-        for name in NUMBER_COLUMNS
-    ]
-)
-_PACKED_TEXT_SQL = " || ".join(
-    f"""coalesce('\\x3d'::bytea || textsend("{name}"), '\\x'::bytea) || '\\x00'::bytea"""
-    for name in _PACKED_TEXT
-)
-
-
-def _packed_query(where: str) -> str:
-    return (
-        f'SELECT "Id", {_PACKED_NUMBERS_SQL} AS numbers, {_PACKED_TEXT_SQL} AS texts'
-        f' FROM lead_facts WHERE {where} ORDER BY "Id"'
-    )
-
-
-def postgres_frame(
-    conn: sa.Connection, created_from: datetime | None, created_to: datetime | None
-) -> pd.DataFrame:
-    import adbc_driver_postgresql.dbapi as adbc_postgresql
-
-    where, values = _window(created_from, created_to)
-    # The bounds go in as literals: ADBC's PostgreSQL driver uses COPY (binary) only for a
-    # query without bind parameters. They are datetimes formatted here, never caller text.
-    for value in values:
-        where = where.replace("?", f"'{value.isoformat()}'::timestamptz", 1)
-    url = conn.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with adbc_postgresql.connect(url) as arrow_conn, arrow_conn.cursor() as cursor:
-        cursor.execute("SET client_encoding = 'UTF8'")  # textsend's bytes are UTF-8
-        cursor.execute(_packed_query(where))
-        table = cursor.fetch_arrow_table()
-    return _from_packed(table)
-
-
-def _from_packed(table: pa.Table) -> pd.DataFrame:
-    """The frame from ``_packed_query``'s three columns, in ``typed``'s dtypes."""
-    import pyarrow as pa
-
-    if table.num_rows == 0:
-        return empty_lead_facts()
-    columns: dict[str, Any] = {}
-    columns["Id"] = pd.Series(table.column("Id").to_numpy(zero_copy_only=False), dtype=object)
-    numbers = _binary_bytes(table.column("numbers")).view(">i8").reshape(table.num_rows, -1)
-    for index, name in enumerate(DATETIME_COLUMNS):
-        micros = numbers[:, index].astype(np.int64)
-        nulls = micros == _PG_NULL_TIME
-        if (micros[~nulls] > np.iinfo(np.int64).max - _PG_EPOCH_US).any():
-            raise ValueError(f"{name}: a time past what pandas holds (infinity?)")
-        unix = pa.array(micros + _PG_EPOCH_US, mask=nulls, type=pa.int64())
-        columns[name] = _utc_times(pa.chunked_array([unix.cast(pa.timestamp("us", tz="UTC"))]))
-    doubles = numbers[:, len(DATETIME_COLUMNS) :].view(">f8")
-    for index, name in enumerate(NUMBER_COLUMNS):
-        columns[name] = doubles[:, index].astype(np.float64)
-    for name, objects in zip(_PACKED_TEXT, _packed_texts(table), strict=True):
-        columns[name] = pd.Series(objects, dtype=object)
-    return pd.DataFrame({name: columns[name] for name in COLUMNS})
-
-
-def _binary_bytes(column: pa.ChunkedArray) -> np.ndarray:
-    """The values of a binary column back to back, as one byte array (no NULLs in it)."""
-    parts = []
-    for chunk in column.chunks:
-        if chunk.null_count:
-            raise ValueError("a packed lead_facts value is NULL")
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)
-        offsets = offsets[chunk.offset : chunk.offset + len(chunk) + 1]
-        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
-        parts.append(data[offsets[0] : offsets[-1]])
-    return np.concatenate(parts) if len(parts) != 1 else parts[0]
-
-
-def _packed_texts(table: pa.Table) -> list[np.ndarray]:
-    """The packed strings as one object array per column, one Python str per distinct value
-    (owners, templates, rules and sources repeat, so most cells share an object)."""
-    import pyarrow as pa
-
-    data = _binary_bytes(table.column("texts"))
-    ends = np.flatnonzero(data == 0) + 1  # every field ends with its NUL
-    if len(ends) != table.num_rows * len(_PACKED_TEXT):
-        raise ValueError("packed lead_facts strings: wrong number of fields")
-    offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
-    fields = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
-    encoded = fields.dictionary_encode()
-    distinct = [
-        None if value == b"\x00" else value[1:-1].decode("utf-8")
-        for value in encoded.dictionary.to_pylist()
-    ]
-    objects = np.array(distinct, dtype=object)
-    codes = encoded.indices.to_numpy().reshape(table.num_rows, len(_PACKED_TEXT))
-    return [objects[codes[:, index]] for index in range(len(_PACKED_TEXT))]
 
 
 # --- SQLite ---------------------------------------------------------------------------------

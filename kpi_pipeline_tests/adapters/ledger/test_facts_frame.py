@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger import facts_frame
+from kpi_pipeline.adapters.ledger import facts_frame, postgres_facts
 from kpi_pipeline.adapters.ledger.schema import lead_facts
 from kpi_pipeline.adapters.ledger.store import Ledger
 from kpi_pipeline.core.kpis.lead_facts import empty_lead_facts
@@ -93,13 +93,17 @@ def sqlite_url(
         "sqlite",
         "sqlite, ADBC children",
         pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("postgresql, two connections", marks=pytest.mark.postgres),
     ]
 )
 def ledger_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> str:
-    """The shared ``ledger_url`` with SQLite twice: both of its readers."""
-    if request.param == "postgresql":
+    """The shared ``ledger_url`` with each backend's readers: SQLite's own cursor and its
+    ADBC children, PostgreSQL over one connection and over two (split from 2 rows)."""
+    if request.param.startswith("postgresql"):
+        if request.param == "postgresql, two connections":
+            monkeypatch.setattr(postgres_facts, "SPLIT_MIN_ROWS", 2)
         return request.getfixturevalue("make_postgres_db")()
     if request.param == "sqlite, ADBC children":
         read_by_children(monkeypatch)
@@ -116,6 +120,9 @@ def ledger(ledger_url: str) -> Ledger:
 def insert(ledger: Ledger, rows: list[dict[str, object]]) -> None:
     with ledger.engine.begin() as conn:
         conn.execute(lead_facts.insert(), rows)
+    if ledger.engine.dialect.name == "postgresql":  # the statistics the reader splits by
+        with ledger.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("ANALYZE lead_facts"))
 
 
 def test_the_frame_equals_a_row_by_row_read(ledger: Ledger) -> None:
@@ -238,3 +245,26 @@ def test_reads_between_writes_in_one_process_see_every_commit(ledger: Ledger) ->
     assert len(ledger.lead_facts_frame()) == 8
     with ledger.engine.connect() as conn:  # the ledger's own connections still work
         assert conn.execute(sa.select(sa.func.count()).select_from(lead_facts)).scalar() == 9
+
+
+@pytest.mark.postgres
+def test_postgres_halves_read_one_snapshot(
+    make_postgres_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = Ledger.from_url(make_postgres_db())
+    monkeypatch.setattr(postgres_facts, "SPLIT_MIN_ROWS", 2)
+    insert(ledger, mixed_rows())
+    read_upper_half = postgres_facts._read_in_snapshot
+
+    def commit_then_read(*args: object):
+        # A lead committed after the read began, in the upper half's Id range: the second
+        # connection must not see it, as one read would not.
+        insert(ledger, [row(50, CreatedDate=T0 + timedelta(minutes=50))])
+        return read_upper_half(*args)
+
+    monkeypatch.setattr(postgres_facts, "_read_in_snapshot", commit_then_read)
+    frame = ledger.lead_facts_frame()
+    assert len(frame) == 8 and f"00Q{50:015d}" not in set(frame["Id"])
+    monkeypatch.setattr(postgres_facts, "_read_in_snapshot", read_upper_half)
+    assert len(ledger.lead_facts_frame()) == 9  # the next read sees it
+    ledger.dispose()
