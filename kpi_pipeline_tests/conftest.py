@@ -53,9 +53,25 @@ pytest_plugins = [
 SLOW_GROUP = "slow-deployments"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The xdist group of each test, given as it is collected: before any
+    ``pytest_collection_modifyitems``, xdist's own (which reads the groups into the test ids)
+    included."""
+    group = SLOW_GROUP if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = SLOW_GROUP if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On an xdist worker, fail loudly if the groups did not reach the test ids. With pytest
+    9.2, xdist 3.8's loadgroup silently stops grouping (pytest-xdist issue 1386): the slow
+    deployments would then run beside each other and the UI test's servers twice at once."""
+    grouping = getattr(session.config.option, "loadgroup", False)
+    if grouping and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError(
+            "pytest-xdist's --dist loadgroup did not group the tests (pytest-xdist issue "
+            "1386, pytest 9.2): install the pytest version pyproject.toml pins"
+        )
