@@ -57,7 +57,9 @@ def _aware(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _window(created_from: datetime | None, created_to: datetime | None) -> tuple[str, list[Any]]:
+def creation_window(
+    created_from: datetime | None, created_to: datetime | None
+) -> tuple[str, list[Any]]:
     """The WHERE clause of a creation window (placeholders ``?``) and its aware UTC bounds."""
     where, values = ['"CreatedDate" IS NOT NULL'], []
     if created_from is not None:
@@ -83,7 +85,7 @@ def sqlite_frame(
     in child processes (``sqlite_arrow_child``), one per half of the Id range."""
     import pyarrow as pa
 
-    where, values = _window(created_from, created_to)
+    where, values = creation_window(created_from, created_to)
     params = [value.strftime(_SQLITE_TIME) for value in values]
     database = conn.engine.url.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):
@@ -205,7 +207,7 @@ def _from_arrow(table: pa.Table) -> pd.DataFrame:
     for name in COLUMNS:
         column = table.column(name)
         if name in DATETIME_COLUMNS:
-            columns[name] = _utc_times(column)
+            columns[name] = utc_times(column)
         elif name in NUMBER_COLUMNS:
             columns[name] = column.cast(pa.float64()).to_numpy()
         elif name == "Id":  # the primary key: every value distinct, nothing to share
@@ -242,7 +244,7 @@ def _objects(column: pa.ChunkedArray) -> np.ndarray:
     return values[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()]
 
 
-def _utc_times(column: pa.ChunkedArray) -> pd.Series:
+def utc_times(column: pa.ChunkedArray) -> pd.Series:
     import pyarrow as pa
 
     utc = pa.timestamp("ns", tz="UTC")  # what typed() gives, so it converts nothing

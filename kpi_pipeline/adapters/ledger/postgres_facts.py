@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger.facts_frame import COLUMNS, _utc_times, _window
+from kpi_pipeline.adapters.ledger.facts_frame import COLUMNS, creation_window, utc_times
 from kpi_pipeline.core.kpis.lead_facts import DATETIME_COLUMNS, NUMBER_COLUMNS, empty_lead_facts
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def _literal_window(created_from: datetime | None, created_to: datetime | None) 
     """The window's WHERE clause with its bounds as literals: ADBC's PostgreSQL driver uses
     COPY (binary) only for a query without bind parameters. They are datetimes formatted
     here, never caller text."""
-    where, values = _window(created_from, created_to)
+    where, values = creation_window(created_from, created_to)
     for value in values:
         where = where.replace("?", f"'{value.isoformat()}'::timestamptz", 1)
     return where
@@ -188,7 +188,7 @@ def _from_packed(table: pa.Table) -> pd.DataFrame:
         if (micros[~nulls] > np.iinfo(np.int64).max - _PG_EPOCH_US).any():
             raise ValueError(f"{name}: a time past what pandas holds (infinity?)")
         unix = pa.array(micros + _PG_EPOCH_US, mask=nulls, type=pa.int64())
-        columns[name] = _utc_times(pa.chunked_array([unix.cast(pa.timestamp("us", tz="UTC"))]))
+        columns[name] = utc_times(pa.chunked_array([unix.cast(pa.timestamp("us", tz="UTC"))]))
     doubles = numbers[:, len(DATETIME_COLUMNS) :].view(">f8")
     for index, name in enumerate(NUMBER_COLUMNS):
         columns[name] = doubles[:, index].astype(np.float64)
