@@ -18,11 +18,15 @@ class LedgerError(ValueError):
     """Bad input to the ledger (the message names the input and the fix)."""
 
 
-def create_ledger_engine(url: str) -> sa.Engine:
-    """An engine configured for the ledger: WAL + busy timeout + IMMEDIATE writes on SQLite."""
+def create_ledger_engine(url: str, *, scratch: bool = False) -> sa.Engine:
+    """An engine configured for the ledger: WAL + busy timeout + IMMEDIATE writes on SQLite.
+
+    ``scratch``: the database is thrown away afterwards (``kpi-pipeline replay``'s), so
+    SQLite does not sync its commits to disk; a crash loses nothing that a re-run does not
+    rebuild from the same input."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, synchronous="OFF" if scratch else "FULL")
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(parsed, pool_pre_ping=True, **JSON_CODEC)
     raise LedgerError(
@@ -42,7 +46,7 @@ def _json_dumps(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
-def _sqlite_engine(url: sa.URL) -> sa.Engine:
+def _sqlite_engine(url: sa.URL, *, synchronous: str) -> sa.Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:")
     if not in_memory:
@@ -62,6 +66,7 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         cursor = dbapi_conn.cursor()
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()

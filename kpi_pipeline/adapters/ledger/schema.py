@@ -10,6 +10,7 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +45,33 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    # On SQLite the value is text in SQLAlchemy's DATETIME storage form
+    # ("2026-01-02 03:04:05.000006"). The two processors below convert in one step what
+    # the decorator and DATETIME's own processors do in two: every lead-facts row a batch
+    # writes or reads has seven of these columns, and the generic pair cost about 5 % of a
+    # replay (bench/RESULTS.md, Replay). The text is the same, byte for byte.
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> str | None:
+            naive = self.process_bind_param(value, dialect)
+            return None if naive is None else naive.isoformat(" ", "microseconds")
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            return self.process_result_value(datetime.fromisoformat(value), dialect)
+
+        return process
 
 
 metadata = sa.MetaData()

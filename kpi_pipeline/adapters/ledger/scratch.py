@@ -19,7 +19,9 @@ from kpi_pipeline.adapters.ledger.store import Ledger
 @contextmanager
 def scratch_sqlite_ledger(clock: Callable[[], datetime] | None = None) -> Iterator[Ledger]:
     with tempfile.TemporaryDirectory(prefix="kpi-replay-") as scratch:
-        ledger = Ledger.from_url(f"sqlite:///{Path(scratch) / 'ledger.db'}", clock=clock)
+        ledger = Ledger.from_url(
+            f"sqlite:///{Path(scratch) / 'ledger.db'}", clock=clock, scratch=True
+        )
         try:
             yield ledger
         finally:

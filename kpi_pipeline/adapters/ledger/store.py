@@ -68,9 +68,12 @@ class Ledger(
         self._now = clock or (lambda: datetime.now(UTC))
 
     @classmethod
-    def from_url(cls, url: str, *, clock: Callable[[], datetime] | None = None) -> Ledger:
-        """Open (creating or upgrading as needed) the ledger at ``url``."""
-        engine = create_ledger_engine(url)
+    def from_url(
+        cls, url: str, *, clock: Callable[[], datetime] | None = None, scratch: bool = False
+    ) -> Ledger:
+        """Open (creating or upgrading as needed) the ledger at ``url``; ``scratch``: one
+        thrown away afterwards (``create_ledger_engine``)."""
+        engine = create_ledger_engine(url, scratch=scratch)
         migrations.upgrade(engine)
         return cls(engine, clock=clock)
 

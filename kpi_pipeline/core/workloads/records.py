@@ -56,11 +56,13 @@ class RecordState:
         return self.versions.get(name)
 
     def to_json(self) -> dict[str, Any]:
+        """The state as JSON-able data. Versions stay tuples, which every JSON encoder writes
+        as arrays: converting each to a list cost 7 % of a replay (bench/RESULTS.md)."""
         return {
             "sobject": self.sobject,
             "record_id": self.record_id,
             "fields": self.fields,
-            "versions": {name: list(v) for name, v in self.versions.items()},
+            "versions": self.versions,
             "created_ms": self.created_ms,
             "deleted": self.deleted,
             "meta": self.meta,
@@ -193,14 +195,14 @@ def _assign(
     children compete on versions too, so mixing both stays order-independent."""
     if child is None:
         current = fields.get(name)
+        newest = versions.get(name)
         # children exist only under a field already set to a dict (or nulled after one)
-        could_have_children = name in fields and (current is None or isinstance(current, Mapping))
-        prefix = f"{name}."
-        children = (
-            [v for k, v in versions.items() if k.startswith(prefix)] if could_have_children else []
-        )
-        newest = max([v for v in (versions.get(name), *children) if v is not None], default=None)
-        if _wins(version, value, newest, fields.get(name)):
+        if name in fields and (current is None or isinstance(current, Mapping)):
+            prefix = f"{name}."
+            for key, child_version in versions.items():
+                if key.startswith(prefix) and (newest is None or child_version > newest):
+                    newest = child_version
+        if _wins(version, value, newest, current):
             fields[name] = value
             versions[name] = version
         return

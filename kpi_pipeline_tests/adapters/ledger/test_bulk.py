@@ -85,3 +85,29 @@ def test_a_row_missing_a_parameter_fails(new_ledger: Callable[..., Ledger]) -> N
     ledger = new_ledger()
     with pytest.raises(KeyError), ledger.write() as conn:
         bulk.executemany(conn, _SAVE_RECORD, [{"sobject": "Lead", "id": "00Q1"}])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        T0,
+        T0.astimezone(PLUS_TWO),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(999, 12, 31, 23, 59, 59, 1, tzinfo=UTC),  # a year of three digits
+    ],
+)
+def test_utc_datetime_converts_in_one_step_what_sqlite_datetime_converts_in_two(
+    value: datetime,
+) -> None:
+    """``UTCDateTime``'s own SQLite processors give the text SQLAlchemy's DATETIME gives
+    the naive UTC value, and read back the same aware datetime."""
+    dialect = sa.create_engine("sqlite://").dialect
+    generic = sa.DateTime().dialect_impl(dialect)
+    expected_text = generic.bind_processor(dialect)(value.astimezone(UTC).replace(tzinfo=None))
+    kind = t.UTCDateTime()
+    assert kind.bind_processor(dialect)(value) == expected_text
+    assert kind.result_processor(dialect, None)(expected_text) == value
+    assert kind.bind_processor(dialect)(None) is None
+    assert kind.result_processor(dialect, None)(None) is None
+    with pytest.raises(ValueError, match="naive datetime"):
+        kind.bind_processor(dialect)(value.replace(tzinfo=None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from kpi_pipeline.adapters.ledger import Ledger
+from kpi_pipeline.adapters.ledger import Ledger, schema
 from kpi_pipeline.core.kpis import lead_facts_columns, validate_lead_facts
 from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import FirstResponse, ResponseCandidate
@@ -208,6 +209,11 @@ def test_decisions_are_inserted_once_and_listed_in_time_order(ledger: Ledger) ->
         assert ledger.insert_decision(conn, row("c", 1))
         assert not ledger.insert_decision(conn, row("c", 1))
     assert [d.id for d in ledger.decisions_between()] == ["c", "a", "b"]
+    # Read back whole (the rows are built by column position): every field round-trips.
+    assert ledger.decisions_between() == [row("c", 1), row("a", 5, "first_touch"), row("b", 5)]
+    assert [f.name for f in dataclasses.fields(DecisionRow)] == [
+        c.name for c in schema.decisions.columns
+    ]
     assert [
         d.id for d in ledger.decisions_between(T + timedelta(minutes=2), T + timedelta(minutes=6))
     ] == ["a", "b"]
