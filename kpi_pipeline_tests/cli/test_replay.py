@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kpi_pipeline.adapters.ledger import migrations
+from kpi_pipeline.app.replay import cycle_collection_paused
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.flywheel.schema import validate_record
 from kpi_pipeline.core.kpis import ROLLUP_NAMES
@@ -217,3 +219,17 @@ def test_replay_renders_kpis_and_flywheel_as_the_daily_assets_do(tmp_path: Path)
     assert (tmp_path / "out" / "flywheel" / "lead_route.jsonl").read_bytes() == (
         tmp_path / "lead_route.jsonl"
     ).read_bytes()
+
+
+def test_the_cycle_collector_is_paused_only_while_a_replay_runs() -> None:
+    assert gc.isenabled()
+    with cycle_collection_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        with cycle_collection_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

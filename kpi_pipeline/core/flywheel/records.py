@@ -22,6 +22,7 @@ from typing import Any
 from kpi_pipeline.core.flywheel.schema import (
     METADATA_MAX_VALUE_CHARS,
     TOP_LEVEL_KEYS,
+    FlywheelRecord,
     validate_record,
 )
 
@@ -63,7 +64,12 @@ def _epoch_seconds(decided_at: datetime) -> int:
     return int(decided_at.timestamp() // 1)
 
 
-def build_record(
+def build_record(**inputs: Any) -> dict[str, Any]:
+    """``build_flywheel_record`` as plain JSON-able data."""
+    return build_flywheel_record(**inputs).to_dict()
+
+
+def build_flywheel_record(
     *,
     workload_id: str,
     client_id: str,
@@ -73,7 +79,7 @@ def build_record(
     decision: dict[str, Any],
     metadata: dict[str, str],
     usage: dict[str, int] | None = None,
-) -> dict[str, Any]:
+) -> FlywheelRecord:
     """One validated flywheel record for a decision.
 
     ``model`` names the policy version (rule-based decisions) or the LLM; ``messages`` are
@@ -115,7 +121,7 @@ def build_record(
             "usage": dict(tokens),
         },
     }
-    return validate_record(record).to_dict()
+    return validate_record(record)
 
 
 def record_id(record: Mapping[str, Any]) -> str:
@@ -158,7 +164,13 @@ def join_replay_ids(replay_ids: Sequence[str]) -> str:
 
 
 def record_from_decision(decision: Any, *, client_id: str) -> dict[str, Any]:
-    """A flywheel record from a stored decision (a ledger ``decisions`` row or the like).
+    """``flywheel_record_from_decision`` as plain JSON-able data."""
+    return flywheel_record_from_decision(decision, client_id=client_id).to_dict()
+
+
+def flywheel_record_from_decision(decision: Any, *, client_id: str) -> FlywheelRecord:
+    """A validated flywheel record from a stored decision (a ledger ``decisions`` row or the
+    like); ``write_jsonl`` takes it as it is instead of validating it again.
 
     Accepts a complete flywheel record (returned validated as is), or a mapping / object
     with ``workload`` (or ``workload_id``), ``decided_at`` (aware datetime), ``model``,
@@ -168,7 +180,7 @@ def record_from_decision(decision: Any, *, client_id: str) -> dict[str, Any]:
     """
     row = decision if isinstance(decision, Mapping) else _attributes(decision)
     if all(key in row for key in TOP_LEVEL_KEYS):
-        return validate_record(dict(row)).to_dict()
+        return validate_record(dict(row))
     missing = [k for k in ("decided_at", "model", "request", "response") if row.get(k) is None]
     workload_id = row.get("workload_id") or row.get("workload")
     if missing or not workload_id:
@@ -196,8 +208,8 @@ def record_from_decision(decision: Any, *, client_id: str) -> dict[str, Any]:
             "request": {"model": row["model"], **request, "metadata": metadata},
             "response": dict(response),
         }
-        return validate_record(record).to_dict()
-    return build_record(
+        return validate_record(record)
+    return build_flywheel_record(
         workload_id=workload_id,
         client_id=client_id,
         decided_at=row["decided_at"],

@@ -13,24 +13,28 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
 from kpi_pipeline.adapters.flywheel.emitter import sorted_day_files
 from kpi_pipeline.core.flywheel.records import canonical_json, record_id, sort_key
-from kpi_pipeline.core.flywheel.schema import WORKLOAD_IDS, validate_record
+from kpi_pipeline.core.flywheel.schema import WORKLOAD_IDS, FlywheelRecord, validate_record
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> int:
+def write_jsonl(
+    records: Iterable[Mapping[str, Any] | FlywheelRecord], path: str | os.PathLike[str]
+) -> int:
     """Write ``records`` to ``path`` in the stable order, replacing it atomically. Returns the count.
 
-    Records are validated first, and repeated ids are written once.
+    Records are validated first (a ``FlywheelRecord`` already is), and repeated ids are
+    written once.
     """
     unique: dict[str, dict[str, Any]] = {}
     for record in records:
-        document = validate_record(record).to_dict()
+        model = record if isinstance(record, FlywheelRecord) else validate_record(record)
+        document = model.to_dict()
         unique.setdefault(record_id(document), document)
     ordered = sorted(unique.values(), key=sort_key)
     _write_lines_atomically(Path(path), (canonical_json(doc) for doc in ordered))

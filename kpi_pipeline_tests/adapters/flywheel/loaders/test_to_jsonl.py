@@ -20,7 +20,7 @@ from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import (
     write_jsonl,
 )
 from kpi_pipeline.core.flywheel.records import record_id, sort_key
-from kpi_pipeline.core.flywheel.schema import FlywheelRecordError
+from kpi_pipeline.core.flywheel.schema import FlywheelRecordError, validate_record
 from kpi_pipeline_tests.support.flywheel import (
     WORKLOADS,
     make_record,
@@ -43,6 +43,14 @@ def test_write_jsonl_is_byte_identical_whatever_the_input_order(tmp_path: Path) 
     assert lines[0] == json.dumps(json.loads(lines[0]), sort_keys=True, separators=(",", ":"))
     times = [json.loads(line)["timestamp"] for line in lines]
     assert times == sorted(times)
+
+
+def test_write_jsonl_takes_validated_models_as_their_records(tmp_path: Path) -> None:
+    records = _mixed()
+    models = [validate_record(record) for record in records]
+    assert write_jsonl(records, tmp_path / "dicts.jsonl") == 30
+    assert write_jsonl(models + models[:3], tmp_path / "models.jsonl") == 30
+    assert (tmp_path / "dicts.jsonl").read_bytes() == (tmp_path / "models.jsonl").read_bytes()
 
 
 def test_read_jsonl_round_trips(tmp_path: Path) -> None:
