@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 # In the order of the Avro enum symbols of ChangeEventHeader.changeType.
 CHANGE_TYPE_SYMBOLS = (
     "CREATE",
@@ -322,11 +324,14 @@ class ChangeEvent:
 
 
 def read_recorded_lines(lines: Iterable[str], *, source: str = "<input>") -> Iterator[ChangeEvent]:
-    """Parse JSON Lines of recorded events; errors name the source and line number."""
+    """Parse JSON Lines of recorded events; errors name the source and line number.
+
+    Lines are parsed with orjson (three times the standard library's speed: a replay parses
+    every line of its input); its ``JSONDecodeError`` is the standard library's subclass."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield ChangeEvent.from_recorded(json.loads(line))
+            yield ChangeEvent.from_recorded(orjson.loads(line))
         except (json.JSONDecodeError, EventFormatError) as exc:
             raise EventFormatError(f"{source}:{number}: {exc}") from exc

@@ -38,7 +38,12 @@ def lead_segments(lead_fields: Mapping[str, Any]) -> dict[str, str]:
 
 def matched_segments(template: Template, lead_fields: Mapping[str, Any]) -> list[str] | None:
     """Dimensions the lead matches, or None when the template is not eligible for it."""
-    segments = lead_segments(lead_fields)
+    return segments_matched(template, lead_segments(lead_fields))
+
+
+def segments_matched(template: Template, segments: Mapping[str, str]) -> list[str] | None:
+    """``matched_segments`` of a lead whose ``lead_segments`` are already known (one lead
+    is checked against every template of the catalog)."""
     matched = []
     for dimension, allowed in template.eligible_segments.items():
         value = segments.get(dimension)
@@ -49,7 +54,8 @@ def matched_segments(template: Template, lead_fields: Mapping[str, Any]) -> list
 
 
 def eligible_templates(lead_fields: Mapping[str, Any], catalog: TemplateCatalog) -> list[Template]:
-    return [t for t in catalog.templates if matched_segments(t, lead_fields) is not None]
+    segments = lead_segments(lead_fields)
+    return [t for t in catalog.templates if segments_matched(t, segments) is not None]
 
 
 def lead_variables(

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kpi_pipeline.core.workloads.outreach_templates.catalog import Template, TemplateCatalog
-from kpi_pipeline.core.workloads.outreach_templates.segments import lead_variables, matched_segments
+from kpi_pipeline.core.workloads.outreach_templates.segments import (
+    lead_segments,
+    lead_variables,
+    segments_matched,
+)
 
 LOCAL_MODEL = "local-ranker-v1"
 
@@ -46,8 +50,9 @@ class LocalRanker:
         available = set(lead_variables(lead_fields, sender_name="sender"))
         ranked = []
         position = {template.id: index for index, template in enumerate(catalog.templates)}
+        segments = lead_segments(lead_fields)
         for template in catalog.templates:
-            matched = matched_segments(template, lead_fields)
+            matched = segments_matched(template, segments)
             if matched is None:
                 continue
             fillable = set(template.required_variables) <= available
