@@ -56,10 +56,21 @@ class BatchWork:
     """The lead facts, outbox marks, memos and decisions of one batch step, in memory
     until ``flush``. Build with ``Ledger.batch_work(conn)``."""
 
-    def __init__(self, conn: sa.Connection, now: datetime, insert_decision: Any) -> None:
+    def __init__(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        insert_decision: Any,
+        *,
+        batch_wide: bool = False,
+    ) -> None:
+        """``batch_wide``: one BatchWork for every step of a batch, in one transaction
+        (``Ledger.one_transaction``); the lead-facts rows are then read once and written
+        once, by ``flush_facts`` at the end, since no step reads them but through here."""
         self.conn = conn
         self.now = now
         self._insert_decision_sql = insert_decision
+        self._batch_wide = batch_wide
         self.facts: dict[str, FactsRow | None] = {}  # None: no row
         self._changed: set[str] = set()
         self._marks: dict[tuple[str, str], set[str]] = {}
@@ -69,7 +80,7 @@ class BatchWork:
         self._decisions: dict[str, dict[str, Any]] = {}
         self._on_stored: dict[str, list[Callable[[], None]]] = {}
         self._journal: dict[tuple[int, Any], tuple[dict[Any, Any], Any, Any]] | None = None
-        self._changed_before: set[str] = set()
+        self._changed_in_journal: dict[str, bool] = {}  # lead id: was it changed before
 
     # --- reading ------------------------------------------------------------------------
 
@@ -111,11 +122,17 @@ class BatchWork:
         if self._journal is not None and (id(self.facts), lead_id) not in self._journal:
             before = None if row is None else FactsRow(row)
             self._journal[(id(self.facts), lead_id)] = (self.facts, lead_id, before)
+            self._changed_in_journal[lead_id] = lead_id in self._changed
         return row
 
     def _set(self, lead_id: str, values: Mapping[str, Any]) -> None:
+        """Change the row; it is written at ``flush`` only if a value really changed (most
+        calls set what the row holds already: a lead's creation and owner on every batch
+        it appears in), so ``updated_at`` is the time of the last real change."""
         row = self.facts[lead_id]
         assert row is not None
+        if all(row[name] == value for name, value in values.items()):
+            return
         row.update(values)
         row["updated_at"] = self.now
         self._changed.add(lead_id)
@@ -125,8 +142,11 @@ class BatchWork:
     ) -> None:
         row = self._touch(lead_id)
         if row is None:
-            self.facts[lead_id] = FactsRow(dict.fromkeys(FACT_COLUMNS), Id=lead_id)
-            self._set(lead_id, {"CreatedDate": created, "OwnerId": owner_id})
+            self.facts[lead_id] = FactsRow(
+                dict.fromkeys(FACT_COLUMNS), Id=lead_id, CreatedDate=created, OwnerId=owner_id
+            )
+            self.facts[lead_id]["updated_at"] = self.now
+            self._changed.add(lead_id)
             return
         self._set(
             lead_id,
@@ -292,7 +312,7 @@ class BatchWork:
     def checkpoint(self) -> None:
         """Start one lead's work: what it changes can be undone by ``rollback``."""
         self._journal = {}
-        self._changed_before = set(self._changed)
+        self._changed_in_journal = {}
 
     def rollback(self) -> None:
         """Undo everything since ``checkpoint``."""
@@ -302,7 +322,11 @@ class BatchWork:
                 table.pop(key, None)
             else:
                 table[key] = before
-        self._changed = self._changed_before
+        for lead_id, was_changed in self._changed_in_journal.items():
+            if was_changed:
+                self._changed.add(lead_id)
+            else:
+                self._changed.discard(lead_id)
         self._journal = None
 
     def release(self) -> None:
@@ -311,11 +335,11 @@ class BatchWork:
     # --- writing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write everything in bulk: one ``executemany`` per statement."""
+        """Write everything in bulk: one ``executemany`` per statement (the lead-facts rows
+        of a batch-wide BatchWork only at ``flush_facts``)."""
         conn = self.conn
-        changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
-        if changed:
-            bulk.executemany(conn, _UPSERT_FACTS, [self.facts[i] for i in changed])  # type: ignore[misc]
+        if not self._batch_wide:
+            self.flush_facts()
         if self._routing:
             bulk.executemany(
                 conn, _INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)]
@@ -339,9 +363,15 @@ class BatchWork:
             )
         self._flush_decisions()
         self._flush_marks()
-        self._changed.clear()
         self._marks, self._routing, self._pools = {}, {}, {}
         self._templates, self._decisions, self._on_stored = {}, {}, {}
+
+    def flush_facts(self) -> None:
+        """Write the changed lead-facts rows (``flush`` does, unless batch-wide)."""
+        changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
+        if changed:
+            bulk.executemany(self.conn, _UPSERT_FACTS, [self.facts[i] for i in changed])  # type: ignore[misc]
+        self._changed.clear()
 
     def _flush_decisions(self) -> None:
         if not self._decisions:

@@ -15,17 +15,12 @@ table.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
-from kpi_pipeline.adapters.ledger.batch import BatchWork
 from kpi_pipeline.adapters.ledger.lead_facts import LeadFactsMixin
-from kpi_pipeline.adapters.ledger.memos import _INSERT_DECISION, WorkloadMemosMixin
+from kpi_pipeline.adapters.ledger.memos import WorkloadMemosMixin
 from kpi_pipeline.adapters.ledger.record_states import RecordStatesMixin
 
 __all__ = ["WorkloadStateMixin"]
 
 
 class WorkloadStateMixin(RecordStatesMixin, LeadFactsMixin, WorkloadMemosMixin):
-    def batch_work(self, conn: sa.Connection) -> BatchWork:
-        """Set-based writes of one batch step in ``conn``'s transaction (``batch.py``)."""
-        return BatchWork(conn, self._now(), _INSERT_DECISION)
+    """``Ledger.batch_work`` gives the set-based writes of a batch step (``batch.py``)."""

@@ -14,6 +14,7 @@ locked" when a read lock would have to be upgraded.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,10 +24,12 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import migrations
 from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.batch import BatchWork
 from kpi_pipeline.adapters.ledger.dead_letters import DeadLetter, DeadLetterMixin
 from kpi_pipeline.adapters.ledger.engine import LedgerError, create_ledger_engine
 from kpi_pipeline.adapters.ledger.inbox import BatchInfo, InboxMixin, StagedBatch, batch_id_for
 from kpi_pipeline.adapters.ledger.leases import LeaseMixin
+from kpi_pipeline.adapters.ledger.memos import _INSERT_DECISION
 from kpi_pipeline.adapters.ledger.outbox import OutboxMixin
 from kpi_pipeline.adapters.ledger.replay_store import ReplayStoreMixin
 from kpi_pipeline.adapters.ledger.sends import SendsMixin
@@ -66,6 +69,7 @@ class Ledger(
         self.engine = engine
         # Wall clock for bookkeeping columns (staged_at, created_at...); never in outputs.
         self._now = clock or (lambda: datetime.now(UTC))
+        self._joined = threading.local()  # this thread's ``one_transaction``, if open
 
     @classmethod
     def from_url(
@@ -86,9 +90,48 @@ class Ledger(
 
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
-        """One write transaction (IMMEDIATE on SQLite); commits on success."""
+        """One write transaction (IMMEDIATE on SQLite); commits on success. Inside this
+        thread's ``one_transaction`` it is that transaction."""
+        joined: BatchWork | None = getattr(self._joined, "batch", None)
+        if joined is not None:
+            yield joined.conn
+            return
         with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
             yield conn
+
+    @property
+    def exclusive_writes(self) -> bool:
+        """Whether write transactions exclude each other (SQLite: BEGIN IMMEDIATE), so that
+        one held across all the steps of a batch cannot deadlock with another writer."""
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def one_transaction(self) -> Iterator[sa.Connection]:
+        """One write transaction for the whole block: ``write()`` in this thread joins it,
+        ``batch_work`` of its connection is one batch-wide ``BatchWork`` (each lead-facts
+        row read once and written once, at the end), and it commits when the block ends.
+        ``BatchProcessor.process`` runs a batch's steps in it where ``exclusive_writes``."""
+        if not self.exclusive_writes:
+            raise LedgerError(
+                f"one_transaction needs a ledger whose writes exclude each other (SQLite); "
+                f"on {self.dialect} each step commits its own transaction"
+            )
+        with self.write() as conn:
+            batch = BatchWork(conn, self._now(), _INSERT_DECISION, batch_wide=True)
+            self._joined.batch = batch
+            try:
+                yield conn
+                batch.flush_facts()
+            finally:
+                self._joined.batch = None
+
+    def batch_work(self, conn: sa.Connection) -> BatchWork:
+        """Set-based writes of one batch step in ``conn``'s transaction (``batch.py``); in
+        ``one_transaction``, the batch-wide one."""
+        joined: BatchWork | None = getattr(self._joined, "batch", None)
+        if joined is not None and joined.conn is conn:
+            return joined
+        return BatchWork(conn, self._now(), _INSERT_DECISION)
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:

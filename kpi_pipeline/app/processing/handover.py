@@ -18,8 +18,10 @@ Why this is never stale, and correct without it:
   call's merge, which is what it would have read had that run committed a moment later.
   Both orders are possible without the hand-over, and the outcome rules (routing memo
   under pool locks, guards that only move values earlier) make them converge.
-* Kept states are only added after the merge's transaction committed; if it failed, the
-  exception leaves ``process()`` and the scope is dropped.
+* Kept states are only added after the merge's write block ended without an error. That
+  block committed, or (``one_transaction``, on SQLite) it is part of the batch's one
+  transaction, which commits only if every step succeeds. Either way, if anything fails,
+  the exception leaves ``process()`` and the scope is dropped.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ It composes the steps (``records``, ``routing``, ``first_touch``, ``templates``)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -110,8 +111,18 @@ class BatchProcessor:
 
     def process(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
         """The merge, then every workload step in ``steps.STEPS`` order; the record states
-        the merge committed are handed to the steps instead of read back (``handover.py``)."""
-        with self._ctx.handover.scope():
+        the merge wrote are handed to the steps instead of read back (``handover.py``).
+
+        Where the ledger's write transactions exclude each other (SQLite), the whole batch
+        is one transaction (``one_transaction``): one commit instead of one per step, and
+        each lead's facts row read and written once. Elsewhere (PostgreSQL, where runs of
+        other partitions and re-sync write beside this one) each step commits its own, as
+        the ops of ``process_cdc_batch`` do everywhere: a transaction holding one step's
+        locks while it waits for the next step's could deadlock with another run."""
+        batch_transaction = (
+            self.ledger.one_transaction() if self.ledger.exclusive_writes else nullcontext()
+        )
+        with self._ctx.handover.scope(), batch_transaction:
             records = self.apply_records(events)
             summaries = steps.run_steps(self, events)
         return {
