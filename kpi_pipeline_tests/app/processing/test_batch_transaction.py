@@ -15,8 +15,8 @@ from kpi_pipeline.adapters.ledger.batch_sql import _UPSERT_FACTS
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.workloads.selection import LEAD
 from kpi_pipeline_tests.support.events import MINUTE, T0, lead_created, task_done
-from kpi_pipeline_tests.support.processors import make_processor
 from kpi_pipeline_tests.support.ledgers import NewLedger
+from kpi_pipeline_tests.support.processors import make_processor
 
 
 def _batch(count: int = 12) -> list[ChangeEvent]:
@@ -137,8 +137,7 @@ def test_on_postgresql_each_step_commits_its_own_transaction(postgres_url: str) 
         commits = _count_commits(ledger)
         make_processor(ledger).process(_batch(3))
         assert commits[0] >= 4  # the merge and the three workload steps
-        with pytest.raises(Exception, match="exclude each other"):
-            with ledger.one_transaction():
-                pass
+        with pytest.raises(Exception, match="exclude each other"), ledger.one_transaction():
+            pass
     finally:
         ledger.dispose()
