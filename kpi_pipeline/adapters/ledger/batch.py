@@ -65,8 +65,8 @@ class BatchWork:
         batch_wide: bool = False,
     ) -> None:
         """``batch_wide``: one BatchWork for every step of a batch, in one transaction
-        (``Ledger.one_transaction``); the lead-facts rows are then read once and written
-        once, by ``flush_facts`` at the end, since no step reads them but through here."""
+        (``Ledger.one_transaction``): each lead-facts row is read once, and the rows no
+        step reads back in SQL are written once, by ``finish`` at the end (``flush``)."""
         self.conn = conn
         self.now = now
         self._insert_decision_sql = insert_decision
@@ -335,18 +335,38 @@ class BatchWork:
     # --- writing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write everything in bulk: one ``executemany`` per statement (the lead-facts rows
-        of a batch-wide BatchWork only at ``flush_facts``)."""
-        conn = self.conn
+        """Write everything in bulk: one ``executemany`` per statement.
+
+        A batch-wide BatchWork (``Ledger.one_transaction``) writes here only what a later
+        step of the batch reads back in SQL, the routing memo (and the pools with it); the
+        rest waits for ``finish`` at the end of the batch: each lead-facts row and outbox
+        row is then written once per batch, not once per step."""
+        self._flush_routing()
         if not self._batch_wide:
-            self.flush_facts()
+            self.finish()
+
+    def finish(self) -> None:
+        """Write the lead facts, template recommendations, decisions and outbox marks."""
+        changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
+        if changed:
+            bulk.executemany(self.conn, _UPSERT_FACTS, [self.facts[i] for i in changed])  # type: ignore[misc]
+        if self._templates:
+            bulk.executemany(
+                self.conn, _INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)]
+            )
+        self._flush_decisions()
+        self._flush_marks()
+        self._changed.clear()
+        self._marks, self._templates, self._decisions, self._on_stored = {}, {}, {}, {}
+
+    def _flush_routing(self) -> None:
         if self._routing:
             bulk.executemany(
-                conn, _INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)]
+                self.conn, _INSERT_ROUTING, [self._routing[k] for k in sorted(self._routing)]
             )
         for pool_id in sorted(self._pools):
             pool = self._pools[pool_id]
-            conn.execute(
+            self.conn.execute(
                 _SAVE_POOL,
                 {
                     "p_pool_id": pool.pool_id,
@@ -357,21 +377,7 @@ class BatchWork:
                     "p_updated_at": self.now,
                 },
             )
-        if self._templates:
-            bulk.executemany(
-                conn, _INSERT_TEMPLATE, [self._templates[k] for k in sorted(self._templates)]
-            )
-        self._flush_decisions()
-        self._flush_marks()
-        self._marks, self._routing, self._pools = {}, {}, {}
-        self._templates, self._decisions, self._on_stored = {}, {}, {}
-
-    def flush_facts(self) -> None:
-        """Write the changed lead-facts rows (``flush`` does, unless batch-wide)."""
-        changed = sorted(i for i in self._changed if self.facts.get(i) is not None)
-        if changed:
-            bulk.executemany(self.conn, _UPSERT_FACTS, [self.facts[i] for i in changed])  # type: ignore[misc]
-        self._changed.clear()
+        self._routing, self._pools = {}, {}
 
     def _flush_decisions(self) -> None:
         if not self._decisions:

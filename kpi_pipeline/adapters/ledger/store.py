@@ -109,7 +109,8 @@ class Ledger(
     def one_transaction(self) -> Iterator[sa.Connection]:
         """One write transaction for the whole block: ``write()`` in this thread joins it,
         ``batch_work`` of its connection is one batch-wide ``BatchWork`` (each lead-facts
-        row read once and written once, at the end), and it commits when the block ends.
+        and outbox row read once and written once, at the end), and it commits when the
+        block ends.
         ``BatchProcessor.process`` runs a batch's steps in it where ``exclusive_writes``."""
         if not self.exclusive_writes:
             raise LedgerError(
@@ -121,7 +122,7 @@ class Ledger(
             self._joined.batch = batch
             try:
                 yield conn
-                batch.flush_facts()
+                batch.finish()
             finally:
                 self._joined.batch = None
 
