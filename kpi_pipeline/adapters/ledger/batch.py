@@ -42,7 +42,7 @@ from kpi_pipeline.adapters.ledger.batch_sql import (
     merge_outbox_marks,
     template_params,
 )
-from kpi_pipeline.adapters.ledger.sql import CHUNK, canonical
+from kpi_pipeline.adapters.ledger.sql import canonical
 from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
@@ -100,12 +100,9 @@ class BatchWork:
             )
         for i in ids:
             self.facts[i] = None
-        for start in range(0, len(ids), CHUNK):
-            query = sa.select(t.lead_facts).where(t.lead_facts.c.Id.in_(ids[start : start + CHUNK]))
-            if postgres:
-                query = query.with_for_update()
-            for row in self.conn.execute(query):
-                self.facts[row.Id] = FactsRow(row._mapping)
+        columns = t.lead_facts.columns
+        for row in bulk.rows_where_in(self.conn, columns, columns.Id, ids, for_update=postgres):
+            self.facts[row[0]] = FactsRow(zip(FACT_COLUMNS, row, strict=True))
 
     def row(self, lead_id: str) -> FactsRow | None:
         if lead_id not in self.facts:
@@ -386,12 +383,7 @@ class BatchWork:
         known: set[str] = set()
         if self._on_stored:  # only who asks needs to know which ones are new
             c = t.decisions.c
-            for start in range(0, len(ids), CHUNK):
-                known.update(
-                    self.conn.execute(
-                        sa.select(c.id).where(c.id.in_(ids[start : start + CHUNK]))
-                    ).scalars()
-                )
+            known.update(row[0] for row in bulk.rows_where_in(self.conn, [c.id], c.id, ids))
         bulk.executemany(self.conn, self._insert_decision_sql, [self._decisions[i] for i in ids])
         for decision_id, callbacks in sorted(self._on_stored.items()):
             if decision_id not in known:

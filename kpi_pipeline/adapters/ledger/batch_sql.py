@@ -17,8 +17,9 @@ import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
+from kpi_pipeline.adapters.ledger.bulk import CHUNK
 from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
-from kpi_pipeline.adapters.ledger.sql import CHUNK, canonical, field_params, text_insert
+from kpi_pipeline.adapters.ledger.sql import canonical, field_params, text_insert
 from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 
 FACT_COLUMNS: tuple[str, ...] = tuple(c.name for c in t.lead_facts.columns)

@@ -1,5 +1,6 @@
-"""Bulk writes through the driver's cursor: ``executemany`` of a typed text statement
-(``sql.text_insert``) without SQLAlchemy's per-row parameter processing.
+"""Bulk writes and keyed reads through the driver's cursor, without SQLAlchemy's per-row
+machinery: ``executemany`` of a typed text statement (``sql.text_insert``), and
+``rows_where_in``, the ``SELECT ... WHERE key IN (...)`` that every processing step runs.
 
 Processing writes every batch with a few ``executemany`` calls of thousands of rows
 (``BatchWork.flush``, ``save_records``). For each row SQLAlchemy rebuilds the parameter
@@ -11,11 +12,17 @@ the rows go to the cursor as tuples, in ``conn``'s transaction.
 
 Only on SQLite; other dialects go through ``conn.execute`` unchanged (psycopg2's cursor
 ``executemany`` is not faster than SQLAlchemy's path there).
+
+``rows_where_in`` is the read counterpart: on SQLite, a statement built once per shape and
+chunk size, each value converted by its column type's own result processor (the same one
+SQLAlchemy applies: ``UTCDateTime``, JSON through the engine's deserializer); a batch runs
+about twenty such reads, and SQLAlchemy's statement execution and ``Row`` objects cost
+more than SQLite's work for them (bench/RESULTS.md, Replay).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,3 +73,85 @@ def executemany(
         cursor.executemany(prepared.sql, params)
     finally:
         cursor.close()
+
+
+CHUNK = 500  # ids per ``IN (...)`` list: well under every driver's bind-parameter limit
+
+# By the ids of the (module-level, never freed) columns: a Column's ``==`` builds SQL.
+_SELECTS: dict[tuple[Any, ...], tuple[str, tuple[Callable[[Any], Any] | None, ...]]] = {}
+
+
+def rows_where_in(
+    conn: sa.Connection,
+    columns: Sequence[sa.Column[Any]],
+    key: sa.Column[Any],
+    values: Iterable[Any],
+    *,
+    order_by: Sequence[sa.Column[Any]] = (),
+    for_update: bool = False,
+) -> list[tuple[Any, ...]]:
+    """``columns`` of the rows of ``key``'s table whose ``key`` is one of ``values``, as
+    tuples, ``CHUNK`` keys a query, each chunk ordered by ``order_by``; ``for_update`` locks
+    them on PostgreSQL (SQLite's write transaction already excludes other writers)."""
+    wanted = sorted(set(values))
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(wanted), CHUNK):
+        chunk = wanted[start : start + CHUNK]
+        if conn.dialect.name == "sqlite":
+            rows += _sqlite_rows(conn, tuple(columns), key, chunk, tuple(order_by))
+            continue
+        query = sa.select(*columns).where(key.in_(chunk)).order_by(*order_by)
+        if for_update:
+            query = query.with_for_update()
+        rows += [tuple(row) for row in conn.execute(query)]
+    return rows
+
+
+def _sqlite_rows(
+    conn: sa.Connection,
+    columns: tuple[sa.Column[Any], ...],
+    key: sa.Column[Any],
+    chunk: list[Any],
+    order_by: tuple[sa.Column[Any], ...],
+) -> list[tuple[Any, ...]]:
+    sql, processors = _sqlite_select(conn.dialect, columns, key, len(chunk), order_by)
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, chunk)
+        raw = cursor.fetchall()
+    finally:
+        cursor.close()
+    if not any(processors):
+        return raw
+    return [
+        tuple(
+            value if process is None else process(value)
+            for process, value in zip(processors, row, strict=True)
+        )
+        for row in raw
+    ]
+
+
+def _sqlite_select(
+    dialect: sa.Dialect,
+    columns: tuple[sa.Column[Any], ...],
+    key: sa.Column[Any],
+    count: int,
+    order_by: tuple[sa.Column[Any], ...],
+) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
+    cache_key = (tuple(map(id, columns)), id(key), count, tuple(map(id, order_by)))
+    found = _SELECTS.get(cache_key)
+    if found is None:
+        quote = dialect.identifier_preparer.quote
+        names = ", ".join(quote(c.name) for c in columns)
+        sql = (
+            f"SELECT {names} FROM {quote(key.table.name)} "  # type: ignore[attr-defined]
+            f"WHERE {quote(key.name)} IN ({', '.join('?' * count)})"
+        )
+        if order_by:
+            sql += " ORDER BY " + ", ".join(quote(c.name) for c in order_by)
+        processors = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+        )
+        found = _SELECTS[cache_key] = (sql, processors)
+    return found

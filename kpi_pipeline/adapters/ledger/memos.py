@@ -84,19 +84,17 @@ class WorkloadMemosMixin:
     def candidates_for(
         self, conn: sa.Connection, lead_ids: Iterable[str]
     ) -> dict[str, list[ResponseCandidate]]:
-        ids = sorted(set(lead_ids))
         found: dict[str, list[ResponseCandidate]] = {}
         c = t.response_candidates.c
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                sa.select(t.response_candidates)
-                .where(c.lead_id.in_(ids[start : start + 500]))
-                .order_by(c.lead_id, c.at, c.rank, c.record_id)
-            )
-            for row in rows:
-                found.setdefault(row.lead_id, []).append(
-                    ResponseCandidate(row.lead_id, row.at, row.source, row.record_id, row.user_id)
-                )
+        rows = bulk.rows_where_in(
+            conn,
+            (c.lead_id, c.at, c.source, c.record_id, c.user_id),
+            c.lead_id,
+            lead_ids,
+            order_by=(c.lead_id, c.at, c.rank, c.record_id),
+        )
+        for row in rows:
+            found.setdefault(row[0], []).append(ResponseCandidate(*row))
         return found
 
     # --- routing ------------------------------------------------------------------------

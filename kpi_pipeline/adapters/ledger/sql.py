@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from kpi_pipeline.adapters.ledger.bulk import rows_where_in
 from kpi_pipeline.adapters.ledger.engine import LedgerError
 from kpi_pipeline.core.canonical import dumps
 
-CHUNK = 500  # ids per ``IN (...)`` list: well under every driver's bind-parameter limit
 RowData = TypeVar("RowData")
 
 
@@ -39,13 +39,8 @@ def pairs_where_in(
     ids: Iterable[Any],
 ) -> dict[Any, Any]:
     """``{first: second}`` of ``pair`` over the rows whose ``column`` is one of ``ids``,
-    ``CHUNK`` ids a query."""
-    wanted = sorted(set(ids))
-    found: dict[Any, Any] = {}
-    for start in range(0, len(wanted), CHUNK):
-        chunk = wanted[start : start + CHUNK]
-        found.update(conn.execute(sa.select(*pair).where(column.in_(chunk))).all())
-    return found
+    ``CHUNK`` ids a query (``bulk.rows_where_in``)."""
+    return dict(rows_where_in(conn, pair, column, ids))
 
 
 def from_row(cls: type[RowData], row: sa.Row[Any], **converted: Any) -> RowData:

@@ -6,7 +6,8 @@ import pytest
 
 from kpi_pipeline.adapters.ledger import Ledger, LedgerError
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.sql import CHUNK, pairs_where_in, required_row
+from kpi_pipeline.adapters.ledger.bulk import CHUNK
+from kpi_pipeline.adapters.ledger.sql import pairs_where_in, required_row
 
 
 def test_pairs_where_in_reads_every_chunk_of_ids(ledger: Ledger) -> None:
