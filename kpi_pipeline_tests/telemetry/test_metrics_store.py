@@ -241,6 +241,27 @@ def test_processes_with_the_same_pid_never_share_files(metrics_dir: Path) -> Non
     assert value(samples, "cdc_events_total", channel=LEAD, change_type="CREATE") == 10002
 
 
+def test_a_forked_child_records_into_files_of_its_own(metrics_dir: Path) -> None:
+    """A child forked after the parent recorded (multiprocessing's fork start method, a
+    worker pool) writes its own files, and both processes' counts add up."""
+    run_recording(
+        metrics_dir,
+        f"""
+        import os
+        m.record_error("cdc")
+        child = os.fork()
+        if child == 0:
+            for _ in range(3):
+                m.record_error("cdc")
+            os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+        m.record_error("cdc")
+        """,
+    )
+    assert len(owners_of_files(metrics_dir)) == 2
+    assert value(scrape_once(metrics_dir), "errors_total", area="cdc") == 5
+
+
 def test_conflicting_metrics_directories_are_a_clear_error(tmp_path: Path) -> None:
     env = metrics_env(tmp_path / "a")
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "b")

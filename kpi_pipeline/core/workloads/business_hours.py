@@ -25,6 +25,7 @@ wall-clock minutes and the due time is created + SLA, exactly as before calendar
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Container, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -60,6 +61,11 @@ def minutes_2dp(ns: int) -> float:
     return round(timedelta(microseconds=int(ns) // 1000).total_seconds() / 60.0, 2)
 
 
+def _wanted_ns(minutes: float) -> int:
+    """Minutes as whole nanoseconds, rounded half to even as ``numpy.rint`` rounds them."""
+    return round(float(minutes) * NS_PER_MINUTE)
+
+
 class BusinessClock:
     """Open time of one calendar. Tables of intervals are built lazily for the days asked
     about and kept (one contiguous span, widened when a question needs more days)."""
@@ -86,6 +92,8 @@ class BusinessClock:
         self._ends = np.empty(0, dtype="int64")
         self._cum_before = np.empty(0, dtype="int64")  # open ns before interval i
         self._cum_end = np.empty(0, dtype="int64")  # open ns up to the end of interval i
+        # The same four as Python lists, for the one-lead questions.
+        self._lists: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
 
     @classmethod
     def from_calendar(cls, calendar: Calendar, name: str | None = None) -> BusinessClock:
@@ -97,22 +105,46 @@ class BusinessClock:
         )
 
     # --- one lead -----------------------------------------------------------------------
+    # The same integer arithmetic as the array methods below, on Python lists with
+    # ``bisect``: a workload step asks about one lead at a time, and numpy's per-call cost
+    # on one-element arrays was most of these questions' time (bench/RESULTS.md, Replay).
 
     def open_minutes(self, start: datetime, end: datetime) -> float:
         """Open minutes in [start, end), 2 places; 0 when end <= start."""
-        got = self.open_ns_array(np.array([to_ns(start)]), np.array([to_ns(end)]))
-        return minutes_2dp(int(got[0]))
+        start_ns = to_ns(start)
+        return minutes_2dp(self._open_ns(start_ns, max(to_ns(end), start_ns)))
 
     def add_open_minutes(self, start: datetime, minutes: float) -> datetime:
         """The instant ``minutes`` of open time after ``start`` (``start`` itself for <= 0)."""
-        due = self.add_open_ns_array(np.array([to_ns(start)]), np.array([float(minutes)]))
-        return from_ns(int(due[0]))
+        return from_ns(self._add_open_ns(to_ns(start), _wanted_ns(minutes)))
 
     def next_open(self, at: datetime) -> datetime:
         """``at`` when the calendar is open then, else the instant it next opens."""
         # One nanosecond of open time later, less that nanosecond: exact in integers.
-        after = self.add_open_ns_array(np.array([to_ns(at)]), np.array([1 / NS_PER_MINUTE]))
-        return from_ns(int(after[0]) - 1)
+        return from_ns(self._add_open_ns(to_ns(at), _wanted_ns(1 / NS_PER_MINUTE)) - 1)
+
+    def _open_ns(self, start_ns: int, end_ns: int) -> int:
+        """Open nanoseconds in [start, end), for end >= start."""
+        self._cover(start_ns, end_ns)
+        return self._open_before_one(end_ns) - self._open_before_one(start_ns)
+
+    def _add_open_ns(self, start_ns: int, wanted: int) -> int:
+        wanted = max(wanted, 0)
+        self._cover(start_ns, start_ns)
+        target = self._open_before_one(start_ns) + wanted
+        self._reach(target, start_ns, wanted)
+        cum_end = self._lists[3]
+        index = min(bisect_left(cum_end, target), len(cum_end) - 1)
+        starts, _, cum_before, _ = self._lists
+        due = starts[index] + (target - cum_before[index])
+        return max(due, start_ns) if wanted > 0 else start_ns
+
+    def _open_before_one(self, at_ns: int) -> int:
+        starts, ends, cum_before, _ = self._lists
+        index = bisect_right(starts, at_ns) - 1
+        if index < 0:
+            return 0
+        return cum_before[index] + min(max(at_ns - starts[index], 0), ends[index] - starts[index])
 
     # --- arrays (int64 nanoseconds since the epoch) -----------------------------------
 
@@ -134,26 +166,32 @@ class BusinessClock:
             return np.zeros(0, dtype="int64")
         self._cover(int(start_ns.min()), int(start_ns.max()))
         target = self._open_before(start_ns) + wanted
-        horizon = _FIRST_HORIZON_DAYS
-        latest = from_ns(int(start_ns.max())).date()
-        while self._cum_end.size == 0 or int(target.max()) > int(self._cum_end[-1]):
-            assert self._last is not None
-            if (self._last - latest).days >= _MAX_SEARCH_DAYS:
-                raise CalendarError(
-                    f"calendar {self.name!r} has less than {int(wanted.max()) / NS_PER_MINUTE:g} "
-                    f"open minutes in the {_MAX_SEARCH_DAYS} days after a start; check its "
-                    "hours and holidays"
-                )
-            limit = latest + timedelta(days=_MAX_SEARCH_DAYS)
-            self._extend_to(min(self._last + timedelta(days=horizon), limit))
-            horizon *= 2
-            target = self._open_before(start_ns) + wanted  # table grew: same values, new size
+        self._reach(int(target.max()), int(start_ns.max()), int(wanted.max()))
         index = np.searchsorted(self._cum_end, target, side="left")
         index = np.minimum(index, self._cum_end.size - 1)
         due = self._starts[index] + (target - self._cum_before[index])
         return np.where(wanted > 0, np.maximum(due, start_ns), start_ns)
 
     # --- the table ----------------------------------------------------------------------
+
+    def _reach(self, target: int, latest_start_ns: int, wanted: int) -> None:
+        """Widen the table until its open time reaches ``target`` (open ns since its first
+        day), doubling the horizon each time; a calendar without that much open time in
+        ``_MAX_SEARCH_DAYS`` days after the latest start is an error. Widening keeps every
+        earlier value (the table grows at its end only)."""
+        horizon = _FIRST_HORIZON_DAYS
+        latest = from_ns(latest_start_ns).date()
+        while self._cum_end.size == 0 or target > int(self._cum_end[-1]):
+            assert self._last is not None
+            if (self._last - latest).days >= _MAX_SEARCH_DAYS:
+                raise CalendarError(
+                    f"calendar {self.name!r} has less than {wanted / NS_PER_MINUTE:g} "
+                    f"open minutes in the {_MAX_SEARCH_DAYS} days after a start; check its "
+                    "hours and holidays"
+                )
+            limit = latest + timedelta(days=_MAX_SEARCH_DAYS)
+            self._extend_to(min(self._last + timedelta(days=horizon), limit))
+            horizon *= 2
 
     def _open_before(self, at_ns: np.ndarray) -> np.ndarray:
         """Open nanoseconds in the table before each instant (the table covers them)."""
@@ -196,6 +234,7 @@ class BusinessClock:
         lengths = self._ends - self._starts
         self._cum_end = np.cumsum(lengths)
         self._cum_before = self._cum_end - lengths
+        self._lists = (starts, ends, self._cum_before.tolist(), self._cum_end.tolist())
 
     def _instant_ns(self, day: date, minute: int) -> int:
         wall = datetime.combine(day, time()) + timedelta(minutes=minute)  # 1440 = next midnight
@@ -224,6 +263,12 @@ class _AlwaysOpen(BusinessClock):
 
     def __init__(self) -> None:
         self.name = None
+
+    def _open_ns(self, start_ns: int, end_ns: int) -> int:
+        return max(end_ns - start_ns, 0)
+
+    def _add_open_ns(self, start_ns: int, wanted: int) -> int:
+        return start_ns + max(wanted, 0)
 
     def open_ns_array(self, start_ns: np.ndarray, end_ns: np.ndarray) -> np.ndarray:
         start_ns = np.asarray(start_ns, dtype="int64")

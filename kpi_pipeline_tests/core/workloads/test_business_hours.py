@@ -23,6 +23,8 @@ from kpi_pipeline.core.workloads.business_hours import (
     ALWAYS_OPEN,
     BusinessClock,
     CalendarError,
+    from_ns,
+    minutes_2dp,
     to_ns,
 )
 from kpi_pipeline.core.workloads.first_touch import ttfr_minutes
@@ -261,3 +263,27 @@ def test_the_due_time_is_exactly_the_sla_of_open_time_later(calendar, created, m
     assert clk.open_minutes(created, due) == minutes
     # ... and the earliest such instant: a second before it, less open time has passed.
     assert clk.open_minutes(created, due - timedelta(seconds=1)) < minutes
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    calendar=calendars(),
+    created=moments,
+    seconds=st.integers(-3600, 30 * 24 * 3600),
+    minutes=st.floats(-5, 20_000, allow_nan=False),
+    widened_first=st.booleans(),
+)
+def test_one_lead_answers_as_the_arrays_do(calendar, created, seconds, minutes, widened_first):
+    """The one-lead questions (Python lists, ``bisect``) give exactly what the array
+    questions (numpy) give for the same lead, also on a clock whose table other questions
+    built first, and on the 24x7 clock."""
+    end = created + timedelta(seconds=seconds)
+    clk = BusinessClock.from_calendar(calendar)
+    if widened_first:
+        clk.add_open_minutes(created + timedelta(days=40), 600)
+    start_ns, end_ns = np.array([to_ns(created)]), np.array([to_ns(end)])
+    for each in (clk, ALWAYS_OPEN):
+        due_ns = each.add_open_ns_array(start_ns, np.array([minutes]))[0]
+        assert each.add_open_minutes(created, minutes) == from_ns(int(due_ns))
+        open_ns = each.open_ns_array(start_ns, end_ns)[0]
+        assert each.open_minutes(created, end) == minutes_2dp(int(open_ns))
