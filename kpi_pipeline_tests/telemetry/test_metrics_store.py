@@ -246,7 +246,7 @@ def test_a_forked_child_records_into_files_of_its_own(metrics_dir: Path) -> None
     worker pool) writes its own files, and both processes' counts add up."""
     run_recording(
         metrics_dir,
-        f"""
+        """
         import os
         m.record_error("cdc")
         child = os.fork()
