@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from kpi_pipeline.core.events import ChangeEvent
@@ -80,7 +80,10 @@ class RecordState:
                 sobject=raw["sobject"],
                 record_id=raw["record_id"],
                 fields=dict(raw.get("fields") or {}),
-                versions={k: _as_version(v) for k, v in (raw.get("versions") or {}).items()},
+                versions={
+                    name: (int(a), int(b), int(c))
+                    for name, (a, b, c) in (raw.get("versions") or {}).items()
+                },
                 created_ms=raw.get("created_ms"),
                 deleted=bool(raw.get("deleted", False)),
                 meta=meta,
@@ -90,11 +93,6 @@ class RecordState:
                 f"stored RecordState {str(raw)[:120]!r} is malformed ({exc}); "
                 "it must come from RecordState.to_json()"
             ) from exc
-
-
-def _as_version(value: Any) -> Version:
-    a, b, c = value
-    return (int(a), int(b), int(c))
 
 
 def event_version(event: ChangeEvent) -> Version:
@@ -159,13 +157,15 @@ def merge_event(state: RecordState | None, event: ChangeEvent, record_id: str) -
         commit_ms = event.header.commit_timestamp
         created_ms = commit_ms if created_ms is None else min(created_ms, commit_ms)
 
-    return replace(
-        state,
-        fields=fields,
-        versions=versions,
-        created_ms=created_ms,
-        deleted=deleted,
-        meta=_merge_meta(state.meta, event, version),
+    # Built directly: ``dataclasses.replace`` looks the fields up again on every event.
+    return RecordState(
+        state.sobject,
+        state.record_id,
+        fields,
+        versions,
+        created_ms,
+        deleted,
+        _merge_meta(state.meta, event, version),
     )
 
 
