@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.bulk import CHUNK
 from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
 from kpi_pipeline.adapters.ledger.sql import canonical, field_params, text_insert
 from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
@@ -101,6 +100,19 @@ def template_params(recommendation: TemplateRecommendation) -> dict[str, Any]:
     return {**field_params(recommendation), "detail": canonical(dict(recommendation.detail))}
 
 
+class _OutboxRow(NamedTuple):
+    """What the outbox merge reads of an existing row."""
+
+    id: int
+    record_id: str
+    dirty: list[str]
+    status: str
+    dirtied_at: datetime
+
+
+_OUTBOX_ROW_COLUMNS = tuple(t.sf_outbox.c[name] for name in _OutboxRow._fields)
+
+
 def merge_outbox_marks(
     conn: sa.Connection,
     marks: Mapping[tuple[str, str], set[str]],
@@ -112,20 +124,23 @@ def merge_outbox_marks(
     if not keys:
         return []
     c = t.sf_outbox.c
-    existing: dict[tuple[str, str], Any] = {}
+    existing: dict[tuple[str, str], _OutboxRow] = {}
     by_sobject: dict[str, list[str]] = {}
     for sobject, record_id in keys:
         by_sobject.setdefault(sobject, []).append(record_id)
+    postgres = conn.dialect.name == "postgresql"
     for sobject, ids in by_sobject.items():
-        ids.sort()
-        for start in range(0, len(ids), CHUNK):
-            query = sa.select(c.id, c.record_id, c.dirty, c.status, c.dirtied_at).where(
-                c.sobject == sobject, c.record_id.in_(ids[start : start + CHUNK])
-            )
-            if conn.dialect.name == "postgresql":
-                query = query.order_by(c.id).with_for_update()
-            for row in conn.execute(query):
-                existing[(sobject, row.record_id)] = row
+        rows = bulk.rows_where_in(
+            conn,
+            _OUTBOX_ROW_COLUMNS,
+            c.record_id,
+            ids,
+            equal=(c.sobject, sobject),
+            order_by=(c.id,) if postgres else (),
+            for_update=postgres,
+        )
+        for row in map(_OutboxRow._make, rows):
+            existing[(sobject, row.record_id)] = row
     inserts, updates = [], []
     for key in keys:
         wanted = sorted(marks[key])

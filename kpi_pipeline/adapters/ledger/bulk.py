@@ -87,20 +87,24 @@ def rows_where_in(
     key: sa.Column[Any],
     values: Iterable[Any],
     *,
+    equal: tuple[sa.Column[Any], Any] | None = None,
     order_by: Sequence[sa.Column[Any]] = (),
     for_update: bool = False,
 ) -> list[tuple[Any, ...]]:
-    """``columns`` of the rows of ``key``'s table whose ``key`` is one of ``values``, as
-    tuples, ``CHUNK`` keys a query, each chunk ordered by ``order_by``; ``for_update`` locks
-    them on PostgreSQL (SQLite's write transaction already excludes other writers)."""
+    """``columns`` of the rows of ``key``'s table whose ``key`` is one of ``values`` (and
+    whose ``equal[0]`` column is ``equal[1]``), as tuples, ``CHUNK`` keys a query, each
+    chunk ordered by ``order_by``; ``for_update`` locks them on PostgreSQL (SQLite's write
+    transaction already excludes other writers)."""
     wanted = sorted(set(values))
     rows: list[tuple[Any, ...]] = []
     for start in range(0, len(wanted), CHUNK):
         chunk = wanted[start : start + CHUNK]
         if conn.dialect.name == "sqlite":
-            rows += _sqlite_rows(conn, tuple(columns), key, chunk, tuple(order_by))
+            rows += _sqlite_rows(conn, tuple(columns), key, chunk, equal, tuple(order_by))
             continue
         query = sa.select(*columns).where(key.in_(chunk)).order_by(*order_by)
+        if equal is not None:
+            query = query.where(equal[0] == equal[1])
         if for_update:
             query = query.with_for_update()
         rows += [tuple(row) for row in conn.execute(query)]
@@ -112,12 +116,14 @@ def _sqlite_rows(
     columns: tuple[sa.Column[Any], ...],
     key: sa.Column[Any],
     chunk: list[Any],
+    equal: tuple[sa.Column[Any], Any] | None,
     order_by: tuple[sa.Column[Any], ...],
 ) -> list[tuple[Any, ...]]:
-    sql, processors = _sqlite_select(conn.dialect, columns, key, len(chunk), order_by)
+    equal_column = None if equal is None else equal[0]
+    sql, processors = _sqlite_select(conn.dialect, columns, key, len(chunk), equal_column, order_by)
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(sql, chunk)
+        cursor.execute(sql, chunk if equal is None else [*chunk, equal[1]])
         raw = cursor.fetchall()
     finally:
         cursor.close()
@@ -137,9 +143,10 @@ def _sqlite_select(
     columns: tuple[sa.Column[Any], ...],
     key: sa.Column[Any],
     count: int,
+    equal: sa.Column[Any] | None,
     order_by: tuple[sa.Column[Any], ...],
 ) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
-    cache_key = (tuple(map(id, columns)), id(key), count, tuple(map(id, order_by)))
+    cache_key = (tuple(map(id, columns)), id(key), count, id(equal), tuple(map(id, order_by)))
     found = _SELECTS.get(cache_key)
     if found is None:
         quote = dialect.identifier_preparer.quote
@@ -148,6 +155,8 @@ def _sqlite_select(
             f"SELECT {names} FROM {quote(key.table.name)} "  # type: ignore[attr-defined]
             f"WHERE {quote(key.name)} IN ({', '.join('?' * count)})"
         )
+        if equal is not None:
+            sql += f" AND {quote(equal.name)} = ?"
         if order_by:
             sql += " ORDER BY " + ", ".join(quote(c.name) for c in order_by)
         processors = tuple(

@@ -113,35 +113,45 @@ def test_utc_datetime_converts_in_one_step_what_sqlite_datetime_converts_in_two(
         kind.bind_processor(dialect)(value.replace(tzinfo=None))
 
 
-# Each keyed read of the processing steps: table, key, order.
-READS: dict[str, tuple[sa.Table, str, tuple[str, ...]]] = {
-    "lead_facts": (t.lead_facts, "Id", ()),
-    "decisions": (t.decisions, "id", ()),
-    "routing_decisions": (t.routing_decisions, "lead_id", ()),
-    "response_candidates": (t.response_candidates, "lead_id", ("lead_id", "at", "rank")),
+# Each keyed read of the processing steps: table, key, order, an equality filter.
+READS: dict[str, tuple[sa.Table, str, tuple[str, ...], str | None]] = {
+    "lead_facts": (t.lead_facts, "Id", (), None),
+    "decisions": (t.decisions, "id", (), None),
+    "routing_decisions": (t.routing_decisions, "lead_id", (), None),
+    "response_candidates": (t.response_candidates, "lead_id", ("lead_id", "at", "rank"), None),
+    "sf_outbox": (t.sf_outbox, "record_id", ("id",), "sobject"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(READS))
 def test_rows_where_in_reads_what_sqlalchemy_reads(name: str, ledger: Ledger) -> None:
     """On SQLite through the driver cursor, elsewhere through SQLAlchemy: the same values
-    (converted by the column types), in chunks of ``CHUNK`` keys, each in the given order."""
-    table, key_name, order = READS[name]
+    (converted by the column types), in chunks of ``CHUNK`` keys, each in the given order,
+    with the equality filter applied."""
+    table, key_name, order, equal_name = READS[name]
     rows = _rows(table, [c.name for c in table.columns], count=1_100)
+    if equal_name is not None:  # half the rows match the filter
+        for n, row in enumerate(rows):
+            row[equal_name] = "Lead" if n % 2 else "Task"
     key = table.c[key_name]
     with ledger.write() as conn:
         conn.execute(table.insert(), rows)
     wanted = [row[key_name] for row in rows[::3]] + ["missing"] * 2
     order_by = [table.c[name] for name in order]
+    equal = None if equal_name is None else (table.c[equal_name], "Lead")
     with ledger.write() as conn:
-        got = bulk.rows_where_in(conn, list(table.columns), key, wanted, order_by=order_by)
+        got = bulk.rows_where_in(
+            conn, list(table.columns), key, wanted, equal=equal, order_by=order_by
+        )
         expected = [
             tuple(row)
             for start in range(0, len(set(wanted)), bulk.CHUNK)
             for row in conn.execute(
                 sa.select(table)
                 .where(key.in_(sorted(set(wanted))[start : start + bulk.CHUNK]))
+                .where(sa.true() if equal is None else equal[0] == equal[1])
                 .order_by(*order_by)
             )
         ]
-    assert len(got) == len(rows[::3]) and got == expected
+    matching = [row for row in rows[::3] if equal is None or row[equal_name] == "Lead"]
+    assert len(got) == len(matching) > 0 and got == expected
