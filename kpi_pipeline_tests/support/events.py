@@ -172,3 +172,13 @@ def email_via_task(
 ) -> ChangeEvent:
     """An outbound email whose only link to the lead is its ActivityId (the logging Task)."""
     return email_sent(email_id, None, at_ms, user=user, template=template, ActivityId=task_id)
+
+
+def leads_with_tasks(count: int) -> list[ChangeEvent]:
+    """``count`` leads created a minute apart, each answered by a done Task 3 minutes after."""
+    events: list[ChangeEvent] = []
+    for n in range(count):
+        lead_id = f"00Q000000000{n:03d}AAA"
+        events.append(lead_created(lead_id, T0 + n * MINUTE))
+        events.append(task_done(f"00T000000000{n:03d}AAA", lead_id, T0 + (n + 3) * MINUTE))
+    return events

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.workloads.selection import LEAD, TASK
-from kpi_pipeline_tests.support.events import MINUTE, T0, lead_created, task_done
+from kpi_pipeline_tests.support.events import leads_with_tasks
 from kpi_pipeline_tests.support.processors import make_processor
 
 NewLedger = Callable[..., Ledger]
@@ -21,12 +21,7 @@ Key = tuple[str, str]
 
 
 def _batch(count: int = 20) -> list[ChangeEvent]:
-    events: list[ChangeEvent] = []
-    for n in range(count):
-        lead_id = f"00Q000000000{n:03d}AAA"
-        events.append(lead_created(lead_id, T0 + n * MINUTE))
-        events.append(task_done(f"00T000000000{n:03d}AAA", lead_id, T0 + (n + 3) * MINUTE))
-    return events
+    return leads_with_tasks(count)
 
 
 def _spy_reads(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[Key]:
