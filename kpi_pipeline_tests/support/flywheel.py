@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kpi_pipeline.core.flywheel.records import build_record
+from kpi_pipeline.core.flywheel.records import build_flywheel_record
 from kpi_pipeline_tests.support.es_server import ElasticStandIn
 
 DAY = datetime(2026, 3, 2, tzinfo=UTC)
@@ -35,7 +35,7 @@ def make_record(
 ) -> dict[str, Any]:
     """The n-th lead's decision; ``padding`` makes the line longer (size-rotation tests)."""
     lead_id = f"00Q{n:015d}"
-    return build_record(
+    return build_flywheel_record(
         workload_id=workload_id,
         client_id="kpi_pipeline",
         decided_at=decided_at or DAY + timedelta(minutes=n),
@@ -51,7 +51,7 @@ def make_record(
             "rule": "default",
             "replay_ids": str(n),
         },
-    )
+    ).to_dict()
 
 
 @pytest.fixture

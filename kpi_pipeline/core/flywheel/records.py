@@ -64,11 +64,6 @@ def _epoch_seconds(decided_at: datetime) -> int:
     return int(decided_at.timestamp() // 1)
 
 
-def build_record(**inputs: Any) -> dict[str, Any]:
-    """``build_flywheel_record`` as plain JSON-able data."""
-    return build_flywheel_record(**inputs).to_dict()
-
-
 def build_flywheel_record(
     *,
     workload_id: str,
@@ -131,7 +126,7 @@ def record_id(record: Mapping[str, Any]) -> str:
     if not isinstance(rid, str) or not rid:
         raise ValueError(
             "flywheel record has no response.id; build records with "
-            "kpi_pipeline.core.flywheel.records.build_record so they carry a deterministic id"
+            "kpi_pipeline.core.flywheel.records.build_flywheel_record so they carry a deterministic id"
         )
     return rid
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kpi_pipeline.core.flywheel.records import (
-    build_record,
+    build_flywheel_record,
     join_replay_ids,
     record_from_decision,
     record_id,
@@ -32,7 +32,7 @@ def _build(**overrides: Any) -> dict[str, Any]:
         "metadata": {"lead_id": "00Q1", "policy_version": "2026-03", "rule": "emea"},
     }
     values.update(overrides)
-    return build_record(**values)
+    return build_flywheel_record(**values).to_dict()
 
 
 def test_built_record_validates_and_has_the_contract_shape() -> None:
@@ -139,7 +139,7 @@ def _row(**overrides: Any) -> DecisionRow:
     return DecisionRow(**values)
 
 
-def test_decision_row_becomes_the_same_record_as_build_record() -> None:
+def test_decision_row_becomes_the_same_record_as_build_flywheel_record() -> None:
     record = record_from_decision(_row(), client_id="kpi_pipeline")
     assert record_id(record) == record_id(_build())
     assert record["request"]["metadata"] == {
