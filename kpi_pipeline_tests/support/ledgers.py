@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -90,3 +91,8 @@ def new_ledger(tmp_path: Path) -> Iterator[NewLedger]:
     yield make
     for ledger in opened:
         ledger.dispose()
+
+
+def facts_by_id(ledger: Ledger) -> pd.DataFrame:
+    """The ledger's lead facts, indexed and sorted by lead Id (for comparing two ledgers)."""
+    return ledger.lead_facts_frame().set_index("Id").sort_index()

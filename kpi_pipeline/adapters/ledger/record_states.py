@@ -3,16 +3,15 @@ from its change events (``RecordState``), read under the batch's locks for the m
 key for the workload steps, written back in bulk, and the email -> activity index kept in step
 with the emails' ``ActivityId``.
 
-The reads go through the driver's cursor (``_select_states``): every record of every batch
-is read here, and SQLAlchemy's execution and row processing cost more than the query."""
+The reads go through ``bulk.rows_where_in`` (the driver's cursor on SQLite): every record
+of every batch is read here, and SQLAlchemy's execution and row processing cost more than
+the query."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import bulk
@@ -62,10 +61,11 @@ class RecordStatesMixin:
         by_sobject: dict[str, list[str]] = {}
         for sobject, record_id in keys:
             by_sobject.setdefault(sobject, []).append(record_id)
+        c = t.records.c
         for sobject, ids in by_sobject.items():
-            for start in range(0, len(ids), 500):
-                for record_id, state in _select_states(conn, sobject, ids[start : start + 500]):
-                    found[(sobject, record_id)] = RecordState.from_json(_json_document(state))
+            rows = bulk.rows_where_in(conn, (c.id, c.state), c.id, ids, equal=(c.sobject, sobject))
+            for record_id, state in rows:
+                found[(sobject, record_id)] = RecordState.from_json(state)
         return found
 
     def save_records(self, conn: sa.Connection, states: Iterable[RecordState]) -> None:
@@ -114,36 +114,6 @@ class RecordStatesMixin:
         self, conn: sa.Connection, keys: Iterable[RecordKey]
     ) -> dict[RecordKey, RecordState]:
         return self._load_records(conn, sorted(set(keys)))
-
-
-def _select_states(conn: sa.Connection, sobject: str, ids: Sequence[str]) -> list[Any]:
-    """(id, state) of these records, through the driver's cursor in ``conn``'s transaction.
-
-    The hottest read of processing (every record of every batch): SQLAlchemy's statement
-    execution and result-row processing cost more than the query itself (bench/RESULTS.md,
-    Replay), and the JSON document is decoded once, by ``_json_document``."""
-    table = t.records.name
-    cursor = conn.connection.cursor()
-    try:
-        if conn.dialect.name == "postgresql":
-            cursor.execute(
-                f"SELECT id, state FROM {table} WHERE sobject = %s AND id = ANY(%s)",
-                (sobject, list(ids)),
-            )
-        else:
-            marks = ",".join("?" * len(ids))
-            cursor.execute(
-                f"SELECT id, state FROM {table} WHERE sobject = ? AND id IN ({marks})",
-                (sobject, *ids),
-            )
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-def _json_document(value: Any) -> Any:
-    """A JSON column as the driver returns it: text on SQLite, already parsed by psycopg2."""
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def excluded(*columns: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from kpi_pipeline.adapters.ledger.batch_sql import _UPSERT_FACTS
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.workloads.selection import LEAD
 from kpi_pipeline_tests.support.events import leads_with_tasks
-from kpi_pipeline_tests.support.ledgers import NewLedger
+from kpi_pipeline_tests.support.ledgers import NewLedger, facts_by_id
 from kpi_pipeline_tests.support.processors import make_processor
 
 
@@ -42,10 +42,6 @@ def _facts_rows_written(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return written
 
 
-def _facts(ledger: Ledger) -> pd.DataFrame:
-    return ledger.lead_facts_frame().set_index("Id").sort_index()
-
-
 def test_a_batch_is_one_transaction_and_each_facts_row_is_written_once(
     new_ledger: NewLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,7 +63,7 @@ def test_a_batch_is_one_transaction_and_each_facts_row_is_written_once(
     routing = processor.route_leads(processor.select_routing(batch))
     processor.detect_first_touch(**processor.select_first_touch(batch))
     processor.recommend_templates(routing_summary=routing, **processor.select_templates(batch))
-    pd.testing.assert_frame_equal(_facts(ledger), _facts(steps))
+    pd.testing.assert_frame_equal(facts_by_id(ledger), facts_by_id(steps))
     assert [d.id for d in ledger.decisions_between()] == [d.id for d in steps.decisions_between()]
 
 
@@ -95,7 +91,7 @@ def test_a_step_that_fails_after_the_merge_rolls_the_whole_batch_back(
     processor.process(batch)
     clean = new_ledger("clean")
     make_processor(clean).process(batch)
-    pd.testing.assert_frame_equal(_facts(ledger), _facts(clean))
+    pd.testing.assert_frame_equal(facts_by_id(ledger), facts_by_id(clean))
     assert [d.id for d in ledger.decisions_between()] == [d.id for d in clean.decisions_between()]
 
 

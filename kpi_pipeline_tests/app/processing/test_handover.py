@@ -14,6 +14,7 @@ from kpi_pipeline.adapters.ledger import Ledger
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.workloads.selection import LEAD, TASK
 from kpi_pipeline_tests.support.events import leads_with_tasks
+from kpi_pipeline_tests.support.ledgers import facts_by_id
 from kpi_pipeline_tests.support.processors import make_processor
 
 NewLedger = Callable[..., Ledger]
@@ -36,10 +37,6 @@ def _spy_reads(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[Key]:
 
     monkeypatch.setattr(ledger, "records", records)
     return read
-
-
-def _facts(ledger: Ledger) -> pd.DataFrame:
-    return ledger.lead_facts_frame().set_index("Id").sort_index()
 
 
 def test_process_reads_the_batch_records_once(
@@ -80,8 +77,8 @@ def test_steps_run_one_by_one_read_the_ledger(
     tasks = {(TASK, e.record_ids[0]) for e in batch if e.entity == TASK}
     assert leads | tasks <= set(read)
     pd.testing.assert_frame_equal(
-        _facts(ledger).drop(columns="updated_at", errors="ignore"),
-        _facts(whole).drop(columns="updated_at", errors="ignore"),
+        facts_by_id(ledger).drop(columns="updated_at", errors="ignore"),
+        facts_by_id(whole).drop(columns="updated_at", errors="ignore"),
     )
 
 
