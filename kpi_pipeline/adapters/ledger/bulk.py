@@ -77,7 +77,8 @@ def executemany(
 
 CHUNK = 500  # ids per ``IN (...)`` list: well under every driver's bind-parameter limit
 
-# By the ids of the (module-level, never freed) columns: a Column's ``==`` builds SQL.
+# By the ids of the (module-level, never freed) columns: a Column's ``==`` builds SQL. One
+# entry per read shape (about ten) and chunk size (1 to CHUNK), so it stays bounded.
 _SELECTS: dict[tuple[Any, ...], tuple[str, tuple[Callable[[Any], Any] | None, ...]]] = {}
 
 
