@@ -6,6 +6,12 @@ ranked before Task: sending an email creates both records at the same instant an
 EmailMessage is the primary one. A stored first response is only ever replaced by a
 candidate that sorts strictly before it (``improves``), so re-delivery, reordering and
 replays can never move a settled answer later.
+
+Deleting a Task or EmailMessage does not withdraw it as a candidate: the response was made,
+and a settled first response never moves later, so withdrawing it would only take effect
+when the record's creation and deletion happened to arrive in the same batch. The answer
+must not depend on how a stream is cut into batches (``replay --batch-size``, micro-batches
+live, windows in a re-sync).
 """
 
 from __future__ import annotations
@@ -91,8 +97,10 @@ def _completion_time(task: RecordState) -> datetime | None:
 
 
 def task_candidate(task: RecordState) -> ResponseCandidate | None:
-    """A completed Task on a lead (WhoId 00Q…), or None. Deleted tasks do not count."""
-    if task.deleted or task.sobject != "Task":
+    """A completed Task on a lead (WhoId 00Q…), or None.
+
+    A Task deleted after it was completed still counts (see the module docstring)."""
+    if task.sobject != "Task":
         return None
     lead_id = task.fields.get("WhoId")
     if not is_lead_id(lead_id):
@@ -124,8 +132,10 @@ def email_lead_id(
 def email_candidate(
     email: RecordState, task_lookup: Callable[[str], RecordState | None]
 ) -> ResponseCandidate | None:
-    """An outbound (``Incoming`` false), sent EmailMessage on a lead at ``MessageDate``, or None."""
-    if email.deleted or email.sobject != "EmailMessage":
+    """An outbound (``Incoming`` false), sent EmailMessage on a lead at ``MessageDate``, or None.
+
+    An email deleted after it was sent still counts (see the module docstring)."""
+    if email.sobject != "EmailMessage":
         return None
     if not _falsy(email.fields.get("Incoming")):
         return None

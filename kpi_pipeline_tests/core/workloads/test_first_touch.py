@@ -159,7 +159,7 @@ def test_responder_falls_back_to_the_creating_commit_user():
     assert task_candidate(fold_events([change], task_id)).user_id == REP2
 
 
-def test_open_tasks_tasks_on_contacts_and_deleted_tasks_do_not_count():
+def test_open_tasks_and_tasks_on_contacts_do_not_count():
     open_task = fold_events(
         [task_created("00T000000000005AAA", LEAD, ms(3), user=REP, completed=False)],
         "00T000000000005AAA",
@@ -168,13 +168,22 @@ def test_open_tasks_tasks_on_contacts_and_deleted_tasks_do_not_count():
         [task_created("00T000000000006AAA", "003000000000001AAA", ms(3), user=REP)],
         "00T000000000006AAA",
     )
-    done = task_created("00T000000000007AAA", LEAD, ms(3), user=REP)
-    deleted = fold_events(
-        [done, event("Task", "00T000000000007AAA", "DELETE", ms(4), user=REP)], "00T000000000007AAA"
-    )
     assert task_candidate(open_task) is None
     assert task_candidate(on_contact) is None
-    assert task_candidate(deleted) is None
+
+
+def test_a_response_deleted_after_it_was_made_still_counts():
+    """Whether a deletion arrives in the batch of the creation or a later one, the answer is
+    the same: the response was made (a settled first response never moves later)."""
+    done = task_created("00T000000000007AAA", LEAD, ms(3), user=REP)
+    task_gone = event("Task", "00T000000000007AAA", "DELETE", ms(4), user=REP)
+    sent = email_sent("02s7", LEAD, ms(5), user=REP)
+    email_gone = event("EmailMessage", "02s7", "DELETE", ms(6), user=REP)
+    task = task_candidate(fold_events([done, task_gone], "00T000000000007AAA"))
+    email = email_candidate(fold_events([sent, email_gone], "02s7"), lambda _: None)
+    assert task == task_candidate(fold_events([done], "00T000000000007AAA"))
+    assert email == email_candidate(fold_events([sent], "02s7"), lambda _: None)
+    assert (task.source, email.source) == ("Task", "EmailMessage")
 
 
 def test_incoming_and_draft_emails_do_not_count():
