@@ -42,7 +42,7 @@ from kpi_pipeline.adapters.ledger.batch_sql import (
     merge_outbox_marks,
     template_params,
 )
-from kpi_pipeline.adapters.ledger.sql import canonical
+from kpi_pipeline.core.canonical import canonical_value
 from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, FirstResponse
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
@@ -272,7 +272,7 @@ class BatchWork:
         self._remember(self._routing, decision.lead_id)
         self._routing[decision.lead_id] = {
             "lead_id": decision.lead_id,
-            "decision": canonical(decision.to_json()),
+            "decision": canonical_value(decision.to_json()),
             "decided_at": decision.decided_at,
             "policy_version": decision.policy_version,
         }
@@ -369,8 +369,8 @@ class BatchWork:
                     "p_pool_id": pool.pool_id,
                     "p_pointer": pool.pointer,
                     "p_day": pool.day,
-                    "p_assigned_today": canonical(pool.assigned_today),
-                    "p_state": canonical(pool.to_json()),
+                    "p_assigned_today": canonical_value(pool.assigned_today),
+                    "p_state": canonical_value(pool.to_json()),
                     "p_updated_at": self.now,
                 },
             )

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.outbox import CLAIMED, PENDING
-from kpi_pipeline.adapters.ledger.sql import canonical, field_params, text_insert
+from kpi_pipeline.adapters.ledger.sql import field_params, text_insert
+from kpi_pipeline.core.canonical import canonical_value
 from kpi_pipeline.core.ledger_rows import DecisionRow, TemplateRecommendation
 
 FACT_COLUMNS: tuple[str, ...] = tuple(c.name for c in t.lead_facts.columns)
@@ -97,7 +98,7 @@ def decision_params(decision: DecisionRow) -> dict[str, Any]:
 
 def template_params(recommendation: TemplateRecommendation) -> dict[str, Any]:
     """The bind parameters of a template recommendation's insert."""
-    return {**field_params(recommendation), "detail": canonical(dict(recommendation.detail))}
+    return {**field_params(recommendation), "detail": canonical_value(dict(recommendation.detail))}
 
 
 class _OutboxRow(NamedTuple):

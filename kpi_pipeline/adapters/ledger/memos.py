@@ -15,11 +15,11 @@ from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.batch_sql import decision_params
 from kpi_pipeline.adapters.ledger.record_states import excluded
 from kpi_pipeline.adapters.ledger.sql import (
-    canonical,
     insert_ignore,
     pairs_where_in,
     text_insert,
 )
+from kpi_pipeline.core.canonical import canonical_value
 from kpi_pipeline.core.ledger_rows import DecisionRow
 from kpi_pipeline.core.workloads.first_touch import SOURCE_RANK, ResponseCandidate
 from kpi_pipeline.core.workloads.lead_route import RoutingDecision
@@ -167,8 +167,8 @@ class WorkloadMemosMixin:
             .values(
                 pointer=state.pointer,
                 day=state.day,
-                assigned_today=canonical(state.assigned_today),
-                state=canonical(state.to_json()),
+                assigned_today=canonical_value(state.assigned_today),
+                state=canonical_value(state.to_json()),
                 updated_at=self._now(),
             )
         )
@@ -187,7 +187,7 @@ class WorkloadMemosMixin:
         result = conn.execute(
             insert_ignore(conn, t.routing_decisions, ["lead_id"]).values(
                 lead_id=decision.lead_id,
-                decision=canonical(decision.to_json()),
+                decision=canonical_value(decision.to_json()),
                 decided_at=decision.decided_at,
                 policy_version=decision.policy_version,
             )

@@ -28,7 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import schema as t
-from kpi_pipeline.adapters.ledger.sql import canonical, insert_ignore
+from kpi_pipeline.adapters.ledger.sql import insert_ignore
+from kpi_pipeline.core.canonical import canonical_value
 from kpi_pipeline.core.outbox import Claim
 from kpi_pipeline.core.workloads.writeback_fields import dirty_names
 
@@ -214,7 +215,7 @@ class OutboxMixin:
                         status=SENT if clean else PENDING,
                         dirty=[] if clean else c.dirty,
                         dirtied_at=None if clean else c.dirtied_at,
-                        confirmed=canonical({**(row.confirmed or {}), **values}),
+                        confirmed=canonical_value({**(row.confirmed or {}), **values}),
                         sent_at=now,
                         last_error=None,
                         claim_token=None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -12,7 +11,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from kpi_pipeline.adapters.ledger.bulk import rows_where_in
 from kpi_pipeline.adapters.ledger.engine import LedgerError
-from kpi_pipeline.core.canonical import dumps
 
 RowData = TypeVar("RowData")
 
@@ -58,11 +56,6 @@ def from_row(cls: type[RowData], row: sa.Row[Any], **converted: Any) -> RowData:
 def field_params(row: Any) -> dict[str, Any]:
     """A dataclass row's fields by name, for an insert whose columns are named like them."""
     return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
-
-
-def canonical(value: Any) -> Any:
-    """Round-trip through canonical JSON so stored documents never depend on dict order."""
-    return json.loads(dumps(value))
 
 
 def text_insert(

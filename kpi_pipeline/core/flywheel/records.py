@@ -14,11 +14,11 @@ instead of logging the decision twice. Different inputs or a different policy ve
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from kpi_pipeline.core.canonical import canonical_json
 from kpi_pipeline.core.flywheel.schema import (
     METADATA_MAX_VALUE_CHARS,
     TOP_LEVEL_KEYS,
@@ -27,11 +27,6 @@ from kpi_pipeline.core.flywheel.schema import (
 )
 
 RECORD_ID_PREFIX = "fw-"
-
-
-def canonical_json(value: object) -> str:
-    """Compact JSON with sorted keys: the same value always gives the same text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def compute_record_id(
