@@ -7,11 +7,11 @@ EmailMessage is the primary one. A stored first response is only ever replaced b
 candidate that sorts strictly before it (``improves``), so re-delivery, reordering and
 replays can never move a settled answer later.
 
-Deleting a Task or EmailMessage does not withdraw it as a candidate: the response was made,
-and a settled first response never moves later, so withdrawing it would only take effect
-when the record's creation and deletion happened to arrive in the same batch. The answer
-must not depend on how a stream is cut into batches (``replay --batch-size``, micro-batches
-live, windows in a re-sync).
+Deleting a Task or EmailMessage, or reopening a Task, does not withdraw it as a candidate:
+the response was made, and a settled first response never moves later, so withdrawing it
+would only take effect when the record's completion and its deletion or reopening happened
+to arrive in the same batch. The answer must not depend on how a stream is cut into batches
+(``replay --batch-size``, micro-batches live, windows in a re-sync).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
-from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline.core.workloads.records import RecordState, completes_task
 
 Source = Literal["EmailMessage", "Task"]
 SOURCE_RANK: dict[str, int] = {"EmailMessage": 0, "Task": 1}
@@ -97,21 +97,26 @@ def _completion_time(task: RecordState) -> datetime | None:
 
 
 def task_candidate(task: RecordState) -> ResponseCandidate | None:
-    """A completed Task on a lead (WhoId 00Q…), or None.
+    """A completed Task on a lead (WhoId 00Q…), or None, at its earliest completion.
 
-    A Task deleted after it was completed still counts (see the module docstring)."""
+    A Task deleted or reopened after it was completed still counts (see the module
+    docstring): the earliest completion any of its events reported is kept in its state
+    (``first_completed_ms``), so the answer is the same however its events were batched."""
     if task.sobject != "Task":
         return None
     lead_id = task.fields.get("WhoId")
     if not is_lead_id(lead_id):
         return None
-    completed = task.fields.get("Status") == "Completed" or _truthy(task.fields.get("IsClosed"))
-    if not completed:
+    times = []
+    if completes_task(task.fields):
+        times.append(_completion_time(task))
+    first_completed_ms = task.meta.get("first_completed_ms")
+    if first_completed_ms is not None:
+        times.append(datetime.fromtimestamp(first_completed_ms / 1000.0, tz=UTC))
+    known = [at for at in times if at is not None]
+    if not known:
         return None
-    at = _completion_time(task)
-    if at is None:
-        return None
-    return ResponseCandidate(lead_id, at, "Task", task.record_id, responder(task))
+    return ResponseCandidate(lead_id, min(known), "Task", task.record_id, responder(task))
 
 
 def email_lead_id(

@@ -15,7 +15,10 @@ back to Salesforce), each entry merged with an order-independent rule:
 * ``owner_first_seen``: ``{OwnerId: earliest commit ms at which it was set}``, so the
   time a lead first got a user owner survives later owner changes;
 * ``owner_set``: ``[version, commitUser, origin client]`` of the newest event that set
-  ``OwnerId``, so routing can tell a person's reassignment from its own write's echo.
+  ``OwnerId``, so routing can tell a person's reassignment from its own write's echo;
+* ``first_completed_ms``: for a Task, the earliest completion any of its events reported
+  (``task_completion_ms``), so a Task reopened later still counts as the response it was,
+  however its events were cut into batches.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpi_pipeline.core.events import ChangeEvent
+from kpi_pipeline.core.events import ChangeEvent, EventFormatError, parse_sf_datetime, to_epoch_ms
 
 Version = tuple[int, int, int]
 DELETED_KEY = "_deleted"  # key in ``versions`` for the DELETE/UNDELETE state
@@ -239,7 +242,36 @@ def _merge_meta(meta: dict[str, Any], event: ChangeEvent, version: Version) -> d
         commit_ms = event.header.commit_timestamp
         seen[owner] = min(seen.get(owner, commit_ms), commit_ms)
         merged["owner_first_seen"] = seen
+    completed_ms = task_completion_ms(event)
+    if completed_ms is not None:
+        previous = merged.get("first_completed_ms")
+        merged["first_completed_ms"] = (
+            completed_ms if previous is None else min(previous, completed_ms)
+        )
     return merged
+
+
+def completes_task(values: Mapping[str, Any]) -> bool:
+    """Task field values that say it is done: ``Status`` Completed or ``IsClosed`` true."""
+    closed = values.get("IsClosed")
+    if isinstance(closed, str):
+        closed = closed.strip().lower() == "true"
+    return values.get("Status") == "Completed" or closed is True
+
+
+def task_completion_ms(event: ChangeEvent) -> int | None:
+    """When a Task change completes the task: its ``CompletedDateTime``, else its commit
+    time; None for any other change. A malformed ``CompletedDateTime`` counts as absent here
+    (the first-touch step reports it, reading the field)."""
+    if event.entity != "Task" or event.change_type not in _FIELD_SETTING_TYPES:
+        return None
+    if not completes_task(event.fields):
+        return None
+    try:
+        completed_at = parse_sf_datetime(event.fields.get("CompletedDateTime"))
+    except EventFormatError:
+        completed_at = None
+    return event.header.commit_timestamp if completed_at is None else to_epoch_ms(completed_at)
 
 
 def fold_events(events: list[ChangeEvent], record_id: str) -> RecordState | None:

@@ -172,16 +172,18 @@ def test_open_tasks_and_tasks_on_contacts_do_not_count():
     assert task_candidate(on_contact) is None
 
 
-def test_a_response_deleted_after_it_was_made_still_counts():
+def test_a_response_deleted_or_reopened_after_it_was_made_still_counts():
     """Whether a deletion arrives in the batch of the creation or a later one, the answer is
     the same: the response was made (a settled first response never moves later)."""
     done = task_created("00T000000000007AAA", LEAD, ms(3), user=REP)
     task_gone = event("Task", "00T000000000007AAA", "DELETE", ms(4), user=REP)
     sent = email_sent("02s7", LEAD, ms(5), user=REP)
     email_gone = event("EmailMessage", "02s7", "DELETE", ms(6), user=REP)
+    reopened = event("Task", "00T000000000007AAA", "UPDATE", ms(4), Status="Open", IsClosed=False)
     task = task_candidate(fold_events([done, task_gone], "00T000000000007AAA"))
     email = email_candidate(fold_events([sent, email_gone], "02s7"), lambda _: None)
     assert task == task_candidate(fold_events([done], "00T000000000007AAA"))
+    assert task == task_candidate(fold_events([reopened, done], "00T000000000007AAA"))
     assert email == email_candidate(fold_events([sent], "02s7"), lambda _: None)
     assert (task.source, email.source) == ("Task", "EmailMessage")
 
