@@ -305,14 +305,19 @@ def drain_writeback(settings: Settings):
 
 def replay_ports() -> ReplayPorts:
     """What ``kpi-pipeline replay`` writes with: a scratch SQLite ledger, the KPI CSV
-    rendering of the daily assets and the flywheel JSONL writer. No settings needed."""
+    rendering of the daily assets, the flywheel JSONL writer and a forked child process for
+    half of the output files. No settings needed."""
+    from kpi_pipeline.adapters.beside import run_beside
     from kpi_pipeline.adapters.flywheel.loaders.to_jsonl import write_jsonl
     from kpi_pipeline.adapters.kpi_files import kpi_csv_text
     from kpi_pipeline.adapters.ledger.scratch import scratch_sqlite_ledger
     from kpi_pipeline.app.replay import ReplayPorts
 
     return ReplayPorts(
-        scratch_ledger=scratch_sqlite_ledger, kpi_csv_text=kpi_csv_text, write_jsonl=write_jsonl
+        scratch_ledger=scratch_sqlite_ledger,
+        kpi_csv_text=kpi_csv_text,
+        write_jsonl=write_jsonl,
+        run_beside=run_beside,
     )
 
 

@@ -50,6 +50,10 @@ LEAD_FACTS_CSV_COLUMNS: tuple[str, ...] = ("Id", "CreatedDate", OWNER_FIELD, *WR
 # Written fields the ledger keeps under another column name.
 _FRAME_COLUMN = {"SLA_Due_At__c": "SLA_Due_At"}
 DEFAULT_BATCH_SIZE = 500  # the sensor's default events per channel and tick
+# Flywheel files written in this process and beside it (``write_outputs``): about as much
+# work on each side, measured in bench/RESULTS.md (Replay).
+_WRITTEN_HERE: tuple[str, ...] = ("lead_route",)
+_WRITTEN_BESIDE: tuple[str, ...] = ("first_touch", "outreach_template")
 
 
 class ReplayLedger(Protocol):
@@ -67,11 +71,15 @@ class ReplayPorts:
 
     ``scratch_ledger(clock)``: a new, empty ledger with its bookkeeping clock pinned,
     removed when the context ends; ``kpi_csv_text``: a rollup as CSV text, as the daily KPI
-    assets render it; ``write_jsonl(records, path)``: the flywheel JSONL writer."""
+    assets render it; ``write_jsonl(records, path)``: the flywheel JSONL writer;
+    ``run_beside(background, foreground)``: runs ``background`` in another process while
+    ``foreground`` runs in this one, and returns ``foreground``'s result once both are done
+    (``kpi_pipeline.adapters.beside``)."""
 
     scratch_ledger: Callable[[Callable[[], datetime]], AbstractContextManager[ReplayLedger]]
     kpi_csv_text: Callable[[pd.DataFrame], str]
     write_jsonl: Callable[[Iterable[Mapping[str, Any] | FlywheelRecord], Path], Any]
+    run_beside: Callable[[Callable[[], None], Callable[[], list[Path]]], list[Path]]
 
 
 class ReplayError(ValueError):
@@ -169,19 +177,50 @@ def _replay(
             processor.process(events[start : start + batch_size])
         frame = ledger.lead_facts_frame()
         decisions = ledger.decisions_between()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [write_lead_facts(frame, out_dir / "lead_facts.csv")]
-    files += write_kpis(
-        frame, out_dir / "kpis", as_of=as_of, tz=tz or settings.timezone, ports=ports
-    )
-    files += write_flywheel(
-        decisions, out_dir / "flywheel", client_id=client_id or settings.client_id, ports=ports
+    files = write_outputs(
+        frame,
+        decisions,
+        out_dir,
+        as_of=as_of,
+        tz=tz or settings.timezone,
+        client_id=client_id or settings.client_id,
+        ports=ports,
     )
     counts = {w: sum(1 for d in decisions if d.workload == w) for w in WORKLOAD_IDS}
     return ReplayResult(len(events), len(frame), counts, as_of, files)
 
 
 # --- outputs ----------------------------------------------------------------------------
+
+
+def write_outputs(
+    frame: pd.DataFrame,
+    decisions: Sequence[Any],
+    out_dir: Path,
+    *,
+    as_of: datetime,
+    tz: str,
+    client_id: str,
+    ports: ReplayPorts,
+) -> list[Path]:
+    """The lead facts, KPI and flywheel files, about half of the work in a second process
+    (``ReplayPorts.run_beside``): the first-touch and template records are built and written
+    there while this one writes the lead facts, the KPIs and the routing records."""
+    flywheel = out_dir / "flywheel"
+    flywheel.mkdir(parents=True, exist_ok=True)
+
+    def flywheel_files(workloads: Sequence[str]) -> None:
+        chosen = [d for d in decisions if d.workload in workloads]
+        write_flywheel(chosen, flywheel, workloads, client_id=client_id, ports=ports)
+
+    def tables_and_routing() -> list[Path]:
+        tables = [write_lead_facts(frame, out_dir / "lead_facts.csv")]
+        tables += write_kpis(frame, out_dir / "kpis", as_of=as_of, tz=tz, ports=ports)
+        flywheel_files(_WRITTEN_HERE)
+        return tables
+
+    files = ports.run_beside(lambda: flywheel_files(_WRITTEN_BESIDE), tables_and_routing)
+    return files + [flywheel / f"{workload}.jsonl" for workload in sorted(WORKLOAD_IDS)]
 
 
 def _cell(value: Any, column: str) -> str:
@@ -221,11 +260,17 @@ def write_kpis(
 
 
 def write_flywheel(
-    decisions: Sequence[Any], folder: Path, *, client_id: str, ports: ReplayPorts
+    decisions: Sequence[Any],
+    folder: Path,
+    workloads: Sequence[str] = WORKLOAD_IDS,
+    *,
+    client_id: str,
+    ports: ReplayPorts,
 ) -> list[Path]:
-    """One ``<workload>.jsonl`` per workload (empty when it decided nothing), built and
-    written as the flywheel export does (records from decisions, stable order)."""
-    by_workload: dict[str, list[FlywheelRecord]] = {w: [] for w in WORKLOAD_IDS}
+    """One ``<workload>.jsonl`` per workload of ``workloads`` (empty when it decided
+    nothing), built and written as the flywheel export does (records from decisions,
+    stable order)."""
+    by_workload: dict[str, list[FlywheelRecord]] = {w: [] for w in workloads}
     for decision in decisions:
         record = flywheel_record_from_decision(decision, client_id=client_id)
         by_workload[decision.workload].append(record)

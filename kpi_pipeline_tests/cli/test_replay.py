@@ -233,3 +233,36 @@ def test_the_cycle_collector_is_paused_only_while_a_replay_runs() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_outputs_written_beside_equal_outputs_written_in_one_process(tmp_path: Path) -> None:
+    """Half of the output files are written by a forked child (``run_beside``); the files
+    are the same bytes as when one process writes them all."""
+    from dataclasses import replace
+
+    from kpi_pipeline.app.replay import replay
+    from kpi_pipeline.wiring import replay_ports
+
+    def one_after_the_other(background, foreground):
+        background()
+        return foreground()
+
+    forked = replay(RECORDED_STREAM, tmp_path / "forked", ports=replay_ports())
+    alone = replay(
+        RECORDED_STREAM,
+        tmp_path / "alone",
+        ports=replace(replay_ports(), run_beside=one_after_the_other),
+    )
+    assert [p.relative_to(tmp_path / "forked") for p in forked.files] == [
+        p.relative_to(tmp_path / "alone") for p in alone.files
+    ]
+    for path in forked.files:
+        assert (
+            path.read_bytes()
+            == (tmp_path / "alone" / path.relative_to(tmp_path / "forked")).read_bytes()
+        )
+    assert {p.name for p in (tmp_path / "forked" / "flywheel").iterdir()} == {
+        "first_touch.jsonl",
+        "lead_route.jsonl",
+        "outreach_template.jsonl",
+    }
