@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
-from kpi_pipeline.core.workloads.records import RecordState, completes_task
+from kpi_pipeline.core.workloads.records import RecordState, completes_task, is_true
 
 Source = Literal["EmailMessage", "Task"]
 SOURCE_RANK: dict[str, int] = {"EmailMessage": 0, "Task": 1}
@@ -33,12 +33,6 @@ EMAIL_STATUS_DRAFT = "5"  # EmailMessage.Status picklist: 5 = Draft (never sent)
 
 def is_lead_id(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(LEAD_PREFIX)
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() == "true"
-    return value is True
 
 
 def _falsy(value: Any) -> bool:
@@ -88,7 +82,7 @@ def _completion_time(task: RecordState) -> datetime | None:
     markers = []
     if task.fields.get("Status") == "Completed":
         markers.append(task.versions.get("Status"))
-    if _truthy(task.fields.get("IsClosed")):
+    if is_true(task.fields.get("IsClosed")):
         markers.append(task.versions.get("IsClosed"))
     commit_ms = [v[0] for v in markers if v is not None]
     if not commit_ms:

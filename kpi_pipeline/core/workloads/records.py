@@ -251,12 +251,16 @@ def _merge_meta(meta: dict[str, Any], event: ChangeEvent, version: Version) -> d
     return merged
 
 
+def is_true(value: Any) -> bool:
+    """A checkbox value that is true: ``True``, or ``"true"`` in any case (JSON delivery)."""
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True
+
+
 def completes_task(values: Mapping[str, Any]) -> bool:
     """Task field values that say it is done: ``Status`` Completed or ``IsClosed`` true."""
-    closed = values.get("IsClosed")
-    if isinstance(closed, str):
-        closed = closed.strip().lower() == "true"
-    return values.get("Status") == "Completed" or closed is True
+    return values.get("Status") == "Completed" or is_true(values.get("IsClosed"))
 
 
 def task_completion_ms(event: ChangeEvent) -> int | None:
