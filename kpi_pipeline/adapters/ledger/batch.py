@@ -168,8 +168,11 @@ class BatchWork:
     def set_sla_if_unrouted(
         self, lead_id: str, sla_minutes: float, *, calendar: str | None
     ) -> None:
+        """The SLA of a lead no routing decision set one for, once: a later batch's trigger
+        does not match the rules again on fields edited since (a batch holding both events
+        would not have seen the edit either; ``lead_route.arrival_state``)."""
         row = self._touch(lead_id)
-        if row is not None and row["Routing_Rule__c"] is None:
+        if row is not None and row["Routing_Rule__c"] is None and row["SLA_Minutes"] is None:
             self._set(lead_id, {"SLA_Minutes": sla_minutes, "SLA_Calendar": calendar})
 
     def set_clocks(

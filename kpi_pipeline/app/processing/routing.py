@@ -3,7 +3,7 @@ fields they had when they became unrouted; assignment times and SLAs follow."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -17,19 +17,19 @@ from kpi_pipeline.core.workloads.decision_messages import routing_messages, supe
 from kpi_pipeline.core.workloads.lead_route import (
     FALLBACK_RULE_ID,
     RoutingDecision,
+    arrival_state,
     assignment_from_owner_change,
     first_matching_rule,
     is_user_id,
     lead_created_at,
-    needs_routing,
     owner_set_by_person,
     route,
+    routing_basis,
     sla_minutes_for,
 )
-from kpi_pipeline.core.workloads.records import RecordState, event_version, merge_event
+from kpi_pipeline.core.workloads.records import RecordState
 from kpi_pipeline.core.workloads.selection import (
     LEAD,
-    by_creation,
     created_or_none,
     events_by_record,
     is_echo,
@@ -81,20 +81,25 @@ class RoutingStep:
             batch = self.ledger.batch_work(conn)
             batch.preload(lead_id for (_, lead_id) in states)
             summary["unknown"] = len(replays) - len(states)
-            for lead_id, state in by_creation(states):
-                if created_or_none(state) is None:
-                    summary["unknown"] += 1  # seen only through updates: re-sync tells its creation
-                    continue
+            known = {key: s for key, s in states.items() if created_or_none(s) is not None}
+            summary["unknown"] += len(states) - len(known)  # re-sync tells their creation
+            bases = self._bases(known, by_lead)
+            for lead_id, state in in_pool_order(known, bases):
 
                 def work(lead_id: str = lead_id, state: RecordState = state) -> str:
                     decision = memo.get(lead_id)
                     outcome = "memoized" if decision is not None else "owned"
                     new = False
-                    basis = self._routing_basis(state, by_lead.get(lead_id, []))
+                    basis = bases.get(lead_id) or routing_basis(
+                        state, by_lead.get(lead_id, []), self.policy
+                    )
                     if decision is None and basis is not None:
                         decision, new = self._route_one(batch, *basis, pools, replays[lead_id])
                         outcome = "routed" if new else "memoized"
-                    if self._apply_assignment(batch, state, decision, new_decision=new):
+                    arrived = arrival_state(state, by_lead.get(lead_id, []))
+                    if self._apply_assignment(
+                        batch, state, decision, new_decision=new, arrived=arrived
+                    ):
                         superseded.append(lead_id)
                     return outcome
 
@@ -106,6 +111,23 @@ class RoutingStep:
         summary["routed_lead_ids"] = sorted(routed)
         summary["superseded"] = len(superseded)
         return summary
+
+    def _bases(
+        self,
+        states: Mapping[tuple[str, str], RecordState],
+        by_lead: Mapping[str, list[ChangeEvent]],
+    ) -> dict[str, tuple[RecordState, datetime]]:
+        """Each lead's routing basis where it has one; a lead whose basis fails is left out
+        here and fails again inside its isolated work, where it is dead-lettered alone."""
+        bases = {}
+        for (_, lead_id), state in states.items():
+            try:
+                basis = routing_basis(state, by_lead.get(lead_id, []), self.policy)
+            except Exception:  # reported by the lead's own isolated work
+                continue
+            if basis is not None:
+                bases[lead_id] = basis
+        return bases
 
     def _route_one(
         self,
@@ -149,39 +171,6 @@ class RoutingStep:
             pools[outcome.pool_state.pool_id] = outcome.pool_state
         return decision, True
 
-    def _routing_basis(
-        self, state: RecordState, lead_events: Sequence[ChangeEvent]
-    ) -> tuple[RecordState, datetime] | None:
-        """The lead as it was when it became unrouted, and when that was; None when none of
-        its events left it unrouted.
-
-        Judged at event time, never on the current merged state: a retried batch that runs
-        after later owner changes were merged must route exactly the leads an in-order
-        run routes. A CREATE is judged on the fields it was created with, an owner change
-        on the owner it set. A person's later reassignment is honoured afterwards instead
-        (``_apply_assignment``: the decision is superseded and no owner is written)."""
-        for event in sorted(lead_events, key=event_version):
-            if event.change_type == "CREATE":
-                basis = merge_event(None, event, state.record_id)
-                if "OwnerId" not in event.fields:
-                    # A re-read record's CREATE: the owner at creation is unknown (re-sync
-                    # never guesses it), so the owner it has now decides.
-                    basis = replace(
-                        basis, fields={**basis.fields, "OwnerId": state.fields.get("OwnerId")}
-                    )
-            elif event.change_type == "UNDELETE":
-                basis = state
-            elif event.change_type == "UPDATE" and "OwnerId" in event.fields:
-                basis = replace(state, fields={**state.fields, "OwnerId": event.fields["OwnerId"]})
-            else:
-                continue
-            if created_or_none(basis) is None:
-                basis = replace(basis, created_ms=state.created_ms)
-            if needs_routing(basis, self.policy):
-                at = datetime.fromtimestamp(event.header.commit_timestamp / 1000.0, tz=UTC)
-                return basis, max(at, lead_created_at(state))
-        return None
-
     def _apply_assignment(
         self,
         batch: BatchWork,
@@ -189,10 +178,13 @@ class RoutingStep:
         decision: RoutingDecision | None,
         *,
         new_decision: bool,
+        arrived: RecordState,
     ) -> bool:
         """Lead facts of a routed or owned lead, and the fields to write back. Returns True
         when a person took the lead after it became unrouted: the decision stands in the
-        ledger (the lead was routed, its pool turn is used), but its owner is not written."""
+        ledger (the lead was routed, its pool turn is used), but its owner is not written.
+        ``arrived``: the lead as it arrived (``arrival_state``), whose fields an owned
+        lead's SLA rule is matched on, once."""
         lead_id = state.record_id
         created = lead_created_at(state)
         person = self._person_owner(state, decision) if decision is not None else None
@@ -220,10 +212,10 @@ class RoutingStep:
                 item = Superseded(lead_id, decision.owner_id, person, "ledger")
                 self._record_superseded(batch, item, at)
         else:
-            rule = first_matching_rule(self.policy, state.fields)
+            rule = first_matching_rule(self.policy, arrived.fields)
             calendar = self.policy.calendar_name(rule.id if rule is not None else None)
             batch.set_sla_if_unrouted(
-                lead_id, sla_minutes_for(self.policy, state.fields), calendar=calendar
+                lead_id, sla_minutes_for(self.policy, arrived.fields), calendar=calendar
             )
         dirty |= self.ctx.refresh_clocks(batch, lead_id)
         # The first user owner may come from a person (at creation or by a later change)
@@ -276,3 +268,18 @@ class RoutingStep:
         if changed:
             metrics.observe_assignment(max(0.0, (assigned_at - created).total_seconds()))
         return changed
+
+
+def in_pool_order(
+    states: Mapping[tuple[str, str], RecordState], bases: Mapping[str, tuple[RecordState, datetime]]
+) -> list[tuple[str, RecordState]]:
+    """Leads in the order they take their pool turns: by when each became unrouted (its
+    basis time), else when it was created, then by id. A lead that returns to a queue takes
+    its turn after one created before that, as it does when the two come in separate batches."""
+
+    def turn(item: tuple[str, RecordState]) -> tuple[datetime, str]:
+        lead_id, state = item
+        basis = bases.get(lead_id)
+        return (basis[1] if basis is not None else lead_created_at(state), lead_id)
+
+    return sorted(((key[1], s) for key, s in states.items()), key=turn)

@@ -13,7 +13,7 @@ from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.core.events import ChangeEvent
 from kpi_pipeline.core.ledger_rows import TemplateRecommendation
 from kpi_pipeline.core.workloads.first_touch import ResponseCandidate, email_candidate
-from kpi_pipeline.core.workloads.lead_route import RoutingDecision
+from kpi_pipeline.core.workloads.lead_route import RoutingDecision, routing_basis
 from kpi_pipeline.core.workloads.outreach_templates import (
     TemplateCatalog,
     TemplateSelection,
@@ -77,13 +77,18 @@ class TemplateStep:
                 elif state is None or decision is None:
                     summary["not_routed"] += 1
                 else:
+                    lead_events = by_lead.get(lead_id, [])
+                    # On the fields routing judged (a later edit in this batch is not seen,
+                    # as it would not be had it come in the next one), else the current ones.
+                    basis = routing_basis(state, _of_lead(lead_events), self.policy)
+                    fields_of = basis[0] if basis is not None else state
                     outcome = self.ctx.isolated(
                         batch,
                         "recommend_templates",
-                        lambda state=state, decision=decision: self._recommend_one(
-                            batch, state, decision
+                        lambda lead=fields_of, decision=decision: self._recommend_one(
+                            batch, lead, decision
                         ),
-                        by_lead.get(lead_id, []),
+                        lead_events,
                     )
                     summary[outcome] += 1
                     if outcome == "dead_lettered":
@@ -190,3 +195,8 @@ class TemplateStep:
                 batch.mark_dirty(LEAD, candidate.lead_id, ["Template_Applied__c"])
                 applied += 1
         return applied
+
+
+def _of_lead(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+    """A lead's own events among those ``events_by_record`` gives it (its emails too)."""
+    return [e for e in events if e.entity == LEAD]

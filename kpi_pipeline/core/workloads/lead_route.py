@@ -11,16 +11,22 @@ with availability and daily caps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from kpi_pipeline.core.events import format_sf_datetime, parse_sf_datetime
+from kpi_pipeline.core.events import ChangeEvent, format_sf_datetime, parse_sf_datetime
 from kpi_pipeline.core.policy.conditions import explain, matches
 from kpi_pipeline.core.policy.load import RoutingPolicy, Rule
 from kpi_pipeline.core.workloads.pools import PoolState, pick_from_pool
-from kpi_pipeline.core.workloads.records import RecordState
+from kpi_pipeline.core.workloads.records import (
+    DELETED_KEY,
+    RecordState,
+    Version,
+    event_version,
+    merge_event,
+)
 
 USER_PREFIX = "005"
 QUEUE_PREFIX = "00G"
@@ -64,6 +70,76 @@ def needs_routing(lead: RecordState, policy: RoutingPolicy) -> bool:
     if not owner:
         return True
     return owner.startswith(QUEUE_PREFIX) or owner in policy.integration_users
+
+
+def created_state(state: RecordState, create: ChangeEvent) -> RecordState:
+    """The lead as its CREATE event made it (``state``: its merged state now)."""
+    basis = merge_event(None, create, state.record_id)
+    if "OwnerId" not in create.fields:
+        # A re-read record's CREATE: the owner at creation is unknown (re-sync never
+        # guesses it), so the owner it has now decides.
+        basis = replace(basis, fields={**basis.fields, "OwnerId": state.fields.get("OwnerId")})
+    return basis
+
+
+def arrival_state(state: RecordState, lead_events: Sequence[ChangeEvent]) -> RecordState:
+    """The lead as it arrived when its CREATE is among ``lead_events`` (its events in this
+    batch), else as it is now: what an unrouted lead's SLA rule is matched on, so an edit
+    later in the same batch does not change it (it would not, in the next batch)."""
+    creates = [e for e in lead_events if e.change_type == "CREATE"]
+    if not creates:
+        return state
+    arrived = created_state(state, min(creates, key=event_version))
+    return (
+        arrived
+        if known_created_at(arrived) is not None
+        else replace(arrived, created_ms=state.created_ms)
+    )
+
+
+def _live_at(state: RecordState, version: Version) -> RecordState:
+    """``state`` without a deletion or conversion committed after ``version``: neither had
+    happened yet when a change at ``version`` was made (a deleted or converted lead cannot be
+    edited). Other fields edited since keep their newer values: the state has no history."""
+    deleted = state.deleted and state.versions.get(DELETED_KEY, version) <= version
+    converted_later = state.versions.get("IsConverted", version) > version
+    if deleted == state.deleted and not converted_later:
+        return state
+    fields = {**state.fields, "IsConverted": False} if converted_later else state.fields
+    return replace(state, fields=fields, deleted=deleted)
+
+
+def routing_basis(
+    state: RecordState, lead_events: Sequence[ChangeEvent], policy: RoutingPolicy
+) -> tuple[RecordState, datetime] | None:
+    """The lead as it was when it became unrouted, and when that was; None when none of
+    ``lead_events`` (its events in this batch) left it unrouted. ``state`` is its merged state.
+
+    Judged at event time, never on the current merged state: a retried batch that runs
+    after later owner changes were merged must route exactly the leads an in-order run
+    routes, and its template is recommended on the same fields (a later edit of the lead in
+    the same batch must not change either). A CREATE is judged on the fields it was created
+    with, an owner change on the owner it set (and an undelete) on the merged state less a
+    deletion or conversion that came later (``_live_at``); a field edited later in the same
+    batch is seen there, since the state keeps no history (a known difference from the same
+    events in two batches). A person's later reassignment is honoured afterwards instead (the
+    routing step supersedes the decision and writes no owner)."""
+    for event in sorted(lead_events, key=event_version):
+        if event.change_type == "CREATE":
+            basis = created_state(state, event)
+        elif event.change_type == "UNDELETE":
+            basis = _live_at(state, event_version(event))
+        elif event.change_type == "UPDATE" and "OwnerId" in event.fields:
+            live = _live_at(state, event_version(event))
+            basis = replace(live, fields={**live.fields, "OwnerId": event.fields["OwnerId"]})
+        else:
+            continue
+        if known_created_at(basis) is None:
+            basis = replace(basis, created_ms=state.created_ms)
+        if needs_routing(basis, policy):
+            at = datetime.fromtimestamp(event.header.commit_timestamp / 1000.0, tz=UTC)
+            return basis, max(at, lead_created_at(state))
+    return None
 
 
 def owner_set_by_person(

@@ -7,8 +7,8 @@ step sees the same events whether the job runs it or ``replay`` does. Our own wr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from kpi_pipeline.core.events import ChangeEvent, replay_id_hex
@@ -114,13 +114,3 @@ def created_or_none(state: RecordState) -> datetime | None:
         return lead_created_at(state)
     except ValueError:
         return None  # seen only through updates; a re-sync will tell its creation time
-
-
-def by_creation(
-    states: Mapping[tuple[str, str], RecordState],
-) -> list[tuple[str, RecordState]]:
-    """Leads in (creation time, id) order, so pool pointers advance the same way whatever
-    order the events arrived in; leads of unknown creation last."""
-    far = datetime.max.replace(tzinfo=UTC)
-    known = [(key[1], s) for key, s in states.items()]
-    return sorted(known, key=lambda item: (created_or_none(item[1]) or far, item[0]))
