@@ -10,7 +10,8 @@ by a lead that went back to a queue later; a deletion after that return stopping
 Two sets of histories: two Tasks and an email on one lead (created open or done, completed,
 reopened, deleted, undeleted; sent with a template, directly or through its Task, deleted,
 undeleted), and two leads' own changes (created in a queue or by a rep, owner changes by a
-person and our echoes, a routing field edited, deleted and undeleted, converted, answered).
+person and our echoes, a routing field edited, deleted and undeleted, converted, answered),
+and both interleaved.
 
 One difference is known and left out of the drawn histories: a lead a person moves back to
 a queue and then edits in the same batch is routed on the edited fields, since a record's
@@ -196,7 +197,7 @@ def _lead_change(change: str, lead: str, at: int, n: int) -> ChangeEvent:
         "convert": {"IsConverted": True},
     }
     if change == "answered":
-        return task_done(f"00T0000000000{n:02d}AAA", lead, at, user=REP_B)
+        return task_done(f"00T9{n:011d}AAA", lead, at, user=REP_B)
     if change in ("delete", "undelete"):
         return event("Lead", lead, change.upper(), at, user=REP_B)
     if change == "our_echo":
@@ -236,3 +237,39 @@ def test_routing_sla_and_templates_are_the_same_however_the_events_are_batched(
 def test_the_histories_hypothesis_found(drawn: list[tuple[str, str]]) -> None:
     events = leads_history(drawn, [1] * len(drawn))
     pd.testing.assert_frame_equal(lead_facts([[e] for e in events]), lead_facts([events]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lead_changes,
+    changes,
+    st.lists(st.integers(1, 90), min_size=9, max_size=9),
+    st.lists(st.integers(0, 12), min_size=8, max_size=8),
+    st.randoms(),
+)
+def test_leads_and_their_activities_together(
+    drawn: list[tuple[str, str]],
+    activities: list[tuple[str, str, str]],
+    gaps: list[int],
+    positions: list[int],
+    rng: random.Random,
+) -> None:
+    """Both sets of histories interleaved (the activities on the first lead), in commit order:
+    first responses, business minutes and templates applied beside routing and SLAs."""
+    events = leads_history(drawn, gaps)
+    if not events:
+        return
+    created: set[str] = set()
+    for (entity, change, record_id), position in zip(activities, positions, strict=False):
+        if (change in ("create_done", "create_open", "send", "send_via_task")) == (
+            record_id in created
+        ):
+            continue
+        created.add(record_id)
+        index = min(position, len(events))
+        at = (events[index - 1].header.commit_timestamp if index else T0) + MINUTE // 7
+        events.insert(index, _change(entity, change, record_id, at))
+    events.sort(key=lambda e: e.header.commit_timestamp)
+    whole = lead_facts([events])
+    for batches in list(cuts(events, rng))[:2]:
+        pd.testing.assert_frame_equal(lead_facts(batches), whole)
