@@ -74,6 +74,9 @@ def needs_routing(lead: RecordState, policy: RoutingPolicy) -> bool:
 
 def created_state(state: RecordState, create: ChangeEvent) -> RecordState:
     """The lead as its CREATE event made it (``state``: its merged state now)."""
+    version = event_version(create)
+    if "OwnerId" in create.fields and all(v <= version for v in state.versions.values()):
+        return state  # nothing changed it since (the common case): no second merge
     basis = merge_event(None, create, state.record_id)
     if "OwnerId" not in create.fields:
         # A re-read record's CREATE: the owner at creation is unknown (re-sync never
