@@ -90,9 +90,10 @@ class RoutingStep:
                     decision = memo.get(lead_id)
                     outcome = "memoized" if decision is not None else "owned"
                     new = False
-                    basis = bases.get(lead_id) or routing_basis(
-                        state, by_lead.get(lead_id, []), self.policy
-                    )
+                    if lead_id in bases:
+                        basis = bases[lead_id]
+                    else:  # it failed above: fail again here, where it is dead-lettered
+                        basis = routing_basis(state, by_lead.get(lead_id, []), self.policy)
                     if decision is None and basis is not None:
                         decision, new = self._route_one(batch, *basis, pools, replays[lead_id])
                         outcome = "routed" if new else "memoized"
@@ -116,17 +117,16 @@ class RoutingStep:
         self,
         states: Mapping[tuple[str, str], RecordState],
         by_lead: Mapping[str, list[ChangeEvent]],
-    ) -> dict[str, tuple[RecordState, datetime]]:
-        """Each lead's routing basis where it has one; a lead whose basis fails is left out
-        here and fails again inside its isolated work, where it is dead-lettered alone."""
-        bases = {}
+    ) -> dict[str, tuple[RecordState, datetime] | None]:
+        """Each lead's routing basis (None: nothing left it unrouted); a lead whose basis
+        fails is left out here and fails again inside its isolated work, where it is
+        dead-lettered alone."""
+        bases: dict[str, tuple[RecordState, datetime] | None] = {}
         for (_, lead_id), state in states.items():
             try:
-                basis = routing_basis(state, by_lead.get(lead_id, []), self.policy)
+                bases[lead_id] = routing_basis(state, by_lead.get(lead_id, []), self.policy)
             except Exception:  # reported by the lead's own isolated work
                 continue
-            if basis is not None:
-                bases[lead_id] = basis
         return bases
 
     def _route_one(
@@ -271,7 +271,8 @@ class RoutingStep:
 
 
 def in_pool_order(
-    states: Mapping[tuple[str, str], RecordState], bases: Mapping[str, tuple[RecordState, datetime]]
+    states: Mapping[tuple[str, str], RecordState],
+    bases: Mapping[str, tuple[RecordState, datetime] | None],
 ) -> list[tuple[str, RecordState]]:
     """Leads in the order they take their pool turns: by when each became unrouted (its
     basis time), else when it was created, then by id. A lead that returns to a queue takes
