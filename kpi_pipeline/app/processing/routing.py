@@ -97,9 +97,8 @@ class RoutingStep:
                     if decision is None and basis is not None:
                         decision, new = self._route_one(batch, *basis, pools, replays[lead_id])
                         outcome = "routed" if new else "memoized"
-                    arrived = arrival_state(state, by_lead.get(lead_id, []))
                     if self._apply_assignment(
-                        batch, state, decision, new_decision=new, arrived=arrived
+                        batch, state, decision, new_decision=new, events=by_lead.get(lead_id, [])
                     ):
                         superseded.append(lead_id)
                     return outcome
@@ -178,13 +177,13 @@ class RoutingStep:
         decision: RoutingDecision | None,
         *,
         new_decision: bool,
-        arrived: RecordState,
+        events: Sequence[ChangeEvent],
     ) -> bool:
         """Lead facts of a routed or owned lead, and the fields to write back. Returns True
         when a person took the lead after it became unrouted: the decision stands in the
         ledger (the lead was routed, its pool turn is used), but its owner is not written.
-        ``arrived``: the lead as it arrived (``arrival_state``), whose fields an owned
-        lead's SLA rule is matched on, once."""
+        ``events``: the lead's events in this batch; an owned lead's SLA rule is matched,
+        once, on the fields it arrived with (``arrival_state``)."""
         lead_id = state.record_id
         created = lead_created_at(state)
         person = self._person_owner(state, decision) if decision is not None else None
@@ -212,6 +211,7 @@ class RoutingStep:
                 item = Superseded(lead_id, decision.owner_id, person, "ledger")
                 self._record_superseded(batch, item, at)
         else:
+            arrived = arrival_state(state, events)
             rule = first_matching_rule(self.policy, arrived.fields)
             calendar = self.policy.calendar_name(rule.id if rule is not None else None)
             batch.set_sla_if_unrouted(

@@ -82,6 +82,8 @@ def created_state(state: RecordState, create: ChangeEvent) -> RecordState:
         # A re-read record's CREATE: the owner at creation is unknown (re-sync never
         # guesses it), so the owner it has now decides.
         basis = replace(basis, fields={**basis.fields, "OwnerId": state.fields.get("OwnerId")})
+    if known_created_at(basis) is None:
+        basis = replace(basis, created_ms=state.created_ms)
     return basis
 
 
@@ -90,14 +92,7 @@ def arrival_state(state: RecordState, lead_events: Sequence[ChangeEvent]) -> Rec
     batch), else as it is now: what an unrouted lead's SLA rule is matched on, so an edit
     later in the same batch does not change it (it would not, in the next batch)."""
     creates = [e for e in lead_events if e.change_type == "CREATE"]
-    if not creates:
-        return state
-    arrived = created_state(state, min(creates, key=event_version))
-    return (
-        arrived
-        if known_created_at(arrived) is not None
-        else replace(arrived, created_ms=state.created_ms)
-    )
+    return created_state(state, min(creates, key=event_version)) if creates else state
 
 
 def _live_at(state: RecordState, version: Version) -> RecordState:
@@ -123,9 +118,9 @@ def routing_basis(
     routes, and its template is recommended on the same fields (a later edit of the lead in
     the same batch must not change either). A CREATE is judged on the fields it was created
     with, an owner change on the owner it set (and an undelete) on the merged state less a
-    deletion or conversion that came later (``_live_at``); a field edited later in the same
-    batch is seen there, since the state keeps no history (a known difference from the same
-    events in two batches). A person's later reassignment is honoured afterwards instead (the
+    deletion or conversion that came later (``_live_at``); a field edited or an owner set
+    later in the same batch is seen there, since the state keeps no history (a known
+    difference from the same events in two batches). A person's later reassignment is honoured afterwards instead (the
     routing step supersedes the decision and writes no owner)."""
     for event in sorted(lead_events, key=event_version):
         if event.change_type == "CREATE":
@@ -137,8 +132,6 @@ def routing_basis(
             basis = replace(live, fields={**live.fields, "OwnerId": event.fields["OwnerId"]})
         else:
             continue
-        if known_created_at(basis) is None:
-            basis = replace(basis, created_ms=state.created_ms)
         if needs_routing(basis, policy):
             at = datetime.fromtimestamp(event.header.commit_timestamp / 1000.0, tz=UTC)
             return basis, max(at, lead_created_at(state))
