@@ -32,7 +32,7 @@ from kpi_pipeline.sandbox.rest_server import (
     start_rest_server,
 )
 from kpi_pipeline.sandbox.store import INTEGRATION_USER_ID, SandboxStore
-from kpi_pipeline.sandbox.tls import ca_pinned_session, ensure_tls_files
+from kpi_pipeline.sandbox.tls import ca_pinned_session, certificate_builder, ensure_tls_files
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
 CONSUMER_KEY = "3MVG9sandbox.consumer.key"
@@ -55,16 +55,9 @@ def key_and_certificate() -> tuple[bytes, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kpi_pipeline test")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate_builder(
+        name, name, key.public_key(), now - dt.timedelta(days=1), now + dt.timedelta(days=365)
+    ).sign(key, hashes.SHA256())
     return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
 
 

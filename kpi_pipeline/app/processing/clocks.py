@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from kpi_pipeline.app.processing.context import clock_named
@@ -23,19 +23,12 @@ class RecomputeReport:
     leads: int
     changed: int  # leads with any stored value changed (calendar, due time, business minutes)
     due_changed: int
-    business_changed: int
+    business_minutes_changed: int
     calendar_changed: int
     dry_run: bool
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "leads": self.leads,
-            "changed": self.changed,
-            "due_changed": self.due_changed,
-            "business_minutes_changed": self.business_changed,
-            "calendar_changed": self.calendar_changed,
-            "dry_run": self.dry_run,
-        }
+        return asdict(self)
 
 
 def recompute_clocks(
@@ -92,7 +85,7 @@ def recompute_clocks(
         leads=counts["leads"],
         changed=counts["changed"],
         due_changed=counts["due"],
-        business_changed=counts["business"],
+        business_minutes_changed=counts["business"],
         calendar_changed=counts["calendar"],
         dry_run=dry_run,
     )

@@ -13,6 +13,7 @@ from kpi_pipeline.sandbox.changelog import ChangeLogSource
 from kpi_pipeline.sandbox.pubsub_server.faults import Faults
 from kpi_pipeline.sandbox.pubsub_server.servicer import PubSubServicer
 from kpi_pipeline.sandbox.pubsub_server.servicer_base import KEEPALIVE_INTERVAL_S, RETENTION_MS
+from kpi_pipeline.sandbox.stoppable import Stoppable
 from kpi_pipeline.sandbox.tls import TlsFiles
 
 # Accept the clients' transport keepalive pings (grpc-core's server default answers pings
@@ -25,7 +26,7 @@ SERVER_OPTIONS = (
 
 
 @dataclass
-class RunningPubSubServer:
+class RunningPubSubServer(Stoppable):
     port: int
     faults: Faults
     servicer: PubSubServicer
@@ -38,12 +39,6 @@ class RunningPubSubServer:
 
     def stop(self, grace: float | None = 0.5) -> None:
         self._server.stop(grace).wait()
-
-    def __enter__(self) -> RunningPubSubServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_pubsub_server(

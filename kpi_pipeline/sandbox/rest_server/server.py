@@ -18,6 +18,7 @@ from kpi_pipeline.sandbox.rest_server.app import RestApp
 from kpi_pipeline.sandbox.rest_server.connected_app import ConnectedApp
 from kpi_pipeline.sandbox.rest_server.faults import RestFaults
 from kpi_pipeline.sandbox.rest_server.responses import RecordedRequest
+from kpi_pipeline.sandbox.stoppable import Stoppable
 from kpi_pipeline.sandbox.tls import TlsFiles
 from kpi_pipeline.sandbox.tokens import TokenRegistry
 
@@ -75,7 +76,7 @@ class _Server(ThreadingHTTPServer):
 
 
 @dataclass
-class RunningRestServer:
+class RunningRestServer(Stoppable):
     """A started server. ``url`` is both the login URL and the instance URL."""
 
     port: int
@@ -105,12 +106,6 @@ class RunningRestServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> RunningRestServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_rest_server(

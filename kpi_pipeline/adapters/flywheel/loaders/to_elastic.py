@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
@@ -66,13 +66,7 @@ class LoadReport:
         return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "attempted": self.attempted,
-            "created": self.created,
-            "already_present": self.already_present,
-            "indexed": self.indexed,
-            "failed": [failure.__dict__ for failure in self.failed],
-        }
+        return {**asdict(self), "indexed": self.indexed}
 
 
 def index_template(index: str) -> dict[str, Any]:
