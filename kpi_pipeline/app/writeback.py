@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,6 +79,7 @@ class LedgerOutbox:
         self.lease = lease
         self.superseded: list[Superseded] = []
         self.held_back: dict[str, dict[str, str]] = {}  # record -> field -> why not sent
+        self.deleted: list[str] = []  # records deleted in the org: nothing sent
         self._claims: dict[int, Claim] = {}
         self._values: dict[int, dict[str, Any]] = {}
         self._tokens: set[str] = set()
@@ -167,6 +168,7 @@ class LedgerOutbox:
     def _resolve(self, claims: Sequence[Claim]) -> dict[int, dict[str, Any]]:
         resolved = resolve_from_ledger(self.ledger, claims, self.rules)
         self.held_back.update(resolved.held_back)
+        self.deleted += resolved.deleted
         for item in resolved.superseded:
             self._supersede(item)
         self._drop_owners_taken_in_org(claims, resolved.values)
@@ -203,7 +205,7 @@ class LedgerOutbox:
     def _supersede(self, item: Superseded) -> None:
         self.superseded.append(item)
         metrics.record_writeback("superseded")
-        log.info(
+        log.debug(
             "owner write for %s dropped: %s took it (seen in the %s)",
             item.lead_id,
             item.actual_owner,
@@ -216,6 +218,7 @@ class ResolvedValues:
     values: dict[int, dict[str, Any]]  # claim id -> fields to send
     superseded: list[Superseded]
     held_back: dict[str, dict[str, str]]  # record -> field -> why not sent
+    deleted: list[str]  # records deleted in the org since: nothing sent
 
 
 def resolve_from_ledger(ledger: Any, claims: Sequence[Claim], rules: OwnerRules) -> ResolvedValues:
@@ -229,12 +232,14 @@ def resolve_from_ledger(ledger: Any, claims: Sequence[Claim], rules: OwnerRules)
     values: dict[int, dict[str, Any]] = {}
     superseded: list[Superseded] = []
     held_back: dict[str, dict[str, str]] = {}
+    deleted: list[str] = []
     for claim in claims:
         state = states.get((LEAD, claim.record_id))
         if state is not None and state.deleted:
             # Deleted in the org after we decided (a merge, a cleanup): an update could only
             # fail for good (INVALID_CROSS_REFERENCE_KEY), so there is nothing to send.
-            log.info("write-back of %s dropped: the record is deleted", claim.record_id)
+            log.debug("write-back of %s dropped: the record is deleted", claim.record_id)
+            deleted.append(claim.record_id)
             values[claim.id] = {}
             continue
         row = facts.get(claim.record_id)
@@ -259,9 +264,8 @@ def resolve_from_ledger(ledger: Any, claims: Sequence[Claim], rules: OwnerRules)
         prepared = prepare(current, dirty, claim.confirmed)
         if prepared.held_back:
             held_back[claim.record_id] = prepared.held_back
-            log.warning("write-back of %s held back: %s", claim.record_id, prepared.held_back)
         values[claim.id] = prepared.values
-    return ResolvedValues(values, superseded, held_back)
+    return ResolvedValues(values, superseded, held_back, deleted)
 
 
 @dataclass
@@ -295,7 +299,41 @@ def drain_writeback(
         report = drain_outbox(outbox, rest, batch_size=batch_size)
     if recorder is not None and outbox.superseded:
         recorder.record_superseded(outbox.superseded)
+    _log_what_was_not_sent(outbox)
     return WritebackResult(report, outbox.superseded, outbox.held_back)
+
+
+def _log_what_was_not_sent(outbox: LedgerOutbox) -> None:
+    """One line per drain for each kind of write left unsent, not one per record: under
+    Dagster every ``kpi_pipeline`` log line is an event stored in the run's event log
+    (``dagster.yaml``'s managed loggers), and a catch-up that dropped thousands of owner
+    writes one line each spent about a sixth of its processing time storing them
+    (bench/RESULTS.md, Catch-up). Each record's line stays at DEBUG."""
+    if outbox.superseded:
+        log.info(
+            "owner writes dropped for %d leads a person took: %s",
+            len(outbox.superseded),
+            _some(f"{s.lead_id} -> {s.actual_owner} ({s.seen_in})" for s in outbox.superseded),
+        )
+    if outbox.held_back:
+        log.warning(
+            "write-back held back for %d records: %s",
+            len(outbox.held_back),
+            _some(f"{record}: {why}" for record, why in outbox.held_back.items()),
+        )
+    if outbox.deleted:
+        log.info(
+            "write-back dropped for %d records deleted in the org: %s",
+            len(outbox.deleted),
+            _some(outbox.deleted),
+        )
+
+
+def _some(items: Iterable[str], shown: int = 5) -> str:
+    """The first ``shown`` items, then how many more."""
+    listed = list(items)
+    more = len(listed) - shown
+    return ", ".join(listed[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def report_summary(report: DrainReport) -> dict[str, Any]:

@@ -4,6 +4,7 @@ lose nothing, and nothing the org shows ever moves later."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -177,25 +178,9 @@ def test_an_org_failure_leaves_rows_pending_for_the_next_drain(
 def test_an_owner_a_person_gave_in_the_org_is_never_overwritten(
     org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
 ) -> None:
-    from kpi_pipeline.core.workloads.lead_route import RoutingDecision
-
     ledger, _ = clocked_ledger
     (lead,) = org.create_leads(1)
-    decision = RoutingDecision(
-        lead_id=lead,
-        owner_id="005000000000015AAA",
-        rule_id="smb-default",
-        pool_id="smb",
-        policy_version="test-1",
-        sla_minutes=60.0,
-        decided_at=CREATED,
-        explanation={},
-    )
-    with ledger.write() as conn:
-        ledger.ensure_lead_facts(conn, lead, created=CREATED, owner_id=decision.owner_id)
-        ledger.insert_routing_decision(conn, decision)
-        ledger.set_routing_facts(conn, decision)
-        ledger.mark_dirty(conn, "Lead", lead, ["OwnerId", "Routing_Rule__c"])
+    routed_to_our_owner(ledger, lead)
     # A rep takes the lead in the org before our decision reaches it; its change event
     # has not reached the ledger yet.
     org.store.update_record("Lead", lead, {"OwnerId": REP}, user_id=REP)
@@ -212,6 +197,50 @@ def test_an_owner_a_person_gave_in_the_org_is_never_overwritten(
     assert recorded == [Superseded(lead, "005000000000015AAA", REP, "org")]
     assert result.summary()["superseded"] == 1
     assert [r.status for r in ledger.outbox()] == ["sent"]
+
+
+def test_owner_writes_dropped_in_one_drain_are_logged_in_one_line(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under Dagster each log line is a stored event: one line per drain, not per lead.
+    ledger, _ = clocked_ledger
+    leads = org.create_leads(7)
+    for lead in leads:
+        routed_to_our_owner(ledger, lead)
+        org.store.update_record("Lead", lead, {"OwnerId": REP}, user_id=REP)
+
+    with caplog.at_level(logging.INFO, logger="kpi_pipeline.app.writeback"):
+        result = drain_writeback(ledger, org.rest(), RULES, batch_size=3)
+
+    assert result.summary()["superseded"] == 7
+    lines = [r.getMessage() for r in caplog.records if r.name == "kpi_pipeline.app.writeback"]
+    shown = sorted(leads)[:5]
+    assert lines == [
+        "owner writes dropped for 7 leads a person took: "
+        + ", ".join(f"{lead} -> {REP} (org)" for lead in shown)
+        + " and 2 more"
+    ]
+
+
+def routed_to_our_owner(ledger: Ledger, lead: str) -> None:
+    """``lead`` routed to one of our pool's reps, its OwnerId and rule marked for write-back."""
+    from kpi_pipeline.core.workloads.lead_route import RoutingDecision
+
+    decision = RoutingDecision(
+        lead_id=lead,
+        owner_id="005000000000015AAA",
+        rule_id="smb-default",
+        pool_id="smb",
+        policy_version="test-1",
+        sla_minutes=60.0,
+        decided_at=CREATED,
+        explanation={},
+    )
+    with ledger.write() as conn:
+        ledger.ensure_lead_facts(conn, lead, created=CREATED, owner_id=decision.owner_id)
+        ledger.insert_routing_decision(conn, decision)
+        ledger.set_routing_facts(conn, decision)
+        ledger.mark_dirty(conn, "Lead", lead, ["OwnerId", "Routing_Rule__c"])
 
 
 def test_rows_with_nothing_to_send_neither_reach_the_org_nor_end_the_drain(
