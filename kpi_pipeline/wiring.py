@@ -332,11 +332,15 @@ def stream_worker(settings: Settings, *, holder: str, on_progress=None):
     """One generation of the stream-mode live path (``kpi_pipeline.app.stream_worker``)."""
     from datetime import timedelta
 
+    from kpi_pipeline.adapters.pubsub.decode import EventDecoder
     from kpi_pipeline.adapters.pubsub.stager import LedgerStager, newest_commit_ms
     from kpi_pipeline.adapters.pubsub.stream import StreamSubscriber
-    from kpi_pipeline.app.stream_worker import StreamLimits, StreamWorker
+    from kpi_pipeline.app.stream_worker import COALESCE_EVENTS, StreamLimits, StreamWorker
 
-    client, decoder, the_ledger = pubsub_client(settings), event_decoder(settings), ledger(settings)
+    client, the_ledger = pubsub_client(settings), ledger(settings)
+    # Events decoded to stage them are taken by the processing of their batch, in this
+    # process: a flush comes at most COALESCE_EVENTS (plus one response) after the first.
+    decoder = EventDecoder(client.get_schema, keep=4 * COALESCE_EVENTS)
 
     def subscribe(channels, resume_from, initial_preset) -> StreamSubscriber:
         return StreamSubscriber(
@@ -348,7 +352,7 @@ def stream_worker(settings: Settings, *, holder: str, on_progress=None):
         processor=batch_processor(settings),
         subscribe=subscribe,
         stager=LedgerStager(
-            the_ledger, client.get_schema, commit_ms=newest_commit_ms(decoder.decode)
+            the_ledger, client.get_schema, commit_ms=newest_commit_ms(decoder.decode_and_keep)
         ),
         decoder=decoder,
         channels=settings.cdc_channels,

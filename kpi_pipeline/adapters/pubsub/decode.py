@@ -75,13 +75,39 @@ class _DecodedSchema:
 
 
 class EventDecoder:
-    """Decodes ``RawEvent``s; ``fetch_schema(schema_id) -> schema JSON`` is called once per id."""
+    """Decodes ``RawEvent``s; ``fetch_schema(schema_id) -> schema JSON`` is called once per id.
 
-    def __init__(self, fetch_schema: Callable[[str], str]) -> None:
+    ``keep``: how many events ``decode_and_keep`` may hold for a later ``decode`` of the
+    same raw event, which takes it instead of decoding again. The stream worker decodes
+    every event twice in one process, to stage it (its commit time) and to process it
+    after reading it back from the ledger inbox; decoding was about 12 % of its time in a
+    catch-up, half of it the second decode (bench/RESULTS.md, Catch-up). A raw event is
+    the same value on both sides (channel, replay id, schema id, event id, payload), and a
+    schema id names one schema, so the kept event is the one a second decode would build."""
+
+    def __init__(self, fetch_schema: Callable[[str], str], *, keep: int = 0) -> None:
         self._fetch_schema = fetch_schema
         self._schemas: dict[str, _DecodedSchema] = {}
         # (schema id, schema text) -> parsed: schemas handed in with the events (staged ones)
         self._given: dict[tuple[str, str], _DecodedSchema] = {}
+        self._keep = keep
+        # Oldest first; a kept event nobody took (its batch was staged by an earlier
+        # generation, or failed to stage) is dropped once ``keep`` newer ones wait.
+        self._kept: dict[RawEvent, ChangeEvent] = {}
+
+    @property
+    def kept(self) -> int:
+        """Events kept by ``decode_and_keep`` that no ``decode`` has taken yet."""
+        return len(self._kept)
+
+    def decode_and_keep(self, raw: RawEvent) -> ChangeEvent:
+        """``decode(raw)``, and the event kept for the next ``decode`` of ``raw``."""
+        event = self.decode(raw)
+        if self._keep:
+            if len(self._kept) >= self._keep:
+                del self._kept[next(iter(self._kept))]
+            self._kept[raw] = event
+        return event
 
     def _schema(self, schema_id: str, text: str | None = None) -> _DecodedSchema:
         if text is not None:
@@ -118,6 +144,10 @@ class EventDecoder:
         """One event, read with ``schema_json`` when given (its writer schema, e.g. the one
         staged with its batch), else with the schema fetched (once) for its id.
         ``UnknownSchemaError`` / ``PayloadDecodeError`` name what failed."""
+        if self._kept:
+            kept = self._kept.pop(raw, None)
+            if kept is not None:
+                return kept
         schema = self._schema(raw.schema_id, schema_json)
         try:
             buffer = io.BytesIO(raw.payload)

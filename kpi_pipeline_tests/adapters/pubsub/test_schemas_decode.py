@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import astuple
 
 import avro.io
 import avro.schema
@@ -173,6 +174,45 @@ def test_schema_is_fetched_once_per_schema_id_not_per_topic() -> None:
         decoder.decode(raw(lead, channel))
     decoder.decode(raw(task, "/data/SalesKpis__chn"))  # same topic, different schema
     assert fetched == [SCHEMA_IDS_BY_ENTITY["Lead"], SCHEMA_IDS_BY_ENTITY["Task"]]
+
+
+def test_an_event_decoded_and_kept_is_taken_by_the_next_decode_of_the_same_raw_event() -> None:
+    decoder = EventDecoder(schema_json, keep=10)
+    lead = raw(change("Lead", {"recordIds": ["00Q1"], "changeType": "CREATE"}, {"Company": "A"}))
+    staged = decoder.decode_and_keep(lead)
+    # The same value read back from the ledger inbox: a new RawEvent, equal to the first.
+    again = RawEvent(lead.channel, lead.replay_id, lead.schema_id, bytes(lead.payload), "evt-1")
+    # Taken, not decoded: the schema text handed in here is never read.
+    assert decoder.decode(again, "not a schema") is staged
+    # Taken once: the next decode decodes again (an equal event, a new object).
+    with pytest.raises(UnknownSchemaError):
+        decoder.decode(again, "not a schema")
+    assert decoder.decode(again) == staged and decoder.decode(again) is not staged
+
+
+def test_a_raw_event_that_differs_in_anything_is_decoded_afresh() -> None:
+    decoder = EventDecoder(schema_json, keep=10)
+    lead = raw(change("Lead", {"recordIds": ["00Q1"], "changeType": "CREATE"}, {"Company": "A"}))
+    staged = decoder.decode_and_keep(lead)
+    other_channel = RawEvent("/data/ChangeEvents", *astuple(lead)[1:])
+    other_id = RawEvent(*astuple(lead)[:4], "evt-2")
+    for different in (other_channel, other_id):
+        assert decoder.decode(different) is not staged
+    assert decoder.decode(lead) is staged
+
+
+def test_kept_events_are_bounded_oldest_dropped_first_and_none_kept_by_default() -> None:
+    events = [
+        raw(change("Lead", {"recordIds": [f"00Q{n}"], "changeType": "CREATE"}, {}, replay=n))
+        for n in range(1, 4)
+    ]
+    bounded = EventDecoder(schema_json, keep=2)
+    first, second, third = (bounded.decode_and_keep(e) for e in events)
+    assert bounded.decode(events[0]) is not first  # dropped when the third was kept
+    assert bounded.decode(events[1]) is second and bounded.decode(events[2]) is third
+    by_default = EventDecoder(schema_json)
+    kept = by_default.decode_and_keep(events[0])
+    assert by_default.decode(events[0]) is not kept
 
 
 def test_unknown_schema_id_is_a_typed_error() -> None:

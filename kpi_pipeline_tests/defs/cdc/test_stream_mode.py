@@ -306,10 +306,12 @@ def test_responses_staged_in_a_row_are_processed_together_and_each_marked_done(
         previous = replay_id
     assert len(ledger.pending_batches()) == len(rows) == 3  # durable, not processed yet
     assert ledger.replay_id(channel) == previous
+    assert worker.decoder.kept == 3  # decoded once to stage them
 
     worker.flush()
 
     assert not ledger.pending_batches()
+    assert worker.decoder.kept == 0  # processing took them instead of decoding again
     with ledger.read() as conn:
         summaries = (
             conn.execute(
