@@ -12,6 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Many-row statements on PostgreSQL through psycopg2's execute_batch: pages of 100
+# statements a round trip instead of one each. SQLAlchemy batches only plain INSERT
+# constructs by itself; the ledger's bulk writes are upserts (ON CONFLICT) and text
+# statements, which psycopg2's executemany sent one round trip a row. In a catch-up into
+# PostgreSQL that was about a third of the stream worker's time (bench/RESULTS.md,
+# Catch-up). No executemany result's rowcount is read (execute_batch leaves it unset).
+PG_EXECUTEMANY_MODE = "values_plus_batch"
 
 
 class LedgerError(ValueError):
@@ -28,7 +35,9 @@ def create_ledger_engine(url: str, *, scratch: bool = False) -> sa.Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, synchronous="OFF" if scratch else "FULL")
     if parsed.get_backend_name() == "postgresql":
-        return sa.create_engine(parsed, pool_pre_ping=True, **JSON_CODEC)
+        return sa.create_engine(
+            parsed, pool_pre_ping=True, executemany_mode=PG_EXECUTEMANY_MODE, **JSON_CODEC
+        )
     raise LedgerError(
         f"ledger URL {parsed.render_as_string(hide_password=True)!r} uses an unsupported database; "
         "use sqlite:///path/to/ledger.db or postgresql+psycopg2://user@host/db"

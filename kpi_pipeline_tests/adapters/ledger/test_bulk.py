@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.psycopg2 import EXECUTEMANY_VALUES_PLUS_BATCH
 
 from kpi_pipeline.adapters.ledger import Ledger, bulk
 from kpi_pipeline.adapters.ledger import schema as t
@@ -79,6 +80,24 @@ def test_bulk_rows_are_stored_as_sqlalchemy_stores_them(
         stored.append(_stored(tmp_path / f"{how}.db", table.name))
     assert len(stored[0]) == len(rows)
     assert stored[0] == stored[1]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bulk_statements_on_postgresql_go_in_pages_and_store_every_row(
+    name: str, new_ledger: Callable[..., Ledger], postgres_url: str
+) -> None:
+    ledger = new_ledger(url=postgres_url)
+    # psycopg2's execute_batch: 100 statements a round trip, not one (PG_EXECUTEMANY_MODE).
+    assert ledger.engine.dialect.executemany_mode is EXECUTEMANY_VALUES_PLUS_BATCH
+    statement, table = CASES[name]
+    rows = _rows(table, list(statement.compile().params), count=250)  # three pages
+    with ledger.write() as conn:
+        bulk.executemany(conn, statement, rows)
+        bulk.executemany(conn, statement, rows[120:])  # the ON CONFLICT clause, across pages
+    with ledger.read() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    assert stored == len(rows)
 
 
 def test_a_row_missing_a_parameter_fails(new_ledger: Callable[..., Ledger]) -> None:
