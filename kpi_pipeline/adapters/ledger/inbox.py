@@ -16,9 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kpi_pipeline.adapters.ledger import bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.engine import LedgerError
-from kpi_pipeline.adapters.ledger.sql import from_row, insert_ignore, required_row
+from kpi_pipeline.adapters.ledger.sql import from_row, insert_ignore, required_row, text_insert
 from kpi_pipeline.core.canonical import dumps
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.core.ledger_rows import LoadedBatch
@@ -117,8 +118,9 @@ class InboxMixin:
         new_events = self._unstaged(conn, channel, events)
         if not new_events:
             return StagedBatch(batch_id, channel, first_hex, last_hex, 0, False)
-        conn.execute(
-            insert_ignore(conn, t.cdc_inbox, ["channel", "replay_id"]),
+        bulk.executemany(
+            conn,
+            _STAGE_EVENT,
             [
                 {
                     "channel": channel,
@@ -315,3 +317,22 @@ class InboxMixin:
             ):
                 raise LedgerError(f"cannot mark batch {batch_id!r} done: it was never staged")
         return result.rowcount == 1
+
+
+# Each FetchResponse's events, staged once: an event staged by an earlier, overlapping
+# batch stays in it. Typed text, compiled once (``sql.text_insert``), through the driver
+# cursor on SQLite (``bulk.executemany``).
+_STAGE_EVENT = text_insert(
+    t.cdc_inbox,
+    [
+        "channel",
+        "replay_id",
+        "batch_id",
+        "position",
+        "schema_id",
+        "payload",
+        "event_id",
+        "staged_at",
+    ],
+    ["channel", "replay_id"],
+)

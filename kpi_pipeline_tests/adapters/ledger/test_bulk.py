@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql.psycopg2 import EXECUTEMANY_VALUES_PLUS_BATC
 from kpi_pipeline.adapters.ledger import Ledger, bulk
 from kpi_pipeline.adapters.ledger import schema as t
 from kpi_pipeline.adapters.ledger.batch_sql import _INSERT_OUTBOX, _INSERT_ROUTING, _UPSERT_FACTS
+from kpi_pipeline.adapters.ledger.inbox import _STAGE_EVENT
 from kpi_pipeline.adapters.ledger.memos import _INSERT_DECISION, _PUT_CANDIDATE
 from kpi_pipeline.adapters.ledger.record_states import _SAVE_RECORD
 
@@ -38,6 +39,8 @@ def _value(column: sa.Column[Any], n: int) -> Any:
         return n
     if isinstance(kind, sa.Boolean):
         return bool(n % 2)
+    if isinstance(kind, sa.LargeBinary):  # replay ids, Avro payloads
+        return bytes([n, 0, 255]) + column.name.encode()
     return f"{column.name[:10]}-{n:03d}"
 
 
@@ -53,6 +56,7 @@ CASES: dict[str, tuple[sa.TextClause, sa.Table]] = {
     "records": (_SAVE_RECORD, t.records),
     "sf_outbox": (_INSERT_OUTBOX, t.sf_outbox),
     "response_candidates": (_PUT_CANDIDATE, t.response_candidates),
+    "cdc_inbox": (_STAGE_EVENT, t.cdc_inbox),
 }
 
 
