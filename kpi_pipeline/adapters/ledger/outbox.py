@@ -203,25 +203,19 @@ class OutboxMixin:
                     )
                 )
             }
+            settled: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
             for claim, values in sent:
                 row = current.get(claim.id)
                 if row is None:
                     continue
+                confirmed = canonical_value({**(row.confirmed or {}), **values})
                 clean = row.generation == claim.generation
-                conn.execute(
-                    t.sf_outbox.update()
-                    .where(c.id == claim.id)
-                    .values(
-                        status=SENT if clean else PENDING,
-                        dirty=[] if clean else c.dirty,
-                        dirtied_at=None if clean else c.dirtied_at,
-                        confirmed=canonical_value({**(row.confirmed or {}), **values}),
-                        sent_at=now,
-                        last_error=None,
-                        claim_token=None,
-                        lease_until=None,
-                    )
-                )
+                settled[clean].append({"row_id": claim.id, "row_confirmed": confirmed})
+            # One many-row statement per outcome, not one statement a row (a drain settles
+            # up to its batch size at once; on PostgreSQL each statement was a round trip).
+            for clean, rows in settled.items():
+                if rows:
+                    conn.execute(_settle_sent(clean, token, now), rows)
 
     def release_claims(
         self, token: str, ids: Iterable[int], error: str, *, retryable: bool
@@ -300,3 +294,25 @@ def _age(now: datetime, since: Any) -> float | None:
     if since.tzinfo is None:
         since = since.replace(tzinfo=now.tzinfo)
     return max(0.0, (now - since).total_seconds())
+
+
+def _settle_sent(clean: bool, token: str, now: datetime) -> sa.Update:
+    """The update of confirmed rows (``row_id``, ``row_confirmed`` per row) still held by
+    ``token``: sent and clean, or pending again with their dirty fields kept when they
+    were marked dirty after being claimed (``clean`` False)."""
+    c = t.sf_outbox.c
+    outcome: dict[str, Any] = (
+        {"status": SENT, "dirty": [], "dirtied_at": None} if clean else {"status": PENDING}
+    )
+    return (
+        t.sf_outbox.update()
+        .where(c.id == sa.bindparam("row_id"), c.claim_token == token)
+        .values(
+            **outcome,
+            confirmed=sa.bindparam("row_confirmed", type_=c.confirmed.type),
+            sent_at=now,
+            last_error=None,
+            claim_token=None,
+            lease_until=None,
+        )
+    )

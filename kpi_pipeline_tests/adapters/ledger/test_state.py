@@ -151,6 +151,30 @@ def test_a_row_dirtied_while_claimed_stays_pending_after_its_confirmation(ledger
     assert row.confirmed == {"Template_Recommended__c": "t1"}
 
 
+def test_one_confirmation_settles_clean_and_redirtied_rows_each_by_its_own_rule(
+    ledger: Ledger,
+) -> None:
+    leads = [f"00Q00000000000{n}AAA" for n in range(1, 5)]
+    with ledger.write() as conn:
+        for lead in leads:
+            ledger.mark_dirty(conn, "Lead", lead, ["Template_Recommended__c"])
+    claims = ledger.claim_dirty(10)
+    with ledger.write() as conn:  # two of them changed again while the drain was sending
+        for lead in leads[1::2]:
+            ledger.mark_dirty(conn, "Lead", lead, ["Template_Recommended__c"])
+    ledger.confirm_sent(
+        claims[0].token,
+        [(claim, {"Template_Recommended__c": f"t{n}"}) for n, claim in enumerate(claims)],
+    )
+    rows = {row.record_id: row for row in ledger.outbox()}
+    by_claim = {claim.record_id: n for n, claim in enumerate(claims)}
+    for n, lead in enumerate(leads):
+        row = rows[lead]
+        expected = ("sent", []) if n % 2 == 0 else ("pending", ["Template_Recommended__c"])
+        assert (row.status, row.dirty) == expected
+        assert row.confirmed == {"Template_Recommended__c": f"t{by_claim[lead]}"}
+
+
 def test_failed_for_good_rows_wait_for_an_operator_or_a_new_change(ledger: Ledger) -> None:
     with ledger.write() as conn:
         ledger.mark_dirty(conn, "Lead", LEAD, ["OwnerId"])
