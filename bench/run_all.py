@@ -47,6 +47,7 @@ SMALL_ARGS: dict[str, list[list[str]]] = {
     ],
     "bench_recovery.py": [["--leads", "20", "--wave-leads", "10", "--days", "0.5"]],
     "bench_replay.py": [["--events", "5000"]],
+    "bench_outbox_confirm.py": [["--rows", "400"]],
     "bench_sensor_drain.py": [["--leads", "1000", "--bound", "500"]],
     "bench_staging.py": [["--responses", "50"]],
     "bench_token_cache.py": [["--calls", "2000", "--uncached", "20"]],
