@@ -80,8 +80,8 @@ class EventDecoder:
     ``keep``: how many events ``decode_and_keep`` may hold for a later ``decode`` of the
     same raw event, which takes it instead of decoding again. The stream worker decodes
     every event twice in one process, to stage it (its commit time) and to process it
-    after reading it back from the ledger inbox; decoding was about 12 % of its time in a
-    catch-up, half of it the second decode (bench/RESULTS.md, Catch-up). A raw event is
+    after reading it back from the ledger inbox; decoding was about 13 % of its main
+    thread in a catch-up, 8 % the second decode (bench/RESULTS.md, Catch-up). A raw event is
     the same value on both sides (channel, replay id, schema id, event id, payload), and a
     schema id names one schema, so the kept event is the one a second decode would build."""
 
