@@ -311,22 +311,26 @@ def _log_what_was_not_sent(outbox: LedgerOutbox) -> None:
     (bench/RESULTS.md, Catch-up). Each record's line stays at DEBUG."""
     if outbox.superseded:
         log.info(
-            "owner writes dropped for %d leads a person took: %s",
-            len(outbox.superseded),
+            "owner writes dropped for %s a person took: %s",
+            _count(len(outbox.superseded), "lead"),
             _some(f"{s.lead_id} -> {s.actual_owner} ({s.seen_in})" for s in outbox.superseded),
         )
     if outbox.held_back:
         log.warning(
-            "write-back held back for %d records: %s",
-            len(outbox.held_back),
+            "write-back held back for %s: %s",
+            _count(len(outbox.held_back), "record"),
             _some(f"{record}: {why}" for record, why in outbox.held_back.items()),
         )
     if outbox.deleted:
         log.info(
-            "write-back dropped for %d records deleted in the org: %s",
-            len(outbox.deleted),
+            "write-back dropped for %s deleted in the org: %s",
+            _count(len(outbox.deleted), "record"),
             _some(outbox.deleted),
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _some(items: Iterable[str], shown: int = 5) -> str:

@@ -263,7 +263,7 @@ def test_rows_with_nothing_to_send_neither_reach_the_org_nor_end_the_drain(
 
 
 def test_a_record_deleted_in_the_org_is_not_written_and_nothing_fails(
-    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock], caplog: pytest.LogCaptureFixture
 ) -> None:
     from kpi_pipeline.core.workloads.records import RecordState
 
@@ -275,7 +275,10 @@ def test_a_record_deleted_in_the_org_is_not_written_and_nothing_fails(
         ledger.save_records(conn, [RecordState("Lead", lead, deleted=True)])
     before = len(org.data_requests("/composite/sobjects"))
 
-    result = drain_writeback(ledger, org.rest(), RULES)
+    with caplog.at_level(logging.INFO, logger="kpi_pipeline.app.writeback"):
+        result = drain_writeback(ledger, org.rest(), RULES)
 
     assert result.report.failed == {} and len(org.data_requests("/composite/sobjects")) == before
     assert [r.status for r in ledger.outbox()] == ["sent"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "kpi_pipeline.app.writeback"]
+    assert lines == [f"write-back dropped for 1 record deleted in the org: {lead}"]
