@@ -116,11 +116,13 @@ def routing_basis(
     Judged at event time, never on the current merged state: a retried batch that runs
     after later owner changes were merged must route exactly the leads an in-order run
     routes, and its template is recommended on the same fields (a later edit of the lead in
-    the same batch must not change either). A CREATE is judged on the fields it was created
-    with, an owner change on the owner it set (and an undelete) on the merged state less a
-    deletion or conversion that came later (``_live_at``); a field edited or an owner set
-    later in the same batch is seen there, since the state keeps no history (a known
-    difference from the same events in two batches). A person's later reassignment is honoured afterwards instead (the
+    the same batch must not change either).
+
+    A CREATE is judged on the fields it was created with. An owner change is judged on the
+    owner it set, and an undelete on the merged state; both without a deletion or conversion
+    that came later (``_live_at``). A field edited or an owner set later in the same batch
+    is seen there, since the state keeps no history: a known difference from the same events
+    in two batches. A person's later reassignment is honoured afterwards instead (the
     routing step supersedes the decision and writes no owner)."""
     for event in sorted(lead_events, key=event_version):
         if event.change_type == "CREATE":
