@@ -183,8 +183,14 @@ class OutboxMixin:
         c = t.sf_outbox.c
         held = sa.and_(c.claim_token == token, c.status == CLAIMED)
         with self.write() as conn:  # type: ignore[attr-defined]
-            conn.execute(t.sf_outbox.update().where(held).values(lease_until=self._now() + lease))
-            return {row.id for row in conn.execute(sa.select(c.id).where(held))}
+            ids = list(conn.execute(_in_id_order_for_update(sa.select(c.id).where(held))).scalars())
+            if ids:
+                conn.execute(
+                    t.sf_outbox.update()
+                    .where(c.id.in_(ids))
+                    .values(lease_until=self._now() + lease)
+                )
+            return set(ids)
 
     def confirm_sent(self, token: str, sent: Sequence[tuple[Claim, Mapping[str, Any]]]) -> None:
         """Salesforce confirmed these values. Each row becomes sent, or pending again when it
@@ -195,11 +201,16 @@ class OutboxMixin:
         now = self._now()
         c = t.sf_outbox.c
         with self.write() as conn:  # type: ignore[attr-defined]
+            # Locked while read (PostgreSQL): a batch marking one of these rows dirty now
+            # either commits first, and the generation read here has moved, or waits for
+            # this confirmation; read unlocked, its new mark could be settled as sent.
             current = {
                 row.id: row
                 for row in conn.execute(
-                    sa.select(c.id, c.generation, c.confirmed).where(
-                        c.id.in_([claim.id for claim, _ in sent]), c.claim_token == token
+                    _in_id_order_for_update(
+                        sa.select(c.id, c.generation, c.confirmed).where(
+                            c.id.in_([claim.id for claim, _ in sent]), c.claim_token == token
+                        )
                     )
                 )
             }
@@ -227,6 +238,7 @@ class OutboxMixin:
             return
         c = t.sf_outbox.c
         with self.write() as conn:  # type: ignore[attr-defined]
+            conn.execute(_in_id_order_for_update(sa.select(c.id).where(c.id.in_(wanted))))
             conn.execute(
                 t.sf_outbox.update()
                 .where(c.id.in_(wanted), c.claim_token == token)
@@ -284,6 +296,17 @@ class OutboxMixin:
             )
             for row in rows
         ]
+
+
+def _in_id_order_for_update(query: sa.Select[Any]) -> sa.Select[Any]:
+    """``query`` locking its outbox rows in id order (PostgreSQL; SQLite's write transaction
+    already excludes every other writer and ignores FOR UPDATE).
+
+    A batch's outbox merge locks the rows it widens in id order too (``merge_outbox_marks``),
+    so a drain settling rows beside it (the stream worker drains on a thread of its own,
+    ``writeback_drain`` runs beside batch runs) waits for it instead of deadlocking: an
+    UPDATE alone locks its rows in whatever order its plan visits them."""
+    return query.order_by(t.sf_outbox.c.id).with_for_update()
 
 
 def _age(now: datetime, since: Any) -> float | None:

@@ -175,6 +175,37 @@ def test_one_confirmation_settles_clean_and_redirtied_rows_each_by_its_own_rule(
         assert row.confirmed == {"Template_Recommended__c": f"t{by_claim[lead]}"}
 
 
+@pytest.mark.postgres
+def test_a_confirmation_beside_an_uncommitted_mark_leaves_the_new_mark_pending(
+    postgres_url: str,
+) -> None:
+    """A drain confirms a row while a batch, in another transaction, is marking it dirty
+    again (the stream worker drains on its own thread). The confirmation must wait for the
+    batch and see the moved generation; read unlocked, it saw the old one, its UPDATE then
+    waited on the row and settled it as sent, and the batch's new mark was lost."""
+    batch, drain = Ledger.from_url(postgres_url), Ledger.from_url(postgres_url)
+    with batch.write() as conn:
+        batch.mark_dirty(conn, "Lead", LEAD, ["Template_Recommended__c"])
+    (claim,) = drain.claim_dirty(10)
+    with batch.write() as conn:
+        batch.mark_dirty(conn, "Lead", LEAD, ["SLA_Due_At__c"])  # not committed yet
+
+        def confirm() -> None:
+            drain.confirm_sent(claim.token, [(claim, {"Template_Recommended__c": "t1"})])
+
+        thread = threading.Thread(target=confirm)
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive(), "the confirmation must wait for the batch's row lock"
+    thread.join(10)
+    (row,) = batch.outbox()
+    assert row.status == "pending"
+    assert "SLA_Due_At__c" in row.dirty
+    assert row.confirmed == {"Template_Recommended__c": "t1"}
+    batch.dispose()
+    drain.dispose()
+
+
 def test_failed_for_good_rows_wait_for_an_operator_or_a_new_change(ledger: Ledger) -> None:
     with ledger.write() as conn:
         ledger.mark_dirty(conn, "Lead", LEAD, ["OwnerId"])
