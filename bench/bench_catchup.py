@@ -145,7 +145,8 @@ def back_under(rolling: list[tuple[float, dict[str, float | None]]], after: floa
 
 def run_one(backend: str, args: argparse.Namespace, workdir: Path) -> None:
     dep = live.Deployment(
-        workdir / backend, "stream", postgres=backend == "postgres", code_root=Path(args.code).resolve()
+        workdir / backend, "stream", postgres=backend == "postgres", code_root=Path(args.code).resolve(),
+        org_update_delay_s=args.org_update_delay,
     )  # fmt: skip
     loads = live.LoadSampler()
     memory = TreeMemory(dep)
@@ -253,6 +254,9 @@ def main() -> int:
     parser.add_argument("--post-seconds", type=float, default=120.0)
     parser.add_argument("--drain-seconds", type=float, default=60.0)
     parser.add_argument("--sim-seed", type=int, default=12)
+    parser.add_argument(
+        "--org-update-delay", type=float, default=0.0, help=live.ORG_UPDATE_DELAY_HELP
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
     live.exit_on_sigterm()

@@ -437,6 +437,9 @@ class Deployment:
     code_root: Path = REPO_ROOT
     seed_leads_per_day: int = 20
     port: int = 0
+    # Seconds the sandbox org waits before answering each record update (the write-back's
+    # REST round trip to a real org, which loopback does not have); 0: at once.
+    org_update_delay_s: float = 0.0
     dev: subprocess.Popen | None = None
     pg_dbs: list[str] = field(default_factory=list)
 
@@ -458,6 +461,9 @@ class Deployment:
             KPI_SANDBOX_LEADS_PER_DAY=str(self.seed_leads_per_day),
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
+        if self.org_update_delay_s:
+            # Read by the embedded sandbox's `kpi-pipeline sandbox serve`.
+            self.env["KPI_SANDBOX_REST_UPDATE_DELAY_SECONDS"] = repr(self.org_update_delay_s)
         if self.code_root.resolve() != REPO_ROOT:
             # Every process (webserver, daemon, code server, run workers, sandbox) imports
             # kpi_pipeline from the worktree, ahead of the venv's editable install.
@@ -887,6 +893,12 @@ def drain_and_measure(
     return collected, cost.figures(collected)
 
 
+ORG_UPDATE_DELAY_HELP = (
+    "seconds the sandbox org waits before answering each record update, for the REST round "
+    "trip of a real org's write-back (default 0: loopback)"
+)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -898,6 +910,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         code_root=Path(args.code).resolve(),
         seed_leads_per_day=args.seed_leads_per_day,
         port=args.port,
+        org_update_delay_s=args.org_update_delay,
     )
     loads = LoadSampler()
     try:
@@ -949,6 +962,7 @@ def main() -> int:
     parser.add_argument("--drain-seconds", type=float, default=90.0)
     parser.add_argument("--seed-leads-per-day", type=int, default=20)
     parser.add_argument("--port", type=int, default=0, help="webserver port (0: a free one)")
+    parser.add_argument("--org-update-delay", type=float, default=0.0, help=ORG_UPDATE_DELAY_HELP)
     parser.add_argument(
         "--postgres",
         action="store_true",

@@ -12,7 +12,8 @@ here; ``kpi_pipeline.defs.cdc.stream`` wraps it):
    FetchResponse: stage it and advance the channel's durable replay id in one transaction;
    once nothing more is queued (or ``COALESCE_EVENTS`` are staged), process every batch
    staged so far in one pass (the same ``BatchProcessor`` steps as a batch run), mark each
-   done, and drain the write-back outbox once;
+   done, and wake the write-back drain, which sends the outbox on a thread of its own
+   (``background_drain.py``) while the next responses are staged and processed;
 4. end after ``lifetime`` (a generation), releasing the leases so the next generation
    starts at once; batches received but not staged are not durable yet, and the next
    generation resubscribes after the durable replay id, so nothing is lost or doubled.
@@ -26,11 +27,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
+from kpi_pipeline.app.background_drain import BackgroundDrain
 from kpi_pipeline.core.errors import ReplayIdInvalidError
 from kpi_pipeline.core.events import replay_id_hex
 from kpi_pipeline.core.raw import StreamBatch
@@ -118,6 +121,7 @@ class StreamWorker:
         self._staged_events = 0
         self._on_progress = on_progress or (lambda _p: None)
         self._stager = stager
+        self._background: BackgroundDrain | None = None  # while ``run`` is consuming
 
     # --- the generation -----------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class StreamWorker:
         try:
             if not self._wait_for_leases(stop):
                 return self.progress
-            with self._lease_heartbeat(stop):
+            with self._lease_heartbeat(stop), self._drain_beside():
                 self._process_pending()
                 self._consume(stop)
         finally:
@@ -266,10 +270,28 @@ class StreamWorker:
                         batch.channel, [e.header.commit_timestamp for e in result.events]
                     )
 
+    @contextmanager
+    def _drain_beside(self) -> Iterator[None]:
+        """Write back on a thread of its own while the generation consumes; the last drain
+        runs here when it ends. ``handle``/``flush`` called outside ``run`` drain inline."""
+        if self.drain is None:
+            yield
+            return
+        with BackgroundDrain(self.drain, self._count_drained) as background:
+            self._background = background
+            try:
+                yield
+            finally:
+                self._background = None
+
     def _drain(self) -> None:
-        if self.drain is not None:
-            result = self.drain()
-            self.progress.drained += len(result.report.sent)
+        if self._background is not None:
+            self._background.request()
+        elif self.drain is not None:
+            self._count_drained(self.drain())
+
+    def _count_drained(self, result: Any) -> None:
+        self.progress.drained += len(result.report.sent)
 
     def _restart_after_refused_replay(self, exc: ReplayIdInvalidError) -> None:
         channel = exc.channel or ""
