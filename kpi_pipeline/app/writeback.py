@@ -135,7 +135,13 @@ class LedgerOutbox:
 
     def mark_failed(self, id: int, error: str, *, retryable: bool) -> None:
         claim = self._claims[id]
-        self.ledger.release_claims(claim.token, [id], error, retryable=retryable)
+        self.ledger.release_claims(
+            claim.token,
+            [id],
+            error,
+            retryable=retryable,
+            claimed_generations={id: claim.generation},
+        )
         metrics.record_writeback("retry" if retryable else "failed")
 
     # --- leases -----------------------------------------------------------------------

@@ -229,26 +229,51 @@ class OutboxMixin:
                     conn.execute(_settle_sent(clean, token, now), rows)
 
     def release_claims(
-        self, token: str, ids: Iterable[int], error: str, *, retryable: bool
+        self,
+        token: str,
+        ids: Iterable[int],
+        error: str,
+        *,
+        retryable: bool,
+        claimed_generations: Mapping[int, int] | None = None,
     ) -> None:
         """Give rows back: pending for the next drain (retryable), or failed for good with the
-        error for an operator (marking them dirty again retries them)."""
+        error for an operator (marking them dirty again retries them).
+
+        ``claimed_generations`` (row id -> its generation when claimed): a row refused for
+        good that was marked dirty again while it was being sent holds values the org has not
+        refused yet, so it goes back to pending, not to failed."""
         wanted = sorted(set(ids))
         if not wanted:
             return
         c = t.sf_outbox.c
         with self.write() as conn:  # type: ignore[attr-defined]
-            conn.execute(_in_id_order_for_update(sa.select(c.id).where(c.id.in_(wanted))))
-            conn.execute(
-                t.sf_outbox.update()
-                .where(c.id.in_(wanted), c.claim_token == token)
-                .values(
-                    status=PENDING if retryable else FAILED,
-                    last_error=error[:2000],
-                    claim_token=None,
-                    lease_until=None,
-                )
+            current = dict(
+                conn.execute(
+                    _in_id_order_for_update(
+                        sa.select(c.id, c.generation).where(
+                            c.id.in_(wanted), c.claim_token == token
+                        )
+                    )
+                ).all()
             )
+            claimed = claimed_generations or {}
+            by_status: dict[str, list[int]] = {PENDING: [], FAILED: []}
+            for row_id, generation in current.items():
+                dirtied_since = claimed.get(row_id, generation) != generation
+                by_status[PENDING if retryable or dirtied_since else FAILED].append(row_id)
+            for status, rows in by_status.items():
+                if rows:
+                    conn.execute(
+                        t.sf_outbox.update()
+                        .where(c.id.in_(rows), c.claim_token == token)
+                        .values(
+                            status=status,
+                            last_error=error[:2000],
+                            claim_token=None,
+                            lease_until=None,
+                        )
+                    )
 
     def outbox_health(self) -> OutboxHealth:
         """Counts by status and the ages of the oldest waiting and held rows, in one read."""

@@ -218,6 +218,33 @@ def test_failed_for_good_rows_wait_for_an_operator_or_a_new_change(ledger: Ledge
     assert [c.id for c in ledger.claim_dirty(10)] == [claim.id]
 
 
+def test_a_row_refused_for_good_but_marked_dirty_meanwhile_goes_back_to_pending(
+    ledger: Ledger,
+) -> None:
+    """The org refused the values the drain sent, but a batch had computed new ones while
+    they were on the way: those were never refused, so the row waits for the next drain
+    instead of for an operator. A row nothing changed is failed for good as before."""
+    leads = ["00Q000000000001AAA", "00Q000000000002AAA"]
+    with ledger.write() as conn:
+        for lead in leads:
+            ledger.mark_dirty(conn, "Lead", lead, ["Template_Recommended__c"])
+    claims = ledger.claim_dirty(10)
+    with ledger.write() as conn:  # the batch beside the drain
+        ledger.mark_dirty(conn, "Lead", leads[1], ["SLA_Due_At__c"])
+    ledger.release_claims(
+        claims[0].token,
+        [claim.id for claim in claims],
+        "INVALID_FIELD",
+        retryable=False,
+        claimed_generations={claim.id: claim.generation for claim in claims},
+    )
+    rows = {row.record_id: row for row in ledger.outbox()}
+    assert (rows[leads[0]].status, rows[leads[0]].last_error) == ("failed", "INVALID_FIELD")
+    assert rows[leads[1]].status == "pending"
+    assert "SLA_Due_At__c" in rows[leads[1]].dirty
+    assert [claim.record_id for claim in ledger.claim_dirty(10)] == [leads[1]]
+
+
 def test_a_claim_whose_lease_expired_is_handed_out_again_and_the_old_holder_loses_it(
     ledger_url: str,
 ) -> None:

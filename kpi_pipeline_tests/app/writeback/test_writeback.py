@@ -156,6 +156,22 @@ def test_a_drainer_that_lost_its_lease_sends_nothing(
     assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
 
 
+def test_values_refused_for_good_do_not_park_newer_ones_computed_meanwhile(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    """The org refuses what a drainer sent for good, while the ledger has learned of an
+    earlier response: the row waits for the next drain with the new value, not for an
+    operator, and the next drain sends it."""
+    ledger, _ = clocked_ledger
+    lead, drainer, item = _answered_and_claimed(org, ledger)
+    improve(ledger, lead, 30)
+    drainer.mark_failed(item.id, "FIELD_CUSTOM_VALIDATION_EXCEPTION", retryable=False)
+
+    assert [r.record_id for r in ledger.outbox("pending")] == [lead]
+    assert drain_writeback(ledger, org.rest(), RULES).report.sent == [item.id]
+    assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
+
+
 def test_an_org_failure_leaves_rows_pending_for_the_next_drain(
     org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
 ) -> None:
