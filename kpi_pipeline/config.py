@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         description="Lease on claimed outbox rows. A live drain renews it every third of this; a "
         "drainer that died lets its rows be retaken once it runs out.",
     )
+    writeback_concurrent_requests: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="sObject Collections requests (200 records each) a write-back drain keeps in "
+        "flight at once; a drain claims 200 times this many rows per round. 1 sends them one "
+        "after another.",
+    )
     writeback_backlog_alert_seconds: float = Field(
         600.0,
         gt=0,

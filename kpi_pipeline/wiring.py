@@ -187,6 +187,7 @@ def _new_salesforce_rest(settings: Settings, conn: OrgConnection):
         api_version=settings.salesforce_api_version,
         client_id=settings.client_id,
         session=_https_session(conn),
+        concurrent_requests=settings.writeback_concurrent_requests,
     )
 
 
@@ -291,6 +292,7 @@ class _LazyRest:
 def drain_writeback(settings: Settings):
     """One write-back drain with this process's ledger, org and processor (which records
     decisions a person's owner change superseded)."""
+    from kpi_pipeline.adapters.salesforce.rest import MAX_COLLECTION_RECORDS
     from kpi_pipeline.app.writeback import drain_writeback as drain
 
     processor = batch_processor(settings)
@@ -300,6 +302,8 @@ def drain_writeback(settings: Settings):
         processor.owner_rules,
         recorder=processor,
         lease_seconds=settings.writeback_lease_seconds,
+        # One round's claim fills every request the REST adapter sends at once.
+        batch_size=MAX_COLLECTION_RECORDS * settings.writeback_concurrent_requests,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -217,6 +218,45 @@ def test_an_unreachable_org_leaves_everything_unconfirmed(org: SandboxOrg) -> No
     assert report.unconfirmed == ids[200:]
     assert isinstance(report.error, SalesforceUnavailableError)
     assert "HTTP 500" in str(report.error)
+
+
+def test_collection_requests_of_one_call_are_in_flight_at_once(org: SandboxOrg) -> None:
+    """With concurrent_requests=3, three 200-record requests reach the org before it has
+    answered the first (it answers each 3 s after applying it); one at a time, the second
+    could only come after that answer."""
+    ids = org.create_leads(600)
+    org.server.faults.delay_updates(3.0)
+    rest = SalesforceRest(org.static_provider(), session=org.http, concurrent_requests=3)
+    reports = []
+    call = threading.Thread(
+        target=lambda: reports.append(
+            rest.update_records("Lead", [RecordUpdate(i, {"Routing_Rule__c": "c"}) for i in ids])
+        )
+    )
+    call.start()
+    deadline = time.monotonic() + 2.5
+    while len(collection_bodies(org)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(collection_bodies(org)) == 3 and call.is_alive(), "not sent at once"
+    call.join(30)
+    (report,) = reports
+    assert report.ok and report.attempts == 3
+    assert report.succeeded == ids  # in request order, whatever order the answers came in
+    assert sorted(i for body in collection_bodies(org) for i in body) == sorted(ids)
+
+
+def test_after_a_wave_that_found_the_org_down_the_rest_is_not_sent(org: SandboxOrg) -> None:
+    ids = org.create_leads(1000)  # five requests, in waves of two
+    org.server.faults.fail_next_requests(100, after=2)  # the first wave passes
+    rest, _ = rest_with_sleeps(org, max_attempts=2, concurrent_requests=2)
+
+    report = rest.update_records("Lead", [RecordUpdate(i, {"Routing_Rule__c": "x"}) for i in ids])
+
+    assert report.succeeded == ids[:400]
+    assert report.unconfirmed == ids[400:]  # the failed wave's two, and the fifth never sent
+    assert isinstance(report.error, SalesforceUnavailableError)
+    assert len(collection_bodies(org)) == 2  # the org served the first wave only
+    assert report.attempts == 2 + 2 * 2  # each of the second wave's two was tried twice
 
 
 # --- sessions ------------------------------------------------------------------------------
