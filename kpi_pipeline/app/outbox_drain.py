@@ -108,12 +108,12 @@ def drain_outbox(outbox: OutboxPort, rest: RecordUpdater, *, batch_size: int = 2
     while True:
         claimed = outbox.claim_pending(batch_size)
         items = [i for i in claimed if i.id not in seen]
-        for item in claimed:
-            if item.id in seen:
-                # Changed again while this drain was sending it: give it back for the next
-                # drain rather than spin on a record that keeps changing.
-                outbox.mark_failed(item.id, "changed again during this drain", retryable=True)
-                report.retry_later[item.id] = "changed again during this drain"
+        changed_again = [i for i in claimed if i.id in seen]
+        for item in changed_again:
+            # Changed again while this drain was sending it: give it back for the next
+            # drain rather than spin on a record that keeps changing.
+            outbox.mark_failed(item.id, "changed again during this drain", retryable=True)
+            report.retry_later[item.id] = "changed again during this drain"
         if not items:
             break
         seen.update(i.id for i in items)
@@ -123,6 +123,11 @@ def drain_outbox(outbox: OutboxPort, rest: RecordUpdater, *, batch_size: int = 2
         _send_batch(outbox, rest, merge_items(items), report)
         if report.error is not None or len(report.retry_later) > before:
             break  # leave the rest for the next drain instead of hammering a struggling org
+        if changed_again:
+            # End here, so the next drain sends them (oldest first) at once. A drain that
+            # went on while new rows kept coming (the stream worker drains beside
+            # processing) would give them back round after round and never send them.
+            break
     if report.claimed:
         log.info(
             "outbox drain: %d claimed, %d sent, %d failed, %d for later%s",

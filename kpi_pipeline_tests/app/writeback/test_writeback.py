@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,51 @@ def test_values_refused_for_good_do_not_park_newer_ones_computed_meanwhile(
     assert [r.record_id for r in ledger.outbox("pending")] == [lead]
     assert drain_writeback(ledger, org.rest(), RULES).report.sent == [item.id]
     assert org_first_responses(org, lead) == ["2026-11-18T09:30:00.000Z"]
+
+
+class _ProcessingBeside:
+    """The org's REST API while a batch runs beside the drain (the stream worker's drain
+    thread): the first request's lead gets an earlier first response meanwhile, and every
+    request brings one more lead to write back."""
+
+    def __init__(self, org: SandboxOrg, ledger: Ledger, new_leads: list[str]) -> None:
+        self.rest, self.ledger, self.new_leads = org.rest(), ledger, list(new_leads)
+        self.requests = 0
+
+    def update_records(self, sobject: str, updates: list[RecordUpdate]) -> Any:
+        report = self.rest.update_records(sobject, updates)
+        self.requests += 1
+        if self.requests == 1:
+            improve(self.ledger, updates[0].record_id, 80)
+        if self.new_leads:
+            improve(self.ledger, self.new_leads.pop(0), 45)
+        return report
+
+
+def test_a_drain_beside_processing_ends_at_a_row_changed_during_it(
+    org: SandboxOrg, clocked_ledger: tuple[Ledger, Clock]
+) -> None:
+    """While new rows keep coming, a drain that only gave back the rows changed during it
+    went on round after round, giving them back each time: they waited for a drain in
+    another run (30 s and more). It now ends at the first round that meets one, and the
+    next drain sends it first."""
+    ledger, _ = clocked_ledger
+    leads = org.create_leads(12)
+    improve(ledger, leads[0], 90)
+    beside = _ProcessingBeside(org, ledger, leads[1:])
+
+    first = drain_writeback(ledger, beside, RULES, batch_size=2)
+
+    assert beside.requests == 2  # its own lead, then one new lead beside the changed one
+    (row,) = ledger.outbox(record_id=leads[0])
+    assert (row.status, row.last_error) == ("pending", "changed again during this drain")
+    assert first.report.retry_later == {row.id: "changed again during this drain"}
+    second = drain_writeback(ledger, org.rest(), RULES)
+    assert org_first_responses(org, leads[0]) == [
+        "2026-11-18T10:30:00.000Z",
+        "2026-11-18T10:20:00.000Z",
+    ]
+    assert row.id in second.report.sent
 
 
 def test_an_org_failure_leaves_rows_pending_for_the_next_drain(
