@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from kpi_pipeline.adapters.ledger.bulk import rows_where_in
+from kpi_pipeline.adapters.ledger.bulk import UpsertText, rows_where_in
 from kpi_pipeline.adapters.ledger.engine import LedgerError
 
 RowData = TypeVar("RowData")
@@ -63,7 +63,7 @@ def text_insert(
     columns: Sequence[str],
     keys: Sequence[str],
     update: dict[str, str] | None = None,
-) -> sa.TextClause:
+) -> UpsertText:
     """``INSERT ... ON CONFLICT (keys) DO NOTHING | DO UPDATE SET ...`` as typed text.
 
     The dialect ``on_conflict_*`` constructs carry no cache key, so SQLAlchemy compiles them
@@ -85,4 +85,7 @@ def text_insert(
         sql += "DO UPDATE SET " + ", ".join(f"{quote(c)} = {expr}" for c, expr in update.items())
     else:
         sql += "DO NOTHING"
-    return sa.text(sql).bindparams(*(sa.bindparam(c, type_=table.c[c].type) for c in columns))
+    statement = UpsertText(sql)
+    statement.conflict_keys = tuple(keys)
+    statement.updates_on_conflict = bool(update)
+    return statement.bindparams(*(sa.bindparam(c, type_=table.c[c].type) for c in columns))

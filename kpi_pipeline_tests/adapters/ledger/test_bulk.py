@@ -86,22 +86,70 @@ def test_bulk_rows_are_stored_as_sqlalchemy_stores_them(
     assert stored[0] == stored[1]
 
 
+def _stored_pg(ledger: Ledger, table: sa.Table) -> list[tuple[Any, ...]]:
+    """Every row but a generated id, in key order (the natural key where the id is generated)."""
+    columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+    order = [c for c in columns if c.primary_key] or columns[:2]
+    with ledger.read() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(*columns).order_by(*order))]
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bulk_statements_on_postgresql_go_in_pages_and_store_every_row(
-    name: str, new_ledger: Callable[..., Ledger], postgres_url: str
+def test_bulk_upserts_on_postgresql_store_what_sqlalchemy_stores(
+    name: str,
+    new_ledger: Callable[..., Ledger],
+    make_postgres_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ledger = new_ledger(url=postgres_url)
-    # psycopg2's execute_batch: 100 statements a round trip, not one (PG_EXECUTEMANY_MODE).
-    assert ledger.engine.dialect.executemany_mode is EXECUTEMANY_VALUES_PLUS_BATCH
+    """Multi-row VALUES statements (``execute_values``), in pages, with the ON CONFLICT
+    clause across pages: the same rows as SQLAlchemy's one statement a row."""
+    monkeypatch.setattr(bulk, "VALUES_PAGE", 100)
     statement, table = CASES[name]
+    assert isinstance(statement, bulk.UpsertText)  # so it takes the multi-row path
     rows = _rows(table, list(statement.compile().params), count=250)  # three pages
-    with ledger.write() as conn:
-        bulk.executemany(conn, statement, rows)
-        bulk.executemany(conn, statement, rows[120:])  # the ON CONFLICT clause, across pages
-    with ledger.read() as conn:
-        stored = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-    assert stored == len(rows)
+    stored = []
+    for how in ("sqlalchemy", "bulk"):
+        ledger = new_ledger(url=make_postgres_db())
+        # psycopg2's execute_batch for what is not an upsert (PG_EXECUTEMANY_MODE)
+        assert ledger.engine.dialect.executemany_mode is EXECUTEMANY_VALUES_PLUS_BATCH
+        write = bulk.executemany if how == "bulk" else sa.Connection.execute
+        with ledger.write() as conn:
+            write(conn, statement, rows)
+            write(conn, statement, _changed(rows[120:], table))  # conflicts, across pages
+        stored.append(_stored_pg(ledger, table))
+    assert len(stored[0]) == len(rows)
+    assert stored[0] == stored[1]
+
+
+def _changed(rows: list[dict[str, Any]], table: sa.Table) -> list[dict[str, Any]]:
+    """The rows again with every value that is not a key changed (an update, where the
+    statement updates)."""
+    keys = {c.name for c in table.primary_key} | {"sobject", "record_id"}
+    return [
+        {c: v if c in keys else _value(table.c[c], n + 7) for c, v in row.items()}
+        for n, row in enumerate(rows)
+    ]
+
+
+@pytest.mark.postgres
+def test_an_upsert_that_updates_a_row_twice_goes_one_statement_a_row_on_postgresql(
+    new_ledger: Callable[..., Ledger], make_postgres_db: Callable[[], str]
+) -> None:
+    """PostgreSQL refuses a statement that updates one row twice; such a call is written
+    row by row, so the later row wins as it does in SQLAlchemy's path."""
+    columns = list(_UPSERT_FACTS.compile().params)
+    rows = _rows(t.lead_facts, columns, count=5)
+    again = _changed(rows[1:2], t.lead_facts)
+    stored = []
+    for how in ("sqlalchemy", "bulk"):
+        ledger = new_ledger(url=make_postgres_db())
+        write = bulk.executemany if how == "bulk" else sa.Connection.execute
+        with ledger.write() as conn:
+            write(conn, _UPSERT_FACTS, [*rows, *again])
+        stored.append(_stored_pg(ledger, t.lead_facts))
+    assert stored[0] == stored[1]
+    assert len(stored[1]) == 5
 
 
 def test_a_row_missing_a_parameter_fails(new_ledger: Callable[..., Ledger]) -> None:
