@@ -72,25 +72,54 @@ def _prepare(dialect: sa.Dialect, statement: sa.TextClause) -> _Prepared:
 def executemany(
     conn: sa.Connection, statement: sa.TextClause, rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """``conn.execute(statement, rows)``, through the driver cursor on SQLite."""
+    """``conn.execute(statement, rows)``: through the driver cursor on SQLite, as multi-row
+    VALUES on PostgreSQL where the statement allows it."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql" and _as_multi_row_values(conn, statement, rows):
-        return
-    if conn.dialect.name != "sqlite":
+    if conn.dialect.name == "sqlite":
+        _sqlite_executemany(conn, statement, rows)
+    elif _multi_row_allowed(statement, rows):
+        _multi_row_values(conn, statement, rows)
+    else:
         conn.execute(statement, list(rows))
-        return
+
+
+def insert_new(
+    conn: sa.Connection, statement: UpsertText, rows: Sequence[Mapping[str, Any]]
+) -> int:
+    """Insert the rows whose key is not in the table yet with ``statement`` (an ``ON CONFLICT
+    DO NOTHING`` of ``sql.text_insert``); how many were inserted. One statement instead of
+    a read for the keys already there and then the insert."""
+    if not isinstance(statement, UpsertText) or statement.updates_on_conflict:
+        raise ValueError("insert_new takes an ON CONFLICT DO NOTHING statement of sql.text_insert")
+    if not rows:
+        return 0
+    if conn.dialect.name == "sqlite":
+        return _sqlite_executemany(conn, statement, rows)
+    return _multi_row_values(conn, statement, rows)
+
+
+def _sqlite_executemany(
+    conn: sa.Connection, statement: sa.TextClause, rows: Sequence[Mapping[str, Any]]
+) -> int:
+    """The rows through the sqlite3 cursor; the rows it changed (sqlite3 sums them over an
+    ``executemany``; a row that meets ``DO NOTHING`` changes none)."""
     prepared = _prepare(conn.dialect, statement)
-    binds = prepared.binds
-    params = [
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(prepared.sql, _params(prepared.binds, rows))
+        return cursor.rowcount
+    finally:
+        cursor.close()
+
+
+def _params(
+    binds: tuple[tuple[str, Callable[[Any], Any] | None], ...], rows: Sequence[Mapping[str, Any]]
+) -> list[tuple[Any, ...]]:
+    return [
         tuple(row[name] if process is None else process(row[name]) for name, process in binds)
         for row in rows
     ]
-    cursor = conn.connection.cursor()
-    try:
-        cursor.executemany(prepared.sql, params)
-    finally:
-        cursor.close()
 
 
 VALUES_PAGE = 1_000  # rows per multi-row statement on PostgreSQL (a few hundred KB of SQL)
@@ -107,32 +136,37 @@ class _MultiRow:
 _MULTI_ROW: dict[tuple[int, str], _MultiRow] = {}
 
 
-def _as_multi_row_values(
-    conn: sa.Connection, statement: sa.TextClause, rows: Sequence[Mapping[str, Any]]
-) -> bool:
-    """Write ``rows`` with multi-row VALUES statements if ``statement`` allows it (an
-    ``UpsertText`` that updates no key twice); False, having written nothing, if not."""
+def _multi_row_allowed(statement: sa.TextClause, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """An ``UpsertText`` that updates no row twice: PostgreSQL refuses "ON CONFLICT DO
+    UPDATE command cannot affect row a second time" in one statement."""
     if not isinstance(statement, UpsertText):
         return False
-    if statement.updates_on_conflict:
-        keys = statement.conflict_keys
-        if len({tuple(row[k] for k in keys) for row in rows}) < len(rows):
-            return False  # "ON CONFLICT DO UPDATE command cannot affect row a second time"
+    if not statement.updates_on_conflict:
+        return True
+    keys = statement.conflict_keys
+    return len({tuple(row[k] for k in keys) for row in rows}) == len(rows)
+
+
+def _multi_row_values(
+    conn: sa.Connection, statement: UpsertText, rows: Sequence[Mapping[str, Any]]
+) -> int:
+    """The rows as multi-row VALUES statements of ``VALUES_PAGE`` rows (psycopg2's
+    ``execute_values``, one page a call so that each page's row count can be added up);
+    the rows inserted or updated."""
     prepared = _multi_row(conn.dialect, statement)
-    params = [
-        tuple(
-            row[name] if process is None else process(row[name]) for name, process in prepared.binds
-        )
-        for row in rows
-    ]
+    params = _params(prepared.binds, rows)
+    written = 0
     cursor = conn.connection.cursor()
     try:
-        execute_values(
-            cursor, prepared.sql, params, template=prepared.template, page_size=VALUES_PAGE
-        )
+        for start in range(0, len(params), VALUES_PAGE):
+            page = params[start : start + VALUES_PAGE]
+            execute_values(
+                cursor, prepared.sql, page, template=prepared.template, page_size=len(page)
+            )
+            written += cursor.rowcount
     finally:
         cursor.close()
-    return True
+    return written
 
 
 def _multi_row(dialect: sa.Dialect, statement: UpsertText) -> _MultiRow:

@@ -115,10 +115,9 @@ class InboxMixin:
         if existing is not None:
             return StagedBatch(batch_id, channel, first_hex, last_hex, existing, False)
         self._store_schemas(conn, events, schemas)
-        new_events = self._unstaged(conn, channel, events)
-        if not new_events:
-            return StagedBatch(batch_id, channel, first_hex, last_hex, 0, False)
-        bulk.executemany(
+        # An event staged by an earlier, overlapping batch stays there (DO NOTHING), which
+        # leaves a gap in this batch's positions; they still give the delivery order.
+        staged = bulk.insert_new(
             conn,
             _STAGE_EVENT,
             [
@@ -132,22 +131,24 @@ class InboxMixin:
                     "event_id": event.event_id,
                     "staged_at": now,
                 }
-                for position, event in enumerate(new_events)
+                for position, event in enumerate(events)
             ],
         )
+        if not staged:
+            return StagedBatch(batch_id, channel, first_hex, last_hex, 0, False)
         conn.execute(
             t.cdc_batches.insert().values(
                 batch_id=batch_id,
                 channel=channel,
                 first_replay_hex=first_hex,
                 last_replay_hex=last_hex,
-                event_count=len(new_events),
+                event_count=staged,
                 status=BATCH_STAGED,
                 staged_at=now,
                 after_replay=after_replay,
             )
         )
-        return StagedBatch(batch_id, channel, first_hex, last_hex, len(new_events), True)
+        return StagedBatch(batch_id, channel, first_hex, last_hex, staged, True)
 
     @staticmethod
     def _check_stage_input(channel: str, events: Sequence[RawEvent]) -> None:
@@ -192,18 +193,6 @@ class InboxMixin:
                     f"no schema JSON for schema ids {sorted(missing - known)}; pass them in "
                     "`schemas` (GetSchema) so the batch can be decoded later"
                 )
-
-    @staticmethod
-    def _unstaged(conn: sa.Connection, channel: str, events: Sequence[RawEvent]) -> list[RawEvent]:
-        staged = set(
-            conn.execute(
-                sa.select(t.cdc_inbox.c.replay_id).where(
-                    t.cdc_inbox.c.channel == channel,
-                    t.cdc_inbox.c.replay_id.in_([e.replay_id for e in events]),
-                )
-            ).scalars()
-        )
-        return [e for e in events if e.replay_id not in staged]
 
     def find_batch_after(self, channel: str, after_replay: str) -> StagedBatch | None:
         """The newest batch of ``channel`` whose fetch started after ``after_replay`` (hex, '' =
@@ -320,8 +309,8 @@ class InboxMixin:
 
 
 # Each FetchResponse's events, staged once: an event staged by an earlier, overlapping
-# batch stays in it. Typed text, compiled once (``sql.text_insert``), through the driver
-# cursor on SQLite (``bulk.executemany``).
+# batch stays in it. Typed text, compiled once (``sql.text_insert``), written and counted by
+# ``bulk.insert_new``.
 _STAGE_EVENT = text_insert(
     t.cdc_inbox,
     [

@@ -152,6 +152,30 @@ def test_an_upsert_that_updates_a_row_twice_goes_one_statement_a_row_on_postgres
     assert len(stored[1]) == 5
 
 
+def test_insert_new_inserts_and_counts_only_rows_not_there_yet(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count adds up over PostgreSQL's pages; rows already there are left as they are."""
+    monkeypatch.setattr(bulk, "VALUES_PAGE", 100)
+    columns = list(_STAGE_EVENT.compile().params)
+    rows = [{**row, "batch_id": "first"} for row in _rows(t.cdc_inbox, columns, count=250)]
+    later = [{**row, "batch_id": "later"} for row in rows[120:]]
+    with ledger.write() as conn:
+        assert bulk.insert_new(conn, _STAGE_EVENT, rows[:200]) == 200
+        assert bulk.insert_new(conn, _STAGE_EVENT, later) == 50
+        assert bulk.insert_new(conn, _STAGE_EVENT, []) == 0
+    with ledger.read() as conn:
+        batches = conn.execute(
+            sa.select(t.cdc_inbox.c.batch_id, sa.func.count()).group_by(t.cdc_inbox.c.batch_id)
+        ).all()
+    assert sorted(batches) == [("first", 200), ("later", 50)]
+
+
+def test_insert_new_refuses_a_statement_that_updates(ledger: Ledger) -> None:
+    with pytest.raises(ValueError, match="DO NOTHING"), ledger.write() as conn:
+        bulk.insert_new(conn, _SAVE_RECORD, [])
+
+
 def test_a_row_missing_a_parameter_fails(new_ledger: Callable[..., Ledger]) -> None:
     ledger = new_ledger()
     with pytest.raises(KeyError), ledger.write() as conn:

@@ -81,6 +81,15 @@ def test_overlapping_redelivery_stages_only_new_events(ledger: Ledger) -> None:
     assert count(ledger, "cdc_inbox") == 3
 
 
+def test_a_redelivery_keeps_the_delivery_order_of_its_new_events(ledger: Ledger) -> None:
+    """The events staged before leave gaps in the new batch's positions, not a new order."""
+    ledger.stage_batch(LEAD, [raw(2), raw(4)], SCHEMAS)
+    again = ledger.stage_batch(LEAD, [raw(5), raw(2), raw(3), raw(4), raw(1)], {})
+    assert again.count == 3
+    loaded = ledger.load_batch(again.batch_id).events
+    assert [e.replay_id for e in loaded] == [replay_id_from_int(n) for n in (5, 3, 1)]
+
+
 def test_same_replay_id_on_two_channels_is_two_events(ledger: Ledger) -> None:
     ledger.stage_batch(LEAD, [raw(5)], SCHEMAS)
     ledger.stage_batch("/data/TaskChangeEvent", [raw(5, "/data/TaskChangeEvent")], SCHEMAS)
