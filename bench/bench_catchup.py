@@ -29,6 +29,7 @@ apart).
     python bench/bench_catchup.py                                    # both, 100,000 events
     python bench/bench_catchup.py --ledger sqlite --events 20000     # smaller, one backend
     python bench/bench_catchup.py --code /tmp/wt_other               # another worktree's code
+    python bench/bench_catchup.py --ledger postgres --analyze-every 60    # autovacuum's ANALYZE
 """
 
 from __future__ import annotations
@@ -117,6 +118,45 @@ def inbox_count(ledger_url: str) -> int:
         engine.dispose()
 
 
+class Analyzer:
+    """``ANALYZE`` of the PostgreSQL ledger at once and then every ``every`` seconds, in a
+    thread: what autovacuum does on a server that runs it (a live ledger has statistics;
+    autovacuum looks every ``autovacuum_naptime``, 60 s by default). Some servers run
+    without it, as the one of the machine these figures were taken on: there the planner
+    never learns that one channel or object is a third of a table, and its keyed reads scan
+    the whole channel (bench/RESULTS.md, Catch-up)."""
+
+    def __init__(self, ledger_url: str, every: float) -> None:
+        self.ledger_url, self.every, self.runs = ledger_url, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        engine = sa.create_engine(self.ledger_url, isolation_level="AUTOCOMMIT")
+        try:
+            while True:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("ANALYZE"))
+                self.runs += 1
+                if self._stop.wait(self.every):
+                    return
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def server_autovacuum(ledger_url: str) -> str:
+    engine = sa.create_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SHOW autovacuum")).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def wait_caught_up(dep: live.Deployment, staged_target: int, timeout: float) -> bool:
     """Until the ledger's inbox holds ``staged_target`` events and no batch is pending."""
     deadline = time.time() + timeout
@@ -150,6 +190,7 @@ def run_one(backend: str, args: argparse.Namespace, workdir: Path) -> None:
     )  # fmt: skip
     loads = live.LoadSampler()
     memory = TreeMemory(dep)
+    analyzer: Analyzer | None = None
     try:
         dep.start(args.ready_timeout)
         time.sleep(args.warmup)
@@ -160,6 +201,11 @@ def run_one(backend: str, args: argparse.Namespace, workdir: Path) -> None:
         written, fill_s = fill(dep, args.events, args.sim_seed)
         print(f"{backend}: {written:,} change events written into the stopped org in {fill_s:.0f} s", flush=True)  # fmt: skip
 
+        if backend == "postgres":
+            print(f"{backend}: the server's autovacuum is {server_autovacuum(dep.ledger_url)}; `ANALYZE` "
+                  + (f"every {args.analyze_every:g} s from `sensor start`" if args.analyze_every else "never"), flush=True)  # fmt: skip
+            if args.analyze_every:
+                analyzer = Analyzer(dep.ledger_url, args.analyze_every)
         t_restart_cmd = time.time()
         dep.dagster_cli("sensor", "start", "cdc_sensor", "-w", "workspace.yaml")
         t_restart = time.time()
@@ -173,6 +219,8 @@ def run_one(backend: str, args: argparse.Namespace, workdir: Path) -> None:
         cost.end()
         c, fig = live.drain_and_measure(dep, user, threads, args.drain_seconds, cost)
     finally:
+        if analyzer is not None:
+            analyzer.stop()
         memory.stop()
         loads.stop()
         dep.stop()
@@ -254,6 +302,10 @@ def main() -> int:
     parser.add_argument("--post-seconds", type=float, default=120.0)
     parser.add_argument("--drain-seconds", type=float, default=60.0)
     parser.add_argument("--sim-seed", type=int, default=12)
+    parser.add_argument(
+        "--analyze-every", type=float, default=0.0, metavar="S",
+        help="PostgreSQL: ANALYZE the ledger at sensor start and every S s (autovacuum's part)",
+    )  # fmt: skip
     parser.add_argument(
         "--org-update-delay", type=float, default=0.0, help=live.ORG_UPDATE_DELAY_HELP
     )
