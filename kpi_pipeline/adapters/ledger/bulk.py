@@ -60,13 +60,20 @@ def _prepare(dialect: sa.Dialect, statement: sa.TextClause) -> _Prepared:
     prepared = _PREPARED.get(key)
     if prepared is None:
         compiled = statement.compile(dialect=dialect)
-        names = compiled.positiontup or []
-        binds = tuple(
-            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in names
-        )
+        binds = _bind_processors(compiled, compiled.positiontup or [])
         prepared = _PREPARED[key] = _Prepared(statement, compiled.string, binds)
     return prepared
+
+
+def _bind_processors(
+    compiled: sa.engine.Compiled, names: Sequence[str]
+) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """Each parameter's name and its column type's bind processor for the dialect."""
+    dialect = compiled.dialect
+    return tuple(
+        (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+        for name in names
+    )
 
 
 def executemany(
@@ -173,14 +180,11 @@ def _multi_row(dialect: sa.Dialect, statement: UpsertText) -> _MultiRow:
     key = (id(statement), dialect.name)
     prepared = _MULTI_ROW.get(key)
     if prepared is None:
-        compiled = statement.compile(dialect=dialect).string
-        head, rest = compiled.split(" VALUES (", 1)
+        compiled = statement.compile(dialect=dialect)
+        # text_insert's layout: INSERT INTO t (...) VALUES (<one row>) ON CONFLICT ...
+        head, rest = compiled.string.split(" VALUES (", 1)
         row, tail = rest.split(") ON CONFLICT ", 1)
-        names = re.findall(r"%\((\w+)\)s", row)
-        binds = tuple(
-            (name, statement._bindparams[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in names
-        )
+        binds = _bind_processors(compiled, re.findall(r"%\((\w+)\)s", row))
         template = "(" + re.sub(r"%\(\w+\)s", "%s", row) + ")"
         sql = f"{head} VALUES %s ON CONFLICT {tail}"
         prepared = _MULTI_ROW[key] = _MultiRow(statement, sql, template, binds)
