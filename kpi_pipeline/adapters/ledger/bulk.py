@@ -27,7 +27,8 @@ more than SQLite's work for them (bench/RESULTS.md, Replay).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,24 @@ def _prepare(dialect: sa.Dialect, statement: sa.TextClause) -> _Prepared:
         binds = _bind_processors(compiled, compiled.positiontup or [])
         prepared = _PREPARED[key] = _Prepared(statement, compiled.string, binds)
     return prepared
+
+
+@contextmanager
+def _driver_cursor(conn: sa.Connection, sql: str) -> Iterator[Any]:
+    """The driver's cursor, in ``conn``'s transaction, closed afterwards. Its errors are
+    raised as ``conn.execute`` raises them (``sa.exc.DBAPIError`` and its subclasses): a
+    processing step tells a database error, which fails the step, from a lead's own failure,
+    which dead-letters the lead (``StepContext.isolated``)."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(
+            sql, None, exc, dbapi_error, hide_parameters=True, dialect=conn.dialect
+        ) from exc
+    finally:
+        cursor.close()
 
 
 def _bind_processors(
@@ -112,12 +131,9 @@ def _sqlite_executemany(
     """The rows through the sqlite3 cursor; the rows it changed (sqlite3 sums them over an
     ``executemany``; a row that meets ``DO NOTHING`` changes none)."""
     prepared = _prepare(conn.dialect, statement)
-    cursor = conn.connection.cursor()
-    try:
+    with _driver_cursor(conn, prepared.sql) as cursor:
         cursor.executemany(prepared.sql, _params(prepared.binds, rows))
         return cursor.rowcount
-    finally:
-        cursor.close()
 
 
 def _params(
@@ -163,16 +179,13 @@ def _multi_row_values(
     prepared = _multi_row(conn.dialect, statement)
     params = _params(prepared.binds, rows)
     written = 0
-    cursor = conn.connection.cursor()
-    try:
+    with _driver_cursor(conn, prepared.sql) as cursor:
         for start in range(0, len(params), VALUES_PAGE):
             page = params[start : start + VALUES_PAGE]
             execute_values(
                 cursor, prepared.sql, page, template=prepared.template, page_size=len(page)
             )
             written += cursor.rowcount
-    finally:
-        cursor.close()
     return written
 
 
@@ -238,12 +251,9 @@ def _sqlite_rows(
 ) -> list[tuple[Any, ...]]:
     equal_column = None if equal is None else equal[0]
     sql, processors = _sqlite_select(conn.dialect, columns, key, len(chunk), equal_column, order_by)
-    cursor = conn.connection.cursor()
-    try:
+    with _driver_cursor(conn, sql) as cursor:
         cursor.execute(sql, chunk if equal is None else [*chunk, equal[1]])
         raw = cursor.fetchall()
-    finally:
-        cursor.close()
     if not any(processors):
         return raw
     return [

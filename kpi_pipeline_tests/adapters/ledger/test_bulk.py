@@ -176,6 +176,21 @@ def test_insert_new_refuses_a_statement_that_updates(ledger: Ledger) -> None:
         bulk.insert_new(conn, _SAVE_RECORD, [])
 
 
+def test_a_database_error_is_raised_as_sqlalchemy_raises_it(ledger: Ledger) -> None:
+    """Through the driver's cursor too, so that a processing step fails on it instead of
+    dead-lettering the lead it was working on (``StepContext.isolated``)."""
+    row = _rows(t.cdc_inbox, list(_STAGE_EVENT.compile().params), count=1)[0]
+    with pytest.raises(sa.exc.IntegrityError), ledger.write() as conn:
+        bulk.insert_new(conn, _STAGE_EVENT, [{**row, "payload": None}])  # NOT NULL
+    with pytest.raises(sa.exc.IntegrityError), ledger.write() as conn:
+        bulk.executemany(
+            conn, _SAVE_RECORD, [{"sobject": "Lead", "id": "00Q1", "state": {}, "updated_at": None}]
+        )
+    missing = sa.Table("not_a_ledger_table", sa.MetaData(), sa.Column("id", sa.String))
+    with pytest.raises(sa.exc.ProgrammingError if ledger.engine.dialect.name == "postgresql" else sa.exc.OperationalError), ledger.write() as conn:  # fmt: skip
+        bulk.rows_where_in(conn, list(missing.columns), missing.c.id, ["x"])
+
+
 def test_a_row_missing_a_parameter_fails(new_ledger: Callable[..., Ledger]) -> None:
     ledger = new_ledger()
     with pytest.raises(KeyError), ledger.write() as conn:
