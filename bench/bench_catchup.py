@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import bench_live as live
 import bench_live_scenarios as scenarios
@@ -109,13 +110,18 @@ def fill(dep: live.Deployment, events: int, seed: int) -> tuple[int, float]:
     return written, time.time() - began
 
 
-def inbox_count(ledger_url: str) -> int:
+def ledger_value(ledger_url: str, sql: str) -> Any:
+    """The one value ``sql`` reads from the ledger database."""
     engine = sa.create_engine(ledger_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("select count(*) from cdc_inbox")).scalar_one()
+            return conn.execute(sa.text(sql)).scalar_one()
     finally:
         engine.dispose()
+
+
+def inbox_count(ledger_url: str) -> int:
+    return ledger_value(ledger_url, "select count(*) from cdc_inbox")
 
 
 class Analyzer:
@@ -146,15 +152,6 @@ class Analyzer:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def server_autovacuum(ledger_url: str) -> str:
-    engine = sa.create_engine(ledger_url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SHOW autovacuum")).scalar_one()
-    finally:
-        engine.dispose()
 
 
 def wait_caught_up(dep: live.Deployment, staged_target: int, timeout: float) -> bool:
@@ -202,7 +199,7 @@ def run_one(backend: str, args: argparse.Namespace, workdir: Path) -> None:
         print(f"{backend}: {written:,} change events written into the stopped org in {fill_s:.0f} s", flush=True)  # fmt: skip
 
         if backend == "postgres":
-            print(f"{backend}: the server's autovacuum is {server_autovacuum(dep.ledger_url)}; `ANALYZE` "
+            print(f"{backend}: the server's autovacuum is {ledger_value(dep.ledger_url, 'SHOW autovacuum')}; `ANALYZE` "
                   + (f"every {args.analyze_every:g} s from `sensor start`" if args.analyze_every else "never"), flush=True)  # fmt: skip
             if args.analyze_every:
                 analyzer = Analyzer(dep.ledger_url, args.analyze_every)

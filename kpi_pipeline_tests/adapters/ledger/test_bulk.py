@@ -125,7 +125,7 @@ def test_bulk_upserts_on_postgresql_store_what_sqlalchemy_stores(
 def _changed(rows: list[dict[str, Any]], table: sa.Table) -> list[dict[str, Any]]:
     """The rows again with every value that is not a key changed (an update, where the
     statement updates)."""
-    keys = {c.name for c in table.primary_key} | {"sobject", "record_id"}
+    keys = {c.name for c in table.primary_key} | {"sobject", "record_id"}  # the outbox's key
     return [
         {c: v if c in keys else _value(table.c[c], n + 7) for c, v in row.items()}
         for n, row in enumerate(rows)
@@ -187,7 +187,12 @@ def test_a_database_error_is_raised_as_sqlalchemy_raises_it(ledger: Ledger) -> N
             conn, _SAVE_RECORD, [{"sobject": "Lead", "id": "00Q1", "state": {}, "updated_at": None}]
         )
     missing = sa.Table("not_a_ledger_table", sa.MetaData(), sa.Column("id", sa.String))
-    with pytest.raises(sa.exc.ProgrammingError if ledger.engine.dialect.name == "postgresql" else sa.exc.OperationalError), ledger.write() as conn:  # fmt: skip
+    no_such_table = (  # each driver's class for it
+        sa.exc.ProgrammingError
+        if ledger.engine.dialect.name == "postgresql"
+        else sa.exc.OperationalError
+    )
+    with pytest.raises(no_such_table), ledger.write() as conn:
         bulk.rows_where_in(conn, list(missing.columns), missing.c.id, ["x"])
 
 
