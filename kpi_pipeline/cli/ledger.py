@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import migrations
+from kpi_pipeline.adapters.ledger.engine import server_warnings
 from kpi_pipeline.adapters.ledger.store import Ledger, LedgerError, create_ledger_engine
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.core.events import (
@@ -53,13 +54,17 @@ def _upgrade(args: argparse.Namespace) -> int:
     try:
         before = migrations.current_revision(engine)
         after = migrations.upgrade(engine)
+        warnings = server_warnings(engine)
     finally:
         engine.dispose()
+    for warning in warnings:
+        print(f"kpi-pipeline ledger upgrade: warning: {warning}", file=sys.stderr)
     _print(
         {
             "url": sa.make_url(_url(args)).render_as_string(hide_password=True),
             "from": before,
             "to": after,
+            "warnings": warnings,
         }
     )
     return 0

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import migrations
 from kpi_pipeline.app.replay import cycle_collection_paused
@@ -137,11 +138,34 @@ def test_single_event_fixtures_parse_and_belong_together() -> None:
         fixture_path("nope.json")
 
 
+@pytest.mark.postgres
+def test_ledger_upgrade_warns_of_a_postgresql_server_without_autovacuum(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without autovacuum the ledger's keyed reads degrade as its tables grow
+    (DEPLOYMENT.md, section 3); the warning names the fix. This machine's server decides
+    which case runs."""
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        autovacuum = conn.execute(sa.text("SHOW autovacuum")).scalar_one()
+    engine.dispose()
+    assert main(["ledger", "upgrade", "--url", postgres_url]) == 0
+    captured = capsys.readouterr()
+    warnings = json.loads(captured.out)["warnings"]
+    if autovacuum == "on":
+        assert warnings == [] and captured.err == ""
+    else:
+        (warning,) = warnings
+        assert "autovacuum is off" in warning and "ANALYZE" in warning
+        assert f"warning: {warning}" in captured.err
+
+
 def test_ledger_commands(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     assert main(["ledger", "upgrade", "--url", url]) == 0
     upgraded = json.loads(capsys.readouterr().out)
     assert (upgraded["from"], upgraded["to"]) == (None, migrations.head_revision())
+    assert upgraded["warnings"] == []  # nothing to say of SQLite
     assert main(["ledger", "upgrade", "--url", url]) == 0
     assert json.loads(capsys.readouterr().out)["from"] == migrations.head_revision()
 

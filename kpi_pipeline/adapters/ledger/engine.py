@@ -45,6 +45,24 @@ def create_ledger_engine(url: str, *, scratch: bool = False) -> sa.Engine:
     )
 
 
+AUTOVACUUM_OFF = (
+    "autovacuum is off on this PostgreSQL server: on ledger tables that were never analyzed, "
+    "the keyed reads of the inbox (by channel and replay id) and of records and the outbox "
+    "(by object and id) scan a whole channel or object; turn autovacuum on, or run ANALYZE "
+    "on the ledger database after a large catch-up or load (DEPLOYMENT.md, section 3)"
+)
+
+
+def server_warnings(engine: sa.Engine) -> list[str]:
+    """What in the database server's settings works against the ledger, each with its fix
+    (``kpi-pipeline ledger upgrade`` prints them)."""
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.connect() as conn:
+        autovacuum = conn.execute(sa.text("SHOW autovacuum")).scalar_one()
+    return [] if autovacuum == "on" else [AUTOVACUUM_OFF]
+
+
 def _json_dumps(value: Any) -> str:
     # NaN and infinities become null (PostgreSQL's json refuses the stdlib's NaN anyway).
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
