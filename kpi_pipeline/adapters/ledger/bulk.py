@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg2.extras import execute_values
 
 
 class UpsertText(sa.TextClause):
@@ -176,6 +175,9 @@ def _multi_row_values(
     """The rows as multi-row VALUES statements of ``VALUES_PAGE`` rows (psycopg2's
     ``execute_values``, one page a call so that each page's row count can be added up);
     the rows inserted or updated."""
+    # Imported here: only PostgreSQL ledgers need the driver (19 ms to import).
+    from psycopg2.extras import execute_values
+
     prepared = _multi_row(conn.dialect, statement)
     params = _params(prepared.binds, rows)
     written = 0
