@@ -36,7 +36,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -252,34 +252,57 @@ class SalesforceRest:
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """Every row of a SOQL query (``nextRecordsUrl`` followed), without ``attributes``."""
+        return [row for page in self.query_pages(soql) for row in page]
+
+    def query_pages(self, soql: str) -> Iterator[list[dict[str, Any]]]:
+        """A SOQL query's rows a page at a time (up to 2,000 rows each from a real org),
+        without ``attributes``; the next page (``nextRecordsUrl``) is asked for only when
+        the caller wants it, so a large result never has to fit in memory at once. The
+        org keeps a query locator for 15 minutes between pages."""
         page = self._http.call("GET", "query/", params={"q": soql})
-        rows = [strip_attributes(r) for r in page.get("records", [])]
+        yield [strip_attributes(r) for r in page.get("records", [])]
         while not page.get("done", True) and page.get("nextRecordsUrl"):
             page = self._http.call("GET", self._http.relative(page["nextRecordsUrl"]))
-            rows.extend(strip_attributes(r) for r in page.get("records", []))
-        return rows
+            yield [strip_attributes(r) for r in page.get("records", [])]
 
     def query_modified_since(
         self, sobject: str, fields: Sequence[str], since: datetime, until: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """Records with ``since <= LastModifiedDate [< until]``, oldest first (re-sync windows)."""
+        """Records with ``since <= LastModifiedDate [< until]``, oldest first."""
+        pages = self.pages_modified_since(sobject, fields, since, until)
+        return [row for page in pages for row in page]
+
+    def pages_modified_since(
+        self, sobject: str, fields: Sequence[str], since: datetime, until: datetime | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """``query_modified_since`` a page at a time (re-sync windows)."""
         check_name(sobject, "sObject type")
         select = select_list(fields, ("Id", "LastModifiedDate"))
         where = f"LastModifiedDate >= {soql_datetime(since)}"
         if until is not None:
             where += f" AND LastModifiedDate < {soql_datetime(until)}"
-        return self.query(f"SELECT {select} FROM {sobject} WHERE {where} ORDER BY LastModifiedDate")
+        return self.query_pages(
+            f"SELECT {select} FROM {sobject} WHERE {where} ORDER BY LastModifiedDate"
+        )
 
     def query_by_ids(
         self, sobject: str, fields: Sequence[str], ids: Iterable[str]
     ) -> list[dict[str, Any]]:
         """Records by id (gap events name their records), 200 ids per query."""
+        return [row for page in self.pages_by_ids(sobject, fields, ids) for row in page]
+
+    def pages_by_ids(
+        self, sobject: str, fields: Sequence[str], ids: Iterable[str]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """``query_by_ids`` a page at a time."""
         check_name(sobject, "sObject type")
         select = select_list(fields, ("Id",))
-        rows: list[dict[str, Any]] = []
-        for quoted in quoted_id_chunks(ids):
-            rows.extend(self.query(f"SELECT {select} FROM {sobject} WHERE Id IN ({quoted})"))
-        return rows
+        chunks = list(quoted_id_chunks(ids))  # every id checked before the first request
+        return (
+            page
+            for quoted in chunks
+            for page in self.query_pages(f"SELECT {select} FROM {sobject} WHERE Id IN ({quoted})")
+        )
 
     def field_history(self, sobject: str, field: str, ids: Iterable[str]) -> list[dict[str, Any]]:
         """The history rows of one tracked field of those records, oldest first, 200 ids

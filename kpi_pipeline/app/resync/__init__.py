@@ -42,6 +42,12 @@ Time windows are read up to ``now``, not to the window's end: a record changed i
 window and again after it has a ``LastModifiedDate`` past the window, and CDC's later
 UPDATE only carried the fields *it* changed.
 
+A window is read and applied a page at a time (``SalesforceRest.pages_modified_since``,
+``pages_by_ids``: one SOQL page, up to 2,000 rows from a real org), the next page read in a
+background thread while one is applied (``run.read_ahead``): memory is bounded by a page
+whatever the window's size, and the REST round trips overlap with processing. Events go to
+the processor ``EVENTS_PER_PROCESS_CALL`` at a time, in the order the pages give them.
+
 Idempotent: only open windows are worked on, and applying the same re-read twice leaves
 the same state (same versions, same values). A failure leaves the window open with the
 error in its detail (``resync_error``), and ``windows_due`` backs retries off.
@@ -92,9 +98,9 @@ from kpi_pipeline.app.resync.record_events import (
 from kpi_pipeline.app.resync.run import (
     EVENTS_PER_PROCESS_CALL,
     ResyncReport,
+    read_ahead,
     resync_open_windows,
     resync_window,
-    window_events,
 )
 
 __all__ = [
@@ -125,10 +131,10 @@ __all__ = [
     "events_for_record",
     "owner_changes_from_history",
     "plan_window",
+    "read_ahead",
     "rest_body",
     "resync_open_windows",
     "resync_window",
     "run_key_for",
-    "window_events",
     "windows_due",
 ]

@@ -191,32 +191,33 @@ class OrgDescription:
         return (*first, *sorted(e for e in carried if e not in WORKLOAD_ENTITIES))
 
     def owner_changes(self, lead_ids: Sequence[str]) -> dict[str, list[OwnerChange]] | None:
-        """Each lead's owner changes from ``LeadHistory``, oldest first; None when the org
-        has none to give (tracking off: INVALID_TYPE or no row at all), after saying so."""
+        """Each lead's owner changes from ``LeadHistory``, oldest first (a lead without any
+        is left out); None when the org has no history object (INVALID_TYPE) or the reader
+        cannot read history. ``warn_no_owner_history`` says so, once a window."""
         if not lead_ids:
             return {}
         if self._history is None:
-            reason = self._no_history
-        else:
-            try:
-                rows = self._history("Lead", "Owner", lead_ids)
-            except Exception as exc:
-                if getattr(exc, "error_code", None) != "INVALID_TYPE":
-                    raise  # transient or unexpected: the window fails and is retried
-                self._history = None  # not there for this pass's other windows either
-                reason = self._no_history = str(exc)
-            else:
-                changes = owner_changes_from_history(rows)
-                if changes:
-                    return changes
-                reason = (
-                    f"LeadHistory has no Owner row for any of the {len(lead_ids)} re-read "
-                    "lead(s); field history tracking for Lead Owner may be off"
-                )
+            return None
+        try:
+            rows = self._history("Lead", "Owner", lead_ids)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "INVALID_TYPE":
+                raise  # transient or unexpected: the window fails and is retried
+            self._history = None  # not there for this pass's other windows either
+            self._no_history = str(exc)
+            return None
+        return owner_changes_from_history(rows)
+
+    def warn_no_owner_history(self, leads: int) -> None:
+        """A window re-read ``leads`` Leads and found no owner history for any of them: its
+        owners are dated at LastModifiedDate. Logged and counted."""
+        reason = self._no_history or (
+            f"LeadHistory has no Owner row for any of the {leads} re-read lead(s); field "
+            "history tracking for Lead Owner may be off"
+        )
         metrics.record_error("resync_owner_history")
         log.warning(
             "re-sync: no owner history (%s); re-read owners are dated at LastModifiedDate, "
             "so an assignment may be dated later than the real hand-over",
             reason,
         )
-        return None

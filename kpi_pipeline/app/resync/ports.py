@@ -15,15 +15,16 @@ from kpi_pipeline.core.workloads.records import RecordState
 
 
 class RecordReader(Protocol):
-    """What the re-sync needs of ``kpi_pipeline.adapters.salesforce.rest.SalesforceRest``."""
+    """What the re-sync needs of ``kpi_pipeline.adapters.salesforce.rest.SalesforceRest``: the
+    records a page at a time, so that a window of any size is applied as it is read."""
 
-    def query_by_ids(
+    def pages_by_ids(
         self, sobject: str, fields: Sequence[str], ids: Iterable[str]
-    ) -> list[dict[str, Any]]: ...
+    ) -> Iterable[list[dict[str, Any]]]: ...
 
-    def query_modified_since(
+    def pages_modified_since(
         self, sobject: str, fields: Sequence[str], since: datetime, until: datetime | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> Iterable[list[dict[str, Any]]]: ...
 
 
 class HistoryReader(Protocol):

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from kpi_pipeline.app.resync.org import OrgDescription
+from kpi_pipeline.app.resync.org import EntityFields, OrgDescription
 from kpi_pipeline.app.resync.owner_history import OwnerChange
 from kpi_pipeline.app.resync.planning import ReadPlan, plan_window
 from kpi_pipeline.app.resync.ports import Processor, RecordReader, ResyncLedger
 from kpi_pipeline.app.resync.record_events import ResyncSource, events_for_record
 from kpi_pipeline.core.events import ChangeEvent, format_sf_datetime, to_epoch_ms
 from kpi_pipeline.core.resync_windows import WINDOW_OPEN, ResyncWindow
-from kpi_pipeline.core.workloads.records import RecordState
 
 log = logging.getLogger(__name__)
 
 EVENTS_PER_PROCESS_CALL = 1000  # bounds one ledger transaction of the processor
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,63 +47,169 @@ class ResyncReport:
         return asdict(self)
 
 
-def _read(
-    rest: RecordReader, plan: ReadPlan, org: OrgDescription
-) -> dict[str, list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class _Page:
+    """One page of the re-read: an entity's rows, and for Leads their owner history."""
+
+    entity: str
+    rows: list[dict[str, Any]]
+    owner_history: Mapping[str, Sequence[OwnerChange]]
+
+
+class _WindowHistory:
+    """The owner history of a window's Leads, page by page; warns once, at the end, when
+    the org had none for any of them."""
+
+    def __init__(self, org: OrgDescription) -> None:
+        self.org = org
+        self.leads = 0
+        self.found = False
+
+    def of(self, rows: list[dict[str, Any]]) -> Mapping[str, Sequence[OwnerChange]]:
+        ids = [str(r.get("Id")) for r in rows]
+        self.leads += len(ids)
+        changes = self.org.owner_changes(ids) or {}
+        self.found = self.found or bool(changes)
+        return changes
+
+    def warn_if_missing(self) -> None:
+        if self.leads and not self.found:
+            self.org.warn_no_owner_history(self.leads)
+
+
+def _pages(
+    rest: RecordReader, plan: ReadPlan, fields: Mapping[str, EntityFields], org: OrgDescription
+) -> Iterator[_Page]:
+    """The window's re-read a page at a time (a SOQL page: up to 2,000 rows from a real org),
+    entity by entity in the plan's order (Leads before the activities that answer them)."""
     if plan.ids:
-        return {
-            entity: rest.query_by_ids(entity, org.fields(entity).select, ids)
+        reads = [
+            (entity, rest.pages_by_ids(entity, fields[entity].select, ids))
             for entity, ids in plan.ids.items()
-        }
-    assert plan.since is not None
-    return {
-        entity: rest.query_modified_since(entity, org.fields(entity).select, plan.since, plan.until)
-        for entity in plan.entities
-    }
+        ]
+    else:
+        assert plan.since is not None
+        reads = [
+            (
+                entity,
+                rest.pages_modified_since(entity, fields[entity].select, plan.since, plan.until),
+            )
+            for entity in plan.entities
+        ]
+    history = _WindowHistory(org)
+    for entity, pages in reads:
+        for rows in pages:
+            yield _Page(entity, rows, history.of(rows) if entity == "Lead" else {})
+    history.warn_if_missing()
 
 
-def window_events(
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, the next one read in a background thread while the caller works on the
+    current one: REST round trips overlap with applying the page before (bench/RESULTS.md,
+    Re-sync). At most one item is read ahead; an error reading it is raised here."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="resync-read") as reader:
+        upcoming = reader.submit(next, items, _DONE)
+        while (item := upcoming.result()) is not _DONE:
+            upcoming = reader.submit(next, items, _DONE)
+            yield item
+
+
+_DONE: Any = object()
+
+
+class _Batches:
+    """Events applied ``EVENTS_PER_PROCESS_CALL`` at a time, in the order they are added."""
+
+    def __init__(self, processor: Processor, report: ResyncReport) -> None:
+        self.processor = processor
+        self.report = report
+        self.pending: list[ChangeEvent] = []
+
+    def add(self, events: Sequence[ChangeEvent]) -> None:
+        self.pending += events
+        while len(self.pending) >= EVENTS_PER_PROCESS_CALL:
+            self._process(self.pending[:EVENTS_PER_PROCESS_CALL])
+            del self.pending[:EVENTS_PER_PROCESS_CALL]
+
+    def flush(self) -> None:
+        if self.pending:
+            self._process(self.pending)
+            self.pending = []
+
+    def _process(self, chunk: list[ChangeEvent]) -> None:
+        summary = self.processor.process(chunk)
+        self.report.events_applied += len(chunk)
+        self.report.routed += int(summary.get("routing", {}).get("routed", 0))
+        self.report.first_responses += int(summary.get("first_touch", {}).get("improved", 0))
+
+
+def _apply_window(
+    ledger: ResyncLedger,
+    rest: RecordReader,
+    processor: Processor,
     window: ResyncWindow,
     plan: ReadPlan,
-    rows: Mapping[str, list[dict[str, Any]]],
-    states: Mapping[tuple[str, str], RecordState],
-    now: datetime,
     org: OrgDescription,
-) -> tuple[list[ChangeEvent], int, int]:
-    """(events, deletions, missing): the re-read as change events, entity by entity in
-    the plan's order (Leads before the activities that answer them)."""
+    report: ResyncReport,
+    *,
+    now: datetime,
+) -> None:
+    """Re-read the window's records and apply them as change events, a page at a time, so
+    that memory stays bounded by a page whatever the window's size; the next page is read
+    while this one is applied. Records a gap window names that the org no longer returns
+    are deleted, after the rows."""
     source = ResyncSource(window)
-    events: list[ChangeEvent] = []
-    deleted = missing = 0
-    for entity, entity_rows in rows.items():
-        found = set()
-        history: Mapping[str, list[OwnerChange]] = {}
-        if entity == "Lead" and entity_rows:
-            history = org.owner_changes([str(r.get("Id")) for r in entity_rows]) or {}
-        for row in entity_rows:
-            found.add(row.get("Id"))
-            record_id = str(row.get("Id"))
-            events += events_for_record(
-                source,
-                entity,
-                row,
-                states.get((entity, record_id)),
-                org.fields(entity),
-                history.get(record_id, ()),
+    entities = list(plan.ids) or plan.entities
+    fields = {entity: org.fields(entity) for entity in entities}
+    batches = _Batches(processor, report)
+    found: dict[str, set[str]] = {entity: set() for entity in plan.ids}
+    for page in read_ahead(_pages(rest, plan, fields, org)):
+        report.records_read += len(page.rows)
+        ids = [str(row.get("Id")) for row in page.rows]
+        states = ledger.record_states({(page.entity, record_id) for record_id in ids})
+        if page.entity in found:  # a gap window's named records: which ones came back
+            found[page.entity].update(ids)
+        for row, record_id in zip(page.rows, ids, strict=True):
+            batches.add(
+                events_for_record(
+                    source,
+                    page.entity,
+                    row,
+                    states.get((page.entity, record_id)),
+                    fields[page.entity],
+                    page.owner_history.get(record_id, ()),
+                )
             )
-        for record_id in plan.ids.get(entity, ()):
-            if record_id in found:
+    batches.add(_deletions(ledger, source, window, plan, found, report, now))
+    batches.flush()
+
+
+def _deletions(
+    ledger: ResyncLedger,
+    source: ResyncSource,
+    window: ResyncWindow,
+    plan: ReadPlan,
+    found: Mapping[str, set[str]],
+    report: ResyncReport,
+    now: datetime,
+) -> list[ChangeEvent]:
+    """A DELETE for each record the window names that the org did not return (the query
+    skips the recycle bin) and the ledger knows; the others are counted as missing."""
+    gone = {(e, rid) for e, ids in plan.ids.items() for rid in ids if rid not in found[e]}
+    states = ledger.record_states(gone) if gone else {}
+    # The gap's commit time is when the deletion happened at the latest we know of.
+    at_ms = window.from_time_ms if window.from_time_ms is not None else to_epoch_ms(now)
+    events = []
+    for entity, ids in plan.ids.items():
+        for record_id in dict.fromkeys(ids):
+            if (entity, record_id) not in gone:
                 continue
-            state = states.get((entity, record_id))
-            if state is None:
-                missing += 1  # gone before the ledger ever saw it: nothing to delete
+            if (entity, record_id) not in states:
+                report.missing += 1  # gone before the ledger ever saw it: nothing to delete
                 continue
-            # Not returned by the query: deleted (the query skips the recycle bin). The gap's
-            # commit time is when the deletion happened at the latest we know of.
-            at_ms = window.from_time_ms if window.from_time_ms is not None else to_epoch_ms(now)
             events.append(source.event(entity, record_id, "DELETE", at_ms, {}))
-            deleted += 1
-    return events, deleted, missing
+            report.deleted += 1
+    return events
 
 
 def resync_window(
@@ -127,14 +235,7 @@ def resync_window(
         report.entities = sorted(plan.ids) or list(plan.entities)
         report.since = format_sf_datetime(plan.since) or None
         report.until = format_sf_datetime(plan.until) or None
-        rows = _read(rest, plan, org)
-        report.records_read = sum(len(r) for r in rows.values())
-        keys = {(e, str(r.get("Id"))) for e, rs in rows.items() for r in rs}
-        keys |= {(e, rid) for e, ids in plan.ids.items() for rid in ids}
-        events, report.deleted, report.missing = window_events(
-            window, plan, rows, ledger.record_states(keys), now, org
-        )
-        _apply(processor, events, report)
+        _apply_window(ledger, rest, processor, window, plan, org, report, now=now)
     except Exception as exc:  # any failure: the window stays open and says why
         report.status = "failed"
         report.error = f"{type(exc).__name__}: {exc}"[:1000]
@@ -146,15 +247,6 @@ def resync_window(
     )
     report.status = "closed"
     return report
-
-
-def _apply(processor: Processor, events: list[ChangeEvent], report: ResyncReport) -> None:
-    for start in range(0, len(events), EVENTS_PER_PROCESS_CALL):
-        chunk = events[start : start + EVENTS_PER_PROCESS_CALL]
-        summary = processor.process(chunk)
-        report.events_applied += len(chunk)
-        report.routed += int(summary.get("routing", {}).get("routed", 0))
-        report.first_responses += int(summary.get("first_touch", {}).get("improved", 0))
 
 
 def _closing_detail(report: ResyncReport, now: datetime) -> dict[str, Any]:
