@@ -83,10 +83,7 @@ class RecordState:
                 sobject=raw["sobject"],
                 record_id=raw["record_id"],
                 fields=dict(raw.get("fields") or {}),
-                versions={
-                    name: (int(a), int(b), int(c))
-                    for name, (a, b, c) in (raw.get("versions") or {}).items()
-                },
+                versions=_versions(raw.get("versions") or {}),
                 created_ms=raw.get("created_ms"),
                 deleted=bool(raw.get("deleted", False)),
                 meta=meta,
@@ -96,6 +93,19 @@ class RecordState:
                 f"stored RecordState {str(raw)[:120]!r} is malformed ({exc}); "
                 "it must come from RecordState.to_json()"
             ) from exc
+
+
+def _versions(stored: Mapping[str, Any]) -> dict[str, Version]:
+    """Stored versions (JSON arrays of three integers, as ``to_json`` wrote them) as tuples,
+    converted in C (``map``, ``tuple``) rather than element by element: a re-read Lead has
+    some forty fields, and a re-sync decodes tens of thousands of such states, where the
+    element-wise form cost more than decoding the JSON (bench/RESULTS.md, Re-sync)."""
+    if set(map(type, stored.values())) - {list, tuple}:
+        raise ValueError(f"a version is not [commit ms, commit number, sequence]: {stored!r:.120}")
+    versions = dict(zip(stored, map(tuple, stored.values()), strict=True))
+    if set(map(len, versions.values())) - {3}:
+        raise ValueError(f"a version is not [commit ms, commit number, sequence]: {stored!r:.120}")
+    return versions
 
 
 def event_version(event: ChangeEvent) -> Version:
@@ -145,8 +155,9 @@ def merge_event(state: RecordState | None, event: ChangeEvent, record_id: str) -
     fields = dict(state.fields)
     versions = dict(state.versions)
     if change_type in _FIELD_SETTING_TYPES:
+        compounds = {key.partition(".")[0] for key in versions if "." in key}
         for name, child, value in _assignments(event.fields):
-            _assign(fields, versions, name, child, value, version)
+            _assign(fields, versions, compounds, name, child, value, version)
 
     deleted = state.deleted
     if change_type in ("DELETE", "UNDELETE"):
@@ -189,18 +200,26 @@ def _assignments(values: Mapping[str, Any]) -> Iterator[tuple[str, str | None, A
 def _assign(
     fields: dict[str, Any],
     versions: dict[str, Version],
+    compounds: set[str],
     name: str,
     child: str | None,
     value: Any,
     version: Version,
 ) -> None:
     """Last-writer-wins for one field or one compound child. A whole compound value and its
-    children compete on versions too, so mixing both stays order-independent."""
+    children compete on versions too, so mixing both stays order-independent.
+    ``compounds``: the fields that have a child's version in ``versions`` (kept up to date
+    here), so that only those are searched for their children's versions: searching every
+    field set to null made a re-read record of forty fields cost forty times forty steps."""
     if child is None:
         current = fields.get(name)
         newest = versions.get(name)
         # children exist only under a field already set to a dict (or nulled after one)
-        if name in fields and (current is None or isinstance(current, Mapping)):
+        if (
+            name in compounds
+            and name in fields
+            and (current is None or isinstance(current, Mapping))
+        ):
             prefix = f"{name}."
             for key, child_version in versions.items():
                 if key.startswith(prefix) and (newest is None or child_version > newest):
@@ -219,6 +238,7 @@ def _assign(
         compound[child] = value
         fields[name] = compound
         versions[key] = version
+        compounds.add(name)
 
 
 def _merge_meta(meta: dict[str, Any], event: ChangeEvent, version: Version) -> dict[str, Any]:

@@ -104,6 +104,14 @@ def test_malformed_stored_state_names_the_problem():
         RecordState.from_json({"fields": {}})
 
 
+@pytest.mark.parametrize("version", ["123", [1, 2], [1, 2, 3, 4], 5, None])
+def test_a_malformed_stored_version_names_the_problem(version):
+    stored = fold_events(_lead_history(), LEAD).to_json()
+    stored["versions"] = {**stored["versions"], "Company": version}
+    with pytest.raises(ValueError, match=r"RecordState\.to_json"):
+        RecordState.from_json(stored)
+
+
 def test_multi_record_event_updates_each_named_record():
     header = ChangeEventHeader(
         entity_name="Lead",
