@@ -1,24 +1,23 @@
 """Re-sync throughput (issue 12): one ``replay_id_invalid`` window over a whole simulated org,
 re-read over HTTPS from the sandbox org's own process and applied to a SQLite or PostgreSQL
-ledger, as the ``cdc_resync`` job's step does it.
+ledger, with the objects the ``cdc_resync`` job's step uses (``wiring``).
 
 A ``replay_id_invalid`` window is what an outage longer than the org's event retention
 (72 hours) leaves: the stored replay id is refused, and every Lead, Task and EmailMessage
 modified since the window started is re-read over REST, its ``LeadHistory`` owner changes
 too, turned into change events and applied by ``BatchProcessor.process``; the routing and
-first-response fields it produced are then written back to the org (the job's last op).
+first-response fields it produced are written back to the org.
 
 1. simulate ``--leads`` leads (and their activity) into a sandbox store, once (``--keep``
    keeps it for the next run);
 2. start the sandbox org's serve process over that store (``ensure_sandbox``: HTTPS, no live
    simulation), with a new ledger (``--ledger sqlite|postgres``);
 3. open one ``replay_id_invalid`` window on ``/data/ChangeEvents`` from before the first lead;
-4. time ``resync_open_windows`` with the objects the job's op uses (``wiring``), then the
-   write-back drain; the REST reads and the processor are timed through thin proxies.
+4. time ``resync_open_windows`` (the job's step), then one write-back drain (its last op).
 
-Reports records and events per second for the re-sync alone and with the write-back, the
-time in REST reads (with the number of requests), in processing and in write-back, the peak
-RSS of this process, and the load average.
+Reports records and events per second of the re-sync and with the write-back, the REST requests and their seconds (GET: the
+re-sync's reads; PATCH: the write-back), the seconds in ``process``, the peak RSS of this
+process, and the load average.
 
     python bench/bench_resync.py --leads 10000 --ledger sqlite --keep /tmp/rs10k
     python bench/bench_resync.py --store /tmp/rs10k/sandbox.db --ledger postgres
@@ -82,16 +81,22 @@ class Timed:
         return timed
 
 
-class CountingSession:
-    """Counts the HTTP requests a ``requests.Session`` sends (REST round trips)."""
+class HttpTimes:
+    """Count and seconds of the requests a ``requests.Session`` sends, by HTTP method: GET
+    for the re-sync's reads, PATCH for the write-back's sObject Collections."""
 
     def __init__(self, session: Any) -> None:
-        self.requests = 0
+        self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
         original = session.request
 
-        def request(*args: Any, **kwargs: Any) -> Any:
-            self.requests += 1
-            return original(*args, **kwargs)
+        def request(method: str, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(method, *args, **kwargs)
+            finally:
+                self.calls[method] = self.calls.get(method, 0) + 1
+                self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - started
 
         session.request = request
 
@@ -142,11 +147,8 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
                 detail={"bench": "bench_resync.py"},
             )
         )
-        real_rest = wiring.salesforce_rest(settings)
-        session = CountingSession(real_rest._http._session)
-        rest = Timed(
-            real_rest, ("query_modified_since", "query_by_ids", "field_history", "describe")
-        )
+        rest = wiring.salesforce_rest(settings)
+        http = HttpTimes(rest._http._session)
         processor = Timed(wiring.batch_processor(settings), ("process",))
         load_before = os.getloadavg()
         started = time.perf_counter()
@@ -154,10 +156,8 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
             LedgerResyncWindows(ledger), rest, processor, now=datetime.now(UTC)
         )
         resync_s = time.perf_counter() - started
-        requests_resync = session.requests
-        drain_started = time.perf_counter()
-        drained = wiring.drain_writeback(settings)
-        drain_s = time.perf_counter() - drain_started
+        drain = wiring.drain_writeback(settings)  # the job's last op, after the windows
+        total_s = time.perf_counter() - started
         load_after = os.getloadavg()
     finally:
         shutdown_sandbox(data_dir)
@@ -167,7 +167,6 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
     (report,) = reports
     if report.status != "closed":
         raise SystemExit(f"the window did not close: {report.to_json()}")
-    total_s = resync_s + drain_s
     return {
         "ledger": kind,
         "records_read": report.records_read,
@@ -177,13 +176,18 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
         "resync_s": round(resync_s, 2),
         "records_per_s": round(report.records_read / resync_s),
         "events_per_s": round(report.events_applied / resync_s),
-        "rest_reads_s": round(rest.seconds, 2),
-        "rest_requests": requests_resync,
+        "rest_reads": {
+            "requests": http.calls.get("GET", 0),
+            "s": round(http.seconds.get("GET", 0), 2),
+        },
+        "rest_writes": {
+            "requests": http.calls.get("PATCH", 0),
+            "s": round(http.seconds.get("PATCH", 0), 2),
+        },
         "processing_s": round(processor.seconds, 2),
         "process_calls": processor.calls,
-        "other_s": round(resync_s - rest.seconds - processor.seconds, 2),
-        "writeback_s": round(drain_s, 2),
-        "writeback": drained.summary(),
+        "write_back": drain.summary(),
+        "writeback_s": round(total_s - resync_s, 2),
         "with_writeback_s": round(total_s, 2),
         "events_per_s_with_writeback": round(report.events_applied / total_s),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

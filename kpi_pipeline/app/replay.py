@@ -21,10 +21,9 @@ the flywheel JSONL loader), so this use case imports no adapter.
 
 from __future__ import annotations
 
-import gc
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from kpi_pipeline.app.processing import BatchProcessor
+from kpi_pipeline.app.processing.collector import cycle_collection_paused
 from kpi_pipeline.config import get_settings
 from kpi_pipeline.core.events import (
     ChangeEvent,
@@ -134,26 +134,10 @@ def replay(
     """Replay recorded events and write the three outputs into ``out_dir``."""
     if batch_size < 1:
         raise ReplayError(f"--batch-size {batch_size} must be at least 1")
+    # A replay holds every parsed event, and later every decision, alive: hundreds of
+    # thousands of containers that each full collection would walk again, for nothing.
     with cycle_collection_paused():
         return _replay(events_path, out_dir, ports, policy_path, as_of, batch_size, client_id, tz)
-
-
-@contextmanager
-def cycle_collection_paused() -> Iterator[None]:
-    """CPython's cyclic garbage collector paused for the block (reference counting still
-    frees everything that is not in a cycle), then resumed as it was.
-
-    A replay holds every parsed event, and later every decision, alive: hundreds of
-    thousands of containers that each full collection walks again, for nothing, since the
-    replay makes almost no reference cycles. The collector cost a quarter of a
-    100,000-event replay; without it the peak RSS grew by 1 % (bench/RESULTS.md, Replay)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _replay(

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from kpi_pipeline.adapters.ledger import migrations
-from kpi_pipeline.app.replay import cycle_collection_paused
+from kpi_pipeline.app.processing.collector import cycle_collection_paused
 from kpi_pipeline.cli.main import main
 from kpi_pipeline.core.flywheel.schema import validate_record
 from kpi_pipeline.core.kpis import ROLLUP_NAMES

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from kpi_pipeline.app.processing import steps
+from kpi_pipeline.app.processing.collector import cycle_collection_paused
 from kpi_pipeline.app.processing.context import StepContext
 from kpi_pipeline.app.processing.first_touch import FirstTouchStep
 from kpi_pipeline.app.processing.ledger_port import ProcessingLedger
@@ -118,11 +119,13 @@ class BatchProcessor:
         each lead's facts row read and written once. Elsewhere (PostgreSQL, where runs of
         other partitions and re-sync write beside this one) each step commits its own, as
         the ops of ``process_cdc_batch`` do everywhere: a transaction holding one step's
-        locks while it waits for the next step's could deadlock with another run."""
+        locks while it waits for the next step's could deadlock with another run.
+
+        The cyclic garbage collector is paused for the batch (``collector.py``)."""
         batch_transaction = (
             self.ledger.one_transaction() if self.ledger.exclusive_writes else nullcontext()
         )
-        with self._ctx.handover.scope(), batch_transaction:
+        with cycle_collection_paused(), self._ctx.handover.scope(), batch_transaction:
             records = self.apply_records(events)
             summaries = steps.run_steps(self, events)
         return {
