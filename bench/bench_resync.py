@@ -38,11 +38,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+import bench_live as live  # the scratch PostgreSQL databases' admin connection
 
 START_MS = 1_790_000_000_000  # fixed, so the simulated org is the same on every run
 LEADS_PER_DAY = 400  # the sandbox default arrival rate
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
 def simulated_store(path: Path, leads: int, seed: int) -> float:
@@ -105,17 +104,8 @@ def ledger_url(kind: str, scratch: Path) -> tuple[str, str | None]:
     if kind == "sqlite":
         return f"sqlite:///{scratch / 'ledger.db'}", None
     name = f"bench_resync_{uuid.uuid4().hex[:8]}"
-    admin(f"CREATE DATABASE {name}")
-    return f"{PG_URL}/{name}", name
-
-
-def admin(statement: str) -> None:
-    engine = sa.create_engine(f"{PG_URL}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text(statement))
-    finally:
-        engine.dispose()
+    live.pg_admin(f"CREATE DATABASE {name}")
+    return f"{live.PG_URL}/{name}", name
 
 
 def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
@@ -163,7 +153,7 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
         shutdown_sandbox(data_dir)
         wiring.reset_cache()
         if pg_database is not None:
-            admin(f"DROP DATABASE IF EXISTS {pg_database} WITH (FORCE)")
+            live.pg_admin(f"DROP DATABASE IF EXISTS {pg_database} WITH (FORCE)")
     (report,) = reports
     if report.status != "closed":
         raise SystemExit(f"the window did not close: {report.to_json()}")

@@ -47,6 +47,8 @@ SMALL_ARGS: dict[str, list[list[str]]] = {
     ],
     "bench_recovery.py": [["--leads", "20", "--wave-leads", "10", "--days", "0.5"]],
     "bench_replay.py": [["--events", "5000"]],
+    # The sandbox org's serve process over a small simulated org, one re-sync window.
+    "bench_resync.py": [["--leads", "300", "--ledger", "sqlite"]],
     "bench_outbox_confirm.py": [["--rows", "400"]],
     "bench_sensor_drain.py": [["--leads", "1000", "--bound", "500"]],
     "bench_staging.py": [["--responses", "50"]],
