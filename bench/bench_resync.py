@@ -15,9 +15,10 @@ first-response fields it produced are written back to the org.
 3. open one ``replay_id_invalid`` window on ``/data/ChangeEvents`` from before the first lead;
 4. time ``resync_open_windows`` (the job's step), then one write-back drain (its last op).
 
-Reports records and events per second of the re-sync and with the write-back, the REST requests and their seconds (GET: the
-re-sync's reads; PATCH: the write-back), the seconds in ``process``, the peak RSS of this
-process, and the load average.
+Reports records and events per second of the re-sync and with the write-back, the REST
+requests and their seconds (GET: the re-sync's reads; PATCH: the write-back), the seconds in
+``process``, the cyclic garbage collector's collections and seconds per generation, the peak
+RSS of this process, and the load average.
 
     python bench/bench_resync.py --leads 10000 --ledger sqlite --keep /tmp/rs10k
     python bench/bench_resync.py --store /tmp/rs10k/sandbox.db --ledger postgres
@@ -26,6 +27,7 @@ process, and the load average.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -78,6 +80,27 @@ class Timed:
                 self.calls += 1
 
         return timed
+
+
+class CollectorTimes:
+    """How many collections of each generation CPython's cyclic collector ran, and their
+    seconds (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.counts[info["generation"]] += 1
+        self.seconds[info["generation"]] += time.perf_counter() - self._started
+
+    def summary(self) -> dict[str, Any]:
+        return {"collections": self.counts, "s": [round(v, 2) for v in self.seconds]}
 
 
 class HttpTimes:
@@ -141,6 +164,7 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
         http = HttpTimes(rest._http._session)
         processor = Timed(wiring.batch_processor(settings), ("process",))
         load_before = os.getloadavg()
+        collector = CollectorTimes()
         started = time.perf_counter()
         reports = resync_open_windows(
             LedgerResyncWindows(ledger), rest, processor, now=datetime.now(UTC)
@@ -180,6 +204,7 @@ def run(store: Path, kind: str, scratch: Path) -> dict[str, Any]:
         "writeback_s": round(total_s - resync_s, 2),
         "with_writeback_s": round(total_s, 2),
         "events_per_s_with_writeback": round(report.events_applied / total_s),
+        "cyclic_gc_by_generation": collector.summary(),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
     }
