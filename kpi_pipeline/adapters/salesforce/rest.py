@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import requests
@@ -252,7 +253,7 @@ class SalesforceRest:
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """Every row of a SOQL query (``nextRecordsUrl`` followed), without ``attributes``."""
-        return [row for page in self.query_pages(soql) for row in page]
+        return list(chain.from_iterable(self.query_pages(soql)))
 
     def query_pages(self, soql: str) -> Iterator[list[dict[str, Any]]]:
         """A SOQL query's rows a page at a time (up to 2,000 rows each from a real org),
@@ -269,8 +270,7 @@ class SalesforceRest:
         self, sobject: str, fields: Sequence[str], since: datetime, until: datetime | None = None
     ) -> list[dict[str, Any]]:
         """Records with ``since <= LastModifiedDate [< until]``, oldest first."""
-        pages = self.pages_modified_since(sobject, fields, since, until)
-        return [row for page in pages for row in page]
+        return list(chain.from_iterable(self.pages_modified_since(sobject, fields, since, until)))
 
     def pages_modified_since(
         self, sobject: str, fields: Sequence[str], since: datetime, until: datetime | None = None
@@ -289,7 +289,7 @@ class SalesforceRest:
         self, sobject: str, fields: Sequence[str], ids: Iterable[str]
     ) -> list[dict[str, Any]]:
         """Records by id (gap events name their records), 200 ids per query."""
-        return [row for page in self.pages_by_ids(sobject, fields, ids) for row in page]
+        return list(chain.from_iterable(self.pages_by_ids(sobject, fields, ids)))
 
     def pages_by_ids(
         self, sobject: str, fields: Sequence[str], ids: Iterable[str]

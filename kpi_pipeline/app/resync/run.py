@@ -53,6 +53,7 @@ class _Page:
 
     entity: str
     rows: list[dict[str, Any]]
+    ids: list[str]  # the rows' Ids, in order
     owner_history: Mapping[str, Sequence[OwnerChange]]
 
 
@@ -65,8 +66,7 @@ class _WindowHistory:
         self.leads = 0
         self.found = False
 
-    def of(self, rows: list[dict[str, Any]]) -> Mapping[str, Sequence[OwnerChange]]:
-        ids = [str(r.get("Id")) for r in rows]
+    def of(self, ids: list[str]) -> Mapping[str, Sequence[OwnerChange]]:
         self.leads += len(ids)
         changes = self.org.owner_changes(ids) or {}
         self.found = self.found or bool(changes)
@@ -99,7 +99,8 @@ def _pages(
     history = _WindowHistory(org)
     for entity, pages in reads:
         for rows in pages:
-            yield _Page(entity, rows, history.of(rows) if entity == "Lead" else {})
+            ids = [str(row.get("Id")) for row in rows]
+            yield _Page(entity, rows, ids, history.of(ids) if entity == "Lead" else {})
     history.warn_if_missing()
 
 
@@ -165,11 +166,10 @@ def _apply_window(
     found: dict[str, set[str]] = {entity: set() for entity in plan.ids}
     for page in read_ahead(_pages(rest, plan, fields, org)):
         report.records_read += len(page.rows)
-        ids = [str(row.get("Id")) for row in page.rows]
-        states = ledger.record_states({(page.entity, record_id) for record_id in ids})
+        states = ledger.record_states({(page.entity, record_id) for record_id in page.ids})
         if page.entity in found:  # a gap window's named records: which ones came back
-            found[page.entity].update(ids)
-        for row, record_id in zip(page.rows, ids, strict=True):
+            found[page.entity].update(page.ids)
+        for row, record_id in zip(page.rows, page.ids, strict=True):
             batches.add(
                 events_for_record(
                     source,

@@ -155,7 +155,7 @@ def merge_event(state: RecordState | None, event: ChangeEvent, record_id: str) -
     fields = dict(state.fields)
     versions = dict(state.versions)
     if change_type in _FIELD_SETTING_TYPES:
-        compounds = {key.partition(".")[0] for key in versions if "." in key}
+        compounds = _Compounds(versions)
         for name, child, value in _assignments(event.fields):
             _assign(fields, versions, compounds, name, child, value, version)
 
@@ -197,10 +197,30 @@ def _assignments(values: Mapping[str, Any]) -> Iterator[tuple[str, str | None, A
             yield name, None, value
 
 
+class _Compounds:
+    """The fields that have a child's version in ``versions`` (``Address`` for
+    ``Address.City``), found the first time a merge asks: most events never do."""
+
+    __slots__ = ("_names", "_versions")
+
+    def __init__(self, versions: dict[str, Version]) -> None:
+        self._versions = versions
+        self._names: set[str] | None = None
+
+    def __contains__(self, name: str) -> bool:
+        if self._names is None:
+            self._names = {key.partition(".")[0] for key in self._versions if "." in key}
+        return name in self._names
+
+    def add(self, name: str) -> None:
+        if self._names is not None:  # else found in ``versions``, which has the child
+            self._names.add(name)
+
+
 def _assign(
     fields: dict[str, Any],
     versions: dict[str, Version],
-    compounds: set[str],
+    compounds: _Compounds,
     name: str,
     child: str | None,
     value: Any,
@@ -208,17 +228,17 @@ def _assign(
 ) -> None:
     """Last-writer-wins for one field or one compound child. A whole compound value and its
     children compete on versions too, so mixing both stays order-independent.
-    ``compounds``: the fields that have a child's version in ``versions`` (kept up to date
-    here), so that only those are searched for their children's versions: searching every
-    field set to null made a re-read record of forty fields cost forty times forty steps."""
+    Only fields in ``compounds`` are searched for their children's versions: searching
+    under every field set to null made a re-read record of forty fields cost forty times
+    forty steps."""
     if child is None:
         current = fields.get(name)
         newest = versions.get(name)
         # children exist only under a field already set to a dict (or nulled after one)
         if (
-            name in compounds
-            and name in fields
+            name in fields
             and (current is None or isinstance(current, Mapping))
+            and name in compounds
         ):
             prefix = f"{name}."
             for key, child_version in versions.items():
